@@ -1,0 +1,620 @@
+"""The ``kubeloop.io/v1alpha1`` API: Dataset, TrainingJob, ModelVersion, ModelDeployment.
+
+Field names are snake_case in Python and camelCase on the wire. Every field's
+description becomes the CRD's description, so ``kubectl explain`` shows it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubeloop.api.base import (
+    API_VERSION,
+    DNSLabel,
+    Duration,
+    FreeForm,
+    KubeModel,
+    ObjectMeta,
+    ResourceRequirements,
+    Rule,
+    StatusBase,
+)
+
+Task = Literal["classification", "regression"]
+
+#: scikit-learn estimators a TrainingJob may name, by task. Each converts to ONNX
+#: with skl2onnx, and the trainer's parity check covers every one of them.
+ESTIMATORS: dict[Task, tuple[str, ...]] = {
+    "classification": (
+        "LogisticRegression",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "GradientBoostingClassifier",
+        "HistGradientBoostingClassifier",
+        "DecisionTreeClassifier",
+        "KNeighborsClassifier",
+        "GaussianNB",
+        "MLPClassifier",
+    ),
+    "regression": (
+        "LinearRegression",
+        "Ridge",
+        "Lasso",
+        "ElasticNet",
+        "RandomForestRegressor",
+        "ExtraTreesRegressor",
+        "GradientBoostingRegressor",
+        "HistGradientBoostingRegressor",
+        "DecisionTreeRegressor",
+        "KNeighborsRegressor",
+        "MLPRegressor",
+    ),
+}
+
+#: Metrics the trainer reports on the held-out split, by task (gate and search keys).
+METRICS: dict[Task, tuple[str, ...]] = {
+    "classification": ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+ColumnType = Literal["number", "integer", "string", "boolean", "category"]
+Datatype = Literal["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"]
+SHA256_HEX = r"^[a-f0-9]{64}$"
+DATA_VERSION = r"^sha256:[a-f0-9]{64}$"
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+# --------------------------------------------------------------------------- Dataset
+
+
+class DataSource(KubeModel):
+    """Where the data lives: exactly one of a path or a URI."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.path) != has(self.uri)",
+            message="exactly one of source.path or source.uri must be set",
+            check=lambda s: (s.path is None) != (s.uri is None),
+        ),
+    )
+
+    path: str | None = Field(
+        None, min_length=1, description="A file path inside the snapshot pod (a mounted PVC)."
+    )
+    uri: str | None = Field(
+        None,
+        min_length=1,
+        description="An fsspec URI: file://, http(s)://, s3://, gs://, az://.",
+    )
+
+
+class Column(KubeModel):
+    """One column of a tabular data set."""
+
+    name: str = Field(min_length=1, description="Column name as it appears in the data.")
+    type: ColumnType = Field(description="number, integer, string, boolean or category.")
+    nullable: bool = Field(False, description="Whether missing values are allowed.")
+
+
+class DataSchema(KubeModel):
+    """The columns a data set must have."""
+
+    columns: list[Column] = Field(
+        min_length=1,
+        description="Expected columns; extra columns in the data are kept.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    max_null_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Largest share of missing values tolerated in a nullable column.",
+    )
+
+
+class DatasetSpec(KubeModel):
+    """A tabular data source and what it must look like."""
+
+    source: DataSource = Field(description="Where to read the data from.")
+    format: Literal["csv", "parquet", "jsonl"] = Field("csv", description="File format.")
+    data_schema: DataSchema | None = Field(
+        None, alias="schema", description="Expected columns; the snapshot fails on mismatch."
+    )
+    target: str | None = Field(None, description="The label column, if the data has one.")
+    refresh_interval: Duration | None = Field(
+        None, description="Re-snapshot this often; a changed digest becomes a new version."
+    )
+
+
+class DatasetVersion(KubeModel):
+    """One snapshot in a Dataset's history."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str = Field(description="Content digest, sha256:<hex>.")
+    rows: int = Field(ge=0, description="Row count.")
+    time: datetime = Field(description="When the snapshot was taken.")
+
+
+class DatasetStatus(StatusBase):
+    """What the last snapshot found."""
+
+    version: str | None = Field(
+        None, description="Content digest of the current snapshot (the data version)."
+    )
+    rows: int | None = Field(None, ge=0, description="Rows in the current snapshot.")
+    columns: int | None = Field(None, ge=0, description="Columns in the current snapshot.")
+    inferred_schema: list[Column] | None = Field(None, description="Columns as found.")
+    snapshot_uri: str | None = Field(None, description="Immutable copy of the data.")
+    profile_uri: str | None = Field(None, description="Reference profile (profile.json).")
+    last_snapshot_time: datetime | None = Field(None, description="When it was taken.")
+    history: list[DatasetVersion] = Field(
+        default_factory=list, description="Recent versions, newest first."
+    )
+
+
+# ----------------------------------------------------------------------- TrainingJob
+
+
+class DatasetRef(KubeModel):
+    """A Dataset, optionally at one exact version."""
+
+    name: DNSLabel = Field(description="Name of a Dataset in the same namespace.")
+    version: str | None = Field(
+        None,
+        pattern=DATA_VERSION,
+        description="Pin a data version (sha256:<hex>); default: the Dataset's current one.",
+    )
+
+
+class Estimator(KubeModel):
+    """A scikit-learn estimator from the allow-list and its constructor parameters."""
+
+    class_name: str = Field(
+        description="Estimator class, e.g. RandomForestClassifier (see the allow-list)."
+    )
+    params: FreeForm | None = Field(
+        None, description="Constructor keyword arguments, e.g. {n_estimators: 100}."
+    )
+
+
+class Split(KubeModel):
+    """How the held-out evaluation split is drawn."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.testFraction > 0.0 && self.testFraction < 1.0",
+            message="testFraction must be greater than 0 and less than 1",
+            check=lambda s: 0.0 < s.test_fraction < 1.0,
+            field_path=".testFraction",
+        ),
+    )
+
+    test_fraction: float = Field(0.2, description="Share of rows held out for evaluation.")
+    seed: int = Field(42, ge=0, description="Random seed for the split and the estimator.")
+
+
+class Search(KubeModel):
+    """Hyper-parameter search with cross-validation."""
+
+    strategy: Literal["grid", "random"] = Field("grid", description="grid or random.")
+    space: dict[str, list[Any]] = Field(
+        description="Candidate values per estimator parameter, e.g. {max_depth: [3, 5, 8]}.",
+        json_schema_extra={
+            "additionalProperties": {
+                "type": "array",
+                "items": {"x-kubernetes-preserve-unknown-fields": True},
+            }
+        },
+    )
+    trials: int = Field(10, ge=1, le=1000, description="Candidates tried by random search.")
+    cv: int = Field(3, ge=2, le=20, description="Cross-validation folds.")
+    metric: str | None = Field(
+        None, description="Metric to optimise; default accuracy or r2 by task."
+    )
+
+
+class Gate(KubeModel):
+    """Quality thresholds a model must meet on the held-out split to be published."""
+
+    min: dict[str, float] | None = Field(
+        None, description="Metrics that must be at least this, e.g. {f1: 0.9}."
+    )
+    max: dict[str, float] | None = Field(
+        None, description="Metrics that must be at most this, e.g. {rmse: 3.5}."
+    )
+
+
+def _estimator_matches_task(spec: TrainingJobSpec) -> bool:
+    return spec.estimator.class_name in ESTIMATORS[spec.task]
+
+
+class TrainingJobSpec(KubeModel):
+    """Train one model on one Dataset version."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "self.task == 'classification' ? "
+                f"self.estimator.className in {_cel_list(ESTIMATORS['classification'])} : "
+                f"self.estimator.className in {_cel_list(ESTIMATORS['regression'])}"
+            ),
+            message="estimator.className must be an allow-listed scikit-learn estimator for task",
+            check=_estimator_matches_task,
+            field_path=".estimator.className",
+        ),
+    )
+
+    dataset_ref: DatasetRef = Field(description="The Dataset to train on.")
+    task: Task = Field(description="classification or regression.")
+    target: str = Field(min_length=1, description="The label column.")
+    features: list[str] | None = Field(
+        None, description="Feature columns; default: every column but the target."
+    )
+    estimator: Estimator = Field(description="What to fit.")
+    split: Split = Field(default_factory=Split, description="Held-out split.")
+    search: Search | None = Field(None, description="Optional hyper-parameter search.")
+    gate: Gate | None = Field(None, description="Optional quality gate.")
+    model_name: DNSLabel = Field(
+        description="The model this run produces a new version of (ModelVersion.spec.modelName)."
+    )
+    resources: ResourceRequirements | None = Field(
+        None, description="Resources of the trainer container."
+    )
+    backoff_limit: int = Field(1, ge=0, le=10, description="Retries of the trainer Job.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Give up when the run takes longer than this."
+    )
+    image: str | None = Field(None, description="Trainer image; default: the operator's.")
+
+
+class TrainingJobStatus(StatusBase):
+    """Progress and outcome of the run."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Rejected"] | None = Field(
+        None, description="Pending, Running, Succeeded, Failed or Rejected (by the gate)."
+    )
+    job_name: str | None = Field(None, description="The trainer batch/v1 Job.")
+    dataset_version: str | None = Field(None, description="The data version trained on.")
+    start_time: datetime | None = Field(None, description="When the trainer started.")
+    completion_time: datetime | None = Field(None, description="When it finished.")
+    metrics: dict[str, float] | None = Field(None, description="Held-out metrics.")
+    model_version: str | None = Field(None, description="The ModelVersion created.")
+    version: int | None = Field(None, ge=1, description="Its version number.")
+    reason: str | None = Field(None, description="Why it failed or was rejected.")
+
+
+# ---------------------------------------------------------------------- ModelVersion
+
+
+class Artifact(KubeModel):
+    """Where the ONNX model is and what it hashes to."""
+
+    uri: str = Field(min_length=1, description="URI of model.onnx (file://, s3://, ...).")
+    sha256: str = Field(pattern=SHA256_HEX, description="sha256 of model.onnx, hex.")
+
+
+class TensorSpec(KubeModel):
+    """One named input or output tensor, as in Open Inference Protocol metadata."""
+
+    name: str = Field(min_length=1, description="Tensor (feature) name.")
+    datatype: Datatype = Field(description="OIP datatype: FP32, FP64, INT32, INT64, BOOL, BYTES.")
+    shape: list[int] = Field(description="Shape; -1 for a variable dimension.")
+
+
+class Lineage(KubeModel):
+    """Where a model came from."""
+
+    dataset: str | None = Field(None, description="Dataset name.")
+    dataset_version: str | None = Field(None, description="Data version trained on.")
+    training_job: str | None = Field(None, description="TrainingJob name.")
+    image: str | None = Field(None, description="Trainer image.")
+    params: FreeForm | None = Field(None, description="Estimator parameters used.")
+
+
+class ModelVersionSpec(KubeModel):
+    """One immutable trained model."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self == oldSelf", message="ModelVersion spec is immutable; create a new version"),
+    )
+
+    model_name: DNSLabel = Field(description="The model this is a version of.")
+    version: int = Field(ge=1, description="Version number, unique per modelName.")
+    task: Task = Field(description="classification or regression.")
+    artifact: Artifact = Field(description="The ONNX artifact.")
+    inputs: list[TensorSpec] = Field(
+        default_factory=list, max_length=1024, description="Input tensors the model takes."
+    )
+    outputs: list[TensorSpec] = Field(
+        default_factory=list, max_length=64, description="Output tensors the model returns."
+    )
+    metrics: dict[str, float] | None = Field(None, description="Held-out metrics.")
+    lineage: Lineage | None = Field(None, description="Data, job, image and params.")
+    profile_uri: str | None = Field(
+        None, description="Reference profile (profile.json) for drift."
+    )
+
+
+class ModelVersionStatus(StatusBase):
+    """Whether the artifact was found and verified."""
+
+    verified_sha256: str | None = Field(None, description="Digest the operator computed.")
+
+
+# ------------------------------------------------------------------- ModelDeployment
+
+
+class VersionPolicy(KubeModel):
+    """Which ModelVersion to serve."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.policy == 'Pinned' ? has(self.pinned) : !has(self.pinned)",
+            message="version.pinned must be set exactly when version.policy is Pinned",
+            check=lambda s: (s.policy == "Pinned") == (s.pinned is not None),
+            field_path=".pinned",
+        ),
+        Rule(
+            cel="!has(self.pinned) || self.pinned >= 1",
+            message="version.pinned must be at least 1",
+            check=lambda s: s.pinned is None or s.pinned >= 1,
+            field_path=".pinned",
+        ),
+    )
+
+    policy: Literal["Latest", "Pinned"] = Field(
+        "Latest", description="Latest follows the newest Ready version; Pinned serves one."
+    )
+    pinned: int | None = Field(None, description="The version to serve when Pinned.")
+
+
+class Autoscaling(KubeModel):
+    """A HorizontalPodAutoscaler for the stable pods."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.maxReplicas >= self.minReplicas",
+            message="autoscaling.maxReplicas must be at least minReplicas",
+            check=lambda s: s.max_replicas >= s.min_replicas,
+            field_path=".maxReplicas",
+        ),
+    )
+
+    min_replicas: int = Field(1, ge=1, description="Fewest pods.")
+    max_replicas: int = Field(ge=1, description="Most pods.")
+    target_cpu_utilization: int = Field(
+        80, ge=1, le=100, description="Average CPU utilization (percent) to aim for."
+    )
+
+
+class CanaryStep(KubeModel):
+    """Send ``weight`` percent of traffic to the new version, then wait ``pause``."""
+
+    weight: int = Field(description="Percent of requests to the canary, 1 to 100.")
+    pause: Duration = Field("1m", description="How long to hold this step.")
+
+
+class Canary(KubeModel):
+    """Progressive rollout of a new version."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.steps.all(s, s.weight >= 1 && s.weight <= 100)",
+            message="canary.steps[].weight must be between 1 and 100",
+            check=lambda c: all(1 <= s.weight <= 100 for s in c.steps),
+            field_path=".steps",
+        ),
+        Rule(
+            cel="self.steps.map(s, s.weight).isSorted()",
+            message="canary.steps[].weight must not decrease from one step to the next",
+            check=lambda c: [s.weight for s in c.steps] == sorted(s.weight for s in c.steps),
+            field_path=".steps",
+        ),
+    )
+
+    steps: list[CanaryStep] = Field(
+        min_length=1, max_length=20, description="Traffic steps, in order."
+    )
+
+
+class DriftMonitoring(KubeModel):
+    """Live feature distributions compared with the training reference."""
+
+    method: Literal["psi"] = Field("psi", description="Population stability index.")
+    threshold: float = Field(0.2, gt=0, description="Drift score above which to alert.")
+    window: int = Field(1000, ge=10, description="Rows in the sliding window.")
+    features: list[str] | None = Field(None, description="Features to watch; default all.")
+
+
+class Monitoring(KubeModel):
+    """What the serving pods measure."""
+
+    drift: DriftMonitoring | None = Field(None, description="Data drift.")
+    online_metric_floor: float | None = Field(
+        None,
+        ge=0,
+        description="Alert when the feedback accuracy (or -RMSE) falls below this.",
+    )
+
+
+class Retrain(KubeModel):
+    """Turn drift alerts (and an optional schedule) into new TrainingJobs."""
+
+    enabled: bool = Field(True, description="Whether alerts create TrainingJobs.")
+    template: TrainingJobSpec = Field(description="Spec of each TrainingJob created.")
+    cooldown: Duration = Field("1h", description="Least time between two retrains.")
+    max_concurrent: int = Field(1, ge=1, le=10, description="Most unfinished TrainingJobs.")
+    schedule: str | None = Field(None, description="Cron schedule for periodic retraining.")
+
+
+class ModelDeploymentSpec(KubeModel):
+    """Serve a model and keep it fresh."""
+
+    model_name: DNSLabel = Field(description="The model to serve.")
+    version: VersionPolicy = Field(default_factory=VersionPolicy, description="Which version.")
+    replicas: int = Field(1, ge=0, description="Stable pods (ignored with autoscaling).")
+    resources: ResourceRequirements | None = Field(None, description="Per serving pod.")
+    autoscaling: Autoscaling | None = Field(None, description="Optional HPA.")
+    canary: Canary | None = Field(None, description="Roll new versions out in steps.")
+    monitoring: Monitoring | None = Field(None, description="Drift and online metrics.")
+    retrain: Retrain | None = Field(None, description="Retraining policy.")
+    image: str | None = Field(None, description="Serving image; default: the operator's.")
+
+
+class RetrainRecord(KubeModel):
+    """The last retrain this deployment triggered."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: datetime = Field(description="When the TrainingJob was created.")
+    training_job: str = Field(description="Its name.")
+    trigger: str = Field(description="alert or schedule.")
+    fingerprint: str | None = Field(None, description="Alertmanager fingerprint.")
+
+
+class ModelDeploymentStatus(StatusBase):
+    """What is being served."""
+
+    phase: Literal["Pending", "Progressing", "Serving", "Degraded"] | None = Field(
+        None, description="Pending, Progressing (canary), Serving or Degraded."
+    )
+    stable_version: int | None = Field(None, description="Version the stable pods serve.")
+    canary_version: int | None = Field(None, description="Version under canary, if any.")
+    canary_weight: int | None = Field(None, ge=0, le=100, description="Canary traffic share.")
+    canary_step: int | None = Field(None, ge=0, description="Index of the current step.")
+    url: str | None = Field(None, description="In-cluster URL of the inference endpoint.")
+    last_retrain: RetrainRecord | None = Field(None, description="The last retrain.")
+
+
+# ------------------------------------------------------------------------- Resources
+
+SpecT = TypeVar("SpecT", bound=KubeModel)
+StatusT = TypeVar("StatusT", bound=StatusBase)
+
+
+class PrinterColumn(BaseModel):
+    """One ``additionalPrinterColumns`` entry."""
+
+    name: str
+    json_path: str
+    type: Literal["string", "integer", "number", "boolean", "date"] = "string"
+    description: str = ""
+    priority: int = 0
+
+
+class KindInfo(BaseModel):
+    """How a kind is named and shown by kubectl."""
+
+    kind: str
+    plural: str
+    short_names: list[str]
+    printer_columns: list[PrinterColumn]
+
+
+READY = PrinterColumn(
+    name="Ready",
+    json_path='.status.conditions[?(@.type=="Ready")].status',
+    description="Ready condition",
+)
+AGE = PrinterColumn(name="Age", json_path=".metadata.creationTimestamp", type="date")
+
+
+class Resource(BaseModel, Generic[SpecT, StatusT]):
+    """A whole object: apiVersion, kind, metadata, spec and status."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    info: ClassVar[KindInfo]
+
+    api_version: Literal["kubeloop.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+    spec: SpecT
+    status: StatusT | None = None
+
+
+class Dataset(Resource[DatasetSpec, DatasetStatus]):
+    """A versioned tabular data set."""
+
+    info = KindInfo(
+        kind="Dataset",
+        plural="datasets",
+        short_names=["dset"],
+        printer_columns=[
+            READY,
+            PrinterColumn(name="Version", json_path=".status.version"),
+            PrinterColumn(name="Rows", json_path=".status.rows", type="integer"),
+            PrinterColumn(name="Format", json_path=".spec.format", priority=1),
+            AGE,
+        ],
+    )
+    kind: Literal["Dataset"] = "Dataset"
+
+
+class TrainingJob(Resource[TrainingJobSpec, TrainingJobStatus]):
+    """One training run that may produce a ModelVersion."""
+
+    info = KindInfo(
+        kind="TrainingJob",
+        plural="trainingjobs",
+        short_names=["tj"],
+        printer_columns=[
+            READY,
+            PrinterColumn(name="Phase", json_path=".status.phase"),
+            PrinterColumn(name="Model", json_path=".spec.modelName"),
+            PrinterColumn(name="Version", json_path=".status.version", type="integer"),
+            PrinterColumn(name="Estimator", json_path=".spec.estimator.className", priority=1),
+            AGE,
+        ],
+    )
+    kind: Literal["TrainingJob"] = "TrainingJob"
+
+
+class ModelVersion(Resource[ModelVersionSpec, ModelVersionStatus]):
+    """An immutable trained model."""
+
+    info = KindInfo(
+        kind="ModelVersion",
+        plural="modelversions",
+        short_names=["mv"],
+        printer_columns=[
+            READY,
+            PrinterColumn(name="Model", json_path=".spec.modelName"),
+            PrinterColumn(name="Version", json_path=".spec.version", type="integer"),
+            PrinterColumn(name="Task", json_path=".spec.task"),
+            PrinterColumn(name="Dataset", json_path=".spec.lineage.datasetVersion", priority=1),
+            AGE,
+        ],
+    )
+    kind: Literal["ModelVersion"] = "ModelVersion"
+
+
+class ModelDeployment(Resource[ModelDeploymentSpec, ModelDeploymentStatus]):
+    """A served model with canary rollout and retraining."""
+
+    info = KindInfo(
+        kind="ModelDeployment",
+        plural="modeldeployments",
+        short_names=["md"],
+        printer_columns=[
+            READY,
+            PrinterColumn(name="Model", json_path=".spec.modelName"),
+            PrinterColumn(name="Stable", json_path=".status.stableVersion", type="integer"),
+            PrinterColumn(name="Canary", json_path=".status.canaryVersion", type="integer"),
+            PrinterColumn(name="Weight", json_path=".status.canaryWeight", type="integer"),
+            PrinterColumn(name="Phase", json_path=".status.phase", priority=1),
+            PrinterColumn(name="URL", json_path=".status.url", priority=1),
+            AGE,
+        ],
+    )
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+
+
+KINDS: tuple[type[Resource[Any, Any]], ...] = (Dataset, TrainingJob, ModelVersion, ModelDeployment)
