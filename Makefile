@@ -1,0 +1,56 @@
+# Kubeloop developer commands. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := operator,serving,trainer,dev
+# Re-install when the project's metadata changes.
+SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(SETUP_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(if $(wildcard constraints.txt),-c constraints.txt) -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.setup-*
+	touch $@
+
+.PHONY: setup
+setup: $(SETUP_STAMP) ## Create .venv and install Kubeloop (editable) with every extra and the dev tools.
+
+.PHONY: lint
+lint: setup ## Lint and check formatting with ruff.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: fmt
+fmt: setup ## Format and auto-fix with ruff.
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: typecheck
+typecheck: setup ## Type-check with mypy (strict).
+	$(BIN)/mypy
+
+.PHONY: crds
+crds: setup ## Regenerate crds/ from the typed API models.
+	$(BIN)/python -m kubeloop.api.crdgen crds
+
+.PHONY: verify-crds
+verify-crds: setup ## Fail when crds/ differs from what the models generate.
+	$(BIN)/python -m kubeloop.api.crdgen --check crds
+
+.PHONY: unit
+unit: setup ## Run the unit tests only.
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test
+test: setup lint typecheck verify-crds ## Everything CI runs: lint, types, CRDs and all test tiers.
+	$(BIN)/pytest $(PYTEST_ARGS)
