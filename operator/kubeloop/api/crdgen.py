@@ -85,11 +85,8 @@ def _printer_column(column: PrinterColumn) -> dict[str, Any]:
 def crd(resource: type[Resource[Any, Any]]) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     info = resource.info
-    spec_model = resource.model_fields["spec"].annotation
-    status_model = resource.model_fields["status"].annotation
-    status_model = next(a for a in status_model.__args__ if a is not type(None))  # type: ignore[union-attr]
-    spec_schema = openapi_schema(spec_model)
-    status_schema = openapi_schema(status_model)
+    spec_schema = openapi_schema(resource.spec_type())
+    status_schema = openapi_schema(resource.status_type())
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

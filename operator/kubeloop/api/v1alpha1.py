@@ -6,13 +6,13 @@ description becomes the CRD's description, so ``kubectl explain`` shows it.
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.api.base import (
-    API_VERSION,
     DNSLabel,
     Duration,
     FreeForm,
@@ -337,9 +337,7 @@ class ModelVersionSpec(KubeModel):
     )
     metrics: dict[str, float] | None = Field(None, description="Held-out metrics.")
     lineage: Lineage | None = Field(None, description="Data, job, image and params.")
-    profile_uri: str | None = Field(
-        None, description="Reference profile (profile.json) for drift."
-    )
+    profile_uri: str | None = Field(None, description="Reference profile (profile.json) for drift.")
 
 
 class ModelVersionStatus(StatusBase):
@@ -533,11 +531,28 @@ class Resource(BaseModel, Generic[SpecT, StatusT]):
 
     info: ClassVar[KindInfo]
 
-    api_version: Literal["kubeloop.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["kubeloop.io/v1alpha1"] = Field("kubeloop.io/v1alpha1", alias="apiVersion")
     kind: str
     metadata: ObjectMeta
     spec: SpecT
     status: StatusT | None = None
+
+    @classmethod
+    def spec_type(cls) -> type[KubeModel]:
+        """The concrete spec model of this kind."""
+        annotation = cls.model_fields["spec"].annotation
+        assert isinstance(annotation, type)
+        assert issubclass(annotation, KubeModel)
+        return annotation
+
+    @classmethod
+    def status_type(cls) -> type[StatusBase]:
+        """The concrete status model of this kind."""
+        annotation = cls.model_fields["status"].annotation
+        found = [a for a in typing.get_args(annotation) if a is not type(None)]
+        assert len(found) == 1
+        assert issubclass(found[0], StatusBase)
+        return found[0]  # type: ignore[no-any-return]
 
 
 class Dataset(Resource[DatasetSpec, DatasetStatus]):

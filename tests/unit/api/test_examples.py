@@ -1,0 +1,49 @@
+"""Every manifest in examples/ parses through the typed models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubeloop.api.v1alpha1 import KINDS
+
+ROOT = Path(__file__).resolve().parents[3]
+BY_KIND = {r.info.kind: r for r in KINDS}
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def test_there_is_one_example_per_kind():
+    kinds = {yaml.safe_load(p.read_text())["kind"] for p in EXAMPLES}
+    assert kinds >= set(BY_KIND)
+
+
+def contains(wire: object, written: object) -> bool:
+    """Whether everything the example writes survives parsing (defaults may be added)."""
+    if isinstance(written, dict):
+        return isinstance(wire, dict) and all(
+            k in wire and contains(wire[k], v) for k, v in written.items()
+        )
+    if isinstance(written, list):
+        return (
+            isinstance(wire, list)
+            and len(wire) == len(written)
+            and all(contains(a, b) for a, b in zip(wire, written, strict=True))
+        )
+    return bool(wire == written)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_parses(path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        resource = BY_KIND[doc["kind"]].model_validate(doc)
+        assert resource.metadata.name
+        assert contains(resource.spec.to_wire(), doc["spec"])
+
+
+def test_a_broken_example_is_rejected():
+    doc = yaml.safe_load((ROOT / "examples" / "trainingjob.yaml").read_text())
+    doc["spec"]["split"]["testFraction"] = 1.5
+    with pytest.raises(ValueError, match="testFraction"):
+        BY_KIND["TrainingJob"].model_validate(doc)

@@ -1,0 +1,97 @@
+"""Each CEL rule and its Python twin give the same verdict on the same objects.
+
+The CEL is evaluated with cel-python, so a typo in a rule is caught here; that
+the API server enforces it is proven by the cluster tier.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import celpy
+import pytest
+from pydantic import ValidationError
+
+from kubeloop.api.base import KubeModel, Rule
+from kubeloop.api.v1alpha1 import (
+    Autoscaling,
+    Canary,
+    DataSource,
+    Split,
+    TrainingJobSpec,
+    VersionPolicy,
+)
+
+
+def _is_sorted(values: Any) -> celpy.celtypes.BoolType:
+    items = list(values)
+    return celpy.celtypes.BoolType(items == sorted(items))
+
+
+def cel(rule: Rule, obj: dict[str, Any]) -> bool:
+    env = celpy.Environment()
+    program = env.program(env.compile(rule.cel), functions={"isSorted": _is_sorted})
+    return bool(program.evaluate({"self": celpy.json_to_cel(obj)}))
+
+
+def python(model: type[KubeModel], obj: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(obj)
+    except ValidationError:
+        return False
+    return True
+
+
+TJ = {
+    "datasetRef": {"name": "d"},
+    "task": "classification",
+    "target": "y",
+    "modelName": "m",
+    "estimator": {"className": "LogisticRegression"},
+}
+
+CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
+    (DataSource, {"path": "/data/x.csv"}, True),
+    (DataSource, {"uri": "s3://b/x.csv"}, True),
+    (DataSource, {}, False),
+    (DataSource, {"path": "/x", "uri": "s3://b/x"}, False),
+    (Split, {"testFraction": 0.25, "seed": 1}, True),
+    (Split, {"testFraction": 0.0, "seed": 1}, False),
+    (Split, {"testFraction": 1.0, "seed": 1}, False),
+    (Split, {"testFraction": 1.5, "seed": 1}, False),
+    (VersionPolicy, {"policy": "Latest"}, True),
+    (VersionPolicy, {"policy": "Pinned", "pinned": 3}, True),
+    (VersionPolicy, {"policy": "Pinned"}, False),
+    (VersionPolicy, {"policy": "Latest", "pinned": 3}, False),
+    (VersionPolicy, {"policy": "Pinned", "pinned": 0}, False),
+    (Canary, {"steps": [{"weight": 10, "pause": "1m"}, {"weight": 50, "pause": "1m"}]}, True),
+    (Canary, {"steps": [{"weight": 10, "pause": "1m"}, {"weight": 10, "pause": "1m"}]}, True),
+    (Canary, {"steps": [{"weight": 50, "pause": "1m"}, {"weight": 10, "pause": "1m"}]}, False),
+    (Canary, {"steps": [{"weight": 0, "pause": "1m"}]}, False),
+    (Canary, {"steps": [{"weight": 101, "pause": "1m"}]}, False),
+    (Autoscaling, {"minReplicas": 2, "maxReplicas": 5}, True),
+    (Autoscaling, {"minReplicas": 5, "maxReplicas": 2}, False),
+    (TrainingJobSpec, TJ, True),
+    (TrainingJobSpec, {**TJ, "estimator": {"className": "Ridge"}}, False),
+    (TrainingJobSpec, {**TJ, "estimator": {"className": "os.system"}}, False),
+    (TrainingJobSpec, {**TJ, "task": "regression", "estimator": {"className": "Ridge"}}, True),
+]
+
+
+@pytest.mark.parametrize(("model", "obj", "valid"), CASES)
+def test_cel_and_python_agree(model, obj, valid):
+    """Every negative case breaks a CEL rule; both languages must say so."""
+    assert all(cel(rule, obj) for rule in model.rules) is valid
+    assert python(model, obj) is valid
+
+
+def test_python_error_names_the_field():
+    with pytest.raises(ValidationError, match="testFraction must be greater than 0"):
+        Split.model_validate({"testFraction": 2})
+
+
+def test_every_rule_with_a_python_twin_is_exercised():
+    tested = {model for model, _, _ in CASES}
+    for model in tested:
+        verdicts = {valid for m, _, valid in CASES if m is model}
+        assert verdicts == {True, False}, f"{model.__name__} needs a positive and a negative case"
