@@ -29,7 +29,7 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source-path=SCRIPTDIR
 source "${HACK_DIR}/versions.env"
 
 CACHE_DIR="${KUBELOOP_CACHE:-${HOME}/.cache/kubeloop}"
@@ -189,9 +189,10 @@ build_kubernetes() {
   } | write_if_changed "${src}/go.mod"
 
   # What hack/lib/version.sh sets, so `kubectl version` and /version tell the
-  # real version. There is no git commit in a module zip; the tree state says
-  # so ("archive"), and the build date is the tag's time, so builds are
-  # reproducible.
+  # real version. A module zip carries no git commit: gitCommit is left empty
+  # (instead of the "$Format:%H$" placeholder) and the tree state says
+  # "archive", as upstream does for source without git. The build date is the
+  # tag's time, so the binaries are reproducible.
   local major minor ldflags="-s -w" pkg
   major=${version#v}
   major=${major%%.*}
@@ -200,7 +201,7 @@ build_kubernetes() {
   build_date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${info}")
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X ${pkg}.gitVersion=${version} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor}"
-    ldflags+=" -X ${pkg}.gitTreeState=archive -X ${pkg}.buildDate=${build_date}"
+    ldflags+=" -X ${pkg}.gitCommit= -X ${pkg}.gitTreeState=archive -X ${pkg}.buildDate=${build_date}"
   done
 
   local -a pkgs=()
