@@ -14,7 +14,10 @@ from importlib.metadata import version as dist_version
 import click
 
 #: name -> "module:attribute" of a click command, imported lazily.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "operator": "kubeloop.operator.app:operator",
+    "serve": "kubeloop.serving.cli:serve",
+}
 
 
 def package_version() -> str:

@@ -140,6 +140,7 @@ class DatasetVersion(KubeModel):
     version: str = Field(description="Content digest, sha256:<hex>.")
     rows: int = Field(ge=0, description="Row count.")
     time: datetime = Field(description="When the snapshot was taken.")
+    snapshot_uri: str | None = Field(None, description="Immutable copy of this version.")
 
 
 class DatasetStatus(StatusBase):
@@ -154,6 +155,7 @@ class DatasetStatus(StatusBase):
     snapshot_uri: str | None = Field(None, description="Immutable copy of the data.")
     profile_uri: str | None = Field(None, description="Reference profile (profile.json).")
     last_snapshot_time: datetime | None = Field(None, description="When it was taken.")
+    snapshot_job: str | None = Field(None, description="The latest snapshot Job.")
     history: list[DatasetVersion] = Field(
         default_factory=list, description="Recent versions, newest first."
     )
@@ -487,6 +489,10 @@ class ModelDeploymentStatus(StatusBase):
     canary_version: int | None = Field(None, description="Version under canary, if any.")
     canary_weight: int | None = Field(None, ge=0, le=100, description="Canary traffic share.")
     canary_step: int | None = Field(None, ge=0, description="Index of the current step.")
+    step_started_time: datetime | None = Field(None, description="When the current step began.")
+    aborted_version: int | None = Field(
+        None, description="A version whose canary was aborted; not retried until a newer one."
+    )
     url: str | None = Field(None, description="In-cluster URL of the inference endpoint.")
     last_retrain: RetrainRecord | None = Field(None, description="The last retrain.")
 

@@ -1,0 +1,1 @@
+"""The Kubeloop operator: kopf handlers, pure builders of child objects, status."""

@@ -1,0 +1,82 @@
+"""kopf wiring: persistence under ``kubeloop.io``, the shared context, metrics, the CLI.
+
+Importing this module registers every handler (one module per kind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import click
+import kopf
+from prometheus_client import start_http_server
+
+from kubeloop.operator.handlers import (  # noqa: F401  (registers the handlers)
+    dataset,
+    modeldeployment,
+    modelversion,
+    trainingjob,
+)
+from kubeloop.operator.handlers.common import Context
+from kubeloop.operator.kube import Kube
+from kubeloop.operator.settings import OperatorSettings
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Keep kopf's own bookkeeping under our prefix and build the shared context once."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeloop.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubeloop.io", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "kubeloop.io/finalizer"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+    operator_settings = OperatorSettings()
+    memo["ctx"] = Context(settings=operator_settings, kube=Kube())
+    if operator_settings.metrics_port:
+        start_http_server(operator_settings.metrics_port)
+
+
+@click.command("operator")
+@click.option(
+    "--namespace", "-n", "namespaces", multiple=True, help="Namespace to watch (repeatable)."
+)
+@click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace.")
+@click.option(
+    "--liveness",
+    default="http://0.0.0.0:8081/healthz",
+    show_default=True,
+    help="Liveness endpoint URL ('' to disable).",
+)
+@click.option(
+    "--standalone/--peering", default=True, help="Run without kopf peering (one replica)."
+)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def operator(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    liveness: str,
+    standalone: bool,
+    verbose: bool,
+) -> None:
+    """Run the Kubeloop operator against the current cluster (in-cluster or kubeconfig)."""
+    if not namespaces and not all_namespaces:
+        raise click.UsageError("pass --namespace NS (repeatable) or --all-namespaces")
+    if namespaces and all_namespaces:
+        raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(
+        kopf.operator(
+            clusterwide=all_namespaces,
+            namespaces=list(namespaces),
+            standalone=standalone,
+            liveness_endpoint=liveness or None,
+        )
+    )

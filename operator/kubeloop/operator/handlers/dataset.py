@@ -1,0 +1,101 @@
+"""Dataset: run a snapshot Job per refresh round and publish the data version."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kopf
+
+from kubeloop.api.base import GROUP, VERSION, duration_seconds
+from kubeloop.api.v1alpha1 import DatasetSpec
+from kubeloop.operator import builders, metrics
+from kubeloop.operator.conditions import get_condition, now
+from kubeloop.operator.handlers.common import (
+    Context,
+    Reconcile,
+    job_failure,
+    job_state,
+    parse_spec,
+    parse_summary,
+    run_reconcile,
+    termination_message,
+)
+from kubeloop.operator.settings import OperatorSettings
+
+KIND = "Dataset"
+_SETTINGS = OperatorSettings()
+
+
+def refresh_round(spec: DatasetSpec, now_s: float) -> int:
+    """The refresh window the current time falls in (0 when there is no refresh).
+
+    Deterministic, so the Job name of a round is the same on every retry and
+    after a restart; the next round starts a new Job.
+    """
+    if spec.refresh_interval is None:
+        return 0
+    return int(now_s // duration_seconds(spec.refresh_interval))
+
+
+def _record_success(rec: Reconcile, summary: dict[str, Any], settings: OperatorSettings) -> None:
+    digest = summary["digest"]
+    if rec.status.get("version") != digest:
+        rec.info(reason="NewVersion", message=f"data version {digest}")
+    rec.status.update(
+        version=digest,
+        rows=summary.get("rows"),
+        columns=len(summary.get("columns") or summary.get("schema") or []),
+        inferredSchema=summary.get("schema"),
+        snapshotUri=summary.get("snapshot_uri"),
+        profileUri=summary.get("profile_uri"),
+        lastSnapshotTime=now(),
+    )
+    history = [h for h in rec.status.get("history") or [] if h.get("version") != digest]
+    entry = {"version": digest, "rows": summary.get("rows") or 0, "time": now()}
+    if summary.get("snapshot_uri"):
+        entry["snapshotUri"] = summary["snapshot_uri"]
+    rec.status["history"] = [entry, *history][: settings.history_limit]
+    rec.condition("Ready", True, "SnapshotSucceeded", f"{summary.get('rows')} rows, {digest}")
+
+
+def reconcile(ctx: Context, rec: Reconcile) -> None:
+    spec = parse_spec(DatasetSpec, rec)
+    round_ = refresh_round(spec, time.time())
+    name = builders.snapshot_job_name(rec.body, round_)
+    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
+    if job is None:
+        if rec.status.get("snapshotJob") == name:
+            return  # this round's Job finished and was cleaned up: nothing to do
+        desired = builders.build_snapshot_job(rec.body, spec, round_, ctx.settings)
+        ctx.kube.create(desired)
+        metrics.CHILDREN_CREATED.labels(kind="Job").inc()
+        rec.info(reason="SnapshotStarted", message=f"Job {name}")
+        rec.status["snapshotJob"] = name
+        if not rec.status.get("version"):
+            rec.condition("Ready", False, "Snapshotting", f"waiting for Job {name}")
+        return
+    rec.status["snapshotJob"] = name
+    state = job_state(job)
+    if state == "Running":
+        if not rec.status.get("version"):
+            rec.condition("Ready", False, "Snapshotting", f"waiting for Job {name}")
+        return
+    summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
+    if state == "Succeeded" and summary and summary.get("digest"):
+        _record_success(rec, summary, ctx.settings)
+        return
+    reason = (summary or {}).get("reason") or job_failure(job)
+    previous = get_condition(rec.status, "Ready") or {}
+    if previous.get("reason") != "SnapshotFailed" or previous.get("message") != reason:
+        rec.warn(reason="SnapshotFailed", message=reason)
+    # A failed refresh keeps the last good version serving as the current one.
+    rec.condition("Ready", bool(rec.status.get("version")), "SnapshotFailed", reason)
+
+
+@kopf.on.resume(GROUP, VERSION, "datasets")
+@kopf.on.create(GROUP, VERSION, "datasets")
+@kopf.on.update(GROUP, VERSION, "datasets", field="spec")
+@kopf.timer(GROUP, VERSION, "datasets", interval=_SETTINGS.resync_seconds, initial_delay=1)
+def reconcile_dataset(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    run_reconcile(KIND, body, patch, memo, reconcile)

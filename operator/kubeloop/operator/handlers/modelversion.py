@@ -1,0 +1,59 @@
+"""ModelVersion: verify that the artifact exists and hashes to the recorded sha256."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kubeloop.api.base import GROUP, VERSION
+from kubeloop.api.v1alpha1 import ModelVersionSpec
+from kubeloop.operator.handlers.common import Context, Reconcile, parse_spec, run_reconcile
+from kubeloop.operator.settings import OperatorSettings
+from kubeloop.operator.store import StoreUnavailableError, sha256_of
+
+KIND = "ModelVersion"
+_SETTINGS = OperatorSettings()
+
+
+def reconcile(ctx: Context, rec: Reconcile) -> None:
+    spec = parse_spec(ModelVersionSpec, rec)
+    if rec.status.get("verifiedSha256") == spec.artifact.sha256:
+        return  # the spec is immutable: once verified, always verified
+    uri = spec.artifact.uri
+    try:
+        actual = sha256_of(uri)
+    except FileNotFoundError:
+        rec.condition("Verified", False, "ArtifactNotFound", f"{uri} does not exist")
+        rec.condition("Ready", False, "ArtifactNotFound", f"{uri} does not exist")
+        raise kopf.TemporaryError(f"{uri} not found", delay=ctx.settings.retry_seconds) from None
+    except (OSError, StoreUnavailableError) as exc:
+        rec.condition("Verified", None, "StoreUnreachable", str(exc))
+        rec.condition("Ready", False, "StoreUnreachable", str(exc))
+        raise kopf.TemporaryError(str(exc), delay=ctx.settings.retry_seconds) from exc
+    if actual != spec.artifact.sha256:
+        message = f"sha256 of {uri} is {actual}, spec says {spec.artifact.sha256}"
+        rec.condition("Verified", False, "DigestMismatch", message)
+        rec.condition("Ready", False, "DigestMismatch", message)
+        rec.warn(reason="DigestMismatch", message=message)
+        return
+    rec.status["verifiedSha256"] = actual
+    rec.condition("Verified", True, "DigestMatches", f"sha256 {actual[:12]}…")
+    rec.condition("Ready", True, "Verified", f"{spec.model_name} version {spec.version}")
+    rec.info(reason="Verified", message=f"artifact {uri} verified")
+
+
+@kopf.on.resume(GROUP, VERSION, "modelversions")
+@kopf.on.create(GROUP, VERSION, "modelversions")
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "modelversions",
+    interval=_SETTINGS.resync_seconds,
+    initial_delay=1,
+    when=lambda status, spec, **_: (
+        status.get("verifiedSha256") != spec.get("artifact", {}).get("sha256")
+    ),
+)
+def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    run_reconcile(KIND, body, patch, memo, reconcile)

@@ -1,0 +1,143 @@
+"""The few API-server operations the handlers need, over the dynamic client.
+
+Writes are idempotent: :meth:`Kube.apply` is server-side apply with one field
+manager (re-applying the same object is a no-op), :meth:`Kube.create` treats
+"already exists" as success and returns what is there.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.resource import Resource
+
+from kubeloop.api.base import API_VERSION
+
+FIELD_MANAGER = "kubeloop-operator"
+
+
+class ConflictError(Exception):
+    """An object of that name exists already (HTTP 409)."""
+
+
+def load_config() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    """A thread-safe facade: kopf runs sync handlers in a thread pool."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self._dyn = DynamicClient(api_client or load_config())
+        self._resources: dict[tuple[str, str], Resource] = {}
+        self._lock = threading.Lock()
+
+    def _resource(self, api_version: str, kind: str) -> Resource:
+        key = (api_version, kind)
+        with self._lock:
+            if key not in self._resources:
+                self._resources[key] = self._dyn.resources.get(api_version=api_version, kind=kind)
+            return self._resources[key]
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as a dict, or None when it does not exist."""
+        try:
+            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        result: dict[str, Any] = obj.to_dict()
+        return result
+
+    def list(
+        self, api_version: str, kind: str, namespace: str, selector: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace, optionally by label selector."""
+        label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items()) or None
+        items = self._resource(api_version, kind).get(
+            namespace=namespace, label_selector=label_selector
+        )
+        return [item.to_dict() for item in items.items]
+
+    def create(self, obj: dict[str, Any], *, exist_ok: bool = True) -> dict[str, Any]:
+        """Create ``obj``; when it exists, return the existing one (or raise ConflictError)."""
+        meta = obj["metadata"]
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        try:
+            created: dict[str, Any] = resource.create(
+                body=obj, namespace=meta["namespace"]
+            ).to_dict()
+            return created
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            if not exist_ok:
+                raise ConflictError(meta["name"]) from exc
+        existing = self.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        if existing is None:  # deleted in between: let the caller retry
+            raise ConflictError(meta["name"])
+        return existing
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``obj`` as the operator's field manager."""
+        meta = obj["metadata"]
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        applied: dict[str, Any] = resource.server_side_apply(
+            body=obj,
+            name=meta["name"],
+            namespace=meta["namespace"],
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        ).to_dict()
+        return applied
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete (foreground for Jobs' pods); False when it was already gone."""
+        try:
+            self._resource(api_version, kind).delete(
+                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource of a Kubeloop object."""
+        resource = self._resource(API_VERSION, kind).subresources["status"]
+        resource.patch(
+            body={"status": status},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
+    def patch_metadata(
+        self, api_version: str, kind: str, namespace: str, name: str, metadata: dict[str, Any]
+    ) -> None:
+        """Merge-patch metadata (labels, annotations; None removes a key)."""
+        self._resource(api_version, kind).patch(
+            body={"metadata": metadata},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
+    def pod_logs(self, namespace: str, name: str, container: str, tail: int = 20) -> str:
+        """The last lines of a container's log ('' when unavailable)."""
+        try:
+            core = client.CoreV1Api(self._dyn.client)
+            logs: str = core.read_namespaced_pod_log(
+                name, namespace, container=container, tail_lines=tail
+            )
+            return logs
+        except ApiException:
+            return ""

@@ -1,0 +1,53 @@
+"""Operator settings, read once at start-up from ``KUBELOOP_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """What the operator needs to know about its cluster and images.
+
+    Artifacts (dataset snapshots, models) live under ``artifact_root``. When it is
+    a ``file://`` URI on a shared volume, ``volume_claim`` names the
+    PersistentVolumeClaim mounted at ``volume_mount_path`` in every pod the
+    operator creates (and in the operator, so it can verify digests).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KUBELOOP_", extra="ignore")
+
+    trainer_image: str = Field(
+        "kubeloop-trainer:0.1.0", description="Image of snapshot/train Jobs."
+    )
+    serving_image: str = Field("kubeloop-serving:0.1.0", description="Image of serving pods.")
+    image_pull_policy: str = Field("IfNotPresent", description="Pull policy of those images.")
+    artifact_root: str = Field(
+        "file:///data/kubeloop", description="Root URI of snapshots and models."
+    )
+    volume_claim: str | None = Field(None, description="PVC holding the data and artifacts.")
+    volume_mount_path: str = Field("/data", description="Where that PVC is mounted.")
+    service_account: str | None = Field(
+        None, description="ServiceAccount of the Jobs and serving pods (default: namespace's)."
+    )
+    trainer_resources: dict[str, Any] = Field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        description="Default resources of trainer containers.",
+    )
+    serving_resources: dict[str, Any] = Field(
+        default_factory=lambda: {"requests": {"cpu": "250m", "memory": "256Mi"}},
+        description="Default resources of serving containers.",
+    )
+    serving_port: int = Field(8080, gt=0, lt=65536, description="Port of the inference server.")
+    resync_seconds: float = Field(
+        10.0, gt=0, description="How often each object's observed state is refreshed."
+    )
+    retry_seconds: float = Field(
+        5.0, gt=0, description="Delay before retrying when a dependency is not ready."
+    )
+    history_limit: int = Field(10, ge=1, le=100, description="Dataset versions kept in status.")
+    metrics_port: int = Field(
+        8090, ge=0, lt=65536, description="Port of the operator's /metrics (0 disables)."
+    )
