@@ -1,0 +1,107 @@
+"""Canary forwarding: the stable server sends a share of inference requests to a
+canary server (exact weights without a service mesh), or mirrors them (shadow).
+
+The share is kept exact by error diffusion rather than coin flips: after ``n``
+requests the number forwarded is ``floor(n * weight / 100)`` (±1), spread evenly.
+The weight and upstream can change at run time through a watched config file
+(a mounted ConfigMap): ``{"url": "http://canary:8080", "weight": 10, "shadow": false}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger("kubeloop.serving.canary")
+
+
+class CanaryConfig(BaseModel):
+    """Where the canary is and what share of traffic it gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(None, pattern=r"^https?://", description="Canary base URL.")
+    weight: float = Field(0.0, ge=0, le=100, description="Percent of requests forwarded.")
+    shadow: bool = Field(False, description="Mirror requests instead of forwarding them.")
+
+    @property
+    def active(self) -> bool:
+        return self.url is not None and self.weight > 0
+
+
+class Splitter:
+    """Error-diffusion traffic split: exact share, evenly spread, deterministic."""
+
+    def __init__(self, weight: float = 0.0) -> None:
+        self.weight = weight
+        self._acc = 0.0
+
+    def set_weight(self, weight: float) -> None:
+        if weight != self.weight:
+            self.weight = weight
+            self._acc = 0.0
+
+    def pick(self) -> bool:
+        """True when this request goes to the canary."""
+        if self.weight <= 0:
+            return False
+        self._acc += self.weight / 100.0
+        if self._acc >= 1.0 - 1e-12:
+            self._acc -= 1.0
+            return True
+        return False
+
+
+def read_config(path: Path) -> tuple[CanaryConfig, str]:
+    """Parse the config file; returns it with a digest of its bytes."""
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    data: Any = yaml.safe_load(raw) if raw.strip() else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with url/weight/shadow")
+    return CanaryConfig.model_validate(data), digest
+
+
+@dataclass
+class ConfigWatcher:
+    """Polls a config file (a ConfigMap swaps a symlink, so compare content digests)."""
+
+    path: Path
+    digest: str | None = None
+
+    def poll(self) -> CanaryConfig | None:
+        """The new config when the file changed and is valid; None otherwise."""
+        try:
+            config, digest = read_config(self.path)
+        except FileNotFoundError:
+            if self.digest != "missing":
+                self.digest = "missing"
+                log.warning("canary config %s is missing; canary off", self.path)
+                return CanaryConfig()
+            return None
+        except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
+            # keep the last good config, say why once per bad content
+            if self.digest != f"bad:{exc}":
+                self.digest = f"bad:{exc}"
+                log.error("canary config %s rejected, keeping the current one: %s", self.path, exc)
+            return None
+        if digest == self.digest:
+            return None
+        self.digest = digest
+        return config
+
+
+async def watch(watcher: ConfigWatcher, interval: float, apply: Any) -> None:
+    """Apply config changes until cancelled."""
+    while True:
+        config = watcher.poll()
+        if config is not None:
+            apply(config)
+        await asyncio.sleep(interval)

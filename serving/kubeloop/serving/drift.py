@@ -1,0 +1,250 @@
+"""Population stability index (PSI) over a count-based sliding window.
+
+A :class:`DriftWindow` keeps, for every watched column, the bucket of each of the
+last ``size`` rows in a ring buffer and the bucket counts beside it. Each new
+batch of rows adds its buckets and removes those of the rows it pushes out, so the
+cost of an update is proportional to the batch, never to the window. PSI itself
+is a sum over buckets, computed when asked for (at scrape time).
+
+Buckets per column:
+
+* numeric — the reference histogram's bins ``[e0, e1), ..., [e_{n-1}, e_n]`` plus an
+  underflow bucket (``< e0``), an overflow bucket (``> e_n``) and a missing-value
+  bucket (NaN). Values outside the training range are drift, so the open-ended
+  buckets have a reference count of zero (smoothed, see :data:`EPSILON`).
+* categorical — one bucket per reference category plus one for unseen values.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+#: Smallest proportion used for a bucket on either side of PSI, so an empty bucket
+#: contributes a large but finite term (the usual convention).
+EPSILON = 1e-4
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class NumericReference:
+    """A numeric column's reference histogram: ``len(edges) == len(counts) + 1``."""
+
+    name: str
+    edges: Sequence[float]
+    counts: Sequence[float]
+    missing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.edges) < 2 or len(self.edges) != len(self.counts) + 1:
+            raise ValueError(
+                f"{self.name}: a histogram needs n+1 edges for n counts "
+                f"(got {len(self.edges)} edges, {len(self.counts)} counts)"
+            )
+        if any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError(f"{self.name}: bin edges must not decrease")
+
+    @property
+    def buckets(self) -> int:
+        # underflow + bins + overflow + missing
+        return len(self.counts) + 3
+
+    def expected(self) -> FloatArray:
+        return np.array([0.0, *self.counts, 0.0, self.missing], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class CategoricalReference:
+    """A categorical column's reference frequencies (counts or shares)."""
+
+    name: str
+    categories: Sequence[str]
+    counts: Sequence[float]
+    unseen: float = 0.0
+    index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.categories) != len(self.counts):
+            raise ValueError(f"{self.name}: one count per category is needed")
+        object.__setattr__(self, "index", {c: i for i, c in enumerate(self.categories)})
+
+    @property
+    def buckets(self) -> int:
+        return len(self.categories) + 1  # + unseen
+
+    def expected(self) -> FloatArray:
+        return np.array([*self.counts, self.unseen], dtype=np.float64)
+
+
+Reference = NumericReference | CategoricalReference
+
+
+def proportions(counts: npt.ArrayLike, eps: float = EPSILON) -> FloatArray:
+    """Counts → shares, each at least ``eps`` (an all-zero vector → all ``eps``)."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = float(c.sum())
+    p = c / total if total > 0 else np.zeros_like(c)
+    return np.maximum(p, eps)
+
+
+def psi(expected: npt.ArrayLike, actual: npt.ArrayLike, eps: float = EPSILON) -> float:
+    """PSI = Σ (a - e) · ln(a / e) over buckets, on smoothed shares."""
+    e = proportions(expected, eps)
+    a = proportions(actual, eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def numeric_buckets(edges: Sequence[float], values: npt.ArrayLike) -> IntArray:
+    """Bucket of each value against histogram ``edges`` (layout as in the module doc)."""
+    e = np.asarray(edges, dtype=np.float64)
+    x = np.asarray(values, dtype=np.float64)
+    idx = np.searchsorted(e, x, side="right").astype(np.int64)
+    n = len(e) - 1
+    idx[x == e[-1]] = n  # the last bin is closed on the right, as numpy.histogram's
+    idx[np.isnan(x)] = n + 2
+    return idx
+
+
+def categorical_buckets(ref: CategoricalReference, values: Sequence[object]) -> IntArray:
+    """Bucket of each value: its category's position, or the unseen bucket."""
+    unseen = len(ref.categories)
+    index = ref.index
+    return np.fromiter(
+        (index.get(_category_key(v), unseen) for v in values), dtype=np.int64, count=len(values)
+    )
+
+
+def _category_key(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class DriftWindow:
+    """Sliding-window bucket counts for a set of columns, updated incrementally.
+
+    Thread-safe: updates and reads take one lock (updates are a few vectorised
+    numpy operations per batch).
+    """
+
+    def __init__(self, references: Sequence[Reference], size: int) -> None:
+        if size < 1:
+            raise ValueError("window size must be at least 1")
+        self.references = tuple(references)
+        self.names = tuple(r.name for r in self.references)
+        self.size = size
+        sizes = [r.buckets for r in self.references]
+        self.offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        self.total_buckets = int(sum(sizes))
+        self._expected = [r.expected() for r in self.references]
+        self._ring = np.zeros((size, len(self.references)), dtype=np.int64)
+        self._counts = np.zeros(self.total_buckets, dtype=np.int64)
+        self._pos = 0
+        self._filled = 0
+        self._lock = threading.Lock()
+        # Numeric columns are bucketed together: edges padded to one matrix with +inf.
+        self._numeric_cols = [
+            i for i, r in enumerate(self.references) if isinstance(r, NumericReference)
+        ]
+        width = max(
+            (len(self.references[i].edges) for i in self._numeric_cols),  # type: ignore[union-attr]
+            default=0,
+        )
+        self._edges = np.full((len(self._numeric_cols), width), np.inf)
+        self._last_edge = np.zeros(len(self._numeric_cols))
+        self._n_bins = np.zeros(len(self._numeric_cols), dtype=np.int64)
+        for j, i in enumerate(self._numeric_cols):
+            ref = self.references[i]
+            assert isinstance(ref, NumericReference)
+            self._edges[j, : len(ref.edges)] = ref.edges
+            self._last_edge[j] = ref.edges[-1]
+            self._n_bins[j] = len(ref.edges) - 1
+
+    @property
+    def rows(self) -> int:
+        """Rows currently in the window."""
+        return self._filled
+
+    def buckets(self, columns: Sequence[npt.ArrayLike | Sequence[object]]) -> IntArray:
+        """Local bucket of each value: one column per reference → an ``(n, k)`` array."""
+        if len(columns) != len(self.references):
+            raise ValueError("one column per reference is needed")
+        n = len(columns[0]) if len(columns) else 0  # type: ignore[arg-type]
+        out = np.empty((n, len(self.references)), dtype=np.int64)
+        if self._numeric_cols:
+            x = np.empty((n, len(self._numeric_cols)), dtype=np.float64)
+            for j, i in enumerate(self._numeric_cols):
+                x[:, j] = np.asarray(columns[i], dtype=np.float64).reshape(-1)
+            with np.errstate(invalid="ignore"):
+                idx = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+            idx[x == self._last_edge[None, :]] -= 1
+            idx = np.minimum(idx, self._n_bins[None, :] + 1)  # +inf lands in overflow
+            nan = np.isnan(x)
+            if nan.any():
+                idx[nan] = np.broadcast_to(self._n_bins + 2, idx.shape)[nan]
+            out[:, self._numeric_cols] = idx
+        for i, ref in enumerate(self.references):
+            if isinstance(ref, CategoricalReference):
+                col = columns[i]
+                values = col.reshape(-1).tolist() if isinstance(col, np.ndarray) else list(col)  # type: ignore[arg-type]
+                out[:, i] = categorical_buckets(ref, values)
+        return out
+
+    def update(self, columns: Sequence[npt.ArrayLike | Sequence[object]]) -> None:
+        """Add a batch of rows (one column per reference, in reference order)."""
+        if not self.references:
+            return
+        self.add_buckets(self.buckets(columns))
+
+    def add_buckets(self, local: IntArray) -> None:
+        """Add rows already bucketed (``(n, k)`` local bucket indices)."""
+        if local.shape[0] == 0:
+            return
+        if local.shape[0] > self.size:
+            local = local[-self.size :]
+        flat = local + self.offsets[None, :]
+        n = flat.shape[0]
+        with self._lock:
+            positions = (self._pos + np.arange(n)) % self.size
+            evicted = max(0, self._filled + n - self.size)
+            if evicted:
+                # occupied slots among those being overwritten: the last `evicted` ones
+                old = self._ring[positions[n - evicted :]]
+                self._counts -= np.bincount(old.ravel(), minlength=self.total_buckets)
+            self._ring[positions] = flat
+            self._counts += np.bincount(flat.ravel(), minlength=self.total_buckets)
+            self._pos = int((self._pos + n) % self.size)
+            self._filled = min(self.size, self._filled + n)
+
+    def counts(self) -> list[IntArray]:
+        """Current bucket counts per column."""
+        with self._lock:
+            c = self._counts.copy()
+        return [c[o : o + r.buckets] for o, r in zip(self.offsets, self.references, strict=True)]
+
+    def scores(self) -> dict[str, float]:
+        """PSI per column against its reference (0.0 while the window is empty)."""
+        if self._filled == 0:
+            return dict.fromkeys(self.names, 0.0)
+        return {
+            name: psi(expected, actual)
+            for name, expected, actual in zip(
+                self.names, self._expected, self.counts(), strict=True
+            )
+        }
+
+
+def max_score(scores: Mapping[str, float]) -> float:
+    """The drift score of a model: the largest per-column PSI (0.0 for none)."""
+    return max((s for s in scores.values() if not math.isnan(s)), default=0.0)

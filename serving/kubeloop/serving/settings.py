@@ -1,0 +1,150 @@
+"""Server settings, read once at start-up from ``KUBELOOP_SERVING_*`` variables.
+
+``kubeloop serve`` turns its flags into these variables before starting the
+server, so every worker process reads the same validated settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "KUBELOOP_SERVING_"
+
+
+class ServingSettings(BaseSettings):
+    """Everything the serving process can be told; each bound is checked at start."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- the model
+    model: str = Field(
+        min_length=1,
+        description="Model directory or fsspec URI holding model.onnx, model.json, profile.json.",
+    )
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+        description="Name the model is served under; default: the name in model.json.",
+    )
+    version: str | None = Field(
+        None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+        description="Version label; default: the version in model.json, else the digest's "
+        "first 12 hex digits.",
+    )
+    reload_interval: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds between checks of the model location for a new version; 0 = never.",
+    )
+    warmup_rows: int = Field(8, ge=0, le=10_000, description="Rows run through a new model.")
+    ort_threads: int = Field(
+        1, ge=0, le=256, description="onnxruntime intra-op threads (0 = onnxruntime's default)."
+    )
+
+    # --- transport
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free).")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes. Metrics, drift windows and feedback are per process; "
+        "in Kubernetes prefer one worker per pod and more replicas.",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, le=1024**3, description="Largest request body (413 above)."
+    )
+    max_rows: int = Field(10_000, gt=0, description="Most rows in one inference request.")
+    fast_path: bool = Field(
+        True,
+        description="Serve the inference routes from a raw ASGI dispatcher in front of FastAPI "
+        "(same data plane; saves the framework's per-request cost).",
+    )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM: report not ready and keep serving this long before draining.",
+    )
+    shutdown_timeout: float = Field(
+        30.0, gt=0, le=3600, description="Most seconds to wait for in-flight requests on exit."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the server's own log lines."
+    )
+
+    # --- micro-batching
+    batching: bool = Field(
+        True, description="Coalesce concurrent requests into one onnxruntime call."
+    )
+    max_batch_size: int = Field(64, ge=1, le=100_000, description="Most rows in one model call.")
+    max_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="Longest a request waits for others to join its batch; 0 = only those "
+        "already queued while the previous call ran (no added latency when idle).",
+    )
+
+    # --- drift
+    drift: bool = Field(True, description="Compare live inputs with the reference profile.")
+    drift_window: int = Field(1000, ge=10, le=10_000_000, description="Rows in the window.")
+    drift_threshold: float = Field(
+        0.2, gt=0, description="PSI above which the model counts as drifted (exported as a gauge)."
+    )
+    drift_features: list[str] | None = Field(
+        None, description="Features to watch (JSON list); default all in the profile."
+    )
+
+    # --- prediction log
+    prediction_log: str | None = Field(
+        None, description="Where prediction lines go: '-' for stdout, a file path, or unset."
+    )
+    prediction_log_queue: int = Field(
+        10_000, gt=0, le=10_000_000, description="Lines buffered before new ones are dropped."
+    )
+    prediction_log_inputs: float = Field(
+        0.0, ge=0, le=1, description="Share of lines that also carry the inputs (0 to 1)."
+    )
+
+    # --- feedback
+    feedback_capacity: int = Field(
+        100_000, gt=0, le=100_000_000, description="Recent predictions kept for feedback."
+    )
+    feedback_window: int = Field(
+        1000, gt=0, le=10_000_000, description="Rows in the rolling online metric."
+    )
+
+    # --- canary
+    canary_url: str | None = Field(
+        None, pattern=r"^https?://", description="Base URL of the canary server."
+    )
+    canary_weight: float = Field(
+        0.0, ge=0, le=100, description="Percent of inference requests forwarded to the canary."
+    )
+    canary_shadow: bool = Field(
+        False, description="Mirror requests to the canary instead; the stable model answers."
+    )
+    canary_config: str | None = Field(
+        None,
+        description="A YAML/JSON file {url, weight, shadow} watched for changes; when set it "
+        "overrides the canary_* values (mount a ConfigMap here).",
+    )
+    canary_timeout: float = Field(5.0, gt=0, le=300, description="Seconds per canary request.")
+    config_poll_interval: float = Field(
+        1.0, gt=0, le=3600, description="Seconds between checks of the canary config file."
+    )
+    shadow_max_in_flight: int = Field(
+        64, gt=0, le=100_000, description="Most mirrored requests at once (more are skipped)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingSettings:
+        if self.canary_weight > 0 and not self.canary_url and not self.canary_config:
+            raise ValueError("canary_weight needs canary_url (or canary_config)")
+        return self

@@ -1,0 +1,98 @@
+"""Micro-batching: concurrent calls share one model call and get their own rows back."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from kubeloop.serving.batching import MicroBatcher, merge, split
+
+
+def test_merge_and_split_round_trip():
+    feeds = [
+        {"x": np.arange(n, dtype=np.float32).reshape(n, 1) + 10 * i}
+        for i, n in enumerate([1, 3, 2])
+    ]
+    merged = merge(feeds)
+    assert merged["x"].shape == (6, 1)
+    parts = split({"y": merged["x"] * 2}, [1, 3, 2])
+    for feed, part in zip(feeds, parts, strict=True):
+        assert np.array_equal(part["y"], feed["x"] * 2)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_concurrent_requests_are_coalesced(threaded):
+    calls: list[int] = []
+
+    def run(feed):
+        calls.append(len(feed["x"]))
+        return {"y": feed["x"] * 2}
+
+    async def main():
+        executor = ThreadPoolExecutor(1) if threaded else None
+        b = MicroBatcher(run, max_batch_size=8, executor=executor)
+        feeds = [{"x": np.full((1, 1), i, dtype=np.float32)} for i in range(20)]
+        results = await asyncio.gather(*(b.infer(f, 1) for f in feeds))
+        if executor:
+            executor.shutdown()
+        return feeds, results
+
+    feeds, results = asyncio.run(main())
+    for feed, result in zip(feeds, results, strict=True):
+        assert np.array_equal(result["y"], feed["x"] * 2)
+    assert sum(calls) == 20
+    assert max(calls) <= 8
+    assert len(calls) < 20  # coalesced
+
+
+def test_a_single_request_is_not_delayed_and_an_oversized_one_runs_alone():
+    calls: list[int] = []
+
+    def run(feed):
+        calls.append(len(feed["x"]))
+        return {"y": feed["x"]}
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=4)
+        await b.infer({"x": np.zeros((1, 1))}, 1)
+        await b.infer({"x": np.zeros((10, 1))}, 10)
+
+    asyncio.run(main())
+    assert calls == [1, 10]
+
+
+def test_a_model_failure_reaches_every_caller_in_the_batch():
+    def run(feed):
+        raise RuntimeError("boom")
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=8)
+        return await asyncio.gather(
+            *(b.infer({"x": np.zeros((1, 1))}, 1) for _ in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_max_wait_lets_a_batch_fill():
+    calls: list[int] = []
+
+    def run(feed):
+        calls.append(len(feed["x"]))
+        return {"y": feed["x"]}
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=4, max_wait_s=0.05)
+
+        async def late(i):
+            await asyncio.sleep(0.001 * i)
+            return await b.infer({"x": np.zeros((1, 1))}, 1)
+
+        await asyncio.gather(*(late(i) for i in range(4)))
+
+    asyncio.run(main())
+    assert calls == [4]
