@@ -1,0 +1,124 @@
+"""The pure builders: what the operator asks the API server to create."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
+from kubeloop.operator import builders
+from kubeloop.operator.settings import OperatorSettings
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.fixture
+def settings():
+    return OperatorSettings(volume_claim="kubeloop-data", artifact_root="file:///data/kubeloop")
+
+
+def parent(kind: str, name: str = "demo", generation: int = 1) -> dict:
+    doc = yaml.safe_load((EXAMPLES / f"{kind.lower()}.yaml").read_text())
+    doc["metadata"].update(name=name, namespace="ml", uid="0123456789abcdef", generation=generation)
+    return doc
+
+
+def test_snapshot_job_reads_the_source_and_passes_the_schema(settings):
+    ds = parent("Dataset")
+    job = builders.build_snapshot_job(ds, DatasetSpec.model_validate(ds["spec"]), 0, settings)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["metadata"]["name"] == "demo-snap-g1-0"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "0123456789abcdef"
+    assert container["args"][:5] == [
+        "snapshot",
+        "--source",
+        "/data/breast-cancer.csv",
+        "--format",
+        "csv",
+    ]
+    assert "file:///data/kubeloop/datasets/ml/demo" in container["args"]
+    annotation = job["spec"]["template"]["metadata"]["annotations"][builders.SPEC_ANNOTATION]
+    assert json.loads(annotation)["columns"][0]["name"] == "mean radius"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["kubeloop-data"]
+
+
+def test_snapshot_job_name_changes_with_generation_and_round(settings):
+    assert builders.snapshot_job_name(
+        parent("Dataset", generation=1), 0
+    ) != builders.snapshot_job_name(parent("Dataset", generation=2), 0)
+    assert builders.snapshot_job_name(parent("Dataset"), 7).endswith("-7")
+
+
+def test_trainer_job_carries_the_spec_and_never_retries_a_gate_rejection(settings):
+    tj = parent("TrainingJob")
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    job = builders.build_trainer_job(tj, spec, "file:///data/snap/data.csv", settings)
+    pod = job["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert json.loads(pod["metadata"]["annotations"][builders.SPEC_ANNOTATION]) == spec.to_wire()
+    assert container["args"][container["args"].index("--data") + 1] == "file:///data/snap/data.csv"
+    assert container["resources"] == spec.resources.to_wire()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    rule = job["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"]["values"] == [builders.GATE_REJECTED_EXIT]
+    assert job["spec"]["activeDeadlineSeconds"] == 1800
+    assert job["metadata"]["name"] == builders.trainer_job_name(tj) == "demo-train-01234"
+
+
+def test_model_version_records_lineage(settings):
+    tj = parent("TrainingJob")
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    summary = {"artifact_uri": "file:///a/model.onnx", "sha256": "a" * 64, "metrics": {"f1": 0.97}}
+    mv = builders.build_model_version(
+        tj, spec, 3, "breast-cancer-v3", summary, "sha256:" + "b" * 64, None
+    )
+    assert mv["spec"]["version"] == 3
+    assert mv["spec"]["lineage"]["trainingJob"] == "demo"
+    assert mv["metadata"]["labels"]["kubeloop.io/training-job-uid"] == "0123456789abcdef"
+    assert mv["metadata"]["labels"]["kubeloop.io/model"] == "breast-cancer"
+
+
+def test_serving_deployment_and_routing(settings):
+    md = parent("ModelDeployment")
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    mv = {
+        "spec": {"version": 2, "artifact": {"uri": "file:///data/kubeloop/models/ml/x/model.onnx"}}
+    }
+    dep = builders.build_serving_deployment(md, spec, mv, "stable", 2, settings)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert dep["metadata"]["name"] == "demo-stable"
+    assert dep["spec"]["selector"]["matchLabels"] == {
+        "kubeloop.io/model-deployment": "demo",
+        "kubeloop.io/role": "stable",
+    }
+    assert (
+        container["args"][container["args"].index("--model") + 1]
+        == "file:///data/kubeloop/models/ml/x"
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KUBELOOP_SERVING_DRIFT_THRESHOLD"] == "0.2"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    routing = builders.build_routing_config(md, 10, 3, settings)
+    assert json.loads(routing["data"]["routing.json"]) == {
+        "canary_url": "http://demo-canary.ml.svc:8080",
+        "canary_version": 3,
+        "weight": 10,
+    }
+    assert (
+        json.loads(builders.build_routing_config(md, 10, None, settings)["data"]["routing.json"])[
+            "weight"
+        ]
+        == 0
+    )
+    assert builders.build_hpa(md, spec) is None

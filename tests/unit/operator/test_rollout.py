@@ -1,0 +1,94 @@
+"""The canary state machine, step by step, without a cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.operator.handlers.modeldeployment import ABORT, PROMOTE, advance, choose_version
+
+CANARY = ModelDeploymentSpec.model_validate(
+    {
+        "modelName": "m",
+        "canary": {"steps": [{"weight": 10, "pause": "1m"}, {"weight": 50, "pause": "1m"}]},
+    }
+)
+PLAIN = ModelDeploymentSpec.model_validate({"modelName": "m"})
+
+
+def ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_first_version_goes_straight_to_stable():
+    state, events = advance(CANARY, {}, 1, {}, canary_ready=False)
+    assert state["stableVersion"] == 1
+    assert state["canaryVersion"] is None
+    assert events == []
+
+
+def test_without_steps_a_new_version_is_a_rolling_update():
+    state, events = advance(PLAIN, {"stableVersion": 1}, 2, {}, canary_ready=False)
+    assert state["stableVersion"] == 2
+    assert events[0][0] == "RollingUpdate"
+
+
+def test_canary_walks_every_step_then_promotes():
+    state, events = advance(CANARY, {"stableVersion": 1}, 2, {}, canary_ready=False)
+    assert (state["canaryVersion"], state["canaryStep"], events[0][0]) == (2, 0, "CanaryStarted")
+    # The pause has not passed: nothing moves.
+    held, events = advance(CANARY, state, 2, {}, canary_ready=True)
+    assert held["canaryStep"] == 0
+    assert events == []
+    # The pause passed but the canary pods are not ready: still nothing.
+    waiting, _ = advance(CANARY, {**state, "stepStartedTime": ago(120)}, 2, {}, canary_ready=False)
+    assert waiting["canaryStep"] == 0
+    step1, events = advance(
+        CANARY, {**state, "stepStartedTime": ago(120)}, 2, {}, canary_ready=True
+    )
+    assert (step1["canaryStep"], events[0][0]) == (1, "CanaryStep")
+    done, events = advance(CANARY, {**step1, "stepStartedTime": ago(120)}, 2, {}, canary_ready=True)
+    assert (done["stableVersion"], done["canaryVersion"], events[0][0]) == (2, None, "Promoted")
+
+
+def test_promote_annotation_skips_the_remaining_steps():
+    state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 0, "stepStartedTime": ago(0)}
+    done, events = advance(CANARY, state, 2, {PROMOTE: "true"}, canary_ready=False)
+    assert done["stableVersion"] == 2
+    assert events[0][0] == "Promoted"
+
+
+def test_abort_returns_traffic_and_is_not_retried_for_that_version():
+    state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 1, "stepStartedTime": ago(0)}
+    aborted, events = advance(CANARY, state, 2, {ABORT: "true"}, canary_ready=True)
+    assert (aborted["stableVersion"], aborted["canaryVersion"], aborted["abortedVersion"]) == (
+        1,
+        None,
+        2,
+    )
+    assert events[0][0] == "CanaryAborted"
+    again, events = advance(CANARY, aborted, 2, {}, canary_ready=True)
+    assert again["canaryVersion"] is None
+    assert events == []
+    newer, events = advance(CANARY, aborted, 3, {}, canary_ready=True)
+    assert newer["canaryVersion"] == 3
+
+
+def test_a_newer_version_restarts_the_canary():
+    state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 1, "stepStartedTime": ago(0)}
+    newer, _ = advance(CANARY, state, 3, {}, canary_ready=True)
+    assert (newer["canaryVersion"], newer["canaryStep"]) == (3, 0)
+
+
+def test_choose_version():
+    ready = {1: {}, 3: {}}
+    assert choose_version(PLAIN, ready) == 3
+    pinned = ModelDeploymentSpec.model_validate(
+        {"modelName": "m", "version": {"policy": "Pinned", "pinned": 1}}
+    )
+    assert choose_version(pinned, ready) == 1
+    missing = ModelDeploymentSpec.model_validate(
+        {"modelName": "m", "version": {"policy": "Pinned", "pinned": 2}}
+    )
+    assert choose_version(missing, ready) is None
+    assert choose_version(PLAIN, {}) is None
