@@ -1,0 +1,1 @@
+"""Dataset snapshots and training runs: `kubeloop snapshot`, `kubeloop train`."""
