@@ -15,6 +15,7 @@ from kubeloop.api.base import API_VERSION
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
+from kubeloop.trainer.artifacts import Summary
 
 MANAGED_BY = "kubeloop"
 SPEC_ANNOTATION = "kubeloop.io/spec"
@@ -259,7 +260,7 @@ def build_model_version(
     spec: TrainingJobSpec,
     version: int,
     name: str,
-    summary: dict[str, Any],
+    summary: Summary,
     data_version: str,
     metadata: dict[str, Any] | None,
 ) -> dict[str, Any]:
@@ -273,8 +274,8 @@ def build_model_version(
         "modelName": spec.model_name,
         "version": version,
         "task": spec.task,
-        "artifact": {"uri": summary["artifact_uri"], "sha256": summary["sha256"]},
-        "metrics": summary.get("metrics") or {},
+        "artifact": {"uri": summary.artifact_uri, "sha256": summary.sha256},
+        "metrics": summary.metrics or {},
         "lineage": {
             "dataset": spec.dataset_ref.name,
             "datasetVersion": data_version,
@@ -282,8 +283,8 @@ def build_model_version(
             "params": spec.estimator.params or {},
         },
     }
-    if summary.get("profile_uri"):
-        mv_spec["profileUri"] = summary["profile_uri"]
+    if summary.profile_uri:
+        mv_spec["profileUri"] = summary.profile_uri
     if metadata:
         mv_spec["inputs"] = metadata.get("inputs", [])
         mv_spec["outputs"] = metadata.get("outputs", [])

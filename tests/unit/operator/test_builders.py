@@ -11,6 +11,7 @@ import yaml
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
+from kubeloop.trainer.artifacts import Summary
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -78,7 +79,13 @@ def test_trainer_job_carries_the_spec_and_never_retries_a_gate_rejection(setting
 def test_model_version_records_lineage(settings):
     tj = parent("TrainingJob")
     spec = TrainingJobSpec.model_validate(tj["spec"])
-    summary = {"artifact_uri": "file:///a/model.onnx", "sha256": "a" * 64, "metrics": {"f1": 0.97}}
+    summary = Summary(
+        kind="train",
+        status="succeeded",
+        artifact_uri="file:///a/model.onnx",
+        sha256="a" * 64,
+        metrics={"f1": 0.97},
+    )
     mv = builders.build_model_version(
         tj, spec, 3, "breast-cancer-v3", summary, "sha256:" + "b" * 64, None
     )

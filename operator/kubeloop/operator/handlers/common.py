@@ -19,6 +19,7 @@ from kubeloop.operator import metrics
 from kubeloop.operator.conditions import set_condition
 from kubeloop.operator.kube import Kube
 from kubeloop.operator.settings import OperatorSettings
+from kubeloop.trainer.artifacts import Summary
 
 
 @dataclass
@@ -194,15 +195,15 @@ def termination_message(kube: Kube, job: dict[str, Any], container: str) -> str 
     return best[1] if best else None
 
 
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """The JSON summary a trainer command wrote, or None when it wrote none."""
-    if not message:
-        return None
-    for line in reversed(message.strip().splitlines()):
+def parse_summary(message: str | None) -> Summary | None:
+    """The summary line a trainer command wrote, or None (e.g. it crashed first).
+
+    With ``FallbackToLogsOnError`` the message may be the log's tail instead,
+    so the last line that parses as a summary wins.
+    """
+    for line in reversed((message or "").strip().splitlines()):
         try:
-            value = json.loads(line)
+            return Summary.model_validate_json(line)
         except ValueError:
             continue
-        if isinstance(value, dict):
-            return value
     return None

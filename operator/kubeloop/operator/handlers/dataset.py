@@ -22,6 +22,7 @@ from kubeloop.operator.handlers.common import (
     termination_message,
 )
 from kubeloop.operator.settings import OperatorSettings
+from kubeloop.trainer.artifacts import Summary
 
 KIND = "Dataset"
 _SETTINGS = OperatorSettings()
@@ -38,25 +39,26 @@ def refresh_round(spec: DatasetSpec, now_s: float) -> int:
     return int(now_s // duration_seconds(spec.refresh_interval))
 
 
-def _record_success(rec: Reconcile, summary: dict[str, Any], settings: OperatorSettings) -> None:
-    digest = summary["digest"]
+def _record_success(rec: Reconcile, summary: Summary, settings: OperatorSettings) -> None:
+    digest = str(summary.digest)
+    columns = summary.columns or []
     if rec.status.get("version") != digest:
         rec.info(reason="NewVersion", message=f"data version {digest}")
+        rec.status["lastSnapshotTime"] = now()
+        history = [h for h in rec.status.get("history") or [] if h.get("version") != digest]
+        entry = {"version": digest, "rows": summary.rows or 0, "time": now()}
+        if summary.snapshot_uri:
+            entry["snapshotUri"] = summary.snapshot_uri
+        rec.status["history"] = [entry, *history][: settings.history_limit]
     rec.status.update(
         version=digest,
-        rows=summary.get("rows"),
-        columns=len(summary.get("columns") or summary.get("schema") or []),
-        inferredSchema=summary.get("schema"),
-        snapshotUri=summary.get("snapshot_uri"),
-        profileUri=summary.get("profile_uri"),
-        lastSnapshotTime=now(),
+        rows=summary.rows,
+        columns=len(columns),
+        inferredSchema=[c.to_wire() for c in columns],
+        snapshotUri=summary.snapshot_uri,
+        profileUri=summary.profile_uri,
     )
-    history = [h for h in rec.status.get("history") or [] if h.get("version") != digest]
-    entry = {"version": digest, "rows": summary.get("rows") or 0, "time": now()}
-    if summary.get("snapshot_uri"):
-        entry["snapshotUri"] = summary["snapshot_uri"]
-    rec.status["history"] = [entry, *history][: settings.history_limit]
-    rec.condition("Ready", True, "SnapshotSucceeded", f"{summary.get('rows')} rows, {digest}")
+    rec.condition("Ready", True, "SnapshotSucceeded", f"{summary.rows} rows, {digest}")
 
 
 def reconcile(ctx: Context, rec: Reconcile) -> None:
@@ -82,10 +84,10 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
             rec.condition("Ready", False, "Snapshotting", f"waiting for Job {name}")
         return
     summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
-    if state == "Succeeded" and summary and summary.get("digest"):
+    if state == "Succeeded" and summary and summary.digest:
         _record_success(rec, summary, ctx.settings)
         return
-    reason = (summary or {}).get("reason") or job_failure(job)
+    reason = (summary.reason if summary else None) or job_failure(job)
     previous = get_condition(rec.status, "Ready") or {}
     if previous.get("reason") != "SnapshotFailed" or previous.get("message") != reason:
         rec.warn(reason="SnapshotFailed", message=reason)

@@ -25,6 +25,7 @@ from kubeloop.operator.kube import ConflictError, Kube
 from kubeloop.operator.names import model_version_name
 from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.store import read_json
+from kubeloop.trainer.artifacts import METADATA_FILE, Summary
 
 KIND = "TrainingJob"
 TERMINAL = ("Succeeded", "Failed", "Rejected")
@@ -83,12 +84,12 @@ def allocate_model_version(
     raise kopf.TemporaryError(f"no free version of {spec.model_name} found", delay=1)
 
 
-def read_metadata(summary: dict[str, Any]) -> dict[str, Any] | None:
+def read_metadata(summary: Summary) -> dict[str, Any] | None:
     """The trainer's model.json next to the artifact, when the operator can read it."""
-    uri = summary.get("metadata_uri") or posixpath.join(
-        builders.model_dir(str(summary["artifact_uri"])), "model.json"
+    uri = summary.metadata_uri or posixpath.join(
+        builders.model_dir(str(summary.artifact_uri)), METADATA_FILE
     )
-    return read_json(str(uri))
+    return read_json(uri)
 
 
 def _resolve_data(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> str | None:
@@ -139,20 +140,20 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         rec.status["phase"] = "Running"
         rec.condition("Ready", False, "Training", f"Job {job_name} is running")
         return
-    summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER)) or {}
-    if summary.get("metrics"):
-        rec.status["metrics"] = {
-            k: float(v) for k, v in summary["metrics"].items() if isinstance(v, int | float)
-        }
-    rec.status["completionTime"] = now()
-    if summary.get("status") == "rejected":
-        reason = summary.get("reason") or "quality gate not met"
+    summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
+    if summary is None:
+        summary = Summary(kind="train", status="failed")
+    if summary.metrics:
+        rec.status["metrics"] = summary.metrics
+    rec.status.setdefault("completionTime", now())
+    if summary.status == "rejected":
+        reason = summary.reason or "quality gate not met"
         rec.status.update(phase="Rejected", reason=reason)
         rec.condition("Ready", False, "GateRejected", reason)
         rec.warn(reason="GateRejected", message=reason)
         return
-    if state == "Failed" or not summary.get("artifact_uri"):
-        reason = summary.get("reason") or job_failure(job)
+    if state == "Failed" or not summary.artifact_uri or not summary.sha256:
+        reason = summary.reason or job_failure(job)
         if state == "Succeeded":
             reason = "trainer reported no artifact in its termination message"
         rec.status.update(phase="Failed", reason=reason)
