@@ -4,7 +4,8 @@ canary server (exact weights without a service mesh), or mirrors them (shadow).
 The share is kept exact by error diffusion rather than coin flips: after ``n``
 requests the number forwarded is ``floor(n * weight / 100)`` (±1), spread evenly.
 The weight and upstream can change at run time through a watched config file
-(a mounted ConfigMap): ``{"url": "http://canary:8080", "weight": 10, "shadow": false}``.
+(the ConfigMap the operator writes):
+``{"canary_url": "http://canary:8080", "weight": 10, "shadow": false, "canary_version": 3}``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ log = logging.getLogger("kubeloop.serving.canary")
 class CanaryConfig(BaseModel):
     """Where the canary is and what share of traffic it gets."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    url: str | None = Field(None, pattern=r"^https?://", description="Canary base URL.")
+    url: str | None = Field(
+        None, alias="canary_url", pattern=r"^https?://", description="Canary base URL."
+    )
     weight: float = Field(0.0, ge=0, le=100, description="Percent of requests forwarded.")
     shadow: bool = Field(False, description="Mirror requests instead of forwarding them.")
+    canary_version: int | str | None = Field(None, description="The canary's version (info).")
 
     @property
     def active(self) -> bool:
@@ -65,7 +69,7 @@ def read_config(path: Path) -> tuple[CanaryConfig, str]:
     digest = hashlib.sha256(raw).hexdigest()
     data: Any = yaml.safe_load(raw) if raw.strip() else {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with url/weight/shadow")
+        raise ValueError(f"{path}: expected a mapping with canary_url/weight/shadow")
     return CanaryConfig.model_validate(data), digest
 
 

@@ -122,12 +122,9 @@ def categorical_buckets(ref: CategoricalReference, values: Sequence[object]) -> 
 
 
 def _category_key(value: object) -> str:
+    """A value as the profile keys it: its ``str()`` (bytes decoded first)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, bool | np.bool_):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
     return str(value)
 
 

@@ -33,7 +33,7 @@ class Entry(NamedTuple):
 
 
 def _item(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray | np.generic):
         value = value.tolist()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -62,7 +62,7 @@ def lines(entry: Entry) -> list[bytes]:
         }
         if entry.inputs is not None:
             record["inputs"] = {k: _item(np.asarray(v)[i]) for k, v in entry.inputs.items()}
-        out.append(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        out.append(orjson.dumps(record, default=str) + b"\n")
     return out
 
 
@@ -124,7 +124,10 @@ class PredictionLog:
                 if entry is None:
                     stop = True
                     continue
-                chunk.extend(lines(entry))
+                try:
+                    chunk.extend(lines(entry))
+                except (TypeError, ValueError):  # never let one odd value stop the log
+                    self._on_dropped(max(1, _rows(entry.outputs)))
             if chunk:
                 try:
                     stream.write(b"".join(chunk))

@@ -6,10 +6,10 @@ server, so every worker process reads the same validated settings.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "KUBELOOP_SERVING_"
 
@@ -17,7 +17,9 @@ ENV_PREFIX = "KUBELOOP_SERVING_"
 class ServingSettings(BaseSettings):
     """Everything the serving process can be told; each bound is checked at start."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, protected_namespaces=()
+    )
 
     # --- the model
     model: str = Field(
@@ -29,7 +31,7 @@ class ServingSettings(BaseSettings):
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
         description="Name the model is served under; default: the name in model.json.",
     )
-    version: str | None = Field(
+    model_version: str | None = Field(
         None,
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
         description="Version label; default: the version in model.json, else the digest's "
@@ -97,8 +99,8 @@ class ServingSettings(BaseSettings):
     drift_threshold: float = Field(
         0.2, gt=0, description="PSI above which the model counts as drifted (exported as a gauge)."
     )
-    drift_features: list[str] | None = Field(
-        None, description="Features to watch (JSON list); default all in the profile."
+    drift_features: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Features to watch, comma-separated; default all in the profile."
     )
 
     # --- prediction log
@@ -130,10 +132,10 @@ class ServingSettings(BaseSettings):
     canary_shadow: bool = Field(
         False, description="Mirror requests to the canary instead; the stable model answers."
     )
-    canary_config: str | None = Field(
+    routing_file: str | None = Field(
         None,
-        description="A YAML/JSON file {url, weight, shadow} watched for changes; when set it "
-        "overrides the canary_* values (mount a ConfigMap here).",
+        description="A JSON/YAML file {canary_url, weight, shadow, canary_version} watched for "
+        "changes; when set it overrides the canary_* values (the operator mounts a ConfigMap).",
     )
     canary_timeout: float = Field(5.0, gt=0, le=300, description="Seconds per canary request.")
     config_poll_interval: float = Field(
@@ -143,8 +145,15 @@ class ServingSettings(BaseSettings):
         64, gt=0, le=100_000, description="Most mirrored requests at once (more are skipped)."
     )
 
+    @field_validator("drift_features", mode="before")
+    @classmethod
+    def _split_features(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [f.strip() for f in value.split(",") if f.strip()] or None
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
-        if self.canary_weight > 0 and not self.canary_url and not self.canary_config:
-            raise ValueError("canary_weight needs canary_url (or canary_config)")
+        if self.canary_weight > 0 and not self.canary_url and not self.routing_file:
+            raise ValueError("canary_weight needs canary_url (or routing_file)")
         return self

@@ -24,18 +24,22 @@ def test_picks_are_spread_evenly():
 
 def test_config_file_changes_are_picked_up_and_bad_content_is_ignored(tmp_path):
     path = tmp_path / "canary.yaml"
-    path.write_text("url: http://127.0.0.1:1\nweight: 10\n")
+    path.write_text("canary_url: http://127.0.0.1:1\nweight: 10\n")
     w = ConfigWatcher(path)
     assert w.poll() == CanaryConfig(url="http://127.0.0.1:1", weight=10)
     assert w.poll() is None  # unchanged
-    path.write_text('{"url": "http://127.0.0.1:1", "weight": 250}')
+    path.write_text('{"canary_url": "http://127.0.0.1:1", "weight": 250}')
     assert w.poll() is None  # invalid: keep the current one
-    path.write_text('{"url": "http://127.0.0.1:1", "weight": 30, "shadow": true}')
-    assert w.poll() == CanaryConfig(url="http://127.0.0.1:1", weight=30, shadow=True)
+    path.write_text(
+        '{"canary_url": "http://127.0.0.1:1", "weight": 30, "shadow": true, "canary_version": 3}'
+    )
+    assert w.poll() == CanaryConfig(
+        url="http://127.0.0.1:1", weight=30, shadow=True, canary_version=3
+    )
     path.unlink()
     assert w.poll() == CanaryConfig()
 
 
-def test_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="extra"):
-        CanaryConfig.model_validate({"url": "http://x", "wieght": 5})
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="canary_url"):
+        CanaryConfig.model_validate({"canary_url": "ftp://x", "weight": 5})

@@ -1,0 +1,135 @@
+"""``kubeloop serve``: run the inference server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+import click
+import uvicorn
+from pydantic import ValidationError
+
+from kubeloop.serving.settings import ENV_PREFIX, ServingSettings
+
+log = logging.getLogger("kubeloop.serving")
+
+
+class GracefulServer(uvicorn.Server):
+    """SIGTERM/SIGINT: report not ready, keep serving ``drain_seconds`` (so the
+    endpoints controller removes the pod), then stop accepting, let in-flight
+    requests finish and exit. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # a second signal: exit now
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self._draining = True
+        app = self.config.loaded_app
+        plane = getattr(_unwrap(app), "plane", None)
+        if plane is not None:
+            plane.begin_shutdown()
+        log.info(
+            "signal %s: not ready; draining for %.1fs, then closing",
+            signal.Signals(sig).name,
+            self.drain_seconds,
+        )
+        # set should_exit directly (not via uvicorn's handler, which re-raises the
+        # signal after shutdown): a drained shutdown exits 0
+        if self.drain_seconds <= 0:
+            self.should_exit = True
+            return
+        timer = threading.Timer(self.drain_seconds, setattr, args=(self, "should_exit", True))
+        timer.daemon = True
+        timer.start()
+
+
+def _unwrap(app: Any) -> Any:
+    # uvicorn wraps the app in its own middleware (proxy headers, ...)
+    while app is not None and not hasattr(app, "plane") and hasattr(app, "app"):
+        app = app.app
+    return app
+
+
+@click.command("serve")
+@click.option(
+    "--model", "model", required=True, help="Model directory or URI (file://, s3://, ...)."
+)
+@click.option("--name", default=None, help="Name to serve the model under (default: model.json's).")
+@click.option("--host", default=None, help="Listen address [default: 0.0.0.0].")
+@click.option("--port", type=int, default=None, help="Listen port [default: 8080].")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
+@click.option("--canary-url", default=None, help="Forward a share of requests to this server.")
+@click.option("--canary-weight", type=float, default=None, help="Percent sent to the canary.")
+@click.option(
+    "--routing-file", default=None, help="Watched JSON/YAML file {canary_url, weight, shadow}."
+)
+@click.option("--shadow/--no-shadow", default=None, help="Mirror to the canary instead.")
+@click.option("--prediction-log", default=None, help="'-' for stdout, or a file path.")
+def serve(
+    model: str,
+    name: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    canary_url: str | None,
+    canary_weight: float | None,
+    routing_file: str | None,
+    shadow: bool | None,
+    prediction_log: str | None,
+) -> None:
+    """Serve a model over the Open Inference Protocol v2 and KServe V1.
+
+    Every setting can also be given as a KUBELOOP_SERVING_* environment variable
+    (see kubeloop.serving.settings); flags win.
+    """
+    flags: dict[str, Any] = {
+        "model": model,
+        "name": name,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "canary_url": canary_url,
+        "canary_weight": canary_weight,
+        "routing_file": routing_file,
+        "canary_shadow": shadow,
+        "prediction_log": prediction_log,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            os.environ[ENV_PREFIX + key.upper()] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    try:
+        settings = ServingSettings()
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid settings:\n{exc}") from None
+    config = uvicorn.Config(
+        "kubeloop.serving.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+    )
+    server = GracefulServer(config, settings.drain_seconds)
+    if settings.workers > 1:
+        sock = config.bind_socket()
+        # each worker runs a plain uvicorn server: SIGTERM drains without the not-ready delay
+        uvicorn.supervisors.Multiprocess(config, sockets=[sock]).run()
+    else:
+        server.run()

@@ -1,0 +1,92 @@
+"""What the server needs to know about a model, read from the trainer's artifacts.
+
+The formats are the trainer's (:mod:`kubeloop.trainer.artifacts`, which imports
+only pydantic); this module maps them onto the server's own view: the feature
+list, the drift references and which outputs carry the prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubeloop.serving.drift import CategoricalReference, NumericReference, Reference
+from kubeloop.serving.settings import ServingSettings
+from kubeloop.trainer import artifacts as trainer_artifacts
+from kubeloop.trainer.artifacts import METADATA_FILE, MODEL_FILE, PROFILE_FILE
+
+__all__ = ["METADATA_FILE", "MODEL_FILE", "PROFILE_FILE", "Description", "describe"]
+
+#: default prediction-value histogram buckets when the profile has none (regression)
+DEFAULT_VALUE_BUCKETS: tuple[float, ...] = (-100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class Description:
+    name: str
+    version: str
+    sha256: str
+    task: Literal["classification", "regression"]
+    classes: list[Any] | None
+    features: list[Feature]
+    feature_references: list[Reference]
+    prediction_reference: Reference | None
+    label_output: str
+    proba_output: str | None
+    value_buckets: tuple[float, ...]
+
+
+def _reference(
+    name: str, prof: trainer_artifacts.NumericProfile | trainer_artifacts.CategoricalProfile
+) -> Reference:
+    """The drift reference of one column (bucket layout as the profile documents it)."""
+    if isinstance(prof, trainer_artifacts.NumericProfile):
+        return NumericReference(
+            name, edges=list(prof.edges), counts=list(prof.counts), missing=float(prof.missing)
+        )
+    freq = prof.frequencies
+    return CategoricalReference(
+        name, categories=list(freq), counts=[float(v) for v in freq.values()]
+    )
+
+
+def describe(
+    meta_bytes: bytes, profile_bytes: bytes | None, settings: ServingSettings
+) -> Description:
+    """Parse ``model.json`` (and ``profile.json`` when present) into a Description."""
+    meta = trainer_artifacts.ModelMetadata.model_validate_json(meta_bytes)
+    nullable = set(meta.nullable)
+    features = [Feature(t.name, t.name in nullable) for t in meta.inputs]
+    refs: list[Reference] = []
+    prediction: Reference | None = None
+    value_buckets = DEFAULT_VALUE_BUCKETS
+    if profile_bytes is not None:
+        profile = trainer_artifacts.Profile.model_validate_json(profile_bytes)
+        for f in features:
+            prof = profile.features.get(f.name)
+            if prof is not None:
+                refs.append(_reference(f.name, prof))
+        if profile.prediction is not None:
+            prediction = _reference("prediction", profile.prediction)
+            if isinstance(prediction, NumericReference):
+                value_buckets = tuple(float(e) for e in prediction.edges)
+    classification = meta.task == "classification"
+    return Description(
+        name=meta.name,
+        version=meta.sha256[:12],
+        sha256=meta.sha256,
+        task=meta.task,
+        classes=list(meta.classes) if meta.classes is not None else None,
+        features=features,
+        feature_references=refs,
+        prediction_reference=prediction,
+        label_output="label" if classification else "variable",
+        proba_output="probabilities" if classification else None,
+        value_buckets=value_buckets,
+    )

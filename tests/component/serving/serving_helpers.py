@@ -1,0 +1,131 @@
+"""Helpers for the serving component tests: the server as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+KUBELOOP = Path(sys.executable).with_name("kubeloop")
+RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``check`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)  # type: ignore[arg-type]
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample on /metrics (None when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric, _, rest = head.partition("{")
+            if metric != name:
+                continue
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(value)
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_server(
+    model: Path | str, *args: str, env: dict[str, str] | None = None, ready: bool = True
+) -> Server:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELOOP_SERVING_")}
+    full_env.update({"KUBELOOP_SERVING_DRAIN_SECONDS": "0", **(env or {})})
+    proc = subprocess.Popen(
+        [
+            str(KUBELOOP),
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+    )
+    server = Server(proc)
+    port: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.append(line)
+            m = RUNNING.search(line)
+            if m:
+                port.append(m.group(1))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        wait_for("the server to listen", lambda: bool(port) or proc.poll() is not None)
+        if not port:
+            raise AssertionError(f"server exited:\n{server.log}")
+        server.url = f"http://127.0.0.1:{port[0]}"
+        if ready:
+            wait_for(f"the server to be ready; log:\n{server.log}", server.ready)
+    except BaseException:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def serving(model: Path | str, *args: str, **kw: object) -> Iterator[Server]:
+    server = start_server(model, *args, **kw)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.stop()
