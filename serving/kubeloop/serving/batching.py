@@ -20,6 +20,7 @@ import numpy as np
 Feed = dict[str, np.ndarray[Any, Any]]
 Outputs = dict[str, np.ndarray[Any, Any]]
 RunFn = Callable[[Feed], Outputs]
+_Item = tuple[Feed, int, "asyncio.Future[Outputs]"]
 
 
 def merge(feeds: list[Feed]) -> Feed:
@@ -52,14 +53,14 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float = 0.0,
         executor: Executor | None = None,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[Feed, Outputs], None] | None = None,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._executor = executor
         self._on_batch = on_batch
-        self._pending: list[tuple[Feed, int, asyncio.Future[Outputs]]] = []
+        self._pending: list[_Item] = []
         self._pending_rows = 0
         self._draining = False
         self._task: asyncio.Task[None] | None = None
@@ -71,10 +72,22 @@ class MicroBatcher:
         self._pending_rows += rows
         if not self._draining:
             self._draining = True
-            self._task = loop.create_task(self._drain())
+            if self._executor is None and self.max_wait_s == 0:
+                # everything is synchronous: a plain callback is cheaper than a task
+                loop.call_soon(self._drain_inline, loop)
+            else:
+                self._task = loop.create_task(self._drain())
         return await future
 
-    def _take(self) -> list[tuple[Feed, int, asyncio.Future[Outputs]]]:
+    def _drain_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One pass over what queued up in this loop iteration, on the loop itself."""
+        try:
+            while self._pending:
+                self._run_batch(self._take(), loop)
+        finally:
+            self._draining = False
+
+    def _take(self) -> list[_Item]:
         taken = 0
         rows = 0
         for _, n, _ in self._pending:
@@ -92,27 +105,52 @@ class MicroBatcher:
             while self._pending:
                 if self.max_wait_s > 0 and self._pending_rows < self.max_batch_size:
                     await asyncio.sleep(self.max_wait_s)
-                batch = self._take()
-                batch = [b for b in batch if not b[2].cancelled()]
+                batch = [b for b in self._take() if not b[2].cancelled()]
                 if not batch:
                     continue
-                sizes = [n for _, n, _ in batch]
+                if self._executor is None:
+                    self._run_batch(batch, loop)
+                    continue
                 try:
                     feed = merge([f for f, _, _ in batch])
-                    if self._executor is None:
-                        outputs = self._run(feed)
-                    else:
-                        outputs = await loop.run_in_executor(self._executor, self._run, feed)
-                    parts = split(outputs, sizes)
-                except Exception as exc:  # the model failed: every caller in the batch hears it
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    outputs = await loop.run_in_executor(self._executor, self._run, feed)
+                except Exception as exc:
+                    _fail(batch, exc)
                     continue
-                if self._on_batch is not None:
-                    self._on_batch(sum(sizes))
-                for (_, _, fut), part in zip(batch, parts, strict=True):
-                    if not fut.done():
-                        fut.set_result(part)
+                self._deliver(batch, feed, outputs, loop)
         finally:
             self._draining = False
+
+    def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        batch = [b for b in batch if not b[2].cancelled()]
+        if not batch:
+            return
+        try:
+            feed = merge([f for f, _, _ in batch])
+            outputs = self._run(feed)
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        self._deliver(batch, feed, outputs, loop)
+
+    def _deliver(
+        self, batch: list[_Item], feed: Feed, outputs: Outputs, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        try:
+            parts = split(outputs, [n for _, n, _ in batch])
+        except Exception as exc:
+            _fail(batch, exc)
+            return
+        for (_, _, fut), part in zip(batch, parts, strict=True):
+            if not fut.done():
+                fut.set_result(part)
+        if self._on_batch is not None:
+            # after the callers resume (FIFO), i.e. after their responses go out
+            loop.call_soon(self._on_batch, feed, outputs)
+
+
+def _fail(batch: list[_Item], exc: Exception) -> None:
+    """The model failed: every caller in the batch hears it."""
+    for _, _, fut in batch:
+        if not fut.done():
+            fut.set_exception(exc)

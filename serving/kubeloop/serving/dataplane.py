@@ -75,6 +75,7 @@ class DataPlane:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kubeloop-load")
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubeloop-run")
         self._tasks: list[asyncio.Task[Any]] = []
+        self._children: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
         self._id_prefix = f"{os.getpid():x}-{random.getrandbits(32):08x}-"
         self._id_counter = 0
         self.feedback: FeedbackStore | None = None
@@ -169,7 +170,10 @@ class DataPlane:
             s = self.settings
             try:
                 model = await loop.run_in_executor(
-                    self._executor, lambda: load_model(s, self._model_executor, self.metrics)
+                    self._executor,
+                    lambda: load_model(
+                        s, self._model_executor if s.run_in_thread else None, self.metrics
+                    ),
                 )
             except Exception as exc:
                 self.last_load_error = str(exc)
@@ -303,7 +307,7 @@ class DataPlane:
                 max_rows=self.settings.max_rows,
                 output_names=model.output_names,
             )
-            outputs = await model.infer(model.feed(decoded.columns, decoded.rows), decoded.rows)
+            outputs = await model.infer(model.feed(decoded), decoded.rows)
             request_id = decoded.request_id or _header_id(headers) or self._new_id()
             pairs = [(spec, outputs[spec.name]) for spec in model.outputs]
             payload, json_length = protocol.encode_v2(
@@ -342,7 +346,7 @@ class DataPlane:
             decoded = protocol.decode_v1(
                 body, model.inputs, model.index, max_rows=self.settings.max_rows
             )
-            outputs = await model.infer(model.feed(decoded.columns, decoded.rows), decoded.rows)
+            outputs = await model.infer(model.feed(decoded), decoded.rows)
             request_id = _header_id(headers) or self._new_id()
             payload = protocol.encode_v1(
                 outputs[model.label_output],
@@ -363,11 +367,21 @@ class DataPlane:
     def _count(
         self, name: str, version: str, protocol_: str, code: int, variant: str, t0: float
     ) -> None:
-        model = self.model
-        label = name if model is not None and name == model.name else "unknown"
-        m = self.metrics
-        m.requests.labels(label, version, protocol_, str(code), variant).inc()
-        m.latency.labels(label, version, protocol_, variant).observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        key = (name, version, protocol_, code, variant)
+        children = self._children.get(key)
+        if children is None:
+            model = self.model
+            label = name if model is not None and name == model.name else "unknown"
+            m = self.metrics
+            children = (
+                m.requests.labels(label, version, protocol_, str(code), variant),
+                m.latency.labels(label, version, protocol_, variant),
+            )
+            if len(self._children) < 10_000 and label != "unknown":  # bounded
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
 
     def _after(
         self,

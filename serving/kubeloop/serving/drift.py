@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -131,11 +132,12 @@ def _category_key(value: object) -> str:
 class DriftWindow:
     """Sliding-window bucket counts for a set of columns, updated incrementally.
 
-    Thread-safe: updates and reads take one lock (updates are a few vectorised
-    numpy operations per batch).
+    New rows are buffered and bucketed in blocks of ``flush_rows`` (or when read),
+    so the fixed cost of the numpy calls is paid once per block rather than once
+    per request; reads always see every row added. Thread-safe (one lock).
     """
 
-    def __init__(self, references: Sequence[Reference], size: int) -> None:
+    def __init__(self, references: Sequence[Reference], size: int, flush_rows: int = 128) -> None:
         if size < 1:
             raise ValueError("window size must be at least 1")
         self.references = tuple(references)
@@ -150,10 +152,18 @@ class DriftWindow:
         self._pos = 0
         self._filled = 0
         self._lock = threading.Lock()
+        self.flush_rows = flush_rows
+        self._pending_matrix: list[npt.NDArray[Any]] = []
+        self._pending_rows = 0
         # Numeric columns are bucketed together: edges padded to one matrix with +inf.
         self._numeric_cols = [
             i for i, r in enumerate(self.references) if isinstance(r, NumericReference)
         ]
+        self._numeric_set = frozenset(self._numeric_cols)
+        self._categorical_cols = [
+            i for i in range(len(self.references)) if i not in self._numeric_set
+        ]
+        self._pending_categorical: list[list[Any]] = [[] for _ in self._categorical_cols]
         width = max(
             (len(self.references[i].edges) for i in self._numeric_cols),  # type: ignore[union-attr]
             default=0,
@@ -171,7 +181,25 @@ class DriftWindow:
     @property
     def rows(self) -> int:
         """Rows currently in the window."""
+        self.flush()
         return self._filled
+
+    @property
+    def numeric_only(self) -> bool:
+        """Every column is numeric (rows can come as one float matrix)."""
+        return len(self._numeric_cols) == len(self.references)
+
+    def _bucket_numeric(self, x: FloatArray) -> IntArray:
+        """Buckets of an ``(n, k)`` float matrix holding the numeric columns in order."""
+        with np.errstate(invalid="ignore"):
+            idx = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+        idx[x == self._last_edge[None, :]] -= 1
+        idx = np.minimum(idx, self._n_bins[None, :] + 1)  # +inf lands in overflow
+        nan = np.isnan(x)
+        if nan.any():
+            idx[nan] = np.broadcast_to(self._n_bins + 2, idx.shape)[nan]
+        result: IntArray = idx.astype(np.int64, copy=False)
+        return result
 
     def buckets(self, columns: Sequence[npt.ArrayLike | Sequence[object]]) -> IntArray:
         """Local bucket of each value: one column per reference → an ``(n, k)`` array."""
@@ -183,14 +211,7 @@ class DriftWindow:
             x = np.empty((n, len(self._numeric_cols)), dtype=np.float64)
             for j, i in enumerate(self._numeric_cols):
                 x[:, j] = np.asarray(columns[i], dtype=np.float64).reshape(-1)
-            with np.errstate(invalid="ignore"):
-                idx = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
-            idx[x == self._last_edge[None, :]] -= 1
-            idx = np.minimum(idx, self._n_bins[None, :] + 1)  # +inf lands in overflow
-            nan = np.isnan(x)
-            if nan.any():
-                idx[nan] = np.broadcast_to(self._n_bins + 2, idx.shape)[nan]
-            out[:, self._numeric_cols] = idx
+            out[:, self._numeric_cols] = self._bucket_numeric(x)
         for i, ref in enumerate(self.references):
             if isinstance(ref, CategoricalReference):
                 col = columns[i]
@@ -198,41 +219,98 @@ class DriftWindow:
                 out[:, i] = categorical_buckets(ref, values)
         return out
 
+    def update_matrix(self, x: npt.NDArray[Any]) -> None:
+        """Add rows given as one ``(n, k)`` float matrix (numeric-only windows)."""
+        if not self.numeric_only:
+            raise ValueError("update_matrix needs a window of numeric columns only")
+        self._append(x, [])
+
     def update(self, columns: Sequence[npt.ArrayLike | Sequence[object]]) -> None:
         """Add a batch of rows (one column per reference, in reference order)."""
         if not self.references:
             return
-        self.add_buckets(self.buckets(columns))
+        if len(columns) != len(self.references):
+            raise ValueError("one column per reference is needed")
+        numeric = [
+            np.asarray(columns[i], dtype=np.float64).reshape(-1, 1) for i in self._numeric_cols
+        ]
+        x = (
+            np.concatenate(numeric, axis=1)
+            if len(numeric) > 1
+            else numeric[0]
+            if numeric
+            else np.empty((len(columns[0]), 0))  # type: ignore[arg-type]
+        )
+        categorical = [
+            _values(columns[i]) for i in range(len(self.references)) if i not in self._numeric_set
+        ]
+        self._append(x, categorical)
+
+    def _append(self, x: npt.NDArray[Any], categorical: list[list[Any]]) -> None:
+        with self._lock:
+            self._pending_matrix.append(x)
+            for store, values in zip(self._pending_categorical, categorical, strict=True):
+                store.extend(values)
+            self._pending_rows += x.shape[0]
+            if self._pending_rows >= self.flush_rows:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        """Bucket the buffered rows into the window."""
+        if self._pending_rows:
+            with self._lock:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._pending_rows:
+            return
+        pending, self._pending_matrix = self._pending_matrix, []
+        x = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        local = np.empty((x.shape[0], len(self.references)), dtype=np.int64)
+        if self._numeric_cols:
+            local[:, self._numeric_cols] = self._bucket_numeric(np.asarray(x, dtype=np.float64))
+        for store, i in zip(self._pending_categorical, self._categorical_cols, strict=True):
+            ref = self.references[i]
+            assert isinstance(ref, CategoricalReference)
+            local[:, i] = categorical_buckets(ref, store)
+        self._pending_categorical = [[] for _ in self._categorical_cols]
+        self._pending_rows = 0
+        self._add_locked(local)
 
     def add_buckets(self, local: IntArray) -> None:
         """Add rows already bucketed (``(n, k)`` local bucket indices)."""
+        with self._lock:
+            self._flush_locked()
+            self._add_locked(local)
+
+    def _add_locked(self, local: IntArray) -> None:
         if local.shape[0] == 0:
             return
         if local.shape[0] > self.size:
             local = local[-self.size :]
         flat = local + self.offsets[None, :]
         n = flat.shape[0]
-        with self._lock:
-            positions = (self._pos + np.arange(n)) % self.size
-            evicted = max(0, self._filled + n - self.size)
-            if evicted:
-                # occupied slots among those being overwritten: the last `evicted` ones
-                old = self._ring[positions[n - evicted :]]
-                self._counts -= np.bincount(old.ravel(), minlength=self.total_buckets)
-            self._ring[positions] = flat
-            self._counts += np.bincount(flat.ravel(), minlength=self.total_buckets)
-            self._pos = int((self._pos + n) % self.size)
-            self._filled = min(self.size, self._filled + n)
+        positions = (self._pos + np.arange(n)) % self.size
+        evicted = max(0, self._filled + n - self.size)
+        if evicted:
+            # occupied slots among those being overwritten: the last `evicted` ones
+            old = self._ring[positions[n - evicted :]]
+            self._counts -= np.bincount(old.ravel(), minlength=self.total_buckets)
+        self._ring[positions] = flat
+        self._counts += np.bincount(flat.ravel(), minlength=self.total_buckets)
+        self._pos = int((self._pos + n) % self.size)
+        self._filled = min(self.size, self._filled + n)
 
     def counts(self) -> list[IntArray]:
         """Current bucket counts per column."""
         with self._lock:
+            self._flush_locked()
             c = self._counts.copy()
         return [c[o : o + r.buckets] for o, r in zip(self.offsets, self.references, strict=True)]
 
     def scores(self) -> dict[str, float]:
         """PSI per column against its reference (0.0 while the window is empty)."""
-        if self._filled == 0:
+        if self.rows == 0:
             return dict.fromkeys(self.names, 0.0)
         return {
             name: psi(expected, actual)
@@ -240,6 +318,13 @@ class DriftWindow:
                 self.names, self._expected, self.counts(), strict=True
             )
         }
+
+
+def _values(column: Any) -> list[Any]:
+    if isinstance(column, np.ndarray):
+        values: list[Any] = column.reshape(-1).tolist()
+        return values
+    return list(column)
 
 
 def max_score(scores: Mapping[str, float]) -> float:

@@ -8,9 +8,9 @@ convention) belong to the trainer and are read through its typed models in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from kubeloop.serving import describe as art
 from kubeloop.serving.batching import Feed, MicroBatcher, Outputs
 from kubeloop.serving.drift import DriftWindow, Reference
 from kubeloop.serving.metrics import MAX_CLASSES, Metrics
-from kubeloop.serving.protocol import NUMPY, Column, InputSpec, OutputSpec
+from kubeloop.serving.protocol import NUMPY, Column, Decoded, InputSpec, OutputSpec
 from kubeloop.serving.settings import ServingSettings
 
 log = logging.getLogger("kubeloop.serving.model")
@@ -75,6 +75,11 @@ class LoadedModel:
         self.fingerprint = fingerprint
         self.session = session
         self._run_options = ort.RunOptions()
+        # The public InferenceSession.run re-checks the feed's names on every call
+        # (~15 us); requests are validated against the model's inputs already, so call
+        # the binding it wraps when present.
+        binding = getattr(session, "_sess", None)
+        self._run = binding.run if binding is not None else session.run
         onnx_inputs = {i.name: i for i in session.get_inputs()}
         self.inputs: list[InputSpec] = []
         self.feed_dtypes: list[np.dtype[Any]] = []
@@ -92,6 +97,7 @@ class LoadedModel:
             raise ValueError(f"model.onnx has inputs model.json does not describe: {sorted(extra)}")
         self.index = {s.name: i for i, s in enumerate(self.inputs)}
         self.feed_names = [s.name for s in self.inputs]
+        self._all_fp32 = all(s.datatype == "FP32" for s in self.inputs)
         self.outputs: list[OutputSpec] = []
         for o in session.get_outputs():
             datatype = ONNX_TO_OIP.get(o.type)
@@ -139,6 +145,7 @@ class LoadedModel:
                 max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_batch_wait_ms / 1000.0,
                 executor=executor,
+                on_batch=self.observe,
             )
         else:
             self.batcher = None
@@ -146,49 +153,73 @@ class LoadedModel:
 
     # ----------------------------------------------------------------- running
 
-    def feed(self, columns: Sequence[Column], rows: int) -> Feed:
-        """Model feed from validated 1-D columns: ``(rows, 1)`` arrays of the ONNX types."""
+    def feed(self, decoded: Decoded) -> Feed:
+        """Model feed from a validated request: ``(rows, 1)`` arrays of the ONNX types."""
+        rows = decoded.rows
+        matrix = decoded.matrix
+        if matrix is not None and self._all_fp32:
+            # one conversion and transpose for all columns, then views
+            mt = np.ascontiguousarray(matrix.T, dtype=np.float32)
+            return dict(
+                zip(self.feed_names, mt.reshape(len(self.feed_names), rows, 1), strict=True)
+            )
         out: Feed = {}
-        for name, dtype, col in zip(self.feed_names, self.feed_dtypes, columns, strict=True):
+        for name, dtype, col in zip(
+            self.feed_names, self.feed_dtypes, decoded.columns, strict=True
+        ):
             if col.dtype != dtype:
                 col = col.astype(dtype)
             out[name] = col.reshape(rows, 1)
         return out
 
     def run(self, feed: Feed) -> Outputs:
-        """One onnxruntime call plus its observations (drift, prediction counts)."""
-        values = self.session.run(None, feed, self._run_options)
-        outputs = dict(zip(self.output_names, values, strict=True))
-        self.observe(feed, outputs)
-        return outputs
+        """One onnxruntime call."""
+        values = self._run(self.output_names, feed, self._run_options)
+        return dict(zip(self.output_names, values, strict=True))
 
     def observe(self, feed: Feed, outputs: Outputs) -> None:
+        """Per-model-call observations: batch size, drift windows, prediction counts.
+        Scheduled after the responses are sent, so it costs no request latency."""
+        try:
+            self._observe(feed, outputs)
+        except Exception:  # an observation must never break serving
+            log.exception("observing a batch failed")
+
+    def _observe(self, feed: Feed, outputs: Outputs) -> None:
         labels = outputs[self.label_output]
         n = labels.shape[0]
         self._batch_hist.observe(n)
-        if self.drift is not None:
-            self.drift.update([feed[self.feed_names[i]] for i in self._drift_cols])
+        drift = self.drift
+        if drift is not None:
+            names = self.feed_names
+            drift.update([feed[names[i]] for i in self._drift_cols])
+        flat = labels.reshape(-1)
         if self.prediction_drift is not None:
-            self.prediction_drift.update([labels.reshape(-1)])
+            self.prediction_drift.update([flat])
         if self._value_hist is not None:
-            for v in labels.reshape(-1).tolist():
+            for v in flat.tolist():
                 self._value_hist.observe(v)
+        elif n == 1:
+            self._count_class(flat[0].item() if hasattr(flat[0], "item") else flat[0], 1)
         else:
-            values, counts = np.unique(labels, return_counts=True)
+            values, counts = np.unique(flat, return_counts=True)
             for v, c in zip(values.tolist(), counts.tolist(), strict=True):
-                key = str(v)
-                counter = self._class_counters.get(key)
-                if counter is None:
-                    if len(self._class_counters) >= MAX_CLASSES:
-                        key = "other"
-                    counter = self._metrics.predictions.labels(self.name, self.version, key)
-                    self._class_counters[str(v)] = counter
-                counter.inc(c)
+                self._count_class(v, c)
+
+    def _count_class(self, value: Any, count: int) -> None:
+        counter = self._class_counters.get(value)
+        if counter is None:
+            key = str(value) if len(self._class_counters) < MAX_CLASSES else "other"
+            counter = self._metrics.predictions.labels(self.name, self.version, key)
+            self._class_counters[value] = counter
+        counter.inc(count)
 
     async def infer(self, feed: Feed, rows: int) -> Outputs:
         if self.batcher is not None:
             return await self.batcher.infer(feed, rows)
-        return self.run(feed)
+        outputs = self.run(feed)
+        asyncio.get_running_loop().call_soon(self.observe, feed, outputs)
+        return outputs
 
     def warm_up(self) -> None:
         """Run a few rows through the session (first calls allocate), checking the outputs."""
@@ -203,7 +234,7 @@ class LoadedModel:
                 columns.append(col)
             else:
                 columns.append(np.zeros(n, dtype=NUMPY[spec.datatype]))
-        values = self.session.run(None, self.feed(columns, n), self._run_options)
+        values = self.session.run(None, self.feed(Decoded(columns, n)), self._run_options)
         for out, value in zip(self.outputs, values, strict=True):
             if value.shape[0] != n:
                 raise ValueError(f"warm-up: output '{out.name}' has {value.shape[0]} rows, not {n}")

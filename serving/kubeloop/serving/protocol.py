@@ -67,14 +67,26 @@ class OutputSpec:
 
 @dataclass
 class Decoded:
-    """A validated inference request: one 1-D column per model input, in model order."""
+    """A validated inference request: one 1-D column per model input, in model order.
 
-    columns: list[Column]
+    A request sent as one 2-D tensor keeps it as ``matrix`` (``rows x inputs``);
+    its columns are views cut on first use.
+    """
+
+    _columns: list[Column] | None
     rows: int
     request_id: str | None = None
     outputs: list[str] | None = None  # requested output names (None: all)
     binary: dict[str, bool] = field(default_factory=dict)  # output name -> binary?
     binary_default: bool = False
+    matrix: np.ndarray[Any, Any] | None = None
+
+    @property
+    def columns(self) -> list[Column]:
+        if self._columns is None:
+            assert self.matrix is not None
+            self._columns = list(self.matrix.T)
+        return self._columns
 
 
 # ------------------------------------------------------------------------ JSON
@@ -144,8 +156,8 @@ def decode_v2(
         only = inputs[0]
         only_name = only.get("name") if isinstance(only, dict) else None
         if isinstance(only_name, str) and only_name not in index:
-            matrix, n_rows = _decode_matrix(only, specs, binary, max_rows)
-            return Decoded(matrix, n_rows, request_id, requested, flags, binary_default)
+            matrix = _decode_matrix(only, specs, binary, max_rows)
+            return Decoded(None, len(matrix), request_id, requested, flags, binary_default, matrix)
 
     columns: list[Column | None] = [None] * len(specs)
     rows: int | None = None
@@ -385,7 +397,7 @@ def _check_column(col: Column, spec: InputSpec, name: str) -> Column:
 
 def _decode_matrix(
     tensor: dict[str, Any], specs: Sequence[InputSpec], binary: memoryview, max_rows: int
-) -> tuple[list[Column], int]:
+) -> np.ndarray[Any, Any]:
     name = tensor.get("name")
     if not isinstance(name, str):
         raise BadRequestError("inputs[0] has no 'name'")
@@ -426,11 +438,11 @@ def _decode_matrix(
             raise BadRequestError(f"input '{name}' has no 'data'")
         flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
-    columns = [matrix[:, j] for j in range(f)]
-    for j, spec in enumerate(specs):
-        if matrix.dtype.kind == "f" or spec.datatype in ("INT32", "INT64"):
-            columns[j] = _check_column(columns[j], spec, f"{name}[:, {j}] ({spec.name})")
-    return columns, n
+    if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
+        # one vectorised check; name the first offending column only on failure
+        for j, spec in enumerate(specs):
+            _check_column(matrix[:, j], spec, f"{name}[:, {j}] ({spec.name})")
+    return matrix
 
 
 # ---------------------------------------------------------------------- V1 in

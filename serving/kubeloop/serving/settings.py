@@ -85,6 +85,11 @@ class ServingSettings(BaseSettings):
         True, description="Coalesce concurrent requests into one onnxruntime call."
     )
     max_batch_size: int = Field(64, ge=1, le=100_000, description="Most rows in one model call.")
+    run_in_thread: bool = Field(
+        False,
+        description="Run model calls on a worker thread (frees the event loop during long "
+        "calls; costs a thread hand-off per call, which dominates for small models).",
+    )
     max_batch_wait_ms: float = Field(
         0.0,
         ge=0,

@@ -147,3 +147,14 @@ def test_a_batch_larger_than_the_window_keeps_its_last_rows():
     w = DriftWindow([ref], 3)
     w.update([[0.5] * 10 + [1.5] * 3])
     assert w.counts()[0].tolist() == [0, 0, 3, 0, 0]
+
+
+def test_buffered_rows_are_flushed_before_any_read():
+    ref = NumericReference("x", edges=[0.0, 1.0, 2.0], counts=[1, 1])
+    w = DriftWindow([ref], 100, flush_rows=1000)
+    w.update_matrix(np.array([[0.5], [1.5], [1.7]]))
+    assert w.rows == 3
+    assert w.counts()[0].tolist() == [0, 1, 2, 0, 0]
+    mixed = DriftWindow([ref, CategoricalReference("c", ["a"], [1])], 100, flush_rows=1000)
+    with pytest.raises(ValueError, match="numeric columns only"):
+        mixed.update_matrix(np.zeros((1, 2)))
