@@ -68,6 +68,8 @@ def operator(
         raise click.UsageError("pass --namespace NS (repeatable) or --all-namespaces")
     if namespaces and all_namespaces:
         raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    # kopf reports every timer run at INFO; keep that for --verbose.
+    logging.getLogger("kopf.objects").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -91,12 +91,12 @@ class Reconcile:
         )
 
     def info(self, reason: str, message: str) -> None:
-        """A Normal Event on the object."""
-        kopf.info(self._kopf_body, reason=reason, message=message)
+        """A Normal Event on the object (posted whatever kopf's own log-posting level)."""
+        kopf.event(self._kopf_body, type="Normal", reason=reason, message=message)
 
     def warn(self, reason: str, message: str) -> None:
         """A Warning Event on the object."""
-        kopf.warn(self._kopf_body, reason=reason, message=message)
+        kopf.event(self._kopf_body, type="Warning", reason=reason, message=message)
 
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in self.status.items() if self.stored.get(k) != v}

@@ -16,7 +16,7 @@ KIND = "ModelVersion"
 _SETTINGS = OperatorSettings()
 
 
-def reconcile(ctx: Context, rec: Reconcile) -> None:
+def reconcile(_: Context, rec: Reconcile) -> None:
     spec = parse_spec(ModelVersionSpec, rec)
     if rec.status.get("verifiedSha256") == spec.artifact.sha256:
         return  # the spec is immutable: once verified, always verified
@@ -26,11 +26,11 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     except FileNotFoundError:
         rec.condition("Verified", False, "ArtifactNotFound", f"{uri} does not exist")
         rec.condition("Ready", False, "ArtifactNotFound", f"{uri} does not exist")
-        raise kopf.TemporaryError(f"{uri} not found", delay=ctx.settings.retry_seconds) from None
+        return  # the resync timer looks again
     except (OSError, StoreUnavailableError) as exc:
         rec.condition("Verified", None, "StoreUnreachable", str(exc))
         rec.condition("Ready", False, "StoreUnreachable", str(exc))
-        raise kopf.TemporaryError(str(exc), delay=ctx.settings.retry_seconds) from exc
+        return
     if actual != spec.artifact.sha256:
         message = f"sha256 of {uri} is {actual}, spec says {spec.artifact.sha256}"
         rec.condition("Verified", False, "DigestMismatch", message)
