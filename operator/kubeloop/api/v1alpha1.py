@@ -495,6 +495,12 @@ class ModelDeploymentStatus(StatusBase):
     )
     url: str | None = Field(None, description="In-cluster URL of the inference endpoint.")
     last_retrain: RetrainRecord | None = Field(None, description="The last retrain.")
+    retrain_keys: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Retrain triggers already acted on, newest first (alert:<fingerprint>@"
+        "<startsAt>, schedule:<tick>); one seen again never creates a second TrainingJob.",
+    )
 
 
 # ------------------------------------------------------------------------- Resources

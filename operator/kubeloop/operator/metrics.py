@@ -20,3 +20,14 @@ CHILDREN_CREATED = Counter(
     "Child objects created (Jobs, ModelVersions, Deployments) by kind.",
     ["kind"],
 )
+RETRAIN_DECISIONS = Counter(
+    "kubeloop_operator_retrain_decisions_total",
+    "Retrain policy decisions (created, cooldown, duplicate, max-concurrent, disabled, "
+    "unknown-deployment) by trigger (alert, schedule).",
+    ["decision", "trigger"],
+)
+ALERTS_RECEIVED = Counter(
+    "kubeloop_operator_alerts_received_total",
+    "Alerts received by the webhook receiver, by status (firing, resolved).",
+    ["status"],
+)

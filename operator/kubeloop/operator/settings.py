@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,4 +51,29 @@ class OperatorSettings(BaseSettings):
     history_limit: int = Field(10, ge=1, le=100, description="Dataset versions kept in status.")
     metrics_port: int = Field(
         8090, ge=0, lt=65536, description="Port of the operator's /metrics (0 disables)."
+    )
+    # --- alert receiver and retraining (docs/monitoring.md)
+    webhook_port: int = Field(
+        8095,
+        ge=0,
+        lt=65536,
+        description="Port of the Alertmanager webhook receiver (0 disables it). It starts only "
+        "when a token is configured.",
+    )
+    webhook_host: str = Field("0.0.0.0", description="Address the receiver listens on.")
+    webhook_token: SecretStr | None = Field(
+        None, description="Bearer token Alertmanager must send (or use webhook_token_file)."
+    )
+    webhook_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token (a mounted Secret); re-read when it changes.",
+    )
+    webhook_max_body_bytes: int = Field(
+        1024 * 1024, gt=0, le=64 * 1024 * 1024, description="Largest webhook body (413 above)."
+    )
+    retrain_keys_limit: int = Field(
+        20, ge=1, le=100, description="Retrain trigger keys kept in a ModelDeployment's status."
+    )
+    schedule_check_seconds: float = Field(
+        30.0, gt=0, description="How often retrain.schedule is checked for a due tick."
     )
