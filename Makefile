@@ -51,6 +51,14 @@ verify-crds: setup ## Fail when crds/ differs from what the models generate.
 unit: setup ## Run the unit tests only.
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: toolchain
+toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, helm) where missing.
+	hack/toolchain.sh
+
 .PHONY: test
-test: setup lint typecheck verify-crds ## Everything CI runs: lint, types, CRDs and all test tiers.
+test: setup lint typecheck verify-crds toolchain ## Everything CI runs: lint, types, CRDs and all test tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: bench-operator
+bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments + 200 TrainingJobs on a kwok cluster.
+	$(BIN)/python bench/operator/bench_operator.py
