@@ -13,13 +13,15 @@ import click
 import kopf
 from prometheus_client import start_http_server
 
+from kubeloop.operator.alerts import receiver
 from kubeloop.operator.handlers import (  # noqa: F401  (registers the handlers)
     dataset,
     modeldeployment,
     modelversion,
+    schedule,
     trainingjob,
 )
-from kubeloop.operator.handlers.common import Context
+from kubeloop.operator.handlers.common import Context, context
 from kubeloop.operator.kube import Kube
 from kubeloop.operator.settings import OperatorSettings
 
@@ -39,6 +41,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["ctx"] = Context(settings=operator_settings, kube=Kube())
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port)
+
+
+@kopf.on.startup()
+async def start_alert_receiver(memo: kopf.Memo, **_: Any) -> None:
+    """The Alertmanager webhook receiver (after ``configure``, which builds the context)."""
+    await receiver.start(context(memo), memo)
+
+
+@kopf.on.cleanup()
+async def stop_alert_receiver(memo: kopf.Memo, **_: Any) -> None:
+    await receiver.stop(memo)
 
 
 @click.command("operator")

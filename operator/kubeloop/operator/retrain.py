@@ -1,0 +1,351 @@
+"""The retrain policy: turn a trigger (an alert, a schedule tick) into at most one TrainingJob.
+
+:func:`decide` is pure: from the trigger, the ModelDeployment as stored, the
+TrainingJobs in its namespace and the time, it says what to do. :func:`act`
+does it: under the ModelDeployment's reconcile lock it re-reads the object,
+decides, creates the TrainingJob, records the trigger in ``status`` (so a
+re-delivery after a restart is still a duplicate), posts an Event and counts
+the decision.
+
+Guard rails, in the order they are checked:
+
+1. ``unknown-deployment``: no such ModelDeployment (or not readable).
+2. ``disabled``: no ``spec.retrain`` or ``enabled: false`` (or a spec that does not parse).
+3. ``duplicate``: this trigger's key is in ``status.retrainKeys``, or the
+   TrainingJob its key names exists already. The key of an alert is its
+   fingerprint and start time, so one firing episode retrains at most once.
+4. ``max-concurrent``: ``maxConcurrent`` TrainingJobs of the model are unfinished.
+5. ``cooldown``: the last retrain was less than ``cooldown`` ago.
+6. ``created``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubeloop.api.base import API_VERSION, duration_seconds
+from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.operator import metrics
+from kubeloop.operator.alerts.payload import Alert
+from kubeloop.operator.handlers.common import Context
+from kubeloop.operator.kube import ConflictError, Kube
+from kubeloop.operator.names import child_name
+
+log = logging.getLogger("kubeloop.retrain")
+
+Decision = Literal[
+    "created", "cooldown", "duplicate", "max-concurrent", "disabled", "unknown-deployment"
+]
+DECISIONS: tuple[Decision, ...] = (
+    "created",
+    "cooldown",
+    "duplicate",
+    "max-concurrent",
+    "disabled",
+    "unknown-deployment",
+)
+TriggerKind = Literal["alert", "schedule"]
+TERMINAL = ("Succeeded", "Failed", "Rejected")
+MD_KIND = "ModelDeployment"
+
+#: Labels and annotations of a TrainingJob the policy created.
+DEPLOYMENT_LABEL = "kubeloop.io/model-deployment"
+TRIGGER_LABEL = "kubeloop.io/retrain-trigger"
+FINGERPRINT_LABEL = "kubeloop.io/alert-fingerprint"
+ALERTNAME_ANNOTATION = "kubeloop.io/alert-name"
+FINGERPRINT_ANNOTATION = "kubeloop.io/alert-fingerprint"
+STARTS_AT_ANNOTATION = "kubeloop.io/alert-starts-at"
+VALUE_ANNOTATION = "kubeloop.io/alert-value"
+KEY_ANNOTATION = "kubeloop.io/retrain-key"
+TICK_ANNOTATION = "kubeloop.io/schedule-tick"
+
+_REASONS: dict[Decision, str] = {
+    "created": "RetrainCreated",
+    "cooldown": "RetrainCooldown",
+    "duplicate": "RetrainDuplicate",
+    "max-concurrent": "RetrainMaxConcurrent",
+    "disabled": "RetrainDisabled",
+    "unknown-deployment": "RetrainUnknownDeployment",
+}
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a retrain is asked for: one firing alert, or one schedule tick."""
+
+    kind: TriggerKind
+    key: str
+    time: datetime
+    alert_name: str | None = None
+    fingerprint: str | None = None
+    value: str | None = None
+
+    @classmethod
+    def from_alert(cls, alert: Alert) -> Trigger:
+        return cls(
+            kind="alert",
+            key=alert.key,
+            time=alert.starts_at,
+            alert_name=alert.name or None,
+            fingerprint=alert.fingerprint,
+            value=alert.value,
+        )
+
+    @classmethod
+    def from_tick(cls, tick: datetime) -> Trigger:
+        return cls(kind="schedule", key=f"schedule:{_rfc3339(tick)}", time=tick)
+
+    def describe(self) -> str:
+        if self.kind == "schedule":
+            return f"schedule tick {_rfc3339(self.time)}"
+        value = f", value {self.value}" if self.value else ""
+        return f"alert {self.alert_name or '?'} (fingerprint {self.fingerprint}{value})"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision and the sentence that explains it (the Event message)."""
+
+    decision: Decision
+    message: str
+
+
+def training_job_name(md_name: str, trigger: Trigger) -> str:
+    """Deterministic: the same trigger for the same ModelDeployment names the same TrainingJob."""
+    digest = hashlib.sha256(f"{md_name}\n{trigger.key}".encode()).hexdigest()[:10]
+    return child_name(md_name, f"retrain-{digest}")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def unfinished(spec: ModelDeploymentSpec, trainingjobs: Sequence[dict[str, Any]]) -> list[str]:
+    """Names of TrainingJobs of the retrain template's model that have not finished."""
+    assert spec.retrain is not None
+    model = spec.retrain.template.model_name
+    return sorted(
+        tj["metadata"]["name"]
+        for tj in trainingjobs
+        if (tj.get("spec") or {}).get("modelName") == model
+        and (tj.get("status") or {}).get("phase") not in TERMINAL
+        and not tj["metadata"].get("deletionTimestamp")
+    )
+
+
+def decide(
+    trigger: Trigger,
+    md: dict[str, Any] | None,
+    trainingjobs: Sequence[dict[str, Any]],
+    now: datetime,
+) -> Verdict:
+    """What the policy of ``md`` says about ``trigger`` (pure; see the module docstring)."""
+    if md is None:
+        return Verdict("unknown-deployment", f"{trigger.describe()}: no such ModelDeployment")
+    try:
+        spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+    except ValidationError:
+        return Verdict("disabled", f"{trigger.describe()}: spec is invalid")
+    if spec.retrain is None or not spec.retrain.enabled:
+        return Verdict("disabled", f"{trigger.describe()}: retraining is not enabled")
+    status = md.get("status") or {}
+    name = training_job_name(md["metadata"]["name"], trigger)
+    if trigger.key in (status.get("retrainKeys") or []) or any(
+        tj["metadata"]["name"] == name for tj in trainingjobs
+    ):
+        return Verdict("duplicate", f"{trigger.describe()}: already handled (TrainingJob {name})")
+    running = unfinished(spec, trainingjobs)
+    if len(running) >= spec.retrain.max_concurrent:
+        return Verdict(
+            "max-concurrent",
+            f"{trigger.describe()}: {len(running)} TrainingJob(s) still running "
+            f"({', '.join(running[:5])}); maxConcurrent is {spec.retrain.max_concurrent}",
+        )
+    last = parse_time((status.get("lastRetrain") or {}).get("time"))
+    cooldown = timedelta(seconds=duration_seconds(spec.retrain.cooldown))
+    if last is not None and now - last < cooldown:
+        return Verdict(
+            "cooldown",
+            f"{trigger.describe()}: last retrain at {_rfc3339(last)}, cooldown "
+            f"{spec.retrain.cooldown} lasts until {_rfc3339(last + cooldown)}",
+        )
+    return Verdict("created", f"{trigger.describe()}: created TrainingJob {name}")
+
+
+def newest_dataset_version(dataset: dict[str, Any] | None) -> str | None:
+    """The Dataset's current (newest) data version, if it has one."""
+    status = (dataset or {}).get("status") or {}
+    if status.get("version"):
+        return str(status["version"])
+    history = status.get("history") or []
+    return str(history[0]["version"]) if history and history[0].get("version") else None
+
+
+def build_training_job(
+    md: dict[str, Any], spec: ModelDeploymentSpec, trigger: Trigger, data_version: str | None
+) -> dict[str, Any]:
+    """The TrainingJob a retrain creates: the template, on the newest data, linked to its trigger.
+
+    No owner reference: deleting the ModelDeployment must not take the
+    TrainingJobs (and through them the ModelVersions) with it.
+    """
+    assert spec.retrain is not None
+    template = spec.retrain.template.model_copy(deep=True)
+    if data_version is not None:
+        template.dataset_ref.version = data_version
+    md_name = md["metadata"]["name"]
+    labels = {
+        "app.kubernetes.io/managed-by": "kubeloop",
+        DEPLOYMENT_LABEL: md_name,
+        TRIGGER_LABEL: trigger.kind,
+    }
+    annotations = {KEY_ANNOTATION: trigger.key}
+    if trigger.kind == "alert":
+        labels[FINGERPRINT_LABEL] = str(trigger.fingerprint)
+        annotations.update(
+            {
+                ALERTNAME_ANNOTATION: trigger.alert_name or "",
+                FINGERPRINT_ANNOTATION: str(trigger.fingerprint),
+                STARTS_AT_ANNOTATION: trigger.time.astimezone(UTC).isoformat(),
+            }
+        )
+        if trigger.value is not None:
+            annotations[VALUE_ANNOTATION] = trigger.value
+    else:
+        annotations[TICK_ANNOTATION] = _rfc3339(trigger.time)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": training_job_name(md_name, trigger),
+            "namespace": md["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": template.to_wire(),
+    }
+
+
+def status_patch(
+    md: dict[str, Any], trigger: Trigger, tj_name: str | None, now: datetime, keep: int
+) -> dict[str, Any]:
+    """The status keys the policy owns: the trigger recorded, ``lastRetrain`` when one was made."""
+    keys = [k for k in ((md.get("status") or {}).get("retrainKeys") or []) if k != trigger.key]
+    patch: dict[str, Any] = {"retrainKeys": [trigger.key, *keys][:keep]}
+    if tj_name is not None:
+        record: dict[str, Any] = {
+            "time": _rfc3339(now),
+            "trainingJob": tj_name,
+            "trigger": trigger.kind,
+        }
+        if trigger.fingerprint:
+            record["fingerprint"] = trigger.fingerprint
+        patch["lastRetrain"] = record
+    return patch
+
+
+def build_event(
+    md: dict[str, Any], verdict: Verdict, now: datetime, instance: str
+) -> dict[str, Any]:
+    """A core/v1 Event on the ModelDeployment reporting one decision."""
+    meta = md["metadata"]
+    stamp = _rfc3339(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta['name']}.{secrets.token_hex(8)}",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": md.get("apiVersion", API_VERSION),
+            "kind": MD_KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "reason": _REASONS[verdict.decision],
+        "message": verdict.message[:1024],
+        "type": "Normal",
+        "source": {"component": "kubeloop-operator"},
+        "reportingComponent": "kubeloop-operator",
+        "reportingInstance": instance[:128],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def _get_md(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return kube.get(API_VERSION, MD_KIND, namespace, name)
+    except ApiException as exc:
+        if exc.status in (403, 404):  # a namespace this operator may not read
+            return None
+        raise
+
+
+def act(
+    ctx: Context, trigger: Trigger, namespace: str, name: str, now: datetime | None = None
+) -> Verdict:
+    """Decide on ``trigger`` for one ModelDeployment and carry the decision out (idempotent)."""
+    kube = ctx.kube
+    md = _get_md(kube, namespace, name)
+    if md is None:
+        verdict = decide(trigger, None, [], now or datetime.now(UTC))
+        log.warning("%s/%s: %s", namespace, name, verdict.message)
+        metrics.RETRAIN_DECISIONS.labels(decision=verdict.decision, trigger=trigger.kind).inc()
+        return verdict
+    with ctx.locked(md["metadata"]["uid"]):
+        md = _get_md(kube, namespace, name)  # fresh, now that no one else is deciding
+        if md is None:
+            return act(ctx, trigger, namespace, name, now)
+        current = now or datetime.now(UTC)
+        trainingjobs = kube.list(API_VERSION, "TrainingJob", namespace)
+        verdict = decide(trigger, md, trainingjobs, current)
+        created: str | None = None
+        if verdict.decision == "created":
+            spec = ModelDeploymentSpec.model_validate(md["spec"])
+            assert spec.retrain is not None
+            dataset = kube.get(
+                API_VERSION, "Dataset", namespace, spec.retrain.template.dataset_ref.name
+            )
+            obj = build_training_job(md, spec, trigger, newest_dataset_version(dataset))
+            try:
+                kube.create(obj, exist_ok=False)
+                created = obj["metadata"]["name"]
+                metrics.CHILDREN_CREATED.labels(kind="TrainingJob").inc()
+            except ConflictError:
+                verdict = Verdict(
+                    "duplicate",
+                    f"{trigger.describe()}: TrainingJob {obj['metadata']['name']} exists already",
+                )
+        # Alerts: a skipped one may be acted on when re-delivered after the
+        # cooldown. Schedule ticks: each is decided once.
+        if verdict.decision in ("created", "duplicate") or trigger.kind == "schedule":
+            patch = status_patch(md, trigger, created, current, ctx.settings.retrain_keys_limit)
+            if patch.get("retrainKeys") != (md.get("status") or {}).get("retrainKeys") or created:
+                kube.patch_status(MD_KIND, namespace, name, patch)
+    log.info("%s/%s: %s: %s", namespace, name, verdict.decision, verdict.message)
+    metrics.RETRAIN_DECISIONS.labels(decision=verdict.decision, trigger=trigger.kind).inc()
+    try:
+        kube.create(build_event(md, verdict, current, socket.gethostname()))
+    except (ApiException, ConflictError) as exc:  # an Event is a report, not the decision
+        log.warning("%s/%s: could not post Event: %s", namespace, name, exc)
+    return verdict
