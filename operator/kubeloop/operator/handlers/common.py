@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import ValidationError
 
-from kubeloop.api.base import KubeModel
+from kubeloop.api.base import API_VERSION, KubeModel
 from kubeloop.operator import metrics
 from kubeloop.operator.conditions import set_condition
 from kubeloop.operator.kube import Kube
@@ -207,3 +207,15 @@ def parse_summary(message: str | None) -> Summary | None:
         except ValueError:
             continue
     return None
+
+
+def versions_of(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:
+    """Every ModelVersion of ``model`` in the namespace, however it was created.
+
+    Selected by ``spec.modelName`` (hand-made versions carry no labels).
+    """
+    return [
+        mv
+        for mv in kube.list(API_VERSION, "ModelVersion", namespace)
+        if mv.get("spec", {}).get("modelName") == model
+    ]

@@ -17,7 +17,13 @@ from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec
 from kubeloop.operator import builders
 from kubeloop.operator.conditions import is_true, now
-from kubeloop.operator.handlers.common import Context, Reconcile, parse_spec, run_reconcile
+from kubeloop.operator.handlers.common import (
+    Context,
+    Reconcile,
+    parse_spec,
+    run_reconcile,
+    versions_of,
+)
 from kubeloop.operator.settings import OperatorSettings
 
 KIND = "ModelDeployment"
@@ -119,9 +125,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     spec = parse_spec(ModelDeploymentSpec, rec)
     kube, settings = ctx.kube, ctx.settings
     names = builders.serving_names(rec.name)
-    versions = kube.list(
-        API_VERSION, "ModelVersion", rec.namespace, {"kubeloop.io/model": spec.model_name}
-    )
+    versions = versions_of(kube, rec.namespace, spec.model_name)
     ready = {int(mv["spec"]["version"]): mv for mv in versions if is_true(mv.get("status"))}
     target = choose_version(spec, ready)
     if target is None and rec.status.get("stableVersion") not in ready:

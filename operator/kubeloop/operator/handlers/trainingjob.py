@@ -20,6 +20,7 @@ from kubeloop.operator.handlers.common import (
     parse_summary,
     run_reconcile,
     termination_message,
+    versions_of,
 )
 from kubeloop.operator.kube import ConflictError, Kube
 from kubeloop.operator.names import model_version_name
@@ -67,9 +68,7 @@ def allocate_model_version(
     )
     if mine:
         return mine[0]
-    existing = kube.list(
-        API_VERSION, "ModelVersion", namespace, {"kubeloop.io/model": spec.model_name}
-    )
+    existing = versions_of(kube, namespace, spec.model_name)
     version = max((int(mv["spec"]["version"]) for mv in existing), default=0) + 1
     for _ in range(MAX_ALLOCATION_TRIES):
         try:
