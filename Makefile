@@ -55,8 +55,12 @@ unit: setup ## Run the unit tests only.
 toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, helm) where missing.
 	hack/toolchain.sh
 
+.PHONY: monitoring-tools
+monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.
+	hack/install-monitoring.sh
+
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain ## Everything CI runs: lint, types, CRDs and all test tiers.
+test: setup lint typecheck verify-crds toolchain monitoring-tools ## Everything CI runs: lint, types, CRDs and all test tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

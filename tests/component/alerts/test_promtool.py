@@ -1,0 +1,210 @@
+"""`kubeloop rules` output checked and unit-tested by Prometheus's own promtool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from monitoring_tools import tool
+
+from kubeloop.operator.alerts import rules
+
+KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
+FAST = ["--drift-for", "2m", "--online-for", "2m", "--min-window-rows", "100"]
+FAST += ["--online-min-rows", "50", "--online-floor", "0.8"]
+
+
+def kubeloop_rules(*args: str) -> str:
+    result = subprocess.run(
+        [KUBELOOP, "rules", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("fmt", rules.FORMATS)
+def test_promtool_check_rules_accepts_every_format(fmt, tmp_path):
+    doc = yaml.safe_load(kubeloop_rules("--format", fmt))
+    groups = {
+        "rules": lambda d: d,
+        "prometheusrule": lambda d: d["spec"],
+        "configmap": lambda d: yaml.safe_load(d["data"][rules.RULES_FILE]),
+    }[fmt](doc)
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(groups))
+    result = promtool("check", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 2 rules found" in result.stdout
+
+
+# ---------------------------------------------------------------- promtool test rules
+
+TARGET = 'job="kubeloop-serving",namespace="{ns}",model_deployment="{md}",pod="{pod}"'
+
+
+def series(name: str, ns: str, md: str, pod: str, values: str, **extra: str) -> dict:
+    labels = TARGET.format(ns=ns, md=md, pod=pod)
+    labels += f',model="{md}",version="1"'
+    labels += "".join(f',{k}="{v}"' for k, v in extra.items())
+    return {"series": f"{name}{{{labels}}}", "values": values}
+
+
+def pod(ns: str, md: str, name: str, score: str, threshold: str, rows: str) -> list[dict]:
+    return [
+        series("kubeloop_drift_score", ns, md, name, score),
+        series("kubeloop_drift_threshold", ns, md, name, threshold),
+        series("kubeloop_drift_window_rows", ns, md, name, rows),
+    ]
+
+
+def drift_alert(ns: str, md: str, value: float) -> dict:
+    return {
+        "exp_labels": {
+            "namespace": ns,
+            "model_deployment": md,
+            "model": md,
+            "severity": "warning",
+            rules.RETRAIN_LABEL: "true",
+            "kubeloop_trigger": "drift",
+        },
+        "exp_annotations": {
+            "summary": f"Input data drift on ModelDeployment {ns}/{md}",
+            "description": (
+                f"The largest feature drift (PSI) of model {md} is {value:.3f}, above the "
+                "configured threshold, over a window of at least 100 rows for 2m."
+            ),
+            "value": f"{value:g}",
+        },
+    }
+
+
+def online_alert(ns: str, md: str, value: float, floor: str) -> dict:
+    return {
+        "exp_labels": {
+            "namespace": ns,
+            "model_deployment": md,
+            "model": md,
+            "severity": "warning",
+            rules.RETRAIN_LABEL: "true",
+            "kubeloop_trigger": "online-metric",
+        },
+        "exp_annotations": {
+            "summary": f"Online accuracy below its floor on ModelDeployment {ns}/{md}",
+            "description": (
+                f"Accuracy of model {md} on recent feedback is {value:.3f}, below the floor "
+                f"(the pod's kubeloop_online_metric_floor, else {floor}), over at least 50 "
+                "rows for 2m."
+            ),
+            "value": f"{value:g}",
+        },
+    }
+
+
+def unit_tests() -> dict:
+    # one sample a minute, 10 samples: '0.5x9' is 0.5 ten times
+    drift_series = [
+        # a: drifted from the start, window full: fires after `for`
+        *pod("ml", "a", "a-0", "0.5x9", "0.2x9", "500x9"),
+        # b: two replicas drifted: one alert with the larger score
+        *pod("ml", "b", "b-0", "0.3x9", "0.2x9", "500x9"),
+        *pod("ml", "b", "b-1", "0.7x9", "0.2x9", "500x9"),
+        # c: above the default 0.2 but under its own threshold 0.8: quiet
+        *pod("ml", "c", "c-0", "0.5x9", "0.8x9", "500x9"),
+        # d: drifted but the window holds too few rows: quiet
+        *pod("ml", "d", "d-0", "0.9x9", "0.2x9", "50x9"),
+        # e: same name as a, other namespace, drift only from minute 5: fires from minute 7
+        *pod("other", "a", "a-0", "0.1x4 0.6x5", "0.2x9", "500x9"),
+    ]
+    online_series = [
+        # f: accuracy 0.6 < default floor 0.8, enough feedback: fires
+        series("kubeloop_online_metric", "ml", "f", "f-0", "0.6x9", metric="accuracy"),
+        series("kubeloop_online_metric_rows", "ml", "f", "f-0", "100x9"),
+        # g: accuracy 0.6 but the pod's own floor is 0.5: quiet
+        series("kubeloop_online_metric", "ml", "g", "g-0", "0.6x9", metric="accuracy"),
+        series("kubeloop_online_metric_floor", "ml", "g", "g-0", "0.5x9", metric="accuracy"),
+        series("kubeloop_online_metric_rows", "ml", "g", "g-0", "100x9"),
+        # h: accuracy 0.85 above the default but under the pod's floor 0.9: fires
+        series("kubeloop_online_metric", "ml", "h", "h-0", "0.85x9", metric="accuracy"),
+        series("kubeloop_online_metric_floor", "ml", "h", "h-0", "0.9x9", metric="accuracy"),
+        series("kubeloop_online_metric_rows", "ml", "h", "h-0", "100x9"),
+        # i: too little feedback: quiet
+        series("kubeloop_online_metric", "ml", "i", "i-0", "0.1x9", metric="accuracy"),
+        series("kubeloop_online_metric_rows", "ml", "i", "i-0", "10x9"),
+        # j: a regression model (rmse) never trips the accuracy rule
+        series("kubeloop_online_metric", "ml", "j", "j-0", "0.1x9", metric="rmse"),
+        series("kubeloop_online_metric_rows", "ml", "j", "j-0", "100x9"),
+    ]
+    return {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": drift_series,
+                "alert_rule_test": [
+                    # before `for:` has passed nothing fires
+                    {"eval_time": "1m", "alertname": rules.DRIFT_ALERT, "exp_alerts": []},
+                    {
+                        "eval_time": "3m",
+                        "alertname": rules.DRIFT_ALERT,
+                        "exp_alerts": [drift_alert("ml", "a", 0.5), drift_alert("ml", "b", 0.7)],
+                    },
+                    {
+                        "eval_time": "8m",
+                        "alertname": rules.DRIFT_ALERT,
+                        "exp_alerts": [
+                            drift_alert("ml", "a", 0.5),
+                            drift_alert("ml", "b", 0.7),
+                            drift_alert("other", "a", 0.6),
+                        ],
+                    },
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": online_series,
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": rules.ONLINE_ALERT, "exp_alerts": []},
+                    {
+                        "eval_time": "5m",
+                        "alertname": rules.ONLINE_ALERT,
+                        "exp_alerts": [
+                            online_alert("ml", "f", 0.6, "0.8"),
+                            online_alert("ml", "h", 0.85, "0.8"),
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+
+
+def test_promtool_test_rules_fire_when_and_only_when_they_should(tmp_path):
+    (tmp_path / "rules.yaml").write_text(kubeloop_rules(*FAST))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(unit_tests(), sort_keys=False))
+    result = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path):
+    # the harness itself can fail: expect an alert for the quiet deployment c
+    tests = unit_tests()
+    tests["tests"][0]["alert_rule_test"][1]["exp_alerts"].append(drift_alert("ml", "c", 0.5))
+    (tmp_path / "rules.yaml").write_text(kubeloop_rules(*FAST))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert 'model_deployment="c"' in result.stdout + result.stderr
