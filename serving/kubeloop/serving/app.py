@@ -283,6 +283,9 @@ class ServingApp:
                 reply = await self._fast(scope, path, body)
             except ServingError as exc:
                 reply = error_reply(exc)
+            except Exception:
+                log.exception("inference failed")
+                reply = error_reply(ServingError("internal error; see the server log"))
             if reply is not None:
                 await _send(send, reply)
                 return

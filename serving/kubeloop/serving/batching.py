@@ -65,6 +65,11 @@ class MicroBatcher:
         self._draining = False
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no call running."""
+        return not self._draining and not self._pending
+
     async def infer(self, feed: Feed, rows: int) -> Outputs:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()

@@ -125,6 +125,7 @@ def serve(
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        proxy_headers=False,  # the server never uses the client address
     )
     server = GracefulServer(config, settings.drain_seconds)
     if settings.workers > 1:

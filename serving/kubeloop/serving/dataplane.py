@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -203,6 +204,11 @@ class DataPlane:
             if old is not None:
                 self.metrics.model_info.labels(old.name, old.version, old.sha256).set(0)
             self.metrics.model_info.labels(model.name, model.version, model.sha256).set(1)
+            # Everything alive now (framework, model, caches) is long-lived: move it out
+            # of the collector's generations so full collections stay short (a gen-2
+            # pass over the imported framework otherwise stalls the loop for ms).
+            gc.collect()
+            gc.freeze()
             if not self.shutting_down:
                 self.ready = True
                 self.metrics.ready.labels(model.name).set(1)

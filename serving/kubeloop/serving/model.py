@@ -192,7 +192,11 @@ class LoadedModel:
         drift = self.drift
         if drift is not None:
             names = self.feed_names
-            drift.update([feed[names[i]] for i in self._drift_cols])
+            cols = [feed[names[i]] for i in self._drift_cols]
+            if drift.numeric_only and all(c.ndim == 2 for c in cols):
+                drift.update_matrix(np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0])
+            else:
+                drift.update(cols)
         flat = labels.reshape(-1)
         if self.prediction_drift is not None:
             self.prediction_drift.update([flat])
@@ -215,8 +219,10 @@ class LoadedModel:
         counter.inc(count)
 
     async def infer(self, feed: Feed, rows: int) -> Outputs:
-        if self.batcher is not None:
-            return await self.batcher.infer(feed, rows)
+        """Run the model for one request (through the batcher when batching is on)."""
+        batcher = self.batcher
+        if batcher is not None:
+            return await batcher.infer(feed, rows)
         outputs = self.run(feed)
         asyncio.get_running_loop().call_soon(self.observe, feed, outputs)
         return outputs

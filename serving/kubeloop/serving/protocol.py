@@ -295,6 +295,15 @@ def _iter_flat(data: list[Any]) -> list[Any]:
 
 
 def _from_json(data: Any, datatype: str, n: int, name: str) -> Column:
+    if datatype in NUMERIC and isinstance(data, list):
+        # fast path: well-formed numbers (flat or nested) convert in one call
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError, OverflowError):
+            arr = None
+        allowed = "fiu" if datatype in ("FP32", "FP64") else "iu"
+        if arr is not None and arr.size == n and arr.dtype.kind in allowed:
+            return arr.reshape(-1)
     flat = _flatten(data, name)
     if len(flat) != n:
         raise BadRequestError(f"input '{name}' has {len(flat)} values; its shape says {n}")
@@ -409,7 +418,7 @@ def _decode_matrix(
             f"features (got shape {shape}), or send one input per feature: "
             f"{', '.join(s.name for s in specs)}"
         )
-    bad = [s.name for s in specs if not s.numeric]
+    bad = [s.name for s in specs if s.datatype not in NUMERIC]
     if bad:
         raise BadRequestError(
             f"input '{name}': a 2-D tensor needs all-numeric features; send "
