@@ -1,0 +1,512 @@
+"""The operator, as a real process, against the real API server.
+
+kwok runs no containers, so where a Job's pod must "run" the test plays the
+kubelet: it runs the real trainer command locally with the pod's arguments
+and writes the exit code and termination message into the pod's status; the
+real Job controller then completes or fails the Job.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubelet import finish_pod
+from operator_harness import (
+    Cluster,
+    OperatorProcess,
+    pod_of,
+    run_job_locally,
+    wait_for,
+)
+from sklearn.datasets import load_breast_cancer
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = ["mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness"]
+
+
+@pytest.fixture(scope="session")
+def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frame = load_breast_cancer(as_frame=True).frame
+    path = tmp_path_factory.mktemp("data") / "breast-cancer.csv"
+    frame[[*FEATURES, "target"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def cluster(api_client: Any, namespace: str) -> Cluster:
+    return Cluster(api_client, namespace)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def operator(kubeconfig: str, api_client: Any, namespace: str, store: Path, tmp_path: Path):
+    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
+    proc.start()
+    yield proc
+    # The operator holds a finalizer on objects it times; let it release them.
+    if proc.proc is None or proc.proc.poll() is not None:
+        proc.start()
+    cluster = Cluster(api_client, namespace)
+    for kind in ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset"):
+        for obj in cluster.list(kind):
+            cluster.delete(kind, obj["metadata"]["name"])
+    wait_for(
+        lambda: (
+            not any(
+                cluster.list(k)
+                for k in ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
+            )
+        ),
+        "Kubeloop objects to be deleted",
+        timeout=60,
+    )
+    proc.stop()
+
+
+def example(kind: str, **spec_updates: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / f"{kind.lower()}.yaml").read_text())
+    doc["spec"].update(spec_updates)
+    return doc
+
+
+def dataset(data_csv: Path, name: str = "cancer") -> dict[str, Any]:
+    doc = example(
+        "Dataset",
+        source={"uri": data_csv.as_uri()},
+        schema={
+            "columns": [{"name": f, "type": "number"} for f in FEATURES]
+            + [{"name": "target", "type": "integer"}]
+        },
+    )
+    doc["metadata"]["name"] = name
+    doc["spec"].pop("refreshInterval")
+    return doc
+
+
+def training_job(name: str, dataset_name: str = "cancer", **updates: Any) -> dict[str, Any]:
+    doc = example("TrainingJob")
+    doc["metadata"]["name"] = name
+    doc["spec"].update(
+        datasetRef={"name": dataset_name},
+        modelName="cancer",
+        estimator={"className": "LogisticRegression", "params": {"max_iter": 500}},
+        gate={"min": {"accuracy": 0.8}},
+    )
+    doc["spec"].pop("resources")
+    doc["spec"].update(updates)
+    return doc
+
+
+def play_kubelet(
+    cluster: Cluster, selector: str, workdir: Path, *, override: tuple[int, str] | None = None
+) -> tuple[int, str]:
+    """Run the Job matching ``selector`` here (or pretend, with ``override``); finish its pod."""
+    job = cluster.wait_job(selector)
+    pod = pod_of(cluster, job["metadata"]["name"])
+    exit_code, message = override or run_job_locally(job, workdir / job["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=exit_code, message=message)
+    return exit_code, message
+
+
+def snapshot_ready(
+    cluster: Cluster, data_csv: Path, tmp_path: Path, name: str = "cancer"
+) -> dict[str, Any]:
+    cluster.apply(dataset(data_csv, name))
+    code, message = play_kubelet(cluster, f"kubeloop.io/dataset={name}", tmp_path)
+    assert code == 0, message
+    return wait_for(
+        lambda: cluster.status("Dataset", name).get("version") and cluster.status("Dataset", name),
+        f"Dataset {name} to get a version",
+        state=lambda: cluster.get("Dataset", name),
+    )
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def dataset_ready_fast(cluster: Cluster, data_csv: Path, tmp_path: Path) -> None:
+    """A Ready Dataset whose snapshot pod reports a result without running the trainer."""
+    cluster.apply(dataset(data_csv))
+    summary = {
+        "kind": "snapshot",
+        "status": "succeeded",
+        "digest": DIGEST,
+        "rows": 569,
+        "snapshot_uri": data_csv.as_uri(),
+    }
+    play_kubelet(cluster, "kubeloop.io/dataset=cancer", tmp_path, override=(0, json.dumps(summary)))
+    wait_for(lambda: cluster.status("Dataset", "cancer").get("version") == DIGEST, "Dataset Ready")
+
+
+def trained_summary(store: Path) -> str:
+    """A trainer summary pointing at a real (tiny) artifact in the store."""
+    artifact = store / "trained" / "model.onnx"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(b"trained model")
+    return json.dumps(
+        {
+            "kind": "train",
+            "status": "succeeded",
+            "artifact_uri": artifact.as_uri(),
+            "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+            "metrics": {"accuracy": 0.93},
+        }
+    )
+
+
+def train(cluster: Cluster, tmp_path: Path, name: str, **updates: Any) -> dict[str, Any]:
+    cluster.apply(training_job(name, **updates))
+    code, message = play_kubelet(cluster, f"kubeloop.io/training-job={name}", tmp_path)
+    assert code == 0, message
+    return wait_for(
+        lambda: (
+            cluster.status("TrainingJob", name).get("phase") == "Succeeded"
+            and cluster.status("TrainingJob", name)
+        ),
+        f"TrainingJob {name} to succeed",
+        state=lambda: cluster.get("TrainingJob", name),
+    )
+
+
+def test_dataset_to_training_to_version(cluster, operator, data_csv, tmp_path):
+    status = snapshot_ready(cluster, data_csv, tmp_path)
+    assert status["version"].startswith("sha256:")
+    assert status["rows"] == 569
+    assert status["columns"] == 6
+    assert cluster.condition("Dataset", "cancer")["status"] == "True"
+    assert status["observedGeneration"] == 1
+
+    tj = train(cluster, tmp_path, "cancer-1")
+    assert tj["datasetVersion"] == status["version"]
+    assert tj["metrics"]["accuracy"] >= 0.8
+    mv_name = tj["modelVersion"]
+    assert (mv_name, tj["version"]) == ("cancer-v1", 1)
+    mv = wait_for(
+        lambda: (
+            cluster.condition("ModelVersion", mv_name).get("status") == "True"
+            and cluster.get("ModelVersion", mv_name)
+        ),
+        "ModelVersion to be verified",
+        state=lambda: cluster.get("ModelVersion", mv_name),
+    )
+    assert mv["spec"]["lineage"]["datasetVersion"] == status["version"]
+    assert mv["spec"]["lineage"]["trainingJob"] == "cancer-1"
+    assert [i["name"] for i in mv["spec"]["inputs"]] == FEATURES
+    assert mv["metadata"]["ownerReferences"][0]["name"] == "cancer-1"
+    assert cluster.condition("ModelVersion", mv_name, "Verified")["reason"] == "DigestMatches"
+    assert "ModelVersionCreated" in wait_for(lambda: cluster.events("cancer-1"), "events")
+
+
+def test_training_waits_for_missing_dataset_then_recovers(
+    cluster, operator, data_csv, tmp_path, store
+):
+    cluster.apply(training_job("early"))
+    wait_for(
+        lambda: cluster.condition("TrainingJob", "early").get("reason") == "DatasetNotFound",
+        "DatasetNotFound",
+        state=lambda: cluster.get("TrainingJob", "early"),
+    )
+    assert cluster.list("Job", "batch/v1", "kubeloop.io/training-job=early") == []
+    cluster.apply(dataset(data_csv))
+    wait_for(
+        lambda: cluster.condition("TrainingJob", "early").get("reason") == "DatasetNotReady",
+        "DatasetNotReady",
+    )
+    summary = {"kind": "snapshot", "status": "succeeded", "digest": DIGEST, "rows": 569}
+    play_kubelet(cluster, "kubeloop.io/dataset=cancer", tmp_path, override=(0, json.dumps(summary)))
+    job = cluster.wait_job("kubeloop.io/training-job=early")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][4].endswith(
+        f"{DIGEST.removeprefix('sha256:')}/data.csv"
+    )
+    play_kubelet(
+        cluster, "kubeloop.io/training-job=early", tmp_path, override=(0, trained_summary(store))
+    )
+    wait_for(lambda: cluster.status("TrainingJob", "early").get("phase") == "Succeeded", "recovery")
+
+
+def test_failing_trainer_keeps_its_reason(cluster, operator, data_csv, tmp_path):
+    dataset_ready_fast(cluster, data_csv, tmp_path)
+    cluster.apply(training_job("crash", backoffLimit=0))
+    play_kubelet(
+        cluster,
+        "kubeloop.io/training-job=crash",
+        tmp_path,
+        override=(1, "MemoryError: out of memory"),
+    )
+    failed = wait_for(
+        lambda: (
+            cluster.status("TrainingJob", "crash").get("phase") == "Failed"
+            and cluster.status("TrainingJob", "crash")
+        ),
+        "TrainingJob crash to fail",
+        state=lambda: cluster.get("TrainingJob", "crash"),
+    )
+    assert "BackoffLimitExceeded" in failed["reason"]
+    assert cluster.condition("TrainingJob", "crash")["reason"] == "TrainingFailed"
+    assert "TrainingFailed" in cluster.events("crash")
+    assert cluster.list("ModelVersion") == []
+
+
+def test_rejected_gate_publishes_nothing(cluster, operator, data_csv, tmp_path):
+    snapshot_ready(cluster, data_csv, tmp_path)
+    cluster.apply(training_job("picky", gate={"min": {"accuracy": 0.999}}))
+    code, message = play_kubelet(cluster, "kubeloop.io/training-job=picky", tmp_path)
+    assert code == 3, message
+    rejected = wait_for(
+        lambda: (
+            cluster.status("TrainingJob", "picky").get("phase") == "Rejected"
+            and cluster.status("TrainingJob", "picky")
+        ),
+        "TrainingJob picky to be rejected",
+        state=lambda: cluster.get("TrainingJob", "picky"),
+    )
+    assert "accuracy" in rejected["reason"]
+    assert rejected["metrics"]["accuracy"] < 0.999
+    assert cluster.condition("TrainingJob", "picky")["reason"] == "GateRejected"
+    # Exit code 3 fails the Job at once (podFailurePolicy): no retry pod.
+    job = cluster.wait_job("kubeloop.io/training-job=picky")
+    assert len(cluster.list("Pod", "v1", f"job-name={job['metadata']['name']}")) == 1
+    assert cluster.list("ModelVersion") == []
+
+
+def test_unreadable_or_tampered_artifact(cluster, operator, store):
+    artifact = store / "external" / "model.onnx"
+    artifact.parent.mkdir()
+    artifact.write_bytes(b"not really onnx")
+    mv = example("ModelVersion")
+    wrong = copy.deepcopy(mv)
+    wrong["metadata"]["name"] = "tampered"
+    wrong["spec"]["artifact"]["uri"] = artifact.as_uri()
+    cluster.apply(wrong)
+    missing = copy.deepcopy(mv)
+    missing["metadata"]["name"] = "missing"
+    missing["spec"]["artifact"]["uri"] = (store / "nope" / "model.onnx").as_uri()
+    cluster.apply(missing)
+    good = copy.deepcopy(mv)
+    good["metadata"]["name"] = "good"
+    good["spec"]["artifact"] = {
+        "uri": artifact.as_uri(),
+        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+    }
+    cluster.apply(good)
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "tampered").get("reason") == "DigestMismatch",
+        "DigestMismatch",
+    )
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "missing").get("reason") == "ArtifactNotFound",
+        "ArtifactNotFound",
+    )
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "good").get("status") == "True", "good Ready"
+    )
+    assert "DigestMismatch" in cluster.events("tampered")
+
+
+def test_restart_never_creates_a_second_job_or_version(
+    cluster, operator, data_csv, tmp_path, store
+):
+    dataset_ready_fast(cluster, data_csv, tmp_path)
+    cluster.apply(training_job("once"))
+    job = cluster.wait_job("kubeloop.io/training-job=once")
+    operator.kill()
+    operator.start()
+    pod = pod_of(cluster, job["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=0, message=trained_summary(store))
+    operator.kill()  # possibly between ModelVersion creation and the status write
+    operator.start()
+    wait_for(lambda: cluster.status("TrainingJob", "once").get("phase") == "Succeeded", "Succeeded")
+    operator.kill()
+    operator.start()
+    settled = cluster.status("TrainingJob", "once")
+    # Several resync periods (1 s each) for the restarted operator to make a mistake in.
+    checks = iter(range(5))
+    wait_for(lambda: next(checks, None) is None, "five resync periods", timeout=30, interval=1)
+    assert cluster.status("TrainingJob", "once") == settled
+    assert len(cluster.list("Job", "batch/v1", "kubeloop.io/training-job=once")) == 1
+    assert [m["metadata"]["name"] for m in cluster.list("ModelVersion")] == ["cancer-v1"]
+    assert len(cluster.list("Job", "batch/v1", "kubeloop.io/dataset=cancer")) == 1
+
+
+def test_ten_parallel_trainings_get_ten_distinct_versions(
+    cluster, operator, data_csv, tmp_path, store
+):
+    dataset_ready_fast(cluster, data_csv, tmp_path)
+    publish(cluster, store, 1)  # an existing, hand-registered version 1
+    # One real artifact, reported by ten trainer pods finishing together.
+    summary = trained_summary(store)
+    names = [f"par-{i}" for i in range(1, 11)]
+    for name in names:
+        cluster.apply(training_job(name))
+    pods = [
+        pod_of(cluster, cluster.wait_job(f"kubeloop.io/training-job={n}")["metadata"]["name"])
+        for n in names
+    ]
+    for pod in pods:
+        finish_pod(cluster.core, pod, exit_code=0, message=summary)
+    wait_for(
+        lambda: all(cluster.status("TrainingJob", n).get("phase") == "Succeeded" for n in names),
+        "ten TrainingJobs to succeed",
+        timeout=120,
+        state=lambda: {n: cluster.status("TrainingJob", n).get("phase") for n in names},
+    )
+    versions = sorted(cluster.status("TrainingJob", n)["version"] for n in names)
+    assert versions == list(range(2, 12))
+    assert len(cluster.list("ModelVersion")) == 11
+
+
+def publish(cluster: Cluster, store: Path, version: int) -> None:
+    """A Ready ModelVersion of model "cancer", registered by hand like an external model."""
+    artifact = store / "external" / str(version) / "model.onnx"
+    artifact.parent.mkdir(parents=True)
+    artifact.write_bytes(f"model {version}".encode())
+    mv = example("ModelVersion", modelName="cancer", version=version)
+    mv["metadata"]["name"] = f"cancer-v{version}"
+    mv["spec"]["artifact"] = {
+        "uri": artifact.as_uri(),
+        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+    }
+    cluster.apply(mv)
+    wait_for(
+        lambda: cluster.condition("ModelVersion", f"cancer-v{version}").get("status") == "True",
+        f"cancer-v{version} to be Ready",
+    )
+
+
+def serve_setup(cluster: Cluster, store: Path, steps: list[dict[str, Any]] | None) -> None:
+    publish(cluster, store, 1)
+    md = example("ModelDeployment", modelName="cancer", replicas=2)
+    md["metadata"]["name"] = "cancer"
+    md["spec"].pop("retrain")
+    if steps is None:
+        md["spec"].pop("canary")
+    else:
+        md["spec"]["canary"] = {"steps": steps}
+    cluster.apply(md)
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("phase") == "Serving",
+        "ModelDeployment to serve",
+        timeout=90,
+        state=lambda: cluster.get("ModelDeployment", "cancer"),
+    )
+
+
+def routing(cluster: Cluster) -> dict[str, Any]:
+    cm = cluster.get("ConfigMap", "cancer-routing", "v1")
+    return json.loads(cm["data"]["routing.json"]) if cm else {}
+
+
+def test_deployment_serves_the_newest_version(cluster, operator, store):
+    serve_setup(cluster, store, steps=None)
+    status = cluster.status("ModelDeployment", "cancer")
+    assert status["stableVersion"] == 1
+    assert status["url"] == f"http://cancer.{cluster.namespace}.svc:8080"
+    dep = cluster.get("Deployment", "cancer-stable", "apps/v1")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
+    assert (
+        cluster.get("Service", "cancer", "v1")["spec"]["selector"]["kubeloop.io/role"] == "stable"
+    )
+    assert cluster.condition("ModelDeployment", "cancer")["status"] == "True"
+    # Without canary steps a new version is a rolling update of the stable pods.
+    publish(cluster, store, 2)
+    wait_for(
+        lambda: (
+            cluster.get("Deployment", "cancer-stable", "apps/v1")["metadata"]["labels"][
+                "app.kubernetes.io/version"
+            ]
+            == "2"
+        ),
+        "the stable Deployment to move to version 2",
+    )
+    assert cluster.get("Deployment", "cancer-canary", "apps/v1") is None
+
+
+def test_canary_walks_steps_and_promotes(cluster, operator, store):
+    serve_setup(
+        cluster, store, steps=[{"weight": 20, "pause": "2s"}, {"weight": 60, "pause": "2s"}]
+    )
+    publish(cluster, store, 2)
+    seen: list[int] = []
+
+    def weights() -> bool:
+        weight = routing(cluster).get("weight", 0)
+        if not seen or seen[-1] != weight:
+            seen.append(weight)
+        return cluster.status("ModelDeployment", "cancer").get("stableVersion") == 2
+
+    wait_for(
+        weights,
+        "the canary to be promoted",
+        timeout=90,
+        interval=0.1,
+        state=lambda: cluster.get("ModelDeployment", "cancer"),
+    )
+    assert [w for w in seen if w] == [20, 60]
+    assert routing(cluster)["weight"] == 0
+    wait_for(
+        lambda: cluster.get("Deployment", "cancer-canary", "apps/v1") is None,
+        "the canary Deployment to go",
+    )
+    events = cluster.events("cancer")
+    assert {"CanaryStarted", "CanaryStep", "Promoted"} <= set(events)
+
+
+def test_promote_and_abort_annotations(cluster, operator, store):
+    serve_setup(cluster, store, steps=[{"weight": 10, "pause": "1h"}])
+    publish(cluster, store, 2)
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("canaryVersion") == 2, "canary v2"
+    )
+    assert routing(cluster)["weight"] == 10
+    assert cluster.get("Deployment", "cancer-canary", "apps/v1") is not None
+    cluster.patch(
+        "ModelDeployment", "cancer", {"metadata": {"annotations": {"kubeloop.io/abort": "true"}}}
+    )
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("abortedVersion") == 2, "abort"
+    )
+    wait_for(lambda: routing(cluster).get("weight") == 0, "traffic back to stable")
+    assert cluster.status("ModelDeployment", "cancer")["stableVersion"] == 1
+    assert (
+        cluster.condition("ModelDeployment", "cancer", "Progressing")["reason"] == "CanaryAborted"
+    )
+    wait_for(
+        lambda: (
+            "kubeloop.io/abort"
+            not in (cluster.get("ModelDeployment", "cancer")["metadata"].get("annotations") or {})
+        ),
+        "annotation removed",
+    )
+
+    publish(cluster, store, 3)
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("canaryVersion") == 3, "canary v3"
+    )
+    cluster.patch(
+        "ModelDeployment", "cancer", {"metadata": {"annotations": {"kubeloop.io/promote": "true"}}}
+    )
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("stableVersion") == 3,
+        "promotion of v3",
+    )
+    assert (
+        cluster.get("Deployment", "cancer-stable", "apps/v1")["metadata"]["labels"][
+            "app.kubernetes.io/version"
+        ]
+        == "3"
+    )
