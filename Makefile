@@ -66,3 +66,14 @@ test: setup lint typecheck verify-crds toolchain monitoring-tools ## Everything 
 .PHONY: bench-operator
 bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments + 200 TrainingJobs on a kwok cluster.
 	$(BIN)/python bench/operator/bench_operator.py
+
+BENCH_VENV ?= $(HOME)/.cache/kubeloop/bench-venv
+BENCH_SECONDS ?= 10
+
+.PHONY: bench-serving
+bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7 and a bare ASGI+onnxruntime ceiling (wrk).
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	test -x $(BENCH_VENV)/bin/mlserver || ($(PYTHON) -m venv $(BENCH_VENV) && \
+	  $(BENCH_VENV)/bin/pip install --quiet "mlserver==1.7.*" "mlserver-sklearn==1.7.*" \
+	  "scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')")
+	$(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)
