@@ -15,6 +15,7 @@ import click
 
 #: name -> "module:attribute" of a click command, imported lazily.
 COMMANDS: dict[str, str] = {
+    "cluster": "kubeloop.devcluster.cli:cluster",
     "operator": "kubeloop.operator.app:operator",
     "serve": "kubeloop.serving.cli:serve",
     "rules": "kubeloop.operator.alerts.cli:rules",

@@ -1,0 +1,95 @@
+"""``kubeloop cluster``: a local control plane for development and tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+
+import click
+
+from kubeloop.devcluster.binaries import MissingBinaryError
+from kubeloop.devcluster.cluster import ClusterError, DevCluster
+
+name_option = click.option(
+    "--name",
+    default="kubeloop",
+    show_default=True,
+    envvar="KUBELOOP_CLUSTER",
+    help="Cluster name; state lives in $KUBELOOP_CACHE/clusters/NAME (env KUBELOOP_CLUSTER).",
+)
+
+
+def _progress(message: str) -> None:
+    click.echo(f"[cluster] {message}", err=True)
+
+
+@click.group()
+def cluster() -> None:
+    """Run a local Kubernetes control plane (etcd, kube-apiserver, controller-manager,
+    scheduler) with kwok fake nodes, all as local processes on loopback ports."""
+
+
+@cluster.command()
+@name_option
+@click.option("--nodes", default=1, show_default=True, type=click.IntRange(0), help="Fake nodes.")
+@click.option(
+    "--timeout", default=120.0, show_default=True, type=float, help="Seconds to wait for Ready."
+)
+def up(name: str, nodes: int, timeout: float) -> None:
+    """Start the cluster (or reuse it if it runs) and print its kubeconfig path."""
+    start = time.monotonic()
+    try:
+        kubeconfig = DevCluster(name, log=_progress).up(nodes=nodes, timeout=timeout)
+    except (ClusterError, MissingBinaryError) as err:
+        raise click.ClickException(str(err)) from err
+    _progress(f"up in {time.monotonic() - start:.1f}s")
+    click.echo(str(kubeconfig))
+
+
+@cluster.command()
+@name_option
+def down(name: str) -> None:
+    """Stop exactly the processes the cluster started and remove its state."""
+    try:
+        existed = DevCluster(name, log=_progress).down()
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from err
+    _progress(f"cluster {name!r} {'stopped and removed' if existed else 'was not there'}")
+
+
+@cluster.command()
+@name_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(name: str, as_json: bool) -> None:
+    """Show the cluster's processes, server and nodes; exit 1 unless it is running."""
+    try:
+        st = DevCluster(name).status()
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from err
+    if as_json:
+        click.echo(json.dumps(asdict(st), indent=1))
+    else:
+        click.echo(f"cluster:    {st.name} ({'running' if st.running else 'not running'})")
+        click.echo(f"state:      {st.state_dir}")
+        if st.server:
+            click.echo(f"server:     {st.server}")
+            click.echo(f"kubeconfig: {st.kubeconfig}")
+        for p in st.processes:
+            click.echo(f"  {p['name']:<24} pid {p['pid']:<8} {'up' if p['alive'] else 'DOWN'}")
+        for node, ready in sorted(st.nodes.items()):
+            click.echo(f"  node {node:<19} {'Ready' if ready else 'NotReady'}")
+    sys.exit(0 if st.running else 1)
+
+
+@cluster.command()
+@name_option
+def kubeconfig(name: str) -> None:
+    """Print the path of the cluster's admin kubeconfig."""
+    dev = DevCluster(name)
+    if not dev.kubeconfig.exists():
+        raise click.ClickException(
+            f"cluster {name!r} is not up (kubeloop cluster up --name {name})"
+        )
+    click.echo(str(dev.kubeconfig))
