@@ -1,0 +1,139 @@
+"""The cluster tier: one real control plane per test session.
+
+The session starts ``kubeloop.devcluster`` (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok with two fake nodes) on free
+loopback ports under a unique name, installs the CRDs from ``crds/`` and tears
+everything down at the end, also when tests fail. Set
+``KUBELOOP_TEST_KUBECONFIG`` to run against an existing cluster instead.
+
+Fixtures:
+
+- ``kubeconfig`` (session) -> ``str``: path of an admin kubeconfig
+- ``api_client`` (session) -> ``kubernetes.client.ApiClient``
+- ``core`` (session) -> ``kubernetes.client.CoreV1Api``
+- ``kubectl_bin`` (session) -> ``str``: the kubectl binary
+- ``namespace`` (per test) -> ``str``: a fresh namespace whose ``default``
+  ServiceAccount exists; deleted after the test
+- ``kubectl`` (per test) -> ``kubetest.Kubectl``: ``kubectl(*args, input=None,
+  check=True)`` with the kubeconfig and the test's namespace;
+  ``kubectl.json(...)``, ``kubectl.apply(*docs)``
+
+Helper modules, importable from test files here: ``kubetest`` (``wait_for``,
+``Kubectl``) and ``kubelet`` (``job_pod``, ``finish_pod``, ``finish_job``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CRD_DIR = ROOT / "crds"
+NODES = 2
+
+# --import-mode=importlib puts no test dir on sys.path; the helpers live here.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from kubernetes import client, config  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from kubetest import Kubectl, wait_for  # noqa: E402
+
+
+def _say(message: str) -> None:
+    print(f"[cluster] {message}", file=sys.stderr)
+
+
+def _kubectl_binary() -> str:
+    from kubeloop.devcluster.binaries import Binaries, MissingBinaryError
+
+    try:
+        return str(Binaries.resolve(("kubectl",))["kubectl"])
+    except MissingBinaryError:
+        found = shutil.which("kubectl")
+        if found:
+            return found
+        raise
+
+
+def install_crds(kubectl: Kubectl) -> None:
+    """Server-side apply ``crds/`` and wait until every CRD is Established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+    names = [f"crd/{p.name.removesuffix('.yaml')}" for p in sorted(CRD_DIR.glob("*.yaml"))]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, timeout=90)
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin() -> str:
+    return _kubectl_binary()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kubectl_bin: str) -> Iterator[str]:
+    external = os.environ.get("KUBELOOP_TEST_KUBECONFIG")
+    if external:
+        install_crds(Kubectl(kubectl_bin, external))
+        yield external
+        return
+
+    from kubeloop.devcluster import DevCluster
+    from kubeloop.devcluster.cluster import prune_abandoned
+
+    for name in prune_abandoned("pytest-"):
+        _say(f"removed {name}, left behind by a session that did not stop it")
+    dev = DevCluster(f"pytest-{os.getpid()}-{secrets.token_hex(2)}", bind_to_parent=True, log=_say)
+    try:
+        path = dev.up(nodes=NODES, timeout=180)
+        install_crds(Kubectl(kubectl_bin, path))
+        yield str(path)
+    finally:
+        dev.down()
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: str) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=kubeconfig)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem or 't'}-{secrets.token_hex(3)}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(default_sa, f"ServiceAccount {name}/default (kube-controller-manager)")
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+@pytest.fixture
+def kubectl(kubectl_bin: str, kubeconfig: str, namespace: str) -> Kubectl:
+    return Kubectl(kubectl_bin, kubeconfig, namespace)

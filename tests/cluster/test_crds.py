@@ -1,0 +1,362 @@
+"""The CRDs in a real API server: they install, their CEL rules reject bad objects with a
+message naming the field, printer columns show in ``kubectl get``, status is a subresource,
+and a ModelVersion's spec cannot change."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubetest import Kubectl
+
+from kubeloop.api.v1alpha1 import KINDS, READY
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "kubeloop.io", "v1alpha1"
+PLURAL = {k.info.kind: k.info.plural for k in KINDS}
+NOW = "2026-01-01T00:00:00Z"
+
+
+def example(kind: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / f"{kind.lower()}.yaml").read_text())
+    return doc
+
+
+def ready(generation: int = 1) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Reconciled",
+            "message": "",
+            "lastTransitionTime": NOW,
+            "observedGeneration": generation,
+        }
+    ]
+
+
+@pytest.fixture
+def custom(api_client: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def test_crds_are_established(kubectl: Kubectl):
+    crds = kubectl.json("get", "crd", "-l", "app.kubernetes.io/part-of=kubeloop")["items"]
+    assert sorted(c["metadata"]["name"] for c in crds) == sorted(
+        f"{p}.{GROUP}" for p in PLURAL.values()
+    )
+    for crd in crds:
+        conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert conditions["Established"] == "True", crd["metadata"]["name"]
+        assert conditions["NamesAccepted"] == "True", crd["metadata"]["name"]
+
+
+@pytest.mark.parametrize("kind", list(PLURAL))
+def test_example_is_accepted(kind: str, custom: client.CustomObjectsApi, namespace: str):
+    body = example(kind)
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL[kind], body)
+    assert created["metadata"]["generation"] == 1
+    assert created["spec"]["modelName" if kind != "Dataset" else "source"]
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation setting a dotted ``path`` (relative to the object) to ``value``."""
+
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = doc
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+
+    return mutate
+
+
+# (id, kind, mutation, the field the error names, words of the rule's message)
+VIOLATIONS = [
+    (
+        "dataset-path-and-uri",
+        "Dataset",
+        _set("spec.source", {"path": "/data/a.csv", "uri": "file:///data/a.csv"}),
+        "spec.source",
+        "exactly one of source.path or source.uri must be set",
+    ),
+    (
+        "dataset-neither-path-nor-uri",
+        "Dataset",
+        _set("spec.source", {}),
+        "spec.source",
+        "exactly one of source.path or source.uri must be set",
+    ),
+    (
+        "trainingjob-test-fraction",
+        "TrainingJob",
+        _set("spec.split.testFraction", 1.0),
+        "spec.split.testFraction",
+        "testFraction must be greater than 0 and less than 1",
+    ),
+    (
+        "trainingjob-estimator-not-for-task",
+        "TrainingJob",
+        _set("spec.task", "regression"),
+        "spec.estimator.className",
+        "estimator.className must be an allow-listed scikit-learn estimator for task",
+    ),
+    (
+        "trainingjob-estimator-unknown",
+        "TrainingJob",
+        _set("spec.estimator.className", "SVC"),
+        "spec.estimator.className",
+        "estimator.className must be an allow-listed scikit-learn estimator for task",
+    ),
+    (
+        "modeldeployment-pinned-missing",
+        "ModelDeployment",
+        _set("spec.version", {"policy": "Pinned"}),
+        "spec.version.pinned",
+        "version.pinned must be set exactly when version.policy is Pinned",
+    ),
+    (
+        "modeldeployment-pinned-with-latest",
+        "ModelDeployment",
+        _set("spec.version", {"policy": "Latest", "pinned": 2}),
+        "spec.version.pinned",
+        "version.pinned must be set exactly when version.policy is Pinned",
+    ),
+    (
+        "modeldeployment-pinned-zero",
+        "ModelDeployment",
+        _set("spec.version", {"policy": "Pinned", "pinned": 0}),
+        "spec.version.pinned",
+        "version.pinned must be at least 1",
+    ),
+    (
+        "modeldeployment-canary-weight-range",
+        "ModelDeployment",
+        _set("spec.canary.steps", [{"weight": 10}, {"weight": 101}]),
+        "spec.canary.steps",
+        "canary.steps[].weight must be between 1 and 100",
+    ),
+    (
+        "modeldeployment-canary-weight-decreasing",
+        "ModelDeployment",
+        _set("spec.canary.steps", [{"weight": 50}, {"weight": 10}]),
+        "spec.canary.steps",
+        "canary.steps[].weight must not decrease from one step to the next",
+    ),
+    (
+        "modeldeployment-autoscaling",
+        "ModelDeployment",
+        _set("spec.autoscaling", {"minReplicas": 3, "maxReplicas": 2}),
+        "spec.autoscaling.maxReplicas",
+        "autoscaling.maxReplicas must be at least minReplicas",
+    ),
+    (
+        "modeldeployment-retrain-estimator",
+        "ModelDeployment",
+        _set("spec.retrain.template.estimator.className", "Ridge"),
+        "spec.retrain.template.estimator.className",
+        "estimator.className must be an allow-listed scikit-learn estimator for task",
+    ),
+    (
+        "modeldeployment-retrain-test-fraction",
+        "ModelDeployment",
+        _set("spec.retrain.template.split", {"testFraction": 0.0}),
+        "spec.retrain.template.split.testFraction",
+        "testFraction must be greater than 0 and less than 1",
+    ),
+]
+
+
+def rejection(err: ApiException) -> str:
+    assert err.status == 422, err.body
+    message: str = json.loads(err.body)["message"]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate", "field", "words"),
+    [pytest.param(*v[1:], id=v[0]) for v in VIOLATIONS],
+)
+def test_rule_rejects_violation_naming_the_field(
+    kind: str,
+    mutate: Callable[[dict[str, Any]], None],
+    field: str,
+    words: str,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+):
+    body = example(kind)
+    mutate(body)
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL[kind], body, dry_run="All"
+        )
+    message = rejection(info.value)
+    assert f"{field}: Invalid value" in message, message
+    assert words in message, message
+
+
+def test_every_rule_has_a_negative_test():
+    """Each CEL rule in crds/ is hit by at least one case above (by its message)."""
+    messages = set()
+    for path in (ROOT / "crds").glob("*.yaml"):
+        for match in re.finditer(
+            r"- (?:fieldPath: \S+\n\s+)?message: (.+?)\n\s+rule:", path.read_text()
+        ):
+            messages.add(" ".join(match.group(1).split()))
+    covered = {v[4] for v in VIOLATIONS} | {"ModelVersion spec is immutable; create a new version"}
+    assert {m for m in messages if not any(m.startswith(c[:40]) for c in covered)} == set()
+
+
+def test_modelversion_spec_cannot_change(custom: client.CustomObjectsApi, namespace: str):
+    plural, name = "modelversions", "breast-cancer-external-v1"
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, example("ModelVersion")
+    )
+
+    for change in (
+        {"spec": {"metrics": {"accuracy": 0.5}}},
+        {"spec": {"artifact": {"sha256": "0" * 64}}},
+        {"spec": {"profileUri": "file:///elsewhere/profile.json"}},
+    ):
+        with pytest.raises(ApiException) as info:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, change)
+        message = rejection(info.value)
+        assert "spec: Invalid value" in message, message
+        assert "ModelVersion spec is immutable; create a new version" in message
+
+    # Metadata and status may change; an unchanged spec passes the rule.
+    labelled = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name, {"metadata": {"labels": {"team": "ml"}}}
+    )
+    assert labelled["metadata"]["labels"] == {"team": "ml"}
+    same = custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name, {"spec": example("ModelVersion")["spec"]}
+    )
+    assert same["metadata"]["generation"] == 1
+    status = custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": {"conditions": ready()}}
+    )
+    assert status["status"]["conditions"][0]["status"] == "True"
+
+
+def test_status_subresource_separates_spec_and_status(
+    custom: client.CustomObjectsApi, namespace: str
+):
+    plural, name = "datasets", "breast-cancer"
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, example("Dataset"))
+
+    # The main resource ignores status...
+    main = custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        name,
+        {"spec": {"format": "parquet"}, "status": {"rows": 7, "conditions": ready()}},
+    )
+    assert main["spec"]["format"] == "parquet"
+    assert "status" not in main or "rows" not in main["status"]
+    assert main["metadata"]["generation"] == 2
+
+    # ...and /status ignores spec, without bumping the generation.
+    status = custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        name,
+        {"spec": {"format": "jsonl"}, "status": {"rows": 7, "conditions": ready(2)}},
+    )
+    assert status["spec"]["format"] == "parquet"
+    assert status["status"]["rows"] == 7
+    assert status["metadata"]["generation"] == 2
+
+
+# Status that fills every printer column read from status.
+STATUS = {
+    "Dataset": {"version": "sha256:" + "a" * 64, "rows": 569},
+    "TrainingJob": {"phase": "Running", "version": 3},
+    "ModelVersion": {},
+    "ModelDeployment": {
+        "phase": "Progressing",
+        "stableVersion": 2,
+        "canaryVersion": 3,
+        "canaryWeight": 10,
+        "url": "http://breast-cancer.ns.svc:8080",
+    },
+}
+
+
+def table(output: str) -> dict[str, str]:
+    """kubectl's one-row table as {header: cell}; cells are cut at the headers' offsets
+    (a missing value prints as an empty cell)."""
+    header, row = output.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, ends, strict=True)}
+
+
+def column_value(obj: dict[str, Any], json_path: str) -> str:
+    if json_path == READY.json_path:
+        found = [c["status"] for c in obj["status"]["conditions"] if c["type"] == "Ready"]
+        return found[0] if found else ""
+    node: Any = obj
+    for key in json_path.strip(".").split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return "" if node is None else str(node)
+
+
+@pytest.mark.parametrize("resource", KINDS, ids=lambda r: r.info.kind)
+def test_printer_columns_show_in_kubectl_get(
+    resource: Any, custom: client.CustomObjectsApi, kubectl: Kubectl, namespace: str
+):
+    info = resource.info
+    body = example(info.kind)
+    name = body["metadata"]["name"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, info.plural, body)
+    obj = custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        info.plural,
+        name,
+        {"status": {"conditions": ready(), **STATUS[info.kind]}},
+    )
+
+    for wide in (False, True):
+        args = ["get", info.plural, name] + (["-o", "wide"] if wide else [])
+        shown = table(kubectl(*args).stdout)
+        columns = [c for c in info.printer_columns if wide or c.priority == 0]
+        assert list(shown) == ["NAME", *(c.name.upper() for c in columns)]
+        assert shown["NAME"] == name
+        for c in columns:
+            if c.name != "Age":
+                assert shown[c.name.upper()] == column_value(obj, c.json_path), c.name
+    # The short name works too.
+    assert kubectl("get", info.short_names[0], name, "-o", "name").stdout.strip() == (
+        f"{info.kind.lower()}.{GROUP}/{name}"
+    )
+
+
+def test_category_lists_every_kind(
+    custom: client.CustomObjectsApi, kubectl: Kubectl, namespace: str
+):
+    names = set()
+    for kind, plural in PLURAL.items():
+        body = copy.deepcopy(example(kind))
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        names.add(f"{kind.lower()}.{GROUP}/{body['metadata']['name']}")
+    listed = set(kubectl("get", "kubeloop", "-o", "name").stdout.split())
+    assert listed == names
