@@ -126,6 +126,11 @@ def create_fastapi(plane: DataPlane) -> FastAPI:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _response(error_reply(ServingError(str(exc.detail), exc.status_code)))
 
+    @app.exception_handler(Exception)
+    async def _server_fault(_: Request, exc: Exception) -> Response:
+        log.error("request failed", exc_info=exc)
+        return _response(error_reply(ServingError("internal error; see the server log")))
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         return _response(error_reply(BadRequestError(str(exc.errors()))))

@@ -34,8 +34,8 @@ class ServingSettings(BaseSettings):
     model_version: str | None = Field(
         None,
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
-        description="Version label; default: the version in model.json, else the digest's "
-        "first 12 hex digits.",
+        description="Version label (the operator sets the ModelVersion number); default: the "
+        "first 12 hex digits of the model's sha256.",
     )
     reload_interval: float = Field(
         10.0,
@@ -94,8 +94,8 @@ class ServingSettings(BaseSettings):
         0.0,
         ge=0,
         le=1000,
-        description="Longest a request waits for others to join its batch; 0 = only those "
-        "already queued while the previous call ran (no added latency when idle).",
+        description="Longest a request waits for others to join its batch; 0 = only requests "
+        "that arrived in the same event-loop turn (no added latency when idle).",
     )
 
     # --- drift

@@ -178,3 +178,22 @@ def test_regression(diabetes_model):
         assert values.shape[0] == 2
         assert np.all(np.isfinite(values))
         client.close()
+
+
+def test_the_fastapi_routes_answer_like_the_fast_path(cancer_model, cancer_rows):
+    rows = cancer_rows.iloc[:2]
+    body = {"inputs": [{"name": "x", "shape": [2, 30], "datatype": "FP32",
+                        "data": rows.to_numpy(np.float32).ravel().tolist()}]}  # fmt: skip
+    answers = []
+    for fast in ("true", "false"):
+        env = {"KUBELOOP_SERVING_FAST_PATH": fast}
+        with serving(cancer_model, "--name", "cancer", env=env) as server, server.client() as http:
+            ok = http.post("/v2/models/cancer/infer", json=dict(body, id="same"))
+            bad = http.post("/v2/models/cancer/infer", json={"inputs": [{"name": "nope"}]})
+            v1 = http.post(
+                "/v1/models/cancer:predict", json={"instances": rows.to_numpy().tolist()}
+            )
+            answers.append((ok.status_code, ok.json(), bad.status_code, bad.json(), v1.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200
+    assert answers[0][2] == 400
