@@ -41,6 +41,8 @@ from kubeloop.serving.settings import ServingSettings
 log = logging.getLogger("kubeloop.serving")
 
 JSON = b"application/json"
+#: seconds after a model swap before long-lived objects are frozen again
+RELOAD_GRACE_S = 5.0
 VARIANT = b"x-kubeloop-variant"
 Headers = list[tuple[bytes, bytes]]
 
@@ -204,11 +206,13 @@ class DataPlane:
             if old is not None:
                 self.metrics.model_info.labels(old.name, old.version, old.sha256).set(0)
             self.metrics.model_info.labels(model.name, model.version, model.sha256).set(1)
-            # Everything alive now (framework, model, caches) is long-lived: move it out
-            # of the collector's generations so full collections stay short (a gen-2
-            # pass over the imported framework otherwise stalls the loop for ms).
-            gc.collect()
-            gc.freeze()
+            if old is None:
+                self._freeze()
+            else:
+                # The old model (a reference cycle through its batcher) must be collectable
+                # once the requests still holding it finish: unfreeze now, freeze again later.
+                gc.unfreeze()
+                loop.call_later(RELOAD_GRACE_S, self._freeze)
             if not self.shutting_down:
                 self.ready = True
                 self.metrics.ready.labels(model.name).set(1)
@@ -216,6 +220,14 @@ class DataPlane:
                 "serving model %s version %s (sha256 %s)", model.name, model.version, model.sha256
             )
             return model
+
+    @staticmethod
+    def _freeze() -> None:
+        """Everything alive now (framework, model, caches) is long-lived: move it out of
+        the collector's generations so full collections stay short (a gen-2 pass over
+        the imported framework otherwise stalls the loop for tens of ms)."""
+        gc.collect()
+        gc.freeze()
 
     # ---------------------------------------------------------------- metadata
 
