@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "cluster": "kubeloop.devcluster.cli:cluster",
     "operator": "kubeloop.operator.app:operator",
     "serve": "kubeloop.serving.cli:serve",
+    "snapshot": "kubeloop.trainer.cli:snapshot",
+    "train": "kubeloop.trainer.cli:train",
     "rules": "kubeloop.operator.alerts.cli:rules",
 }
 

@@ -1,0 +1,179 @@
+"""Tabular data: reading through fsspec, schema checks, the content digest, profiles.
+
+The **content digest** identifies data by what it holds, not how a file lays
+it out: sha256 over the columns in name order, each contributing its name, its
+kind (numeric or text) and its values in row order — numeric values as
+little-endian float64 with every missing value one canonical NaN, text values
+as UTF-8 separated by a unit separator with missing values as a NUL byte. The
+same table as CSV or Parquet (or with its columns reordered) has the same
+digest; one changed cell changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from kubeloop.api.v1alpha1 import Column, DataSchema
+from kubeloop.trainer.artifacts import CategoricalProfile, NumericProfile
+
+Format = Literal["csv", "parquet", "jsonl"]
+FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl")
+NUMERIC_TYPES = ("number", "integer", "boolean")
+PROFILE_BINS = 10
+
+
+class DataError(Exception):
+    """Data that cannot be used; the message names the column and the problem."""
+
+
+def format_of(uri: str, given: str | None = None) -> Format:
+    """The format named, or the one the file name says."""
+    name = given or posixpath.splitext(uri.split("?")[0])[1].lstrip(".").lower()
+    if name == "json":
+        name = "jsonl"
+    if name not in FORMATS:
+        raise DataError(f"{uri}: unknown format {name!r} (use csv, parquet or jsonl)")
+    return name
+
+
+def read_table(uri: str, fmt: Format) -> pd.DataFrame:
+    """Read a whole table through fsspec (plain paths, file://, http(s)://, s3://, ...)."""
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            if fmt == "csv":
+                frame = pd.read_csv(handle)
+            elif fmt == "parquet":
+                frame = pd.read_parquet(handle)
+            else:
+                frame = pd.read_json(handle, lines=True)
+    except FileNotFoundError as exc:
+        raise DataError(f"{uri}: no such file") from exc
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{uri}: cannot be read as {fmt}: {exc}") from exc
+    if frame.empty or len(frame.columns) == 0:
+        raise DataError(f"{uri}: the data set is empty")
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: str, fmt: Format) -> None:
+    """Write a table to a local path in ``fmt``."""
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+
+
+def is_numeric(series: pd.Series[Any]) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
+
+
+def infer_columns(frame: pd.DataFrame) -> list[Column]:
+    """The columns as found: type from the dtype, nullable when a value is missing."""
+    columns = []
+    for name in frame.columns:
+        series = frame[name]
+        if pd.api.types.is_bool_dtype(series):
+            kind = "boolean"
+        elif pd.api.types.is_integer_dtype(series):
+            kind = "integer"
+        elif pd.api.types.is_numeric_dtype(series):
+            kind = "number"
+        else:
+            kind = "string"
+        columns.append(Column(name=str(name), type=kind, nullable=bool(series.isna().any())))
+    return columns
+
+
+def validate(frame: pd.DataFrame, schema: DataSchema) -> None:
+    """Raise :class:`DataError` naming the first column that breaks ``schema``."""
+    for column in schema.columns:
+        if column.name not in frame.columns:
+            raise DataError(f"column {column.name!r}: missing from the data")
+        series = frame[column.name]
+        nulls = float(series.isna().mean())
+        if nulls and not column.nullable:
+            raise DataError(
+                f"column {column.name!r}: {series.isna().sum()} missing values, "
+                "but it is not nullable"
+            )
+        if nulls > schema.max_null_fraction and column.nullable and schema.max_null_fraction < 1:
+            raise DataError(
+                f"column {column.name!r}: {nulls:.1%} missing values, more than the allowed "
+                f"{schema.max_null_fraction:.1%}"
+            )
+        present = series.dropna()
+        if column.type in ("number", "integer") and not is_numeric(present):
+            bad = next(v for v in present if not _is_number(v))
+            raise DataError(f"column {column.name!r}: expected {column.type}, found {bad!r}")
+        if column.type == "integer" and is_numeric(present):
+            values = present.astype(float)
+            if not np.all(np.equal(np.floor(values), values)):
+                bad = next(v for v in present if float(v) != int(float(v)))
+                raise DataError(f"column {column.name!r}: expected integer, found {bad!r}")
+        if column.type == "boolean" and not set(present.unique()) <= {True, False}:
+            raise DataError(f"column {column.name!r}: expected boolean, found {present.iloc[0]!r}")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def digest(frame: pd.DataFrame) -> str:
+    """The content digest (see the module docstring), ``sha256:<hex>``."""
+    hasher = hashlib.sha256()
+    for name in sorted(frame.columns, key=str):
+        series = frame[name]
+        hasher.update(str(name).encode() + b"\x1e")
+        if is_numeric(series):
+            values = series.astype("float64").to_numpy(copy=True)
+            values[np.isnan(values)] = np.nan  # one canonical NaN bit pattern
+            hasher.update(b"n" + values.astype("<f8").tobytes())
+        else:
+            text = "\x1f".join("\x00" if pd.isna(v) else str(v) for v in series)
+            hasher.update(b"s" + text.encode())
+        hasher.update(b"\x1d")
+    return "sha256:" + hasher.hexdigest()
+
+
+def profile_series(
+    series: pd.Series[Any], numeric: bool, bins: int = PROFILE_BINS
+) -> NumericProfile | CategoricalProfile:
+    """The reference distribution of one column (see :class:`NumericProfile`)."""
+    missing = int(series.isna().sum())
+    present = series.dropna()
+    if not numeric:
+        counts = present.astype(str).value_counts()
+        return CategoricalProfile(
+            frequencies={str(k): int(v) for k, v in counts.items()}, missing=missing
+        )
+    values = present.astype("float64").to_numpy()
+    if values.size == 0:
+        return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+    if edges.size == 1:
+        return NumericProfile(
+            edges=[float(edges[0])] * 2, counts=[int(values.size)], missing=missing
+        )
+    counts, _ = np.histogram(values, bins=edges)
+    return NumericProfile(
+        edges=[float(e) for e in edges], counts=[int(c) for c in counts], missing=missing
+    )
+
+
+def profile_frame(frame: pd.DataFrame) -> dict[str, NumericProfile | CategoricalProfile]:
+    """Profiles of every column of a table."""
+    return {
+        str(name): profile_series(frame[name], is_numeric(frame[name])) for name in frame.columns
+    }

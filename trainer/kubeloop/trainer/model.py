@@ -1,0 +1,246 @@
+"""The scikit-learn pipeline, its ONNX export and the parity check.
+
+Numeric columns are imputed (median) and scaled; text columns are imputed
+(``"missing"``) and one-hot encoded, unseen categories ignored. The exported
+graph takes one input per column (see :mod:`kubeloop.trainer.artifacts`).
+
+**Parity**: ONNX Runtime must reproduce scikit-learn on the test split —
+identical labels, probabilities within ``PROBA_TOLERANCE`` (absolute), and
+regression values within ``VALUE_TOLERANCE`` relative to the spread of the
+target (ONNX computes in float32, scikit-learn in float64).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+from onnx import ModelProto
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from kubeloop.api.v1alpha1 import ESTIMATORS, Task, TensorSpec
+from kubeloop.trainer.artifacts import Parity
+
+PROBA_TOLERANCE = 1e-4
+VALUE_TOLERANCE = 1e-4
+#: Where each allow-listed estimator lives in scikit-learn.
+MODULES = {
+    "LogisticRegression": "sklearn.linear_model",
+    "LinearRegression": "sklearn.linear_model",
+    "Ridge": "sklearn.linear_model",
+    "Lasso": "sklearn.linear_model",
+    "ElasticNet": "sklearn.linear_model",
+    "RandomForestClassifier": "sklearn.ensemble",
+    "RandomForestRegressor": "sklearn.ensemble",
+    "ExtraTreesClassifier": "sklearn.ensemble",
+    "ExtraTreesRegressor": "sklearn.ensemble",
+    "GradientBoostingClassifier": "sklearn.ensemble",
+    "GradientBoostingRegressor": "sklearn.ensemble",
+    "HistGradientBoostingClassifier": "sklearn.ensemble",
+    "HistGradientBoostingRegressor": "sklearn.ensemble",
+    "DecisionTreeClassifier": "sklearn.tree",
+    "DecisionTreeRegressor": "sklearn.tree",
+    "KNeighborsClassifier": "sklearn.neighbors",
+    "KNeighborsRegressor": "sklearn.neighbors",
+    "GaussianNB": "sklearn.naive_bayes",
+    "MLPClassifier": "sklearn.neural_network",
+    "MLPRegressor": "sklearn.neural_network",
+}
+
+
+class SpecError(Exception):
+    """A training request that cannot work; raised before any training."""
+
+
+def make_estimator(task: Task, class_name: str, params: dict[str, Any], seed: int) -> BaseEstimator:
+    """An allow-listed estimator with ``params``; bad names or params fail here, clearly."""
+    if class_name not in ESTIMATORS[task]:
+        allowed = ", ".join(ESTIMATORS[task])
+        raise SpecError(f"estimator {class_name!r} is not allowed for {task} (allowed: {allowed})")
+    cls = getattr(importlib.import_module(MODULES[class_name]), class_name)
+    try:
+        estimator: BaseEstimator = cls(**params)
+    except TypeError as exc:
+        raise SpecError(f"estimator {class_name}: {exc}") from exc
+    valid = estimator.get_params()
+    if "random_state" in valid and "random_state" not in params:
+        estimator.set_params(random_state=seed)
+    try:
+        estimator._validate_params()  # scikit-learn's own parameter constraints
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"estimator {class_name}: {exc}") from exc
+    return estimator
+
+
+@dataclass(frozen=True)
+class Features:
+    """Feature columns split by how they are encoded."""
+
+    numeric: list[str]
+    text: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.text]
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, names: list[str]) -> Features:
+        numeric = [
+            n
+            for n in names
+            if pd.api.types.is_numeric_dtype(frame[n]) or pd.api.types.is_bool_dtype(frame[n])
+        ]
+        return cls(numeric=numeric, text=[n for n in names if n not in numeric])
+
+    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Columns in input order with the dtypes the ONNX graph takes (float32, str)."""
+        out = pd.DataFrame(index=frame.index)
+        for name in self.numeric:
+            out[name] = frame[name].astype("float32")
+        for name in self.text:
+            out[name] = frame[name].astype(object).where(frame[name].notna(), None)
+        return out
+
+    def feeds(self, frame: pd.DataFrame) -> dict[str, np.ndarray[Any, Any]]:
+        """ONNX Runtime inputs: one [n, 1] tensor per column."""
+        feeds: dict[str, np.ndarray[Any, Any]] = {}
+        for name in self.numeric:
+            feeds[name] = frame[name].to_numpy(dtype=np.float32).reshape(-1, 1)
+        for name in self.text:
+            values = [
+                "missing" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                for v in frame[name]
+            ]
+            feeds[name] = np.array(values, dtype=object).reshape(-1, 1)
+        return feeds
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(name=n, datatype="FP32", shape=[-1, 1]) for n in self.numeric] + [
+            TensorSpec(name=n, datatype="BYTES", shape=[-1, 1]) for n in self.text
+        ]
+
+
+def build_pipeline(features: Features, estimator: BaseEstimator) -> Pipeline:
+    """Preprocessing plus the estimator, as one pipeline."""
+    transformers: list[tuple[str, Any, list[str]]] = []
+    if features.numeric:
+        transformers.append(
+            (
+                "numeric",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+                ),
+                features.numeric,
+            )
+        )
+    if features.text:
+        transformers.append(
+            (
+                "text",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                features.text,
+            )
+        )
+    return Pipeline([("prepare", ColumnTransformer(transformers)), ("estimator", estimator)])
+
+
+def export(pipeline: Pipeline, features: Features, task: Task) -> ModelProto:
+    """The fitted pipeline as ONNX: one input per column; label/probabilities or variable."""
+    initial = [(n, FloatTensorType([None, 1])) for n in features.numeric] + [
+        (n, StringTensorType([None, 1])) for n in features.text
+    ]
+    options: dict[Any, Any] = {}
+    if task == "classification":
+        options = {id(pipeline): {"zipmap": False}}
+    model: ModelProto = to_onnx(
+        pipeline, initial_types=initial, options=options, target_opset={"": 17, "ai.onnx.ml": 3}
+    )
+    _rename(model, model.graph.input, features.all)
+    wanted = ["label", "probabilities"] if task == "classification" else ["variable"]
+    _rename(model, model.graph.output, wanted)
+    return model
+
+
+def _rename(model: ModelProto, values: Any, wanted: list[str]) -> None:
+    """Give graph inputs or outputs the names of the convention (skl2onnx sanitises them)."""
+    for value, name in zip(values, wanted, strict=False):
+        old = value.name
+        if old == name:
+            continue
+        for node in model.graph.node:
+            node.input[:] = [name if i == old else i for i in node.input]
+            node.output[:] = [name if o == old else o for o in node.output]
+        value.name = name
+
+
+def session(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predict(
+    sess: ort.InferenceSession, features: Features, frame: pd.DataFrame
+) -> dict[str, np.ndarray[Any, Any]]:
+    outputs = sess.run(None, features.feeds(frame))
+    return {o.name: v for o, v in zip(sess.get_outputs(), outputs, strict=True)}
+
+
+def check_parity(
+    pipeline: Pipeline,
+    sess: ort.InferenceSession,
+    features: Features,
+    x_test: pd.DataFrame,
+    task: Task,
+) -> Parity:
+    """Compare ONNX Runtime with scikit-learn on the test split (see the module docstring)."""
+    got = onnx_predict(sess, features, x_test)
+    if task == "classification":
+        expected_labels = pipeline.predict(x_test)
+        labels = got["label"].reshape(-1)
+        mismatches = int(np.sum(labels.astype(str) != np.asarray(expected_labels).astype(str)))
+        diff = (
+            float(np.max(np.abs(got["probabilities"] - pipeline.predict_proba(x_test))))
+            if len(x_test)
+            else 0.0
+        )
+        return Parity(
+            passed=mismatches == 0 and diff <= PROBA_TOLERANCE,
+            rows=len(x_test),
+            label_mismatches=mismatches,
+            max_abs_diff=diff,
+            tolerance=PROBA_TOLERANCE,
+        )
+    expected = np.asarray(pipeline.predict(x_test), dtype=np.float64).reshape(-1)
+    values = got["variable"].astype(np.float64).reshape(-1)
+    scale = max(
+        float(np.std(expected)), float(np.max(np.abs(expected))) if len(expected) else 0.0, 1.0
+    )
+    diff = float(np.max(np.abs(values - expected))) / scale if len(expected) else 0.0
+    return Parity(
+        passed=diff <= VALUE_TOLERANCE,
+        rows=len(x_test),
+        max_abs_diff=diff,
+        tolerance=VALUE_TOLERANCE,
+    )
+
+
+def classes_of(pipeline: Pipeline) -> list[Any]:
+    """Class labels in the order of the probability columns, as JSON-friendly values."""
+    return [json.loads(json.dumps(c, default=lambda v: v.item())) for c in pipeline.classes_]

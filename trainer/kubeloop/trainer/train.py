@@ -1,0 +1,333 @@
+"""One training run: data → pipeline (+ search) → metrics → ONNX → parity → artifacts → gate.
+
+Metrics are computed from ONNX Runtime's predictions on the held-out split, so
+``onnxruntime`` alone reproduces them from ``model.onnx``. Binary
+classification reports precision/recall/F1 for the second class in
+``classes`` and ROC AUC; multiclass reports macro averages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.inspection import permutation_importance
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split
+
+from kubeloop.api.v1alpha1 import METRICS, Gate, TensorSpec, TrainingJobSpec
+from kubeloop.trainer import card, model, output
+from kubeloop.trainer.artifacts import (
+    CARD_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    GateResult,
+    Lineage,
+    ModelMetadata,
+    Profile,
+    Summary,
+)
+from kubeloop.trainer.data import (
+    DataError,
+    digest,
+    format_of,
+    infer_columns,
+    profile_series,
+    read_table,
+)
+
+#: scikit-learn scorer per metric name, for the search.
+SCORERS = {
+    "accuracy": "accuracy",
+    "precision": "precision_macro",
+    "recall": "recall_macro",
+    "f1": "f1_macro",
+    "roc_auc": "roc_auc_ovr",
+    "log_loss": "neg_log_loss",
+    "rmse": "neg_root_mean_squared_error",
+    "mae": "neg_mean_absolute_error",
+    "r2": "r2",
+}
+LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
+IMPORTANCE_ROWS = 2000
+
+
+class GateRejectedError(Exception):
+    """The model is below the gate; artifacts are written, nothing is published."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__(summary.reason)
+        self.summary = summary
+
+
+class ParityError(Exception):
+    """ONNX Runtime does not reproduce scikit-learn."""
+
+
+@dataclass
+class Run:
+    """What a run needs besides the spec."""
+
+    spec: TrainingJobSpec
+    data_uri: str
+    out: str
+    name: str
+    data_format: str | None = None
+
+
+def check_gate_metrics(spec: TrainingJobSpec) -> None:
+    """Fail before training when the gate or the search names an unknown metric."""
+    known = METRICS[spec.task]
+    gate = spec.gate or Gate()
+    for name in [
+        *(gate.min or {}),
+        *(gate.max or {}),
+        *([spec.search.metric] if spec.search and spec.search.metric else []),
+    ]:
+        if name not in known:
+            raise model.SpecError(
+                f"metric {name!r} is not reported for {spec.task} (known: {', '.join(known)})"
+            )
+
+
+def evaluate(
+    task: str, y_true: Any, outputs: dict[str, Any], classes: list[Any]
+) -> tuple[dict[str, float], list[list[int]] | None]:
+    """Held-out metrics from the model's outputs."""
+    if task == "regression":
+        pred = outputs["variable"].reshape(-1)
+        return {
+            "rmse": float(math.sqrt(skm.mean_squared_error(y_true, pred))),
+            "mae": float(skm.mean_absolute_error(y_true, pred)),
+            "r2": float(skm.r2_score(y_true, pred)),
+        }, None
+    labels = outputs["label"].reshape(-1)
+    proba = outputs["probabilities"]
+    y = np.asarray(y_true)
+    labels = labels.astype(y.dtype) if y.dtype.kind in "iub" else labels.astype(str)
+    y_cmp = y if y.dtype.kind in "iub" else y.astype(str)
+    cls = np.asarray(classes) if y.dtype.kind in "iub" else np.asarray(classes).astype(str)
+    binary = len(classes) == 2
+    average: Any = "binary" if binary else "macro"
+    kwargs: dict[str, Any] = {"average": average, "zero_division": 0}
+    if binary:
+        kwargs["pos_label"] = cls[1]
+    result = {
+        "accuracy": float(skm.accuracy_score(y_cmp, labels)),
+        "precision": float(skm.precision_score(y_cmp, labels, **kwargs)),
+        "recall": float(skm.recall_score(y_cmp, labels, **kwargs)),
+        "f1": float(skm.f1_score(y_cmp, labels, **kwargs)),
+        "log_loss": float(skm.log_loss(y_cmp, np.clip(proba, 1e-15, 1), labels=cls)),
+    }
+    if binary and len(set(y_cmp.tolist())) == 2:
+        result["roc_auc"] = float(skm.roc_auc_score(y_cmp == cls[1], proba[:, 1]))
+    matrix = skm.confusion_matrix(y_cmp, labels, labels=cls).tolist()
+    return result, matrix
+
+
+def apply_gate(gate: Gate | None, metrics: dict[str, float]) -> GateResult:
+    failures = []
+    for name, floor in ((gate.min or {}) if gate else {}).items():
+        if metrics.get(name, -math.inf) < floor:
+            failures.append(f"{name} {metrics.get(name, float('nan')):.4f} < {floor}")
+    for name, ceiling in ((gate.max or {}) if gate else {}).items():
+        if metrics.get(name, math.inf) > ceiling:
+            failures.append(f"{name} {metrics.get(name, float('nan')):.4f} > {ceiling}")
+    return GateResult(passed=not failures, failures=failures)
+
+
+def _search(
+    run: Run, pipeline: Any, x: pd.DataFrame, y: Any
+) -> tuple[Any, list[dict[str, Any]] | None]:
+    search = run.spec.search
+    if search is None:
+        return pipeline.fit(x, y), None
+    metric = search.metric or ("accuracy" if run.spec.task == "classification" else "r2")
+    space = {f"estimator__{k}": v for k, v in search.space.items()}
+    seed = run.spec.split.seed
+    if search.strategy == "grid":
+        searcher: Any = GridSearchCV(
+            pipeline, space, cv=search.cv, scoring=SCORERS[metric], refit=True
+        )
+    else:
+        searcher = RandomizedSearchCV(
+            pipeline,
+            space,
+            n_iter=search.trials,
+            cv=search.cv,
+            scoring=SCORERS[metric],
+            refit=True,
+            random_state=seed,
+        )
+    try:
+        searcher.fit(x, y)
+    except ValueError as exc:
+        raise model.SpecError(f"search: {exc}") from exc
+    results = searcher.cv_results_
+    trials = [
+        {
+            "params": {k.removeprefix("estimator__"): _plain(v) for k, v in params.items()},
+            "score": float(score) * (-1 if metric in LOWER_IS_BETTER else 1),
+            "rank": int(rank),
+        }
+        for params, score, rank in zip(
+            results["params"], results["mean_test_score"], results["rank_test_score"], strict=True
+        )
+    ]
+    return searcher.best_estimator_, trials
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def train(run: Run) -> Summary:
+    """Train, export, check and write the artifacts; raise GateRejectedError below the gate."""
+    spec = run.spec
+    check_gate_metrics(spec)
+    params = dict(spec.estimator.params or {})
+    estimator = model.make_estimator(spec.task, spec.estimator.class_name, params, spec.split.seed)
+    frame = read_table(run.data_uri, format_of(run.data_uri, run.data_format))
+    if spec.target not in frame.columns:
+        raise DataError(f"column {spec.target!r}: the target is missing from the data")
+    names = spec.features or [c for c in frame.columns if c != spec.target]
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise DataError(f"column {missing[0]!r}: a feature is missing from the data")
+    frame = frame.dropna(subset=[spec.target])
+    if len(frame) < 10:
+        raise DataError(
+            f"column {spec.target!r}: only {len(frame)} labelled rows, need at least 10"
+        )
+    features = model.Features.of(frame, names)
+    x = features.prepare(frame)
+    y = frame[spec.target]
+    if spec.task == "regression" and not pd.api.types.is_numeric_dtype(y):
+        raise DataError(f"column {spec.target!r}: regression needs a numeric target")
+    stratify = y if spec.task == "classification" and y.value_counts().min() >= 2 else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=spec.split.test_fraction, random_state=spec.split.seed, stratify=stratify
+    )
+    pipeline, trials = _search(run, model.build_pipeline(features, estimator), x_train, y_train)
+
+    onnx_model = model.export(pipeline, features, spec.task)
+    onnx_bytes = onnx_model.SerializeToString()
+    sess = model.session(onnx_bytes)
+    parity = model.check_parity(pipeline, sess, features, x_test, spec.task)
+    if not parity.passed:
+        raise ParityError(
+            f"ONNX Runtime differs from scikit-learn on the test split: "
+            f"{parity.label_mismatches} labels, "
+            f"max difference {parity.max_abs_diff:.2e} (tolerance {parity.tolerance:g})"
+        )
+    outputs = model.onnx_predict(sess, features, x_test)
+    classes = model.classes_of(pipeline) if spec.task == "classification" else []
+    metrics, matrix = evaluate(spec.task, y_test, outputs, classes)
+    gate = apply_gate(spec.gate, metrics)
+
+    sample = x_test.iloc[:IMPORTANCE_ROWS]
+    scoring = "accuracy" if spec.task == "classification" else "r2"
+    importance = permutation_importance(
+        pipeline,
+        sample,
+        y_test.iloc[:IMPORTANCE_ROWS],
+        n_repeats=5,
+        random_state=spec.split.seed,
+        scoring=scoring,
+    )
+    ranked = dict(
+        sorted(
+            zip(features.all, importance.importances_mean.tolist(), strict=True),
+            key=lambda kv: -kv[1],
+        )
+    )
+
+    sha = hashlib.sha256(onnx_bytes).hexdigest()
+    fitted = pipeline.named_steps["estimator"].get_params()
+    columns = [c for c in infer_columns(frame[features.all])]
+    if spec.task == "classification":
+        outputs_spec = [
+            TensorSpec(
+                name="label",
+                datatype="INT64" if all(isinstance(c, int) for c in classes) else "BYTES",
+                shape=[-1],
+            ),
+            TensorSpec(name="probabilities", datatype="FP32", shape=[-1, len(classes)]),
+        ]
+        prediction = profile_series(
+            pd.Series(outputs["label"].reshape(-1)).astype(str), numeric=False
+        )
+    else:
+        outputs_spec = [TensorSpec(name="variable", datatype="FP32", shape=[-1, 1])]
+        prediction = profile_series(pd.Series(outputs["variable"].reshape(-1)), numeric=True)
+    metadata = ModelMetadata(
+        name=run.name,
+        task=spec.task,
+        sha256=sha,
+        inputs=features.tensor_specs(),
+        outputs=outputs_spec,
+        columns=columns,
+        nullable=[c.name for c in columns if c.nullable],
+        target=spec.target,
+        classes=classes or None,
+        metrics=metrics,
+        confusion_matrix=matrix,
+        parity=parity,
+        importance=ranked,
+        search=trials,
+        gate=gate,
+        lineage=Lineage(
+            data_uri=run.data_uri,
+            data_digest=digest(frame),
+            estimator=spec.estimator.class_name,
+            params={
+                k: _plain(v)
+                for k, v in fitted.items()
+                if isinstance(_plain(v), str | int | float | bool | None)
+            },
+            seed=spec.split.seed,
+            libraries={
+                "python": platform.python_version(),
+                **{
+                    lib: version(lib)
+                    for lib in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "pandas")
+                },
+            },
+        ),
+        created=datetime.now(UTC),
+    )
+    profile = Profile(
+        rows=len(x_train),
+        features={
+            n: profile_series(x_train[n], numeric=n in features.numeric) for n in features.all
+        },
+        prediction=prediction,
+    )
+    with output.staging() as tmp:
+        (tmp / MODEL_FILE).write_bytes(onnx_bytes)
+        (tmp / PROFILE_FILE).write_text(profile.model_dump_json(indent=1))
+        (tmp / CARD_FILE).write_text(card.render(metadata, len(frame), len(x_test)))
+        (tmp / METADATA_FILE).write_text(metadata.model_dump_json(indent=1))
+        output.publish(tmp, run.out, last=METADATA_FILE)
+    summary = Summary(
+        kind="train",
+        status="succeeded" if gate.passed else "rejected",
+        reason=None if gate.passed else "quality gate not met: " + "; ".join(gate.failures),
+        artifact_uri=output.join(run.out, MODEL_FILE),
+        sha256=sha,
+        metadata_uri=output.join(run.out, METADATA_FILE),
+        profile_uri=output.join(run.out, PROFILE_FILE),
+        metrics=metrics,
+        gate=gate,
+    )
+    if not gate.passed:
+        raise GateRejectedError(summary)
+    return summary
