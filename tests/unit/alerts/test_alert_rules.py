@@ -107,3 +107,17 @@ def test_cli_refuses_bad_values():
     assert runner.invoke(rules_command, ["--drift-for", "soon"]).exit_code == 2
     assert runner.invoke(rules_command, ["--label", "novalue"]).exit_code == 2
     assert runner.invoke(rules_command, ["--format", "json"]).exit_code == 2
+
+
+def test_scrape_job_keeps_serving_pods_and_adds_the_labels_the_rules_use():
+    job = rules.scrape_job()
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    relabel = job["relabel_configs"]
+    keeps = [r["source_labels"][0] for r in relabel if r.get("action") == "keep"]
+    assert keeps == [
+        "__meta_kubernetes_pod_label_kubeloop_io_model_deployment",
+        "__meta_kubernetes_pod_container_port_name",
+    ]
+    targets = {r["target_label"]: r["source_labels"][0] for r in relabel if "target_label" in r}
+    assert targets[rules.DEPLOYMENT_LABEL].endswith("kubeloop_io_model_deployment")
+    assert targets[rules.NAMESPACE_LABEL] == "__meta_kubernetes_namespace"

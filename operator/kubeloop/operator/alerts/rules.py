@@ -94,6 +94,36 @@ def online_expr(options: RuleOptions) -> str:
     )
 
 
+def scrape_job(job_name: str = "kubeloop-serving") -> dict[str, Any]:
+    """The Prometheus scrape job for serving pods (Kubernetes pod discovery).
+
+    It keeps the pods the operator labelled ``kubeloop.io/model-deployment`` (their
+    ``http`` port) and turns that label into ``model_deployment`` and the pod's
+    namespace into ``namespace``: the labels the rules aggregate by and the
+    receiver reads. docs/monitoring.md shows this job; a test keeps them equal.
+    """
+    md_label = "__meta_kubernetes_pod_label_kubeloop_io_model_deployment"
+    return {
+        "job_name": job_name,
+        "kubernetes_sd_configs": [{"role": "pod"}],
+        "relabel_configs": [
+            {"source_labels": [md_label], "regex": ".+", "action": "keep"},
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": "http",
+                "action": "keep",
+            },
+            {"source_labels": [md_label], "target_label": DEPLOYMENT_LABEL},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": NAMESPACE_LABEL},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {
+                "source_labels": ["__meta_kubernetes_pod_label_kubeloop_io_role"],
+                "target_label": "role",
+            },
+        ],
+    }
+
+
 def _labels(options: RuleOptions, trigger: str) -> dict[str, str]:
     return {"severity": options.severity, RETRAIN_LABEL: "true", "kubeloop_trigger": trigger}
 

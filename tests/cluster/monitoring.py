@@ -1,0 +1,201 @@
+"""Prometheus and Alertmanager (Debian's packages) as local processes on loopback.
+
+Configs are generated per test: fast intervals, the Kubeloop rules from
+``kubeloop rules``, a scrape job that gives the serving process the target
+labels the Kubernetes scrape config gives a serving pod (``namespace``,
+``model_deployment``, see docs/monitoring.md), and an Alertmanager webhook to
+the operator's receiver with a bearer token file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubetest import wait_for
+from operator_harness import free_port
+
+from kubeloop.operator.alerts.rules import scrape_job
+
+KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
+
+
+def tool(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    message = f"{names[0]} not found: run hack/install-monitoring.sh (make monitoring-tools)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class Daemon:
+    """A long-running process of ours with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, port: int) -> None:
+        self.name, self.argv, self.port = name, argv, port
+        self.log = workdir / f"{name}.log"
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(self._ready, f"{self.name} to be ready on {self.url}", timeout=60, state=self.tail)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def tail(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()[-30:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=20)
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = httpx.get(f"{self.url}{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+def rules_file(workdir: Path, *args: str) -> Path:
+    result = subprocess.run(
+        [KUBELOOP, "rules", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    path = workdir / "kubeloop-rules.yaml"
+    path.write_text(result.stdout)
+    return path
+
+
+def alertmanager(workdir: Path, webhook_url: str, token: str, repeat_interval: str) -> Daemon:
+    token_file = workdir / "webhook-token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    config = {
+        "route": {
+            "receiver": "kubeloop",
+            "group_by": ["alertname", "namespace", "model_deployment"],
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": repeat_interval,
+            "routes": [{"receiver": "kubeloop", "matchers": ['kubeloop_retrain="true"']}],
+        },
+        "receivers": [
+            {
+                "name": "kubeloop",
+                "webhook_configs": [
+                    {
+                        "url": webhook_url,
+                        "send_resolved": True,
+                        "http_config": {
+                            "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    path = workdir / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    storage = workdir / "alertmanager-data"
+    storage.mkdir()
+    argv = [
+        tool("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={path}",
+        f"--storage.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=debug",
+    ]
+    return Daemon("alertmanager", argv, workdir, port).start()
+
+
+def pod_target(address: str, pod: dict[str, Any]) -> dict[str, Any]:
+    """What Kubernetes pod discovery gives Prometheus for the ``http`` port of ``pod``.
+
+    The serving process runs on loopback (kwok runs no containers), so the
+    address is the process's; the labels are those of the pod object.
+    """
+    meta = {
+        f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}": v
+        for k, v in (pod["metadata"].get("labels") or {}).items()
+    }
+    meta |= {
+        "__meta_kubernetes_namespace": pod["metadata"]["namespace"],
+        "__meta_kubernetes_pod_name": pod["metadata"]["name"],
+        "__meta_kubernetes_pod_container_port_name": "http",
+    }
+    return {"targets": [address], "labels": meta}
+
+
+def serving_job(targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The documented scrape job (docs/monitoring.md), fed these targets instead of discovery.
+
+    Debian's Prometheus is built without Kubernetes discovery; the relabelling
+    is the documented one, unchanged.
+    """
+    job = scrape_job()
+    del job["kubernetes_sd_configs"]
+    job["static_configs"] = targets
+    return job
+
+
+def prometheus(
+    workdir: Path, rules: Path, alertmanager_port: int, jobs: list[dict[str, Any]]
+) -> Daemon:
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "alerting": {
+            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
+        },
+        "scrape_configs": jobs,
+    }
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    storage = workdir / "prometheus-data"
+    storage.mkdir()
+    argv = [
+        tool("prometheus"),
+        f"--config.file={path}",
+        f"--storage.tsdb.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    return Daemon("prometheus", argv, workdir, port).start()
+
+
+def query(prom: Daemon, expr: str) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    data = prom.get("/api/v1/query", query=expr)
+    result: list[dict[str, Any]] = data["data"]["result"]
+    return result
