@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from kubelet import finish_pod
 from kubetest import wait_for
-from operator_harness import Cluster, OperatorProcess, free_port, pod_of
+from operator_harness import Cluster, OperatorProcess, free_port, pod_of, run_job_locally
 
 KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
 DIGEST = "sha256:" + "cd" * 32
@@ -96,8 +96,20 @@ def running_operator(
         proc.stop()
 
 
-def dataset_ready(cluster: Cluster, data_csv: Path, name: str, columns: list[str]) -> None:
-    """A Ready Dataset at version DIGEST: the snapshot pod reports it as a kubelet would."""
+def dataset_ready(
+    cluster: Cluster,
+    data_csv: Path,
+    name: str,
+    columns: list[str],
+    *,
+    snapshot_in: Path | None = None,
+) -> str:
+    """A Ready Dataset; returns its data version.
+
+    With ``snapshot_in`` the test plays the kubelet for the snapshot pod and runs
+    the real ``kubeloop snapshot`` with its arguments there; without, the pod
+    reports a made-up snapshot at version DIGEST.
+    """
     cluster.apply(
         {
             "apiVersion": "kubeloop.io/v1alpha1",
@@ -107,20 +119,32 @@ def dataset_ready(cluster: Cluster, data_csv: Path, name: str, columns: list[str
         }
     )
     job = cluster.wait_job(f"kubeloop.io/dataset={name}")
-    summary = {
-        "kind": "snapshot",
-        "status": "succeeded",
-        "digest": DIGEST,
-        "rows": 569,
-        "snapshot_uri": data_csv.as_uri(),
-        "columns": [{"name": c, "type": "number"} for c in columns],
-    }
-    finish_pod(cluster.core, pod_of(cluster, job["metadata"]["name"]), message=json.dumps(summary))
-    wait_for(
-        lambda: cluster.status("Dataset", name).get("version") == DIGEST,
-        f"Dataset {name} to be Ready at {DIGEST}",
+    if snapshot_in is not None:
+        code, message = run_job_locally(job, snapshot_in)
+        assert code == 0, message
+    else:
+        code, message = (
+            0,
+            json.dumps(
+                {
+                    "kind": "snapshot",
+                    "status": "succeeded",
+                    "digest": DIGEST,
+                    "rows": 569,
+                    "snapshot_uri": data_csv.as_uri(),
+                    "columns": [{"name": c, "type": "number"} for c in columns],
+                }
+            ),
+        )
+    pod = pod_of(cluster, job["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=code, message=message)
+    status = wait_for(
+        lambda: cluster.status("Dataset", name).get("version") and cluster.status("Dataset", name),
+        f"Dataset {name} to be Ready",
         state=lambda: cluster.get("Dataset", name),
     )
+    assert snapshot_in is not None or status["version"] == DIGEST
+    return str(status["version"])
 
 
 def model_deployment(

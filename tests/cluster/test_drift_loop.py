@@ -10,6 +10,8 @@ real API server, applies the ModelDeployment's retrain policy.
   longer than the rule's ``for:``, there is no alert and no TrainingJob;
 - shifted traffic: the alert fires and exactly one TrainingJob appears, linked
   to the alert (Alertmanager's repeats are duplicates, not twins);
+- the retrain runs the real trainer (the test plays the kubelet for its pod)
+  and the deployment rolls the new version out;
 - the alert resolves, shifted traffic again (a new episode of the alert)
   inside the cooldown: no second TrainingJob.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,9 +37,8 @@ import pytest
 from kubelet import finish_pod
 from kubetest import wait_for
 from monitoring import Daemon, alertmanager, pod_target, prometheus, query, rules_file, serving_job
-from operator_harness import Cluster, pod_of
+from operator_harness import Cluster, pod_of, run_job_locally
 from retrain_helpers import (
-    DIGEST,
     RetrainOperator,
     dataset_ready,
     model_deployment,
@@ -65,21 +67,12 @@ def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model from the real trainer (its fallback builder while `kubeloop train` is missing)."""
-    import subprocess
-
-    from kubeloop.cli import COMMANDS
-
+    """Version 1, from the real trainer."""
     out = tmp_path_factory.mktemp("model")
-    if "train" not in COMMANDS:
-        sys.path.insert(0, str(SERVING_TESTS))
-        from serving_build import build
-
-        return build(data_csv, "target", "classification", "LogisticRegression", out, {})
     result = subprocess.run(
         [str(Path(sys.executable).with_name("kubeloop")), "train", "--data", str(data_csv),
          "--target", "target", "--task", "classification", "--estimator", "LogisticRegression",
-         "--params", '{"max_iter": 2000}', "--out", str(out)],
+         "--params", '{"max_iter": 2000}', "--name", MODEL, "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -169,7 +162,9 @@ def loop(
     namespace: str,
 ):
     """The ModelDeployment served by a real server, Prometheus and Alertmanager wired to it."""
-    dataset_ready(cluster, data_csv, "cancer-data", FEATURES)
+    data_version = dataset_ready(
+        cluster, data_csv, "cancer-data", FEATURES, snapshot_in=tmp_path / "snapshot"
+    )
     publish(cluster, model_dir, tmp_path / "store", 1)
     cluster.apply(
         model_deployment(MD, MODEL, "cancer-data", FEATURES, threshold=THRESHOLD, window=WINDOW)
@@ -189,7 +184,7 @@ def loop(
         server.stop()
         raise
     try:
-        yield server, prom, am
+        yield server, prom, am, data_version
     finally:
         prom.stop()
         am.stop()
@@ -228,7 +223,7 @@ def retrained(cluster: Cluster) -> list[dict[str, Any]]:
 def test_drift_alert_to_one_trainingjob_then_cooldown(
     cluster, operator, loop, data_csv, model_dir, namespace, tmp_path
 ):
-    served, prom, am = loop
+    served, prom, am, data_version = loop
     rows = pd.read_csv(data_csv)[FEATURES]
     calm = rows.iloc[:WINDOW]
 
@@ -280,7 +275,8 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(
     assert meta["labels"]["kubeloop.io/alert-fingerprint"] == firing["fingerprint"]
     assert meta["annotations"]["kubeloop.io/alert-name"] == "KubeloopDataDrift"
     assert float(meta["annotations"]["kubeloop.io/alert-value"]) > THRESHOLD
-    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "version": DIGEST}
+    # on the Dataset's newest version (the real snapshot's digest)
+    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "version": data_version}
     active_at = pd.Timestamp(alerts(prom)[0]["activeAt"]).timestamp()
     # Alertmanager repeats the firing alert every 2s: duplicates, never a twin
     wait_for(
@@ -291,19 +287,15 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(
     )
     assert len(retrained(cluster)) == 1
 
-    # ---- the retrain succeeds (the test plays its pod: a copy of the model as the new
-    # artifact) and the deployment, following Latest, rolls version 2 out by itself
-    shutil.copytree(model_dir, tmp_path / "retrained")
-    artifact = tmp_path / "retrained" / "model.onnx"
-    summary = {
-        "kind": "train",
-        "status": "succeeded",
-        "artifact_uri": artifact.as_uri(),
-        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
-        "metrics": {"accuracy": 0.9},
-    }
+    # ---- the retrain runs: the test plays the kubelet for its trainer pod, running the real
+    # `kubeloop train` with the pod's arguments; the deployment, following Latest, then rolls
+    # the new version out by itself
     job = cluster.wait_job(f"kubeloop.io/training-job={meta['name']}")
-    finish_pod(cluster.core, pod_of(cluster, job["metadata"]["name"]), message=json.dumps(summary))
+    code, message = run_job_locally(job, tmp_path / "trainer")
+    assert code == 0, message
+    finish_pod(
+        cluster.core, pod_of(cluster, job["metadata"]["name"]), exit_code=code, message=message
+    )
     wait_for(
         lambda: cluster.status("TrainingJob", meta["name"]).get("version") == 2,
         "the retrain to publish version 2",
