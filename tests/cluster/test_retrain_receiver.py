@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from kubelet import finish_pod
+from kubernetes import client
 from kubetest import wait_for
 from operator_harness import Cluster, pod_of
 from retrain_helpers import (
@@ -138,11 +139,24 @@ def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, names
     assert len(retrained(cluster)) == 1
 
 
-def test_disabled_policy_and_the_receivers_auth(cluster, operator, data_csv, namespace):
+def test_disabled_policy_unwatched_namespace_and_the_receivers_auth(
+    cluster, operator, api_client, core, namespace
+):
     doc = model_deployment("iris", "iris", "iris-data", FEATURES)
     doc["spec"]["retrain"]["enabled"] = False
     cluster.apply(doc)
     assert results(operator.post(notification(alert(namespace, "iris")))) == ["disabled"]
+
+    # a ModelDeployment in a namespace this operator does not watch is not its business
+    other = f"{namespace[:50]}-other"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        Cluster(api_client, other).apply(model_deployment("iris", "iris", "iris-data", FEATURES))
+        assert results(operator.post(notification(alert(other, "iris")))) == ["unknown-deployment"]
+        assert Cluster(api_client, other).list("TrainingJob") == []
+    finally:
+        core.delete_namespace(other)
+
     assert operator.post(notification(alert(namespace, "iris")), token="wrong").status_code == 401
     bad = operator.post({"version": "4", "status": "firing"})
     assert bad.status_code == 400

@@ -93,5 +93,7 @@ def operator(
             namespaces=list(namespaces),
             standalone=standalone,
             liveness_endpoint=liveness or None,
+            # the alert receiver acts only on ModelDeployments in these namespaces
+            memo=kopf.Memo(watched_namespaces=tuple(namespaces)),
         )
     )

@@ -13,6 +13,7 @@ import yaml
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.operator import retrain
 from kubeloop.operator.alerts.payload import Alert
+from kubeloop.operator.alerts.receiver import watched
 from kubeloop.operator.handlers.schedule import due_tick
 from kubeloop.operator.names import MAX_NAME
 
@@ -255,3 +256,18 @@ def test_a_schedule_tick_is_a_trigger_with_its_own_key():
     assert tick.key == "schedule:2024-05-01T10:00:00Z"
     assert retrain.decide(tick, md(retrainKeys=[tick.key]), [], NOW).decision == "duplicate"
     assert retrain.decide(tick, md(), [], NOW).decision == "created"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "patterns", "expected"),
+    [
+        ("ml", (), True),
+        ("ml", ("ml",), True),
+        ("ml", ("team-a", "ml"), True),
+        ("ml2", ("ml",), False),
+        ("team-b", ("team-*",), True),
+        ("other", ("team-*",), False),
+    ],
+)
+def test_the_receiver_acts_only_in_watched_namespaces(namespace, patterns, expected):
+    assert watched(namespace, patterns) is expected

@@ -13,6 +13,7 @@ The server runs on kopf's event loop, started by a startup handler
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -117,8 +118,19 @@ def make_app(tokens: TokenSource, process: Process, max_body_bytes: int) -> web.
     return app
 
 
-async def process_alerts(ctx: Context, payload: WebhookPayload) -> list[dict[str, Any]]:
-    """Apply the retrain policy to each firing alert naming a ModelDeployment."""
+def watched(namespace: str, patterns: tuple[str, ...]) -> bool:
+    """Whether this operator watches ``namespace`` (no patterns: every namespace)."""
+    return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+
+async def process_alerts(
+    ctx: Context, payload: WebhookPayload, namespaces: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Apply the retrain policy to each firing alert naming a ModelDeployment.
+
+    ``namespaces`` are the operator's ``--namespace`` values (kopf globs allowed);
+    a ModelDeployment elsewhere is not this operator's: ``unknown-deployment``.
+    """
     from kubeloop.operator import retrain  # the policy imports kopf-side code
 
     results: list[dict[str, Any]] = []
@@ -133,12 +145,13 @@ async def process_alerts(ctx: Context, payload: WebhookPayload) -> list[dict[str
             )
             results.append({**entry, "result": "resolved"})
             continue
-        if target is None:
+        if target is None or not watched(target[0], namespaces):
             log.warning(
-                "alert %s (fingerprint %s) names no ModelDeployment (labels namespace and "
-                "model_deployment); acknowledged",
+                "alert %s (fingerprint %s) names no ModelDeployment this operator watches "
+                "(labels namespace and model_deployment: %s); acknowledged",
                 alert.name,
                 alert.fingerprint,
+                where,
             )
             metrics.RETRAIN_DECISIONS.labels(decision="unknown-deployment", trigger="alert").inc()
             results.append({**entry, "result": "unknown-deployment"})
@@ -164,7 +177,9 @@ async def start(ctx: Context, memo: Any) -> web.AppRunner | None:
             "alert receiver not started: set KUBELOOP_WEBHOOK_TOKEN or KUBELOOP_WEBHOOK_TOKEN_FILE"
         )
         return None
-    app = make_app(tokens, partial(process_alerts, ctx), settings.webhook_max_body_bytes)
+    namespaces = tuple(memo.get("watched_namespaces") or ())
+    process = partial(process_alerts, ctx, namespaces=namespaces)
+    app = make_app(tokens, process, settings.webhook_max_body_bytes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.webhook_host, settings.webhook_port)
