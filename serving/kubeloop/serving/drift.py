@@ -246,6 +246,15 @@ class DriftWindow:
         ]
         self._append(x, categorical)
 
+    def update_column(self, values: npt.NDArray[Any]) -> None:
+        """Add rows of a one-column window (e.g. the predictions) from a 1-D array."""
+        if len(self.references) != 1:
+            raise ValueError("update_column needs a window of one column")
+        if self._numeric_cols:
+            self._append(values.reshape(-1, 1), [])
+        else:
+            self._append(np.empty((len(values), 0)), [values.tolist()])
+
     def _append(self, x: npt.NDArray[Any], categorical: list[list[Any]]) -> None:
         with self._lock:
             self._pending_matrix.append(x)

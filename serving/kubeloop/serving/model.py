@@ -127,6 +127,7 @@ class LoadedModel:
                     self._drift_cols.append(self.index[ref.name])
             if refs:
                 self.drift = DriftWindow(refs, settings.drift_window)
+        self._drift_all = self._drift_cols == list(range(len(self.inputs)))
         if settings.drift and desc.prediction_reference is not None:
             self.prediction_drift = DriftWindow([desc.prediction_reference], settings.drift_window)
 
@@ -160,10 +161,12 @@ class LoadedModel:
         if matrix is not None and self._all_fp32:
             # one conversion and transpose for all columns, then views
             mt = np.ascontiguousarray(matrix.T, dtype=np.float32)
-            return dict(
+            feed = Feed(
                 zip(self.feed_names, mt.reshape(len(self.feed_names), rows, 1), strict=True)
             )
-        out: Feed = {}
+            feed.matrix = matrix
+            return feed
+        out = Feed()
         for name, dtype, col in zip(
             self.feed_names, self.feed_dtypes, decoded.columns, strict=True
         ):
@@ -191,15 +194,15 @@ class LoadedModel:
         self._batch_hist.observe(n)
         drift = self.drift
         if drift is not None:
-            names = self.feed_names
-            cols = [feed[names[i]] for i in self._drift_cols]
-            if drift.numeric_only and all(c.ndim == 2 for c in cols):
-                drift.update_matrix(np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0])
+            matrix = getattr(feed, "matrix", None)
+            if drift.numeric_only and matrix is not None:
+                drift.update_matrix(matrix if self._drift_all else matrix[:, self._drift_cols])
             else:
-                drift.update(cols)
+                names = self.feed_names
+                drift.update([feed[names[i]] for i in self._drift_cols])
         flat = labels.reshape(-1)
         if self.prediction_drift is not None:
-            self.prediction_drift.update([flat])
+            self.prediction_drift.update_column(flat)
         if self._value_hist is not None:
             for v in flat.tolist():
                 self._value_hist.observe(v)

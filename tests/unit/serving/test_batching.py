@@ -96,3 +96,26 @@ def test_max_wait_lets_a_batch_fill():
 
     asyncio.run(main())
     assert calls == [4]
+
+
+def test_after_a_run_of_lone_requests_they_skip_the_queue_until_concurrency_returns():
+    from kubeloop.serving.batching import PROBE_EVERY, SOLO_STREAK
+
+    calls: list[int] = []
+
+    def run(feed):
+        calls.append(len(feed["x"]))
+        return {"y": feed["x"]}
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=64)
+        for _ in range(SOLO_STREAK + 3 * PROBE_EVERY):
+            await b.infer({"x": np.zeros((1, 1))}, 1)
+        assert b._direct > 0  # some ran without queueing
+        # concurrency returns: a probe queues, and the others join it
+        for _ in range(PROBE_EVERY):
+            await asyncio.gather(*(b.infer({"x": np.zeros((1, 1))}, 1) for _ in range(20)))
+        return b
+
+    asyncio.run(main())
+    assert max(calls) > 1
