@@ -247,7 +247,11 @@ class TrainingJobSpec(KubeModel):
                 f"self.estimator.className in {_cel_list(ESTIMATORS['classification'])} : "
                 f"self.estimator.className in {_cel_list(ESTIMATORS['regression'])}"
             ),
-            message="estimator.className must be an allow-listed scikit-learn estimator for task",
+            message=(
+                "estimator.className must name an allow-listed scikit-learn estimator for the "
+                f"task (classification: {', '.join(ESTIMATORS['classification'])}; "
+                f"regression: {', '.join(ESTIMATORS['regression'])})"
+            ),
             check=_estimator_matches_task,
             field_path=".estimator.className",
         ),

@@ -51,7 +51,7 @@ def read_table(uri: str, fmt: Format) -> pd.DataFrame:
             elif fmt == "parquet":
                 frame = pd.read_parquet(handle)
             else:
-                frame = pd.read_json(handle, lines=True)
+                frame = pd.read_json(handle, lines=True, precise_float=True)
     except FileNotFoundError as exc:
         raise DataError(f"{uri}: no such file") from exc
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:

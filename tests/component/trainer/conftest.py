@@ -1,0 +1,70 @@
+"""Small data sets written to disk, and the `kubeloop` CLI run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer, load_diabetes
+
+KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess[str], termination: Path) -> None:
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.summary = (
+            json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
+        )
+        self.termination = termination.read_text() if termination.exists() else ""
+
+
+@pytest.fixture
+def kubeloop(tmp_path: Path):
+    """Run `kubeloop ARGS` with a termination-message file, return a Result."""
+
+    def run(*args: str) -> Result:
+        term = tmp_path / "termination-log"
+        term.unlink(missing_ok=True)
+        env = {**os.environ, "KUBELOOP_TERMINATION_LOG": str(term)}
+        proc = subprocess.run(
+            [KUBELOOP, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+        return Result(proc, term)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    cancer = load_breast_cancer(as_frame=True).frame.iloc[:, [0, 1, 2, 3, 4, -1]]
+    cancer.to_csv(root / "cancer.csv", index=False)
+    cancer.to_parquet(root / "cancer.parquet", index=False)
+    cancer[list(reversed(cancer.columns))].to_json(
+        root / "cancer.jsonl", orient="records", lines=True
+    )
+    diabetes = load_diabetes(as_frame=True).frame
+    diabetes.to_csv(root / "diabetes.csv", index=False)
+    rng = np.random.default_rng(0)
+    n = 400
+    colour = rng.choice(["red", "green", "blue"], n)
+    size = rng.normal(10, 3, n)
+    mixed = pd.DataFrame(
+        {
+            "colour": colour,
+            "size": size,
+            "label": np.where((colour == "red") ^ (size > 11), "yes", "no"),
+        }
+    )
+    mixed.loc[::17, "size"] = np.nan
+    mixed.to_csv(root / "mixed.csv", index=False)
+    return root

@@ -1,0 +1,249 @@
+"""`kubeloop train` as a real process: artifacts, metrics, gate, bad input, reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from kubeloop.trainer.artifacts import ModelMetadata, Profile
+
+ROOT = Path(__file__).resolve().parents[3]
+ARTIFACTS = ["card.md", "model.json", "model.onnx", "profile.json"]
+
+
+def flags(
+    data: Path,
+    out: Path,
+    *extra: str,
+    estimator: str = "LogisticRegression",
+    params: str = '{"max_iter": 500}',
+) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data / "cancer.csv"),
+        "--target",
+        "target",
+        "--task",
+        "classification",
+        "--estimator",
+        estimator,
+        "--params",
+        params,
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def predict(out: Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """onnxruntime alone, fed by the input convention in model.json."""
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {
+        t.name: frame[t.name]
+        .to_numpy(np.float32 if t.datatype == "FP32" else object)
+        .reshape(-1, 1)
+        for t in meta.inputs
+    }
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+
+
+def test_classification_artifacts_and_metrics_reproduce_with_onnxruntime(kubeloop, data, tmp_path):
+    out = tmp_path / "model"
+    result = kubeloop(*flags(data, out, "--name", "cancer", "--gate", "accuracy>=0.8"))
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ARTIFACTS
+    summary = result.summary
+    assert summary["status"] == "succeeded"
+    assert summary["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert json.loads(result.termination) == summary
+    assert len(result.termination.encode()) <= 4096
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    assert meta.sha256 == summary["sha256"]
+    assert [o.name for o in meta.outputs] == ["label", "probabilities"]
+    assert meta.classes == [0, 1]
+    assert meta.parity is not None
+    assert meta.parity.passed
+    assert set(meta.metrics) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}
+    assert meta.confusion_matrix is not None
+    assert set(meta.importance) == {t.name for t in meta.inputs}
+    assert meta.lineage.libraries["scikit-learn"]
+    # The held-out split is reproducible from the seed: recompute accuracy with onnxruntime only.
+    from sklearn.model_selection import train_test_split
+
+    frame = pd.read_csv(data / "cancer.csv")
+    x = frame.drop(columns="target")
+    _, x_test, _, y_test = train_test_split(
+        x, frame["target"], test_size=0.2, random_state=42, stratify=frame["target"]
+    )
+    got = predict(out, x_test)
+    assert skm.accuracy_score(y_test, got["label"]) == pytest.approx(meta.metrics["accuracy"])
+    assert skm.roc_auc_score(y_test, got["probabilities"][:, 1]) == pytest.approx(
+        meta.metrics["roc_auc"]
+    )
+    profile = Profile.model_validate_json((out / "profile.json").read_text())
+    assert set(profile.features) == {t.name for t in meta.inputs}
+    assert profile.prediction is not None
+    assert profile.prediction.kind == "categorical"
+    card = (out / "card.md").read_text()
+    assert "## Intended use" in card
+    assert "## Limitations" in card
+    assert f"{meta.metrics['accuracy']:.4f}" in card
+
+
+def test_regression(kubeloop, data, tmp_path):
+    out = tmp_path / "reg"
+    result = kubeloop(
+        "train",
+        "--data",
+        str(data / "diabetes.csv"),
+        "--target",
+        "target",
+        "--task",
+        "regression",
+        "--estimator",
+        "Ridge",
+        "--params",
+        "{}",
+        "--out",
+        str(out),
+        "--gate",
+        "rmse<=80",
+    )
+    assert result.code == 0, result.stderr
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    assert set(meta.metrics) == {"rmse", "mae", "r2"}
+    assert [o.name for o in meta.outputs] == ["variable"]
+    profile = Profile.model_validate_json((out / "profile.json").read_text())
+    assert profile.prediction is not None
+    assert profile.prediction.kind == "numeric"
+
+
+def test_categorical_features_are_string_inputs(kubeloop, data, tmp_path):
+    out = tmp_path / "mixed"
+    result = kubeloop(
+        "train",
+        "--data",
+        str(data / "mixed.csv"),
+        "--target",
+        "label",
+        "--task",
+        "classification",
+        "--estimator",
+        "RandomForestClassifier",
+        "--params",
+        '{"n_estimators": 30}',
+        "--out",
+        str(out),
+    )
+    assert result.code == 0, result.stderr
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    assert {t.name: t.datatype for t in meta.inputs} == {"colour": "BYTES", "size": "FP32"}
+    assert meta.classes == ["no", "yes"]
+    assert meta.nullable == ["size"]
+    got = predict(out, pd.DataFrame({"colour": ["red", "purple"], "size": [5.0, np.nan]}))
+    assert got["probabilities"].shape == (
+        2,
+        2,
+    )  # an unseen category and a missing number still predict
+    assert meta.metrics["accuracy"] > 0.8
+
+
+def test_search_records_every_trial(kubeloop, data, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "datasetRef: {name: cancer}\nmodelName: cancer\ntask: classification\ntarget: target\n"
+        "estimator: {className: DecisionTreeClassifier}\n"
+        "search: {strategy: grid, space: {max_depth: [2, 4, 6]}, cv: 3, metric: f1}\n"
+    )
+    out = tmp_path / "search"
+    result = kubeloop(
+        "train", "--spec", str(spec), "--data", str(data / "cancer.csv"), "--out", str(out)
+    )
+    assert result.code == 0, result.stderr
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    assert meta.search is not None
+    assert sorted(t["params"]["max_depth"] for t in meta.search) == [2, 4, 6]
+    best = min(meta.search, key=lambda t: t["rank"])
+    assert meta.lineage.params["max_depth"] == best["params"]["max_depth"]
+
+
+def test_gate_rejection_exits_3_and_keeps_the_evidence(kubeloop, data, tmp_path):
+    out = tmp_path / "rejected"
+    result = kubeloop(*flags(data, out, "--gate", "accuracy>=0.999"))
+    assert result.code == 3, result.stderr
+    assert result.summary["status"] == "rejected"
+    assert "accuracy" in result.summary["reason"]
+    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    assert meta.gate is not None
+    assert not meta.gate.passed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--estimator", "os.system"], "must name an allow-listed scikit-learn estimator"),
+        (["--estimator", "Ridge"], "classification: LogisticRegression, RandomForestClassifier"),
+        (["--params", '{"max_iter": -3}'], "estimator LogisticRegression"),
+        (["--params", '{"no_such": 1}'], "unexpected keyword argument 'no_such'"),
+        (["--params", "{not json"], "--params"),
+        (["--target", "nope"], "column 'nope': the target is missing"),
+        (["--features", "mean radius,nope"], "column 'nope': a feature is missing"),
+        (["--gate", "speed>=1"], "metric 'speed' is not reported for classification"),
+        (["--gate", "f1=0.9"], "use METRIC>=VALUE"),
+        (["--test-fraction", "1.5"], "testFraction must be greater than 0 and less than 1"),
+    ],
+)
+def test_bad_input_fails_before_any_work(kubeloop, data, tmp_path, args, message):
+    out = tmp_path / "never"
+    base = flags(data, out)
+    for i in range(0, len(args), 2):
+        if args[i] in base:
+            base[base.index(args[i]) + 1] = args[i + 1]
+        else:
+            base += args[i : i + 2]
+    result = kubeloop(*base)
+    assert result.code == 2, result.stderr
+    assert message in result.stderr
+    assert not out.exists()
+
+
+def test_same_data_spec_and_seed_reproduce(kubeloop, data, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert (
+            kubeloop(
+                *flags(data, out, estimator="RandomForestClassifier", params='{"n_estimators": 20}')
+            ).code
+            == 0
+        )
+        runs.append(out)
+    metas = [ModelMetadata.model_validate_json((o / "model.json").read_text()) for o in runs]
+    assert metas[0].metrics == metas[1].metrics
+    frame = pd.read_csv(data / "cancer.csv").drop(columns="target")
+    a, b = (predict(o, frame) for o in runs)
+    np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
+
+
+def test_example_spec_runs_locally(kubeloop, tmp_path):
+    out = tmp_path / "example"
+    result = kubeloop(
+        "train",
+        "--spec",
+        str(ROOT / "examples" / "trainingjob.yaml"),
+        "--data",
+        str(ROOT / "examples" / "data" / "breast-cancer.csv"),
+        "--out",
+        str(out),
+    )
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ARTIFACTS
