@@ -60,21 +60,12 @@ def write_data(work: Path) -> tuple[Path, list[float]]:
 
 
 def train_kubeloop(csv: Path, estimator: str, params: dict[str, object], out: Path) -> None:
-    from kubeloop.cli import COMMANDS
-
-    if "train" in COMMANDS:
-        subprocess.run(
-            [str(BIN / "kubeloop"), "train", "--data", str(csv), "--target", "target",
-             "--task", "classification", "--estimator", estimator,
-             "--params", json.dumps(params), "--out", str(out)],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
-        return
-    # until `kubeloop train` lands: the component tests' builder (same artifact models)
-    sys.path.insert(0, str(ROOT / "tests/component/serving"))
-    from serving_build import build
-
-    build(csv, "target", "classification", estimator, out, dict(params))
+    subprocess.run(
+        [str(BIN / "kubeloop"), "train", "--data", str(csv), "--target", "target",
+         "--task", "classification", "--estimator", estimator,
+         "--params", json.dumps(params), "--out", str(out)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
 
 
 def train_mlserver(csv: Path, estimator: str, params: dict[str, object], out: Path) -> None:
@@ -105,7 +96,7 @@ def running(kind: str, model_dir: Path, port: int, body: bytes) -> Iterator[str]
             )
         )  # fmt: skip
         cmd = [str(BENCH_VENV / "bin/mlserver"), "start", str(model_dir.parent)]
-    logfile = tempfile.TemporaryFile()
+    logfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v2/models/cancer/infer"
     try:
@@ -131,6 +122,7 @@ def running(kind: str, model_dir: Path, port: int, body: bytes) -> Iterator[str]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        logfile.close()
 
 
 @dataclass

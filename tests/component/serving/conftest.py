@@ -27,12 +27,6 @@ from serving_helpers import KUBELOOP, Server, serving
 def train(
     data: Path, target: str, task: str, estimator: str, out: Path, params: str = "{}"
 ) -> Path:
-    if not _has_train():
-        import json
-
-        from serving_build import build
-
-        return build(data, target, task, estimator, out, json.loads(params))
     result = subprocess.run(
         [
             str(KUBELOOP), "train", "--data", str(data), "--target", target, "--task", task,
@@ -43,12 +37,6 @@ def train(
     assert result.returncode == 0, f"kubeloop train failed:\n{result.stdout}\n{result.stderr}"
     assert (out / "model.onnx").exists(), f"no model.onnx in {out}: {os.listdir(out)}"
     return out
-
-
-def _has_train() -> bool:
-    from kubeloop.cli import COMMANDS
-
-    return "train" in COMMANDS
 
 
 @pytest.fixture(scope="session")
