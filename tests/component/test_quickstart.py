@@ -1,0 +1,71 @@
+"""The README's local quick start, run as a new user would: snapshot, train, serve, predict."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
+
+
+def kubeloop(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KUBELOOP, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_quick_start(tmp_path):
+    data = str(ROOT / "examples" / "data" / "breast-cancer.csv")
+    snap = kubeloop(
+        "snapshot", "--source", data, "--format", "csv", "--out", str(tmp_path / "datasets")
+    )
+    assert snap.returncode == 0, snap.stderr
+    assert json.loads(snap.stdout)["rows"] == 569
+    model = tmp_path / "model"
+    trained = kubeloop(
+        "train",
+        "--spec",
+        str(ROOT / "examples" / "trainingjob.yaml"),
+        "--data",
+        data,
+        "--out",
+        str(model),
+    )
+    assert trained.returncode == 0, trained.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [KUBELOOP, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 60 s"
+            time.sleep(0.2)
+        body = json.loads((ROOT / "examples" / "requests" / "breast-cancer.json").read_text())
+        reply = httpx.post(f"{url}/v1/models/breast-cancer:predict", json=body, timeout=10)
+        assert reply.status_code == 200, reply.text
+        assert len(reply.json()["predictions"]) == len(body["instances"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
