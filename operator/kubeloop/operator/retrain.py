@@ -337,11 +337,14 @@ def act(
                     f"{trigger.describe()}: TrainingJob {obj['metadata']['name']} exists already",
                 )
         # Alerts: a skipped one may be acted on when re-delivered after the
-        # cooldown. Schedule ticks: each is decided once.
-        if verdict.decision in ("created", "duplicate") or trigger.kind == "schedule":
+        # cooldown. Schedule ticks: each is decided once. A key already recorded
+        # (a re-delivery) needs no write.
+        recorded = trigger.key in ((md.get("status") or {}).get("retrainKeys") or [])
+        if created or (
+            not recorded and (verdict.decision == "duplicate" or trigger.kind == "schedule")
+        ):
             patch = status_patch(md, trigger, created, current, ctx.settings.retrain_keys_limit)
-            if patch.get("retrainKeys") != (md.get("status") or {}).get("retrainKeys") or created:
-                kube.patch_status(MD_KIND, namespace, name, patch)
+            kube.patch_status(MD_KIND, namespace, name, patch)
     log.info("%s/%s: %s: %s", namespace, name, verdict.decision, verdict.message)
     metrics.RETRAIN_DECISIONS.labels(decision=verdict.decision, trigger=trigger.kind).inc()
     try:
