@@ -437,7 +437,10 @@ class DevCluster:
         alive = {p.name for p in state.processes if p.alive()}
         if not expected <= alive:
             return False
-        return self.api(state).ok("/readyz")
+        try:
+            return self.api(state).ok("/readyz")
+        except OSError:  # certificates gone: not a cluster this code can use
+            return False
 
     def _spawn(self, state: State, name: str, argv: list[str], env: dict[str, str]) -> None:
         log_path = self.dir / "logs" / f"{name}.log"
