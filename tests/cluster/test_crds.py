@@ -110,14 +110,14 @@ VIOLATIONS = [
         "TrainingJob",
         _set("spec.task", "regression"),
         "spec.estimator.className",
-        "estimator.className must be an allow-listed scikit-learn estimator for task",
+        "estimator.className must name an allow-listed scikit-learn estimator for the task",
     ),
     (
         "trainingjob-estimator-unknown",
         "TrainingJob",
         _set("spec.estimator.className", "SVC"),
         "spec.estimator.className",
-        "estimator.className must be an allow-listed scikit-learn estimator for task",
+        "estimator.className must name an allow-listed scikit-learn estimator for the task",
     ),
     (
         "modeldeployment-pinned-missing",
@@ -166,7 +166,7 @@ VIOLATIONS = [
         "ModelDeployment",
         _set("spec.retrain.template.estimator.className", "Ridge"),
         "spec.retrain.template.estimator.className",
-        "estimator.className must be an allow-listed scikit-learn estimator for task",
+        "estimator.className must name an allow-listed scikit-learn estimator for the task",
     ),
     (
         "modeldeployment-retrain-test-fraction",
