@@ -13,6 +13,12 @@ A model directory holds:
   it) and ``probabilities`` (``[None, n_classes]`` FP32, columns in
   ``ModelMetadata.classes`` order); regression → ``variable`` (``[None, 1]``
   FP32).
+
+  A missing number is NaN. A missing text value is the string ``"missing"``:
+  the trainer puts it in place of missing text before fitting, so it is a
+  category of its own when training saw it, and an unseen one (ignored by the
+  one-hot encoding) otherwise. Classification labels are integers or text:
+  boolean targets become 0/1 and whole-number floats integers.
 - ``model.json`` — :class:`ModelMetadata`.
 - ``profile.json`` — :class:`Profile`, the reference distributions for drift.
 - ``card.md`` — a human-readable model card.
@@ -172,6 +178,13 @@ class Summary(_Model):
         line = self.model_dump_json(exclude_none=True)
         if len(line.encode()) > SUMMARY_LIMIT and self.columns:
             line = self.model_copy(update={"columns": None}).model_dump_json(exclude_none=True)
+        over = len(line.encode()) - SUMMARY_LIMIT
+        if over > 0 and self.reason:
+            keep = max(0, len(self.reason.encode()) - over - 16)
+            reason = self.reason.encode()[:keep].decode(errors="ignore") + " ..."
+            line = self.model_copy(update={"columns": None, "reason": reason}).model_dump_json(
+                exclude_none=True
+            )
         return line
 
 

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import yaml
+from click.core import ParameterSource
 from pydantic import ValidationError
 
 from kubeloop.api.v1alpha1 import DataSchema, TrainingJobSpec
 from kubeloop.trainer.artifacts import PROFILE_FILE, Profile, Summary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -38,6 +43,30 @@ def _load_document(path: str) -> Any:
     return yaml.safe_load(text)
 
 
+def _schema_document(doc: Any) -> Any:
+    """The DataSchema in ``doc``: the schema itself, a Dataset spec or a Dataset manifest."""
+    if isinstance(doc, dict) and doc.get("kind") == "Dataset":
+        doc = doc.get("spec") or {}
+    if isinstance(doc, dict) and "columns" not in doc and "schema" in doc:
+        doc = doc["schema"]
+    return doc
+
+
+def _spec_document(doc: Any, path: str) -> Any:
+    """The TrainingJob spec in ``doc``: the spec itself or a whole TrainingJob manifest."""
+    if isinstance(doc, dict) and "kind" in doc:
+        if doc["kind"] != "TrainingJob":
+            _fail("train", EXIT_BAD_INPUT, f"spec {path}: a {doc['kind']}, not a TrainingJob")
+        return doc.get("spec") or {}
+    return doc
+
+
+def _internal(kind: str, exc: Exception) -> NoReturn:
+    """An error no check foresaw: the traceback for the log, the summary for the operator."""
+    traceback.print_exc()
+    _fail(kind, EXIT_FAILED, f"internal error: {type(exc).__name__}: {exc}")
+
+
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
@@ -54,7 +83,11 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
     from kubeloop.trainer import data, output
 
     try:
-        schema = DataSchema.model_validate(_load_document(schema_file)) if schema_file else None
+        schema = (
+            DataSchema.model_validate(_schema_document(_load_document(schema_file)))
+            if schema_file
+            else None
+        )
     except (OSError, yaml.YAMLError) as exc:
         _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {exc}")
     except ValidationError as exc:
@@ -65,6 +98,19 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
             data.validate(frame, schema)
     except data.DataError as exc:
         _fail("snapshot", EXIT_BAD_INPUT, str(exc))
+    except Exception as exc:
+        _internal("snapshot", exc)
+    try:
+        summary = _store_snapshot(frame, fmt, out)
+    except Exception as exc:
+        _internal("snapshot", exc)
+    output.report(summary)
+
+
+def _store_snapshot(frame: pd.DataFrame, fmt: str, out: str) -> Summary:
+    """Write the immutable copy and its profile under OUT/<digest>/ unless already there."""
+    from kubeloop.trainer import data, output
+
     digest = data.digest(frame)
     target = output.join(out, digest.removeprefix("sha256:"))
     data_file = f"data.{fmt}"
@@ -74,16 +120,19 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
             profile = Profile(rows=len(frame), features=data.profile_frame(frame))
             (tmp / PROFILE_FILE).write_text(profile.model_dump_json(indent=1))
             output.publish(tmp, target, last=PROFILE_FILE)
-    output.report(
-        Summary(
-            kind="snapshot",
-            status="succeeded",
-            digest=digest,
-            rows=len(frame),
-            columns=data.infer_columns(frame),
-            snapshot_uri=output.join(target, data_file),
-            profile_uri=output.join(target, PROFILE_FILE),
-        )
+    elif not output.exists(output.join(target, data_file)):
+        # The same content arrived before in another format: add this format's copy.
+        with output.staging() as tmp:
+            data.write_table(frame, str(tmp / data_file), fmt)  # type: ignore[arg-type]
+            output.add(tmp / data_file, output.join(target, data_file))
+    return Summary(
+        kind="snapshot",
+        status="succeeded",
+        digest=digest,
+        rows=len(frame),
+        columns=data.infer_columns(frame),
+        snapshot_uri=output.join(target, data_file),
+        profile_uri=output.join(target, PROFILE_FILE),
     )
 
 
@@ -126,7 +175,9 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--test-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--gate", "gates", multiple=True, help="Quality gate, e.g. 'f1>=0.8' (repeatable).")
+@click.pass_context
 def train(
+    ctx: click.Context,
     spec_file: str | None,
     data_uri: str,
     fmt: str | None,
@@ -147,8 +198,18 @@ def train(
 
     try:
         if spec_file:
-            doc = _load_document(spec_file)
-            raw = doc.get("spec", doc) if isinstance(doc, dict) and "kind" in doc else doc
+            given = [
+                f"--{p.replace('_', '-')}"
+                for p in ("target", "task", "estimator", "params", "features", "test_fraction",
+                          "seed", "gates")
+                if ctx.get_parameter_source(p) is not ParameterSource.DEFAULT
+            ]  # fmt: skip
+            if given:
+                raise click.UsageError(
+                    f"{', '.join(given).replace('--gates', '--gate')} cannot be combined with "
+                    "--spec (the spec says it)"
+                )
+            raw = _spec_document(_load_document(spec_file), spec_file)
         else:
             missing = [
                 n
@@ -189,4 +250,6 @@ def train(
         click.echo(f"rejected: {exc.summary.reason}", err=True)
         output.report(exc.summary)
         sys.exit(EXIT_REJECTED)
+    except Exception as exc:
+        _internal("train", exc)
     output.report(summary)

@@ -53,9 +53,16 @@ def read_table(uri: str, fmt: Format) -> pd.DataFrame:
             else:
                 frame = pd.read_json(handle, lines=True, precise_float=True)
     except FileNotFoundError as exc:
-        raise DataError(f"{uri}: no such file") from exc
+        local = "://" not in uri or uri.startswith("file://")
+        raise DataError(
+            f"{uri}: {'no such file' if local else 'not found or unreachable'}"
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{uri}: the data set is empty") from exc
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataError(f"{uri}: cannot be read as {fmt}: {exc}") from exc
+    except (OSError, ImportError) as exc:  # permissions, network, a missing fsspec backend
+        raise DataError(f"{uri}: cannot be read: {exc}") from exc
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"{uri}: the data set is empty")
     return frame

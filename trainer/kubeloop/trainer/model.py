@@ -17,15 +17,11 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
-from onnx import ModelProto
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType, StringTensorType
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -33,6 +29,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from kubeloop.api.v1alpha1 import ESTIMATORS, Task, TensorSpec
 from kubeloop.trainer.artifacts import Parity
+
+if TYPE_CHECKING:  # imported where used: a run that fails its checks never loads them
+    import onnxruntime as ort
+    from onnx import ModelProto
 
 PROBA_TOLERANCE = 1e-4
 VALUE_TOLERANCE = 1e-4
@@ -86,6 +86,22 @@ def make_estimator(task: Task, class_name: str, params: dict[str, Any], seed: in
     except (ValueError, TypeError) as exc:
         raise SpecError(f"estimator {class_name}: {exc}") from exc
     return estimator
+
+
+def check_search_space(estimator: BaseEstimator, space: dict[str, list[Any]]) -> None:
+    """Fail before training on a search space naming unknown parameters or bad values."""
+    known = estimator.get_params()
+    for param, candidates in space.items():
+        if param not in known:
+            raise SpecError(f"search.space: {type(estimator).__name__} has no parameter {param!r}")
+        if not candidates:
+            raise SpecError(f"search.space.{param}: no candidate values")
+        for value in candidates:
+            trial = clone(estimator).set_params(**{param: value})
+            try:
+                trial._validate_params()
+            except (ValueError, TypeError) as exc:
+                raise SpecError(f"search.space.{param}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,9 @@ def build_pipeline(features: Features, estimator: BaseEstimator) -> Pipeline:
 
 def export(pipeline: Pipeline, features: Features, task: Task) -> ModelProto:
     """The fitted pipeline as ONNX: one input per column; label/probabilities or variable."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
     initial = [(n, FloatTensorType([None, 1])) for n in features.numeric] + [
         (n, StringTensorType([None, 1])) for n in features.text
     ]
@@ -181,6 +200,8 @@ def _rename(model: ModelProto, values: Any, wanted: list[str]) -> None:
 
 
 def session(model: bytes) -> ort.InferenceSession:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

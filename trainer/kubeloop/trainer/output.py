@@ -50,6 +50,7 @@ def publish(local: Path, uri: str, last: str | None = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        os.chmod(scratch, 0o777 & ~_umask())  # mkdtemp makes it 0700; readers run as others
         for item in local.iterdir():
             shutil.copy2(item, scratch / item.name)
         if target.exists():
@@ -59,6 +60,24 @@ def publish(local: Path, uri: str, last: str | None = None) -> None:
     names = sorted(p.name for p in local.iterdir() if p.name != last)
     for name in [*names, *([last] if last and (local / last).exists() else [])]:
         fs.put_file(str(local / name), join(path, name))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def add(local: Path, uri: str) -> None:
+    """Add one file to an existing artifact directory, never exposing it half-written."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        target = Path(path)
+        scratch = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.copyfile(local, scratch)
+        os.replace(scratch, target)
+        return
+    fs.put_file(str(local), path)
 
 
 def termination_log() -> str | None:

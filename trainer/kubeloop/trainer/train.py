@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
-from sklearn.inspection import permutation_importance
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split
 
 from kubeloop.api.v1alpha1 import METRICS, Gate, TensorSpec, TrainingJobSpec
@@ -57,6 +56,8 @@ SCORERS = {
     "r2": "r2",
 }
 LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
+#: Names of the ONNX outputs, by task (see :mod:`kubeloop.trainer.artifacts`).
+OUTPUT_NAMES = {"classification": ("label", "probabilities"), "regression": ("variable",)}
 IMPORTANCE_ROWS = 2000
 
 
@@ -144,6 +145,68 @@ def apply_gate(gate: Gate | None, metrics: dict[str, float]) -> GateResult:
     return GateResult(passed=not failures, failures=failures)
 
 
+def check_features(frame: pd.DataFrame, names: list[str], task: str) -> None:
+    """Fail before training on features the data lacks, that hold no value, or whose
+    names the model's outputs take."""
+    if not names:
+        raise DataError("no feature columns: the data holds only the target")
+    for name in names:
+        if name not in frame.columns:
+            raise DataError(f"column {name!r}: a feature is missing from the data")
+        if frame[name].isna().all():
+            raise DataError(f"column {name!r}: a feature with no values (every row is missing)")
+        series = frame[name]
+        if pd.api.types.is_float_dtype(series) and np.isinf(series.to_numpy()).any():
+            raise DataError(f"column {name!r}: infinite values (use a missing value instead)")
+    taken = set(OUTPUT_NAMES[task]) & set(names)
+    if taken:
+        raise DataError(
+            f"column {sorted(taken)[0]!r}: a feature cannot have the name of a model output "
+            f"({', '.join(OUTPUT_NAMES[task])}); rename the column"
+        )
+
+
+def target_values(y: pd.Series[Any], name: str, task: str) -> pd.Series[Any]:
+    """The target as the estimator and the ONNX graph both see it.
+
+    Regression needs numbers. Classification labels become integers (booleans
+    as 0/1, and floats that are whole numbers, as CSV gives a column with gaps)
+    or text: skl2onnx emits integer or string labels only.
+    """
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+            bad = next((v for v in y if not isinstance(v, int | float)), y.iloc[0])
+            raise DataError(f"column {name!r}: regression needs a numeric target, found {bad!r}")
+        return y.astype("float64")
+    if pd.api.types.is_bool_dtype(y) or pd.api.types.is_integer_dtype(y):
+        return y.astype("int64")
+    if pd.api.types.is_float_dtype(y):
+        whole = np.equal(np.floor(y), y)
+        if not whole.all():
+            raise DataError(
+                f"column {name!r}: classification labels must be integers or text, "
+                f"found {_plain(y[~whole].iloc[0])!r} "
+                "(use task: regression for a continuous target)"
+            )
+        return y.astype("int64")
+    return y.astype(str)
+
+
+def check_classes(spec: TrainingJobSpec, y: pd.Series[Any]) -> None:
+    """Fail before training on one class, or a binary-only metric for more than two."""
+    n = int(y.nunique())
+    if n < 2:
+        raise DataError(
+            f"column {spec.target!r}: a single class ({_plain(y.iloc[0])!r}); need two or more"
+        )
+    gate = spec.gate or Gate()
+    if n > 2 and "roc_auc" in {*(gate.min or {}), *(gate.max or {})}:
+        raise model.SpecError(
+            f"gate: roc_auc is reported for binary classification only; "
+            f"column {spec.target!r} has {n} classes"
+        )
+
+
 def _search(
     run: Run, pipeline: Any, x: pd.DataFrame, y: Any
 ) -> tuple[Any, list[dict[str, Any]] | None]:
@@ -196,12 +259,11 @@ def train(run: Run) -> Summary:
     params = dict(spec.estimator.params or {})
     estimator = model.make_estimator(spec.task, spec.estimator.class_name, params, spec.split.seed)
     frame = read_table(run.data_uri, format_of(run.data_uri, run.data_format))
+    data_digest = digest(frame)  # of the data as read: the snapshot's version
     if spec.target not in frame.columns:
         raise DataError(f"column {spec.target!r}: the target is missing from the data")
-    names = spec.features or [c for c in frame.columns if c != spec.target]
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise DataError(f"column {missing[0]!r}: a feature is missing from the data")
+    names = [str(c) for c in spec.features or frame.columns if c != spec.target]
+    check_features(frame, names, spec.task)
     frame = frame.dropna(subset=[spec.target])
     if len(frame) < 10:
         raise DataError(
@@ -209,14 +271,19 @@ def train(run: Run) -> Summary:
         )
     features = model.Features.of(frame, names)
     x = features.prepare(frame)
-    y = frame[spec.target]
-    if spec.task == "regression" and not pd.api.types.is_numeric_dtype(y):
-        raise DataError(f"column {spec.target!r}: regression needs a numeric target")
+    y = target_values(frame[spec.target], spec.target, spec.task)
+    if spec.task == "classification":
+        check_classes(spec, y)
+    if spec.search is not None:
+        model.check_search_space(estimator, spec.search.space)
     stratify = y if spec.task == "classification" and y.value_counts().min() >= 2 else None
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=spec.split.test_fraction, random_state=spec.split.seed, stratify=stratify
     )
-    pipeline, trials = _search(run, model.build_pipeline(features, estimator), x_train, y_train)
+    try:
+        pipeline, trials = _search(run, model.build_pipeline(features, estimator), x_train, y_train)
+    except ValueError as exc:  # constraints scikit-learn only checks when fitting
+        raise model.SpecError(f"estimator {spec.estimator.class_name}: {exc}") from exc
 
     onnx_model = model.export(pipeline, features, spec.task)
     onnx_bytes = onnx_model.SerializeToString()
@@ -232,6 +299,8 @@ def train(run: Run) -> Summary:
     classes = model.classes_of(pipeline) if spec.task == "classification" else []
     metrics, matrix = evaluate(spec.task, y_test, outputs, classes)
     gate = apply_gate(spec.gate, metrics)
+
+    from sklearn.inspection import permutation_importance
 
     sample = x_test.iloc[:IMPORTANCE_ROWS]
     scoring = "accuracy" if spec.task == "classification" else "r2"
@@ -286,7 +355,7 @@ def train(run: Run) -> Summary:
         gate=gate,
         lineage=Lineage(
             data_uri=run.data_uri,
-            data_digest=digest(frame),
+            data_digest=data_digest,
             estimator=spec.estimator.class_name,
             params={
                 k: _plain(v)
@@ -304,10 +373,11 @@ def train(run: Run) -> Summary:
         ),
         created=datetime.now(UTC),
     )
+    raw_train = frame.loc[x_train.index]  # the values as the data has them, not float32
     profile = Profile(
         rows=len(x_train),
         features={
-            n: profile_series(x_train[n], numeric=n in features.numeric) for n in features.all
+            n: profile_series(raw_train[n], numeric=n in features.numeric) for n in features.all
         },
         prediction=prediction,
     )
