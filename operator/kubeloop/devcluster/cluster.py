@@ -555,6 +555,10 @@ class DevCluster:
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
                     f"--cluster-name={self.name}",
                     "--profiling=false",
+                    # kwok's heartbeats come late on a loaded 2-core machine; with the
+                    # default 40 s grace the node controller marks nodes NotReady and
+                    # their pods unready, which kwok never undoes for Running pods.
+                    "--node-monitor-grace-period=10m",
                 ],
                 env,
             )
