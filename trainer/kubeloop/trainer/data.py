@@ -7,11 +7,17 @@ little-endian float64 with every missing value one canonical NaN, text values
 as UTF-8 separated by a unit separator with missing values as a NUL byte. The
 same table as CSV or Parquet (or with its columns reordered) has the same
 digest; one changed cell changes it.
+
+JSON lines are read as the JSON types say (no guessing of dates from column
+names, no strings turned into numbers) and written back with every float's
+shortest round-trip form, so a stored copy has the digest of its source.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import posixpath
 from typing import Any, Literal
 
@@ -51,7 +57,7 @@ def read_table(uri: str, fmt: Format) -> pd.DataFrame:
             elif fmt == "parquet":
                 frame = pd.read_parquet(handle)
             else:
-                frame = pd.read_json(handle, lines=True, precise_float=True)
+                frame = pd.read_json(handle, lines=True, precise_float=True, dtype=False)
     except FileNotFoundError as exc:
         local = "://" not in uri or uri.startswith("file://")
         raise DataError(
@@ -75,7 +81,38 @@ def write_table(frame: pd.DataFrame, path: str, fmt: Format) -> None:
     elif fmt == "parquet":
         frame.to_parquet(path, index=False)
     else:
-        frame.to_json(path, orient="records", lines=True)
+        _write_jsonl(frame, path)
+
+
+def _write_jsonl(frame: pd.DataFrame, path: str) -> None:
+    """One JSON object per row, floats exact (pandas' writer keeps 15 digits at most)."""
+    encoded = [
+        [f"{json.dumps(str(name), ensure_ascii=False)}: {v}" for v in _json_column(frame[name])]
+        for name in frame.columns
+    ]
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in zip(*encoded, strict=True):
+            handle.write("{" + ", ".join(row) + "}\n")
+
+
+def _json_column(series: pd.Series[Any]) -> list[str]:
+    """The JSON text of each value; ``null`` where missing."""
+    missing = series.isna().to_numpy()
+    if series.dtype.kind == "f":
+        texts = [repr(v) if math.isfinite(v) else json.dumps(v) for v in series.tolist()]
+    elif series.dtype.kind in "iub":
+        texts = [json.dumps(v) for v in series.tolist()]
+    else:
+        texts = [json.dumps(_json_scalar(v), ensure_ascii=False) for v in series.tolist()]
+    for i in np.flatnonzero(missing):
+        texts[i] = "null"
+    return texts
+
+
+def _json_scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def is_numeric(series: pd.Series[Any]) -> bool:

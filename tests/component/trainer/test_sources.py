@@ -1,0 +1,131 @@
+"""Where data comes from and how it is stored: http(s) and file:// URIs, JSON lines, the
+immutability of a snapshot folder, and stored copies that keep the digest of their source."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on a loopback port serving a folder: (base URL, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def snap(kubeloop, source: str, fmt: str, out: Path | str, *extra: str):
+    return kubeloop("snapshot", "--source", source, "--format", fmt, "--out", str(out), *extra)
+
+
+def test_http_and_file_uris(kubeloop, data, http_root, tmp_path):
+    base, root = http_root
+    (root / "cancer.csv").write_bytes((data / "cancer.csv").read_bytes())
+    local = snap(kubeloop, str(data / "cancer.csv"), "csv", tmp_path / "a")
+    remote = snap(kubeloop, f"{base}/cancer.csv", "csv", f"file://{tmp_path / 'b'}")
+    assert local.code == remote.code == 0, (local.stderr, remote.stderr)
+    assert remote.summary["digest"] == local.summary["digest"]
+    assert remote.summary["snapshot_uri"].startswith("file://")
+    stored = Path(remote.summary["snapshot_uri"].removeprefix("file://"))
+    assert stored.is_file()
+
+    missing = snap(kubeloop, f"{base}/nope.csv", "csv", tmp_path / "c")
+    assert missing.code == 2
+    assert f"{base}/nope.csv" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+    out = tmp_path / "model"
+    trained = kubeloop(
+        "train",
+        "--data",
+        f"{base}/cancer.csv",
+        "--target",
+        "target",
+        "--task",
+        "classification",
+        "--estimator",
+        "GaussianNB",
+        "--out",
+        f"file://{out}",
+    )
+    assert trained.code == 0, trained.stderr
+    assert trained.summary["artifact_uri"] == f"file://{out}/model.onnx"
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["lineage"]["data_digest"] == local.summary["digest"]
+
+
+def test_snapshot_folder_is_written_once(kubeloop, data, tmp_path):
+    out = tmp_path / "snaps"
+    first = snap(kubeloop, str(data / "cancer.csv"), "csv", out)
+    assert first.code == 0, first.stderr
+    folder = out / first.summary["digest"].removeprefix("sha256:")
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+    again = snap(kubeloop, str(data / "cancer.csv"), "csv", out)
+    assert again.code == 0, again.stderr
+    assert again.summary == first.summary
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+    assert after == before
+    # Nothing half-written is left beside it.
+    assert [p.name for p in out.iterdir()] == [folder.name]
+
+
+def test_json_lines_keep_their_values_and_types(kubeloop, tmp_path):
+    """JSON lines are read as the JSON says: no date guessing from column names, full float
+    precision; the stored copy has the digest of its source."""
+    rng = np.random.default_rng(3)
+    n = 50
+    frame = pd.DataFrame(
+        {
+            "created_at": np.arange(1_600_000_000, 1_600_000_000 + n),  # a number, not a date
+            "date": [f"2024-01-{1 + i % 28:02d}" for i in range(n)],  # text, kept as written
+            "value": rng.normal(size=n) * 1e-3,  # needs all 17 significant digits
+            "label": rng.choice(["a", "b"], n),
+        }
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with (tmp_path / "t.jsonl").open("w") as handle:
+        for record in frame.to_dict("records"):
+            handle.write(
+                json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in record.items()})
+                + "\n"
+            )
+    csv = snap(kubeloop, str(tmp_path / "t.csv"), "csv", tmp_path / "s")
+    jsonl = snap(kubeloop, str(tmp_path / "t.jsonl"), "jsonl", tmp_path / "s")
+    assert csv.code == jsonl.code == 0, (csv.stderr, jsonl.stderr)
+    assert jsonl.summary["digest"] == csv.summary["digest"]
+    types = {c["name"]: c["type"] for c in jsonl.summary["columns"]}
+    assert types == {
+        "created_at": "integer",
+        "date": "string",
+        "value": "number",
+        "label": "string",
+    }
+
+    stored = jsonl.summary["snapshot_uri"]
+    again = snap(kubeloop, stored, "jsonl", tmp_path / "s2")
+    assert again.code == 0, again.stderr
+    assert again.summary["digest"] == jsonl.summary["digest"]
