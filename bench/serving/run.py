@@ -187,6 +187,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure every server this many times, alternating, and keep each cell's least "
+        "disturbed run (highest req/s) — for shared machines",
+    )
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -214,17 +221,20 @@ def main() -> None:
             train_kubeloop(csv, estimator, params, onnx_dir)
             if "mlserver" in servers:
                 train_mlserver(csv, estimator, params, work / model / "mlserver" / "cancer")
-            for server in servers:
-                model_dir = (
-                    work / model / "mlserver" / "cancer" if server == "mlserver" else onnx_dir
-                )
-                with running(server, model_dir, free_port(), body) as url:
-                    wrk(url, body_file, 8, 2)  # warm-up, not recorded
-                    for c in (1, 32):
-                        cell = wrk(url, body_file, c, args.duration)
-                        results[(model, server, c)] = cell
-                        log(f"{model} {server} c={c}: p50 {cell.p50_ms:.3f} ms, "
-                            f"p99 {cell.p99_ms:.3f} ms, {cell.rps:,.0f} req/s")  # fmt: skip
+            for _ in range(args.repeat):
+                for server in servers:
+                    model_dir = (
+                        work / model / "mlserver" / "cancer" if server == "mlserver" else onnx_dir
+                    )
+                    with running(server, model_dir, free_port(), body) as url:
+                        wrk(url, body_file, 8, 2)  # warm-up, not recorded
+                        for c in (1, 32):
+                            cell = wrk(url, body_file, c, args.duration)
+                            best = results.get((model, server, c))
+                            if best is None or cell.rps > best.rps:
+                                results[(model, server, c)] = cell
+                            log(f"{model} {server} c={c}: p50 {cell.p50_ms:.3f} ms, "
+                                f"p99 {cell.p99_ms:.3f} ms, {cell.rps:,.0f} req/s")  # fmt: skip
     text = table(results)
     print(text)
     if args.out:
