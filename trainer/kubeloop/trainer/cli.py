@@ -119,7 +119,7 @@ def _store_snapshot(frame: pd.DataFrame, fmt: str, out: str) -> Summary:
             data.write_table(frame, str(tmp / data_file), fmt)  # type: ignore[arg-type]
             profile = Profile(rows=len(frame), features=data.profile_frame(frame))
             (tmp / PROFILE_FILE).write_text(profile.model_dump_json(indent=1))
-            output.publish(tmp, target, last=PROFILE_FILE)
+            output.publish(tmp, target, last=PROFILE_FILE, replace=False)
     elif not output.exists(output.join(target, data_file)):
         # The same content arrived before in another format: add this format's copy.
         with output.staging() as tmp:

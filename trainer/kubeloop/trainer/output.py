@@ -37,29 +37,58 @@ def staging() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def publish(local: Path, uri: str, last: str | None = None) -> None:
+def publish(local: Path, uri: str, last: str | None = None, replace: bool = True) -> None:
     """Copy the files of ``local`` to the directory ``uri`` so it never looks half-written.
 
     A local destination is filled under a temporary name and renamed into
-    place. Elsewhere (object stores have no rename) files are uploaded one by
-    one with ``last`` (the metadata that marks an artifact complete) uploaded
-    after all the others.
+    place. An existing directory is replaced (renamed aside first, so the path
+    is missing only between two renames) or, with ``replace=False``
+    (content-addressed snapshots, where a folder already there holds the same
+    data), kept when it is complete (holds ``last``). Elsewhere (object stores
+    have no rename) files are uploaded one by one, ``last`` (the file that
+    marks an artifact complete) after all the others.
     """
     fs, path = fsspec.core.url_to_fs(uri)
     if isinstance(fs, LocalFileSystem):
         target = Path(path)
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a directory")
+        if not replace and _complete(target, last):
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        os.chmod(scratch, 0o777 & ~_umask())  # mkdtemp makes it 0700; readers run as others
-        for item in local.iterdir():
-            shutil.copy2(item, scratch / item.name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(scratch, target)
+        try:
+            os.chmod(scratch, 0o777 & ~_umask())  # mkdtemp makes it 0700; readers run as others
+            for item in local.iterdir():
+                shutil.copy2(item, scratch / item.name)
+            _swap(scratch, target, keep_theirs=None if replace else last)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         return
     names = sorted(p.name for p in local.iterdir() if p.name != last)
     for name in [*names, *([last] if last and (local / last).exists() else [])]:
         fs.put_file(str(local / name), join(path, name))
+
+
+def _complete(target: Path, last: str | None) -> bool:
+    return target.is_dir() and (last is None or (target / last).exists())
+
+
+def _swap(scratch: Path, target: Path, keep_theirs: str | None) -> None:
+    """Rename ``scratch`` to ``target``, moving what is there aside first. With
+    ``keep_theirs``, a complete folder another writer renamed in meanwhile wins."""
+    aside: Path | None = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, aside / target.name)
+    try:
+        os.replace(scratch, target)
+    except OSError:
+        if keep_theirs is None or not _complete(target, keep_theirs):
+            raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _umask() -> int:
