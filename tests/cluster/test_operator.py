@@ -510,3 +510,62 @@ def test_promote_and_abort_annotations(cluster, operator, store):
         ]
         == "3"
     )
+
+
+def test_dataset_refresh_records_new_versions_and_failures(cluster, operator, data_csv, tmp_path):
+    doc = dataset(data_csv)
+    doc["spec"]["refreshInterval"] = "3s"
+    cluster.apply(doc)
+    done: set[str] = set()
+
+    def finish_next(digest: str | None) -> None:
+        """Finish the next snapshot Job: with ``digest``, or failing when it is None."""
+        job = wait_for(
+            lambda: next(
+                (
+                    j
+                    for j in cluster.list("Job", "batch/v1", "kubeloop.io/dataset=cancer")
+                    if j["metadata"]["name"] not in done
+                ),
+                None,
+            ),
+            "the next snapshot Job",
+        )
+        done.add(job["metadata"]["name"])
+        pod = pod_of(cluster, job["metadata"]["name"])
+        if digest is None:
+            summary = {
+                "kind": "snapshot",
+                "status": "failed",
+                "reason": "column 'mean area': missing from the data",
+            }
+            finish_pod(cluster.core, pod, exit_code=2, message=json.dumps(summary))
+        else:
+            summary = {"kind": "snapshot", "status": "succeeded", "digest": digest, "rows": 10}
+            finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(summary))
+
+    first, second = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    finish_next(first)
+    wait_for(lambda: cluster.status("Dataset", "cancer").get("version") == first, "version 1")
+    finish_next(second)
+    status = wait_for(
+        lambda: (
+            cluster.status("Dataset", "cancer").get("version") == second
+            and cluster.status("Dataset", "cancer")
+        ),
+        "version 2",
+    )
+    assert [h["version"] for h in status["history"]] == [second, first]
+    finish_next(None)
+    ready = wait_for(
+        lambda: (
+            cluster.condition("Dataset", "cancer").get("reason") == "SnapshotFailed"
+            and cluster.condition("Dataset", "cancer")
+        ),
+        "the failed refresh to show",
+    )
+    # A failed refresh keeps the last good version current (and Ready).
+    assert ready["status"] == "True"
+    assert "column 'mean area'" in ready["message"]
+    assert cluster.status("Dataset", "cancer")["version"] == second
+    assert "SnapshotFailed" in cluster.events("cancer")

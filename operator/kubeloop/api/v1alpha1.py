@@ -156,6 +156,9 @@ class DatasetStatus(StatusBase):
     profile_uri: str | None = Field(None, description="Reference profile (profile.json).")
     last_snapshot_time: datetime | None = Field(None, description="When it was taken.")
     snapshot_job: str | None = Field(None, description="The latest snapshot Job.")
+    observed_snapshot_job: str | None = Field(
+        None, description="The latest snapshot Job whose result is recorded here."
+    )
     history: list[DatasetVersion] = Field(
         default_factory=list, description="Recent versions, newest first."
     )

@@ -15,15 +15,13 @@ from kubeloop.api.base import API_VERSION
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.trainer.artifacts import Summary
+from kubeloop.trainer.artifacts import EXIT_BAD_INPUT, EXIT_REJECTED, Summary
 
 MANAGED_BY = "kubeloop"
 SPEC_ANNOTATION = "kubeloop.io/spec"
 SPEC_DIR = "/etc/kubeloop"
 TRAINER_CONTAINER = "trainer"
 SERVER_CONTAINER = "server"
-#: Exit code of `kubeloop train` when the quality gate rejects the model.
-GATE_REJECTED_EXIT = 3
 ROUTING_FILE = "routing.json"
 
 
@@ -150,7 +148,7 @@ def _job(
         pod_spec["serviceAccountName"] = settings.service_account
     job_spec: dict[str, Any] = {
         "backoffLimit": backoff_limit,
-        # A gate rejection is a verdict, not a crash: never retry it.
+        # Bad input and a gate rejection are verdicts, not crashes: never retry them.
         "podFailurePolicy": {
             "rules": [
                 {
@@ -158,7 +156,7 @@ def _job(
                     "onExitCodes": {
                         "containerName": TRAINER_CONTAINER,
                         "operator": "In",
-                        "values": [GATE_REJECTED_EXIT],
+                        "values": [EXIT_BAD_INPUT, EXIT_REJECTED],
                     },
                 }
             ]

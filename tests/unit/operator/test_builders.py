@@ -11,7 +11,7 @@ import yaml
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.trainer.artifacts import Summary
+from kubeloop.trainer.artifacts import EXIT_BAD_INPUT, EXIT_REJECTED, Summary
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -59,7 +59,7 @@ def test_snapshot_job_name_changes_with_generation_and_round(settings):
     assert builders.snapshot_job_name(parent("Dataset"), 7).endswith("-7")
 
 
-def test_trainer_job_carries_the_spec_and_never_retries_a_gate_rejection(settings):
+def test_trainer_job_carries_the_spec_and_never_retries_a_verdict(settings):
     tj = parent("TrainingJob")
     spec = TrainingJobSpec.model_validate(tj["spec"])
     job = builders.build_trainer_job(tj, spec, "file:///data/snap/data.csv", settings)
@@ -71,7 +71,7 @@ def test_trainer_job_carries_the_spec_and_never_retries_a_gate_rejection(setting
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     rule = job["spec"]["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob"
-    assert rule["onExitCodes"]["values"] == [builders.GATE_REJECTED_EXIT]
+    assert rule["onExitCodes"]["values"] == [EXIT_BAD_INPUT, EXIT_REJECTED]
     assert job["spec"]["activeDeadlineSeconds"] == 1800
     assert job["metadata"]["name"] == builders.trainer_job_name(tj) == "demo-train-01234"
 

@@ -45,6 +45,11 @@ CARD_FILE = "card.md"
 FORMAT_VERSION = 1
 #: Largest termination message Kubernetes keeps.
 SUMMARY_LIMIT = 4096
+#: Exit codes of `kubeloop snapshot` and `kubeloop train` besides 0: the run failed,
+#: the input is bad (a retry cannot help), the quality gate rejected the model.
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REJECTED = 3
 
 
 class _Model(BaseModel):

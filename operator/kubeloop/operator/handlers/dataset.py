@@ -10,7 +10,7 @@ import kopf
 from kubeloop.api.base import GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import DatasetSpec
 from kubeloop.operator import builders, metrics
-from kubeloop.operator.conditions import get_condition, now
+from kubeloop.operator.conditions import now
 from kubeloop.operator.handlers.common import (
     Context,
     Reconcile,
@@ -61,38 +61,47 @@ def _record_success(rec: Reconcile, summary: Summary, settings: OperatorSettings
     rec.condition("Ready", True, "SnapshotSucceeded", f"{summary.rows} rows, {digest}")
 
 
-def reconcile(ctx: Context, rec: Reconcile) -> None:
-    spec = parse_spec(DatasetSpec, rec)
-    round_ = refresh_round(spec, time.time())
-    name = builders.snapshot_job_name(rec.body, round_)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
-    if job is None:
-        if rec.status.get("snapshotJob") == name:
-            return  # this round's Job finished and was cleaned up: nothing to do
-        desired = builders.build_snapshot_job(rec.body, spec, round_, ctx.settings)
-        ctx.kube.create(desired)
-        metrics.CHILDREN_CREATED.labels(kind="Job").inc()
-        rec.info(reason="SnapshotStarted", message=f"Job {name}")
-        rec.status["snapshotJob"] = name
-        if not rec.status.get("version"):
-            rec.condition("Ready", False, "Snapshotting", f"waiting for Job {name}")
-        return
-    rec.status["snapshotJob"] = name
-    state = job_state(job)
-    if state == "Running":
-        if not rec.status.get("version"):
-            rec.condition("Ready", False, "Snapshotting", f"waiting for Job {name}")
-        return
+def _harvest(ctx: Context, rec: Reconcile, job: dict[str, Any], state: str) -> None:
+    """Record what a finished snapshot Job found, once."""
     summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
+    rec.status["observedSnapshotJob"] = job["metadata"]["name"]
     if state == "Succeeded" and summary and summary.digest:
         _record_success(rec, summary, ctx.settings)
         return
     reason = (summary.reason if summary else None) or job_failure(job)
-    previous = get_condition(rec.status, "Ready") or {}
-    if previous.get("reason") != "SnapshotFailed" or previous.get("message") != reason:
-        rec.warn(reason="SnapshotFailed", message=reason)
-    # A failed refresh keeps the last good version serving as the current one.
+    rec.warn(reason="SnapshotFailed", message=reason)
+    # A failed refresh keeps the last good version current.
     rec.condition("Ready", bool(rec.status.get("version")), "SnapshotFailed", reason)
+
+
+def reconcile(ctx: Context, rec: Reconcile) -> None:
+    """Finish with the latest snapshot Job, then start the one the current round wants.
+
+    One snapshot runs at a time: a new refresh round (or a new generation) waits
+    for the running Job, and every finished Job's result is recorded before the
+    next one starts.
+    """
+    spec = parse_spec(DatasetSpec, rec)
+    latest = rec.status.get("snapshotJob")
+    job = ctx.kube.get("batch/v1", "Job", rec.namespace, latest) if latest else None
+    if job is not None:
+        state = job_state(job)
+        if state == "Running":
+            if not rec.status.get("version"):
+                rec.condition("Ready", False, "Snapshotting", f"waiting for Job {latest}")
+            return
+        if rec.status.get("observedSnapshotJob") != latest:
+            _harvest(ctx, rec, job, state)
+    round_ = refresh_round(spec, time.time())
+    wanted = builders.snapshot_job_name(rec.body, round_)
+    if wanted == latest:
+        return  # this round's snapshot is done (its Job may since have been cleaned up)
+    ctx.kube.create(builders.build_snapshot_job(rec.body, spec, round_, ctx.settings))
+    metrics.CHILDREN_CREATED.labels(kind="Job").inc()
+    rec.info(reason="SnapshotStarted", message=f"Job {wanted}")
+    rec.status["snapshotJob"] = wanted
+    if not rec.status.get("version"):
+        rec.condition("Ready", False, "Snapshotting", f"waiting for Job {wanted}")
 
 
 @kopf.on.resume(GROUP, VERSION, "datasets")
