@@ -248,7 +248,11 @@ def main() -> int:
     finally:
         if operator is not None:
             operator.terminate()
-            operator.wait(timeout=30)
+            try:
+                operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # kopf stops its many timers slowly
+                operator.kill()
+                operator.wait()
         if cluster is not None:
             cluster.down()
 
