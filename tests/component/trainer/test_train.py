@@ -213,6 +213,9 @@ def test_bad_input_fails_before_any_work(kubeloop, data, tmp_path, args, message
     result = kubeloop(*base)
     assert result.code == 2, result.stderr
     assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.summary["status"] == "failed"
+    assert message in json.loads(result.termination)["reason"]
     assert not out.exists()
 
 

@@ -20,14 +20,17 @@ from click.core import ParameterSource
 from pydantic import ValidationError
 
 from kubeloop.api.v1alpha1 import DataSchema, TrainingJobSpec
-from kubeloop.trainer.artifacts import PROFILE_FILE, Profile, Summary
+from kubeloop.trainer.artifacts import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_REJECTED,
+    PROFILE_FILE,
+    Profile,
+    Summary,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_REJECTED = 3
 
 
 def _fail(kind: str, code: int, reason: str) -> NoReturn:
@@ -68,9 +71,13 @@ def _internal(kind: str, exc: Exception) -> NoReturn:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-    )
+    """pydantic's errors as ``field.path: message; ...`` (rules on the whole object unprefixed)."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 @click.command()
@@ -193,9 +200,6 @@ def train(
     gates: tuple[str, ...],
 ) -> None:
     """Train a scikit-learn model, export it to ONNX, check parity and write its artifacts."""
-    from kubeloop.trainer import data, model, output
-    from kubeloop.trainer import train as training
-
     try:
         if spec_file:
             given = [
@@ -237,6 +241,12 @@ def train(
         _fail("train", EXIT_BAD_INPUT, f"spec {spec_file}: {exc}")
     except ValidationError as exc:
         _fail("train", EXIT_BAD_INPUT, f"spec: {_validation_message(exc)}")
+    except click.UsageError as exc:
+        _fail("train", EXIT_BAD_INPUT, exc.format_message())
+    # scikit-learn and friends load only once the spec holds up: bad specs fail fast.
+    from kubeloop.trainer import data, model, output
+    from kubeloop.trainer import train as training
+
     run = training.Run(
         spec=spec, data_uri=data_uri, out=out, name=name or spec.model_name, data_format=fmt
     )
