@@ -7,9 +7,9 @@ graph takes one input per column (see :mod:`kubeloop.trainer.artifacts`).
 **Parity**: ONNX Runtime must reproduce scikit-learn on the test split —
 identical labels (except rows where scikit-learn's two top probabilities tie
 within the tolerance, where either label is right), probabilities within
-``PROBA_TOLERANCE`` (absolute), and
-regression values within ``VALUE_TOLERANCE`` relative to the spread of the
-target (ONNX computes in float32, scikit-learn in float64).
+``PROBA_TOLERANCE`` (absolute), and regression values within
+``VALUE_TOLERANCE`` × max(1, the largest absolute scikit-learn prediction)
+(ONNX computes in float32, scikit-learn in float64).
 """
 
 from __future__ import annotations
