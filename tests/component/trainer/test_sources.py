@@ -91,6 +91,10 @@ def test_snapshot_folder_is_written_once(kubeloop, data, tmp_path):
     assert after == before
     # Nothing half-written is left beside it.
     assert [p.name for p in out.iterdir()] == [folder.name]
+    # The stored copy re-reads to the same digest.
+    copy = snap(kubeloop, first.summary["snapshot_uri"], "csv", tmp_path / "again")
+    assert copy.code == 0, copy.stderr
+    assert copy.summary["digest"] == first.summary["digest"]
 
 
 def test_json_lines_keep_their_values_and_types(kubeloop, tmp_path):
