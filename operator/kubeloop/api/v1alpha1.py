@@ -111,10 +111,11 @@ class DataSchema(KubeModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     max_null_fraction: float = Field(
-        0.0,
+        1.0,
         ge=0,
         le=1,
-        description="Largest share of missing values tolerated in a nullable column.",
+        description="Largest share of missing values tolerated in a nullable column "
+        "(default: any).",
     )
 
 

@@ -148,7 +148,7 @@ def validate(frame: pd.DataFrame, schema: DataSchema) -> None:
                 f"column {column.name!r}: {series.isna().sum()} missing values, "
                 "but it is not nullable"
             )
-        if nulls > schema.max_null_fraction and column.nullable and schema.max_null_fraction < 1:
+        if nulls > schema.max_null_fraction and column.nullable:
             raise DataError(
                 f"column {column.name!r}: {nulls:.1%} missing values, more than the allowed "
                 f"{schema.max_null_fraction:.1%}"
