@@ -8,7 +8,7 @@ graph takes one input per column (see :mod:`kubeloop.trainer.artifacts`).
 identical labels (except rows where scikit-learn's two top probabilities tie
 within the tolerance, where either label is right), probabilities within
 ``PROBA_TOLERANCE`` (absolute), and regression values within
-``VALUE_TOLERANCE`` × max(1, the largest absolute scikit-learn prediction)
+``VALUE_TOLERANCE`` times max(1, the largest absolute scikit-learn prediction)
 (ONNX computes in float32, scikit-learn in float64).
 """
 
