@@ -133,3 +133,18 @@ def test_json_lines_keep_their_values_and_types(kubeloop, tmp_path):
     again = snap(kubeloop, stored, "jsonl", tmp_path / "s2")
     assert again.code == 0, again.stderr
     assert again.summary["digest"] == jsonl.summary["digest"]
+
+
+def test_an_output_nothing_can_write_to_fails_before_any_work(kubeloop, data):
+    source = str(data / "cancer.csv")
+    snapshot = ["snapshot", "--source", source, "--format", "csv"]
+    train = [
+        *("train", "--data", source, "--target", "target", "--task", "classification"),
+        *("--estimator", "GaussianNB"),
+    ]
+    for args in (snapshot, train):
+        result = kubeloop(*args, "--out", "nope://bucket/models")
+        assert result.code == 2, result.stderr
+        message = "error: --out nope://bucket/models: Protocol not known: nope"
+        assert result.stderr.strip() == message
+        assert result.summary["status"] == "failed"

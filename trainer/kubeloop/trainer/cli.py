@@ -100,6 +100,10 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
     except ValidationError as exc:
         _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {_validation_message(exc)}")
     try:
+        output.check_target(out)
+    except output.OutputError as exc:
+        _fail("snapshot", EXIT_BAD_INPUT, str(exc))
+    try:
         frame = data.read_table(source, fmt)  # type: ignore[arg-type]
         if schema is not None:
             data.validate(frame, schema)
@@ -247,6 +251,10 @@ def train(
     from kubeloop.trainer import data, model, output
     from kubeloop.trainer import train as training
 
+    try:
+        output.check_target(out)
+    except output.OutputError as exc:
+        _fail("train", EXIT_BAD_INPUT, str(exc))
     run = training.Run(
         spec=spec, data_uri=data_uri, out=out, name=name or spec.model_name, data_format=fmt
     )

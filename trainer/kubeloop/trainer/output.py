@@ -25,6 +25,18 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts)
 
 
+class OutputError(Exception):
+    """An output URI nothing can be written to; found before any work."""
+
+
+def check_target(uri: str) -> None:
+    """Fail early on an output URI whose filesystem is unknown or not installed (s3fs, ...)."""
+    try:
+        fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise OutputError(f"--out {uri}: {exc}") from exc
+
+
 def exists(uri: str) -> bool:
     fs, path = fsspec.core.url_to_fs(uri)
     return bool(fs.exists(path))
