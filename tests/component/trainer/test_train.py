@@ -89,6 +89,11 @@ def test_classification_artifacts_and_metrics_reproduce_with_onnxruntime(kubeloo
     assert skm.roc_auc_score(y_test, got["probabilities"][:, 1]) == pytest.approx(
         meta.metrics["roc_auc"]
     )
+    assert skm.precision_score(y_test, got["label"]) == pytest.approx(meta.metrics["precision"])
+    assert skm.recall_score(y_test, got["label"]) == pytest.approx(meta.metrics["recall"])
+    assert skm.f1_score(y_test, got["label"]) == pytest.approx(meta.metrics["f1"])
+    assert skm.log_loss(y_test, got["probabilities"]) == pytest.approx(meta.metrics["log_loss"])
+    assert skm.confusion_matrix(y_test, got["label"]).tolist() == meta.confusion_matrix
     profile = Profile.model_validate_json((out / "profile.json").read_text())
     assert set(profile.features) == {t.name for t in meta.inputs}
     assert profile.prediction is not None
@@ -122,6 +127,17 @@ def test_regression(kubeloop, data, tmp_path):
     meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
     assert set(meta.metrics) == {"rmse", "mae", "r2"}
     assert [o.name for o in meta.outputs] == ["variable"]
+    # onnxruntime alone, on the split the seed draws, reproduces the reported metrics.
+    from sklearn.model_selection import train_test_split
+
+    frame = pd.read_csv(data / "diabetes.csv")
+    _, x_test, _, y_test = train_test_split(
+        frame.drop(columns="target"), frame["target"], test_size=0.2, random_state=42
+    )
+    got = predict(out, x_test)["variable"].reshape(-1)
+    assert skm.root_mean_squared_error(y_test, got) == pytest.approx(meta.metrics["rmse"])
+    assert skm.mean_absolute_error(y_test, got) == pytest.approx(meta.metrics["mae"])
+    assert skm.r2_score(y_test, got) == pytest.approx(meta.metrics["r2"])
     profile = Profile.model_validate_json((out / "profile.json").read_text())
     assert profile.prediction is not None
     assert profile.prediction.kind == "numeric"
