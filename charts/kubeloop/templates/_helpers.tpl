@@ -1,0 +1,180 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "kubeloop.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The object name prefix: fullnameOverride, else "<release>-<name>", else just the release
+name when it already contains the chart name (a release called "kubeloop" gets "kubeloop").
+Truncated so that "<fullname>-operator-webhook" still fits in 63 characters.
+*/}}
+{{- define "kubeloop.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 46 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 46 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 46 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+chart label: name-version.
+*/}}
+{{- define "kubeloop.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the operator's pods. Stable across upgrades: no chart or app version.
+*/}}
+{{- define "kubeloop.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubeloop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels of every object.
+*/}}
+{{- define "kubeloop.labels" -}}
+helm.sh/chart: {{ include "kubeloop.chart" . }}
+app.kubernetes.io/name: {{ include "kubeloop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubeloop
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's ServiceAccount.
+*/}}
+{{- define "kubeloop.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-operator" (include "kubeloop.fullname" .)) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ServiceAccount of Jobs and serving pods ("" = each namespace's default).
+*/}}
+{{- define "kubeloop.workloadServiceAccountName" -}}
+{{- $sa := .Values.workloads.serviceAccount }}
+{{- if and $sa.create (not .Values.watch.clusterWide) }}
+{{- default (printf "%s-workload" (include "kubeloop.fullname" .)) $sa.name }}
+{{- else }}
+{{- $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The watched namespaces (namespaced mode) as a JSON list: watch.namespaces, or the release
+namespace.
+*/}}
+{{- define "kubeloop.watchNamespaces" -}}
+{{- if .Values.watch.namespaces }}
+{{- .Values.watch.namespaces | uniq | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}: the digest wins, the tag defaults to
+the chart's appVersion. Call with (dict "image" .Values.x.image "root" $).
+*/}}
+{{- define "kubeloop.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Peering: kopf peering (--peering) when more than one replica runs.
+*/}}
+{{- define "kubeloop.peering" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/*
+The artifacts claim name ("" = none).
+*/}}
+{{- define "kubeloop.volumeClaimName" -}}
+{{- $vc := .Values.artifacts.volumeClaim }}
+{{- if $vc.create }}
+{{- default (printf "%s-artifacts" (include "kubeloop.fullname" .)) $vc.name }}
+{{- else }}
+{{- $vc.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the webhook token, and its key.
+*/}}
+{{- define "kubeloop.webhookSecretName" -}}
+{{- default (printf "%s-webhook" (include "kubeloop.fullname" .)) .Values.alertReceiver.existingSecret }}
+{{- end }}
+{{- define "kubeloop.webhookSecretKey" -}}
+{{- if .Values.alertReceiver.existingSecret }}{{ .Values.alertReceiver.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/*
+The rules a namespace-scoped operator needs in each namespace it watches, and the
+cluster-wide operator everywhere. Exactly what the handlers and kopf call; a test runs
+the operator under these rules and fails on any 403.
+*/}}
+{{- define "kubeloop.operatorRules" -}}
+# The four kinds: kopf lists and watches them and patches them (finalizer
+# kubeloop.io/finalizer, its progress annotations; the promote/abort annotations of a
+# ModelDeployment), handlers read them.
+- apiGroups: [kubeloop.io]
+  resources: [datasets, modeldeployments]
+  verbs: [get, list, watch, patch]
+# TrainingJobs are created by the retrain policy, ModelVersions by finished TrainingJobs.
+- apiGroups: [kubeloop.io]
+  resources: [trainingjobs, modelversions]
+  verbs: [get, list, watch, patch, create]
+# Status is written through the status subresource (merge patches).
+- apiGroups: [kubeloop.io]
+  resources: [datasets/status, trainingjobs/status, modelversions/status, modeldeployments/status]
+  verbs: [patch]
+# Snapshot and trainer Jobs: created once, then read.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create]
+# A finished Job's pods carry the trainer's termination message.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+# Serving: server-side apply of Deployments, Services, the routing ConfigMap and the HPA
+# (a PATCH; the API server also checks `create` when the apply creates the object); the
+# canary's Deployment and Service and an unused HPA are deleted.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [create, patch, delete]
+# Events on the objects (kopf and the retrain policy).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
