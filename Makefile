@@ -59,8 +59,27 @@ toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, 
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.
 	hack/install-monitoring.sh
 
+.PHONY: chart-tools
+chart-tools: ## Install lua5.4 and lua5.1 (Debian packages; the Argo CD health-check tests) where missing.
+	command -v lua5.4 >/dev/null && command -v lua5.1 >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 lua5.1)
+
+.PHONY: chart
+chart: setup ## Copy crds/ and the `kubeloop rules` output into the Helm chart (charts/kubeloop/files/).
+	rm -f charts/kubeloop/files/crds/*.yaml
+	cp crds/*.yaml charts/kubeloop/files/crds/
+	$(BIN)/kubeloop rules > charts/kubeloop/files/rules/kubeloop-rules.yaml
+
+.PHONY: chart-lint
+chart-lint: setup toolchain chart-tools ## helm lint the chart with its default and ci/ values; chart and Argo CD tests without a cluster.
+	$(BIN)/pytest tests/cluster/test_chart_static.py tests/component/test_argocd_health.py $(PYTEST_ARGS)
+
+.PHONY: images
+images: ## Build the operator, trainer and serving images with Docker (hack/images.sh; no registry needed).
+	hack/images.sh
+
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools ## Everything CI runs: lint, types, CRDs and all test tiers.
+test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools ## Everything CI runs: lint, types, CRDs and all test tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

@@ -18,7 +18,7 @@
 #   4. docker build -f <component>/Dockerfile . for each image, then a size table.
 #
 # Environment: BASE_IMAGE, TAG (default: the version in pyproject.toml), PYTHON (host
-# Python for the wheels, default python3), DEBIAN_MIRROR, OFFLINE=1|0 (force step 3 on/off).
+# Python for the wheels, default python3), DEBIAN_MIRROR (default: the host's apt mirror), OFFLINE=1|0 (force step 3 on/off).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,7 +28,13 @@ CACHE=${KUBELOOP_CACHE:-$HOME/.cache/kubeloop}
 DEFAULT_BASE=python:3.11-slim-bookworm
 BASE_IMAGE=${BASE_IMAGE:-$DEFAULT_BASE}
 LOCAL_BASE=kubeloop-base:bookworm-python3
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this host's apt already uses (deb822 or one-line sources).
+host_mirror() {
+  { sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+    sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]*\).*/\2/p' /etc/apt/sources.list 2>/dev/null
+  } | grep -v -- '-security' | head -1
+}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 PYTHON=${PYTHON:-python3}
 TAG=${TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)}
 WHEELS=build/images/wheels

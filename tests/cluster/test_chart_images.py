@@ -1,0 +1,161 @@
+"""The three images (`make images`), run the way the chart and the operator run them.
+
+Each image runs as uid 10001 with a read-only root filesystem and only /tmp writable
+(the chart's and the operator's securityContext and emptyDir), without a network. The
+build itself is not part of the test run (minutes of CPU): these tests use the images
+present in the local Docker Engine and skip, saying so, when Docker or an image is
+missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+IMAGES = {c: f"kubeloop-{c}:{VERSION}" for c in ("operator", "trainer", "serving")}
+SITE = "/opt/kubeloop/lib/python3.11/site-packages"
+
+
+def _docker() -> str:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("Docker is not installed (make images installs and starts it)")
+    ping = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60, check=False)
+    if ping.returncode != 0:
+        pytest.skip("no Docker daemon answers (make images starts dockerd)")
+    return docker
+
+
+def image(component: str) -> str:
+    docker = _docker()
+    ref = IMAGES[component]
+    found = subprocess.run(
+        [docker, "image", "inspect", ref], capture_output=True, text=True, timeout=60, check=False
+    )
+    if found.returncode != 0:
+        pytest.skip(f"image {ref} is not built (make images)")
+    return ref
+
+
+def run(ref: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``docker run`` as the cluster would: uid 10001, read-only root, /tmp a tmpfs, no network."""
+    argv = [
+        _docker(),
+        "run",
+        "--rm",
+        "--network=none",
+        "--read-only",
+        "--tmpfs=/tmp",
+        "--user=10001:10001",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges",
+    ]
+    if entrypoint is not None:
+        argv.append(f"--entrypoint={entrypoint}")
+    return subprocess.run(
+        [*argv, ref, *args], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def site_packages(ref: str) -> set[str]:
+    out = run(ref, "-c", f"ls {SITE}", entrypoint="sh")
+    assert out.returncode == 0, out.stderr
+    return {name.lower() for name in out.stdout.split()}
+
+
+# Each image's own commands: `--help` imports the command's module, so a missing
+# dependency of the image's extra fails here.
+COMMANDS = {
+    "operator": [("--help",), ("operator", "--help"), ("rules", "--help"), ("version",)],
+    "trainer": [("--help",), ("snapshot", "--help"), ("train", "--help")],
+    "serving": [("--help",), ("serve", "--help")],
+}
+
+
+# `kubeloop --help` lists every subcommand with its short help, and click's LazyGroup
+# (operator/kubeloop/cli.py) imports each subcommand's module to get it: in an image with
+# one extra, the other components' modules fail to import (uvicorn in the operator image,
+# cryptography in the trainer and serving images). Strict: passes once cli.py lists
+# commands without importing them, and then this mark must go.
+TOP_HELP_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="kubeloop --help imports every subcommand's module (operator/kubeloop/cli.py)",
+)
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for component, commands in COMMANDS.items():
+        for args in commands:
+            marks = [TOP_HELP_BUG] if args == ("--help",) else []
+            ident = f"{component}-{'-'.join(args).strip('-')}"
+            cases.append(pytest.param(component, args, marks=marks, id=ident))
+    return cases
+
+
+@pytest.mark.parametrize(("component", "args"), _cases())
+def test_image_command_runs_read_only_as_non_root(component, args):
+    out = run(image(component), *args)
+    assert out.returncode == 0, f"{IMAGES[component]} {' '.join(args)}:\n{out.stderr}"
+    if args == ("version",):
+        assert out.stdout.strip() == VERSION
+    else:
+        assert "Usage:" in out.stdout
+
+
+@pytest.mark.parametrize("component", list(IMAGES))
+def test_image_runs_as_uid_10001(component):
+    ref = image(component)
+    inspect = subprocess.run(
+        [_docker(), "image", "inspect", "-f", "{{.Config.User}}", ref],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert inspect.stdout.strip() == "10001:10001"
+
+
+def test_serving_image_has_no_scikit_learn_and_no_kopf():
+    packages = site_packages(image("serving"))
+    assert "onnxruntime" in packages
+    assert "fastapi" in packages
+    forbidden = {"sklearn", "scikit_learn", "kopf", "skl2onnx", "pandas", "kubernetes"}
+    leaked = {p for p in packages if p.split("-")[0] in forbidden}
+    assert not leaked, f"the serving image carries {sorted(leaked)}"
+
+
+def test_operator_image_has_no_training_stack():
+    packages = site_packages(image("operator"))
+    assert "kopf" in packages
+    assert "kubernetes" in packages
+    forbidden = {"sklearn", "scikit_learn", "onnxruntime", "pandas", "pyarrow", "fastapi"}
+    leaked = {p for p in packages if p.split("-")[0] in forbidden}
+    assert not leaked, f"the operator image carries {sorted(leaked)}"
+
+
+def test_trainer_image_has_no_operator_or_server():
+    packages = site_packages(image("trainer"))
+    assert "sklearn" in packages
+    assert "skl2onnx" in packages
+    forbidden = {"kopf", "fastapi", "uvicorn"}
+    leaked = {p for p in packages if p.split("-")[0] in forbidden}
+    assert not leaked, f"the trainer image carries {sorted(leaked)}"
+
+
+def test_operator_image_imports_the_whole_operator():
+    """Every handler module and the receiver load without the trainer's heavy stack."""
+    out = run(
+        image("operator"),
+        "-c",
+        "import kubeloop.operator.app, kubeloop.operator.alerts.receiver; print('ok')",
+        entrypoint="python",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
