@@ -521,6 +521,12 @@ class DevCluster:
                     # The only address is loopback, which Endpoints may not hold.
                     "--endpoint-reconciler-type=none",
                     "--profiling=false",
+                    # For a real node (hack/realnode.sh): how to reach its kubelet for
+                    # logs/exec (by InternalIP, not by a host name that may not resolve),
+                    # and as whom. kwok nodes have no kubelet and never see these.
+                    f"--kubelet-client-certificate={pki.client_crt('kubelet-client')}",
+                    f"--kubelet-client-key={pki.client_key('kubelet-client')}",
+                    "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
                 ],
                 env,
             )

@@ -26,6 +26,9 @@ CLIENTS: dict[str, tuple[str, str | None]] = {
     "controller-manager": ("system:kube-controller-manager", None),
     "scheduler": ("system:kube-scheduler", None),
     "kwok": ("kwok-controller", "system:masters"),
+    # The API server's client certificate towards kubelets (logs, exec, port-forward)
+    # when a real node joins (hack/realnode.sh); kwok nodes never see it.
+    "kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
 #: Names the serving certificate is valid for.
@@ -36,6 +39,11 @@ SERVING_DNS = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
+
+#: Addresses the serving certificate is valid for: loopback, and the ``kubernetes``
+#: Service's ClusterIP (the first address of cluster.SERVICE_CIDR), which pods on a real
+#: node (hack/realnode.sh) dial through kube-proxy.
+SERVING_IPS = ("127.0.0.1", "::1", "10.96.0.1")
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -161,8 +169,7 @@ def generate(directory: Path) -> Pki:
                 x509.SubjectAlternativeName(
                     [
                         *(x509.DNSName(n) for n in SERVING_DNS),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("::1")),
+                        *(x509.IPAddress(ipaddress.ip_address(a)) for a in SERVING_IPS),
                     ]
                 ),
                 critical=False,
