@@ -32,7 +32,7 @@ LOCAL_BASE=kubeloop-base:bookworm-python3
 host_mirror() {
   { sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null
     sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]*\).*/\2/p' /etc/apt/sources.list 2>/dev/null
-  } | grep -v -- '-security' | head -1
+  } | grep -v -- '-security' | head -1 || true
 }
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 PYTHON=${PYTHON:-python3}

@@ -11,7 +11,7 @@
   notification with the chart's token turned into a TrainingJob, and deletion through the
   kubeloop.io/finalizer. Any 403 in the operator's log fails the test: the RBAC is enough.
 - `kubectl auth can-i --as` the operator's ServiceAccount: it is not more than needed.
-- Cluster-wide mode and kopf peering (two replicas pause each other) under their RBAC.
+- Cluster-wide mode and kopf peering (one active replica, one standby) under their RBAC.
 - `helm upgrade` updates the CRDs and keeps the generated token; `helm uninstall` keeps
   the CRDs (crds.keep) and with them the objects.
 """
@@ -41,6 +41,8 @@ from kubetest import Kubectl, wait_for
 from operator_harness import Cluster, free_port
 from retrain_helpers import alert, notification
 from test_chart_static import CHART, SCENARIOS, helm, render_text, value_args
+
+from kubeloop.operator.app import peering_priority
 
 pytestmark = pytest.mark.cluster
 
@@ -791,7 +793,7 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
         operator.assert_never_forbidden()
 
 
-def test_two_replicas_with_kopf_peering_pause_each_other(
+def test_two_replicas_with_kopf_peering_one_active_one_standby(
     admin, namespace, api_client, tmp_path, source, kopf_crds
 ):
     sets = {"crds": {"enabled": False}, "alertReceiver": {"enabled": False}}
@@ -805,7 +807,7 @@ def test_two_replicas_with_kopf_peering_pause_each_other(
         second: ChartOperator | None = None
         cluster = Cluster(api_client, namespace)
         try:
-            assert "--peering" in first.args
+            assert {"--peering", "--priority=auto"} <= set(first.args)
             # alone, the replica works: it reconciles a Dataset
             cluster.apply(dataset("peered", source))
             cluster.wait_job("kubeloop.io/dataset=peered")
@@ -814,21 +816,27 @@ def test_two_replicas_with_kopf_peering_pause_each_other(
                 "kopf.dev", "v1", namespace, "kopfpeerings", "default"
             )
             assert first.env["POD_ID"] in (peering.get("status") or {})
-            # a second replica: kopf pauses both while both are alive
+            # a second replica: the one with the lower priority (from its pod name) stands by
             second = ChartOperator(docs, kubeconfig, None, tmp_path, name="replica-2").start()
-            for replica in (first, second):
-                wait_for(
-                    lambda replica=replica: "Pausing all operators" in replica.text(),
-                    f"{replica.env['POD_ID']} to pause",
-                    timeout=60,
-                    state=replica.tail,
-                )
-            second.stop()
+            active, standby = sorted(
+                (first, second),
+                key=lambda r: peering_priority("auto", r.env["POD_ID"]),
+                reverse=True,
+            )
             wait_for(
-                lambda: "Resuming operations" in first.text(),
-                "the remaining replica to resume",
+                lambda: "Pausing operations in favour of" in standby.text(),
+                f"{standby.env['POD_ID']} to stand by",
+                timeout=60,
+                state=standby.tail,
+            )
+            assert "Pausing" not in active.text()
+            # the active replica leaves; the standby takes over and finishes the Dataset
+            active.stop()
+            wait_for(
+                lambda: "Resuming operations" in standby.text(),
+                "the standby replica to resume",
                 timeout=90,
-                state=first.tail,
+                state=standby.tail,
             )
             finish_snapshot(cluster, "peered", source)
             delete_all(cluster)

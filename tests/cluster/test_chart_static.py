@@ -498,7 +498,9 @@ def test_more_replicas_run_kopf_peering():
     dep = one(docs, "Deployment")
     assert dep["spec"]["replicas"] == 2
     assert "strategy" not in dep["spec"]
-    assert "--peering" in operator_container(docs)["args"]
+    args = operator_container(docs)["args"]
+    assert "--peering" in args
+    assert "--priority=auto" in args
     assert env_of(docs)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     peering = one(docs, "KopfPeering", "default")
     assert peering["metadata"]["namespace"] == "kubeloop-ci-team-a"

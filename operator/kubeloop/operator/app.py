@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import zlib
 from typing import Any
 
 import click
@@ -54,6 +57,22 @@ async def stop_alert_receiver(memo: kopf.Memo, **_: Any) -> None:
     await receiver.stop(memo)
 
 
+def peering_priority(value: str, identity: str) -> int:
+    """kopf peering priority: an integer, or ``auto`` for one derived from the identity.
+
+    kopf pauses an operator while a live peer has a higher priority, and pauses all of
+    them while peers share one. ``auto`` gives each replica of a Deployment its own stable
+    priority (from its pod name), so the highest one reconciles and the others stand by
+    until it is gone.
+    """
+    if value == "auto":
+        return zlib.crc32(identity.encode()) % 1_000_000 + 1
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither an integer nor 'auto'") from None
+
+
 @click.command("operator")
 @click.option(
     "--namespace", "-n", "namespaces", multiple=True, help="Namespace to watch (repeatable)."
@@ -68,12 +87,19 @@ async def stop_alert_receiver(memo: kopf.Memo, **_: Any) -> None:
 @click.option(
     "--standalone/--peering", default=True, help="Run without kopf peering (one replica)."
 )
+@click.option(
+    "--priority",
+    default="0",
+    show_default=True,
+    help="kopf peering priority: an integer, or 'auto' (stable, from POD_ID or the host name).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def operator(
     namespaces: tuple[str, ...],
     all_namespaces: bool,
     liveness: str,
     standalone: bool,
+    priority: str,
     verbose: bool,
 ) -> None:
     """Run the Kubeloop operator against the current cluster (in-cluster or kubeconfig)."""
@@ -81,6 +107,7 @@ def operator(
         raise click.UsageError("pass --namespace NS (repeatable) or --all-namespaces")
     if namespaces and all_namespaces:
         raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    prio = peering_priority(priority, os.environ.get("POD_ID") or socket.gethostname())
     # kopf reports every timer run at INFO; keep that for --verbose.
     logging.getLogger("kopf.objects").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.basicConfig(
@@ -92,6 +119,7 @@ def operator(
             clusterwide=all_namespaces,
             namespaces=list(namespaces),
             standalone=standalone,
+            priority=prio,
             liveness_endpoint=liveness or None,
             # the alert receiver acts only on ModelDeployments in these namespaces
             memo=kopf.Memo(watched_namespaces=tuple(namespaces)),
