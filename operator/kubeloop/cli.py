@@ -2,7 +2,10 @@
 
 Subcommands live with the component that owns them and are imported only when
 invoked, so `kubeloop serve` in the serving image never imports scikit-learn or
-kopf. To add one, map its name to ``"module:attribute"`` in ``COMMANDS``.
+kopf, and `kubeloop --help` lists them from ``COMMANDS`` without importing any (each
+image carries one component's dependencies). To add one, map its name to
+``("module:attribute", "short help")`` in ``COMMANDS``; a unit test checks that the
+short help matches the command's own.
 """
 
 from __future__ import annotations
@@ -13,14 +16,33 @@ from importlib.metadata import version as dist_version
 
 import click
 
-#: name -> "module:attribute" of a click command, imported lazily.
-COMMANDS: dict[str, str] = {
-    "cluster": "kubeloop.devcluster.cli:cluster",
-    "operator": "kubeloop.operator.app:operator",
-    "serve": "kubeloop.serving.cli:serve",
-    "snapshot": "kubeloop.trainer.cli:snapshot",
-    "train": "kubeloop.trainer.cli:train",
-    "rules": "kubeloop.operator.alerts.cli:rules",
+#: name -> ("module:attribute" of a click command, imported lazily; its short help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": (
+        "kubeloop.devcluster.cli:cluster",
+        "Run a local Kubernetes control plane (etcd, kube-apiserver, controller-manager,"
+        " scheduler) with kwok fake nodes, all as local processes on loopback ports.",
+    ),
+    "operator": (
+        "kubeloop.operator.app:operator",
+        "Run the Kubeloop operator against the current cluster (in-cluster or kubeconfig).",
+    ),
+    "serve": (
+        "kubeloop.serving.cli:serve",
+        "Serve a model over the Open Inference Protocol v2 and KServe V1.",
+    ),
+    "snapshot": (
+        "kubeloop.trainer.cli:snapshot",
+        "Validate a data set, compute its content digest and store an immutable copy.",
+    ),
+    "train": (
+        "kubeloop.trainer.cli:train",
+        "Train a scikit-learn model, export it to ONNX, check parity and write its artifacts.",
+    ),
+    "rules": (
+        "kubeloop.operator.alerts.cli:rules",
+        "Print the Prometheus alert rules that trigger retraining (see docs/monitoring.md).",
+    ),
 }
 
 
@@ -39,14 +61,34 @@ class LazyGroup(click.Group):
         return sorted([*super().list_commands(ctx), *COMMANDS])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        if cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
+        target, _ = COMMANDS[cmd_name]
         module_name, attr = target.split(":")
         command = getattr(importlib.import_module(module_name), attr)
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands with their recorded short help, importing none of them."""
+        rows = [
+            (name, COMMANDS[name][1] if name in COMMANDS else self._short_help(ctx, name))
+            for name in self.list_commands(ctx)
+        ]
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, _shorten(text, limit)) for name, text in rows])
+
+    def _short_help(self, ctx: click.Context, name: str) -> str:
+        command = super().get_command(ctx, name)
+        return command.get_short_help_str(limit=200) if command is not None else ""
+
+
+def _shorten(text: str, limit: int) -> str:
+    """click's own truncation of a short help to one line of ``limit`` characters."""
+    return click.utils.make_default_short_help(text, max(limit, 45))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

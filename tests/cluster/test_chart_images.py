@@ -78,24 +78,12 @@ COMMANDS = {
 }
 
 
-# `kubeloop --help` lists every subcommand with its short help, and click's LazyGroup
-# (operator/kubeloop/cli.py) imports each subcommand's module to get it: in an image with
-# one extra, the other components' modules fail to import (uvicorn in the operator image,
-# cryptography in the trainer and serving images). Strict: passes once cli.py lists
-# commands without importing them, and then this mark must go.
-TOP_HELP_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="kubeloop --help imports every subcommand's module (operator/kubeloop/cli.py)",
-)
-
-
 def _cases() -> list[object]:
     cases: list[object] = []
     for component, commands in COMMANDS.items():
         for args in commands:
-            marks = [TOP_HELP_BUG] if args == ("--help",) else []
             ident = f"{component}-{'-'.join(args).strip('-')}"
-            cases.append(pytest.param(component, args, marks=marks, id=ident))
+            cases.append(pytest.param(component, args, id=ident))
     return cases
 
 
