@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 
 import click
+from click.utils import make_default_short_help
 
 #: name -> ("module:attribute" of a click command, imported lazily; its short help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -88,7 +89,7 @@ class LazyGroup(click.Group):
 
 def _shorten(text: str, limit: int) -> str:
     """click's own truncation of a short help to one line of ``limit`` characters."""
-    return click.utils.make_default_short_help(text, max(limit, 45))
+    return make_default_short_help(text, max(limit, 45))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
