@@ -15,7 +15,6 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 
 import click
-from click.utils import make_default_short_help
 
 #: name -> ("module:attribute" of a click command, imported lazily; its short help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,16 +79,16 @@ class LazyGroup(click.Group):
         if rows:
             limit = formatter.width - 6 - max(len(name) for name, _ in rows)
             with formatter.section("Commands"):
-                formatter.write_dl([(name, _shorten(text, limit)) for name, text in rows])
+                formatter.write_dl([(name, _shorten(name, text, limit)) for name, text in rows])
 
     def _short_help(self, ctx: click.Context, name: str) -> str:
         command = super().get_command(ctx, name)
         return command.get_short_help_str(limit=200) if command is not None else ""
 
 
-def _shorten(text: str, limit: int) -> str:
+def _shorten(name: str, text: str, limit: int) -> str:
     """click's own truncation of a short help to one line of ``limit`` characters."""
-    return make_default_short_help(text, max(limit, 45))
+    return click.Command(name, help=text).get_short_help_str(max(limit, 45))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
