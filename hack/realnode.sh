@@ -677,6 +677,7 @@ down() {
   stop_daemon kubelet
   stop_daemon apiserver-relay
   cleanup_host
+  rm -f "$RN/cluster"
   say "down (kept: images and containerd content in $RN/containerd/root, $RN/images)"
 }
 
@@ -701,6 +702,7 @@ case $CMD in
     start_kubelet
     start_kube_proxy
     [ "${REALNODE_DNS:-1}" = 0 ] || cluster_dns
+    echo "$CLUSTER" >"$RN/cluster"   # which cluster this node joined (kubeloop cluster down)
     say "node $NODE up in $((SECONDS - T0))s; pods need imagePullPolicy: Never/IfNotPresent"
     ;;
   load) [ ${#ARGS[@]} -gt 0 ] || die "load FILE.tar|- ..."; load_images "${ARGS[@]}" ;;

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import click
 
+from kubeloop.devcluster import realnode
 from kubeloop.devcluster.binaries import MissingBinaryError
 from kubeloop.devcluster.cluster import ClusterError, DevCluster
 
@@ -33,15 +34,29 @@ def cluster() -> None:
 
 @cluster.command()
 @name_option
-@click.option("--nodes", default=1, show_default=True, type=click.IntRange(0), help="Fake nodes.")
+@click.option(
+    "--nodes",
+    default=None,
+    type=click.IntRange(0),
+    help="Fake (kwok) nodes  [default: 1, or 0 with --real].",
+)
+@click.option(
+    "--real",
+    is_flag=True,
+    help="Add a real node (containerd, kubelet, kube-proxy, CoreDNS; hack/realnode.sh, root).",
+)
 @click.option(
     "--timeout", default=120.0, show_default=True, type=float, help="Seconds to wait for Ready."
 )
-def up(name: str, nodes: int, timeout: float) -> None:
+def up(name: str, nodes: int | None, real: bool, timeout: float) -> None:
     """Start the cluster (or reuse it if it runs) and print its kubeconfig path."""
     start = time.monotonic()
+    if nodes is None:
+        nodes = 0 if real else 1
     try:
         kubeconfig = DevCluster(name, log=_progress).up(nodes=nodes, timeout=timeout)
+        if real:
+            realnode.up(name, _progress)
     except (ClusterError, MissingBinaryError) as err:
         raise click.ClickException(str(err)) from err
     _progress(f"up in {time.monotonic() - start:.1f}s")
@@ -53,6 +68,7 @@ def up(name: str, nodes: int, timeout: float) -> None:
 def down(name: str) -> None:
     """Stop exactly the processes the cluster started and remove its state."""
     try:
+        realnode.down_if_owned(name, _progress)
         existed = DevCluster(name, log=_progress).down()
     except ClusterError as err:
         raise click.ClickException(str(err)) from err
