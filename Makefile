@@ -78,6 +78,14 @@ chart-lint: setup toolchain chart-tools ## helm lint the chart with its default 
 images: ## Build the operator, trainer and serving images with Docker (hack/images.sh; no registry needed).
 	hack/images.sh
 
+.PHONY: demo
+demo: setup toolchain monitoring-tools ## The whole loop on a local cluster with a real node, narrated (root; builds the images).
+	$(BIN)/python -m kubeloop.devcluster.demo
+
+.PHONY: demo-down
+demo-down: setup ## Stop the demo's cluster, real node and monitoring.
+	$(BIN)/python -m kubeloop.devcluster.demo --down
+
 .PHONY: test
 test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools ## Everything CI runs: lint, types, CRDs and all test tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)

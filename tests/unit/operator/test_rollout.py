@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec
-from kubeloop.operator.handlers.modeldeployment import ABORT, PROMOTE, advance, choose_version
+from kubeloop.operator.handlers.modeldeployment import (
+    ABORT,
+    PROMOTE,
+    advance,
+    choose_version,
+    deployment_ready,
+)
 
 CANARY = ModelDeploymentSpec.model_validate(
     {
@@ -92,3 +98,32 @@ def test_choose_version():
     )
     assert choose_version(missing, ready) is None
     assert choose_version(PLAIN, {}) is None
+
+
+def deployment(want: int, generation: int = 2, **status: int) -> dict[str, object]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": want},
+        "status": {"observedGeneration": generation, **status},
+    }
+
+
+def test_a_deployment_is_ready_once_every_replica_runs_the_new_template():
+    done = deployment(2, replicas=2, updatedReplicas=2, readyReplicas=2, availableReplicas=2)
+    assert deployment_ready(done)
+
+
+def test_a_rolling_update_with_old_pods_left_is_not_ready():
+    # the new pod is up, the old one still serves: readyReplicas alone would say ready
+    halfway = deployment(1, replicas=2, updatedReplicas=1, readyReplicas=2, availableReplicas=2)
+    assert not deployment_ready(halfway)
+    # the new pod exists but is not available yet
+    starting = deployment(1, replicas=1, updatedReplicas=1, readyReplicas=0, availableReplicas=0)
+    assert not deployment_ready(starting)
+
+
+def test_a_deployment_whose_new_spec_is_not_observed_is_not_ready():
+    stale = deployment(1, replicas=1, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
+    stale["metadata"] = {"generation": 3}
+    assert not deployment_ready(stale)
+    assert not deployment_ready(None)

@@ -46,15 +46,20 @@ def _elapsed(since: str | None) -> float:
     return (datetime.now(UTC) - started).total_seconds()
 
 
-def _deployment_ready(dep: dict[str, Any] | None) -> bool:
+def deployment_ready(dep: dict[str, Any] | None) -> bool:
+    """Rolled out, as ``kubectl rollout status`` means it: every replica runs the current
+    template and is available, and no pod of an older template is left (during a rolling
+    update the old ready pods would otherwise make a half-done rollout look ready)."""
     if dep is None:
         return False
     status = dep.get("status") or {}
     want = int((dep.get("spec") or {}).get("replicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
     return (
         status.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
-        and int(status.get("updatedReplicas") or 0) >= want
-        and int(status.get("readyReplicas") or 0) >= want
+        and updated >= want
+        and int(status.get("replicas") or 0) <= updated
+        and int(status.get("availableReplicas") or 0) >= want
     )
 
 
@@ -144,7 +149,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         target = int(rec.status["stableVersion"])
     annotations = dict(rec.body["metadata"].get("annotations") or {})
     canary_dep = kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
-    state, events = advance(spec, rec.status, target, annotations, _deployment_ready(canary_dep))
+    state, events = advance(spec, rec.status, target, annotations, deployment_ready(canary_dep))
     rec.status.update(state)
     for reason, message in events:
         rec.info(reason=reason, message=message)
@@ -195,7 +200,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         kube.delete("v1", "Service", rec.namespace, names["canary_service"])
 
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, settings))
-    serving = _deployment_ready(kube.get("apps/v1", "Deployment", rec.namespace, names["stable"]))
+    serving = deployment_ready(kube.get("apps/v1", "Deployment", rec.namespace, names["stable"]))
     if canary_version is not None:
         rec.status["phase"] = "Progressing"
         rec.condition("Progressing", True, "Canary", f"version {canary_version} at {weight}%")
