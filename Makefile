@@ -86,6 +86,10 @@ demo: setup toolchain monitoring-tools ## The whole loop on a local cluster with
 demo-down: setup ## Stop the demo's cluster, real node and monitoring.
 	$(BIN)/python -m kubeloop.devcluster.demo --down
 
+.PHONY: e2e
+e2e: setup toolchain monitoring-tools ## The end-to-end test alone: the whole loop on a real node (root; builds the images).
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
 .PHONY: test
 test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools ## Everything CI runs: lint, types, CRDs and all test tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)

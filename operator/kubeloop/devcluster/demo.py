@@ -64,7 +64,8 @@ class Summary:
     stages: list[tuple[str, float]] = field(default_factory=list)
     versions: dict[int, dict[str, Any]] = field(default_factory=dict)
     predictions: list[Any] = field(default_factory=list)
-    canary_split: dict[int, Counter[str]] = field(default_factory=dict)
+    #: version -> canary weight -> responses by model_version while at that weight
+    canary_split: dict[int, dict[int, Counter[str]]] = field(default_factory=dict)
     drift_score: float | None = None
     retrain_job: str | None = None
     retrain_trigger: str | None = None
@@ -427,7 +428,7 @@ class Demo:
     def predict(self) -> None:
         url = self.service_url()
         with self.stage(
-            f"Predictions through Service {MODEL} ({url}, from the host via kube-proxy)",
+            f"Predictions: through Service {MODEL} ({url}, from the host via kube-proxy)",
             f"curl -s {url}/v1/models/{MODEL}:predict -d @examples/requests/breast-cancer.json",
         ):
             request = json.loads((self.root / "examples/requests/breast-cancer.json").read_text())
@@ -443,13 +444,13 @@ class Demo:
         job["metadata"]["name"] = f"{MODEL}-rf-deeper"
         job["spec"]["estimator"]["params"] = {"n_estimators": 200, "max_depth": 12}
         with self.stage(
-            "A second TrainingJob (more, deeper trees) → ModelVersion 2",
+            "Second version: a TrainingJob with more, deeper trees → ModelVersion 2",
             f"{self.k} get trainingjobs,modelversions",
         ):
             self.apply(job)
             number = self.trained(job["metadata"]["name"])
         with self.stage(
-            f"Canary: version {number} at 20% then 50% ({self.canary_pause} each), then promoted;"
+            f"Canary v{number}: 20% then 50% ({self.canary_pause} each), then promoted;"
             " responses counted by model_version",
             f"{self.k} get modeldeployment {MODEL} -w",
         ):
@@ -458,6 +459,7 @@ class Demo:
     def watch_rollout(self, number: int, timeout: float = 600) -> None:
         """Send traffic while the rollout runs; count the served versions per canary weight."""
         rows = self.rows().iloc[:5]
+        split = self.summary.canary_split.setdefault(number, {})
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.service_url(), timeout=30) as http:
             while True:
@@ -468,9 +470,9 @@ class Demo:
                     raise DemoError(f"rollout of version {number} stuck\n{self.describe()}")
                 weight = int(status.get("canaryWeight") or 0)
                 if status.get("canaryVersion") == number and weight:
-                    if weight not in self.summary.canary_split:
+                    if weight not in split:
                         self.say(f"    canary at {weight}%")
-                    seen = self.summary.canary_split.setdefault(weight, Counter())
+                    seen = split.setdefault(weight, Counter())
                     for _ in range(20):
                         seen[self.infer(http, rows)["model_version"]] += 1
                 else:
@@ -480,7 +482,7 @@ class Demo:
             f"the stable pods to be rolled out to version {number}",
             timeout=300,
         )
-        for weight, seen in sorted(self.summary.canary_split.items()):
+        for weight, seen in sorted(split.items()):
             total = sum(seen.values())
             share = seen.get(str(number), 0) / total if total else 0.0
             self.say(f"    at {weight:>3}%: {dict(seen)} → {share:.0%} served by v{number}")
@@ -546,7 +548,7 @@ class Demo:
             self.say(f"    {self.summary.retrain_job} ({self.summary.retrain_trigger})")
             number = self.trained(self.summary.retrain_job)
         with self.stage(
-            f"Canary of the retrained version {number}, then promoted",
+            f"Canary v{number}: the retrained version at 20% then 50%, then promoted",
             f"{self.k} get modeldeployment {MODEL}",
         ):
             self.watch_rollout(number)
@@ -714,8 +716,11 @@ def report(summary: Summary, demo: Demo) -> str:
         f1, auc = info.get("f1", float("nan")), info.get("roc_auc", float("nan"))
         lines.append(f"  {number:<3} {info['trainingJob']:<34} {f1:.3f}  {auc:.3f}")
     lines.append("Canary splits observed (responses by model_version)")
-    for weight, seen in sorted(summary.canary_split.items()):
-        lines.append(f"  weight {weight:>3}%: {dict(sorted(seen.items()))}")
+    for number, split in sorted(summary.canary_split.items()):
+        for weight, seen in sorted(split.items()):
+            share = seen.get(str(number), 0) / max(1, sum(seen.values()))
+            counts = dict(sorted(seen.items()))
+            lines.append(f"  v{number} at {weight:>3}%: {counts} ({share:.0%} from v{number})")
     if summary.drift_score is not None:
         lines.append(f"Drift score when the alert fired: {summary.drift_score:.3f} (threshold 0.2)")
     lines.append(f"Retraining: {summary.retrain_job} (trigger {summary.retrain_trigger})")

@@ -1,0 +1,96 @@
+"""The whole loop on a real node: pods run as real containers from the local images.
+
+``kubeloop.devcluster.demo.Demo`` drives it exactly as ``make demo`` does (cluster with a
+real node, images loaded into its containerd, the Helm chart, ``examples/``, a second
+version through the canary steps, drifted traffic through Prometheus and Alertmanager
+to the operator's receiver, the retrained version promoted); this test checks what the
+run saw. Every wait inside is bounded and prints the namespace's objects, events and
+the logs of pods that are not running when it gives up.
+
+Needs root (containers, iptables, a bridge) and Docker Engine for the image builds
+(``hack/images.sh`` installs and starts it); ``make e2e`` runs this file alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from kubeloop.devcluster import realnode
+from kubeloop.devcluster.demo import Demo, DemoError, Summary
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+NAME = "e2e"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Demo]:
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root (containerd, iptables, a bridge)")
+    owner = realnode.owner()
+    if owner not in (None, NAME):
+        pytest.fail(f"the real node serves cluster {owner!r}: make demo-down (or cluster down)")
+    run = Demo(NAME, namespace="kubeloop-e2e", say=print, canary_pause="20s")
+    try:
+        yield run
+    finally:
+        run.down()
+
+
+@pytest.fixture(scope="module")
+def summary(demo: Demo) -> Summary:
+    try:
+        return demo.run()
+    except DemoError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+def test_three_versions_trained_by_real_jobs(summary: Summary) -> None:
+    assert sorted(summary.versions) == [1, 2, 3]
+    for number, info in summary.versions.items():
+        # the examples' gate (f1 >= 0.9, roc_auc >= 0.95) let each one through
+        assert info["f1"] >= 0.9, (number, info)
+    assert summary.versions[1]["trainingJob"] == "breast-cancer-rf"
+    assert summary.versions[3]["trainingJob"] == summary.retrain_job
+
+
+def test_predictions_through_the_service(summary: Summary) -> None:
+    # examples/requests/breast-cancer.json: two malignant tumours (class 0)
+    assert summary.predictions == [0, 0]
+
+
+def test_canary_split_is_seen_in_responses(summary: Summary) -> None:
+    split = summary.canary_split[2]
+    assert sorted(split) == [20, 50]
+    for weight, seen in split.items():
+        # both versions answer while the canary runs (the old weight lingers for the
+        # seconds the routing ConfigMap takes to reach the stable pods)
+        assert seen["1"] > 0, (weight, seen)
+        assert seen["2"] > 0, (weight, seen)
+        assert set(seen) <= {"1", "2"}
+    at_50 = split[50]["2"] / sum(split[50].values())
+    at_20 = split[20]["2"] / sum(split[20].values())
+    assert at_20 < at_50 < 0.75
+
+
+def test_drift_alert_retrains_and_the_new_version_is_promoted(demo: Demo, summary: Summary) -> None:
+    assert summary.drift_score is not None
+    assert summary.drift_score > 0.2
+    assert summary.retrain_trigger == "alert"
+    assert summary.final_stable == 3
+    status = demo.status("ModelDeployment", "breast-cancer")
+    assert status["stableVersion"] == 3
+    assert not status.get("canaryVersion")
+    assert status["lastRetrain"]["trainingJob"] == summary.retrain_job
+    # only the promoted version is left serving (pods on their way out are not)
+    pods = demo.get("pods", None, "-l", "kubeloop.io/model-deployment=breast-cancer")["items"]
+    running = [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+    assert running
+    assert {p["metadata"]["labels"]["app.kubernetes.io/version"] for p in running} == {"3"}
