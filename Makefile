@@ -91,7 +91,7 @@ e2e: setup toolchain monitoring-tools ## The end-to-end test alone: the whole lo
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools ## Everything CI runs: lint, types, CRDs and all test tiers.
+test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs and all test tiers (e2e on a real node included).
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator
