@@ -250,6 +250,7 @@ class Demo:
                 ns,
                 "pod-security.kubernetes.io/enforce=restricted",
             )
+            self.reset()
             data = self.storage()
             self.say(f"    artifacts volume: hostPath {data} (PV + PVC kubeloop-artifacts)")
             sets = {
@@ -276,6 +277,16 @@ class Demo:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
             if done.returncode != 0:
                 raise DemoError(f"helm install failed: {done.stderr}\n{self.describe()}")
+
+    def reset(self) -> None:
+        """A re-run starts the loop afresh: the previous run's objects go first (the running
+        operator releases their finalizers), then their artifacts."""
+        kinds = "modeldeployments,trainingjobs,modelversions,datasets"
+        if not self.kubectl("get", kinds, "-n", self.namespace, "-o", "name", check=False):
+            return
+        self.say("    removing the previous run's Kubeloop objects")
+        self.kubectl("delete", kinds, "--all", "-n", self.namespace, "--timeout=120s")
+        shutil.rmtree(self.workdir / "volume", ignore_errors=True)
 
     def storage(self) -> Path:
         """A hostPath PersistentVolume (the node is this machine) with the bundled data."""
