@@ -88,10 +88,10 @@ demo-down: setup ## Stop the demo's cluster, real node and monitoring.
 
 .PHONY: e2e
 e2e: setup toolchain monitoring-tools ## The end-to-end test alone: the whole loop on a real node (root; builds the images).
-	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs and all test tiers (e2e on a real node included).
+test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

@@ -432,7 +432,20 @@ class Demo:
         }
         response = http.post(f"/v2/models/{MODEL}/infer", json=body)
         if response.status_code != 200:
-            raise DemoError(f"infer: HTTP {response.status_code}: {response.text}")
+            logs = self.kubectl(
+                "logs",
+                "-n",
+                self.namespace,
+                "-l",
+                f"kubeloop.io/model-deployment={MODEL}",
+                "--prefix",
+                "--tail=20",
+                check=False,
+            )
+            raise DemoError(
+                f"infer: HTTP {response.status_code} {dict(response.headers)}: {response.text}\n"
+                f"{self.describe()}\n--- serving pods\n{logs}"
+            )
         result: dict[str, Any] = response.json()
         return result
 
@@ -443,7 +456,7 @@ class Demo:
             f"curl -s {url}/v1/models/{MODEL}:predict -d @examples/requests/breast-cancer.json",
         ):
             request = json.loads((self.root / "examples/requests/breast-cancer.json").read_text())
-            with httpx.Client(base_url=url, timeout=30) as http:
+            with httpx.Client(trust_env=False, base_url=url, timeout=30) as http:
                 response = http.post(f"/v1/models/{MODEL}:predict", json=request)
             if response.status_code != 200:
                 raise DemoError(f"predict: HTTP {response.status_code}: {response.text}")
@@ -472,7 +485,7 @@ class Demo:
         rows = self.rows().iloc[:5]
         split = self.summary.canary_split.setdefault(number, {})
         deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.service_url(), timeout=30) as http:
+        with httpx.Client(trust_env=False, base_url=self.service_url(), timeout=30) as http:
             while True:
                 status = self.status("ModelDeployment", MODEL)
                 if status.get("stableVersion") == number and not status.get("canaryVersion"):
@@ -518,7 +531,9 @@ class Demo:
         ):
 
             def firing() -> list[dict[str, Any]]:
-                alerts = httpx.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+                alerts = httpx.get(f"{prom}/api/v1/alerts", timeout=10, trust_env=False).json()[
+                    "data"
+                ]["alerts"]
                 return [
                     a
                     for a in alerts
@@ -527,7 +542,7 @@ class Demo:
                 ]
 
             sent = 0
-            with httpx.Client(base_url=url, timeout=30) as http:
+            with httpx.Client(trust_env=False, base_url=url, timeout=30) as http:
 
                 def drifting() -> list[dict[str, Any]]:
                     # keep the window full of drifted rows until the alert fires
@@ -690,7 +705,7 @@ class Demo:
             if proc.poll() is not None:
                 raise DemoError(f"{name} exited: {(workdir / f'{name}.log').read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(ready_url, timeout=2).status_code == 200
+                return httpx.get(ready_url, timeout=2, trust_env=False).status_code == 200
             return False
 
         self.wait(ready, f"{name} to be ready", timeout=60, state=lambda: name)
