@@ -79,7 +79,7 @@ images: ## Build the operator, trainer and serving images with Docker (hack/imag
 	hack/images.sh
 
 .PHONY: demo
-demo: setup toolchain monitoring-tools ## The whole loop on a local cluster with a real node, narrated (root; builds the images).
+demo: setup toolchain monitoring-tools images ## The whole loop on a local cluster with a real node, narrated (root; builds the images).
 	$(BIN)/python -m kubeloop.devcluster.demo
 
 .PHONY: demo-down
@@ -87,7 +87,7 @@ demo-down: setup ## Stop the demo's cluster, real node and monitoring.
 	$(BIN)/python -m kubeloop.devcluster.demo --down
 
 .PHONY: e2e
-e2e: setup toolchain monitoring-tools ## The end-to-end test alone: the whole loop on a real node (root; builds the images).
+e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the whole loop on a real node (root; builds the images).
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test

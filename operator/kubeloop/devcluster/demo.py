@@ -286,7 +286,12 @@ class Demo:
             return
         self.say("    removing the previous run's Kubeloop objects")
         self.kubectl("delete", kinds, "--all", "-n", self.namespace, "--timeout=120s")
-        shutil.rmtree(self.workdir / "volume", ignore_errors=True)
+        # empty the volume but keep its directory: running pods (the operator) bind-mount it
+        for entry in (self.workdir / "volume").glob("*"):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def storage(self) -> Path:
         """A hostPath PersistentVolume (the node is this machine) with the bundled data."""
