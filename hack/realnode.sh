@@ -44,6 +44,8 @@ POD_GW=${POD_CIDR%.*/*}.1
 BRIDGE=kl-br0
 CNI_NET=kubeloop-realnode
 API_PROXY_PORT=6443                # NODE_IP:6443 -> the apiserver's loopback port (socat)
+SERVICE_CIDR=10.96.0.0/16          # the cluster's Services (devcluster SERVICE_CIDR)
+SVC_GUARD=kubeloop-realnode-unprogrammed-service
 SERVICE_IP=10.96.0.1               # the `kubernetes` Service (first IP of SERVICE_CIDR)
 DNS_IP=10.96.0.10                  # kubelet's clusterDNS (a kube-dns Service, if any)
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}  # built from the Go module proxy (go install)
@@ -170,6 +172,14 @@ host_network() {
   else
     say "warning: /proc/sys/net/bridge missing (br_netfilter): pod->Service->same-node pod may fail"
   fi
+  # A ClusterIP that kube-proxy has not programmed yet (a Service created a moment ago)
+  # must not leave the machine through the default route: refuse it. Programmed ones are
+  # rewritten to a pod address (DNAT) before these filter chains see them.
+  local chain
+  for chain in FORWARD OUTPUT; do
+    iptables -C "$chain" -d "$SERVICE_CIDR" -m comment --comment "$SVC_GUARD" -j REJECT 2>/dev/null ||
+      iptables -I "$chain" 1 -d "$SERVICE_CIDR" -m comment --comment "$SVC_GUARD" -j REJECT
+  done
 }
 
 # ---------------------------------------------------------------- 2. containerd
@@ -652,6 +662,9 @@ cleanup_host() {
   iptables -t filter -X CNI-FORWARD 2>/dev/null || true
   iptables -t filter -F CNI-ADMIN 2>/dev/null || true
   iptables -t filter -X CNI-ADMIN 2>/dev/null || true
+  for chain in FORWARD OUTPUT; do
+    iptables -D "$chain" -d "$SERVICE_CIDR" -m comment --comment "$SVC_GUARD" -j REJECT 2>/dev/null || true
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
   # Empty pod cgroups (kubelet's cgroupfs layout: /kubepods/...).

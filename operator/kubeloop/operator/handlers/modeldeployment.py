@@ -149,7 +149,8 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         target = int(rec.status["stableVersion"])
     annotations = dict(rec.body["metadata"].get("annotations") or {})
     canary_dep = kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
-    state, events = advance(spec, rec.status, target, annotations, deployment_ready(canary_dep))
+    canary_ready = deployment_ready(canary_dep)
+    state, events = advance(spec, rec.status, target, annotations, canary_ready)
     rec.status.update(state)
     for reason, message in events:
         rec.info(reason=reason, message=message)
@@ -166,9 +167,11 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         return
     canary_version = state["canaryVersion"]
     step = state["canaryStep"]
+    # The stable pods forward only to a canary whose pods are ready: before that its
+    # Service may have no endpoints, or not be programmed on the nodes yet.
     weight = (
         spec.canary.steps[step].weight
-        if canary_version is not None and spec.canary and step is not None
+        if canary_version is not None and spec.canary and step is not None and canary_ready
         else 0
     )
     replicas = spec.replicas
