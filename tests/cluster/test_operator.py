@@ -475,7 +475,10 @@ def test_promote_and_abort_annotations(cluster, operator, store):
     # no traffic to the canary until its pods are ready, then the step's share
     assert cluster.get("Deployment", "cancer-canary", "apps/v1") is not None
     wait_for(lambda: routing(cluster).get("weight") == 10, "the canary's 10%")
-    assert cluster.status("ModelDeployment", "cancer")["canaryWeight"] == 10
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("canaryWeight") == 10,
+        "status to show the routed 10%",
+    )
     cluster.patch(
         "ModelDeployment", "cancer", {"metadata": {"annotations": {"kubeloop.io/abort": "true"}}}
     )

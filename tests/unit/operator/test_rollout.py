@@ -57,6 +57,19 @@ def test_canary_walks_every_step_then_promotes():
     assert (done["stableVersion"], done["canaryVersion"], events[0][0]) == (2, None, "Promoted")
 
 
+def test_the_first_pause_starts_when_the_canary_is_ready():
+    started, _ = advance(CANARY, {"stableVersion": 1}, 2, {}, canary_ready=False)
+    assert started["stepStartedTime"] is None
+    # pods still starting: the clock does not run, however long that takes
+    starting, events = advance(CANARY, started, 2, {}, canary_ready=False)
+    assert starting["stepStartedTime"] is None
+    assert events == []
+    # ready: the step's pause starts now, and the step holds for its whole pause
+    running, events = advance(CANARY, starting, 2, {}, canary_ready=True)
+    assert running["stepStartedTime"] is not None
+    assert (running["canaryStep"], events) == (0, [])
+
+
 def test_promote_annotation_skips_the_remaining_steps():
     state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 0, "stepStartedTime": ago(0)}
     done, events = advance(CANARY, state, 2, {PROMOTE: "true"}, canary_ready=False)

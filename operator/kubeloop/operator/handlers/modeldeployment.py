@@ -104,7 +104,8 @@ def advance(
     assert spec.canary is not None
     steps = spec.canary.steps
     if state["canaryVersion"] != target:
-        state.update(canaryVersion=target, canaryStep=0, stepStartedTime=now())
+        # the first step's pause starts once the canary is ready and gets its share
+        state.update(canaryVersion=target, canaryStep=0, stepStartedTime=None)
         events.append(("CanaryStarted", f"version {target} at {steps[0].weight}%"))
         return state, events
     if annotations.get(ABORT) == "true":
@@ -114,7 +115,11 @@ def advance(
         )
         return state, events
     step = int(state["canaryStep"] or 0)
-    held = _elapsed(state["stepStartedTime"]) >= duration_seconds(steps[step].pause)
+    if state["stepStartedTime"] is None and canary_ready:
+        state["stepStartedTime"] = now()
+    held = state["stepStartedTime"] is not None and _elapsed(
+        state["stepStartedTime"]
+    ) >= duration_seconds(steps[step].pause)
     if annotations.get(PROMOTE) == "true" or (held and canary_ready and step == len(steps) - 1):
         events.append(("Promoted", f"version {target} is now stable"))
         state.update(
