@@ -1,16 +1,15 @@
 """Prometheus and Alertmanager (Debian's packages) as local processes on loopback.
 
-Configs are generated per test: fast intervals, the Kubeloop rules from
-``kubeloop rules``, a scrape job that gives the serving process the target
-labels the Kubernetes scrape config gives a serving pod (``namespace``,
-``model_deployment``, see docs/monitoring.md), and an Alertmanager webhook to
-the operator's receiver with a bearer token file.
+Configs are generated per test with ``kubeloop.devcluster.monitoring`` (which
+``make demo`` uses too): fast intervals, the Kubeloop rules from ``kubeloop rules``,
+the documented scrape job fed the target groups pod discovery would give
+(``namespace``, ``model_deployment``, see docs/monitoring.md), and an Alertmanager
+webhook to the operator's receiver with a bearer token file.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,10 @@ import yaml
 from kubetest import wait_for
 from operator_harness import free_port
 
-from kubeloop.operator.alerts.rules import scrape_job
+from kubeloop.devcluster.monitoring import (
+    alertmanager_config,
+    prometheus_config,
+)
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 
@@ -98,30 +100,9 @@ def alertmanager(workdir: Path, webhook_url: str, token: str, repeat_interval: s
     token_file = workdir / "webhook-token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    config = {
-        "route": {
-            "receiver": "kubeloop",
-            "group_by": ["alertname", "namespace", "model_deployment"],
-            "group_wait": "1s",
-            "group_interval": "1s",
-            "repeat_interval": repeat_interval,
-            "routes": [{"receiver": "kubeloop", "matchers": ['kubeloop_retrain="true"']}],
-        },
-        "receivers": [
-            {
-                "name": "kubeloop",
-                "webhook_configs": [
-                    {
-                        "url": webhook_url,
-                        "send_resolved": True,
-                        "http_config": {
-                            "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    config = alertmanager_config(
+        webhook_url, token_file, group_interval="1s", repeat_interval=repeat_interval
+    )
     path = workdir / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
@@ -138,47 +119,10 @@ def alertmanager(workdir: Path, webhook_url: str, token: str, repeat_interval: s
     return Daemon("alertmanager", argv, workdir, port).start()
 
 
-def pod_target(address: str, pod: dict[str, Any]) -> dict[str, Any]:
-    """What Kubernetes pod discovery gives Prometheus for the ``http`` port of ``pod``.
-
-    The serving process runs on loopback (kwok runs no containers), so the
-    address is the process's; the labels are those of the pod object.
-    """
-    meta = {
-        f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}": v
-        for k, v in (pod["metadata"].get("labels") or {}).items()
-    }
-    meta |= {
-        "__meta_kubernetes_namespace": pod["metadata"]["namespace"],
-        "__meta_kubernetes_pod_name": pod["metadata"]["name"],
-        "__meta_kubernetes_pod_container_port_name": "http",
-    }
-    return {"targets": [address], "labels": meta}
-
-
-def serving_job(targets: list[dict[str, Any]]) -> dict[str, Any]:
-    """The documented scrape job (docs/monitoring.md), fed these targets instead of discovery.
-
-    Debian's Prometheus is built without Kubernetes discovery; the relabelling
-    is the documented one, unchanged.
-    """
-    job = scrape_job()
-    del job["kubernetes_sd_configs"]
-    job["static_configs"] = targets
-    return job
-
-
 def prometheus(
     workdir: Path, rules: Path, alertmanager_port: int, jobs: list[dict[str, Any]]
 ) -> Daemon:
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "alerting": {
-            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
-        },
-        "scrape_configs": jobs,
-    }
+    config = prometheus_config(rules, alertmanager_port, jobs, interval="1s")
     path = workdir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()

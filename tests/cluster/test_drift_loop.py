@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 from kubelet import finish_pod
 from kubetest import wait_for
-from monitoring import Daemon, alertmanager, pod_target, prometheus, query, rules_file, serving_job
+from monitoring import Daemon, alertmanager, prometheus, query, rules_file
 from operator_harness import Cluster, pod_of, run_job_locally
 from retrain_helpers import (
     RetrainOperator,
@@ -44,6 +44,8 @@ from retrain_helpers import (
     model_deployment,
     running_operator,
 )
+
+from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 
 pytestmark = pytest.mark.cluster
 
@@ -176,7 +178,8 @@ def loop(
     )
     # Repeats every 2s: re-deliveries of a firing alert reach the receiver during the test.
     am = alertmanager(tmp_path, operator.url, operator.token, repeat_interval="2s")
-    job = serving_job([pod_target(server.url.removeprefix("http://"), pod)])
+    # the serving process runs on loopback (kwok runs no containers): its address, the pod's labels
+    job = serving_job(static_configs=[discovered_pod(server.url.removeprefix("http://"), pod)])
     try:
         prom = prometheus(tmp_path, rules, am.port, [job])
     except BaseException:

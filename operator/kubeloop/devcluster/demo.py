@@ -19,13 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -42,8 +39,14 @@ import yaml
 
 from kubeloop.devcluster import realnode
 from kubeloop.devcluster.binaries import Binaries, MissingBinaryError, repo_root
-from kubeloop.devcluster.cluster import ClusterError, DevCluster, cache_dir
-from kubeloop.operator.alerts.rules import scrape_job
+from kubeloop.devcluster.cluster import ClusterError, DevCluster, cache_dir, free_ports
+from kubeloop.devcluster.monitoring import (
+    alertmanager_config,
+    discovered_pod,
+    prometheus_config,
+    serving_job,
+)
+from kubeloop.operator.alerts.rules import RuleOptions, render
 
 T = TypeVar("T")
 
@@ -592,57 +595,17 @@ class Demo:
         webhook = self.get("service", f"{RELEASE}-operator-webhook")["spec"]["clusterIP"]
         token = mon / "token"
         token.write_text(self.token)
-        am_port, prom_port = _free_port(), _free_port()
-        am_config = {
-            "route": {
-                "receiver": "kubeloop",
-                "group_by": ["alertname", "namespace", "model_deployment"],
-                "group_wait": "1s",
-                "group_interval": "5s",
-                "repeat_interval": "1h",
-            },
-            "receivers": [
-                {
-                    "name": "kubeloop",
-                    "webhook_configs": [
-                        {
-                            "url": f"http://{webhook}:8095/v1/alerts",
-                            "send_resolved": True,
-                            "http_config": {
-                                "authorization": {"type": "Bearer", "credentials_file": str(token)}
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
+        am_port, prom_port = free_ports(2)
+        am_config = alertmanager_config(
+            f"http://{webhook}:8095/v1/alerts", token, group_interval="5s", repeat_interval="1h"
+        )
         (mon / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
-        rules = subprocess.run(
-            [
-                str(Path(_kubeloop())),
-                "rules",
-                "--drift-for",
-                "10s",
-                "--min-window-rows",
-                "100",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        (mon / "rules.yml").write_text(rules)
-        job = scrape_job()
-        del job["kubernetes_sd_configs"]
-        job["file_sd_configs"] = [{"files": [str(mon / "targets.json")], "refresh_interval": "2s"}]
-        prom_config = {
-            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-            "rule_files": [str(mon / "rules.yml")],
-            "alerting": {
-                "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
-            },
-            "scrape_configs": [job],
-        }
+        # the shipped rules, with a short `for:` so the demo does not wait minutes
+        (mon / "rules.yml").write_text(render("rules", RuleOptions(drift_for="10s")))
+        job = serving_job(
+            file_sd_configs=[{"files": [str(mon / "targets.json")], "refresh_interval": "2s"}]
+        )
+        prom_config = prometheus_config(mon / "rules.yml", am_port, [job], interval="2s")
         (mon / "prometheus.yml").write_text(yaml.safe_dump(prom_config, sort_keys=False))
         self.write_targets(mon / "targets.json")
         self._spawn(
@@ -681,16 +644,7 @@ class Demo:
             ip = pod["status"].get("podIP")
             if not ip or pod["status"].get("phase") != "Running":
                 continue
-            labels = {
-                "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
-                for k, v in pod["metadata"].get("labels", {}).items()
-            }
-            labels |= {
-                "__meta_kubernetes_namespace": pod["metadata"]["namespace"],
-                "__meta_kubernetes_pod_name": pod["metadata"]["name"],
-                "__meta_kubernetes_pod_container_port_name": "http",
-            }
-            groups.append({"targets": [f"{ip}:8080"], "labels": labels})
+            groups.append(discovered_pod(f"{ip}:8080", pod))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups))
         tmp.replace(path)
@@ -800,23 +754,12 @@ def _image_present(ref: str) -> bool:
     return found.returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _tool(*names: str) -> str:
     for name in names:
         found = shutil.which(name)
         if found:
             return found
     raise DemoError(f"{names[0]} not found: make monitoring-tools")
-
-
-def _kubeloop() -> str:
-    return str(Path(sys.executable).with_name("kubeloop"))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from monitoring_tools import tool
 
+from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 from kubeloop.operator.alerts import rules
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "monitoring.md"
@@ -34,20 +35,6 @@ def check(argv: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def pod_target(address: str, namespace: str, pod: str, labels: dict[str, str]) -> dict:
-    """What Kubernetes pod discovery gives Prometheus for one container port of a pod."""
-    meta = {
-        f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}": v
-        for k, v in labels.items()
-    }
-    meta |= {
-        "__meta_kubernetes_namespace": namespace,
-        "__meta_kubernetes_pod_name": pod,
-        "__meta_kubernetes_pod_container_port_name": "http",
-    }
-    return {"targets": [address], "labels": meta}
-
-
 def test_the_documented_scrape_job_is_the_one_in_code():
     assert block_with("scrape_configs")["scrape_configs"] == [rules.scrape_job()]
 
@@ -55,10 +42,9 @@ def test_the_documented_scrape_job_is_the_one_in_code():
 def test_the_documented_scrape_job_passes_promtool(tmp_path):
     # Debian's Prometheus is built without Kubernetes discovery: give the job the
     # labels discovery would give a serving pod built by the operator instead.
-    job = rules.scrape_job()
-    del job["kubernetes_sd_configs"]
     pod_labels = {"kubeloop.io/model-deployment": "iris", "kubeloop.io/role": "stable"}
-    job["static_configs"] = [pod_target("127.0.0.1:8080", "ml", "iris-stable-0", pod_labels)]
+    pod = {"metadata": {"namespace": "ml", "name": "iris-stable-0", "labels": pod_labels}}
+    job = serving_job(static_configs=[discovered_pod("127.0.0.1:8080", pod)])
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump({"scrape_configs": [job]}))
     check([tool("promtool"), "check", "config", str(path)], tmp_path)
