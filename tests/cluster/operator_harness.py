@@ -138,6 +138,18 @@ class Cluster:
         with contextlib.suppress(NotFoundError, ApiException):
             self._res(api_version, kind).delete(name=name, namespace=self.namespace)
 
+    def delete_all(self, kinds: tuple[str, ...], timeout: float = 60) -> None:
+        """Delete every object of ``kinds`` and wait until they are gone (finalizers released)."""
+        for kind in kinds:
+            for obj in self.list(kind):
+                self.delete(kind, obj["metadata"]["name"])
+        wait_for(
+            lambda: not any(self.list(k) for k in kinds),
+            "Kubeloop objects to be deleted (finalizers released)",
+            timeout=timeout,
+            state=lambda: {k: [o["metadata"]["name"] for o in self.list(k)] for k in kinds},
+        )
+
     def status(self, kind: str, name: str) -> dict[str, Any]:
         obj = self.get(kind, name)
         return dict((obj or {}).get("status") or {})

@@ -84,15 +84,7 @@ def running_operator(
         # The operator holds finalizers on what it times; let it release them.
         if proc.proc is None or proc.proc.poll() is not None:
             proc.start()
-        cluster = Cluster(api_client, namespace)
-        for kind in KINDS:
-            for obj in cluster.list(kind):
-                cluster.delete(kind, obj["metadata"]["name"])
-        wait_for(
-            lambda: not any(cluster.list(k) for k in KINDS),
-            "Kubeloop objects to be deleted",
-            timeout=60,
-        )
+        Cluster(api_client, namespace).delete_all(KINDS)
         proc.stop()
 
 

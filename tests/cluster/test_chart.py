@@ -408,15 +408,7 @@ class ChartOperator:
 
 def delete_all(cluster: Cluster) -> None:
     """Delete every Kubeloop object and wait until the operator has released its finalizers."""
-    for kind in KUBELOOP_KINDS:
-        for obj in cluster.list(kind):
-            cluster.delete(kind, obj["metadata"]["name"])
-    wait_for(
-        lambda: not any(cluster.list(k) for k in KUBELOOP_KINDS),
-        "Kubeloop objects to be deleted (finalizers released)",
-        timeout=60,
-        state=lambda: {k: [o["metadata"] for o in cluster.list(k)] for k in KUBELOOP_KINDS},
-    )
+    cluster.delete_all(KUBELOOP_KINDS)
 
 
 def secret_token(core: client.CoreV1Api, namespace: str, name: str = "kubeloop-webhook") -> str:
