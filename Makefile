@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := operator,serving,trainer,dev
+EXTRAS := operator,serving,trainer,devcluster,dev
 # Re-install when the project's metadata changes.
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=

@@ -13,7 +13,7 @@
 #
 # The cluster must be running (`kubeloop cluster up --name NAME --nodes 0`) and have been
 # started by a kubeloop whose PKI has the `kubelet-client` certificate and the
-# 10.96.0.1 serving SAN (operator/kubeloop/devcluster/pki.py).
+# 10.96.0.1 serving SAN (devcluster/kubeloop/devcluster/pki.py).
 #
 # What it changes on the host (all undone by `down`): an address on `lo` (REALNODE_IP,
 # the node's InternalIP), a bridge `kl-br0` with the pod network, iptables rules (kube-proxy

@@ -13,9 +13,10 @@ from typing import Any
 
 from kubeloop.api.base import API_VERSION
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
+from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, JobResult
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.trainer.artifacts import EXIT_BAD_INPUT, EXIT_REJECTED, Summary
 
 MANAGED_BY = "kubeloop"
 SPEC_ANNOTATION = "kubeloop.io/spec"
@@ -138,7 +139,8 @@ def _job(
                 "env": [{"name": "KUBELOOP_TERMINATION_LOG", "value": "/dev/termination-log"}],
                 "resources": resources,
                 "securityContext": _security_context(),
-                "terminationMessagePolicy": "FallbackToLogsOnError",
+                # The Job result (kubeloop.contracts.results) is the whole message.
+                "terminationMessagePolicy": "File",
                 "volumeMounts": mounts,
             }
         ],
@@ -258,7 +260,7 @@ def build_model_version(
     spec: TrainingJobSpec,
     version: int,
     name: str,
-    summary: Summary,
+    summary: JobResult,
     data_version: str,
     metadata: dict[str, Any] | None,
 ) -> dict[str, Any]:
@@ -318,11 +320,6 @@ def serving_names(md_name: str) -> dict[str, str]:
     }
 
 
-def model_dir(artifact_uri: str) -> str:
-    """The directory holding model.onnx, model.json and profile.json."""
-    return posixpath.dirname(artifact_uri)
-
-
 def build_serving_deployment(
     md: dict[str, Any],
     spec: ModelDeploymentSpec,
@@ -344,7 +341,7 @@ def build_serving_deployment(
     args = [
         "serve",
         "--model",
-        model_dir(mv_spec["artifact"]["uri"]),
+        ArtifactLayout.model_dir(mv_spec["artifact"]["uri"]),
         "--name",
         spec.model_name,
         "--host",

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from kubeloop.api.base import API_VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
 from kubeloop.operator import metrics
 from kubeloop.operator.alerts.payload import Alert
 from kubeloop.operator.handlers.common import Context
@@ -55,7 +56,6 @@ DECISIONS: tuple[Decision, ...] = (
     "unknown-deployment",
 )
 TriggerKind = Literal["alert", "schedule"]
-TERMINAL = ("Succeeded", "Failed", "Rejected")
 MD_KIND = "ModelDeployment"
 
 #: Labels and annotations of a TrainingJob the policy created.
@@ -144,7 +144,7 @@ def unfinished(spec: ModelDeploymentSpec, trainingjobs: Sequence[dict[str, Any]]
         tj["metadata"]["name"]
         for tj in trainingjobs
         if (tj.get("spec") or {}).get("modelName") == model
-        and (tj.get("status") or {}).get("phase") not in TERMINAL
+        and (tj.get("status") or {}).get("phase") not in TRAINING_TERMINAL_PHASES
         and not tj["metadata"].get("deletionTimestamp")
     )
 

@@ -1,7 +1,7 @@
 """What the server needs to know about a model, read from the trainer's artifacts.
 
-The formats are the trainer's (:mod:`kubeloop.trainer.artifacts`, which imports
-only pydantic); this module maps them onto the server's own view: the feature
+The formats are the core's contracts (:mod:`kubeloop.contracts.artifacts`, which
+imports only pydantic); this module maps them onto the server's own view: the feature
 list, the drift references and which outputs carry the prediction.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kubeloop.contracts import artifacts as contract
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
 from kubeloop.serving.drift import CategoricalReference, NumericReference, Reference
 from kubeloop.serving.settings import ServingSettings
-from kubeloop.trainer import artifacts as trainer_artifacts
-from kubeloop.trainer.artifacts import METADATA_FILE, MODEL_FILE, PROFILE_FILE
 
-__all__ = ["METADATA_FILE", "MODEL_FILE", "PROFILE_FILE", "Description", "describe"]
+__all__ = ["Description", "describe"]
 
 #: default prediction-value histogram buckets when the profile has none (regression)
 DEFAULT_VALUE_BUCKETS: tuple[float, ...] = (-100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1000.0)
@@ -42,11 +42,9 @@ class Description:
     value_buckets: tuple[float, ...]
 
 
-def _reference(
-    name: str, prof: trainer_artifacts.NumericProfile | trainer_artifacts.CategoricalProfile
-) -> Reference:
+def _reference(name: str, prof: contract.NumericProfile | contract.CategoricalProfile) -> Reference:
     """The drift reference of one column (bucket layout as the profile documents it)."""
-    if isinstance(prof, trainer_artifacts.NumericProfile):
+    if isinstance(prof, contract.NumericProfile):
         return NumericReference(
             name, edges=list(prof.edges), counts=list(prof.counts), missing=float(prof.missing)
         )
@@ -60,14 +58,14 @@ def describe(
     meta_bytes: bytes, profile_bytes: bytes | None, settings: ServingSettings
 ) -> Description:
     """Parse ``model.json`` (and ``profile.json`` when present) into a Description."""
-    meta = trainer_artifacts.ModelMetadata.model_validate_json(meta_bytes)
+    meta = contract.ModelMetadata.model_validate_json(meta_bytes)
     nullable = set(meta.nullable)
     features = [Feature(t.name, t.name in nullable) for t in meta.inputs]
     refs: list[Reference] = []
     prediction: Reference | None = None
     value_buckets = DEFAULT_VALUE_BUCKETS
     if profile_bytes is not None:
-        profile = trainer_artifacts.Profile.model_validate_json(profile_bytes)
+        profile = contract.Profile.model_validate_json(profile_bytes)
         for f in features:
             prof = profile.features.get(f.name)
             if prof is not None:
@@ -86,7 +84,7 @@ def describe(
         features=features,
         feature_references=refs,
         prediction_reference=prediction,
-        label_output="label" if classification else "variable",
-        proba_output="probabilities" if classification else None,
+        label_output=LABEL_OUTPUT if classification else VALUE_OUTPUT,
+        proba_output=PROBA_OUTPUT if classification else None,
         value_buckets=value_buckets,
     )

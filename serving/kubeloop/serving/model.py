@@ -18,6 +18,7 @@ import fsspec
 import numpy as np
 import onnxruntime as ort
 
+from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.serving import describe as art
 from kubeloop.serving.batching import Feed, MicroBatcher, Outputs
 from kubeloop.serving.drift import DriftWindow, Reference
@@ -51,7 +52,7 @@ def read(location: str, name: str) -> bytes:
 def fingerprint(location: str) -> str:
     """What identifies the content at the location cheaply: the metadata file's digest
     (it carries the model's sha256, so a new model.onnx means a new model.json)."""
-    return hashlib.sha256(read(location, art.METADATA_FILE)).hexdigest()
+    return hashlib.sha256(read(location, ArtifactLayout.METADATA)).hexdigest()
 
 
 class LoadedModel:
@@ -274,14 +275,14 @@ def load_model(
 ) -> LoadedModel:
     """Fetch, verify, build and warm a model from ``settings.model`` (blocking)."""
     location = settings.model
-    meta_bytes = read(location, art.METADATA_FILE)
-    desc = art.describe(meta_bytes, _read_optional(location, art.PROFILE_FILE), settings)
-    onnx_bytes = read(location, art.MODEL_FILE)
+    meta_bytes = read(location, ArtifactLayout.METADATA)
+    desc = art.describe(meta_bytes, _read_optional(location, ArtifactLayout.PROFILE), settings)
+    onnx_bytes = read(location, ArtifactLayout.MODEL)
     digest = hashlib.sha256(onnx_bytes).hexdigest()
     if digest != desc.sha256:
         raise ValueError(
-            f"{art.MODEL_FILE} has sha256 {digest}, but {art.METADATA_FILE} says {desc.sha256}; "
-            "refusing to serve it"
+            f"{ArtifactLayout.MODEL} has sha256 {digest}, but {ArtifactLayout.METADATA} "
+            f"says {desc.sha256}; refusing to serve it"
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.ort_threads

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from kubeloop.trainer.artifacts import ModelMetadata, Profile
+from kubeloop.contracts.artifacts import ModelMetadata, Profile
 
 ROOT = Path(__file__).resolve().parents[3]
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from kubeloop.trainer.artifacts import ModelMetadata, Profile
+from kubeloop.contracts.artifacts import ModelMetadata, Profile
 
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ["card.md", "model.json", "model.onnx", "profile.json"]

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
+from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, JobResult
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.trainer.artifacts import EXIT_BAD_INPUT, EXIT_REJECTED, Summary
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -43,7 +43,7 @@ def test_snapshot_job_reads_the_source_and_passes_the_schema(settings):
     assert "file:///data/kubeloop/datasets/ml/demo" in container["args"]
     annotation = job["spec"]["template"]["metadata"]["annotations"][builders.SPEC_ANNOTATION]
     assert json.loads(annotation)["columns"][0]["name"] == "mean radius"
-    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["terminationMessagePolicy"] == "File"
     claims = [
         v["persistentVolumeClaim"]["claimName"]
         for v in job["spec"]["template"]["spec"]["volumes"]
@@ -79,7 +79,7 @@ def test_trainer_job_carries_the_spec_and_never_retries_a_verdict(settings):
 def test_model_version_records_lineage(settings):
     tj = parent("TrainingJob")
     spec = TrainingJobSpec.model_validate(tj["spec"])
-    summary = Summary(
+    summary = JobResult(
         kind="train",
         status="succeeded",
         artifact_uri="file:///a/model.onnx",

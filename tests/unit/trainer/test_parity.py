@@ -10,8 +10,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from kubeloop.api.v1alpha1 import ESTIMATORS, TrainingJobSpec
+from kubeloop.contracts.artifacts import ModelMetadata
 from kubeloop.trainer import train
-from kubeloop.trainer.artifacts import ModelMetadata
 
 SMALL = {"n_estimators": 10}
 PARAMS = {

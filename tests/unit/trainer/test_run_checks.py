@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from kubeloop.api.v1alpha1 import TrainingJobSpec
+from kubeloop.contracts.artifacts import NumericProfile
+from kubeloop.contracts.results import RESULT_LIMIT, JobResult
 from kubeloop.trainer import model, train
-from kubeloop.trainer.artifacts import SUMMARY_LIMIT, NumericProfile, Summary
 from kubeloop.trainer.data import DataError, digest, profile_series
 
 
@@ -147,12 +148,12 @@ def test_digest_depends_on_content_not_layout():
 
 
 def test_summary_fits_a_termination_message():
-    long = Summary(kind="train", status="failed", reason="x" * 10_000)
-    line = long.to_line()
-    assert len(line.encode()) <= SUMMARY_LIMIT
+    long = JobResult(kind="train", status="failed", reason="x" * 10_000)
+    line = long.to_message()
+    assert len(line.encode()) <= RESULT_LIMIT
     assert json.loads(line)["reason"].endswith(" ...")
-    short = Summary(kind="train", status="failed", reason="bad")
-    assert json.loads(short.to_line()) == {"kind": "train", "status": "failed", "reason": "bad"}
+    short = JobResult(kind="train", status="failed", reason="bad")
+    assert json.loads(short.to_message()) == {"kind": "train", "status": "failed", "reason": "bad"}
 
 
 def test_profile_of_a_constant_column_has_one_bin():

@@ -9,8 +9,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from kubeloop.api.v1alpha1 import TrainingJobSpec
+from kubeloop.contracts.artifacts import ModelMetadata
 from kubeloop.trainer import train
-from kubeloop.trainer.artifacts import ModelMetadata
 
 
 @pytest.fixture(scope="module")

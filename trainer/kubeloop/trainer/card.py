@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubeloop.trainer.artifacts import ModelMetadata
+from kubeloop.contracts.artifacts import ModelMetadata
 
 
 def render(meta: ModelMetadata, rows: int, test_rows: int) -> str:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 the run failed (e.g. parity), 2 bad input (data,
 schema, spec), 3 the quality gate rejected the model. Every outcome prints one
-Summary line (and writes it as the termination message); errors also print one
+JobResult line (and writes it as the termination message); errors also print one
 line on stderr naming the column or field and the problem.
 """
 
@@ -20,13 +20,13 @@ from click.core import ParameterSource
 from pydantic import ValidationError
 
 from kubeloop.api.v1alpha1 import DataSchema, TrainingJobSpec
-from kubeloop.trainer.artifacts import (
+from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
+from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_REJECTED,
-    PROFILE_FILE,
-    Profile,
-    Summary,
+    JobResult,
+    report,
 )
 
 if TYPE_CHECKING:
@@ -34,10 +34,8 @@ if TYPE_CHECKING:
 
 
 def _fail(kind: str, code: int, reason: str) -> NoReturn:
-    from kubeloop.trainer.output import report
-
     click.echo(f"error: {reason}", err=True)
-    report(Summary(kind=kind, status="failed", reason=reason))
+    report(JobResult(kind=kind, status="failed", reason=reason))
     sys.exit(code)
 
 
@@ -115,35 +113,35 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
         summary = _store_snapshot(frame, fmt, out)
     except Exception as exc:
         _internal("snapshot", exc)
-    output.report(summary)
+    report(summary)
 
 
-def _store_snapshot(frame: pd.DataFrame, fmt: str, out: str) -> Summary:
+def _store_snapshot(frame: pd.DataFrame, fmt: str, out: str) -> JobResult:
     """Write the immutable copy and its profile under OUT/<digest>/ unless already there."""
     from kubeloop.trainer import data, output
 
     digest = data.digest(frame)
-    target = output.join(out, digest.removeprefix("sha256:"))
-    data_file = f"data.{fmt}"
-    if not output.exists(output.join(target, PROFILE_FILE)):  # immutable: written once
+    target = ArtifactLayout.snapshot_dir(out, digest)
+    data_file = ArtifactLayout.data_file(fmt)
+    if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
         with output.staging() as tmp:
             data.write_table(frame, str(tmp / data_file), fmt)  # type: ignore[arg-type]
             profile = Profile(rows=len(frame), features=data.profile_frame(frame))
-            (tmp / PROFILE_FILE).write_text(profile.model_dump_json(indent=1))
-            output.publish(tmp, target, last=PROFILE_FILE, replace=False)
-    elif not output.exists(output.join(target, data_file)):
+            (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
+            output.publish(tmp, target, last=ArtifactLayout.PROFILE, replace=False)
+    elif not output.exists(join(target, data_file)):
         # The same content arrived before in another format: add this format's copy.
         with output.staging() as tmp:
             data.write_table(frame, str(tmp / data_file), fmt)  # type: ignore[arg-type]
-            output.add(tmp / data_file, output.join(target, data_file))
-    return Summary(
+            output.add(tmp / data_file, join(target, data_file))
+    return JobResult(
         kind="snapshot",
         status="succeeded",
         digest=digest,
         rows=len(frame),
         columns=data.infer_columns(frame),
-        snapshot_uri=output.join(target, data_file),
-        profile_uri=output.join(target, PROFILE_FILE),
+        snapshot_uri=join(target, data_file),
+        profile_uri=join(target, ArtifactLayout.PROFILE),
     )
 
 
@@ -266,8 +264,8 @@ def train(
         _fail("train", EXIT_FAILED, str(exc))
     except training.GateRejectedError as exc:
         click.echo(f"rejected: {exc.summary.reason}", err=True)
-        output.report(exc.summary)
+        report(exc.summary)
         sys.exit(EXIT_REJECTED)
     except Exception as exc:
         _internal("train", exc)
-    output.report(summary)
+    report(summary)

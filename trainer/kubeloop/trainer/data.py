@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.api.v1alpha1 import Column, DataSchema
-from kubeloop.trainer.artifacts import CategoricalProfile, NumericProfile
+from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
 
 Format = Literal["csv", "parquet", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl")

@@ -27,8 +27,15 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from kubeloop.api.v1alpha1 import ESTIMATORS, Task, TensorSpec
-from kubeloop.trainer.artifacts import Parity
+from kubeloop.api.v1alpha1 import TensorSpec
+from kubeloop.contracts.artifacts import (
+    LABEL_OUTPUT,
+    OUTPUT_NAMES,
+    PROBA_OUTPUT,
+    VALUE_OUTPUT,
+    Parity,
+)
+from kubeloop.contracts.estimators import ESTIMATORS, MODULES, Task
 
 if TYPE_CHECKING:  # imported where used: a run that fails its checks never loads them
     import onnxruntime as ort
@@ -36,29 +43,6 @@ if TYPE_CHECKING:  # imported where used: a run that fails its checks never load
 
 PROBA_TOLERANCE = 1e-4
 VALUE_TOLERANCE = 1e-4
-#: Where each allow-listed estimator lives in scikit-learn.
-MODULES = {
-    "LogisticRegression": "sklearn.linear_model",
-    "LinearRegression": "sklearn.linear_model",
-    "Ridge": "sklearn.linear_model",
-    "Lasso": "sklearn.linear_model",
-    "ElasticNet": "sklearn.linear_model",
-    "RandomForestClassifier": "sklearn.ensemble",
-    "RandomForestRegressor": "sklearn.ensemble",
-    "ExtraTreesClassifier": "sklearn.ensemble",
-    "ExtraTreesRegressor": "sklearn.ensemble",
-    "GradientBoostingClassifier": "sklearn.ensemble",
-    "GradientBoostingRegressor": "sklearn.ensemble",
-    "DecisionTreeClassifier": "sklearn.tree",
-    "DecisionTreeRegressor": "sklearn.tree",
-    "KNeighborsClassifier": "sklearn.neighbors",
-    "KNeighborsRegressor": "sklearn.neighbors",
-    "GaussianNB": "sklearn.naive_bayes",
-    "MLPClassifier": "sklearn.neural_network",
-    "MLPRegressor": "sklearn.neural_network",
-}
-
-
 TREES = {n for n in MODULES if "Forest" in n or "Trees" in n or "Tree" in n or "Boosting" in n}
 #: Stand-in for a missing text value, in training and in the ONNX inputs.
 MISSING_TEXT = "missing"
@@ -182,7 +166,7 @@ def export(pipeline: Pipeline, features: Features, task: Task) -> ModelProto:
         pipeline, initial_types=initial, options=options, target_opset={"": 17, "ai.onnx.ml": 3}
     )
     _rename(model, model.graph.input, features.all)
-    wanted = ["label", "probabilities"] if task == "classification" else ["variable"]
+    wanted = list(OUTPUT_NAMES[task])
     _rename(model, model.graph.output, wanted)
     return model
 
@@ -226,12 +210,12 @@ def check_parity(
     if task == "classification":
         expected_labels = np.asarray(pipeline.predict(x_test)).astype(str)
         expected_proba = pipeline.predict_proba(x_test)
-        labels = got["label"].reshape(-1).astype(str)
+        labels = got[LABEL_OUTPUT].reshape(-1).astype(str)
         # Where two classes tie (within tolerance) the arg-max is a coin toss: not a mismatch.
         top2 = np.sort(expected_proba, axis=1)[:, -2:] if expected_proba.shape[1] > 1 else None
         tied = (top2[:, 1] - top2[:, 0] <= PROBA_TOLERANCE) if top2 is not None else False
         mismatches = int(np.sum((labels != expected_labels) & ~tied))
-        diff = float(np.max(np.abs(got["probabilities"] - expected_proba))) if len(x_test) else 0.0
+        diff = float(np.max(np.abs(got[PROBA_OUTPUT] - expected_proba))) if len(x_test) else 0.0
         return Parity(
             passed=mismatches == 0 and diff <= PROBA_TOLERANCE,
             rows=len(x_test),
@@ -240,7 +224,7 @@ def check_parity(
             tolerance=PROBA_TOLERANCE,
         )
     expected = np.asarray(pipeline.predict(x_test), dtype=np.float64).reshape(-1)
-    values = got["variable"].astype(np.float64).reshape(-1)
+    values = got[VALUE_OUTPUT].astype(np.float64).reshape(-1)
     scale = max(
         float(np.std(expected)), float(np.max(np.abs(expected))) if len(expected) else 0.0, 1.0
     )

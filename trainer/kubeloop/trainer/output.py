@@ -1,11 +1,9 @@
-"""Publishing results: artifact directories that appear whole, and the summary line."""
+"""Publishing artifacts: directories that appear whole, on any fsspec filesystem."""
 
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,15 +12,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from kubeloop.trainer.artifacts import Summary
-
-TERMINATION_LOG_ENV = "KUBELOOP_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-
-
-def join(base: str, *parts: str) -> str:
-    """Join URI or path segments with ``/``."""
-    return posixpath.join(base.rstrip("/"), *parts)
+from kubeloop.contracts.artifacts import join
 
 
 class OutputError(Exception):
@@ -119,25 +109,3 @@ def add(local: Path, uri: str) -> None:
         os.replace(scratch, target)
         return
     fs.put_file(str(local), path)
-
-
-def termination_log() -> str | None:
-    """Where the kubelet reads the termination message, if writable here."""
-    path = os.environ.get(TERMINATION_LOG_ENV)
-    if path:
-        return path
-    if os.path.exists(DEFAULT_TERMINATION_LOG) and os.access(DEFAULT_TERMINATION_LOG, os.W_OK):
-        return DEFAULT_TERMINATION_LOG
-    return None
-
-
-def report(summary: Summary) -> None:
-    """Print the summary line and write it as the termination message."""
-    line = summary.to_line()
-    print(line, flush=True)
-    path = termination_log()
-    if path:
-        try:
-            Path(path).write_text(line)
-        except OSError as exc:
-            print(f"cannot write the termination message to {path}: {exc}", file=sys.stderr)

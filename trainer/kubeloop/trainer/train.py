@@ -22,18 +22,21 @@ from sklearn import metrics as skm
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split
 
 from kubeloop.api.v1alpha1 import METRICS, Gate, TensorSpec, TrainingJobSpec
-from kubeloop.trainer import card, model, output
-from kubeloop.trainer.artifacts import (
-    CARD_FILE,
-    METADATA_FILE,
-    MODEL_FILE,
-    PROFILE_FILE,
+from kubeloop.contracts.artifacts import (
+    LABEL_OUTPUT,
+    OUTPUT_NAMES,
+    PROBA_OUTPUT,
+    VALUE_OUTPUT,
+    ArtifactLayout,
     GateResult,
     Lineage,
     ModelMetadata,
     Profile,
-    Summary,
+    join,
 )
+from kubeloop.contracts.estimators import Task
+from kubeloop.contracts.results import JobResult
+from kubeloop.trainer import card, model, output
 from kubeloop.trainer.data import (
     DataError,
     digest,
@@ -56,15 +59,13 @@ SCORERS = {
     "r2": "r2",
 }
 LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
-#: Names of the ONNX outputs, by task (see :mod:`kubeloop.trainer.artifacts`).
-OUTPUT_NAMES = {"classification": ("label", "probabilities"), "regression": ("variable",)}
 IMPORTANCE_ROWS = 2000
 
 
 class GateRejectedError(Exception):
     """The model is below the gate; artifacts are written, nothing is published."""
 
-    def __init__(self, summary: Summary) -> None:
+    def __init__(self, summary: JobResult) -> None:
         super().__init__(summary.reason)
         self.summary = summary
 
@@ -104,14 +105,14 @@ def evaluate(
 ) -> tuple[dict[str, float], list[list[int]] | None]:
     """Held-out metrics from the model's outputs."""
     if task == "regression":
-        pred = outputs["variable"].reshape(-1)
+        pred = outputs[VALUE_OUTPUT].reshape(-1)
         return {
             "rmse": float(math.sqrt(skm.mean_squared_error(y_true, pred))),
             "mae": float(skm.mean_absolute_error(y_true, pred)),
             "r2": float(skm.r2_score(y_true, pred)),
         }, None
-    labels = outputs["label"].reshape(-1)
-    proba = outputs["probabilities"]
+    labels = outputs[LABEL_OUTPUT].reshape(-1)
+    proba = outputs[PROBA_OUTPUT]
     y = np.asarray(y_true)
     labels = labels.astype(y.dtype) if y.dtype.kind in "iub" else labels.astype(str)
     y_cmp = y if y.dtype.kind in "iub" else y.astype(str)
@@ -145,7 +146,7 @@ def apply_gate(gate: Gate | None, metrics: dict[str, float]) -> GateResult:
     return GateResult(passed=not failures, failures=failures)
 
 
-def check_features(frame: pd.DataFrame, names: list[str], task: str) -> None:
+def check_features(frame: pd.DataFrame, names: list[str], task: Task) -> None:
     """Fail before training on features the data lacks, that hold no value, or whose
     names the model's outputs take."""
     if not names:
@@ -252,7 +253,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def train(run: Run) -> Summary:
+def train(run: Run) -> JobResult:
     """Train, export, check and write the artifacts; raise GateRejectedError below the gate."""
     spec = run.spec
     check_gate_metrics(spec)
@@ -325,18 +326,18 @@ def train(run: Run) -> Summary:
     if spec.task == "classification":
         outputs_spec = [
             TensorSpec(
-                name="label",
+                name=LABEL_OUTPUT,
                 datatype="INT64" if all(isinstance(c, int) for c in classes) else "BYTES",
                 shape=[-1],
             ),
-            TensorSpec(name="probabilities", datatype="FP32", shape=[-1, len(classes)]),
+            TensorSpec(name=PROBA_OUTPUT, datatype="FP32", shape=[-1, len(classes)]),
         ]
         prediction = profile_series(
-            pd.Series(outputs["label"].reshape(-1)).astype(str), numeric=False
+            pd.Series(outputs[LABEL_OUTPUT].reshape(-1)).astype(str), numeric=False
         )
     else:
-        outputs_spec = [TensorSpec(name="variable", datatype="FP32", shape=[-1, 1])]
-        prediction = profile_series(pd.Series(outputs["variable"].reshape(-1)), numeric=True)
+        outputs_spec = [TensorSpec(name=VALUE_OUTPUT, datatype="FP32", shape=[-1, 1])]
+        prediction = profile_series(pd.Series(outputs[VALUE_OUTPUT].reshape(-1)), numeric=True)
     metadata = ModelMetadata(
         name=run.name,
         task=spec.task,
@@ -382,19 +383,19 @@ def train(run: Run) -> Summary:
         prediction=prediction,
     )
     with output.staging() as tmp:
-        (tmp / MODEL_FILE).write_bytes(onnx_bytes)
-        (tmp / PROFILE_FILE).write_text(profile.model_dump_json(indent=1))
-        (tmp / CARD_FILE).write_text(card.render(metadata, len(frame), len(x_test)))
-        (tmp / METADATA_FILE).write_text(metadata.model_dump_json(indent=1))
-        output.publish(tmp, run.out, last=METADATA_FILE)
-    summary = Summary(
+        (tmp / ArtifactLayout.MODEL).write_bytes(onnx_bytes)
+        (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
+        (tmp / ArtifactLayout.CARD).write_text(card.render(metadata, len(frame), len(x_test)))
+        (tmp / ArtifactLayout.METADATA).write_text(metadata.model_dump_json(indent=1))
+        output.publish(tmp, run.out, last=ArtifactLayout.METADATA)
+    summary = JobResult(
         kind="train",
         status="succeeded" if gate.passed else "rejected",
         reason=None if gate.passed else "quality gate not met: " + "; ".join(gate.failures),
-        artifact_uri=output.join(run.out, MODEL_FILE),
+        artifact_uri=join(run.out, ArtifactLayout.MODEL),
         sha256=sha,
-        metadata_uri=output.join(run.out, METADATA_FILE),
-        profile_uri=output.join(run.out, PROFILE_FILE),
+        metadata_uri=join(run.out, ArtifactLayout.METADATA),
+        profile_uri=join(run.out, ArtifactLayout.PROFILE),
         metrics=metrics,
         gate=gate,
     )

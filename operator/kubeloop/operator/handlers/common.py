@@ -19,7 +19,6 @@ from kubeloop.operator import metrics
 from kubeloop.operator.conditions import set_condition
 from kubeloop.operator.kube import Kube
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.trainer.artifacts import Summary
 
 
 @dataclass
@@ -193,20 +192,6 @@ def termination_message(kube: Kube, job: dict[str, Any], container: str) -> str 
             if best is None or finished >= best[0]:
                 best = (finished, str(terminated.get("message") or ""))
     return best[1] if best else None
-
-
-def parse_summary(message: str | None) -> Summary | None:
-    """The summary line a trainer command wrote, or None (e.g. it crashed first).
-
-    With ``FallbackToLogsOnError`` the message may be the log's tail instead,
-    so the last line that parses as a summary wins.
-    """
-    for line in reversed((message or "").strip().splitlines()):
-        try:
-            return Summary.model_validate_json(line)
-        except ValueError:
-            continue
-    return None
 
 
 def versions_of(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:

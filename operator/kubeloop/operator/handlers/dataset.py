@@ -9,6 +9,7 @@ import kopf
 
 from kubeloop.api.base import GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import DatasetSpec
+from kubeloop.contracts.results import JobResult
 from kubeloop.operator import builders, metrics
 from kubeloop.operator.conditions import now
 from kubeloop.operator.handlers.common import (
@@ -17,12 +18,10 @@ from kubeloop.operator.handlers.common import (
     job_failure,
     job_state,
     parse_spec,
-    parse_summary,
     run_reconcile,
     termination_message,
 )
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.trainer.artifacts import Summary
 
 KIND = "Dataset"
 _SETTINGS = OperatorSettings()
@@ -39,7 +38,7 @@ def refresh_round(spec: DatasetSpec, now_s: float) -> int:
     return int(now_s // duration_seconds(spec.refresh_interval))
 
 
-def _record_success(rec: Reconcile, summary: Summary, settings: OperatorSettings) -> None:
+def _record_success(rec: Reconcile, summary: JobResult, settings: OperatorSettings) -> None:
     digest = str(summary.digest)
     columns = summary.columns or []
     if rec.status.get("version") != digest:
@@ -63,7 +62,7 @@ def _record_success(rec: Reconcile, summary: Summary, settings: OperatorSettings
 
 def _harvest(ctx: Context, rec: Reconcile, job: dict[str, Any], state: str) -> None:
     """Record what a finished snapshot Job found, once."""
-    summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
+    summary = JobResult.from_message(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
     rec.status["observedSnapshotJob"] = job["metadata"]["name"]
     if state == "Succeeded" and summary and summary.digest:
         _record_success(rec, summary, ctx.settings)

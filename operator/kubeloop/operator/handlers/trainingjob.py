@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 import kopf
 
 from kubeloop.api.base import API_VERSION, GROUP, VERSION
 from kubeloop.api.v1alpha1 import DatasetSpec, TrainingJobSpec
+from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.contracts.results import JobResult
+from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
 from kubeloop.operator import builders, metrics
 from kubeloop.operator.conditions import is_true, now
 from kubeloop.operator.handlers.common import (
@@ -17,7 +19,6 @@ from kubeloop.operator.handlers.common import (
     job_failure,
     job_state,
     parse_spec,
-    parse_summary,
     run_reconcile,
     termination_message,
     versions_of,
@@ -26,10 +27,8 @@ from kubeloop.operator.kube import ConflictError, Kube
 from kubeloop.operator.names import model_version_name
 from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.store import read_json
-from kubeloop.trainer.artifacts import METADATA_FILE, Summary
 
 KIND = "TrainingJob"
-TERMINAL = ("Succeeded", "Failed", "Rejected")
 _SETTINGS = OperatorSettings()
 #: Versions tried past the highest existing one before giving up for this pass.
 MAX_ALLOCATION_TRIES = 50
@@ -46,7 +45,7 @@ def snapshot_uri(dataset: dict[str, Any], version: str, settings: OperatorSettin
     fmt = DatasetSpec.model_validate(dataset["spec"]).format
     meta = dataset["metadata"]
     out = builders.dataset_out_uri(settings, meta["namespace"], meta["name"])
-    return posixpath.join(out, version.removeprefix("sha256:"), f"data.{fmt}")
+    return ArtifactLayout.snapshot_data(out, version, fmt)
 
 
 def allocate_model_version(
@@ -83,10 +82,10 @@ def allocate_model_version(
     raise kopf.TemporaryError(f"no free version of {spec.model_name} found", delay=1)
 
 
-def read_metadata(summary: Summary) -> dict[str, Any] | None:
+def read_metadata(summary: JobResult) -> dict[str, Any] | None:
     """The trainer's model.json next to the artifact, when the operator can read it."""
-    uri = summary.metadata_uri or posixpath.join(
-        builders.model_dir(str(summary.artifact_uri)), METADATA_FILE
+    uri = summary.metadata_uri or ArtifactLayout.sibling(
+        str(summary.artifact_uri), ArtifactLayout.METADATA
     )
     return read_json(uri)
 
@@ -115,7 +114,7 @@ def _resolve_data(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> str | 
 
 def reconcile(ctx: Context, rec: Reconcile) -> None:
     spec = parse_spec(TrainingJobSpec, rec)
-    if rec.status.get("phase") in TERMINAL:
+    if rec.status.get("phase") in TRAINING_TERMINAL_PHASES:
         return
     job_name = builders.trainer_job_name(rec.body)
     job = ctx.kube.get("batch/v1", "Job", rec.namespace, job_name)
@@ -139,9 +138,9 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         rec.status["phase"] = "Running"
         rec.condition("Ready", False, "Training", f"Job {job_name} is running")
         return
-    summary = parse_summary(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
+    summary = JobResult.from_message(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
     if summary is None:
-        summary = Summary(kind="train", status="failed")
+        summary = JobResult(kind="train", status="failed")
     if summary.metrics:
         rec.status["metrics"] = summary.metrics
     rec.status.setdefault("completionTime", now())
@@ -186,7 +185,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     "trainingjobs",
     interval=_SETTINGS.resync_seconds,
     initial_delay=1,
-    when=lambda status, **_: status.get("phase") not in TERMINAL,
+    when=lambda status, **_: status.get("phase") not in TRAINING_TERMINAL_PHASES,
 )
 def reconcile_trainingjob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)

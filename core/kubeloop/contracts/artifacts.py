@@ -1,14 +1,15 @@
-"""The formats the trainer writes and everyone else reads.
+"""The files a snapshot, a trainer run and a serving pod agree on.
 
 Imports only pydantic and the API types: the serving image (no scikit-learn,
-no pandas) and the operator read these files through these models.
+no pandas) and the operator read these files through these models, and
+:class:`ArtifactLayout` is the one place their names and paths are spelled.
 
 A model directory holds:
 
-- ``model.onnx`` — the fitted scikit-learn pipeline as ONNX. **Input
-  convention**: one input per feature column, named after the column, shape
-  ``[None, 1]``; numeric columns (number, integer, boolean) are ``FP32``,
-  string/category columns are ``BYTES`` (ONNX ``string``). **Outputs**:
+- ``model.onnx`` — the fitted pipeline as ONNX. **Input convention**: one input
+  per feature column, named after the column, shape ``[None, 1]``; numeric
+  columns (number, integer, boolean) are ``FP32``, string/category columns are
+  ``BYTES`` (ONNX ``string``). **Outputs** (:data:`OUTPUT_NAMES`):
   classification → ``label`` (``[None]``, the class as the training data had
   it) and ``probabilities`` (``[None, n_classes]`` FP32, columns in
   ``ModelMetadata.classes`` order); regression → ``variable`` (``[None, 1]``
@@ -23,33 +24,74 @@ A model directory holds:
 - ``profile.json`` — :class:`Profile`, the reference distributions for drift.
 - ``card.md`` — a human-readable model card.
 
-A dataset snapshot directory holds ``data.<format>`` and ``profile.json``.
-The trainer prints one :class:`Summary` line and writes it to the
-termination-message file.
+A dataset snapshot directory (``<root>/<digest hex>/``) holds ``data.<format>``
+and ``profile.json``.
 """
 
 from __future__ import annotations
 
 import bisect
+import posixpath
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.api.v1alpha1 import Column, TensorSpec
+from kubeloop.contracts.estimators import Task
 
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "model.json"
-PROFILE_FILE = "profile.json"
-CARD_FILE = "card.md"
 FORMAT_VERSION = 1
-#: Largest termination message Kubernetes keeps.
-SUMMARY_LIMIT = 4096
-#: Exit codes of `kubeloop snapshot` and `kubeloop train` besides 0: the run failed,
-#: the input is bad (a retry cannot help), the quality gate rejected the model.
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_REJECTED = 3
+
+#: The ONNX output holding the predicted class (classification).
+LABEL_OUTPUT: Final = "label"
+#: The ONNX output holding class probabilities (classification).
+PROBA_OUTPUT: Final = "probabilities"
+#: The ONNX output holding the predicted value (regression).
+VALUE_OUTPUT: Final = "variable"
+#: The outputs a trained model has, by task, in the order the converter emits them.
+OUTPUT_NAMES: dict[Task, tuple[str, ...]] = {
+    "classification": (LABEL_OUTPUT, PROBA_OUTPUT),
+    "regression": (VALUE_OUTPUT,),
+}
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI or path segments with ``/`` (a trailing slash on ``base`` is ignored)."""
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+class ArtifactLayout:
+    """Every file name and path the trainer writes and the operator and serving pods read."""
+
+    MODEL: Final = "model.onnx"
+    METADATA: Final = "model.json"
+    PROFILE: Final = "profile.json"
+    CARD: Final = "card.md"
+
+    @staticmethod
+    def data_file(fmt: str) -> str:
+        """The name of a snapshot's copy of the data in format ``fmt``."""
+        return f"data.{fmt}"
+
+    @staticmethod
+    def snapshot_dir(root: str, digest: str) -> str:
+        """The content-addressed folder of the data version ``digest`` under ``root``."""
+        return join(root, digest.removeprefix("sha256:"))
+
+    @classmethod
+    def snapshot_data(cls, root: str, digest: str, fmt: str) -> str:
+        """The URI of the data file of version ``digest`` in format ``fmt``."""
+        return join(cls.snapshot_dir(root, digest), cls.data_file(fmt))
+
+    @staticmethod
+    def model_dir(artifact_uri: str) -> str:
+        """The model directory holding ``artifact_uri`` (a ``model.onnx``) and its siblings."""
+        return posixpath.dirname(artifact_uri)
+
+    @classmethod
+    def sibling(cls, artifact_uri: str, name: str) -> str:
+        """The file ``name`` next to the model artifact, e.g. its ``model.json``."""
+        return join(cls.model_dir(artifact_uri), name)
 
 
 class _Model(BaseModel):
@@ -131,7 +173,7 @@ class ModelMetadata(_Model):
 
     format_version: int = FORMAT_VERSION
     name: str
-    task: Literal["classification", "regression"]
+    task: Task
     sha256: str = Field(description="sha256 of model.onnx, hex")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -154,43 +196,6 @@ class GateResult(_Model):
 
     passed: bool
     failures: list[str] = Field(default_factory=list)
-
-
-class Summary(_Model):
-    """The one-line JSON result of ``kubeloop snapshot`` or ``kubeloop train``.
-
-    Written to stdout and to the termination-message file; kept under 4 KiB.
-    """
-
-    kind: Literal["snapshot", "train"]
-    status: Literal["succeeded", "rejected", "failed"]
-    reason: str | None = None
-    # snapshot
-    digest: str | None = None
-    rows: int | None = None
-    columns: list[Column] | None = None
-    snapshot_uri: str | None = None
-    profile_uri: str | None = None
-    # train
-    artifact_uri: str | None = None
-    sha256: str | None = None
-    metadata_uri: str | None = None
-    metrics: dict[str, float] | None = None
-    gate: GateResult | None = None
-
-    def to_line(self) -> str:
-        """Compact JSON, trimmed to fit a termination message."""
-        line = self.model_dump_json(exclude_none=True)
-        if len(line.encode()) > SUMMARY_LIMIT and self.columns:
-            line = self.model_copy(update={"columns": None}).model_dump_json(exclude_none=True)
-        over = len(line.encode()) - SUMMARY_LIMIT
-        if over > 0 and self.reason:
-            keep = max(0, len(self.reason.encode()) - over - 16)
-            reason = self.reason.encode()[:keep].decode(errors="ignore") + " ..."
-            line = self.model_copy(update={"columns": None, "reason": reason}).model_dump_json(
-                exclude_none=True
-            )
-        return line
 
 
 ModelMetadata.model_rebuild()

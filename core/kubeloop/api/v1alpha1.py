@@ -22,37 +22,7 @@ from kubeloop.api.base import (
     Rule,
     StatusBase,
 )
-
-Task = Literal["classification", "regression"]
-
-#: scikit-learn estimators a TrainingJob may name, by task. Each converts to ONNX
-#: with skl2onnx, and the trainer's parity check covers every one of them.
-#: (HistGradientBoosting* are left out: skl2onnx 1.20 cannot convert them from
-#: scikit-learn 1.9.)
-ESTIMATORS: dict[Task, tuple[str, ...]] = {
-    "classification": (
-        "LogisticRegression",
-        "RandomForestClassifier",
-        "ExtraTreesClassifier",
-        "GradientBoostingClassifier",
-        "DecisionTreeClassifier",
-        "KNeighborsClassifier",
-        "GaussianNB",
-        "MLPClassifier",
-    ),
-    "regression": (
-        "LinearRegression",
-        "Ridge",
-        "Lasso",
-        "ElasticNet",
-        "RandomForestRegressor",
-        "ExtraTreesRegressor",
-        "GradientBoostingRegressor",
-        "DecisionTreeRegressor",
-        "KNeighborsRegressor",
-        "MLPRegressor",
-    ),
-}
+from kubeloop.contracts.estimators import ESTIMATORS, Task
 
 #: Metrics the trainer reports on the held-out split, by task (gate and search keys).
 METRICS: dict[Task, tuple[str, ...]] = {

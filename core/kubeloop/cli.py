@@ -46,6 +46,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: What to install for each command, told when its component is absent (e.g. in an image).
+INSTALLS: dict[str, str] = {
+    "cluster": "it needs a Kubeloop checkout with `make setup` (the devcluster extra, in no image)",
+    "operator": "it runs in the kubeloop-operator image, or install the [operator] extra",
+    "rules": "it runs in the kubeloop-operator image, or install the [operator] extra",
+    "serve": "it runs in the kubeloop-serving image, or install the [serving] extra",
+    "snapshot": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
+    "train": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
+}
+
+
 def package_version() -> str:
     """The installed distribution's version (``0+unknown`` when run from a bare tree)."""
     try:
@@ -65,7 +76,15 @@ class LazyGroup(click.Group):
             return super().get_command(ctx, cmd_name)
         target, _ = COMMANDS[cmd_name]
         module_name, attr = target.split(":")
-        command = getattr(importlib.import_module(module_name), attr)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise click.UsageError(
+                f"'kubeloop {cmd_name}' is not in this install (no module {exc.name}): "
+                f"{INSTALLS[cmd_name]}",
+                ctx,
+            ) from exc
+        command = getattr(module, attr)
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
         return command

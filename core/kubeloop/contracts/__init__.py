@@ -1,0 +1,9 @@
+"""Contracts between the operator and its Jobs and pods, written by one side, read by the other.
+
+- :mod:`~kubeloop.contracts.artifacts`: artifact file names and paths
+  (``ArtifactLayout``), ``model.json``/``profile.json`` formats, output tensor names.
+- :mod:`~kubeloop.contracts.results`: the typed result a snapshot or trainer Job
+  writes as its termination message.
+- :mod:`~kubeloop.contracts.estimators`: the estimator allow-list.
+- :mod:`~kubeloop.contracts.status`: condition types and terminal phases.
+"""
