@@ -40,7 +40,6 @@ class OperatorProcess:
             "KUBECONFIG": kubeconfig,
             "KUBELOOP_ARTIFACT_ROOT": artifact_root,
             "KUBELOOP_RESYNC_SECONDS": "1",
-            "KUBELOOP_RETRY_SECONDS": "1",
             "KUBELOOP_METRICS_PORT": "0",
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -194,7 +193,7 @@ def run_job_locally(job: dict[str, Any], workdir: Path) -> tuple[int, str]:
     spec_file = workdir / "spec.json"
     if spec_json is not None:
         spec_file.write_text(spec_json)
-    args = [str(spec_file) if a == f"{builders.SPEC_DIR}/spec.json" else a for a in args]
+    args = [str(spec_file) if a == builders.SPEC_PATH else a for a in args]
     term = workdir / "termination-log"
     term.write_text("")
     proc = subprocess.run(
