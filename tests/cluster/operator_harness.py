@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubelet import job_pod
 from kubernetes import client
@@ -21,6 +23,8 @@ from kubetest import wait_for
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 GROUP_VERSION = "kubeloop.io/v1alpha1"
+#: The Kubeloop kinds, in the order a test deletes them.
+KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
 
 
 def free_port() -> int:
@@ -40,7 +44,6 @@ class OperatorProcess:
             "KUBECONFIG": kubeconfig,
             "KUBELOOP_ARTIFACT_ROOT": artifact_root,
             "KUBELOOP_RESYNC_SECONDS": "1",
-            "KUBELOOP_RETRY_SECONDS": "1",
             "KUBELOOP_METRICS_PORT": "0",
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -154,6 +157,15 @@ class Cluster:
         obj = self.get(kind, name)
         return dict((obj or {}).get("status") or {})
 
+    def wait_phase(self, kind: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+        """The object's status, once its ``phase`` is ``phase``."""
+        return wait_for(
+            lambda: self.status(kind, name).get("phase") == phase and self.status(kind, name),
+            f"{kind} {name} to be {phase}",
+            timeout=timeout,
+            state=lambda: self.get(kind, name),
+        )
+
     def condition(self, kind: str, name: str, type_: str = "Ready") -> dict[str, Any]:
         for c in self.status(kind, name).get("conditions") or []:
             if c.get("type") == type_:
@@ -170,6 +182,26 @@ class Cluster:
             f"a Job with {selector}",
             timeout=timeout,
         )
+
+
+P = TypeVar("P", bound=OperatorProcess)
+
+
+@contextmanager
+def operating(proc: P, api_client: client.ApiClient) -> Iterator[P]:
+    """``proc`` running for the test; afterwards every Kubeloop object deleted, then it stops.
+
+    The operator holds finalizers on what it times, so it must run (again, if the
+    test killed it) until the objects are gone.
+    """
+    proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is None or proc.proc.poll() is not None:
+            proc.start()
+        Cluster(api_client, proc.namespace).delete_all(KINDS)
+        proc.stop()
 
 
 def pod_of(cluster: Cluster, job_name: str) -> dict[str, Any]:
@@ -194,7 +226,7 @@ def run_job_locally(job: dict[str, Any], workdir: Path) -> tuple[int, str]:
     spec_file = workdir / "spec.json"
     if spec_json is not None:
         spec_file.write_text(spec_json)
-    args = [str(spec_file) if a == f"{builders.SPEC_DIR}/spec.json" else a for a in args]
+    args = [str(spec_file) if a == builders.SPEC_PATH else a for a in args]
     term = workdir / "termination-log"
     term.write_text("")
     proc = subprocess.run(

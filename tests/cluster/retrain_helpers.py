@@ -13,9 +13,15 @@ from typing import Any
 import httpx
 from kubelet import finish_pod
 from kubetest import wait_for
-from operator_harness import Cluster, OperatorProcess, free_port, pod_of, run_job_locally
+from operator_harness import (
+    Cluster,
+    OperatorProcess,
+    free_port,
+    operating,
+    pod_of,
+    run_job_locally,
+)
 
-KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
 DIGEST = "sha256:" + "cd" * 32
 RECEIVER_PATH = "/v1/alerts"
 
@@ -74,18 +80,14 @@ class RetrainOperator(OperatorProcess):
 
 @contextmanager
 def running_operator(
-    kubeconfig: str, api_client: Any, namespace: str, store: Path, log: Path
+    kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path
 ) -> Iterator[RetrainOperator]:
-    proc = RetrainOperator(kubeconfig, namespace, store, log)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        # The operator holds finalizers on what it times; let it release them.
-        if proc.proc is None or proc.proc.poll() is not None:
-            proc.start()
-        Cluster(api_client, namespace).delete_all(KINDS)
-        proc.stop()
+    """The retrain operator for one test, its store and log under ``tmp_path``."""
+    store = tmp_path / "store"
+    store.mkdir()
+    proc = RetrainOperator(kubeconfig, namespace, store, tmp_path / "operator.log")
+    with operating(proc, api_client) as running:
+        yield running
 
 
 def dataset_ready(

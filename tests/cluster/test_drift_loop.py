@@ -27,6 +27,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from retrain_helpers import (
     running_operator,
 )
 
+from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 
 pytestmark = pytest.mark.cluster
@@ -85,7 +89,7 @@ def publish(cluster: Cluster, model: Path, store: Path, version: int) -> str:
     """A Ready ModelVersion of the model whose artifact is a copy of ``model``."""
     copy = store / "models" / str(version)
     shutil.copytree(model, copy)
-    artifact = copy / "model.onnx"
+    artifact = copy / ArtifactLayout.MODEL
     name = f"{MODEL}-v{version}"
     cluster.apply(
         {
@@ -139,59 +143,75 @@ def run_server(pod: dict[str, Any]) -> Any:
     return start_server(model, "--name", name, env=env)
 
 
-@pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
+@dataclass(frozen=True)
+class Loop:
+    """The running loop: cluster, operator, serving process, Prometheus and Alertmanager."""
+
+    cluster: Cluster
+    operator: RetrainOperator
+    server: Any
+    prom: Daemon
+    am: Daemon
+    data_version: str
+
+    @property
+    def selector(self) -> str:
+        """PromQL labels of the ModelDeployment's series (from the scrape config)."""
+        return f'{{namespace="{self.cluster.namespace}",model_deployment="{MD}"}}'
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The drift alerts Prometheus has (pending or firing)."""
+        found: list[dict[str, Any]] = self.prom.get("/api/v1/alerts")["data"]["alerts"]
+        return [a for a in found if a["labels"].get("alertname") == "KubeloopDataDrift"]
+
+    def retrained(self) -> list[dict[str, Any]]:
+        """The TrainingJobs the retrain policy made for the ModelDeployment."""
+        return self.cluster.list("TrainingJob", selector=f"kubeloop.io/model-deployment={MD}")
 
 
-@pytest.fixture
-def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
-    store = tmp_path / "store"
-    store.mkdir()
-    with running_operator(
-        kubeconfig, api_client, namespace, store, tmp_path / "operator.log"
-    ) as proc:
-        yield proc
+@contextmanager
+def monitored(
+    tmp_path: Path, operator: RetrainOperator, pod: dict[str, Any]
+) -> Iterator[tuple[Any, Daemon, Daemon]]:
+    """The serving pod run here, scraped by Prometheus, whose alerts Alertmanager sends on."""
+    with ExitStack() as stack:
+        server = run_server(pod)
+        stack.callback(server.stop)
+        rules = rules_file(
+            tmp_path, "--drift-for", FOR, "--min-window-rows", str(MIN_ROWS), "--online-for", FOR
+        )
+        # Repeats every 2s: re-deliveries of a firing alert reach the receiver during the test.
+        am = alertmanager(tmp_path, operator.url, operator.token, repeat_interval="2s")
+        stack.callback(am.stop)
+        # the serving process runs on loopback (kwok runs no containers): its address, the
+        # pod's labels
+        job = serving_job(static_configs=[discovered_pod(server.url.removeprefix("http://"), pod)])
+        prom = prometheus(tmp_path, rules, am.port, [job])
+        stack.callback(prom.stop)
+        yield server, prom, am
 
 
 @pytest.fixture
 def loop(
+    kubeconfig: str,
+    api_client: Any,
+    namespace: str,
     tmp_path: Path,
-    cluster: Cluster,
-    operator: RetrainOperator,
     model_dir: Path,
     data_csv: Path,
-    namespace: str,
-):
+) -> Iterator[Loop]:
     """The ModelDeployment served by a real server, Prometheus and Alertmanager wired to it."""
-    data_version = dataset_ready(
-        cluster, data_csv, "cancer-data", FEATURES, snapshot_in=tmp_path / "snapshot"
-    )
-    publish(cluster, model_dir, tmp_path / "store", 1)
-    cluster.apply(
-        model_deployment(MD, MODEL, "cancer-data", FEATURES, threshold=THRESHOLD, window=WINDOW)
-    )
-    pod = serving_pod(cluster)
-    server = run_server(pod)
-    rules = rules_file(
-        tmp_path, "--drift-for", FOR, "--min-window-rows", str(MIN_ROWS), "--online-for", FOR
-    )
-    # Repeats every 2s: re-deliveries of a firing alert reach the receiver during the test.
-    am = alertmanager(tmp_path, operator.url, operator.token, repeat_interval="2s")
-    # the serving process runs on loopback (kwok runs no containers): its address, the pod's labels
-    job = serving_job(static_configs=[discovered_pod(server.url.removeprefix("http://"), pod)])
-    try:
-        prom = prometheus(tmp_path, rules, am.port, [job])
-    except BaseException:
-        am.stop()
-        server.stop()
-        raise
-    try:
-        yield server, prom, am, data_version
-    finally:
-        prom.stop()
-        am.stop()
-        server.stop()
+    cluster = Cluster(api_client, namespace)
+    with running_operator(kubeconfig, api_client, namespace, tmp_path) as operator:
+        data_version = dataset_ready(
+            cluster, data_csv, "cancer-data", FEATURES, snapshot_in=tmp_path / "snapshot"
+        )
+        publish(cluster, model_dir, tmp_path / "store", 1)
+        cluster.apply(
+            model_deployment(MD, MODEL, "cancer-data", FEATURES, threshold=THRESHOLD, window=WINDOW)
+        )
+        with monitored(tmp_path, operator, serving_pod(cluster)) as (server, prom, am):
+            yield Loop(cluster, operator, server, prom, am, data_version)
 
 
 def send(server: Any, rows: pd.DataFrame, batch: int = 50) -> None:
@@ -214,25 +234,10 @@ def shifted(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def alerts(prom: Daemon) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = prom.get("/api/v1/alerts")["data"]["alerts"]
-    return [a for a in found if a["labels"].get("alertname") == "KubeloopDataDrift"]
-
-
-def retrained(cluster: Cluster) -> list[dict[str, Any]]:
-    return cluster.list("TrainingJob", selector=f"kubeloop.io/model-deployment={MD}")
-
-
-def test_drift_alert_to_one_trainingjob_then_cooldown(
-    cluster, operator, loop, data_csv, model_dir, namespace, tmp_path
-):
-    served, prom, am, data_version = loop
-    rows = pd.read_csv(data_csv)[FEATURES]
-    calm = rows.iloc[:WINDOW]
-
-    # ---- in distribution: a full window, watched by Prometheus for longer than `for:`
-    send(served, calm)
-    selector = f'{{namespace="{namespace}",model_deployment="{MD}"}}'
+def calm_traffic_raises_nothing(loop: Loop, calm: pd.DataFrame) -> None:
+    """In distribution: a full window, watched by Prometheus for longer than `for:`."""
+    send(loop.server, calm)
+    selector, prom = loop.selector, loop.prom
     watched = f"count_over_time(kubeloop_drift_window_rows{selector}[6s]) >= 5"
     wait_for(
         lambda: (
@@ -251,58 +256,71 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(
     assert score["metric"]["version"] == "1"
     assert score["metric"]["role"] == "stable"
     assert score["metric"]["pod"].startswith(f"{MD}-stable-")
-    assert alerts(prom) == []
+    assert loop.alerts() == []
     assert query(prom, "ALERTS") == []
-    assert retrained(cluster) == []
+    assert loop.retrained() == []
 
-    # ---- shifted: the alert fires, exactly one TrainingJob appears
+
+def drift_creates_one_trainingjob(
+    loop: Loop, calm: pd.DataFrame
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Shifted traffic: the alert fires, exactly one TrainingJob appears (and the timings)."""
     drift_started = time.time()
-    send(served, shifted(calm))
+    send(loop.server, shifted(calm))
     (tj,) = wait_for(
-        lambda: retrained(cluster),
+        loop.retrained,
         "a TrainingJob created from the drift alert",
         timeout=90,
         interval=0.05,
-        state=lambda: {"prometheus": alerts(prom), "operator": operator.tail()},
+        state=lambda: {"prometheus": loop.alerts(), "operator": loop.operator.tail()},
     )
     observed = time.time() - drift_started
     (firing,) = wait_for(
         lambda: [
-            a for a in am.get("/api/v2/alerts") if a["labels"]["alertname"] == "KubeloopDataDrift"
+            a
+            for a in loop.am.get("/api/v2/alerts")
+            if a["labels"]["alertname"] == "KubeloopDataDrift"
         ],
         "the alert in Alertmanager",
     )
     meta = tj["metadata"]
-    assert firing["labels"]["namespace"] == namespace
+    assert firing["labels"]["namespace"] == loop.cluster.namespace
     assert firing["labels"]["model_deployment"] == MD
     assert meta["labels"]["kubeloop.io/alert-fingerprint"] == firing["fingerprint"]
     assert meta["annotations"]["kubeloop.io/alert-name"] == "KubeloopDataDrift"
     assert float(meta["annotations"]["kubeloop.io/alert-value"]) > THRESHOLD
     # on the Dataset's newest version (the real snapshot's digest)
-    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "version": data_version}
-    active_at = pd.Timestamp(alerts(prom)[0]["activeAt"]).timestamp()
+    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "version": loop.data_version}
+    active_at = pd.Timestamp(loop.alerts()[0]["activeAt"]).timestamp()
     # Alertmanager repeats the firing alert every 2s: duplicates, never a twin
     wait_for(
-        lambda: operator.decisions().get(("duplicate", "alert"), 0) >= 2,
+        lambda: loop.operator.decisions().get(("duplicate", "alert"), 0) >= 2,
         "Alertmanager's repeats to reach the receiver",
         timeout=30,
-        state=operator.decisions,
+        state=loop.operator.decisions,
     )
-    assert len(retrained(cluster)) == 1
+    assert len(loop.retrained()) == 1
+    timing = {
+        "drift_to_trainingjob_s": round(observed, 2),
+        "drift_to_alert_active_s": round(active_at - drift_started, 2),
+    }
+    return tj, timing
 
-    # ---- the retrain runs: the test plays the kubelet for its trainer pod, running the real
-    # `kubeloop train` with the pod's arguments; the deployment, following Latest, then rolls
-    # the new version out by itself
-    job = cluster.wait_job(f"kubeloop.io/training-job={meta['name']}")
-    code, message = run_job_locally(job, tmp_path / "trainer")
+
+def the_retrain_rolls_out(loop: Loop, tj_name: str, workdir: Path) -> None:
+    """The test plays the kubelet for the trainer pod, running the real `kubeloop train` with
+    the pod's arguments; the deployment, following Latest, then rolls the new version out."""
+    cluster = loop.cluster
+    job = cluster.wait_job(f"kubeloop.io/training-job={tj_name}")
+    code, message = run_job_locally(job, workdir)
     assert code == 0, message
     finish_pod(
         cluster.core, pod_of(cluster, job["metadata"]["name"]), exit_code=code, message=message
     )
     wait_for(
-        lambda: cluster.status("TrainingJob", meta["name"]).get("version") == 2,
+        lambda: cluster.status("TrainingJob", tj_name).get("version") == 2,
         "the retrain to publish version 2",
-        state=lambda: cluster.get("TrainingJob", meta["name"]),
+        state=lambda: cluster.get("TrainingJob", tj_name),
     )
     wait_for(
         lambda: cluster.status("ModelDeployment", MD).get("stableVersion") == 2,
@@ -312,21 +330,30 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(
     stable = cluster.get("Deployment", f"{MD}-stable", "apps/v1")
     assert stable["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
 
-    # ---- the alert resolves; drift again (a new episode) inside the cooldown: none
-    send(served, calm)
-    wait_for(lambda: not alerts(prom), "the drift alert to resolve", timeout=60)
-    send(served, shifted(calm))
+
+def a_new_episode_meets_the_cooldown(loop: Loop, calm: pd.DataFrame) -> None:
+    """The alert resolves; drift again (a new episode) inside the cooldown: no TrainingJob."""
+    send(loop.server, calm)
+    wait_for(lambda: not loop.alerts(), "the drift alert to resolve", timeout=60)
+    send(loop.server, shifted(calm))
     wait_for(
-        lambda: operator.decisions().get(("cooldown", "alert"), 0) >= 1,
+        lambda: loop.operator.decisions().get(("cooldown", "alert"), 0) >= 1,
         "the second episode to be refused for the cooldown",
         timeout=90,
-        state=lambda: {"decisions": operator.decisions(), "alerts": alerts(prom)},
+        state=lambda: {"decisions": loop.operator.decisions(), "alerts": loop.alerts()},
     )
-    assert len(retrained(cluster)) == 1
-    assert {"RetrainCreated", "RetrainDuplicate", "RetrainCooldown"} <= set(cluster.events(MD))
+    assert len(loop.retrained()) == 1
+    assert {"RetrainCreated", "RetrainDuplicate", "RetrainCooldown"} <= set(loop.cluster.events(MD))
+
+
+def test_drift_alert_to_one_trainingjob_then_cooldown(loop, data_csv, tmp_path):
+    calm = pd.read_csv(data_csv)[FEATURES].iloc[:WINDOW]
+    calm_traffic_raises_nothing(loop, calm)
+    tj, timing = drift_creates_one_trainingjob(loop, calm)
+    the_retrain_rolls_out(loop, tj["metadata"]["name"], tmp_path / "trainer")
+    a_new_episode_meets_the_cooldown(loop, calm)
     report = {
-        "drift_to_trainingjob_s": round(observed, 2),
-        "drift_to_alert_active_s": round(active_at - drift_started, 2),
+        **timing,
         "settings": {"scrape": "1s", "eval": "1s", "for": FOR, "group_wait": "1s"},
     }
     print("drift loop timing:", json.dumps(report))

@@ -20,11 +20,14 @@ from kubelet import finish_pod
 from operator_harness import (
     Cluster,
     OperatorProcess,
+    operating,
     pod_of,
     run_job_locally,
     wait_for,
 )
 from sklearn.datasets import load_breast_cancer
+
+from kubeloop.contracts.artifacts import ArtifactLayout
 
 pytestmark = pytest.mark.cluster
 
@@ -55,26 +58,8 @@ def store(tmp_path: Path) -> Path:
 @pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, store: Path, tmp_path: Path):
     proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
-    proc.start()
-    yield proc
-    # The operator holds a finalizer on objects it times; let it release them.
-    if proc.proc is None or proc.proc.poll() is not None:
-        proc.start()
-    cluster = Cluster(api_client, namespace)
-    for kind in ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset"):
-        for obj in cluster.list(kind):
-            cluster.delete(kind, obj["metadata"]["name"])
-    wait_for(
-        lambda: (
-            not any(
-                cluster.list(k)
-                for k in ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
-            )
-        ),
-        "Kubeloop objects to be deleted",
-        timeout=60,
-    )
-    proc.stop()
+    with operating(proc, api_client) as running:
+        yield running
 
 
 def example(kind: str, **spec_updates: Any) -> dict[str, Any]:
@@ -154,7 +139,7 @@ def dataset_ready_fast(cluster: Cluster, data_csv: Path, tmp_path: Path) -> None
 
 def trained_summary(store: Path) -> str:
     """A trainer summary pointing at a real (tiny) artifact in the store."""
-    artifact = store / "trained" / "model.onnx"
+    artifact = store / "trained" / ArtifactLayout.MODEL
     artifact.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_bytes(b"trained model")
     return json.dumps(
@@ -172,14 +157,7 @@ def train(cluster: Cluster, tmp_path: Path, name: str, **updates: Any) -> dict[s
     cluster.apply(training_job(name, **updates))
     code, message = play_kubelet(cluster, f"kubeloop.io/training-job={name}", tmp_path)
     assert code == 0, message
-    return wait_for(
-        lambda: (
-            cluster.status("TrainingJob", name).get("phase") == "Succeeded"
-            and cluster.status("TrainingJob", name)
-        ),
-        f"TrainingJob {name} to succeed",
-        state=lambda: cluster.get("TrainingJob", name),
-    )
+    return cluster.wait_phase("TrainingJob", name, "Succeeded")
 
 
 def test_dataset_to_training_to_version(cluster, operator, data_csv, tmp_path):
@@ -230,12 +208,12 @@ def test_training_waits_for_missing_dataset_then_recovers(
     play_kubelet(cluster, "kubeloop.io/dataset=cancer", tmp_path, override=(0, json.dumps(summary)))
     job = cluster.wait_job("kubeloop.io/training-job=early")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][4].endswith(
-        f"{DIGEST.removeprefix('sha256:')}/data.csv"
+        ArtifactLayout.snapshot_data("", DIGEST, "csv")
     )
     play_kubelet(
         cluster, "kubeloop.io/training-job=early", tmp_path, override=(0, trained_summary(store))
     )
-    wait_for(lambda: cluster.status("TrainingJob", "early").get("phase") == "Succeeded", "recovery")
+    cluster.wait_phase("TrainingJob", "early", "Succeeded")
 
 
 def test_failing_trainer_keeps_its_reason(cluster, operator, data_csv, tmp_path):
@@ -247,14 +225,7 @@ def test_failing_trainer_keeps_its_reason(cluster, operator, data_csv, tmp_path)
         tmp_path,
         override=(1, "MemoryError: out of memory"),
     )
-    failed = wait_for(
-        lambda: (
-            cluster.status("TrainingJob", "crash").get("phase") == "Failed"
-            and cluster.status("TrainingJob", "crash")
-        ),
-        "TrainingJob crash to fail",
-        state=lambda: cluster.get("TrainingJob", "crash"),
-    )
+    failed = cluster.wait_phase("TrainingJob", "crash", "Failed")
     assert "BackoffLimitExceeded" in failed["reason"]
     assert cluster.condition("TrainingJob", "crash")["reason"] == "TrainingFailed"
     assert "TrainingFailed" in cluster.events("crash")
@@ -266,14 +237,7 @@ def test_rejected_gate_publishes_nothing(cluster, operator, data_csv, tmp_path):
     cluster.apply(training_job("picky", gate={"min": {"accuracy": 0.999}}))
     code, message = play_kubelet(cluster, "kubeloop.io/training-job=picky", tmp_path)
     assert code == 3, message
-    rejected = wait_for(
-        lambda: (
-            cluster.status("TrainingJob", "picky").get("phase") == "Rejected"
-            and cluster.status("TrainingJob", "picky")
-        ),
-        "TrainingJob picky to be rejected",
-        state=lambda: cluster.get("TrainingJob", "picky"),
-    )
+    rejected = cluster.wait_phase("TrainingJob", "picky", "Rejected")
     assert "accuracy" in rejected["reason"]
     assert rejected["metrics"]["accuracy"] < 0.999
     assert cluster.condition("TrainingJob", "picky")["reason"] == "GateRejected"
@@ -284,7 +248,7 @@ def test_rejected_gate_publishes_nothing(cluster, operator, data_csv, tmp_path):
 
 
 def test_unreadable_or_tampered_artifact(cluster, operator, store):
-    artifact = store / "external" / "model.onnx"
+    artifact = store / "external" / ArtifactLayout.MODEL
     artifact.parent.mkdir()
     artifact.write_bytes(b"not really onnx")
     mv = example("ModelVersion")
@@ -294,7 +258,7 @@ def test_unreadable_or_tampered_artifact(cluster, operator, store):
     cluster.apply(wrong)
     missing = copy.deepcopy(mv)
     missing["metadata"]["name"] = "missing"
-    missing["spec"]["artifact"]["uri"] = (store / "nope" / "model.onnx").as_uri()
+    missing["spec"]["artifact"]["uri"] = (store / "nope" / ArtifactLayout.MODEL).as_uri()
     cluster.apply(missing)
     good = copy.deepcopy(mv)
     good["metadata"]["name"] = "good"
@@ -329,7 +293,7 @@ def test_restart_never_creates_a_second_job_or_version(
     finish_pod(cluster.core, pod, exit_code=0, message=trained_summary(store))
     operator.kill()  # possibly between ModelVersion creation and the status write
     operator.start()
-    wait_for(lambda: cluster.status("TrainingJob", "once").get("phase") == "Succeeded", "Succeeded")
+    cluster.wait_phase("TrainingJob", "once", "Succeeded")
     operator.kill()
     operator.start()
     settled = cluster.status("TrainingJob", "once")
@@ -371,7 +335,7 @@ def test_ten_parallel_trainings_get_ten_distinct_versions(
 
 def publish(cluster: Cluster, store: Path, version: int) -> None:
     """A Ready ModelVersion of model "cancer", registered by hand like an external model."""
-    artifact = store / "external" / str(version) / "model.onnx"
+    artifact = store / "external" / str(version) / ArtifactLayout.MODEL
     artifact.parent.mkdir(parents=True)
     artifact.write_bytes(f"model {version}".encode())
     mv = example("ModelVersion", modelName="cancer", version=version)
@@ -397,12 +361,7 @@ def serve_setup(cluster: Cluster, store: Path, steps: list[dict[str, Any]] | Non
     else:
         md["spec"]["canary"] = {"steps": steps}
     cluster.apply(md)
-    wait_for(
-        lambda: cluster.status("ModelDeployment", "cancer").get("phase") == "Serving",
-        "ModelDeployment to serve",
-        timeout=90,
-        state=lambda: cluster.get("ModelDeployment", "cancer"),
-    )
+    cluster.wait_phase("ModelDeployment", "cancer", "Serving", timeout=90)
 
 
 def routing(cluster: Cluster) -> dict[str, Any]:

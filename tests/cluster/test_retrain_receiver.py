@@ -18,6 +18,7 @@ from kubetest import wait_for
 from operator_harness import Cluster, pod_of
 from retrain_helpers import (
     DIGEST,
+    RetrainOperator,
     alert,
     dataset_ready,
     model_deployment,
@@ -32,7 +33,7 @@ FEATURES = ["f1", "f2"]
 
 @pytest.fixture
 def data_csv(tmp_path: Path) -> Path:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "iris.csv"
     path.write_text("f1,f2,target\n" + "".join(f"{i},{i % 7},{i % 2}\n" for i in range(100)))
     return path
 
@@ -44,11 +45,7 @@ def cluster(api_client: Any, namespace: str) -> Cluster:
 
 @pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
-    store = tmp_path / "store"
-    store.mkdir()
-    with running_operator(
-        kubeconfig, api_client, namespace, store, tmp_path / "operator.log"
-    ) as proc:
+    with running_operator(kubeconfig, api_client, namespace, tmp_path) as proc:
         yield proc
 
 
@@ -61,12 +58,10 @@ def results(response) -> list[str]:
     return [r["result"] for r in response.json()["results"]]
 
 
-def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, namespace):
-    dataset_ready(cluster, data_csv, "iris-data", FEATURES)
-    cluster.apply(model_deployment("iris", "iris", "iris-data", FEATURES))
-    first = notification(alert(namespace, "iris"))
-
-    # a firing alert creates one TrainingJob on the newest data, linked to the alert
+def first_alert_creates_one_trainingjob(
+    cluster: Cluster, operator: RetrainOperator, first: dict[str, Any]
+) -> dict[str, Any]:
+    """A firing alert creates one TrainingJob on the newest data, linked to the alert."""
     assert results(operator.post(first)) == ["created"]
     (tj,) = retrained(cluster)
     meta = tj["metadata"]
@@ -80,8 +75,13 @@ def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, names
     assert status["lastRetrain"]["trainingJob"] == meta["name"]
     assert status["lastRetrain"]["fingerprint"] == "5a1e5c0ffee0ba11"
     assert status["retrainKeys"] == ["alert:5a1e5c0ffee0ba11@2024-05-01T10:00:00.500000Z"]
+    return dict(meta)
 
-    # the same notification again (Alertmanager repeats and retries): no twin
+
+def redeliveries_are_duplicates(
+    cluster: Cluster, operator: RetrainOperator, first: dict[str, Any]
+) -> None:
+    """The same notification again (Alertmanager repeats and retries): no twin."""
     assert results(operator.post(first)) == ["duplicate"]
     # ... also after the operator was killed and came back
     operator.kill()
@@ -89,25 +89,27 @@ def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, names
     assert results(operator.post(first)) == ["duplicate"]
     assert len(retrained(cluster)) == 1
 
-    # the operator runs the new TrainingJob: a new episode must wait for it
-    wait_for(
-        lambda: cluster.status("TrainingJob", meta["name"]).get("phase") == "Running",
-        "the retrain TrainingJob to run",
-        state=lambda: cluster.get("TrainingJob", meta["name"]),
-    )
-    later = notification(alert(namespace, "iris", starts_at="2024-05-01T11:00:00Z"))
+
+def a_new_episode_waits(cluster: Cluster, operator: RetrainOperator, tj_name: str) -> None:
+    """While the retrain runs: max-concurrent; once it has finished, the cooldown still holds."""
+    cluster.wait_phase("TrainingJob", tj_name, "Running")
+    later = notification(alert(cluster.namespace, "iris", starts_at="2024-05-01T11:00:00Z"))
     assert results(operator.post(later)) == ["max-concurrent"]
 
-    # once it has finished, the cooldown still holds
-    job = cluster.wait_job(f"kubeloop.io/training-job={meta['name']}")
+    job = cluster.wait_job(f"kubeloop.io/training-job={tj_name}")
     finish_pod(cluster.core, pod_of(cluster, job["metadata"]["name"]), exit_code=1, message="x")
-    wait_for(
-        lambda: cluster.status("TrainingJob", meta["name"]).get("phase") == "Failed",
-        "the retrain TrainingJob to fail",
-        state=lambda: cluster.get("TrainingJob", meta["name"]),
-    )
+    cluster.wait_phase("TrainingJob", tj_name, "Failed")
     assert results(operator.post(later)) == ["cooldown"]
     assert len(retrained(cluster)) == 1
+
+
+def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, namespace):
+    dataset_ready(cluster, data_csv, "iris-data", FEATURES)
+    cluster.apply(model_deployment("iris", "iris", "iris-data", FEATURES))
+    first = notification(alert(namespace, "iris"))
+    meta = first_alert_creates_one_trainingjob(cluster, operator, first)
+    redeliveries_are_duplicates(cluster, operator, first)
+    a_new_episode_waits(cluster, operator, meta["name"])
 
     # resolved alerts and alerts for unknown deployments are acknowledged
     mixed = notification(
@@ -118,16 +120,9 @@ def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, names
     assert results(operator.post(mixed)) == ["resolved", "unknown-deployment", "unknown-deployment"]
 
     # every decision is an Event on the ModelDeployment and a counter
+    decided = {"RetrainCreated", "RetrainDuplicate", "RetrainMaxConcurrent", "RetrainCooldown"}
     wait_for(
-        lambda: (
-            {
-                "RetrainCreated",
-                "RetrainDuplicate",
-                "RetrainMaxConcurrent",
-                "RetrainCooldown",
-            }
-            <= set(cluster.events("iris"))
-        ),
+        lambda: decided <= set(cluster.events("iris")),
         "the decisions' Events",
         state=lambda: cluster.events("iris"),
     )

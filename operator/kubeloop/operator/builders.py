@@ -8,22 +8,43 @@ reference to its parent and the ``app.kubernetes.io`` labels.
 from __future__ import annotations
 
 import json
-import posixpath
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from kubeloop.api.base import API_VERSION
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
-from kubeloop.contracts.artifacts import ArtifactLayout
-from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, JobResult
+from kubeloop.contracts.artifacts import ArtifactLayout, join
+from kubeloop.contracts.results import (
+    EXIT_BAD_INPUT,
+    EXIT_REJECTED,
+    TERMINATION_LOG,
+    TERMINATION_LOG_ENV,
+    JobResult,
+)
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
 
 MANAGED_BY = "kubeloop"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+#: Labels that tie children to their parents (selectors and look-ups use them).
+DATASET_LABEL = "kubeloop.io/dataset"
+TRAINING_JOB_LABEL = "kubeloop.io/training-job"
+TRAINING_JOB_UID_LABEL = "kubeloop.io/training-job-uid"
+MODEL_LABEL = "kubeloop.io/model"
+DEPLOYMENT_LABEL = "kubeloop.io/model-deployment"
+ROLE_LABEL = "kubeloop.io/role"
 SPEC_ANNOTATION = "kubeloop.io/spec"
 SPEC_DIR = "/etc/kubeloop"
+SPEC_FILE = "spec.json"
+#: Where a Job's container reads the spec it runs (its pod annotation, as a file).
+SPEC_PATH = f"{SPEC_DIR}/{SPEC_FILE}"
 TRAINER_CONTAINER = "trainer"
 SERVER_CONTAINER = "server"
 ROUTING_FILE = "routing.json"
+ROUTING_DIR = f"{SPEC_DIR}/routing"
+#: The user (and group) every container runs as; the images create it.
+RUN_AS = 10001
 
 
 def owner_reference(parent: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +63,7 @@ def labels(component: str, **extra: str) -> dict[str, str]:
     """Standard labels of a child object."""
     return {
         "app.kubernetes.io/name": f"kubeloop-{component}",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         **extra,
     }
 
@@ -56,18 +77,14 @@ def _meta(parent: dict[str, Any], name: str, lbls: dict[str, str]) -> dict[str, 
     }
 
 
-def _join(root: str, *parts: str) -> str:
-    return posixpath.join(root.rstrip("/"), *parts)
-
-
 def dataset_out_uri(settings: OperatorSettings, namespace: str, name: str) -> str:
     """Where snapshots of one Dataset are written (each under its digest)."""
-    return _join(settings.artifact_root, "datasets", namespace, name)
+    return join(settings.artifact_root, "datasets", namespace, name)
 
 
 def model_out_uri(settings: OperatorSettings, namespace: str, tj_name: str, uid: str) -> str:
     """Where one TrainingJob writes its artifacts (unique per TrainingJob object)."""
-    return _join(settings.artifact_root, "models", namespace, f"{tj_name}-{uid[:8]}")
+    return join(settings.artifact_root, "models", namespace, f"{tj_name}-{uid[:8]}")
 
 
 def _security_context() -> dict[str, Any]:
@@ -81,9 +98,40 @@ def _security_context() -> dict[str, Any]:
     }
 
 
+def _pod_spec(
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    settings: OperatorSettings,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A pod of one container, as the configured non-root user and ServiceAccount."""
+    spec: dict[str, Any] = {
+        **extra,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "fsGroup": RUN_AS},
+        "containers": [{**container, "securityContext": _security_context()}],
+        "volumes": volumes,
+    }
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    return spec
+
+
+def _spec_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's own spec annotation as a file: no ConfigMap to create or clean up."""
+    item = {
+        "path": SPEC_FILE,
+        "fieldRef": {"fieldPath": f"metadata.annotations['{SPEC_ANNOTATION}']"},
+    }
+    return (
+        {"name": "spec", "downwardAPI": {"items": [item]}},
+        {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+    )
+
+
 def _volumes(
     settings: OperatorSettings, spec_annotation: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A writable /tmp, the data volume when there is one, and the spec file when asked for."""
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if settings.volume_claim:
@@ -92,85 +140,68 @@ def _volumes(
         )
         mounts.append({"name": "data", "mountPath": settings.volume_mount_path})
     if spec_annotation:
-        # The pod's own annotation, as a file: no ConfigMap to create or clean up.
-        volumes.append(
-            {
-                "name": "spec",
-                "downwardAPI": {
-                    "items": [
-                        {
-                            "path": "spec.json",
-                            "fieldRef": {"fieldPath": f"metadata.annotations['{SPEC_ANNOTATION}']"},
-                        }
-                    ]
-                },
-            }
-        )
-        mounts.append({"name": "spec", "mountPath": SPEC_DIR, "readOnly": True})
+        volume, mount = _spec_volume()
+        volumes.append(volume)
+        mounts.append(mount)
     return volumes, mounts
 
 
-def _job(
-    parent: dict[str, Any],
-    name: str,
-    lbls: dict[str, str],
-    args: list[str],
-    settings: OperatorSettings,
-    *,
-    image: str,
-    spec_json: str | None,
-    resources: dict[str, Any],
-    backoff_limit: int,
-    active_deadline_seconds: int | None,
-) -> dict[str, Any]:
-    volumes, mounts = _volumes(settings, spec_json is not None)
-    pod_meta: dict[str, Any] = {"labels": lbls}
-    if spec_json is not None:
-        pod_meta["annotations"] = {SPEC_ANNOTATION: spec_json}
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-        "containers": [
-            {
-                "name": TRAINER_CONTAINER,
-                "image": image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "args": args,
-                "env": [{"name": "KUBELOOP_TERMINATION_LOG", "value": "/dev/termination-log"}],
-                "resources": resources,
-                "securityContext": _security_context(),
-                # The Job result (kubeloop.contracts.results) is the whole message.
-                "terminationMessagePolicy": "File",
-                "volumeMounts": mounts,
-            }
-        ],
-        "volumes": volumes,
+def _pod_failure_policy() -> dict[str, Any]:
+    """Bad input and a gate rejection are verdicts, not crashes: never retry them."""
+    exit_codes = {
+        "containerName": TRAINER_CONTAINER,
+        "operator": "In",
+        "values": [EXIT_BAD_INPUT, EXIT_REJECTED],
     }
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
+    return {"rules": [{"action": "FailJob", "onExitCodes": exit_codes}]}
+
+
+@dataclass(frozen=True)
+class JobTemplate:
+    """What differs between a snapshot Job and a trainer Job."""
+
+    name: str
+    labels: dict[str, str]
+    args: list[str]
+    image: str
+    resources: dict[str, Any]
+    backoff_limit: int
+    active_deadline_seconds: int | None
+    #: The spec the container reads from :data:`SPEC_PATH`, if any.
+    spec_json: str | None = None
+
+
+def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -> dict[str, Any]:
+    """A Job of one ``kubeloop`` container whose result is its termination message."""
+    volumes, mounts = _volumes(settings, job.spec_json is not None)
+    pod_meta: dict[str, Any] = {"labels": job.labels}
+    if job.spec_json is not None:
+        pod_meta["annotations"] = {SPEC_ANNOTATION: job.spec_json}
+    container = {
+        "name": TRAINER_CONTAINER,
+        "image": job.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": job.args,
+        "env": [{"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG}],
+        "resources": job.resources,
+        # The Job result (kubeloop.contracts.results) is the whole message.
+        "terminationMessagePolicy": "File",
+        "volumeMounts": mounts,
+    }
     job_spec: dict[str, Any] = {
-        "backoffLimit": backoff_limit,
-        # Bad input and a gate rejection are verdicts, not crashes: never retry them.
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": TRAINER_CONTAINER,
-                        "operator": "In",
-                        "values": [EXIT_BAD_INPUT, EXIT_REJECTED],
-                    },
-                }
-            ]
+        "backoffLimit": job.backoff_limit,
+        "podFailurePolicy": _pod_failure_policy(),
+        "template": {
+            "metadata": pod_meta,
+            "spec": _pod_spec(container, volumes, settings, restartPolicy="Never"),
         },
-        "template": {"metadata": pod_meta, "spec": pod_spec},
     }
-    if active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = active_deadline_seconds
+    if job.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = job.active_deadline_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(parent, name, lbls),
+        "metadata": _meta(parent, job.name, job.labels),
         "spec": job_spec,
     }
 
@@ -188,31 +219,23 @@ def build_snapshot_job(
     """The Job that runs ``kubeloop snapshot`` for a Dataset."""
     meta = dataset["metadata"]
     source = spec.source.uri or spec.source.path or ""
-    args = [
-        "snapshot",
-        "--source",
-        source,
-        "--format",
-        spec.format,
-        "--out",
-        dataset_out_uri(settings, meta["namespace"], meta["name"]),
-    ]
+    out = dataset_out_uri(settings, meta["namespace"], meta["name"])
+    args = ["snapshot", "--source", source, "--format", spec.format, "--out", out]
     spec_json = None
     if spec.data_schema is not None:
         spec_json = json.dumps(spec.data_schema.to_wire(), sort_keys=True)
-        args += ["--schema", f"{SPEC_DIR}/spec.json"]
-    return _job(
-        dataset,
-        snapshot_job_name(dataset, round_),
-        labels("snapshot", **{"kubeloop.io/dataset": meta["name"]}),
-        args,
-        settings,
+        args += ["--schema", SPEC_PATH]
+    template = JobTemplate(
+        name=snapshot_job_name(dataset, round_),
+        labels=labels("snapshot", **{DATASET_LABEL: meta["name"]}),
+        args=args,
         image=settings.trainer_image,
-        spec_json=spec_json,
         resources=settings.trainer_resources,
         backoff_limit=1,
         active_deadline_seconds=3600,
+        spec_json=spec_json,
     )
+    return _job(dataset, template, settings)
 
 
 def trainer_job_name(tj: dict[str, Any]) -> str:
@@ -228,31 +251,20 @@ def build_trainer_job(
 ) -> dict[str, Any]:
     """The Job that runs ``kubeloop train`` for a TrainingJob on one data snapshot."""
     meta = tj["metadata"]
-    args = [
-        "train",
-        "--spec",
-        f"{SPEC_DIR}/spec.json",
-        "--data",
-        data_uri,
-        "--out",
-        model_out_uri(settings, meta["namespace"], meta["name"], meta["uid"]),
-    ]
-    resources = spec.resources.to_wire() if spec.resources else settings.trainer_resources
-    return _job(
-        tj,
-        trainer_job_name(tj),
-        labels(
-            "trainer",
-            **{"kubeloop.io/training-job": meta["name"], "kubeloop.io/model": spec.model_name},
+    out = model_out_uri(settings, meta["namespace"], meta["name"], meta["uid"])
+    template = JobTemplate(
+        name=trainer_job_name(tj),
+        labels=labels(
+            "trainer", **{TRAINING_JOB_LABEL: meta["name"], MODEL_LABEL: spec.model_name}
         ),
-        args,
-        settings,
+        args=["train", "--spec", SPEC_PATH, "--data", data_uri, "--out", out],
         image=spec.image or settings.trainer_image,
-        spec_json=json.dumps(spec.to_wire(), sort_keys=True),
-        resources=resources,
+        resources=spec.resources.to_wire() if spec.resources else settings.trainer_resources,
         backoff_limit=spec.backoff_limit,
         active_deadline_seconds=spec.active_deadline_seconds,
+        spec_json=json.dumps(spec.to_wire(), sort_keys=True),
     )
+    return _job(tj, template, settings)
 
 
 def build_model_version(
@@ -266,8 +278,9 @@ def build_model_version(
 ) -> dict[str, Any]:
     """The ModelVersion a successful TrainingJob publishes.
 
-    ``summary`` is the trainer's termination summary; ``metadata`` is its
-    ``model.json`` when the operator could read it (for the tensor schema).
+    ``summary`` is the trainer's Job result; ``metadata`` is its model metadata
+    file (:attr:`ArtifactLayout.METADATA`) when the operator could read it (for
+    the tensor schema).
     """
     meta = tj["metadata"]
     mv_spec: dict[str, Any] = {
@@ -288,20 +301,15 @@ def build_model_version(
     if metadata:
         mv_spec["inputs"] = metadata.get("inputs", [])
         mv_spec["outputs"] = metadata.get("outputs", [])
+    lbls = {
+        MODEL_LABEL: spec.model_name,
+        TRAINING_JOB_UID_LABEL: meta["uid"],
+        MANAGED_BY_LABEL: MANAGED_BY,
+    }
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelVersion",
-        "metadata": {
-            **_meta(
-                tj,
-                name,
-                {
-                    "kubeloop.io/model": spec.model_name,
-                    "kubeloop.io/training-job-uid": meta["uid"],
-                    "app.kubernetes.io/managed-by": MANAGED_BY,
-                },
-            ),
-        },
+        "metadata": _meta(tj, name, lbls),
         "spec": mv_spec,
     }
 
@@ -320,35 +328,13 @@ def serving_names(md_name: str) -> dict[str, str]:
     }
 
 
-def build_serving_deployment(
-    md: dict[str, Any],
-    spec: ModelDeploymentSpec,
-    mv: dict[str, Any],
-    role: str,
-    replicas: int,
-    settings: OperatorSettings,
-) -> dict[str, Any]:
-    """The stable or canary Deployment serving one ModelVersion."""
-    names = serving_names(md["metadata"]["name"])
-    mv_spec = mv["spec"]
-    version = str(mv_spec["version"])
-    selector = {
-        "kubeloop.io/model-deployment": md["metadata"]["name"],
-        "kubeloop.io/role": role,
-    }
-    lbls = labels("serving", **selector, **{"app.kubernetes.io/version": version})
-    port = settings.serving_port
-    args = [
-        "serve",
-        "--model",
-        ArtifactLayout.model_dir(mv_spec["artifact"]["uri"]),
-        "--name",
-        spec.model_name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-    ]
+def _serving_selector(md: dict[str, Any], role: str) -> dict[str, str]:
+    """The labels that pick the stable (or the canary) pods of one ModelDeployment."""
+    return {DEPLOYMENT_LABEL: md["metadata"]["name"], ROLE_LABEL: role}
+
+
+def _serving_env(spec: ModelDeploymentSpec, version: str) -> list[dict[str, Any]]:
+    """The server's settings: the version it serves and the deployment's drift monitoring."""
     env: list[dict[str, Any]] = [{"name": "KUBELOOP_SERVING_MODEL_VERSION", "value": version}]
     drift = spec.monitoring.drift if spec.monitoring else None
     if drift is not None:
@@ -360,74 +346,106 @@ def build_serving_deployment(
             env.append(
                 {"name": "KUBELOOP_SERVING_DRIFT_FEATURES", "value": ",".join(drift.features)}
             )
+    return env
+
+
+def _server_container(
+    spec: ModelDeploymentSpec,
+    mv_spec: dict[str, Any],
+    settings: OperatorSettings,
+    env: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``kubeloop serve`` of one model directory, with its health probes."""
+    port = settings.serving_port
+    model = ArtifactLayout.model_dir(mv_spec["artifact"]["uri"])
+    host = "0.0.0.0"
+    return {
+        "name": SERVER_CONTAINER,
+        "image": spec.image or settings.serving_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": [
+            *("serve", "--model", model, "--name", spec.model_name),
+            *("--host", host, "--port", str(port)),
+        ],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": spec.resources.to_wire() if spec.resources else settings.serving_resources,
+        "volumeMounts": mounts,
+    }
+
+
+def build_serving_deployment(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    mv: dict[str, Any],
+    role: str,
+    replicas: int | None,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """The stable or canary Deployment serving one ModelVersion.
+
+    ``replicas`` None leaves the count to an autoscaler. The stable pods mount
+    the routing ConfigMap that tells them the canary's share of requests.
+    """
+    names = serving_names(md["metadata"]["name"])
+    version = str(mv["spec"]["version"])
+    selector = _serving_selector(md, role)
+    lbls = labels("serving", **selector, **{"app.kubernetes.io/version": version})
+    env = _serving_env(spec, version)
     volumes, mounts = _volumes(settings, spec_annotation=False)
     if role == "stable":
         volumes.append(
             {"name": "routing", "configMap": {"name": names["routing"], "optional": True}}
         )
-        mounts.append({"name": "routing", "mountPath": f"{SPEC_DIR}/routing", "readOnly": True})
+        mounts.append({"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True})
         env.append(
-            {"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{SPEC_DIR}/routing/{ROUTING_FILE}"}
+            {"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"}
         )
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5}
-    pod_spec: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-        "containers": [
-            {
-                "name": SERVER_CONTAINER,
-                "image": spec.image or settings.serving_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "args": args,
-                "env": env,
-                "ports": [{"name": "http", "containerPort": port}],
-                "readinessProbe": probe,
-                "livenessProbe": {
-                    "httpGet": {"path": "/v2/health/live", "port": "http"},
-                    "periodSeconds": 10,
-                    "failureThreshold": 6,
-                },
-                "resources": spec.resources.to_wire()
-                if spec.resources
-                else settings.serving_resources,
-                "securityContext": _security_context(),
-                "volumeMounts": mounts,
-            }
-        ],
-        "volumes": volumes,
+    container = _server_container(spec, mv["spec"], settings, env, mounts)
+    scrape = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(settings.serving_port),
+        "prometheus.io/path": "/metrics",
     }
-    if settings.service_account:
-        pod_spec["serviceAccountName"] = settings.service_account
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        "template": {
+            "metadata": {"labels": lbls, "annotations": scrape},
+            "spec": _pod_spec(container, volumes, settings),
+        },
+    }
+    if replicas is not None:
+        dep_spec["replicas"] = replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(md, names[role], lbls),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": lbls,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(port),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": pod_spec,
-            },
-        },
+        "spec": dep_spec,
     }
+
+
+def _service_name(md: dict[str, Any], role: str) -> str:
+    names = serving_names(md["metadata"]["name"])
+    return names["service"] if role == "stable" else names["canary_service"]
 
 
 def build_service(md: dict[str, Any], role: str, settings: OperatorSettings) -> dict[str, Any]:
     """The Service in front of the stable (``role="stable"``) or canary pods."""
-    names = serving_names(md["metadata"]["name"])
-    name = names["service"] if role == "stable" else names["canary_service"]
-    selector = {"kubeloop.io/model-deployment": md["metadata"]["name"], "kubeloop.io/role": role}
+    selector = _serving_selector(md, role)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(md, name, labels("serving", **selector)),
+        "metadata": _meta(md, _service_name(md, role), labels("serving", **selector)),
         "spec": {
             "selector": selector,
             "ports": [{"name": "http", "port": settings.serving_port, "targetPort": "http"}],
@@ -437,8 +455,7 @@ def build_service(md: dict[str, Any], role: str, settings: OperatorSettings) -> 
 
 def service_url(md: dict[str, Any], settings: OperatorSettings, role: str = "stable") -> str:
     """In-cluster URL of a Service built by :func:`build_service`."""
-    names = serving_names(md["metadata"]["name"])
-    name = names["service"] if role == "stable" else names["canary_service"]
+    name = _service_name(md, role)
     return f"http://{name}.{md['metadata']['namespace']}.svc:{settings.serving_port}"
 
 
@@ -466,6 +483,10 @@ def build_hpa(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] |
         return None
     names = serving_names(md["metadata"]["name"])
     scaling = spec.autoscaling
+    cpu = {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization},
+    }
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -478,17 +499,54 @@ def build_hpa(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] |
             },
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": scaling.target_cpu_utilization,
-                        },
-                    },
-                }
-            ],
+            "metrics": [{"type": "Resource", "resource": cpu}],
         },
     }
+
+
+@dataclass(frozen=True)
+class Absent:
+    """A child that must not exist: deleted when it does."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+
+def serving_children(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    stable_mv: dict[str, Any],
+    canary_mv: dict[str, Any] | None,
+    weight: int,
+    settings: OperatorSettings,
+) -> list[dict[str, Any] | Absent]:
+    """Everything a ModelDeployment should own now, in the order to apply (or delete) it.
+
+    ``weight`` is the canary's share of requests; the canary gets that share of
+    the replicas (at least one) and exists only while ``canary_mv`` is set.
+    """
+    names = serving_names(md["metadata"]["name"])
+    namespace = md["metadata"]["namespace"]
+    stable_replicas = None if spec.autoscaling is not None else spec.replicas
+    canary_version = int(canary_mv["spec"]["version"]) if canary_mv is not None else None
+    hpa = build_hpa(md, spec)
+    children: list[dict[str, Any] | Absent] = [
+        build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
+        build_service(md, "stable", settings),
+        build_routing_config(md, weight, canary_version, settings),
+        hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
+    ]
+    if canary_mv is None:
+        return [
+            *children,
+            Absent("apps/v1", "Deployment", namespace, names["canary"]),
+            Absent("v1", "Service", namespace, names["canary_service"]),
+        ]
+    canary_replicas = max(1, math.ceil(spec.replicas * weight / 100))
+    return [
+        *children,
+        build_serving_deployment(md, spec, canary_mv, "canary", canary_replicas, settings),
+        build_service(md, "canary", settings),
+    ]

@@ -7,15 +7,12 @@ what is stored so status is written only when something changed.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
+from kubeloop.contracts.status import READY
+from kubeloop.operator.timestamps import now
+
 Status = Literal["True", "False", "Unknown"]
-
-
-def now() -> str:
-    """The current time in the API server's format (RFC 3339, seconds, UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(
@@ -50,7 +47,7 @@ def get_condition(status: dict[str, Any] | None, type_: str) -> dict[str, Any] |
     return None
 
 
-def is_true(status: dict[str, Any] | None, type_: str = "Ready") -> bool:
+def is_true(status: dict[str, Any] | None, type_: str = READY) -> bool:
     """Whether the condition is present and True."""
     condition = get_condition(status, type_)
     return condition is not None and condition.get("status") == "True"

@@ -101,7 +101,7 @@ class Kube:
         return applied
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete (foreground for Jobs' pods); False when it was already gone."""
+        """Delete, the dependents in the background; False when it was already gone."""
         try:
             self._resource(api_version, kind).delete(
                 name=name, namespace=namespace, body={"propagationPolicy": "Background"}
@@ -130,14 +130,3 @@ class Kube:
             namespace=namespace,
             content_type="application/merge-patch+json",
         )
-
-    def pod_logs(self, namespace: str, name: str, container: str, tail: int = 20) -> str:
-        """The last lines of a container's log ('' when unavailable)."""
-        try:
-            core = client.CoreV1Api(self._dyn.client)
-            logs: str = core.read_namespaced_pod_log(
-                name, namespace, container=container, tail_lines=tail
-            )
-            return logs
-        except ApiException:
-            return ""

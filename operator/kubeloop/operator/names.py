@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
 MAX_NAME = 63
-
-
-def spec_hash(obj: Any) -> str:
-    """A stable short hash of a JSON-serialisable object (key order does not matter)."""
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
 def child_name(parent: str, suffix: str) -> str:

@@ -36,30 +36,23 @@ from pydantic import ValidationError
 from kubeloop.api.base import API_VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec
 from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
-from kubeloop.operator import metrics
+from kubeloop.operator import builders, metrics
 from kubeloop.operator.alerts.payload import Alert
 from kubeloop.operator.handlers.common import Context
 from kubeloop.operator.kube import ConflictError, Kube
 from kubeloop.operator.names import child_name
+from kubeloop.operator.timestamps import parse, rfc3339
 
 log = logging.getLogger("kubeloop.retrain")
 
 Decision = Literal[
     "created", "cooldown", "duplicate", "max-concurrent", "disabled", "unknown-deployment"
 ]
-DECISIONS: tuple[Decision, ...] = (
-    "created",
-    "cooldown",
-    "duplicate",
-    "max-concurrent",
-    "disabled",
-    "unknown-deployment",
-)
 TriggerKind = Literal["alert", "schedule"]
 MD_KIND = "ModelDeployment"
 
 #: Labels and annotations of a TrainingJob the policy created.
-DEPLOYMENT_LABEL = "kubeloop.io/model-deployment"
+DEPLOYMENT_LABEL = builders.DEPLOYMENT_LABEL
 TRIGGER_LABEL = "kubeloop.io/retrain-trigger"
 FINGERPRINT_LABEL = "kubeloop.io/alert-fingerprint"
 ALERTNAME_ANNOTATION = "kubeloop.io/alert-name"
@@ -77,10 +70,6 @@ _REASONS: dict[Decision, str] = {
     "disabled": "RetrainDisabled",
     "unknown-deployment": "RetrainUnknownDeployment",
 }
-
-
-def _rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -107,11 +96,11 @@ class Trigger:
 
     @classmethod
     def from_tick(cls, tick: datetime) -> Trigger:
-        return cls(kind="schedule", key=f"schedule:{_rfc3339(tick)}", time=tick)
+        return cls(kind="schedule", key=f"schedule:{rfc3339(tick)}", time=tick)
 
     def describe(self) -> str:
         if self.kind == "schedule":
-            return f"schedule tick {_rfc3339(self.time)}"
+            return f"schedule tick {rfc3339(self.time)}"
         value = f", value {self.value}" if self.value else ""
         return f"alert {self.alert_name or '?'} (fingerprint {self.fingerprint}{value})"
 
@@ -128,12 +117,6 @@ def training_job_name(md_name: str, trigger: Trigger) -> str:
     """Deterministic: the same trigger for the same ModelDeployment names the same TrainingJob."""
     digest = hashlib.sha256(f"{md_name}\n{trigger.key}".encode()).hexdigest()[:10]
     return child_name(md_name, f"retrain-{digest}")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def unfinished(spec: ModelDeploymentSpec, trainingjobs: Sequence[dict[str, Any]]) -> list[str]:
@@ -177,13 +160,13 @@ def decide(
             f"{trigger.describe()}: {len(running)} TrainingJob(s) still running "
             f"({', '.join(running[:5])}); maxConcurrent is {spec.retrain.max_concurrent}",
         )
-    last = parse_time((status.get("lastRetrain") or {}).get("time"))
+    last = parse((status.get("lastRetrain") or {}).get("time"))
     cooldown = timedelta(seconds=duration_seconds(spec.retrain.cooldown))
     if last is not None and now - last < cooldown:
         return Verdict(
             "cooldown",
-            f"{trigger.describe()}: last retrain at {_rfc3339(last)}, cooldown "
-            f"{spec.retrain.cooldown} lasts until {_rfc3339(last + cooldown)}",
+            f"{trigger.describe()}: last retrain at {rfc3339(last)}, cooldown "
+            f"{spec.retrain.cooldown} lasts until {rfc3339(last + cooldown)}",
         )
     return Verdict("created", f"{trigger.describe()}: created TrainingJob {name}")
 
@@ -211,7 +194,7 @@ def build_training_job(
         template.dataset_ref.version = data_version
     md_name = md["metadata"]["name"]
     labels = {
-        "app.kubernetes.io/managed-by": "kubeloop",
+        builders.MANAGED_BY_LABEL: builders.MANAGED_BY,
         DEPLOYMENT_LABEL: md_name,
         TRIGGER_LABEL: trigger.kind,
     }
@@ -228,7 +211,7 @@ def build_training_job(
         if trigger.value is not None:
             annotations[VALUE_ANNOTATION] = trigger.value
     else:
-        annotations[TICK_ANNOTATION] = _rfc3339(trigger.time)
+        annotations[TICK_ANNOTATION] = rfc3339(trigger.time)
     return {
         "apiVersion": API_VERSION,
         "kind": "TrainingJob",
@@ -250,7 +233,7 @@ def status_patch(
     patch: dict[str, Any] = {"retrainKeys": [trigger.key, *keys][:keep]}
     if tj_name is not None:
         record: dict[str, Any] = {
-            "time": _rfc3339(now),
+            "time": rfc3339(now),
             "trainingJob": tj_name,
             "trigger": trigger.kind,
         }
@@ -265,7 +248,7 @@ def build_event(
 ) -> dict[str, Any]:
     """A core/v1 Event on the ModelDeployment reporting one decision."""
     meta = md["metadata"]
-    stamp = _rfc3339(now)
+    stamp = rfc3339(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -301,6 +284,50 @@ def _get_md(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+def needs_record(
+    md: dict[str, Any], trigger: Trigger, verdict: Verdict, created: str | None
+) -> bool:
+    """Whether the trigger's key goes into the status (pure).
+
+    A created TrainingJob always. Alerts: a skipped one may be acted on when
+    re-delivered after the cooldown, so only a duplicate is recorded. Schedule
+    ticks: each is decided once. A key already recorded (a re-delivery) needs no write.
+    """
+    recorded = trigger.key in ((md.get("status") or {}).get("retrainKeys") or [])
+    if created:
+        return True
+    return not recorded and (verdict.decision == "duplicate" or trigger.kind == "schedule")
+
+
+def _create(kube: Kube, md: dict[str, Any], trigger: Trigger) -> bool:
+    """Create the TrainingJob of a ``created`` verdict; False when it exists already."""
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    assert spec.retrain is not None
+    namespace = md["metadata"]["namespace"]
+    dataset = kube.get(API_VERSION, "Dataset", namespace, spec.retrain.template.dataset_ref.name)
+    try:
+        kube.create(
+            build_training_job(md, spec, trigger, newest_dataset_version(dataset)), exist_ok=False
+        )
+    except ConflictError:
+        return False
+    metrics.CHILDREN_CREATED.labels(kind="TrainingJob").inc()
+    return True
+
+
+def _report(
+    kube: Kube, md: dict[str, Any], trigger: Trigger, verdict: Verdict, now: datetime
+) -> None:
+    """Log and count the decision, and post it as an Event on the ModelDeployment."""
+    namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+    log.info("%s/%s: %s: %s", namespace, name, verdict.decision, verdict.message)
+    metrics.RETRAIN_DECISIONS.labels(decision=verdict.decision, trigger=trigger.kind).inc()
+    try:
+        kube.create(build_event(md, verdict, now, socket.gethostname()))
+    except (ApiException, ConflictError) as exc:  # an Event is a report, not the decision
+        log.warning("%s/%s: could not post Event: %s", namespace, name, exc)
+
+
 def act(
     ctx: Context, trigger: Trigger, namespace: str, name: str, now: datetime | None = None
 ) -> Verdict:
@@ -321,34 +348,14 @@ def act(
         verdict = decide(trigger, md, trainingjobs, current)
         created: str | None = None
         if verdict.decision == "created":
-            spec = ModelDeploymentSpec.model_validate(md["spec"])
-            assert spec.retrain is not None
-            dataset = kube.get(
-                API_VERSION, "Dataset", namespace, spec.retrain.template.dataset_ref.name
-            )
-            obj = build_training_job(md, spec, trigger, newest_dataset_version(dataset))
-            try:
-                kube.create(obj, exist_ok=False)
-                created = obj["metadata"]["name"]
-                metrics.CHILDREN_CREATED.labels(kind="TrainingJob").inc()
-            except ConflictError:
-                verdict = Verdict(
-                    "duplicate",
-                    f"{trigger.describe()}: TrainingJob {obj['metadata']['name']} exists already",
-                )
-        # Alerts: a skipped one may be acted on when re-delivered after the
-        # cooldown. Schedule ticks: each is decided once. A key already recorded
-        # (a re-delivery) needs no write.
-        recorded = trigger.key in ((md.get("status") or {}).get("retrainKeys") or [])
-        if created or (
-            not recorded and (verdict.decision == "duplicate" or trigger.kind == "schedule")
-        ):
+            tj_name = training_job_name(name, trigger)
+            if _create(kube, md, trigger):
+                created = tj_name
+            else:
+                message = f"{trigger.describe()}: TrainingJob {tj_name} exists already"
+                verdict = Verdict("duplicate", message)
+        if needs_record(md, trigger, verdict, created):
             patch = status_patch(md, trigger, created, current, ctx.settings.retrain_keys_limit)
             kube.patch_status(MD_KIND, namespace, name, patch)
-    log.info("%s/%s: %s: %s", namespace, name, verdict.decision, verdict.message)
-    metrics.RETRAIN_DECISIONS.labels(decision=verdict.decision, trigger=trigger.kind).inc()
-    try:
-        kube.create(build_event(md, verdict, current, socket.gethostname()))
-    except (ApiException, ConflictError) as exc:  # an Event is a report, not the decision
-        log.warning("%s/%s: could not post Event: %s", namespace, name, exc)
+    _report(kube, md, trigger, verdict, current)
     return verdict

@@ -45,9 +45,6 @@ class OperatorSettings(BaseSettings):
     resync_seconds: float = Field(
         10.0, gt=0, description="How often each object's observed state is refreshed."
     )
-    retry_seconds: float = Field(
-        5.0, gt=0, description="Delay before retrying when a dependency is not ready."
-    )
     history_limit: int = Field(10, ge=1, le=100, description="Dataset versions kept in status.")
     metrics_port: int = Field(
         8090, ge=0, lt=65536, description="Port of the operator's /metrics (0 disables)."

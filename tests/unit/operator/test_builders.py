@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
+from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, JobResult
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
@@ -82,7 +83,7 @@ def test_model_version_records_lineage(settings):
     summary = JobResult(
         kind="train",
         status="succeeded",
-        artifact_uri="file:///a/model.onnx",
+        artifact_uri=f"file:///a/{ArtifactLayout.MODEL}",
         sha256="a" * 64,
         metrics={"f1": 0.97},
     )
@@ -95,12 +96,15 @@ def test_model_version_records_lineage(settings):
     assert mv["metadata"]["labels"]["kubeloop.io/model"] == "breast-cancer"
 
 
+def serving_version(version: int) -> dict:
+    uri = f"file:///data/kubeloop/models/ml/x/{ArtifactLayout.MODEL}"
+    return {"spec": {"version": version, "artifact": {"uri": uri}}}
+
+
 def test_serving_deployment_and_routing(settings):
     md = parent("ModelDeployment")
     spec = ModelDeploymentSpec.model_validate(md["spec"])
-    mv = {
-        "spec": {"version": 2, "artifact": {"uri": "file:///data/kubeloop/models/ml/x/model.onnx"}}
-    }
+    mv = serving_version(2)
     dep = builders.build_serving_deployment(md, spec, mv, "stable", 2, settings)
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert dep["metadata"]["name"] == "demo-stable"
@@ -129,3 +133,51 @@ def test_serving_deployment_and_routing(settings):
         == 0
     )
     assert builders.build_hpa(md, spec) is None
+
+
+def kinds(children: list) -> list[tuple[str, str]]:
+    """(kind, name) of each child, ``-`` before the kind of one that must be absent."""
+    return [
+        (f"-{c.kind}", c.name)
+        if isinstance(c, builders.Absent)
+        else (c["kind"], c["metadata"]["name"])
+        for c in children
+    ]
+
+
+def test_serving_children_without_a_canary_delete_its_objects(settings):
+    md = parent("ModelDeployment")
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    children = builders.serving_children(md, spec, serving_version(1), None, 0, settings)
+    assert kinds(children) == [
+        ("Deployment", "demo-stable"),
+        ("Service", "demo"),
+        ("ConfigMap", "demo-routing"),
+        ("-HorizontalPodAutoscaler", "demo-stable"),
+        ("-Deployment", "demo-canary"),
+        ("-Service", "demo-canary"),
+    ]
+    assert children[0]["spec"]["replicas"] == 2
+    assert children[0]["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
+
+
+def test_serving_children_with_a_canary_and_an_autoscaler(settings):
+    md = parent("ModelDeployment")
+    md["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 5}
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    children = builders.serving_children(
+        md, spec, serving_version(1), serving_version(2), 10, settings
+    )
+    assert kinds(children) == [
+        ("Deployment", "demo-stable"),
+        ("Service", "demo"),
+        ("ConfigMap", "demo-routing"),
+        ("HorizontalPodAutoscaler", "demo-stable"),
+        ("Deployment", "demo-canary"),
+        ("Service", "demo-canary"),
+    ]
+    stable, canary = children[0], children[4]
+    assert "replicas" not in stable["spec"]  # the autoscaler owns it
+    assert canary["spec"]["replicas"] == 1  # 10% of 2, at least one
+    assert canary["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
+    assert json.loads(children[2]["data"]["routing.json"])["canary_version"] == 2

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from kubeloop.operator.alerts.rules import FORMATS, Format, RuleOptions, render
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _label(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -17,6 +22,17 @@ def _label(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return labels
 
 
+#: The option defaults are the rules' own.
+_DEFAULTS = RuleOptions()
+
+
+def _rows_option(flag: str, default: int, help_: str) -> Callable[[F], F]:
+    """A row-count minimum: an integer from 0."""
+    return click.option(
+        flag, type=click.IntRange(min=0), default=default, show_default=True, help=help_
+    )
+
+
 @click.command("rules")
 @click.option(
     "--format",
@@ -27,33 +43,34 @@ def _label(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     help="rules: a Prometheus rules file; prometheusrule: a prometheus-operator "
     "PrometheusRule; configmap: a ConfigMap holding the rules file.",
 )
-@click.option("--drift-for", default="5m", show_default=True, help="`for:` of the drift alert.")
 @click.option(
+    "--drift-for", default=_DEFAULTS.drift_for, show_default=True, help="`for:` of the drift alert."
+)
+@_rows_option(
     "--min-window-rows",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="Rows the drift window must hold before its score counts.",
+    _DEFAULTS.min_window_rows,
+    "Rows the drift window must hold before its score counts.",
 )
 @click.option(
-    "--online-for", default="10m", show_default=True, help="`for:` of the online-metric alert."
+    "--online-for",
+    default=_DEFAULTS.online_for,
+    show_default=True,
+    help="`for:` of the online-metric alert.",
 )
 @click.option(
     "--online-floor",
     type=click.FloatRange(0, 1),
-    default=0.8,
+    default=_DEFAULTS.online_floor,
     show_default=True,
     help="Accuracy floor for pods that export no kubeloop_online_metric_floor gauge.",
 )
-@click.option(
+@_rows_option(
     "--online-min-rows",
-    type=click.IntRange(min=0),
-    default=100,
-    show_default=True,
-    help="Feedback rows needed before the online metric counts.",
+    _DEFAULTS.online_min_rows,
+    "Feedback rows needed before the online metric counts.",
 )
-@click.option("--interval", default=None, help="Evaluation interval of the group.")
-@click.option("--severity", default="warning", show_default=True, help="severity label.")
+@click.option("--interval", default=_DEFAULTS.interval, help="Evaluation interval of the group.")
+@click.option("--severity", default=_DEFAULTS.severity, show_default=True, help="severity label.")
 @click.option("--name", default="kubeloop-rules", show_default=True, help="Object name.")
 @click.option("--namespace", default=None, help="Object namespace.")
 @click.option(

@@ -1,4 +1,4 @@
-"""What every handler shares: the context, status writes, and reading Job results."""
+"""What every handler shares: the context, one reconcile pass and its status writes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -15,10 +15,15 @@ import kopf
 from pydantic import ValidationError
 
 from kubeloop.api.base import API_VERSION, KubeModel
+from kubeloop.contracts.status import READY
 from kubeloop.operator import metrics
 from kubeloop.operator.conditions import set_condition
 from kubeloop.operator.kube import Kube
 from kubeloop.operator.settings import OperatorSettings
+
+#: The settings the kopf decorators need when a handler module is imported (timer
+#: intervals), before the startup handler has built the :class:`Context`.
+IMPORT_SETTINGS = OperatorSettings()
 
 
 @dataclass
@@ -89,6 +94,10 @@ class Reconcile:
             self.generation,
         )
 
+    def ready(self, status: bool | None, reason: str, message: str = "") -> None:
+        """Set the ``Ready`` condition every kind carries."""
+        self.condition(READY, status, reason, message)
+
     def info(self, reason: str, message: str) -> None:
         """A Normal Event on the object (posted whatever kopf's own log-posting level)."""
         kopf.event(self._kopf_body, type="Normal", reason=reason, message=message)
@@ -116,7 +125,7 @@ def parse_spec(model: type[M], rec: Reconcile) -> M:
         message = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        rec.condition("Ready", False, "InvalidSpec", message)
+        rec.ready(False, "InvalidSpec", message)
         raise InvalidSpecError(message) from exc
 
 
@@ -129,7 +138,7 @@ def run_reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     memo: Any,
-    step: Any,
+    step: Callable[[Context, Reconcile], None],
 ) -> None:
     """Run one reconcile pass with the error taxonomy applied and status written once.
 
@@ -156,42 +165,6 @@ def run_reconcile(
         rec.write(patch)
         metrics.RECONCILES.labels(kind=kind, result=result).inc()
         metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
-
-
-def job_state(job: dict[str, Any]) -> str:
-    """``Running``, ``Succeeded`` or ``Failed`` from a Job's conditions."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("status") != "True":
-            continue
-        if condition.get("type") == "Complete":
-            return "Succeeded"
-        if condition.get("type") == "Failed":
-            return "Failed"
-    return "Running"
-
-
-def job_failure(job: dict[str, Any]) -> str:
-    """The reason and message of a failed Job's Failed condition."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
-            return f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".strip()
-    return "Failed"
-
-
-def termination_message(kube: Kube, job: dict[str, Any], container: str) -> str | None:
-    """The termination message of the Job's most recent terminated pod, if any."""
-    meta = job["metadata"]
-    pods = kube.list("v1", "Pod", meta["namespace"], {"job-name": meta["name"]})
-    best: tuple[str, str] | None = None
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (cs.get("state") or {}).get("terminated")
-            if cs.get("name") != container or not terminated:
-                continue
-            finished = str(terminated.get("finishedAt") or "")
-            if best is None or finished >= best[0]:
-                best = (finished, str(terminated.get("message") or ""))
-    return best[1] if best else None
 
 
 def versions_of(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:

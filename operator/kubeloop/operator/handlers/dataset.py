@@ -11,20 +11,18 @@ from kubeloop.api.base import GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import DatasetSpec
 from kubeloop.contracts.results import JobResult
 from kubeloop.operator import builders, metrics
-from kubeloop.operator.conditions import now
 from kubeloop.operator.handlers.common import (
+    IMPORT_SETTINGS,
     Context,
     Reconcile,
-    job_failure,
-    job_state,
     parse_spec,
     run_reconcile,
-    termination_message,
 )
+from kubeloop.operator.handlers.jobs import Finished, job_state, outcome
 from kubeloop.operator.settings import OperatorSettings
+from kubeloop.operator.timestamps import now
 
 KIND = "Dataset"
-_SETTINGS = OperatorSettings()
 
 
 def refresh_round(spec: DatasetSpec, now_s: float) -> int:
@@ -57,20 +55,25 @@ def _record_success(rec: Reconcile, summary: JobResult, settings: OperatorSettin
         snapshotUri=summary.snapshot_uri,
         profileUri=summary.profile_uri,
     )
-    rec.condition("Ready", True, "SnapshotSucceeded", f"{summary.rows} rows, {digest}")
+    rec.ready(True, "SnapshotSucceeded", f"{summary.rows} rows, {digest}")
 
 
-def _harvest(ctx: Context, rec: Reconcile, job: dict[str, Any], state: str) -> None:
-    """Record what a finished snapshot Job found, once."""
-    summary = JobResult.from_message(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
-    rec.status["observedSnapshotJob"] = job["metadata"]["name"]
-    if state == "Succeeded" and summary and summary.digest:
-        _record_success(rec, summary, ctx.settings)
+def _harvest(rec: Reconcile, name: str, done: Finished, settings: OperatorSettings) -> None:
+    """Record what the finished snapshot Job ``name`` found, once."""
+    rec.status["observedSnapshotJob"] = name
+    summary = done.result
+    if done.state == "Succeeded" and summary and summary.digest:
+        _record_success(rec, summary, settings)
         return
-    reason = (summary.reason if summary else None) or job_failure(job)
-    rec.warn(reason="SnapshotFailed", message=reason)
+    rec.warn(reason="SnapshotFailed", message=done.reason)
     # A failed refresh keeps the last good version current.
-    rec.condition("Ready", bool(rec.status.get("version")), "SnapshotFailed", reason)
+    rec.ready(bool(rec.status.get("version")), "SnapshotFailed", done.reason)
+
+
+def _waiting(rec: Reconcile, job_name: str) -> None:
+    """Until the first version exists, Ready says which Job it waits for."""
+    if not rec.status.get("version"):
+        rec.ready(False, "Snapshotting", f"waiting for Job {job_name}")
 
 
 def reconcile(ctx: Context, rec: Reconcile) -> None:
@@ -81,16 +84,14 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     next one starts.
     """
     spec = parse_spec(DatasetSpec, rec)
-    latest = rec.status.get("snapshotJob")
+    latest: str | None = rec.status.get("snapshotJob")
     job = ctx.kube.get("batch/v1", "Job", rec.namespace, latest) if latest else None
-    if job is not None:
-        state = job_state(job)
-        if state == "Running":
-            if not rec.status.get("version"):
-                rec.condition("Ready", False, "Snapshotting", f"waiting for Job {latest}")
+    if latest and job is not None:
+        if job_state(job) == "Running":
+            _waiting(rec, latest)
             return
         if rec.status.get("observedSnapshotJob") != latest:
-            _harvest(ctx, rec, job, state)
+            _harvest(rec, latest, outcome(ctx.kube, job), ctx.settings)
     round_ = refresh_round(spec, time.time())
     wanted = builders.snapshot_job_name(rec.body, round_)
     if wanted == latest:
@@ -99,13 +100,12 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     metrics.CHILDREN_CREATED.labels(kind="Job").inc()
     rec.info(reason="SnapshotStarted", message=f"Job {wanted}")
     rec.status["snapshotJob"] = wanted
-    if not rec.status.get("version"):
-        rec.condition("Ready", False, "Snapshotting", f"waiting for Job {wanted}")
+    _waiting(rec, wanted)
 
 
 @kopf.on.resume(GROUP, VERSION, "datasets")
 @kopf.on.create(GROUP, VERSION, "datasets")
 @kopf.on.update(GROUP, VERSION, "datasets", field="spec")
-@kopf.timer(GROUP, VERSION, "datasets", interval=_SETTINGS.resync_seconds, initial_delay=1)
+@kopf.timer(GROUP, VERSION, "datasets", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1)
 def reconcile_dataset(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)

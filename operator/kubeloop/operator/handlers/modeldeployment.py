@@ -3,33 +3,48 @@
 The rollout is a small state machine kept in ``status`` (stable version, canary
 version, step, when the step began), so every pass decides from the object
 alone and a restarted operator carries on where the last one stopped.
+:func:`advance` decides (pure, from the stored state and the time); the
+reconcile applies its decision and the children :func:`builders.serving_children`
+describes.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
 from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
-from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.api.v1alpha1 import CanaryStep, ModelDeploymentSpec
 from kubeloop.operator import builders
-from kubeloop.operator.conditions import is_true, now
+from kubeloop.operator.conditions import is_true
 from kubeloop.operator.handlers.common import (
+    IMPORT_SETTINGS,
     Context,
     Reconcile,
     parse_spec,
     run_reconcile,
     versions_of,
 )
-from kubeloop.operator.settings import OperatorSettings
+from kubeloop.operator.timestamps import parse, rfc3339
 
 KIND = "ModelDeployment"
 PROMOTE = "kubeloop.io/promote"
 ABORT = "kubeloop.io/abort"
-_SETTINGS = OperatorSettings()
+#: The status keys the rollout state machine owns.
+ROLLOUT_KEYS = ("stableVersion", "canaryVersion", "canaryStep", "stepStartedTime", "abortedVersion")
+_NO_CANARY: dict[str, Any] = {"canaryVersion": None, "canaryStep": None, "stepStartedTime": None}
+
+#: An Event to post: (reason, message).
+Event = tuple[str, str]
+
+
+class Rollout(NamedTuple):
+    """The next rollout state (the :data:`ROLLOUT_KEYS`) and the Events that report it."""
+
+    state: dict[str, Any]
+    events: list[Event]
 
 
 def choose_version(spec: ModelDeploymentSpec, ready: dict[int, dict[str, Any]]) -> int | None:
@@ -37,13 +52,6 @@ def choose_version(spec: ModelDeploymentSpec, ready: dict[int, dict[str, Any]]) 
     if spec.version.policy == "Pinned":
         return spec.version.pinned if spec.version.pinned in ready else None
     return max(ready, default=None)
-
-
-def _elapsed(since: str | None) -> float:
-    if not since:
-        return 0.0
-    started = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (datetime.now(UTC) - started).total_seconds()
 
 
 def deployment_ready(dep: dict[str, Any] | None) -> bool:
@@ -69,178 +77,178 @@ def advance(
     target: int,
     annotations: dict[str, str],
     canary_ready: bool,
-) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """The next rollout state and the events it implies (pure).
+    now: datetime,
+) -> Rollout:
+    """The next rollout state and the Events it implies (pure).
 
-    ``status`` holds ``stableVersion``, ``canaryVersion``, ``canaryStep``,
-    ``stepStartedTime`` and ``abortedVersion``; the result has the same keys.
+    From the stored state in ``status``, the version to serve, the one-shot
+    promote/abort annotations, whether the canary's pods are ready, and the time.
     """
-    state = {
-        k: status.get(k)
-        for k in (
-            "stableVersion",
-            "canaryVersion",
-            "canaryStep",
-            "stepStartedTime",
-            "abortedVersion",
-        )
-    }
-    events: list[tuple[str, str]] = []
-    stable = state["stableVersion"]
+    state = {k: status.get(k) for k in ROLLOUT_KEYS}
+    stable, canary = state["stableVersion"], state["canaryVersion"]
     if stable is None or (spec.canary is None and target != stable):
-        if stable is not None:
-            events.append(("RollingUpdate", f"version {stable} -> {target}"))
-        state.update(
-            stableVersion=target, canaryVersion=None, canaryStep=None, stepStartedTime=None
+        events = [] if stable is None else [("RollingUpdate", f"version {stable} -> {target}")]
+        return Rollout({**state, **_NO_CANARY, "stableVersion": target}, events)
+    if target in (stable, state["abortedVersion"]):
+        gone = (
+            [] if canary is None else [("CanaryRemoved", f"version {canary} is no longer wanted")]
         )
-        return state, events
-    if target == stable or target == state["abortedVersion"]:
-        if state["canaryVersion"] is not None:
-            events.append(
-                ("CanaryRemoved", f"version {state['canaryVersion']} is no longer wanted")
-            )
-        state.update(canaryVersion=None, canaryStep=None, stepStartedTime=None)
-        return state, events
+        return Rollout({**state, **_NO_CANARY}, gone)
     assert spec.canary is not None
     steps = spec.canary.steps
-    if state["canaryVersion"] != target:
+    if canary != target:
         # the first step's pause starts once the canary is ready and gets its share
-        state.update(canaryVersion=target, canaryStep=0, stepStartedTime=None)
-        events.append(("CanaryStarted", f"version {target} at {steps[0].weight}%"))
-        return state, events
+        started = {**state, "canaryVersion": target, "canaryStep": 0, "stepStartedTime": None}
+        return Rollout(started, [("CanaryStarted", f"version {target} at {steps[0].weight}%")])
     if annotations.get(ABORT) == "true":
-        events.append(("CanaryAborted", f"version {target}: all traffic back to {stable}"))
-        state.update(
-            abortedVersion=target, canaryVersion=None, canaryStep=None, stepStartedTime=None
+        aborted = {**state, **_NO_CANARY, "abortedVersion": target}
+        return Rollout(
+            aborted, [("CanaryAborted", f"version {target}: all traffic back to {stable}")]
         )
-        return state, events
-    step = int(state["canaryStep"] or 0)
+    return _walk(state, steps, annotations.get(PROMOTE) == "true", canary_ready, now)
+
+
+def _walk(
+    state: dict[str, Any],
+    steps: list[CanaryStep],
+    promote: bool,
+    canary_ready: bool,
+    now: datetime,
+) -> Rollout:
+    """The canary at its step: hold it, take the next step, or promote it.
+
+    A step's pause runs from when the canary is ready; it advances only while
+    the canary stays ready, and the last step's end (or ``promote``) makes it stable.
+    """
+    target, step = state["canaryVersion"], int(state["canaryStep"] or 0)
     if state["stepStartedTime"] is None and canary_ready:
-        state["stepStartedTime"] = now()
-    held = state["stepStartedTime"] is not None and _elapsed(
-        state["stepStartedTime"]
-    ) >= duration_seconds(steps[step].pause)
-    if annotations.get(PROMOTE) == "true" or (held and canary_ready and step == len(steps) - 1):
-        events.append(("Promoted", f"version {target} is now stable"))
-        state.update(
-            stableVersion=target, canaryVersion=None, canaryStep=None, stepStartedTime=None
-        )
-    elif held and canary_ready:
-        state.update(canaryStep=step + 1, stepStartedTime=now())
-        events.append(("CanaryStep", f"version {target} at {steps[step + 1].weight}%"))
-    return state, events
+        state = {**state, "stepStartedTime": rfc3339(now)}
+    started = parse(state["stepStartedTime"])
+    held = started is not None and (now - started).total_seconds() >= duration_seconds(
+        steps[step].pause
+    )
+    if promote or (held and canary_ready and step == len(steps) - 1):
+        promoted = {**state, **_NO_CANARY, "stableVersion": target}
+        return Rollout(promoted, [("Promoted", f"version {target} is now stable")])
+    if held and canary_ready:
+        stepped = {**state, "canaryStep": step + 1, "stepStartedTime": rfc3339(now)}
+        return Rollout(stepped, [("CanaryStep", f"version {target} at {steps[step + 1].weight}%")])
+    return Rollout(state, [])
 
 
-def reconcile(ctx: Context, rec: Reconcile) -> None:
-    spec = parse_spec(ModelDeploymentSpec, rec)
-    kube, settings = ctx.kube, ctx.settings
-    names = builders.serving_names(rec.name)
-    versions = versions_of(kube, rec.namespace, spec.model_name)
-    ready = {int(mv["spec"]["version"]): mv for mv in versions if is_true(mv.get("status"))}
+def canary_weight(spec: ModelDeploymentSpec, state: dict[str, Any], canary_ready: bool) -> int:
+    """The canary's share of requests: its step's weight, once its pods are ready.
+
+    The stable pods forward only to a canary whose pods are ready: before that its
+    Service may have no endpoints, or not be programmed on the nodes yet.
+    """
+    step = state["canaryStep"]
+    if state["canaryVersion"] is None or spec.canary is None or step is None or not canary_ready:
+        return 0
+    return spec.canary.steps[int(step)].weight
+
+
+def _target(rec: Reconcile, spec: ModelDeploymentSpec, ready: dict[int, Any]) -> int | None:
+    """The version to roll to: the chosen one, else the stable one while it is Ready."""
     target = choose_version(spec, ready)
-    if target is None and rec.status.get("stableVersion") not in ready:
-        wanted = (
-            f"version {spec.version.pinned}" if spec.version.policy == "Pinned" else "a version"
-        )
-        rec.status["phase"] = "Pending"
-        rec.condition(
-            "Ready",
-            False,
-            "NoReadyVersion",
-            f"waiting for {wanted} of {spec.model_name} to be Ready",
-        )
-        return
-    if target is None:
-        target = int(rec.status["stableVersion"])
+    if target is not None:
+        return target
+    stable = rec.status.get("stableVersion")
+    if stable in ready:
+        return int(stable)
+    wanted = f"version {spec.version.pinned}" if spec.version.policy == "Pinned" else "a version"
+    rec.status["phase"] = "Pending"
+    rec.ready(False, "NoReadyVersion", f"waiting for {wanted} of {spec.model_name} to be Ready")
+    return None
+
+
+def _roll(
+    ctx: Context, rec: Reconcile, spec: ModelDeploymentSpec, target: int, canary_ready: bool
+) -> dict[str, Any]:
+    """Decide the rollout's next state and apply the decision: status, Events, annotations."""
     annotations = dict(rec.body["metadata"].get("annotations") or {})
-    canary_dep = kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
-    canary_ready = deployment_ready(canary_dep)
-    state, events = advance(spec, rec.status, target, annotations, canary_ready)
+    now = datetime.now(UTC)
+    state, events = advance(spec, rec.status, target, annotations, canary_ready, now)
     rec.status.update(state)
     for reason, message in events:
         rec.info(reason=reason, message=message)
     handled = {k: None for k in (PROMOTE, ABORT) if k in annotations}
     if handled:  # one-shot commands: acted on, so take them off
-        kube.patch_metadata(API_VERSION, KIND, rec.namespace, rec.name, {"annotations": handled})
+        patch = {"annotations": handled}
+        ctx.kube.patch_metadata(API_VERSION, KIND, rec.namespace, rec.name, patch)
+    return state
 
-    stable_mv = ready.get(state["stableVersion"]) or next(
-        (mv for mv in versions if int(mv["spec"]["version"]) == state["stableVersion"]), None
-    )
-    if stable_mv is None:
-        rec.condition("Ready", False, "VersionMissing", f"version {state['stableVersion']} is gone")
-        rec.status["phase"] = "Degraded"
-        return
-    canary_version = state["canaryVersion"]
-    step = state["canaryStep"]
-    # The stable pods forward only to a canary whose pods are ready: before that its
-    # Service may have no endpoints, or not be programmed on the nodes yet.
-    weight = (
-        spec.canary.steps[step].weight
-        if canary_version is not None and spec.canary and step is not None and canary_ready
-        else 0
-    )
-    replicas = spec.replicas
-    stable_dep = builders.build_serving_deployment(
-        rec.body, spec, stable_mv, "stable", replicas, settings
-    )
-    if spec.autoscaling is not None:
-        del stable_dep["spec"]["replicas"]  # the autoscaler owns it
-    _apply(ctx, stable_dep)
-    _apply(ctx, builders.build_service(rec.body, "stable", settings))
-    _apply(ctx, builders.build_routing_config(rec.body, weight, canary_version, settings))
-    hpa = builders.build_hpa(rec.body, spec)
-    if hpa is not None:
-        _apply(ctx, hpa)
-    else:
-        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", rec.namespace, names["stable"])
-    if canary_version is not None:
-        canary_replicas = max(1, math.ceil(replicas * weight / 100))
-        canary_mv = ready[canary_version]
-        _apply(
-            ctx,
-            builders.build_serving_deployment(
-                rec.body, spec, canary_mv, "canary", canary_replicas, settings
-            ),
-        )
-        _apply(ctx, builders.build_service(rec.body, "canary", settings))
-    else:
-        kube.delete("apps/v1", "Deployment", rec.namespace, names["canary"])
-        kube.delete("v1", "Service", rec.namespace, names["canary_service"])
 
-    rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, settings))
-    serving = deployment_ready(kube.get("apps/v1", "Deployment", rec.namespace, names["stable"]))
-    if canary_version is not None:
+def _version(
+    versions: list[dict[str, Any]], ready: dict[int, dict[str, Any]], number: int
+) -> dict[str, Any] | None:
+    """ModelVersion ``number``: the Ready one, else any (a stable version stays served)."""
+    return ready.get(number) or next(
+        (mv for mv in versions if int(mv["spec"]["version"]) == number), None
+    )
+
+
+def _apply(ctx: Context, children: list[dict[str, Any] | builders.Absent]) -> None:
+    for child in children:
+        if isinstance(child, builders.Absent):
+            ctx.kube.delete(child.api_version, child.kind, child.namespace, child.name)
+        else:
+            ctx.kube.apply(child)
+
+
+def _report(rec: Reconcile, state: dict[str, Any], target: int, weight: int, serving: bool) -> None:
+    """Phase and conditions from the rollout state and whether the stable pods serve."""
+    stable, canary = state["stableVersion"], state["canaryVersion"]
+    if canary is not None:
         rec.status["phase"] = "Progressing"
-        rec.condition("Progressing", True, "Canary", f"version {canary_version} at {weight}%")
+        rec.condition("Progressing", True, "Canary", f"version {canary} at {weight}%")
+    elif state["abortedVersion"] is not None and state["abortedVersion"] == target:
+        rec.status["phase"] = "Serving" if serving else "Pending"
+        rec.condition("Progressing", False, "CanaryAborted", f"canary of version {target} aborted")
     else:
         rec.status["phase"] = "Serving" if serving else "Pending"
-        aborted = state["abortedVersion"] is not None and state["abortedVersion"] == target
-        rec.condition(
-            "Progressing",
-            False,
-            "CanaryAborted" if aborted else "Complete",
-            f"canary of version {target} aborted"
-            if aborted
-            else f"serving version {state['stableVersion']}",
-        )
-    rec.condition(
-        "Ready",
-        serving,
-        "Serving" if serving else "Deploying",
-        f"version {state['stableVersion']}" + ("" if serving else ": waiting for ready pods"),
-    )
+        rec.condition("Progressing", False, "Complete", f"serving version {stable}")
+    waiting = "" if serving else ": waiting for ready pods"
+    rec.ready(serving, "Serving" if serving else "Deploying", f"version {stable}{waiting}")
     rec.condition("Degraded", False, "AsExpected")
 
 
-def _apply(ctx: Context, obj: dict[str, Any]) -> None:
-    ctx.kube.apply(obj)
+def reconcile(ctx: Context, rec: Reconcile) -> None:
+    """Choose the version, move the rollout on, and make the children match."""
+    spec = parse_spec(ModelDeploymentSpec, rec)
+    names = builders.serving_names(rec.name)
+    versions = versions_of(ctx.kube, rec.namespace, spec.model_name)
+    ready = {int(mv["spec"]["version"]): mv for mv in versions if is_true(mv.get("status"))}
+    target = _target(rec, spec, ready)
+    if target is None:
+        return
+    canary_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
+    canary_ready = deployment_ready(canary_dep)
+    state = _roll(ctx, rec, spec, target, canary_ready)
+    stable_mv = _version(versions, ready, state["stableVersion"])
+    if stable_mv is None:
+        rec.ready(False, "VersionMissing", f"version {state['stableVersion']} is gone")
+        rec.status["phase"] = "Degraded"
+        return
+    weight = canary_weight(spec, state, canary_ready)
+    canary = state["canaryVersion"]
+    canary_mv = ready[canary] if canary is not None else None
+    _apply(
+        ctx,
+        builders.serving_children(rec.body, spec, stable_mv, canary_mv, weight, ctx.settings),
+    )
+    rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
+    stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
+    _report(rec, state, target, weight, deployment_ready(stable_dep))
 
 
 @kopf.on.resume(GROUP, VERSION, "modeldeployments")
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="spec")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="metadata.annotations")
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=_SETTINGS.resync_seconds, initial_delay=1)
+@kopf.timer(
+    GROUP, VERSION, "modeldeployments", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1
+)
 def reconcile_modeldeployment(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:

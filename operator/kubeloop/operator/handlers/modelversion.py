@@ -8,15 +8,27 @@ import kopf
 
 from kubeloop.api.base import GROUP, VERSION
 from kubeloop.api.v1alpha1 import ModelVersionSpec
-from kubeloop.operator.handlers.common import Context, Reconcile, parse_spec, run_reconcile
-from kubeloop.operator.settings import OperatorSettings
+from kubeloop.operator.handlers.common import (
+    IMPORT_SETTINGS,
+    Context,
+    Reconcile,
+    parse_spec,
+    run_reconcile,
+)
 from kubeloop.operator.store import StoreUnavailableError, sha256_of
 
 KIND = "ModelVersion"
-_SETTINGS = OperatorSettings()
+VERIFIED = "Verified"
+
+
+def _unverified(rec: Reconcile, verified: bool | None, reason: str, message: str) -> None:
+    """Not verified (False), or not verifiable now (None): never Ready, so never served."""
+    rec.condition(VERIFIED, verified, reason, message)
+    rec.ready(False, reason, message)
 
 
 def reconcile(_: Context, rec: Reconcile) -> None:
+    """Hash the artifact until it matches the spec's sha256; once it does, nothing more."""
     spec = parse_spec(ModelVersionSpec, rec)
     if rec.status.get("verifiedSha256") == spec.artifact.sha256:
         return  # the spec is immutable: once verified, always verified
@@ -24,22 +36,19 @@ def reconcile(_: Context, rec: Reconcile) -> None:
     try:
         actual = sha256_of(uri)
     except FileNotFoundError:
-        rec.condition("Verified", False, "ArtifactNotFound", f"{uri} does not exist")
-        rec.condition("Ready", False, "ArtifactNotFound", f"{uri} does not exist")
+        _unverified(rec, False, "ArtifactNotFound", f"{uri} does not exist")
         return  # the resync timer looks again
     except (OSError, StoreUnavailableError) as exc:
-        rec.condition("Verified", None, "StoreUnreachable", str(exc))
-        rec.condition("Ready", False, "StoreUnreachable", str(exc))
+        _unverified(rec, None, "StoreUnreachable", str(exc))
         return
     if actual != spec.artifact.sha256:
         message = f"sha256 of {uri} is {actual}, spec says {spec.artifact.sha256}"
-        rec.condition("Verified", False, "DigestMismatch", message)
-        rec.condition("Ready", False, "DigestMismatch", message)
+        _unverified(rec, False, "DigestMismatch", message)
         rec.warn(reason="DigestMismatch", message=message)
         return
     rec.status["verifiedSha256"] = actual
-    rec.condition("Verified", True, "DigestMatches", f"sha256 {actual[:12]}…")
-    rec.condition("Ready", True, "Verified", f"{spec.model_name} version {spec.version}")
+    rec.condition(VERIFIED, True, "DigestMatches", f"sha256 {actual[:12]}…")
+    rec.ready(True, "Verified", f"{spec.model_name} version {spec.version}")
     rec.info(reason="Verified", message=f"artifact {uri} verified")
 
 
@@ -49,7 +58,7 @@ def reconcile(_: Context, rec: Reconcile) -> None:
     GROUP,
     VERSION,
     "modelversions",
-    interval=_SETTINGS.resync_seconds,
+    interval=IMPORT_SETTINGS.resync_seconds,
     initial_delay=1,
     when=lambda status, spec, **_: (
         status.get("verifiedSha256") != spec.get("artifact", {}).get("sha256")

@@ -17,11 +17,10 @@ from croniter import croniter
 
 from kubeloop.api.base import GROUP, VERSION
 from kubeloop.operator import retrain
-from kubeloop.operator.handlers.common import context
-from kubeloop.operator.settings import OperatorSettings
+from kubeloop.operator.handlers.common import IMPORT_SETTINGS, context
+from kubeloop.operator.timestamps import parse
 
 log = logging.getLogger("kubeloop.schedule")
-_SETTINGS = OperatorSettings()
 
 
 def due_tick(schedule: str, created: datetime, now: datetime) -> datetime | None:
@@ -46,14 +45,14 @@ def _scheduled(spec: kopf.Spec, **_: Any) -> bool:
     GROUP,
     VERSION,
     "modeldeployments",
-    interval=_SETTINGS.schedule_check_seconds,
+    interval=IMPORT_SETTINGS.schedule_check_seconds,
     initial_delay=1,
     when=_scheduled,
 )
 def retrain_on_schedule(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body["metadata"]
     schedule = str((body["spec"].get("retrain") or {}).get("schedule") or "")
-    created = retrain.parse_time(meta.get("creationTimestamp"))
+    created = parse(meta.get("creationTimestamp"))
     now = datetime.now(UTC)
     try:
         tick = due_tick(schedule, created or now, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -12,29 +13,30 @@ from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.results import JobResult
 from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
 from kubeloop.operator import builders, metrics
-from kubeloop.operator.conditions import is_true, now
+from kubeloop.operator.conditions import is_true
 from kubeloop.operator.handlers.common import (
+    IMPORT_SETTINGS,
     Context,
     Reconcile,
-    job_failure,
-    job_state,
     parse_spec,
     run_reconcile,
-    termination_message,
     versions_of,
 )
+from kubeloop.operator.handlers.jobs import Finished, job_state, outcome
 from kubeloop.operator.kube import ConflictError, Kube
 from kubeloop.operator.names import model_version_name
 from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.store import read_json
+from kubeloop.operator.timestamps import now
 
 KIND = "TrainingJob"
-_SETTINGS = OperatorSettings()
+#: Why a Job that completed without publishing anything failed.
+NO_ARTIFACT = "trainer reported no artifact in its termination message"
 #: Versions tried past the highest existing one before giving up for this pass.
 MAX_ALLOCATION_TRIES = 50
 
 
-def snapshot_uri(dataset: dict[str, Any], version: str, settings: OperatorSettings) -> str | None:
+def snapshot_uri(dataset: dict[str, Any], version: str, settings: OperatorSettings) -> str:
     """Where the snapshot of ``version`` of ``dataset`` is, from its status."""
     status = dataset.get("status") or {}
     if status.get("version") == version and status.get("snapshotUri"):
@@ -49,7 +51,10 @@ def snapshot_uri(dataset: dict[str, Any], version: str, settings: OperatorSettin
 
 
 def allocate_model_version(
-    kube: Kube, tj: dict[str, Any], spec: TrainingJobSpec, build: Any
+    kube: Kube,
+    tj: dict[str, Any],
+    spec: TrainingJobSpec,
+    build: Callable[[int, str], dict[str, Any]],
 ) -> dict[str, Any]:
     """Create the ModelVersion of a succeeded TrainingJob, exactly once.
 
@@ -63,7 +68,7 @@ def allocate_model_version(
         API_VERSION,
         "ModelVersion",
         namespace,
-        {"kubeloop.io/training-job-uid": tj["metadata"]["uid"]},
+        {builders.TRAINING_JOB_UID_LABEL: tj["metadata"]["uid"]},
     )
     if mine:
         return mine[0]
@@ -95,69 +100,46 @@ def _resolve_data(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> str | 
     dataset = ctx.kube.get(API_VERSION, "Dataset", rec.namespace, spec.dataset_ref.name)
     if dataset is None:
         rec.status.setdefault("phase", "Pending")
-        rec.condition(
-            "Ready", False, "DatasetNotFound", f"Dataset {spec.dataset_ref.name} not found"
-        )
+        rec.ready(False, "DatasetNotFound", f"Dataset {spec.dataset_ref.name} not found")
         return None
     version = rec.status.get("datasetVersion") or spec.dataset_ref.version
     if version is None:
         if not is_true(dataset.get("status")):
             rec.status["phase"] = "Pending"
-            rec.condition(
-                "Ready", False, "DatasetNotReady", f"Dataset {spec.dataset_ref.name} is not Ready"
-            )
+            rec.ready(False, "DatasetNotReady", f"Dataset {spec.dataset_ref.name} is not Ready")
             return None
         version = dataset["status"]["version"]
     rec.status["datasetVersion"] = version
     return snapshot_uri(dataset, version, ctx.settings)
 
 
-def reconcile(ctx: Context, rec: Reconcile) -> None:
-    spec = parse_spec(TrainingJobSpec, rec)
-    if rec.status.get("phase") in TRAINING_TERMINAL_PHASES:
+def _start(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, job_name: str) -> None:
+    """Create the trainer Job once the data version is known."""
+    data_uri = _resolve_data(ctx, rec, spec)
+    if data_uri is None:
         return
-    job_name = builders.trainer_job_name(rec.body)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, job_name)
-    if job is None:
-        data_uri = _resolve_data(ctx, rec, spec)
-        if data_uri is None:
-            return
-        ctx.kube.create(builders.build_trainer_job(rec.body, spec, data_uri, ctx.settings))
-        metrics.CHILDREN_CREATED.labels(kind="Job").inc()
-        rec.info(
-            reason="TrainingStarted",
-            message=f"Job {job_name} on {rec.status['datasetVersion']}",
-        )
-        rec.status.update(phase="Running", jobName=job_name, startTime=now())
-        rec.condition("Ready", False, "Training", f"Job {job_name} is running")
-        return
-    rec.status.update(jobName=job_name)
-    rec.status.setdefault("startTime", now())
-    state = job_state(job)
-    if state == "Running":
-        rec.status["phase"] = "Running"
-        rec.condition("Ready", False, "Training", f"Job {job_name} is running")
-        return
-    summary = JobResult.from_message(termination_message(ctx.kube, job, builders.TRAINER_CONTAINER))
-    if summary is None:
-        summary = JobResult(kind="train", status="failed")
-    if summary.metrics:
-        rec.status["metrics"] = summary.metrics
-    rec.status.setdefault("completionTime", now())
-    if summary.status == "rejected":
-        reason = summary.reason or "quality gate not met"
-        rec.status.update(phase="Rejected", reason=reason)
-        rec.condition("Ready", False, "GateRejected", reason)
-        rec.warn(reason="GateRejected", message=reason)
-        return
-    if state == "Failed" or not summary.artifact_uri or not summary.sha256:
-        reason = summary.reason or job_failure(job)
-        if state == "Succeeded":
-            reason = "trainer reported no artifact in its termination message"
-        rec.status.update(phase="Failed", reason=reason)
-        rec.condition("Ready", False, "TrainingFailed", reason)
-        rec.warn(reason="TrainingFailed", message=reason)
-        return
+    ctx.kube.create(builders.build_trainer_job(rec.body, spec, data_uri, ctx.settings))
+    metrics.CHILDREN_CREATED.labels(kind="Job").inc()
+    rec.info(reason="TrainingStarted", message=f"Job {job_name} on {rec.status['datasetVersion']}")
+    rec.status.update(jobName=job_name, startTime=now())
+    _running(rec, job_name)
+
+
+def _running(rec: Reconcile, job_name: str) -> None:
+    """The trainer Job runs: nothing to do but say so."""
+    rec.status["phase"] = "Running"
+    rec.ready(False, "Training", f"Job {job_name} is running")
+
+
+def _end(rec: Reconcile, phase: str, reason_code: str, reason: str) -> None:
+    """A terminal phase without a ModelVersion: the reason in status, a Warning Event."""
+    rec.status.update(phase=phase, reason=reason)
+    rec.ready(False, reason_code, reason)
+    rec.warn(reason=reason_code, message=reason)
+
+
+def _publish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, summary: JobResult) -> None:
+    """Create the ModelVersion of the trained artifact and point the status at it."""
     data_version = str(rec.status.get("datasetVersion") or "")
     metadata = read_metadata(summary)
 
@@ -167,13 +149,47 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         )
 
     mv = allocate_model_version(ctx.kube, rec.body, spec, build)
-    version = int(mv["spec"]["version"])
-    rec.status.update(phase="Succeeded", modelVersion=mv["metadata"]["name"], version=version)
-    rec.condition("Ready", True, "Succeeded", f"published {mv['metadata']['name']}")
-    rec.info(
-        reason="ModelVersionCreated",
-        message=f"{mv['metadata']['name']} (version {version})",
-    )
+    name, version = mv["metadata"]["name"], int(mv["spec"]["version"])
+    rec.status.update(phase="Succeeded", modelVersion=name, version=version)
+    rec.ready(True, "Succeeded", f"published {name}")
+    rec.info(reason="ModelVersionCreated", message=f"{name} (version {version})")
+
+
+def _finish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, done: Finished) -> None:
+    """Record how the trainer Job ended: rejected, failed, or a new ModelVersion."""
+    summary = done.result or JobResult(kind="train", status="failed")
+    if summary.metrics:
+        rec.status["metrics"] = summary.metrics
+    rec.status.setdefault("completionTime", now())
+    if summary.status == "rejected":
+        _end(rec, "Rejected", "GateRejected", summary.reason or "quality gate not met")
+    elif done.state == "Failed" or not (summary.artifact_uri and summary.sha256):
+        _end(
+            rec,
+            "Failed",
+            "TrainingFailed",
+            NO_ARTIFACT if done.state == "Succeeded" else done.reason,
+        )
+    else:
+        _publish(ctx, rec, spec, summary)
+
+
+def reconcile(ctx: Context, rec: Reconcile) -> None:
+    """Start the trainer Job, follow it, and publish what it trained; nothing after the end."""
+    spec = parse_spec(TrainingJobSpec, rec)
+    if rec.status.get("phase") in TRAINING_TERMINAL_PHASES:
+        return
+    job_name = builders.trainer_job_name(rec.body)
+    job = ctx.kube.get("batch/v1", "Job", rec.namespace, job_name)
+    if job is None:
+        _start(ctx, rec, spec, job_name)
+        return
+    rec.status.update(jobName=job_name)
+    rec.status.setdefault("startTime", now())
+    if job_state(job) == "Running":
+        _running(rec, job_name)
+    else:
+        _finish(ctx, rec, spec, outcome(ctx.kube, job))
 
 
 @kopf.on.resume(GROUP, VERSION, "trainingjobs")
@@ -183,7 +199,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     GROUP,
     VERSION,
     "trainingjobs",
-    interval=_SETTINGS.resync_seconds,
+    interval=IMPORT_SETTINGS.resync_seconds,
     initial_delay=1,
     when=lambda status, **_: status.get("phase") not in TRAINING_TERMINAL_PHASES,
 )

@@ -1,0 +1,68 @@
+"""Reading a snapshot or trainer Job: its state and, once it has finished, its result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubeloop.contracts.results import JobResult
+from kubeloop.operator.builders import TRAINER_CONTAINER
+from kubeloop.operator.kube import Kube
+
+JobState = Literal["Running", "Succeeded", "Failed"]
+
+
+def job_state(job: dict[str, Any]) -> JobState:
+    """``Running``, ``Succeeded`` or ``Failed`` from a Job's conditions."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return "Succeeded"
+        if condition.get("type") == "Failed":
+            return "Failed"
+    return "Running"
+
+
+def job_failure(job: dict[str, Any]) -> str:
+    """The reason and message of a failed Job's Failed condition."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason', 'Failed')}: {condition.get('message', '')}".strip()
+    return "Failed"
+
+
+def termination_message(kube: Kube, job: dict[str, Any], container: str) -> str | None:
+    """The termination message of the Job's most recent terminated pod, if any."""
+    meta = job["metadata"]
+    pods = kube.list("v1", "Pod", meta["namespace"], {"job-name": meta["name"]})
+    best: tuple[str, str] | None = None
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if cs.get("name") != container or not terminated:
+                continue
+            finished = str(terminated.get("finishedAt") or "")
+            if best is None or finished >= best[0]:
+                best = (finished, str(terminated.get("message") or ""))
+    return best[1] if best else None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A Job that has finished: how, and the result its container reported (None: a crash)."""
+
+    state: JobState
+    result: JobResult | None
+    failure: str
+
+    @property
+    def reason(self) -> str:
+        """Why it failed: the result's own reason, else the Job's Failed condition."""
+        return (self.result.reason if self.result else None) or self.failure
+
+
+def outcome(kube: Kube, job: dict[str, Any]) -> Finished:
+    """How a finished Job ended and what its container reported (reads its pods)."""
+    message = termination_message(kube, job, TRAINER_CONTAINER)
+    return Finished(job_state(job), JobResult.from_message(message), job_failure(job))
