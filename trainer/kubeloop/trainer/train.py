@@ -79,7 +79,7 @@ LIBRARIES = ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "pandas")
 
 
 class GateRejectedError(Exception):
-    """The model is below the gate; artifacts are written, nothing is published."""
+    """Below the gate: the artifacts are written (to show why), no ModelVersion comes of them."""
 
     def __init__(self, summary: JobResult) -> None:
         super().__init__(summary.reason)
