@@ -15,7 +15,8 @@
 #      wheels of every dependency (and of the build backend) are made on this host into
 #      build/images/wheels/ (the host runs the same Python minor and glibc as bookworm),
 #      and the builds install from there with --no-index.
-#   4. docker build -f <component>/Dockerfile . for each image, then a size table.
+#   4. docker build --build-arg COMPONENT=<component> . (the one Dockerfile, at the root)
+#      for each image, then a size table.
 #
 # Environment: BASE_IMAGE, TAG (default: the version in pyproject.toml), PYTHON (host
 # Python for the wheels, default python3), DEBIAN_MIRROR (default: the host's apt mirror), OFFLINE=1|0 (force step 3 on/off).
@@ -38,10 +39,14 @@ DEBIAN_MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 PYTHON=${PYTHON:-python3}
 TAG=${TAG:-$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)}
 WHEELS=build/images/wheels
+ALL_COMPONENTS=(operator trainer serving)
 COMPONENTS=("$@")
-[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=(operator trainer serving)
+[ ${#COMPONENTS[@]} -gt 0 ] || COMPONENTS=("${ALL_COMPONENTS[@]}")
 
 say() { printf '[images] %s\n' "$*" >&2; }
+for c in "${COMPONENTS[@]}"; do
+  [[ " ${ALL_COMPONENTS[*]} " == *" $c "* ]] || { say "no component $c (${ALL_COMPONENTS[*]})"; exit 2; }
+done
 
 # ---------------------------------------------------------------- 1. docker
 ensure_docker() {
@@ -153,10 +158,9 @@ main() {
   # The Docker CLI without the buildx plugin needs the classic builder said explicitly.
   docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0
   for c in "${COMPONENTS[@]}"; do
-    [ -f "$c/Dockerfile" ] || { say "no $c/Dockerfile"; exit 2; }
     say "building kubeloop-$c:$TAG on $BASE_IMAGE"
     local t0=$SECONDS
-    docker build -f "$c/Dockerfile" -t "kubeloop-$c:$TAG" \
+    docker build -t "kubeloop-$c:$TAG" --build-arg "COMPONENT=$c" --build-arg "VERSION=$TAG" \
       --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIP_OFFLINE=$offline" . \
       >"build/images/$c.log" 2>&1 || {
       say "docker build of $c failed; the end of build/images/$c.log:"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from kubeloop.contracts.artifacts import ArtifactLayout
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 
@@ -45,6 +47,9 @@ def test_quick_start(tmp_path):
         str(model),
     )
     assert trained.returncode == 0, trained.stderr
+    assert sorted(p.name for p in model.iterdir()) == sorted(
+        [ArtifactLayout.CARD, ArtifactLayout.METADATA, ArtifactLayout.MODEL, ArtifactLayout.PROFILE]
+    )
     port = free_port()
     server = subprocess.Popen(
         [KUBELOOP, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)],

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 
 
 class Result:
+    """A finished `kubeloop` process: exit code, output, its JSON result line and the
+    termination message it wrote."""
+
     def __init__(self, proc: subprocess.CompletedProcess[str], termination: Path) -> None:
         self.code = proc.returncode
         self.stdout = proc.stdout
@@ -27,18 +31,48 @@ class Result:
         self.termination = termination.read_text() if termination.exists() else ""
 
 
+def run_kubeloop(args: list[str], termination: Path) -> Result:
+    """Run `kubeloop ARGS` writing its termination message to ``termination``."""
+    termination.unlink(missing_ok=True)
+    env = {**os.environ, "KUBELOOP_TERMINATION_LOG": str(termination)}
+    proc = subprocess.run(
+        [KUBELOOP, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    return Result(proc, termination)
+
+
 @pytest.fixture
 def kubeloop(tmp_path: Path):
     """Run `kubeloop ARGS` with a termination-message file, return a Result."""
 
     def run(*args: str) -> Result:
-        term = tmp_path / "termination-log"
-        term.unlink(missing_ok=True)
-        env = {**os.environ, "KUBELOOP_TERMINATION_LOG": str(term)}
-        proc = subprocess.run(
-            [KUBELOOP, *args], capture_output=True, text=True, env=env, timeout=300, check=False
+        return run_kubeloop(list(args), tmp_path / "termination-log")
+
+    return run
+
+
+@pytest.fixture
+def kubeloop_all(tmp_path: Path):
+    """Run every `kubeloop ARGS` of a dict as its own process, a few at a time; Results by key."""
+
+    def run(commands: dict[str, list[str]]) -> dict[str, Result]:
+        def one(key: str) -> Result:
+            return run_kubeloop(commands[key], tmp_path / f"termination-{key}")
+
+        with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+            return dict(zip(commands, pool.map(one, commands), strict=True))
+
+    return run
+
+
+@pytest.fixture
+def snapshot(kubeloop):
+    """Run `kubeloop snapshot` of ``source`` in ``fmt`` into ``out`` (then ``extra``)."""
+
+    def run(source: Path | str, fmt: str, out: Path | str, *extra: str) -> Result:
+        return kubeloop(
+            "snapshot", "--source", str(source), "--format", fmt, "--out", str(out), *extra
         )
-        return Result(proc, term)
 
     return run
 

@@ -1,5 +1,6 @@
 """`kubeloop train` and `kubeloop snapshot` on the awkward cases: label types, missing text,
-features that cannot work, specs from manifests, runs that fail late, shared snapshot folders.
+specs from manifests, runs that fail late, shared snapshot folders. (What fails before
+training is covered function by function in tests/unit/trainer/test_run_checks.py.)
 
 Independent runs go out concurrently (a few real processes at a time) to keep the tier fast.
 """
@@ -7,11 +8,7 @@ Independent runs go out concurrently (a few real processes at a time) to keep th
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,39 +16,15 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from kubeloop.contracts.artifacts import ModelMetadata, Profile
+from kubeloop.contracts.artifacts import (
+    LABEL_OUTPUT,
+    ArtifactLayout,
+    ModelMetadata,
+    Profile,
+)
+from kubeloop.trainer.model import MISSING_TEXT
 
 ROOT = Path(__file__).resolve().parents[3]
-KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
-
-
-class Run:
-    def __init__(self, proc: subprocess.CompletedProcess[str], termination: Path) -> None:
-        self.code = proc.returncode
-        self.stderr = proc.stderr
-        lines = proc.stdout.strip().splitlines()
-        self.summary = json.loads(lines[-1]) if lines else None
-        self.termination = termination.read_text() if termination.exists() else ""
-
-
-def run_all(tmp_path: Path, commands: dict[str, list[str]]) -> dict[str, Run]:
-    """Run every `kubeloop ARGS` as its own process, a few at a time; results by key."""
-
-    def one(key: str) -> Run:
-        term = tmp_path / f"termination-{key}"
-        env = {**os.environ, "KUBELOOP_TERMINATION_LOG": str(term)}
-        proc = subprocess.run(
-            [KUBELOOP, *commands[key]],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
-        return Run(proc, term)
-
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        return dict(zip(commands, pool.map(one, commands), strict=True))
 
 
 def train_args(data: Path, out: Path, target: str = "y", *extra: str, **opts: str) -> list[str]:
@@ -88,18 +61,49 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gaps.to_csv(root / "gaps.csv", index=False)
     base.assign(y=x * 0.5).to_csv(root / "continuous.csv", index=False)
     base.assign(y=np.where(x > 0, "up", "down")).to_csv(root / "text.csv", index=False)
-    base.assign(y=1).to_csv(root / "oneclass.csv", index=False)
-    base.assign(y=rng.choice(["a", "b", "c"], n)).to_csv(root / "three.csv", index=False)
-    base.assign(empty=np.nan, y=x > 0).to_csv(root / "emptycol.csv", index=False)
-    base.assign(x=np.where(x > 2, np.inf, x), y=x > 0).to_csv(root / "inf.csv", index=False)
-    base.assign(label=x, y=x > 0).to_csv(root / "clash.csv", index=False)
     (root / "a-file").write_text("not a folder")
     return root
 
 
-def test_label_types_and_missing_text_keep_parity(files, tmp_path):
-    runs = run_all(
-        tmp_path,
+def metadata_of(out: Path) -> ModelMetadata:
+    return ModelMetadata.model_validate_json((out / ArtifactLayout.METADATA).read_text())
+
+
+def check_label_run(key: str, run, out: Path) -> None:
+    """A run kept parity, made text or integer labels as its target says, and profiled the
+    missing text it saw as missing."""
+    assert run.code == 0, (key, run.stderr)
+    meta = metadata_of(out)
+    assert meta.parity is not None
+    assert meta.parity.passed, key
+    label = next(o for o in meta.outputs if o.name == LABEL_OUTPUT)
+    if key == "text":
+        assert meta.classes == ["down", "up"]
+        assert label.datatype == "BYTES"
+    else:  # booleans and whole-number floats become integer labels
+        assert meta.classes == [0, 1]
+        assert label.datatype == "INT64"
+    profile = Profile.model_validate_json((out / ArtifactLayout.PROFILE).read_text())
+    colour = profile.features["colour"]
+    assert colour.kind == "categorical"
+    assert colour.missing > 0
+    assert MISSING_TEXT not in colour.frequencies  # the profile counts the data, not stand-ins
+
+
+def check_missing_text_is_not_unseen_text(out: Path) -> None:
+    """The convention: a missing text value is fed as "missing", and differs from unseen text."""
+    sess = ort.InferenceSession(str(out / ArtifactLayout.MODEL), providers=["CPUExecutionProvider"])
+    feeds = {
+        "x": np.array([[0.1], [0.1], [0.1]], dtype=np.float32),
+        "colour": np.array([[MISSING_TEXT], ["never-seen"], ["red"]], dtype=object),
+    }
+    _, proba = sess.run(None, feeds)
+    assert proba.shape == (3, 2)
+    assert not np.allclose(proba[0], proba[1])
+
+
+def test_label_types_and_missing_text_keep_parity(files, tmp_path, kubeloop_all):
+    runs = kubeloop_all(
         {
             "bool": train_args(files / "bool.csv", tmp_path / "bool"),
             "gaps": train_args(files / "gaps.csv", tmp_path / "gaps"),
@@ -109,63 +113,27 @@ def test_label_types_and_missing_text_keep_parity(files, tmp_path):
                 estimator="LogisticRegression",
                 params="{}",
             ),
+            # The lineage digest is the data's as read (what a snapshot of it reports), not
+            # of the labelled rows only.
+            "snap": [
+                *("snapshot", "--source", str(files / "gaps.csv"), "--format", "csv"),
+                *("--out", str(tmp_path / "snaps")),
+            ],
         },
     )
-    for key, run in runs.items():
-        assert run.code == 0, (key, run.stderr)
-        meta = ModelMetadata.model_validate_json((tmp_path / key / "model.json").read_text())
-        assert meta.parity is not None
-        assert meta.parity.passed, key
-        label = next(o for o in meta.outputs if o.name == "label")
-        if key == "text":
-            assert meta.classes == ["down", "up"]
-            assert label.datatype == "BYTES"
-        else:  # booleans and whole-number floats become integer labels
-            assert meta.classes == [0, 1]
-            assert label.datatype == "INT64"
-        profile = Profile.model_validate_json((tmp_path / key / "profile.json").read_text())
-        colour = profile.features["colour"]
-        assert colour.kind == "categorical"
-        assert colour.missing > 0
-        assert "missing" not in colour.frequencies  # the profile counts the data, not stand-ins
-
+    for key in ("bool", "gaps", "text"):
+        check_label_run(key, runs[key], tmp_path / key)
     # Readable by other users (the serving pod need not run as the trainer's uid).
     for path in [tmp_path / "bool", *(tmp_path / "bool").iterdir()]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & stat.S_IROTH, (path, oct(mode))
-
-    # The convention: a missing text value is fed as "missing", and differs from unseen text.
-    out = tmp_path / "text"
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {
-        "x": np.array([[0.1], [0.1], [0.1]], dtype=np.float32),
-        "colour": np.array([["missing"], ["never-seen"], ["red"]], dtype=object),
-    }
-    label, proba = sess.run(None, feeds)
-    assert proba.shape == (3, 2)
-    assert not np.allclose(proba[0], proba[1])
-    gaps = ModelMetadata.model_validate_json((tmp_path / "gaps" / "model.json").read_text())
-    # The lineage digest is the data's as read (what a snapshot of it reports), not of the
-    # labelled rows only.
-    snap = run_all(
-        tmp_path,
-        {
-            "snap": [
-                "snapshot",
-                "--source",
-                str(files / "gaps.csv"),
-                "--format",
-                "csv",
-                "--out",
-                str(tmp_path / "snaps"),
-            ]
-        },
-    )["snap"]
+    check_missing_text_is_not_unseen_text(tmp_path / "text")
+    snap = runs["snap"]
     assert snap.code == 0, snap.stderr
-    assert gaps.lineage.data_digest == snap.summary["digest"]
+    assert metadata_of(tmp_path / "gaps").lineage.data_digest == snap.summary["digest"]
 
 
-def test_spec_files_search_space_and_late_failures(files, tmp_path):
+def test_spec_files_search_space_and_late_failures(files, tmp_path, kubeloop_all):
     def spec(name: str, body: str) -> str:
         path = tmp_path / name
         path.write_text(
@@ -193,7 +161,7 @@ def test_spec_files_search_space_and_late_failures(files, tmp_path):
     commands["unwritable"] = train_args(files / "bool.csv", files / "a-file" / "model")
     # A data problem found after reading: exit 2, one line, the summary says why.
     commands["continuous"] = train_args(files / "continuous.csv", tmp_path / "continuous")
-    runs = run_all(tmp_path, commands)
+    runs = kubeloop_all(commands)
     for key, (_, code, message) in cases.items():
         assert runs[key].code == code, (key, runs[key].stderr)
         assert message in runs[key].stderr, (key, runs[key].stderr)
@@ -215,44 +183,27 @@ def test_spec_files_search_space_and_late_failures(files, tmp_path):
     assert "Traceback" in late.stderr
 
 
-def test_snapshot_of_known_content_in_a_new_format_adds_that_copy(files, tmp_path):
+def test_snapshot_of_known_content_in_a_new_format_adds_that_copy(files, tmp_path, snapshot):
     frame = pd.read_csv(files / "text.csv")
     frame.to_parquet(tmp_path / "text.parquet", index=False)
     snaps = tmp_path / "snaps"
 
-    def snap(source: Path, fmt: str) -> Run:
-        cmd = ["snapshot", "--source", str(source), "--format", fmt, "--out", str(snaps)]
-        return run_all(tmp_path, {fmt: cmd})[fmt]
-
-    first = snap(files / "text.csv", "csv")
-    second = snap(tmp_path / "text.parquet", "parquet")
+    first = snapshot(files / "text.csv", "csv", snaps)
+    second = snapshot(tmp_path / "text.parquet", "parquet", snaps)
     assert first.code == second.code == 0, (first.stderr, second.stderr)
     assert first.summary["digest"] == second.summary["digest"]
     folder = snaps / first.summary["digest"].removeprefix("sha256:")
-    assert sorted(p.name for p in folder.iterdir()) == ["data.csv", "data.parquet", "profile.json"]
+    copies = [ArtifactLayout.data_file("csv"), ArtifactLayout.data_file("parquet")]
+    assert sorted(p.name for p in folder.iterdir()) == [*copies, ArtifactLayout.PROFILE]
     assert Path(second.summary["snapshot_uri"]).is_file()
     # The stored copy has the digest of its source.
-    again = snap(Path(second.summary["snapshot_uri"]), "parquet")
+    again = snapshot(second.summary["snapshot_uri"], "parquet", snaps)
     assert again.summary["digest"] == first.summary["digest"]
 
 
-def test_snapshot_takes_the_schema_from_a_dataset_manifest(tmp_path):
+def test_snapshot_takes_the_schema_from_a_dataset_manifest(tmp_path, snapshot):
     data = ROOT / "examples" / "data" / "breast-cancer.csv"
-    runs = run_all(
-        tmp_path,
-        {
-            "ok": [
-                "snapshot",
-                "--source",
-                str(data),
-                "--format",
-                "csv",
-                "--out",
-                str(tmp_path / "s"),
-                "--schema",
-                str(ROOT / "examples" / "dataset.yaml"),
-            ]
-        },
-    )
-    assert runs["ok"].code == 0, runs["ok"].stderr
-    assert runs["ok"].summary["rows"] == 569
+    manifest = str(ROOT / "examples" / "dataset.yaml")
+    result = snapshot(data, "csv", tmp_path / "s", "--schema", manifest)
+    assert result.code == 0, result.stderr
+    assert result.summary["rows"] == 569

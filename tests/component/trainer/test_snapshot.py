@@ -6,18 +6,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+from kubeloop.contracts.artifacts import ArtifactLayout
 
 
-def test_snapshot_writes_copy_profile_and_summary(kubeloop, data, tmp_path):
-    result = kubeloop(
-        "snapshot",
-        "--source",
-        str(data / "cancer.csv"),
-        "--format",
-        "csv",
-        "--out",
-        str(tmp_path / "snaps"),
-    )
+def test_snapshot_writes_copy_profile_and_summary(snapshot, data, tmp_path):
+    result = snapshot(data / "cancer.csv", "csv", tmp_path / "snaps")
     assert result.code == 0, result.stderr
     summary = result.summary
     assert summary["status"] == "succeeded"
@@ -26,21 +21,20 @@ def test_snapshot_writes_copy_profile_and_summary(kubeloop, data, tmp_path):
     assert [c["name"] for c in summary["columns"]][-1] == "target"
     assert json.loads(result.termination) == summary
     folder = tmp_path / "snaps" / summary["digest"].removeprefix("sha256:")
-    assert sorted(p.name for p in folder.iterdir()) == ["data.csv", "profile.json"]
-    assert summary["snapshot_uri"].endswith("data.csv")
-    profile = json.loads((folder / "profile.json").read_text())
+    copy = ArtifactLayout.data_file("csv")
+    assert sorted(p.name for p in folder.iterdir()) == [copy, ArtifactLayout.PROFILE]
+    assert summary["snapshot_uri"].endswith(copy)
+    profile = json.loads((folder / ArtifactLayout.PROFILE).read_text())
     radius = profile["features"]["mean radius"]
     assert radius["kind"] == "numeric"
     assert len(radius["edges"]) == len(radius["counts"]) + 1
     assert sum(radius["counts"]) == 569
-    assert pd.read_csv(folder / "data.csv").shape == (569, 6)
+    assert pd.read_csv(folder / copy).shape == (569, 6)
 
 
-def test_digest_ignores_layout_but_not_content(kubeloop, data, tmp_path):
+def test_digest_ignores_layout_but_not_content(snapshot, data, tmp_path):
     def digest(path: Path, fmt: str) -> str:
-        result = kubeloop(
-            "snapshot", "--source", str(path), "--format", fmt, "--out", str(tmp_path / "s")
-        )
+        result = snapshot(path, fmt, tmp_path / "s")
         assert result.code == 0, result.stderr
         return str(result.summary["digest"])
 
@@ -59,96 +53,87 @@ def schema(tmp_path: Path, columns: list[dict], **extra) -> str:
     return str(path)
 
 
-def test_bad_data_fails_with_one_clear_line_and_no_snapshot(kubeloop, data, tmp_path):
+@pytest.fixture(scope="module")
+def bad_data(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The cancer data as it is, with 100 missing areas, with a word among the textures, and
+    a file of headers only."""
+    root = tmp_path_factory.mktemp("bad")
     nulls = pd.read_csv(data / "cancer.csv")
     nulls.loc[:99, "mean area"] = None
-    nulls.to_csv(tmp_path / "nulls.csv", index=False)
+    nulls.to_csv(root / "nulls.csv", index=False)
     words = pd.read_csv(data / "cancer.csv").astype({"mean texture": object})
     words.loc[5, "mean texture"] = "lots"
-    words.to_csv(tmp_path / "words.csv", index=False)
-    (tmp_path / "empty.csv").write_text("a,b\n")
-    cases = [
-        (
-            data / "cancer.csv",
-            [{"name": "size", "type": "number"}],
+    words.to_csv(root / "words.csv", index=False)
+    (root / "empty.csv").write_text("a,b\n")
+    return {"cancer": data / "cancer.csv", **{p.stem: p for p in root.iterdir()}}
+
+
+@pytest.mark.parametrize(
+    ("source", "column", "extra", "message"),
+    [
+        pytest.param(
+            "cancer",
+            {"name": "size", "type": "number"},
             {},
             "column 'size': missing from the data",
+            id="missing-column",
         ),
-        (
-            tmp_path / "words.csv",
-            [{"name": "mean texture", "type": "number"}],
+        pytest.param(
+            "words",
+            {"name": "mean texture", "type": "number"},
             {},
             "column 'mean texture': expected number, found 'lots'",
+            id="word-for-number",
         ),
-        (
-            data / "cancer.csv",
-            [{"name": "mean radius", "type": "integer"}],
+        pytest.param(
+            "cancer",
+            {"name": "mean radius", "type": "integer"},
             {},
             "column 'mean radius': expected integer",
+            id="fraction-for-integer",
         ),
-        (
-            tmp_path / "nulls.csv",
-            [{"name": "mean area", "type": "number"}],
+        pytest.param(
+            "nulls",
+            {"name": "mean area", "type": "number"},
             {},
             "column 'mean area': 100 missing values, but it is not nullable",
+            id="missing-not-nullable",
         ),
-        (
-            tmp_path / "nulls.csv",
-            [{"name": "mean area", "type": "number", "nullable": True}],
+        pytest.param(
+            "nulls",
+            {"name": "mean area", "type": "number", "nullable": True},
             {"maxNullFraction": 0.1},
             "column 'mean area': 17.6% missing values",
+            id="too-many-missing",
         ),
-        (tmp_path / "empty.csv", [{"name": "a", "type": "number"}], {}, "the data set is empty"),
-    ]
-    for source, columns, extra, message in cases:
-        out = tmp_path / "never"
-        result = kubeloop(
-            "snapshot",
-            "--source",
-            str(source),
-            "--format",
-            "csv",
-            "--out",
-            str(out),
-            "--schema",
-            schema(tmp_path, columns, **extra),
-        )
-        assert result.code == 2, (message, result.stderr)
-        assert message in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
-        assert result.summary == {
-            "kind": "snapshot",
-            "status": "failed",
-            "reason": result.summary["reason"],
-        }
-        assert message in json.loads(result.termination)["reason"]
-        assert not out.exists()
+        pytest.param(
+            "empty", {"name": "a", "type": "number"}, {}, "the data set is empty", id="empty"
+        ),
+    ],
+)
+def test_bad_data_fails_with_one_clear_line_and_no_snapshot(
+    snapshot, bad_data, tmp_path, source, column, extra, message
+):
+    out = tmp_path / "never"
+    result = snapshot(bad_data[source], "csv", out, "--schema", schema(tmp_path, [column], **extra))
+    assert result.code == 2, (message, result.stderr)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.summary == {
+        "kind": "snapshot",
+        "status": "failed",
+        "reason": result.summary["reason"],
+    }
+    assert message in json.loads(result.termination)["reason"]
+    assert not out.exists()
 
 
-def test_unreadable_source_and_bad_schema_file(kubeloop, tmp_path):
-    result = kubeloop(
-        "snapshot",
-        "--source",
-        str(tmp_path / "nope.csv"),
-        "--format",
-        "csv",
-        "--out",
-        str(tmp_path),
-    )
+def test_unreadable_source_and_bad_schema_file(snapshot, tmp_path):
+    result = snapshot(tmp_path / "nope.csv", "csv", tmp_path)
     assert result.code == 2
     assert "no such file" in result.stderr
     bad = tmp_path / "schema.json"
     bad.write_text('{"columns": [{"name": "a", "type": "complex"}]}')
-    result = kubeloop(
-        "snapshot",
-        "--source",
-        str(bad),
-        "--format",
-        "csv",
-        "--out",
-        str(tmp_path),
-        "--schema",
-        str(bad),
-    )
+    result = snapshot(bad, "csv", tmp_path, "--schema", str(bad))
     assert result.code == 2
     assert "columns.0.type" in result.stderr

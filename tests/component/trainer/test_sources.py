@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kubeloop.contracts.artifacts import ArtifactLayout
+
 
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
@@ -37,22 +39,18 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=10)
 
 
-def snap(kubeloop, source: str, fmt: str, out: Path | str, *extra: str):
-    return kubeloop("snapshot", "--source", source, "--format", fmt, "--out", str(out), *extra)
-
-
-def test_http_and_file_uris(kubeloop, data, http_root, tmp_path):
+def test_http_and_file_uris(kubeloop, snapshot, data, http_root, tmp_path):
     base, root = http_root
     (root / "cancer.csv").write_bytes((data / "cancer.csv").read_bytes())
-    local = snap(kubeloop, str(data / "cancer.csv"), "csv", tmp_path / "a")
-    remote = snap(kubeloop, f"{base}/cancer.csv", "csv", f"file://{tmp_path / 'b'}")
+    local = snapshot(str(data / "cancer.csv"), "csv", tmp_path / "a")
+    remote = snapshot(f"{base}/cancer.csv", "csv", f"file://{tmp_path / 'b'}")
     assert local.code == remote.code == 0, (local.stderr, remote.stderr)
     assert remote.summary["digest"] == local.summary["digest"]
     assert remote.summary["snapshot_uri"].startswith("file://")
     stored = Path(remote.summary["snapshot_uri"].removeprefix("file://"))
     assert stored.is_file()
 
-    missing = snap(kubeloop, f"{base}/nope.csv", "csv", tmp_path / "c")
+    missing = snapshot(f"{base}/nope.csv", "csv", tmp_path / "c")
     assert missing.code == 2
     assert f"{base}/nope.csv" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
@@ -73,18 +71,18 @@ def test_http_and_file_uris(kubeloop, data, http_root, tmp_path):
         f"file://{out}",
     )
     assert trained.code == 0, trained.stderr
-    assert trained.summary["artifact_uri"] == f"file://{out}/model.onnx"
-    meta = json.loads((out / "model.json").read_text())
+    assert trained.summary["artifact_uri"] == f"file://{out}/{ArtifactLayout.MODEL}"
+    meta = json.loads((out / ArtifactLayout.METADATA).read_text())
     assert meta["lineage"]["data_digest"] == local.summary["digest"]
 
 
-def test_snapshot_folder_is_written_once(kubeloop, data, tmp_path):
+def test_snapshot_folder_is_written_once(snapshot, data, tmp_path):
     out = tmp_path / "snaps"
-    first = snap(kubeloop, str(data / "cancer.csv"), "csv", out)
+    first = snapshot(str(data / "cancer.csv"), "csv", out)
     assert first.code == 0, first.stderr
     folder = out / first.summary["digest"].removeprefix("sha256:")
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
-    again = snap(kubeloop, str(data / "cancer.csv"), "csv", out)
+    again = snapshot(str(data / "cancer.csv"), "csv", out)
     assert again.code == 0, again.stderr
     assert again.summary == first.summary
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
@@ -92,12 +90,12 @@ def test_snapshot_folder_is_written_once(kubeloop, data, tmp_path):
     # Nothing half-written is left beside it.
     assert [p.name for p in out.iterdir()] == [folder.name]
     # The stored copy re-reads to the same digest.
-    copy = snap(kubeloop, first.summary["snapshot_uri"], "csv", tmp_path / "again")
+    copy = snapshot(first.summary["snapshot_uri"], "csv", tmp_path / "again")
     assert copy.code == 0, copy.stderr
     assert copy.summary["digest"] == first.summary["digest"]
 
 
-def test_json_lines_keep_their_values_and_types(kubeloop, tmp_path):
+def test_json_lines_keep_their_values_and_types(snapshot, tmp_path):
     """JSON lines are read as the JSON says: no date guessing from column names, full float
     precision; the stored copy has the digest of its source."""
     rng = np.random.default_rng(3)
@@ -117,8 +115,8 @@ def test_json_lines_keep_their_values_and_types(kubeloop, tmp_path):
                 json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in record.items()})
                 + "\n"
             )
-    csv = snap(kubeloop, str(tmp_path / "t.csv"), "csv", tmp_path / "s")
-    jsonl = snap(kubeloop, str(tmp_path / "t.jsonl"), "jsonl", tmp_path / "s")
+    csv = snapshot(str(tmp_path / "t.csv"), "csv", tmp_path / "s")
+    jsonl = snapshot(str(tmp_path / "t.jsonl"), "jsonl", tmp_path / "s")
     assert csv.code == jsonl.code == 0, (csv.stderr, jsonl.stderr)
     assert jsonl.summary["digest"] == csv.summary["digest"]
     types = {c["name"]: c["type"] for c in jsonl.summary["columns"]}
@@ -130,7 +128,7 @@ def test_json_lines_keep_their_values_and_types(kubeloop, tmp_path):
     }
 
     stored = jsonl.summary["snapshot_uri"]
-    again = snap(kubeloop, stored, "jsonl", tmp_path / "s2")
+    again = snapshot(stored, "jsonl", tmp_path / "s2")
     assert again.code == 0, again.stderr
     assert again.summary["digest"] == jsonl.summary["digest"]
 

@@ -12,27 +12,39 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from kubeloop.contracts.artifacts import ModelMetadata, Profile
+from kubeloop.contracts.artifacts import (
+    LABEL_OUTPUT,
+    PROBA_OUTPUT,
+    VALUE_OUTPUT,
+    ArtifactLayout,
+    ModelMetadata,
+    Profile,
+)
 
-ROOT = Path(__file__).resolve().parents[3]
-ARTIFACTS = ["card.md", "model.json", "model.onnx", "profile.json"]
+ARTIFACTS = sorted(
+    [ArtifactLayout.CARD, ArtifactLayout.METADATA, ArtifactLayout.MODEL, ArtifactLayout.PROFILE]
+)
 
 
 def flags(
     data: Path,
     out: Path,
     *extra: str,
+    file: str = "cancer.csv",
+    target: str = "target",
+    task: str = "classification",
     estimator: str = "LogisticRegression",
     params: str = '{"max_iter": 500}',
 ) -> list[str]:
+    """`kubeloop train` with flags (no spec) on ``data/file``; ``extra`` goes last."""
     return [
         "train",
         "--data",
-        str(data / "cancer.csv"),
+        str(data / file),
         "--target",
-        "target",
+        target,
         "--task",
-        "classification",
+        task,
         "--estimator",
         estimator,
         "--params",
@@ -43,10 +55,18 @@ def flags(
     ]
 
 
+def metadata_of(out: Path) -> ModelMetadata:
+    return ModelMetadata.model_validate_json((out / ArtifactLayout.METADATA).read_text())
+
+
+def profile_of(out: Path) -> Profile:
+    return Profile.model_validate_json((out / ArtifactLayout.PROFILE).read_text())
+
+
 def predict(out: Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """onnxruntime alone, fed by the input convention in model.json."""
-    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = metadata_of(out)
+    sess = ort.InferenceSession(str(out / ArtifactLayout.MODEL), providers=["CPUExecutionProvider"])
     feeds = {
         t.name: frame[t.name]
         .to_numpy(np.float32 if t.datatype == "FP32" else object)
@@ -63,12 +83,14 @@ def test_classification_artifacts_and_metrics_reproduce_with_onnxruntime(kubeloo
     assert sorted(p.name for p in out.iterdir()) == ARTIFACTS
     summary = result.summary
     assert summary["status"] == "succeeded"
-    assert summary["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert (
+        summary["sha256"] == hashlib.sha256((out / ArtifactLayout.MODEL).read_bytes()).hexdigest()
+    )
     assert json.loads(result.termination) == summary
     assert len(result.termination.encode()) <= 4096
-    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    meta = metadata_of(out)
     assert meta.sha256 == summary["sha256"]
-    assert [o.name for o in meta.outputs] == ["label", "probabilities"]
+    assert [o.name for o in meta.outputs] == [LABEL_OUTPUT, PROBA_OUTPUT]
     assert meta.classes == [0, 1]
     assert meta.parity is not None
     assert meta.parity.passed
@@ -85,20 +107,22 @@ def test_classification_artifacts_and_metrics_reproduce_with_onnxruntime(kubeloo
         x, frame["target"], test_size=0.2, random_state=42, stratify=frame["target"]
     )
     got = predict(out, x_test)
-    assert skm.accuracy_score(y_test, got["label"]) == pytest.approx(meta.metrics["accuracy"])
-    assert skm.roc_auc_score(y_test, got["probabilities"][:, 1]) == pytest.approx(
+    assert skm.accuracy_score(y_test, got[LABEL_OUTPUT]) == pytest.approx(meta.metrics["accuracy"])
+    assert skm.roc_auc_score(y_test, got[PROBA_OUTPUT][:, 1]) == pytest.approx(
         meta.metrics["roc_auc"]
     )
-    assert skm.precision_score(y_test, got["label"]) == pytest.approx(meta.metrics["precision"])
-    assert skm.recall_score(y_test, got["label"]) == pytest.approx(meta.metrics["recall"])
-    assert skm.f1_score(y_test, got["label"]) == pytest.approx(meta.metrics["f1"])
-    assert skm.log_loss(y_test, got["probabilities"]) == pytest.approx(meta.metrics["log_loss"])
-    assert skm.confusion_matrix(y_test, got["label"]).tolist() == meta.confusion_matrix
-    profile = Profile.model_validate_json((out / "profile.json").read_text())
+    assert skm.precision_score(y_test, got[LABEL_OUTPUT]) == pytest.approx(
+        meta.metrics["precision"]
+    )
+    assert skm.recall_score(y_test, got[LABEL_OUTPUT]) == pytest.approx(meta.metrics["recall"])
+    assert skm.f1_score(y_test, got[LABEL_OUTPUT]) == pytest.approx(meta.metrics["f1"])
+    assert skm.log_loss(y_test, got[PROBA_OUTPUT]) == pytest.approx(meta.metrics["log_loss"])
+    assert skm.confusion_matrix(y_test, got[LABEL_OUTPUT]).tolist() == meta.confusion_matrix
+    profile = profile_of(out)
     assert set(profile.features) == {t.name for t in meta.inputs}
     assert profile.prediction is not None
     assert profile.prediction.kind == "categorical"
-    card = (out / "card.md").read_text()
+    card = (out / ArtifactLayout.CARD).read_text()
     assert "## Intended use" in card
     assert "## Limitations" in card
     assert f"{meta.metrics['accuracy']:.4f}" in card
@@ -107,26 +131,21 @@ def test_classification_artifacts_and_metrics_reproduce_with_onnxruntime(kubeloo
 def test_regression(kubeloop, data, tmp_path):
     out = tmp_path / "reg"
     result = kubeloop(
-        "train",
-        "--data",
-        str(data / "diabetes.csv"),
-        "--target",
-        "target",
-        "--task",
-        "regression",
-        "--estimator",
-        "Ridge",
-        "--params",
-        "{}",
-        "--out",
-        str(out),
-        "--gate",
-        "rmse<=80",
+        *flags(
+            data,
+            out,
+            "--gate",
+            "rmse<=80",
+            file="diabetes.csv",
+            task="regression",
+            estimator="Ridge",
+            params="{}",
+        )
     )
     assert result.code == 0, result.stderr
-    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    meta = metadata_of(out)
     assert set(meta.metrics) == {"rmse", "mae", "r2"}
-    assert [o.name for o in meta.outputs] == ["variable"]
+    assert [o.name for o in meta.outputs] == [VALUE_OUTPUT]
     # onnxruntime alone, on the split the seed draws, reproduces the reported metrics.
     from sklearn.model_selection import train_test_split
 
@@ -134,11 +153,11 @@ def test_regression(kubeloop, data, tmp_path):
     _, x_test, _, y_test = train_test_split(
         frame.drop(columns="target"), frame["target"], test_size=0.2, random_state=42
     )
-    got = predict(out, x_test)["variable"].reshape(-1)
+    got = predict(out, x_test)[VALUE_OUTPUT].reshape(-1)
     assert skm.root_mean_squared_error(y_test, got) == pytest.approx(meta.metrics["rmse"])
     assert skm.mean_absolute_error(y_test, got) == pytest.approx(meta.metrics["mae"])
     assert skm.r2_score(y_test, got) == pytest.approx(meta.metrics["r2"])
-    profile = Profile.model_validate_json((out / "profile.json").read_text())
+    profile = profile_of(out)
     assert profile.prediction is not None
     assert profile.prediction.kind == "numeric"
 
@@ -146,27 +165,22 @@ def test_regression(kubeloop, data, tmp_path):
 def test_categorical_features_are_string_inputs(kubeloop, data, tmp_path):
     out = tmp_path / "mixed"
     result = kubeloop(
-        "train",
-        "--data",
-        str(data / "mixed.csv"),
-        "--target",
-        "label",
-        "--task",
-        "classification",
-        "--estimator",
-        "RandomForestClassifier",
-        "--params",
-        '{"n_estimators": 30}',
-        "--out",
-        str(out),
+        *flags(
+            data,
+            out,
+            file="mixed.csv",
+            target="label",
+            estimator="RandomForestClassifier",
+            params='{"n_estimators": 30}',
+        )
     )
     assert result.code == 0, result.stderr
-    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    meta = metadata_of(out)
     assert {t.name: t.datatype for t in meta.inputs} == {"colour": "BYTES", "size": "FP32"}
     assert meta.classes == ["no", "yes"]
     assert meta.nullable == ["size"]
     got = predict(out, pd.DataFrame({"colour": ["red", "purple"], "size": [5.0, np.nan]}))
-    assert got["probabilities"].shape == (
+    assert got[PROBA_OUTPUT].shape == (
         2,
         2,
     )  # an unseen category and a missing number still predict
@@ -185,7 +199,7 @@ def test_search_records_every_trial(kubeloop, data, tmp_path):
         "train", "--spec", str(spec), "--data", str(data / "cancer.csv"), "--out", str(out)
     )
     assert result.code == 0, result.stderr
-    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    meta = metadata_of(out)
     assert meta.search is not None
     assert sorted(t["params"]["max_depth"] for t in meta.search) == [2, 4, 6]
     best = min(meta.search, key=lambda t: t["rank"])
@@ -198,7 +212,7 @@ def test_gate_rejection_exits_3_and_keeps_the_evidence(kubeloop, data, tmp_path)
     assert result.code == 3, result.stderr
     assert result.summary["status"] == "rejected"
     assert "accuracy" in result.summary["reason"]
-    meta = ModelMetadata.model_validate_json((out / "model.json").read_text())
+    meta = metadata_of(out)
     assert meta.gate is not None
     assert not meta.gate.passed
 
@@ -246,23 +260,8 @@ def test_same_data_spec_and_seed_reproduce(kubeloop, data, tmp_path):
             == 0
         )
         runs.append(out)
-    metas = [ModelMetadata.model_validate_json((o / "model.json").read_text()) for o in runs]
+    metas = [metadata_of(o) for o in runs]
     assert metas[0].metrics == metas[1].metrics
     frame = pd.read_csv(data / "cancer.csv").drop(columns="target")
     a, b = (predict(o, frame) for o in runs)
-    np.testing.assert_array_equal(a["probabilities"], b["probabilities"])
-
-
-def test_example_spec_runs_locally(kubeloop, tmp_path):
-    out = tmp_path / "example"
-    result = kubeloop(
-        "train",
-        "--spec",
-        str(ROOT / "examples" / "trainingjob.yaml"),
-        "--data",
-        str(ROOT / "examples" / "data" / "breast-cancer.csv"),
-        "--out",
-        str(out),
-    )
-    assert result.code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ARTIFACTS
+    np.testing.assert_array_equal(a[PROBA_OUTPUT], b[PROBA_OUTPUT])

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
 from kubeloop.trainer import train
 
 
@@ -15,7 +16,7 @@ def test_multiclass_metrics_are_macro_averages_without_roc_auc():
     label = np.array([0, 1, 1, 1, 2, 0, 2, 1])
     proba = np.eye(3, dtype=np.float32)[label] * 0.8 + 0.2 / 3
     metrics, matrix = train.evaluate(
-        "classification", pd.Series(y), {"label": label, "probabilities": proba}, [0, 1, 2]
+        "classification", pd.Series(y), {LABEL_OUTPUT: label, PROBA_OUTPUT: proba}, [0, 1, 2]
     )
     assert set(metrics) == {"accuracy", "precision", "recall", "f1", "log_loss"}
     assert metrics["precision"] == pytest.approx(skm.precision_score(y, label, average="macro"))
@@ -30,7 +31,7 @@ def test_binary_metrics_score_the_second_class():
     label = np.array(["no", "yes", "no", "no", "yes"])
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.1, 0.9]], np.float32)
     metrics, _ = train.evaluate(
-        "classification", pd.Series(y), {"label": label, "probabilities": proba}, ["no", "yes"]
+        "classification", pd.Series(y), {LABEL_OUTPUT: label, PROBA_OUTPUT: proba}, ["no", "yes"]
     )
     assert metrics["recall"] == pytest.approx(2 / 3)
     assert metrics["precision"] == pytest.approx(1.0)
@@ -40,7 +41,7 @@ def test_binary_metrics_score_the_second_class():
 def test_regression_metrics():
     y = np.array([1.0, 2.0, 3.0, 4.0])
     pred = np.array([[1.5], [2.0], [2.5], [4.0]], np.float32)
-    metrics, matrix = train.evaluate("regression", pd.Series(y), {"variable": pred}, [])
+    metrics, matrix = train.evaluate("regression", pd.Series(y), {VALUE_OUTPUT: pred}, [])
     assert matrix is None
     assert metrics["rmse"] == pytest.approx(np.sqrt(0.5 / 4))
     assert metrics["mae"] == pytest.approx(0.25)

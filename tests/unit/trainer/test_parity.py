@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from kubeloop.api.v1alpha1 import ESTIMATORS, TrainingJobSpec
-from kubeloop.contracts.artifacts import ModelMetadata
+from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata
 from kubeloop.trainer import train
 
 SMALL = {"n_estimators": 10}
@@ -55,7 +55,7 @@ def test_parity(files, tmp_path, task, estimator):
     summary = train.train(
         train.Run(spec=spec, data_uri=str(files[task]), out=str(tmp_path), name="m")
     )
-    meta = ModelMetadata.model_validate_json((tmp_path / "model.json").read_text())
+    meta = ModelMetadata.model_validate_json((tmp_path / ArtifactLayout.METADATA).read_text())
     assert meta.parity is not None
     assert meta.parity.passed
     assert meta.parity.label_mismatches == 0

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from sklearn.pipeline import Pipeline
 
 from kubeloop.api.v1alpha1 import TrainingJobSpec
-from kubeloop.contracts.artifacts import NumericProfile
+from kubeloop.contracts.artifacts import NumericProfile, Parity
 from kubeloop.contracts.results import RESULT_LIMIT, JobResult
 from kubeloop.trainer import model, train
 from kubeloop.trainer.data import DataError, digest, profile_series
@@ -31,7 +33,7 @@ def spec(**overrides) -> TrainingJobSpec:
 
 
 def run(tmp_path: Path, frame: pd.DataFrame, **overrides) -> train.Run:
-    data = tmp_path / "data.csv"
+    data = tmp_path / "input.csv"
     frame.to_csv(data, index=False)
     return train.Run(
         spec=spec(**overrides), data_uri=str(data), out=str(tmp_path / "out"), name="m"
@@ -168,30 +170,44 @@ def test_profile_of_a_constant_column_has_one_bin():
     assert empty.missing == 2
 
 
+class Fitted(NamedTuple):
+    """A pipeline fitted on every column of a frame, its inputs and its ONNX graph."""
+
+    pipeline: Pipeline
+    features: model.Features
+    x: pd.DataFrame
+    exported: onnx.ModelProto
+
+    @classmethod
+    def on(cls, frame: pd.DataFrame, y: pd.Series, task: str, estimator: str) -> Fitted:
+        features = model.Features.of(frame, list(frame.columns))
+        x = features.prepare(frame)
+        pipeline = model.build_pipeline(features, model.make_estimator(task, estimator, {}, 0))
+        pipeline.fit(x, y)
+        return cls(pipeline, features, x, model.export(pipeline, features, task))
+
+    def parity(self, task: str, graph: onnx.ModelProto | None = None) -> Parity:
+        """The parity check of ``graph`` (default: the export) on the training inputs."""
+        sess = model.session((graph or self.exported).SerializeToString())
+        return model.check_parity(self.pipeline, sess, self.features, self.x, task)
+
+
 def test_parity_check_notices_a_model_that_differs():
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=200), "z": rng.normal(size=200)})
     y = (frame["x"] + frame["z"] > 0).astype(int)
-    features = model.Features.of(frame, ["x", "z"])
-    x = features.prepare(frame)
-    estimator = model.make_estimator("classification", "LogisticRegression", {}, 0)
-    pipeline = model.build_pipeline(features, estimator).fit(x, y)
-    exported = model.export(pipeline, features, "classification")
-    good = model.check_parity(
-        pipeline, model.session(exported.SerializeToString()), features, x, "classification"
-    )
+    fit = Fitted.on(frame, y, "classification", "LogisticRegression")
+    good = fit.parity("classification")
     assert good.passed
     assert good.rows == 200
     # Flip the sign of the coefficients in the graph: ONNX now disagrees with scikit-learn.
     tampered = onnx.ModelProto()
-    tampered.CopyFrom(exported)
+    tampered.CopyFrom(fit.exported)
     node = next(n for n in tampered.graph.node if n.op_type == "LinearClassifier")
     for attr in node.attribute:
         if attr.name == "coefficients":
             attr.floats[:] = [-v for v in attr.floats]
-    bad = model.check_parity(
-        pipeline, model.session(tampered.SerializeToString()), features, x, "classification"
-    )
+    bad = fit.parity("classification", tampered)
     assert not bad.passed
     assert bad.label_mismatches > 0
     assert bad.max_abs_diff > bad.tolerance
@@ -201,12 +217,5 @@ def test_regression_parity_tolerance_is_relative_to_the_target_scale():
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"x": rng.normal(size=100)})
     y = frame["x"] * 1e6 + 5e6
-    features = model.Features.of(frame, ["x"])
-    x = features.prepare(frame)
-    estimator = model.make_estimator("regression", "LinearRegression", {}, 0)
-    pipeline = model.build_pipeline(features, estimator).fit(x, y)
-    exported = model.export(pipeline, features, "regression")
-    result = model.check_parity(
-        pipeline, model.session(exported.SerializeToString()), features, x, "regression"
-    )
+    result = Fitted.on(frame, y, "regression", "LinearRegression").parity("regression")
     assert result.passed, result  # float32 rounding of millions is within 1e-4 of the scale

@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from kubeloop.api.v1alpha1 import TrainingJobSpec
-from kubeloop.contracts.artifacts import ModelMetadata
+from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata
 from kubeloop.trainer import train
 
 
@@ -36,7 +36,7 @@ def run_search(path: Path, out: Path, task: str, estimator: str, search: dict) -
         }
     )
     train.train(train.Run(spec=spec, data_uri=str(path), out=str(out), name="m"))
-    return ModelMetadata.model_validate_json((out / "model.json").read_text())
+    return ModelMetadata.model_validate_json((out / ArtifactLayout.METADATA).read_text())
 
 
 def test_random_search_draws_the_trials_asked_for_reproducibly(files, tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubeloop.contracts.artifacts import ModelMetadata
+from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata
 
 
 def render(meta: ModelMetadata, rows: int, test_rows: int) -> str:
@@ -24,7 +24,7 @@ def render(meta: ModelMetadata, rows: int, test_rows: int) -> str:
 ## Intended use
 A {meta.task} model predicting `{meta.target}` from {len(meta.inputs)} tabular features,
 served over the Open Inference Protocol. Inputs outside the training distribution
-(see `profile.json`) are flagged as drift by the serving pods.{classes}
+(see `{ArtifactLayout.PROFILE}`) are flagged as drift by the serving pods.{classes}
 
 ## Data
 - Source: `{meta.lineage.data_uri}`
@@ -35,7 +35,7 @@ served over the Open Inference Protocol. Inputs outside the training distributio
 - Estimator: `{meta.lineage.estimator}` in a pipeline with median imputation and scaling for
   numeric columns, one-hot encoding for categorical ones
 - Exported to ONNX; parity with scikit-learn: {parity_line}
-- sha256 of `model.onnx`: `{meta.sha256}`
+- sha256 of `{ArtifactLayout.MODEL}`: `{meta.sha256}`
 
 ## Metrics (held-out split)
 | metric | value |

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 import click
 import yaml
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from kubeloop.api.v1alpha1 import DataSchema, TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
+from kubeloop.contracts.estimators import Task
 from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -31,6 +33,11 @@ from kubeloop.contracts.results import (
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from kubeloop.trainer import train as training
+
+#: The data formats snapshots and training runs read (and snapshots write).
+FORMATS = ("csv", "parquet", "jsonl")
 
 
 def _fail(kind: str, code: int, reason: str) -> NoReturn:
@@ -62,6 +69,16 @@ def _spec_document(doc: Any, path: str) -> Any:
     return doc
 
 
+def _check_out(kind: str, out: str) -> None:
+    """Exit 2 before any work when nothing can write to ``out``."""
+    from kubeloop.trainer import output
+
+    try:
+        output.check_target(out)
+    except output.OutputError as exc:
+        _fail(kind, EXIT_BAD_INPUT, str(exc))
+
+
 def _internal(kind: str, exc: Exception) -> NoReturn:
     """An error no check foresaw: the traceback for the log, the summary for the operator."""
     traceback.print_exc()
@@ -80,12 +97,12 @@ def _validation_message(exc: ValidationError) -> str:
 
 @click.command()
 @click.option("--source", required=True, help="Data URI or path (file://, http(s)://, s3://, ...).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
 @click.option("--out", required=True, help="Directory URI; the snapshot goes to OUT/<digest>/.")
 @click.option("--schema", "schema_file", help="A DataSchema as JSON or YAML the data must match.")
 def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
     """Validate a data set, compute its content digest and store an immutable copy."""
-    from kubeloop.trainer import data, output
+    from kubeloop.trainer import data
 
     try:
         schema = (
@@ -97,10 +114,7 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
         _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {exc}")
     except ValidationError as exc:
         _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {_validation_message(exc)}")
-    try:
-        output.check_target(out)
-    except output.OutputError as exc:
-        _fail("snapshot", EXIT_BAD_INPUT, str(exc))
+    _check_out("snapshot", out)
     try:
         frame = data.read_table(source, fmt)  # type: ignore[arg-type]
         if schema is not None:
@@ -171,13 +185,13 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["csv", "parquet", "jsonl"]),
+    type=click.Choice(FORMATS),
     help="Default: from the name.",
 )
 @click.option("--out", required=True, help="Directory (path or URI) for the artifacts.")
 @click.option("--name", help="Model name (default: spec.modelName or 'model').")
 @click.option("--target", help="Label column.")
-@click.option("--task", type=click.Choice(["classification", "regression"]))
+@click.option("--task", type=click.Choice(get_args(Task)))
 @click.option("--estimator", help="Estimator class from the allow-list.")
 @click.option("--params", default="{}", show_default=True, help="Estimator params as JSON.")
 @click.option("--features", help="Comma-separated feature columns (default: all but the target).")
@@ -187,77 +201,106 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.pass_context
 def train(
     ctx: click.Context,
+    /,
     spec_file: str | None,
     data_uri: str,
     fmt: str | None,
     out: str,
     name: str | None,
-    target: str | None,
-    task: str | None,
-    estimator: str | None,
-    params: str,
-    features: str | None,
-    test_fraction: float,
-    seed: int,
-    gates: tuple[str, ...],
+    **flags: Any,
 ) -> None:
     """Train a scikit-learn model, export it to ONNX, check parity and write its artifacts."""
+    spec = _training_spec(ctx, spec_file, name, ModelFlags(**flags))
+    # scikit-learn and friends load only once the spec holds up: bad specs fail fast.
+    from kubeloop.trainer import train as training
+
+    _check_out("train", out)
+    run = training.Run(
+        spec=spec, data_uri=data_uri, out=out, name=name or spec.model_name, data_format=fmt
+    )
+    report(_train(run))
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """The flags that describe the model, for runs without --spec."""
+
+    target: str | None
+    task: str | None
+    estimator: str | None
+    params: str
+    features: str | None
+    test_fraction: float
+    seed: int
+    gates: tuple[str, ...]
+
+    def document(self, name: str | None) -> dict[str, Any]:
+        """The TrainingJob spec they describe; a UsageError names a flag missing or bad."""
+        required = (
+            ("--target", self.target),
+            ("--task", self.task),
+            ("--estimator", self.estimator),
+        )
+        missing = [flag for flag, value in required if not value]
+        if missing:
+            raise click.UsageError(f"without --spec, {', '.join(missing)} are required")
+        try:
+            estimator_params = json.loads(self.params)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from None
+        return {
+            "datasetRef": {"name": "local"},
+            "task": self.task,
+            "target": self.target,
+            "features": self.features.split(",") if self.features else None,
+            "estimator": {"className": self.estimator, "params": estimator_params},
+            "split": {"testFraction": self.test_fraction, "seed": self.seed},
+            "gate": _parse_gate(self.gates) or None,
+            "modelName": name or "model",
+        }
+
+
+def _training_spec(
+    ctx: click.Context, spec_file: str | None, name: str | None, flags: ModelFlags
+) -> TrainingJobSpec:
+    """The spec from --spec or from the flags; exit 2 on anything wrong with it."""
     try:
         if spec_file:
-            given = [
-                f"--{p.replace('_', '-')}"
-                for p in ("target", "task", "estimator", "params", "features", "test_fraction",
-                          "seed", "gates")
-                if ctx.get_parameter_source(p) is not ParameterSource.DEFAULT
-            ]  # fmt: skip
-            if given:
-                raise click.UsageError(
-                    f"{', '.join(given).replace('--gates', '--gate')} cannot be combined with "
-                    "--spec (the spec says it)"
-                )
+            _refuse_model_flags(ctx)
             raw = _spec_document(_load_document(spec_file), spec_file)
         else:
-            missing = [
-                n
-                for n, v in (("--target", target), ("--task", task), ("--estimator", estimator))
-                if not v
-            ]
-            if missing:
-                raise click.UsageError(f"without --spec, {', '.join(missing)} are required")
-            try:
-                estimator_params = json.loads(params)
-            except ValueError as exc:
-                raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from None
-            raw = {
-                "datasetRef": {"name": "local"},
-                "task": task,
-                "target": target,
-                "features": features.split(",") if features else None,
-                "estimator": {"className": estimator, "params": estimator_params},
-                "split": {"testFraction": test_fraction, "seed": seed},
-                "gate": _parse_gate(gates) or None,
-                "modelName": name or "model",
-            }
-        spec = TrainingJobSpec.model_validate(raw)
+            raw = flags.document(name)
+        return TrainingJobSpec.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
         _fail("train", EXIT_BAD_INPUT, f"spec {spec_file}: {exc}")
     except ValidationError as exc:
         _fail("train", EXIT_BAD_INPUT, f"spec: {_validation_message(exc)}")
     except click.UsageError as exc:
         _fail("train", EXIT_BAD_INPUT, exc.format_message())
-    # scikit-learn and friends load only once the spec holds up: bad specs fail fast.
-    from kubeloop.trainer import data, model, output
+
+
+def _refuse_model_flags(ctx: click.Context) -> None:
+    """With --spec, a model flag given too is an error rather than silently ignored."""
+    model_flags = {f.name for f in fields(ModelFlags)}
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name in model_flags
+        and ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT
+    ]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)} cannot be combined with --spec (the spec says it)"
+        )
+
+
+def _train(run: training.Run) -> JobResult:
+    """The run's result when the model passes; else exit with the outcome's code."""
+    from kubeloop.trainer import data, model
     from kubeloop.trainer import train as training
 
     try:
-        output.check_target(out)
-    except output.OutputError as exc:
-        _fail("train", EXIT_BAD_INPUT, str(exc))
-    run = training.Run(
-        spec=spec, data_uri=data_uri, out=out, name=name or spec.model_name, data_format=fmt
-    )
-    try:
-        summary = training.train(run)
+        return training.train(run)
     except (data.DataError, model.SpecError) as exc:
         _fail("train", EXIT_BAD_INPUT, str(exc))
     except training.ParityError as exc:
@@ -268,4 +311,3 @@ def train(
         sys.exit(EXIT_REJECTED)
     except Exception as exc:
         _internal("train", exc)
-    report(summary)

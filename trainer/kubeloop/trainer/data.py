@@ -30,7 +30,6 @@ from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
 
 Format = Literal["csv", "parquet", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl")
-NUMERIC_TYPES = ("number", "integer", "boolean")
 PROFILE_BINS = 10
 
 

@@ -2,7 +2,7 @@
 
 Numeric columns are imputed (median) and scaled; text columns are imputed
 (as ``"missing"``) and one-hot encoded, unseen categories ignored. The exported
-graph takes one input per column (see :mod:`kubeloop.trainer.artifacts`).
+graph takes one input per column (see :mod:`kubeloop.contracts.artifacts`).
 
 **Parity**: ONNX Runtime must reproduce scikit-learn on the test split —
 identical labels (except rows where scikit-learn's two top probabilities tie
@@ -46,6 +46,8 @@ VALUE_TOLERANCE = 1e-4
 TREES = {n for n in MODULES if "Forest" in n or "Trees" in n or "Tree" in n or "Boosting" in n}
 #: Stand-in for a missing text value, in training and in the ONNX inputs.
 MISSING_TEXT = "missing"
+#: The pipeline step holding the estimator (search spaces and fitted params go through it).
+ESTIMATOR_STEP = "estimator"
 
 
 class SpecError(Exception):
@@ -148,7 +150,7 @@ def build_pipeline(features: Features, estimator: BaseEstimator) -> Pipeline:
     if features.text:
         onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
         transformers.append(("text", onehot, features.text))
-    return Pipeline([("prepare", ColumnTransformer(transformers)), ("estimator", estimator)])
+    return Pipeline([("prepare", ColumnTransformer(transformers)), (ESTIMATOR_STEP, estimator)])
 
 
 def export(pipeline: Pipeline, features: Features, task: Task) -> ModelProto:

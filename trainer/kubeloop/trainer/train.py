@@ -1,9 +1,11 @@
-"""One training run: data → pipeline (+ search) → metrics → ONNX → parity → artifacts → gate.
+"""One training run: data → pipeline (+ search) → ONNX → parity → metrics → artifacts → gate.
 
-Metrics are computed from ONNX Runtime's predictions on the held-out split, so
-``onnxruntime`` alone reproduces them from ``model.onnx``. Binary
-classification reports precision/recall/F1 for the second class in
-``classes`` and ROC AUC; multiclass reports macro averages.
+:func:`train` composes one function per stage, each given what the stages before it
+made. Every check that needs no fitting runs first (the spec, then the data), so a run
+that cannot work fails in seconds and writes nothing. Metrics are computed from ONNX
+Runtime's predictions on the held-out split, so ``onnxruntime`` alone reproduces them
+from ``model.onnx``. Binary classification reports precision/recall/F1 for the second
+class in ``classes`` and ROC AUC; multiclass reports macro averages.
 """
 
 from __future__ import annotations
@@ -14,23 +16,29 @@ import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+from sklearn.base import BaseEstimator
+from sklearn.inspection import permutation_importance
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split
+from sklearn.pipeline import Pipeline
 
-from kubeloop.api.v1alpha1 import METRICS, Gate, TensorSpec, TrainingJobSpec
+from kubeloop.api.v1alpha1 import METRICS, Gate, Search, TensorSpec, TrainingJobSpec
 from kubeloop.contracts.artifacts import (
     LABEL_OUTPUT,
     OUTPUT_NAMES,
     PROBA_OUTPUT,
     VALUE_OUTPUT,
     ArtifactLayout,
+    CategoricalProfile,
     GateResult,
     Lineage,
     ModelMetadata,
+    NumericProfile,
+    Parity,
     Profile,
     join,
 )
@@ -46,6 +54,9 @@ from kubeloop.trainer.data import (
     read_table,
 )
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 #: scikit-learn scorer per metric name, for the search.
 SCORERS = {
     "accuracy": "accuracy",
@@ -59,11 +70,16 @@ SCORERS = {
     "r2": "r2",
 }
 LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
+#: Held-out rows permutation importance uses, at most.
 IMPORTANCE_ROWS = 2000
+#: Fewest labelled rows a run trains on.
+MIN_ROWS = 10
+#: The libraries whose versions the lineage records (besides Python's).
+LIBRARIES = ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "pandas")
 
 
 class GateRejectedError(Exception):
-    """The model is below the gate; artifacts are written, nothing is published."""
+    """Below the gate: the artifacts are written (to show why), no ModelVersion comes of them."""
 
     def __init__(self, summary: JobResult) -> None:
         super().__init__(summary.reason)
@@ -85,6 +101,94 @@ class Run:
     data_format: str | None = None
 
 
+@dataclass(frozen=True)
+class Data:
+    """The labelled rows, and the same rows as the estimator and the ONNX graph see them."""
+
+    frame: pd.DataFrame  # the labelled rows with their values as read
+    digest: str  # of the data as read, unlabelled rows too: the snapshot's version
+    features: model.Features
+    x: pd.DataFrame
+    y: pd.Series[Any]
+
+
+@dataclass(frozen=True)
+class TrainTest:
+    """The training rows and the held-out rows."""
+
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_train: pd.Series[Any]
+    y_test: pd.Series[Any]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The fitted pipeline and, after a search, every trial."""
+
+    pipeline: Pipeline
+    trials: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The ONNX model that reproduced the pipeline, and the session that ran it."""
+
+    onnx: bytes
+    session: ort.InferenceSession
+    parity: Parity
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.onnx).hexdigest()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the held-out split says about the model."""
+
+    outputs: dict[str, np.ndarray[Any, Any]]
+    classes: list[Any]
+    metrics: dict[str, float]
+    matrix: list[list[int]] | None
+    gate: GateResult
+    importance: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """A model directory's files, made and not yet written."""
+
+    onnx: bytes
+    metadata: ModelMetadata
+    profile: Profile
+    card: str
+
+
+def train(run: Run) -> JobResult:
+    """Train, export, check and write the artifacts; raise GateRejectedError below the gate."""
+    spec = run.spec
+    check_gate_metrics(spec)
+    estimator = model.make_estimator(
+        spec.task, spec.estimator.class_name, dict(spec.estimator.params or {}), spec.split.seed
+    )
+    data = load_data(run)
+    check_before_fit(spec, estimator, data.y)
+    split = split_rows(spec, data)
+    fitted = fit(spec, model.build_pipeline(data.features, estimator), split)
+    exported = to_onnx(fitted.pipeline, data.features, split.x_test, spec.task)
+    evaluation = assess(spec, fitted.pipeline, exported.session, data.features, split)
+    artifacts = make_artifacts(run, data, split, fitted, exported, evaluation)
+    write_artifacts(artifacts, run.out)
+    summary = result_of(run.out, exported.sha256, evaluation)
+    if not evaluation.gate.passed:
+        raise GateRejectedError(summary)
+    return summary
+
+
+# ---------------------------------------------------------------- spec
+
+
 def check_gate_metrics(spec: TrainingJobSpec) -> None:
     """Fail before training when the gate or the search names an unknown metric."""
     known = METRICS[spec.task]
@@ -100,50 +204,27 @@ def check_gate_metrics(spec: TrainingJobSpec) -> None:
             )
 
 
-def evaluate(
-    task: str, y_true: Any, outputs: dict[str, Any], classes: list[Any]
-) -> tuple[dict[str, float], list[list[int]] | None]:
-    """Held-out metrics from the model's outputs."""
-    if task == "regression":
-        pred = outputs[VALUE_OUTPUT].reshape(-1)
-        return {
-            "rmse": float(math.sqrt(skm.mean_squared_error(y_true, pred))),
-            "mae": float(skm.mean_absolute_error(y_true, pred)),
-            "r2": float(skm.r2_score(y_true, pred)),
-        }, None
-    labels = outputs[LABEL_OUTPUT].reshape(-1)
-    proba = outputs[PROBA_OUTPUT]
-    y = np.asarray(y_true)
-    labels = labels.astype(y.dtype) if y.dtype.kind in "iub" else labels.astype(str)
-    y_cmp = y if y.dtype.kind in "iub" else y.astype(str)
-    cls = np.asarray(classes) if y.dtype.kind in "iub" else np.asarray(classes).astype(str)
-    binary = len(classes) == 2
-    average: Any = "binary" if binary else "macro"
-    kwargs: dict[str, Any] = {"average": average, "zero_division": 0}
-    if binary:
-        kwargs["pos_label"] = cls[1]
-    result = {
-        "accuracy": float(skm.accuracy_score(y_cmp, labels)),
-        "precision": float(skm.precision_score(y_cmp, labels, **kwargs)),
-        "recall": float(skm.recall_score(y_cmp, labels, **kwargs)),
-        "f1": float(skm.f1_score(y_cmp, labels, **kwargs)),
-        "log_loss": float(skm.log_loss(y_cmp, np.clip(proba, 1e-15, 1), labels=cls)),
-    }
-    if binary and len(set(y_cmp.tolist())) == 2:
-        result["roc_auc"] = float(skm.roc_auc_score(y_cmp == cls[1], proba[:, 1]))
-    matrix = skm.confusion_matrix(y_cmp, labels, labels=cls).tolist()
-    return result, matrix
+# ---------------------------------------------------------------- data
 
 
-def apply_gate(gate: Gate | None, metrics: dict[str, float]) -> GateResult:
-    failures = []
-    for name, floor in ((gate.min or {}) if gate else {}).items():
-        if metrics.get(name, -math.inf) < floor:
-            failures.append(f"{name} {metrics.get(name, float('nan')):.4f} < {floor}")
-    for name, ceiling in ((gate.max or {}) if gate else {}).items():
-        if metrics.get(name, math.inf) > ceiling:
-            failures.append(f"{name} {metrics.get(name, float('nan')):.4f} > {ceiling}")
-    return GateResult(passed=not failures, failures=failures)
+def load_data(run: Run) -> Data:
+    """Read the data, check the target and the features, keep the labelled rows."""
+    spec = run.spec
+    frame = read_table(run.data_uri, format_of(run.data_uri, run.data_format))
+    data_digest = digest(frame)
+    if spec.target not in frame.columns:
+        raise DataError(f"column {spec.target!r}: the target is missing from the data")
+    names = [str(c) for c in spec.features or frame.columns if c != spec.target]
+    check_features(frame, names, spec.task)
+    frame = frame.dropna(subset=[spec.target])
+    if len(frame) < MIN_ROWS:
+        raise DataError(
+            f"column {spec.target!r}: only {len(frame)} labelled rows, need at least {MIN_ROWS}"
+        )
+    features = model.Features.of(frame, names)
+    x = features.prepare(frame)
+    y = target_values(frame[spec.target], spec.target, spec.task)
+    return Data(frame=frame, digest=data_digest, features=features, x=x, y=y)
 
 
 def check_features(frame: pd.DataFrame, names: list[str], task: Task) -> None:
@@ -208,197 +289,325 @@ def check_classes(spec: TrainingJobSpec, y: pd.Series[Any]) -> None:
         )
 
 
-def _search(
-    run: Run, pipeline: Any, x: pd.DataFrame, y: Any
-) -> tuple[Any, list[dict[str, Any]] | None]:
-    search = run.spec.search
-    if search is None:
-        return pipeline.fit(x, y), None
-    metric = search.metric or ("accuracy" if run.spec.task == "classification" else "r2")
-    space = {f"estimator__{k}": v for k, v in search.space.items()}
-    seed = run.spec.split.seed
-    if search.strategy == "grid":
-        searcher: Any = GridSearchCV(
-            pipeline, space, cv=search.cv, scoring=SCORERS[metric], refit=True
-        )
-    else:
-        searcher = RandomizedSearchCV(
-            pipeline,
-            space,
-            n_iter=search.trials,
-            cv=search.cv,
-            scoring=SCORERS[metric],
-            refit=True,
-            random_state=seed,
-        )
+def check_before_fit(spec: TrainingJobSpec, estimator: BaseEstimator, y: pd.Series[Any]) -> None:
+    """The checks that need the labels or the estimator: the classes, the search space."""
+    if spec.task == "classification":
+        check_classes(spec, y)
+    if spec.search is not None:
+        model.check_search_space(estimator, spec.search.space)
+
+
+def split_rows(spec: TrainingJobSpec, data: Data) -> TrainTest:
+    """Hold out the spec's share of rows, stratified when every class has two or more."""
+    y = data.y
+    stratify = y if spec.task == "classification" and y.value_counts().min() >= 2 else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.x,
+        y,
+        test_size=spec.split.test_fraction,
+        random_state=spec.split.seed,
+        stratify=stratify,
+    )
+    return TrainTest(x_train=x_train, x_test=x_test, y_train=y_train, y_test=y_test)
+
+
+# ---------------------------------------------------------------- pipeline (+ search)
+
+
+def fit(spec: TrainingJobSpec, pipeline: Pipeline, split: TrainTest) -> Fitted:
+    """Fit the pipeline on the training rows, or search for the best one when asked to."""
     try:
-        searcher.fit(x, y)
+        if spec.search is None:
+            return Fitted(pipeline=pipeline.fit(split.x_train, split.y_train), trials=None)
+        return fit_search(spec, spec.search, pipeline, split)
+    except ValueError as exc:  # constraints scikit-learn only checks when fitting
+        raise model.SpecError(f"estimator {spec.estimator.class_name}: {exc}") from exc
+
+
+def fit_search(
+    spec: TrainingJobSpec, search: Search, pipeline: Pipeline, split: TrainTest
+) -> Fitted:
+    """Cross-validated search on the training rows: the best candidate refitted, every trial."""
+    metric = search.metric or ("accuracy" if spec.task == "classification" else "r2")
+    searcher = make_searcher(search, pipeline, metric, spec.split.seed)
+    try:
+        searcher.fit(split.x_train, split.y_train)
     except ValueError as exc:
         raise model.SpecError(f"search: {exc}") from exc
-    results = searcher.cv_results_
-    trials = [
+    return Fitted(pipeline=searcher.best_estimator_, trials=trials_of(searcher.cv_results_, metric))
+
+
+def make_searcher(
+    search: Search, pipeline: Pipeline, metric: str, seed: int
+) -> GridSearchCV | RandomizedSearchCV:
+    """A grid or random search over the estimator's parameters, scored by ``metric``."""
+    grid = {f"{model.ESTIMATOR_STEP}__{k}": v for k, v in search.space.items()}
+    if search.strategy == "grid":
+        return GridSearchCV(pipeline, grid, cv=search.cv, scoring=SCORERS[metric], refit=True)
+    return RandomizedSearchCV(
+        pipeline,
+        grid,
+        n_iter=search.trials,
+        cv=search.cv,
+        scoring=SCORERS[metric],
+        refit=True,
+        random_state=seed,
+    )
+
+
+def trials_of(results: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """Each trial's parameters, rank and score, as the metric itself (never negated)."""
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    prefix = f"{model.ESTIMATOR_STEP}__"
+    return [
         {
-            "params": {k.removeprefix("estimator__"): _plain(v) for k, v in params.items()},
-            "score": float(score) * (-1 if metric in LOWER_IS_BETTER else 1),
+            "params": {k.removeprefix(prefix): _plain(v) for k, v in params.items()},
+            "score": float(score) * sign,
             "rank": int(rank),
         }
         for params, score, rank in zip(
             results["params"], results["mean_test_score"], results["rank_test_score"], strict=True
         )
     ]
-    return searcher.best_estimator_, trials
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def train(run: Run) -> JobResult:
-    """Train, export, check and write the artifacts; raise GateRejectedError below the gate."""
-    spec = run.spec
-    check_gate_metrics(spec)
-    params = dict(spec.estimator.params or {})
-    estimator = model.make_estimator(spec.task, spec.estimator.class_name, params, spec.split.seed)
-    frame = read_table(run.data_uri, format_of(run.data_uri, run.data_format))
-    data_digest = digest(frame)  # of the data as read: the snapshot's version
-    if spec.target not in frame.columns:
-        raise DataError(f"column {spec.target!r}: the target is missing from the data")
-    names = [str(c) for c in spec.features or frame.columns if c != spec.target]
-    check_features(frame, names, spec.task)
-    frame = frame.dropna(subset=[spec.target])
-    if len(frame) < 10:
-        raise DataError(
-            f"column {spec.target!r}: only {len(frame)} labelled rows, need at least 10"
-        )
-    features = model.Features.of(frame, names)
-    x = features.prepare(frame)
-    y = target_values(frame[spec.target], spec.target, spec.task)
-    if spec.task == "classification":
-        check_classes(spec, y)
-    if spec.search is not None:
-        model.check_search_space(estimator, spec.search.space)
-    stratify = y if spec.task == "classification" and y.value_counts().min() >= 2 else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=spec.split.test_fraction, random_state=spec.split.seed, stratify=stratify
-    )
-    try:
-        pipeline, trials = _search(run, model.build_pipeline(features, estimator), x_train, y_train)
-    except ValueError as exc:  # constraints scikit-learn only checks when fitting
-        raise model.SpecError(f"estimator {spec.estimator.class_name}: {exc}") from exc
+# ---------------------------------------------------------------- ONNX, parity
 
-    onnx_model = model.export(pipeline, features, spec.task)
-    onnx_bytes = onnx_model.SerializeToString()
+
+def to_onnx(
+    pipeline: Pipeline, features: model.Features, x_test: pd.DataFrame, task: Task
+) -> Exported:
+    """The pipeline as ONNX; raise ParityError unless ONNX Runtime reproduces it on ``x_test``."""
+    onnx_bytes = model.export(pipeline, features, task).SerializeToString()
     sess = model.session(onnx_bytes)
-    parity = model.check_parity(pipeline, sess, features, x_test, spec.task)
+    parity = model.check_parity(pipeline, sess, features, x_test, task)
     if not parity.passed:
         raise ParityError(
             f"ONNX Runtime differs from scikit-learn on the test split: "
             f"{parity.label_mismatches} labels, "
             f"max difference {parity.max_abs_diff:.2e} (tolerance {parity.tolerance:g})"
         )
-    outputs = model.onnx_predict(sess, features, x_test)
+    return Exported(onnx=onnx_bytes, session=sess, parity=parity)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def assess(
+    spec: TrainingJobSpec,
+    pipeline: Pipeline,
+    sess: ort.InferenceSession,
+    features: model.Features,
+    split: TrainTest,
+) -> Evaluation:
+    """Held-out metrics from ONNX Runtime's predictions, the gate's verdict, importance."""
+    outputs = model.onnx_predict(sess, features, split.x_test)
     classes = model.classes_of(pipeline) if spec.task == "classification" else []
-    metrics, matrix = evaluate(spec.task, y_test, outputs, classes)
-    gate = apply_gate(spec.gate, metrics)
+    metrics, matrix = evaluate(spec.task, split.y_test, outputs, classes)
+    return Evaluation(
+        outputs=outputs,
+        classes=classes,
+        metrics=metrics,
+        matrix=matrix,
+        gate=apply_gate(spec.gate, metrics),
+        importance=importance(pipeline, features, split, spec.task, spec.split.seed),
+    )
 
-    from sklearn.inspection import permutation_importance
 
-    sample = x_test.iloc[:IMPORTANCE_ROWS]
-    scoring = "accuracy" if spec.task == "classification" else "r2"
-    importance = permutation_importance(
+def evaluate(
+    task: str, y_true: Any, outputs: dict[str, Any], classes: list[Any]
+) -> tuple[dict[str, float], list[list[int]] | None]:
+    """Held-out metrics from the model's outputs."""
+    if task == "regression":
+        pred = outputs[VALUE_OUTPUT].reshape(-1)
+        return {
+            "rmse": float(math.sqrt(skm.mean_squared_error(y_true, pred))),
+            "mae": float(skm.mean_absolute_error(y_true, pred)),
+            "r2": float(skm.r2_score(y_true, pred)),
+        }, None
+    labels = outputs[LABEL_OUTPUT].reshape(-1)
+    proba = outputs[PROBA_OUTPUT]
+    y = np.asarray(y_true)
+    labels = labels.astype(y.dtype) if y.dtype.kind in "iub" else labels.astype(str)
+    y_cmp = y if y.dtype.kind in "iub" else y.astype(str)
+    cls = np.asarray(classes) if y.dtype.kind in "iub" else np.asarray(classes).astype(str)
+    binary = len(classes) == 2
+    average: Any = "binary" if binary else "macro"
+    kwargs: dict[str, Any] = {"average": average, "zero_division": 0}
+    if binary:
+        kwargs["pos_label"] = cls[1]
+    result = {
+        "accuracy": float(skm.accuracy_score(y_cmp, labels)),
+        "precision": float(skm.precision_score(y_cmp, labels, **kwargs)),
+        "recall": float(skm.recall_score(y_cmp, labels, **kwargs)),
+        "f1": float(skm.f1_score(y_cmp, labels, **kwargs)),
+        "log_loss": float(skm.log_loss(y_cmp, np.clip(proba, 1e-15, 1), labels=cls)),
+    }
+    if binary and len(set(y_cmp.tolist())) == 2:
+        result["roc_auc"] = float(skm.roc_auc_score(y_cmp == cls[1], proba[:, 1]))
+    matrix = skm.confusion_matrix(y_cmp, labels, labels=cls).tolist()
+    return result, matrix
+
+
+def apply_gate(gate: Gate | None, metrics: dict[str, float]) -> GateResult:
+    """The gate's verdict: every threshold the metrics miss, as one line each."""
+    failures = []
+    for name, floor in ((gate.min or {}) if gate else {}).items():
+        if metrics.get(name, -math.inf) < floor:
+            failures.append(f"{name} {metrics.get(name, float('nan')):.4f} < {floor}")
+    for name, ceiling in ((gate.max or {}) if gate else {}).items():
+        if metrics.get(name, math.inf) > ceiling:
+            failures.append(f"{name} {metrics.get(name, float('nan')):.4f} > {ceiling}")
+    return GateResult(passed=not failures, failures=failures)
+
+
+def importance(
+    pipeline: Pipeline, features: model.Features, split: TrainTest, task: Task, seed: int
+) -> dict[str, float]:
+    """Permutation importance on the first held-out rows, most important first."""
+    result = permutation_importance(
         pipeline,
-        sample,
-        y_test.iloc[:IMPORTANCE_ROWS],
+        split.x_test.iloc[:IMPORTANCE_ROWS],
+        split.y_test.iloc[:IMPORTANCE_ROWS],
         n_repeats=5,
-        random_state=spec.split.seed,
-        scoring=scoring,
+        random_state=seed,
+        scoring="accuracy" if task == "classification" else "r2",
     )
-    ranked = dict(
-        sorted(
-            zip(features.all, importance.importances_mean.tolist(), strict=True),
-            key=lambda kv: -kv[1],
-        )
+    ranked = zip(features.all, result.importances_mean.tolist(), strict=True)
+    return dict(sorted(ranked, key=lambda kv: -kv[1]))
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def make_artifacts(
+    run: Run,
+    data: Data,
+    split: TrainTest,
+    fitted: Fitted,
+    exported: Exported,
+    evaluation: Evaluation,
+) -> Artifacts:
+    """The model directory's files: the ONNX model, ``model.json``, the profile, the card."""
+    metadata = model_metadata(run, data, fitted, exported, evaluation)
+    return Artifacts(
+        onnx=exported.onnx,
+        metadata=metadata,
+        profile=training_profile(data, split, evaluation.outputs, run.spec.task),
+        card=card.render(metadata, len(data.frame), len(split.x_test)),
     )
 
-    sha = hashlib.sha256(onnx_bytes).hexdigest()
-    fitted = pipeline.named_steps["estimator"].get_params()
-    columns = [c for c in infer_columns(frame[features.all])]
-    if spec.task == "classification":
-        outputs_spec = [
-            TensorSpec(
-                name=LABEL_OUTPUT,
-                datatype="INT64" if all(isinstance(c, int) for c in classes) else "BYTES",
-                shape=[-1],
-            ),
-            TensorSpec(name=PROBA_OUTPUT, datatype="FP32", shape=[-1, len(classes)]),
-        ]
-        prediction = profile_series(
-            pd.Series(outputs[LABEL_OUTPUT].reshape(-1)).astype(str), numeric=False
-        )
-    else:
-        outputs_spec = [TensorSpec(name=VALUE_OUTPUT, datatype="FP32", shape=[-1, 1])]
-        prediction = profile_series(pd.Series(outputs[VALUE_OUTPUT].reshape(-1)), numeric=True)
-    metadata = ModelMetadata(
+
+def model_metadata(
+    run: Run, data: Data, fitted: Fitted, exported: Exported, evaluation: Evaluation
+) -> ModelMetadata:
+    """What the model takes and gives, how good it is and where it came from."""
+    spec = run.spec
+    columns = infer_columns(data.frame[data.features.all])
+    return ModelMetadata(
         name=run.name,
         task=spec.task,
-        sha256=sha,
-        inputs=features.tensor_specs(),
-        outputs=outputs_spec,
+        sha256=exported.sha256,
+        inputs=data.features.tensor_specs(),
+        outputs=output_specs(spec.task, evaluation.classes),
         columns=columns,
         nullable=[c.name for c in columns if c.nullable],
         target=spec.target,
-        classes=classes or None,
-        metrics=metrics,
-        confusion_matrix=matrix,
-        parity=parity,
-        importance=ranked,
-        search=trials,
-        gate=gate,
-        lineage=Lineage(
-            data_uri=run.data_uri,
-            data_digest=data_digest,
-            estimator=spec.estimator.class_name,
-            params={
-                k: _plain(v)
-                for k, v in fitted.items()
-                if isinstance(_plain(v), str | int | float | bool | None)
-            },
-            seed=spec.split.seed,
-            libraries={
-                "python": platform.python_version(),
-                **{
-                    lib: version(lib)
-                    for lib in ("scikit-learn", "skl2onnx", "onnxruntime", "numpy", "pandas")
-                },
-            },
-        ),
+        classes=evaluation.classes or None,
+        metrics=evaluation.metrics,
+        confusion_matrix=evaluation.matrix,
+        parity=exported.parity,
+        importance=evaluation.importance,
+        search=fitted.trials,
+        gate=evaluation.gate,
+        lineage=lineage(run, data.digest, fitted.pipeline),
         created=datetime.now(UTC),
     )
-    raw_train = frame.loc[x_train.index]  # the values as the data has them, not float32
-    profile = Profile(
-        rows=len(x_train),
-        features={
-            n: profile_series(raw_train[n], numeric=n in features.numeric) for n in features.all
+
+
+def output_specs(task: Task, classes: list[Any]) -> list[TensorSpec]:
+    """The ONNX outputs: integer or text labels and probabilities, or the predicted value."""
+    if task == "regression":
+        return [TensorSpec(name=VALUE_OUTPUT, datatype="FP32", shape=[-1, 1])]
+    label = "INT64" if all(isinstance(c, int) for c in classes) else "BYTES"
+    return [
+        TensorSpec(name=LABEL_OUTPUT, datatype=label, shape=[-1]),
+        TensorSpec(name=PROBA_OUTPUT, datatype="FP32", shape=[-1, len(classes)]),
+    ]
+
+
+def lineage(run: Run, data_digest: str, pipeline: Pipeline) -> Lineage:
+    """The data, the estimator with its fitted (JSON-plain) parameters, seed and libraries."""
+    fitted = pipeline.named_steps[model.ESTIMATOR_STEP].get_params()
+    return Lineage(
+        data_uri=run.data_uri,
+        data_digest=data_digest,
+        estimator=run.spec.estimator.class_name,
+        params={
+            k: _plain(v)
+            for k, v in fitted.items()
+            if isinstance(_plain(v), str | int | float | bool | None)
         },
-        prediction=prediction,
+        seed=run.spec.split.seed,
+        libraries={
+            "python": platform.python_version(),
+            **{lib: version(lib) for lib in LIBRARIES},
+        },
     )
+
+
+def training_profile(
+    data: Data, split: TrainTest, outputs: dict[str, np.ndarray[Any, Any]], task: Task
+) -> Profile:
+    """The training rows' distributions (values as the data has them, not float32) and the
+    held-out predictions' distribution."""
+    raw = data.frame.loc[split.x_train.index]
+    numeric = data.features.numeric
+    return Profile(
+        rows=len(split.x_train),
+        features={n: profile_series(raw[n], numeric=n in numeric) for n in data.features.all},
+        prediction=prediction_profile(task, outputs),
+    )
+
+
+def prediction_profile(
+    task: Task, outputs: dict[str, np.ndarray[Any, Any]]
+) -> NumericProfile | CategoricalProfile:
+    """The predicted values' distribution: labels as text, or regression values."""
+    if task == "regression":
+        return profile_series(pd.Series(outputs[VALUE_OUTPUT].reshape(-1)), numeric=True)
+    labels = pd.Series(outputs[LABEL_OUTPUT].reshape(-1)).astype(str)
+    return profile_series(labels, numeric=False)
+
+
+def write_artifacts(artifacts: Artifacts, out: str) -> None:
+    """Publish the model directory whole, ``model.json`` last: it marks the folder complete."""
     with output.staging() as tmp:
-        (tmp / ArtifactLayout.MODEL).write_bytes(onnx_bytes)
-        (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
-        (tmp / ArtifactLayout.CARD).write_text(card.render(metadata, len(frame), len(x_test)))
-        (tmp / ArtifactLayout.METADATA).write_text(metadata.model_dump_json(indent=1))
-        output.publish(tmp, run.out, last=ArtifactLayout.METADATA)
-    summary = JobResult(
+        (tmp / ArtifactLayout.MODEL).write_bytes(artifacts.onnx)
+        (tmp / ArtifactLayout.PROFILE).write_text(artifacts.profile.model_dump_json(indent=1))
+        (tmp / ArtifactLayout.CARD).write_text(artifacts.card)
+        (tmp / ArtifactLayout.METADATA).write_text(artifacts.metadata.model_dump_json(indent=1))
+        output.publish(tmp, out, last=ArtifactLayout.METADATA)
+
+
+# ---------------------------------------------------------------- gate
+
+
+def result_of(out: str, sha256: str, evaluation: Evaluation) -> JobResult:
+    """The Job result: the artifacts' URIs, the metrics and the gate's verdict."""
+    gate = evaluation.gate
+    return JobResult(
         kind="train",
         status="succeeded" if gate.passed else "rejected",
         reason=None if gate.passed else "quality gate not met: " + "; ".join(gate.failures),
-        artifact_uri=join(run.out, ArtifactLayout.MODEL),
-        sha256=sha,
-        metadata_uri=join(run.out, ArtifactLayout.METADATA),
-        profile_uri=join(run.out, ArtifactLayout.PROFILE),
-        metrics=metrics,
+        artifact_uri=join(out, ArtifactLayout.MODEL),
+        sha256=sha256,
+        metadata_uri=join(out, ArtifactLayout.METADATA),
+        profile_uri=join(out, ArtifactLayout.PROFILE),
+        metrics=evaluation.metrics,
         gate=gate,
     )
-    if not gate.passed:
-        raise GateRejectedError(summary)
-    return summary
