@@ -181,3 +181,18 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
     assert canary["spec"]["replicas"] == 1  # 10% of 2, at least one
     assert canary["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
     assert json.loads(children[2]["data"]["routing.json"])["canary_version"] == 2
+
+
+def test_serving_pod_env_names_only_settings_the_server_reads(settings):
+    """The operator configures serving pods through environment variables: each one it
+    writes with the server's prefix must be a field of the server's settings."""
+    from kubeloop.serving.settings import ENV_PREFIX, ServingSettings
+
+    md = parent("ModelDeployment")
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    dep = builders.build_serving_deployment(md, spec, serving_version(2), "stable", 2, settings)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    written = {e["name"] for e in container["env"] if e["name"].startswith(ENV_PREFIX)}
+    known = {f"{ENV_PREFIX}{name}".upper() for name in ServingSettings.model_fields}
+    assert written, "the builder writes no serving settings"
+    assert written <= known, f"unknown to the server: {sorted(written - known)}"
