@@ -222,17 +222,18 @@ class Demo:
             if missing:
                 self.say(f"    building {', '.join(missing)} (hack/images.sh)")
                 self._check([str(self.root / "hack" / "images.sh")], "hack/images.sh", 1800)
-            with subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE) as save:
-                load = subprocess.run(
-                    [str(realnode.script()), "load", "-"],
-                    stdin=save.stdout,
-                    capture_output=True,
-                    timeout=600,
-                    check=False,
-                )
-            if save.returncode or load.returncode:
-                raise DemoError(f"loading images failed: {load.stderr.decode()[-2000:]}")
+            self.load(refs)
             self.say(f"    loaded {', '.join(refs)}")
+
+    def load(self, refs: list[str]) -> None:
+        """``docker save`` piped into the real node's containerd."""
+        with subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE) as save:
+            try:
+                realnode.load(self.name, [], save.stdout, lambda m: self.say(f"    {m}"))
+            except ClusterError as err:
+                raise DemoError(f"loading images failed: {err}") from err
+        if save.returncode:
+            raise DemoError(f"docker save {' '.join(refs)} failed (exit {save.returncode})")
 
     def _check(self, argv: list[str], what: str, timeout: float) -> None:
         done = subprocess.run(argv, timeout=timeout, check=False)
