@@ -26,9 +26,12 @@ $(SETUP_STAMP):
 setup: $(SETUP_STAMP) ## Create .venv and install Kubeloop (editable) with every extra and the dev tools.
 
 .PHONY: lint
-lint: setup ## Lint and check formatting with ruff.
+lint: setup ## Lint and check formatting with ruff; shellcheck every tracked shell script.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	command -v shellcheck >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck)
+	git ls-files -z 'hack/*.sh' .ci/run | xargs -0 shellcheck -x
 
 .PHONY: fmt
 fmt: setup ## Format and auto-fix with ruff.

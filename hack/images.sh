@@ -93,9 +93,10 @@ make_local_base() {
       exit 1
     }
     # What a container never needs: package lists and caches, docs, man pages, locales.
-    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/log/* \
-      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
-      "$root"/usr/share/locale/* "$root"/tmp/* "$root"/proc/* "$root"/sys/* "$root"/dev/*
+    rm -rf "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/cache/apt/* "${root:?}"/var/log/* \
+      "${root:?}"/usr/share/doc/* "${root:?}"/usr/share/man/* "${root:?}"/usr/share/info/* \
+      "${root:?}"/usr/share/locale/* "${root:?}"/tmp/* "${root:?}"/proc/* "${root:?}"/sys/* \
+      "${root:?}"/dev/*
     mkdir -p "$CACHE/images"
     tar --numeric-owner -C "$root" -cf "$tarball.part" .
     mv "$tarball.part" "$tarball"

@@ -27,6 +27,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 
+from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.devcluster.cluster import DevCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,94 +67,77 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return cpu, int(hwm.group(1)) * 1024 if hwm else 0
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--deployments", type=int, default=500)
     parser.add_argument("--trainingjobs", type=int, default=200)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    existing = os.environ.get("KUBELOOP_TEST_KUBECONFIG")
-    cluster = None if existing else DevCluster("bench")
-    kubeconfig = existing or str(cluster.up(nodes=args.nodes))  # type: ignore[union-attr]
-    config.load_kube_config(kubeconfig)
-    api = client.ApiClient()
-    dyn = DynamicClient(api)
-    work = Path(tempfile.mkdtemp(prefix="kubeloop-bench-"))
-    operator: subprocess.Popen[bytes] | None = None
-    try:
+
+class Bench:
+    """The kubeloop resources of one cluster, in the bench namespace."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.kubeconfig = kubeconfig
+        config.load_kube_config(kubeconfig)
+        self.api = client.ApiClient()
+        self.dyn = DynamicClient(self.api)
+
+    def install_crds(self) -> None:
+        """The CRDs (server-side applied) and the namespace; waits until they serve."""
+        res = self.dyn.resources.get(
+            api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition"
+        )
         for path in sorted((ROOT / "crds").glob("*.yaml")):
             crd = yaml.safe_load(path.read_text())
-            res = dyn.resources.get(
-                api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition"
-            )
             res.server_side_apply(body=crd, field_manager="bench", force_conflicts=True)
-        core = client.CoreV1Api(api)
+        core = client.CoreV1Api(self.api)
         if NS not in [n.metadata.name for n in core.list_namespace().items]:
             core.create_namespace({"metadata": {"name": NS}})
-        wait_established(dyn)
-        crs = {
-            k: dyn.resources.get(api_version=GV, kind=k)
+        wait_established(self.dyn)
+        self.crs = {
+            k: self.dyn.resources.get(api_version=GV, kind=k)
             for k in ("Dataset", "TrainingJob", "ModelVersion", "ModelDeployment")
         }
 
-        # Prerequisites, written as the trainer would have left them.
-        artifact = work / "model.onnx"
+    def create(self, kind: str, name: str, spec: dict[str, Any], **meta: Any) -> None:
+        body = {"apiVersion": GV, "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
+        self.crs[kind].create(namespace=NS, body=body)
+
+    def prerequisites(self, work: Path) -> None:
+        """A Ready Dataset and a ModelVersion, written as the trainer would have left them."""
+        artifact = work / ArtifactLayout.MODEL
         artifact.write_bytes(b"bench artifact")
-        crs["Dataset"].create(
-            namespace=NS,
-            body={
-                "apiVersion": GV,
-                "kind": "Dataset",
-                "metadata": {"name": "data"},
-                "spec": {"source": {"uri": "file:///bench/data.csv"}},
-            },
-        )
-        digest = "sha256:" + "0" * 64
-        crs["Dataset"].status.patch(
+        self.create("Dataset", "data", {"source": {"uri": "file:///bench/data.csv"}})
+        self.crs["Dataset"].status.patch(
             namespace=NS,
             name="data",
             content_type="application/merge-patch+json",
-            body={
-                "status": {
-                    "version": digest,
-                    "rows": 1,
-                    "snapshotUri": "file:///bench/data.csv",
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True",
-                            "reason": "Bench",
-                            "message": "",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z",
-                        }
-                    ],
-                }
-            },
+            body={"status": dataset_status()},
         )
-        crs["ModelVersion"].create(
-            namespace=NS,
-            body={
-                "apiVersion": GV,
-                "kind": "ModelVersion",
-                "metadata": {"name": "bench-v1", "labels": {"kubeloop.io/model": "bench"}},
-                "spec": {
-                    "modelName": "bench",
-                    "version": 1,
-                    "task": "classification",
-                    "artifact": {
-                        "uri": artifact.as_uri(),
-                        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
-                    },
+        self.create(
+            "ModelVersion",
+            "bench-v1",
+            {
+                "modelName": "bench",
+                "version": 1,
+                "task": "classification",
+                "artifact": {
+                    "uri": artifact.as_uri(),
+                    "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
                 },
             },
+            labels={"kubeloop.io/model": "bench"},
         )
 
+    def start_operator(self, work: Path) -> subprocess.Popen[bytes]:
+        """The operator on the bench namespace, once bench-v1 is Ready by its hand."""
         log = (work / "operator.log").open("wb")
         env = {
             **os.environ,
-            "KUBECONFIG": kubeconfig,
+            "KUBECONFIG": self.kubeconfig,
             "KUBELOOP_METRICS_PORT": "0",
             "KUBELOOP_ARTIFACT_ROOT": (work / "store").as_uri(),
         }
@@ -164,95 +148,127 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         wait(
-            lambda: ready(crs["ModelVersion"].get(namespace=NS, name="bench-v1").to_dict()),
+            lambda: ready(self.crs["ModelVersion"].get(namespace=NS, name="bench-v1").to_dict()),
             "bench-v1 Ready",
             120,
         )
+        return operator
 
-        before_requests = request_total(kubeconfig)
-        before_cpu, _ = proc_usage(operator.pid)
-        started = time.monotonic()
-
-        def make_md(i: int) -> None:
-            crs["ModelDeployment"].create(
-                namespace=NS,
-                body={
-                    "apiVersion": GV,
-                    "kind": "ModelDeployment",
-                    "metadata": {"name": f"md-{i}"},
-                    "spec": {"modelName": "bench", "replicas": 1},
-                },
-            )
-
-        def make_tj(i: int) -> None:
-            crs["TrainingJob"].create(
-                namespace=NS,
-                body={
-                    "apiVersion": GV,
-                    "kind": "TrainingJob",
-                    "metadata": {"name": f"tj-{i}"},
-                    "spec": {
-                        "datasetRef": {"name": "data"},
-                        "task": "classification",
-                        "target": "y",
-                        "modelName": "bench",
-                        "estimator": {"className": "LogisticRegression"},
-                    },
-                },
-            )
-
+    def create_load(self, deployments: int, trainingjobs: int) -> None:
+        """``deployments`` ModelDeployments and ``trainingjobs`` TrainingJobs, 8 at a time."""
+        job = {
+            "datasetRef": {"name": "data"},
+            "task": "classification",
+            "target": "y",
+            "modelName": "bench",
+            "estimator": {"className": "LogisticRegression"},
+        }
+        deployment = {"modelName": "bench", "replicas": 1}
+        creations = [("ModelDeployment", f"md-{i}", deployment) for i in range(deployments)]
+        creations += [("TrainingJob", f"tj-{i}", job) for i in range(trainingjobs)]
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(make_md, range(args.deployments)))
-            list(pool.map(make_tj, range(args.trainingjobs)))
-        created = time.monotonic() - started
+            list(pool.map(lambda c: self.create(*c), creations))
 
-        def settled() -> tuple[int, int]:
-            mds = crs["ModelDeployment"].get(namespace=NS).to_dict()["items"]
-            tjs = crs["TrainingJob"].get(namespace=NS).to_dict()["items"]
-            serving = sum((m.get("status") or {}).get("phase") == "Serving" for m in mds)
-            running = sum((t.get("status") or {}).get("phase") == "Running" for t in tjs)
-            return serving, running
+    def settled(self) -> tuple[int, int]:
+        """(ModelDeployments Serving, TrainingJobs Running)."""
+        mds = self.crs["ModelDeployment"].get(namespace=NS).to_dict()["items"]
+        tjs = self.crs["TrainingJob"].get(namespace=NS).to_dict()["items"]
+        serving = sum((m.get("status") or {}).get("phase") == "Serving" for m in mds)
+        running = sum((t.get("status") or {}).get("phase") == "Running" for t in tjs)
+        return serving, running
 
+    def await_steady_state(self, args: argparse.Namespace, started: float) -> None:
         deadline = started + args.timeout
         while True:
-            serving, running = settled()
+            serving, running = self.settled()
             if serving == args.deployments and running == args.trainingjobs:
-                break
+                return
             if time.monotonic() > deadline:
                 raise SystemExit(
                     f"timed out: {serving}/{args.deployments} serving, "
                     f"{running}/{args.trainingjobs} running"
                 )
             time.sleep(2)
-        elapsed = time.monotonic() - started
-        cpu, peak = proc_usage(operator.pid)
-        requests = request_total(kubeconfig) - before_requests
-        objects = args.deployments + args.trainingjobs
-        rows = [
-            (
-                "objects created (ModelDeployments + TrainingJobs)",
-                f"{args.deployments} + {args.trainingjobs}",
-            ),
-            ("time to create them (client side)", f"{created:.1f} s"),
-            ("time until all reached steady state", f"{elapsed:.1f} s"),
-            ("steady-state objects per second", f"{objects / elapsed:.1f}"),
-            ("API requests served per object (all clients)", f"{requests / objects:.1f}"),
-            ("operator CPU time per object", f"{(cpu - before_cpu) / objects * 1000:.1f} ms"),
-            ("operator peak memory (RSS)", f"{peak / 2**20:.0f} MiB"),
-        ]
-        width = max(len(r[0]) for r in rows)
-        print(f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
-        for name, value in rows:
-            print(f"| {name:<{width}} | {value} |")
+
+
+def dataset_status() -> dict[str, Any]:
+    return {
+        "version": "sha256:" + "0" * 64,
+        "rows": 1,
+        "snapshotUri": "file:///bench/data.csv",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Bench",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
+
+
+def measure(
+    bench: Bench, operator: subprocess.Popen[bytes], args: argparse.Namespace
+) -> list[tuple[str, str]]:
+    """Create the load, wait for its steady state; the table's rows."""
+    before_requests = request_total(bench.kubeconfig)
+    before_cpu, _ = proc_usage(operator.pid)
+    started = time.monotonic()
+    bench.create_load(args.deployments, args.trainingjobs)
+    created = time.monotonic() - started
+    bench.await_steady_state(args, started)
+    elapsed = time.monotonic() - started
+    cpu, peak = proc_usage(operator.pid)
+    requests = request_total(bench.kubeconfig) - before_requests
+    objects = args.deployments + args.trainingjobs
+    return [
+        (
+            "objects created (ModelDeployments + TrainingJobs)",
+            f"{args.deployments} + {args.trainingjobs}",
+        ),
+        ("time to create them (client side)", f"{created:.1f} s"),
+        ("time until all reached steady state", f"{elapsed:.1f} s"),
+        ("steady-state objects per second", f"{objects / elapsed:.1f}"),
+        ("API requests served per object (all clients)", f"{requests / objects:.1f}"),
+        ("operator CPU time per object", f"{(cpu - before_cpu) / objects * 1000:.1f} ms"),
+        ("operator peak memory (RSS)", f"{peak / 2**20:.0f} MiB"),
+    ]
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value} |")
+
+
+def stop(operator: subprocess.Popen[bytes]) -> None:
+    operator.terminate()
+    try:
+        operator.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # kopf stops its many timers slowly
+        operator.kill()
+        operator.wait()
+
+
+def main() -> int:
+    args = parse_args()
+    existing = os.environ.get("KUBELOOP_TEST_KUBECONFIG")
+    cluster = None if existing else DevCluster("bench")
+    kubeconfig = existing or str(cluster.up(nodes=args.nodes))  # type: ignore[union-attr]
+    work = Path(tempfile.mkdtemp(prefix="kubeloop-bench-"))
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        bench = Bench(kubeconfig)
+        bench.install_crds()
+        bench.prerequisites(work)
+        operator = bench.start_operator(work)
+        print_table(measure(bench, operator, args))
         return 0
     finally:
         if operator is not None:
-            operator.terminate()
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # kopf stops its many timers slowly
-                operator.kill()
-                operator.wait()
+            stop(operator)
         if cluster is not None:
             cluster.down()
 

@@ -29,7 +29,10 @@ NAME = "e2e"
 @pytest.fixture(scope="module")
 def demo() -> Iterator[Demo]:
     if os.geteuid() != 0:
-        pytest.skip("a real node needs root (containerd, iptables, a bridge)")
+        pytest.fail(
+            "make e2e needs root: the real node runs containerd, iptables rules and a bridge",
+            pytrace=False,
+        )
     owner = realnode.owner()
     if owner not in (None, NAME):
         pytest.fail(f"the real node serves cluster {owner!r}: make demo-down (or cluster down)")

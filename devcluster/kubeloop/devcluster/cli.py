@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
@@ -43,7 +44,7 @@ def cluster() -> None:
 @click.option(
     "--real",
     is_flag=True,
-    help="Add a real node (containerd, kubelet, kube-proxy, CoreDNS; hack/realnode.sh, root).",
+    help="Add a real node (containerd, kubelet, kube-proxy, CoreDNS; as root).",
 )
 @click.option(
     "--timeout", default=120.0, show_default=True, type=float, help="Seconds to wait for Ready."
@@ -96,6 +97,10 @@ def status(name: str, as_json: bool) -> None:
             click.echo(f"  {p['name']:<24} pid {p['pid']:<8} {'up' if p['alive'] else 'DOWN'}")
         for node, ready in sorted(st.nodes.items()):
             click.echo(f"  node {node:<19} {'Ready' if ready else 'NotReady'}")
+        if realnode.owner() == name:
+            for proc, info in realnode.node(name, _progress).status().items():
+                state = "up" if info["alive"] else "DOWN"
+                click.echo(f"  {'realnode/' + proc:<24} pid {info['pid']:<8} {state}")
     sys.exit(0 if st.running else 1)
 
 
@@ -109,3 +114,18 @@ def kubeconfig(name: str) -> None:
             f"cluster {name!r} is not up (kubeloop cluster up --name {name})"
         )
     click.echo(str(dev.kubeconfig))
+
+
+@cluster.command()
+@name_option
+@click.argument("tarballs", nargs=-1, required=True, type=click.Path(allow_dash=True))
+def load(name: str, tarballs: tuple[str, ...]) -> None:
+    """Import image tarballs (docker save, OCI; - reads standard input) into the real
+    node's containerd: `docker save IMAGE | kubeloop cluster load -`."""
+    files = [Path(t) for t in tarballs if t != "-"]
+    stream = sys.stdin.buffer if "-" in tarballs else None
+    try:
+        realnode.load(name, files, stream, _progress)
+    except ClusterError as err:
+        raise click.ClickException(str(err)) from err
+    _progress(f"loaded {', '.join(tarballs)}")

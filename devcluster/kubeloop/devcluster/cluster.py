@@ -19,39 +19,50 @@ the process that was started (its start time), and removes the directory.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import http.client
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import time
 from base64 import b64encode
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import yaml
 
 from kubeloop.devcluster import pki as pkimod
 from kubeloop.devcluster.binaries import Binaries
+from kubeloop.devcluster.controlplane import KUBECONFIG_USERS, PORT_NAMES, ControlPlane
+from kubeloop.devcluster.errors import ClusterError
+from kubeloop.devcluster.process import Process, Supervisor, wait_for
 from kubeloop.devcluster.stages import NODE_ANNOTATION, NODE_ANNOTATION_VALUE, kwok_config
 
+__all__ = [
+    "Api",
+    "ClusterError",
+    "ClusterStatus",
+    "DevCluster",
+    "Process",
+    "State",
+    "cache_dir",
+    "clusters_dir",
+    "free_ports",
+    "kubeconfig_yaml",
+    "prune_abandoned",
+]
+
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-SERVICE_CIDR = "10.96.0.0/16"
-SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE_FILE = "state.json"
 NODE_PREFIX = "kwok-node-"
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be started, or is not there."""
+#: the control plane's processes, in start order
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
 def cache_dir() -> Path:
@@ -61,58 +72,6 @@ def cache_dir() -> Path:
 
 def clusters_dir() -> Path:
     return cache_dir() / "clusters"
-
-
-# ------------------------------------------------------------------ processes
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, process group, start time in clock ticks) of ``pid``, or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2]), int(fields[19])
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat and stat[1] == pgid and stat[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Ask the kernel to SIGTERM this child when its parent dies (Linux prctl)."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-@dataclass
-class Process:
-    """One started process, as recorded in ``state.json``."""
-
-    name: str
-    pid: int
-    start_ticks: int
-    argv: list[str]
-    log: str
-
-    def alive(self) -> bool:
-        stat = _proc_stat(self.pid)
-        return stat is not None and stat[0] != "Z" and stat[2] == self.start_ticks
-
-    def group(self) -> list[int]:
-        """Live members of this process's group, if the group is still the one started."""
-        stat = _proc_stat(self.pid)
-        if stat is not None and stat[2] != self.start_ticks:
-            return []  # the pid now belongs to someone else: so may the group id
-        return _group_members(self.pid)
 
 
 @dataclass
@@ -161,11 +120,16 @@ class Api:
 
     def __init__(self, port: int, pki: pkimod.Pki, who: str = "admin") -> None:
         self.port = port
-        self.context = ssl.create_default_context(cafile=str(pki.ca_crt))
-        self.context.load_cert_chain(str(pki.client_crt(who)), str(pki.client_key(who)))
+        self.context = ssl.create_default_context(cafile=str(pki.crt(pkimod.CA)))
+        self.context.load_cert_chain(str(pki.crt(who)), str(pki.key(who)))
 
     def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5.0
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float = 5.0,
+        content_type: str = "application/json",
     ) -> tuple[int, Any]:
         conn = http.client.HTTPSConnection(
             "127.0.0.1", self.port, context=self.context, timeout=timeout
@@ -175,7 +139,7 @@ class Api:
             payload = None
             if body is not None:
                 payload = json.dumps(body).encode()
-                headers["Content-Type"] = "application/json"
+                headers["Content-Type"] = content_type
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
@@ -193,6 +157,31 @@ class Api:
             return False
         return status == 200
 
+    def apply(self, obj: dict[str, Any], manager: str) -> None:
+        """Server-side apply ``obj`` as field manager ``manager`` (taking over conflicts)."""
+        query = urlencode({"fieldManager": manager, "force": "true"})
+        code, body = self.request(
+            "PATCH",
+            f"{object_path(obj)}?{query}",
+            obj,
+            timeout=15.0,
+            content_type="application/apply-patch+yaml",
+        )
+        if code not in (200, 201):
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            raise ClusterError(f"applying {what}: HTTP {code}: {body}")
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    """The API path of ``obj`` (namespaced when its metadata names a namespace). The
+    resource is the lower-case kind plus ``s``, which holds for the kinds applied here."""
+    version = obj["apiVersion"]
+    prefix = f"/apis/{version}" if "/" in version else f"/api/{version}"
+    meta = obj["metadata"]
+    if meta.get("namespace"):
+        prefix += f"/namespaces/{quote(meta['namespace'])}"
+    return f"{prefix}/{obj['kind'].lower()}s/{quote(meta['name'])}"
+
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback TCP ports (held together while picked)."""
@@ -208,7 +197,9 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def kubeconfig_yaml(name: str, port: int, pki: pkimod.Pki, who: str) -> str:
+def kubeconfig_yaml(name: str, port: int, ca: Path, crt: Path, key: Path, user: str) -> str:
+    """A kubeconfig for ``https://127.0.0.1:port`` with every certificate embedded."""
+
     def b64(path: Path) -> str:
         return b64encode(path.read_bytes()).decode()
 
@@ -221,25 +212,28 @@ def kubeconfig_yaml(name: str, port: int, pki: pkimod.Pki, who: str) -> str:
                 "name": context,
                 "cluster": {
                     "server": f"https://127.0.0.1:{port}",
-                    "certificate-authority-data": b64(pki.ca_crt),
+                    "certificate-authority-data": b64(ca),
                 },
             }
         ],
         "users": [
             {
-                "name": f"{context}-{who}",
-                "user": {
-                    "client-certificate-data": b64(pki.client_crt(who)),
-                    "client-key-data": b64(pki.client_key(who)),
-                },
+                "name": f"{context}-{user}",
+                "user": {"client-certificate-data": b64(crt), "client-key-data": b64(key)},
             }
         ],
         "contexts": [
-            {"name": context, "context": {"cluster": context, "user": f"{context}-{who}"}}
+            {"name": context, "context": {"cluster": context, "user": f"{context}-{user}"}}
         ],
         "current-context": context,
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (kubeconfigs hold keys)."""
+    path.write_text(text)
+    path.chmod(0o600)
 
 
 def node_manifest(name: str) -> dict[str, Any]:
@@ -305,9 +299,8 @@ class DevCluster:
             raise ClusterError(f"invalid cluster name {name!r}: use a DNS label (a-z, 0-9, -)")
         self.name = name
         self.dir = clusters_dir() / name
-        self.bind_to_parent = bind_to_parent
         self.log = log or (lambda _msg: None)
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self.supervisor = Supervisor(self.dir / "logs", bind_to_parent=bind_to_parent, log=self.log)
 
     # -- paths
 
@@ -322,6 +315,12 @@ class DevCluster:
     @property
     def pki(self) -> pkimod.Pki:
         return pkimod.Pki(self.dir / "pki")
+
+    @property
+    def api_port(self) -> int | None:
+        """The API server's loopback port, while the state records one."""
+        state = self.state()
+        return state.ports.get("apiserver") if state else None
 
     def state(self) -> State | None:
         try:
@@ -433,9 +432,8 @@ class DevCluster:
     # -- internals
 
     def _healthy(self, state: State) -> bool:
-        expected = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
         alive = {p.name for p in state.processes if p.alive()}
-        if not expected <= alive:
+        if not set(COMPONENTS) <= alive:
             return False
         try:
             return self.api(state).ok("/readyz")
@@ -443,161 +441,33 @@ class DevCluster:
             return False
 
     def _spawn(self, state: State, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log_path = self.dir / "logs" / f"{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as handle:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_set_parent_death_signal if self.bind_to_parent else None,
-            )
-        stat = _proc_stat(proc.pid)
-        self._children[proc.pid] = proc
-        state.processes.append(
-            Process(name, proc.pid, stat[2] if stat else -1, argv, str(log_path))
-        )
+        state.processes.append(self.supervisor.spawn(name, argv, cwd=self.dir, env=env))
         state.save(self.state_path)
 
-    def _start(self, nodes: int, deadline: float) -> None:
-        t0 = time.monotonic()
+    def _prepare(self, nodes: int) -> tuple[State, ControlPlane]:
+        """The state dir with certificates, kubeconfigs and kwok's stages; ports picked."""
         bins = Binaries.resolve()
         self.dir.mkdir(parents=True)
         pki = pkimod.generate(self.dir / "pki")
-        names = ("etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler")
-        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        plane = ControlPlane(self.dir, self.name, ports, pki, bins)
         state = State(name=self.name, ports=ports, nodes=nodes, started_at=time.time())
         state.save(self.state_path)
-        for who in ("admin", "controller-manager", "scheduler", "kwok"):
-            path = self.kubeconfig if who == "admin" else self.dir / f"{who}.kubeconfig"
-            path.write_text(kubeconfig_yaml(self.name, ports["apiserver"], pki, who))
-            path.chmod(0o600)
+        for who in KUBECONFIG_USERS:
+            text = kubeconfig_yaml(
+                self.name, ports["apiserver"], pki.crt(pkimod.CA), pki.crt(who), pki.key(who), who
+            )
+            write_private(plane.kubeconfig(who), text)
         (self.dir / "kwok.yaml").write_text(kwok_config())
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
-        d = self.dir
+        return state, plane
+
+    def _start(self, nodes: int, deadline: float) -> None:
+        t0 = time.monotonic()
+        state, plane = self._prepare(nodes)
         try:
-            etcd_client = f"http://127.0.0.1:{ports['etcd-client']}"
-            etcd_peer = f"http://127.0.0.1:{ports['etcd-peer']}"
-            self._spawn(
-                state,
-                "etcd",
-                [
-                    str(bins["etcd"]),
-                    "--name=default",
-                    f"--data-dir={d / 'etcd'}",
-                    f"--listen-client-urls={etcd_client}",
-                    f"--advertise-client-urls={etcd_client}",
-                    f"--listen-peer-urls={etcd_peer}",
-                    f"--initial-advertise-peer-urls={etcd_peer}",
-                    f"--initial-cluster=default={etcd_peer}",
-                    "--unsafe-no-fsync",
-                    "--log-level=warn",
-                ],
-                env,
-            )
-            self._spawn(
-                state,
-                "kube-apiserver",
-                [
-                    str(bins["kube-apiserver"]),
-                    f"--etcd-servers={etcd_client}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    f"--secure-port={ports['apiserver']}",
-                    f"--tls-cert-file={pki.serving_crt}",
-                    f"--tls-private-key-file={pki.serving_key}",
-                    f"--cert-dir={d / 'apiserver-certs'}",
-                    f"--client-ca-file={pki.ca_crt}",
-                    "--authorization-mode=RBAC",
-                    f"--service-account-issuer={SA_ISSUER}",
-                    f"--service-account-key-file={pki.sa_pub}",
-                    f"--service-account-signing-key-file={pki.sa_key}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    "--allow-privileged=true",
-                    # The only address is loopback, which Endpoints may not hold.
-                    "--endpoint-reconciler-type=none",
-                    "--profiling=false",
-                    # For a real node (hack/realnode.sh): how to reach its kubelet for
-                    # logs/exec (by InternalIP, not by a host name that may not resolve),
-                    # and as whom. kwok nodes have no kubelet and never see these.
-                    f"--kubelet-client-certificate={pki.client_crt('kubelet-client')}",
-                    f"--kubelet-client-key={pki.client_key('kubelet-client')}",
-                    "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
-                ],
-                env,
-            )
-            api = Api(ports["apiserver"], pki)
-            self._wait(state, lambda: api.ok("/readyz"), "kube-apiserver /readyz", deadline)
-            self.log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
-
-            def kcfg(who: str) -> str:
-                return str(d / f"{who}.kubeconfig")
-
-            self._spawn(
-                state,
-                "kube-controller-manager",
-                [
-                    str(bins["kube-controller-manager"]),
-                    f"--kubeconfig={kcfg('controller-manager')}",
-                    f"--authentication-kubeconfig={kcfg('controller-manager')}",
-                    f"--authorization-kubeconfig={kcfg('controller-manager')}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={ports['controller-manager']}",
-                    "--authentication-skip-lookup=true",
-                    "--leader-elect=false",
-                    # Each controller gets its own ServiceAccount; at the default
-                    # 20 QPS their start-up alone takes seconds.
-                    "--kube-api-qps=200",
-                    "--kube-api-burst=400",
-                    "--use-service-account-credentials=true",
-                    f"--service-account-private-key-file={pki.sa_key}",
-                    f"--root-ca-file={pki.ca_crt}",
-                    f"--cluster-signing-cert-file={pki.ca_crt}",
-                    f"--cluster-signing-key-file={pki.ca_key}",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    f"--cluster-name={self.name}",
-                    "--profiling=false",
-                    # kwok's heartbeats come late on a loaded 2-core machine; with the
-                    # default 40 s grace the node controller marks nodes NotReady and
-                    # their pods unready, which kwok never undoes for Running pods.
-                    "--node-monitor-grace-period=10m",
-                ],
-                env,
-            )
-            self._spawn(
-                state,
-                "kube-scheduler",
-                [
-                    str(bins["kube-scheduler"]),
-                    f"--kubeconfig={kcfg('scheduler')}",
-                    f"--authentication-kubeconfig={kcfg('scheduler')}",
-                    f"--authorization-kubeconfig={kcfg('scheduler')}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={ports['scheduler']}",
-                    "--authentication-skip-lookup=true",
-                    "--leader-elect=false",
-                    "--profiling=false",
-                ],
-                env,
-            )
-            self._spawn(
-                state,
-                "kwok",
-                [
-                    str(bins["kwok"]),
-                    f"--kubeconfig={kcfg('kwok')}",
-                    f"--config={d / 'kwok.yaml'}",
-                    "--manage-all-nodes=false",
-                    "--cidr=10.244.0.0/16",
-                    f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}={NODE_ANNOTATION_VALUE}",
-                ],
-                {**env, "HOME": str(d)},
-            )
+            self._launch(state, plane, deadline)
             self._ensure_nodes(state, nodes, deadline)
+            api = self.api(state)
             self._wait(
                 state,
                 lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
@@ -610,6 +480,19 @@ class DevCluster:
         state.ready_seconds = round(time.monotonic() - t0, 2)
         state.save(self.state_path)
         self.log(f"cluster {self.name!r} ready in {state.ready_seconds}s")
+
+    def _launch(self, state: State, plane: ControlPlane, deadline: float) -> None:
+        """etcd and the API server, then (once it is ready) the rest of the control plane."""
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        t0 = time.monotonic()
+        self._spawn(state, "etcd", plane.etcd(), env)
+        self._spawn(state, "kube-apiserver", plane.apiserver(), env)
+        api = self.api(state)
+        self._wait(state, lambda: api.ok("/readyz"), "kube-apiserver /readyz", deadline)
+        self.log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
+        self._spawn(state, "kube-controller-manager", plane.controller_manager(), env)
+        self._spawn(state, "kube-scheduler", plane.scheduler(), env)
+        self._spawn(state, "kwok", plane.kwok(), {**env, "HOME": str(self.dir)})
 
     def _ensure_nodes(self, state: State, count: int, deadline: float) -> None:
         api = self.api(state)
@@ -636,53 +519,9 @@ class DevCluster:
     def _wait(
         self, state: State, predicate: Callable[[], bool], what: str, deadline: float
     ) -> None:
-        while True:
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if predicate():
-                    return
-            dead = [p for p in state.processes if not p.alive()]
-            if dead or time.monotonic() > deadline:
-                why = f"{', '.join(p.name for p in dead)} exited" if dead else "timed out"
-                tails = "".join(self._tail(p) for p in (dead or state.processes))
-                raise ClusterError(f"cluster {self.name!r}: {why} while waiting for {what}{tails}")
-            time.sleep(0.1)
-
-    @staticmethod
-    def _tail(proc: Process, lines: int = 15) -> str:
-        try:
-            text = Path(proc.log).read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return f"\n--- {proc.log} (last {lines} lines)\n" + "\n".join(text)
+        wait_for(predicate, what, deadline, lambda: state.processes, f"cluster {self.name!r}")
 
     def _stop(self, state: State | None, timeout: float = 30.0) -> None:
-        """SIGTERM each recorded process group (newest first), SIGKILL what outlives timeout."""
-        if state is None:
-            return
-        procs = list(reversed(state.processes))
-        groups = {p.pid: p for p in procs if p.group()}
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while groups and time.monotonic() < deadline:
-            self._reap()
-            groups = {pgid: p for pgid, p in groups.items() if p.group()}
-            if groups:
-                time.sleep(0.05)
-        for pgid, p in groups.items():
-            self.log(f"{p.name} (pid {pgid}) ignored SIGTERM for {timeout}s: SIGKILL")
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        kill_deadline = time.monotonic() + 10
-        while groups and time.monotonic() < kill_deadline:
-            self._reap()
-            groups = {pgid: p for pgid, p in groups.items() if p.group()}
-            if groups:
-                time.sleep(0.05)
-        self._reap()
-
-    def _reap(self) -> None:
-        for pid, proc in list(self._children.items()):
-            if proc.poll() is not None:
-                del self._children[pid]
+        """Stop each recorded process group, newest first."""
+        if state is not None:
+            self.supervisor.stop(reversed(state.processes), timeout)

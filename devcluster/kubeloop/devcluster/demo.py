@@ -222,17 +222,18 @@ class Demo:
             if missing:
                 self.say(f"    building {', '.join(missing)} (hack/images.sh)")
                 self._check([str(self.root / "hack" / "images.sh")], "hack/images.sh", 1800)
-            with subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE) as save:
-                load = subprocess.run(
-                    [str(realnode.script()), "load", "-"],
-                    stdin=save.stdout,
-                    capture_output=True,
-                    timeout=600,
-                    check=False,
-                )
-            if save.returncode or load.returncode:
-                raise DemoError(f"loading images failed: {load.stderr.decode()[-2000:]}")
+            self.load(refs)
             self.say(f"    loaded {', '.join(refs)}")
+
+    def load(self, refs: list[str]) -> None:
+        """``docker save`` piped into the real node's containerd."""
+        with subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE) as save:
+            try:
+                realnode.load(self.name, [], save.stdout, lambda m: self.say(f"    {m}"))
+            except ClusterError as err:
+                raise DemoError(f"loading images failed: {err}") from err
+        if save.returncode:
+            raise DemoError(f"docker save {' '.join(refs)} failed (exit {save.returncode})")
 
     def _check(self, argv: list[str], what: str, timeout: float) -> None:
         done = subprocess.run(argv, timeout=timeout, check=False)
@@ -245,14 +246,15 @@ class Demo:
             f"Helm: install charts/kubeloop into namespace {ns!r} (restricted Pod Security)",
             f"helm -n {ns} status {RELEASE}",
         ):
-            self.kubectl("create", "namespace", ns, check=False)
-            self.kubectl(
-                "label",
-                "--overwrite",
-                "namespace",
-                ns,
-                "pod-security.kubernetes.io/enforce=restricted",
-            )
+            namespace = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": ns,
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }
+            self.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(namespace))
             self.reset()
             data = self.storage()
             self.say(f"    artifacts volume: hostPath {data} (PV + PVC kubeloop-artifacts)")
@@ -528,64 +530,56 @@ class Demo:
         ):
             prom = self.start_monitoring()
             self.say(f"    Prometheus {prom}")
-        url = self.service_url()
-        calm = self.rows().iloc[:200]
-        drifted = calm.copy()
-        for col in FEATURES_SHIFTED:
-            drifted[col] = drifted[col] * 1.8
         with self.stage(
             "Drift: traffic with four features scaled by 1.8 → KubeloopDataDrift fires",
             f"curl -s '{prom}/api/v1/alerts'",
         ):
-
-            def firing() -> list[dict[str, Any]]:
-                alerts = httpx.get(f"{prom}/api/v1/alerts", timeout=10, trust_env=False).json()[
-                    "data"
-                ]["alerts"]
-                return [
-                    a
-                    for a in alerts
-                    if a["labels"].get("alertname") == "KubeloopDataDrift"
-                    and a["state"] == "firing"
-                ]
-
-            sent = 0
-            with httpx.Client(trust_env=False, base_url=url, timeout=30) as http:
-
-                def drifting() -> list[dict[str, Any]]:
-                    # keep the window full of drifted rows until the alert fires
-                    nonlocal sent
-                    start = sent % len(drifted)
-                    self.infer(http, drifted.iloc[start : start + 50])
-                    sent += 50
-                    return firing()
-
-                (alert, *_) = self.wait(drifting, "the drift alert to fire", timeout=240)
-            self.say(f"    sent {sent} drifted rows")
-            self.summary.drift_score = float(alert["value"])
-            self.say(f"    firing: drift score {self.summary.drift_score:.3f} > 0.2")
+            self.drift(prom)
         with self.stage(
             "Retrain: Alertmanager → the operator's receiver → a TrainingJob that runs",
             f"{self.k} describe modeldeployment {MODEL}",
         ):
-            selector = f"kubeloop.io/model-deployment={MODEL}"
-            jobs = self.wait(
-                lambda: self.get("trainingjobs", None, "-l", selector)["items"],
-                "a TrainingJob created by the retrain policy",
-                timeout=120,
-            )
-            job = jobs[0]
-            self.summary.retrain_job = job["metadata"]["name"]
-            self.summary.retrain_trigger = job["metadata"]["labels"].get(
-                "kubeloop.io/retrain-trigger"
-            )
-            self.say(f"    {self.summary.retrain_job} ({self.summary.retrain_trigger})")
-            number = self.trained(self.summary.retrain_job)
+            number = self.retrained()
         with self.stage(
             f"Canary v{number}: the retrained version at 20% then 50%, then promoted",
             f"{self.k} get modeldeployment {MODEL}",
         ):
             self.watch_rollout(number)
+
+    def drift(self, prom: str) -> None:
+        """Send drifted rows until the drift alert fires; record its score."""
+        drifted = self.rows().iloc[:200].copy()
+        for col in FEATURES_SHIFTED:
+            drifted[col] = drifted[col] * 1.8
+        sent = 0
+        with httpx.Client(trust_env=False, base_url=self.service_url(), timeout=30) as http:
+
+            def drifting() -> list[dict[str, Any]]:
+                # keep the window full of drifted rows until the alert fires
+                nonlocal sent
+                start = sent % len(drifted)
+                self.infer(http, drifted.iloc[start : start + 50])
+                sent += 50
+                return firing_alerts(prom, "KubeloopDataDrift")
+
+            (alert, *_) = self.wait(drifting, "the drift alert to fire", timeout=240)
+        self.say(f"    sent {sent} drifted rows")
+        self.summary.drift_score = float(alert["value"])
+        self.say(f"    firing: drift score {self.summary.drift_score:.3f} > 0.2")
+
+    def retrained(self) -> int:
+        """Wait for the TrainingJob the retrain policy creates and for its version."""
+        selector = f"kubeloop.io/model-deployment={MODEL}"
+        jobs = self.wait(
+            lambda: self.get("trainingjobs", None, "-l", selector)["items"],
+            "a TrainingJob created by the retrain policy",
+            timeout=120,
+        )
+        job = jobs[0]
+        self.summary.retrain_job = job["metadata"]["name"]
+        self.summary.retrain_trigger = job["metadata"]["labels"].get("kubeloop.io/retrain-trigger")
+        self.say(f"    {self.summary.retrain_job} ({self.summary.retrain_trigger})")
+        return self.trained(self.summary.retrain_job)
 
     def start_monitoring(self) -> str:
         """Alertmanager → the receiver's Service; Prometheus scraping the serving pods."""
@@ -745,6 +739,13 @@ def main(name: str, down_only: bool) -> None:
     except DemoError as err:
         raise click.ClickException(f"{err}\n(tear down: make demo-down)") from err
     click.echo(report(summary, demo))
+
+
+def firing_alerts(prom: str, name: str) -> list[dict[str, Any]]:
+    """The alerts named ``name`` that Prometheus reports as firing."""
+    response = httpx.get(f"{prom}/api/v1/alerts", timeout=10, trust_env=False)
+    alerts = response.json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"].get("alertname") == name and a["state"] == "firing"]
 
 
 def _image_present(ref: str) -> bool:

@@ -1,62 +1,56 @@
-"""A real node for a local cluster: ``hack/realnode.sh`` (containerd, kubelet, kube-proxy).
+"""The real node of a local cluster, as the CLI and the demo drive it.
 
 The node is one per host (fixed address, bridge and state under
-``$KUBELOOP_CACHE/realnode``); the script records which cluster it joined, so
+``$KUBELOOP_CACHE/realnode``); it records which cluster it joined, so
 ``kubeloop cluster down`` takes the node down first, while the API server still
-answers and the kubelet can stop its pods properly.
+answers and the kubelet can stop its pods properly. See :mod:`kubeloop.devcluster.node`.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
-from kubeloop.devcluster.binaries import MissingBinaryError, repo_root
-from kubeloop.devcluster.cluster import ClusterError, cache_dir
-
-
-def script() -> Path:
-    root = repo_root()
-    if root is None:
-        raise MissingBinaryError("hack/realnode.sh not found: run from a Kubeloop checkout")
-    return root / "hack" / "realnode.sh"
+from kubeloop.devcluster.errors import ClusterError
+from kubeloop.devcluster.node import NodeConfig, RealNode, state_dir
 
 
 def owner() -> str | None:
     """The cluster the real node serves, or None when no node is up."""
     try:
-        return (cache_dir() / "realnode" / "cluster").read_text().strip() or None
+        return (state_dir() / "cluster").read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
-def run(command: str, cluster: str, log: Callable[[str], None], timeout: float = 900) -> None:
-    """``hack/realnode.sh COMMAND --cluster CLUSTER``; its progress goes to stderr as it runs."""
-    log(f"hack/realnode.sh {command} --cluster {cluster}")
-    try:
-        done = subprocess.run(
-            [str(script()), command, "--cluster", cluster], timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as err:
-        raise ClusterError(f"hack/realnode.sh {command} took over {timeout:.0f}s") from err
-    if done.returncode != 0:
-        raise ClusterError(f"hack/realnode.sh {command} failed (exit {done.returncode})")
+def node(cluster: str, log: Callable[[str], None]) -> RealNode:
+    return RealNode(NodeConfig.from_env(cluster), log)
 
 
 def up(cluster: str, log: Callable[[str], None]) -> None:
+    """Join the real node to ``cluster``, unless it serves another one."""
     current = owner()
     if current not in (None, cluster):
         raise ClusterError(
             f"the real node serves cluster {current!r}; take it down first "
             f"(kubeloop cluster down --name {current})"
         )
-    run("up", cluster, log)
+    node(cluster, log).up()
 
 
 def down_if_owned(cluster: str, log: Callable[[str], None]) -> bool:
     """Take the real node down if it serves ``cluster``. True if it did."""
     if owner() != cluster:
         return False
-    run("down", cluster, log, timeout=180)
+    node(cluster, log).down()
     return True
+
+
+def load(
+    cluster: str, files: list[Path], stream: IO[bytes] | None, log: Callable[[str], None]
+) -> None:
+    """Import image tarballs into the node of ``cluster``."""
+    if owner() != cluster:
+        raise ClusterError(f"no real node serves cluster {cluster!r}: kubeloop cluster up --real")
+    node(cluster, log).load(files, stream)
