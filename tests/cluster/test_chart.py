@@ -25,7 +25,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,11 +36,11 @@ import pytest
 import yaml
 from kubelet import finish_pod, job_pod
 from kubernetes import client
-from kubetest import Kubectl, wait_for
+from kubetest import Kubectl, stop_group, wait_for
 from operator_harness import Cluster, free_port
 from retrain_helpers import alert, notification
-from test_chart_static import CHART, SCENARIOS, helm, render_text, value_args
 
+from helmchart import CHART, SCENARIOS, helm, render_text, value_args
 from kubeloop.operator.app import peering_priority
 
 pytestmark = pytest.mark.cluster
@@ -154,7 +153,7 @@ ENDPOINT = _obj(port=STR, path=STR, interval=STR, relabelings=_arr(RELABEL))
 #: just the fields the chart writes, named as in the monitoring.coreos.com/v1 API, with
 #: nothing else allowed. kubectl's strict field validation then rejects any field the
 #: chart misspells or invents; the rule content itself is checked by promtool
-#: (test_chart_static.py).
+#: (tests/component/test_chart_static.py).
 STANDIN_CRDS = [
     _standin_crd(
         "PrometheusRule",
@@ -391,13 +390,7 @@ class ChartOperator:
         return self.text().splitlines()[-40:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc, timeout=30)
 
     def assert_never_forbidden(self) -> None:
         bad = [

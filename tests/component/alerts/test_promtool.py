@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from monitoring_tools import tool
-
 from kubeloop.operator.alerts import rules
+from needs import prometheus_tool
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 FAST = ["--drift-for", "2m", "--online-for", "2m", "--min-window-rows", "100"]
@@ -30,7 +27,12 @@ def kubeloop_rules(*args: str) -> str:
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        [prometheus_tool("promtool"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
