@@ -29,6 +29,7 @@ setup: $(SETUP_STAMP) ## Create .venv and install Kubeloop (editable) with every
 lint: setup ## Lint and check formatting with ruff.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python hack/check_units.py
 
 .PHONY: fmt
 fmt: setup ## Format and auto-fix with ruff.

@@ -41,6 +41,7 @@ from operator_harness import Cluster, free_port
 from retrain_helpers import alert, notification
 
 from helmchart import CHART, SCENARIOS, helm, render_text, value_args
+from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.operator.app import peering_priority
 
 pytestmark = pytest.mark.cluster
@@ -96,6 +97,9 @@ def ci_namespaces(admin: Kubectl) -> Iterator[tuple[str, ...]]:
 
 
 def _standin_crd(kind: str, plural: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The CRD of monitoring.coreos.com/v1 ``kind``, its spec holding just ``spec``'s fields."""
+    version: dict[str, Any] = {"name": "v1", "served": True, "storage": True}
+    version["schema"] = {"openAPIV3Schema": _obj(spec=_obj(**spec))}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -107,19 +111,7 @@ def _standin_crd(kind: str, plural: str, spec: dict[str, Any]) -> dict[str, Any]
             "group": "monitoring.coreos.com",
             "scope": "Namespaced",
             "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {"spec": {"type": "object", "properties": spec}},
-                        }
-                    },
-                }
-            ],
+            "versions": [version],
         },
     }
 
@@ -479,6 +471,144 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
 # ---------------------------------------------------------------- the operator, chart RBAC only
 
 
+def training_spec(name: str) -> dict[str, Any]:
+    """A TrainingJob spec (and retrain template) of model ``name`` on Dataset ``name``."""
+    return {
+        "datasetRef": {"name": name},
+        "modelName": name,
+        "task": "classification",
+        "target": "target",
+        "estimator": {"className": "LogisticRegression"},
+    }
+
+
+def check_install(core: client.CoreV1Api, namespace: str, notes: str) -> None:
+    """helm's NOTES and the in-cluster replica of a fresh install."""
+    # helm's NOTES tell the user what to apply next
+    assert f"kubectl -n {namespace} apply -f examples/dataset.yaml" in notes
+    assert f"kubeloop-operator-webhook.{namespace}.svc:8095/v1/alerts" in notes
+    # the in-cluster replica passes restricted Pod Security admission (kwok "runs" it)
+    wait_for(
+        lambda: (
+            core.list_namespaced_pod(
+                namespace, label_selector="app.kubernetes.io/component=operator"
+            ).items
+        ),
+        "the operator pod (restricted Pod Security admitted it)",
+        timeout=60,
+    )
+
+
+def snapshot_flow(cluster: Cluster, source: Path) -> str:
+    """Dataset -> snapshot Job (the workload account, the trainer image) -> Ready; its digest."""
+    cluster.apply(dataset("cancer", source))
+    job = cluster.wait_job("kubeloop.io/dataset=cancer")
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == "kubeloop-workload"
+    assert pod_spec["containers"][0]["image"] == "kubeloop-trainer:0.1.0"
+    digest = finish_snapshot(cluster, "cancer", source)
+    assert "SnapshotStarted" in wait_for(lambda: cluster.events("cancer"), "Events")
+    return digest
+
+
+def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
+    """TrainingJob -> trainer Job finished by the test -> a verified ModelVersion."""
+    cluster.apply(
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "cancer-1"},
+            "spec": training_spec("cancer"),
+        }
+    )
+    train = cluster.wait_job("kubeloop.io/training-job=cancer-1")
+    artifact = store / "cancer-1" / ArtifactLayout.MODEL
+    artifact.parent.mkdir()
+    artifact.write_bytes(b"an onnx model")
+    summary = {
+        "kind": "train",
+        "status": "succeeded",
+        "artifact_uri": artifact.as_uri(),
+        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        "metrics": {"accuracy": 0.9},
+    }
+    pod = job_pod(cluster.core, cluster.namespace, train["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(summary))
+    wait_for(
+        lambda: cluster.status("TrainingJob", "cancer-1").get("phase") == "Succeeded",
+        "TrainingJob cancer-1 to succeed",
+        state=lambda: cluster.get("TrainingJob", "cancer-1"),
+    )
+    assert cluster.status("TrainingJob", "cancer-1")["datasetVersion"] == digest
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "cancer-v1").get("status") == "True",
+        "ModelVersion cancer-v1 to be verified",
+        state=lambda: cluster.get("ModelVersion", "cancer-v1"),
+    )
+
+
+def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
+    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA."""
+    cluster.apply(
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "cancer"},
+            "spec": {
+                "modelName": "cancer",
+                "replicas": 1,
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+                "retrain": {"enabled": True, "cooldown": "1h", "template": training_spec("cancer")},
+            },
+        }
+    )
+    for api_version, kind in (
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ):
+        wait_for(
+            lambda api_version=api_version, kind=kind: (
+                cluster.list(kind, api_version, "kubeloop.io/model-deployment=cancer")
+                or [
+                    o
+                    for o in cluster.list(kind, api_version)
+                    if o["metadata"]["name"].startswith("cancer")
+                ]
+            ),
+            f"the ModelDeployment's {kind}",
+            state=operator.tail,
+        )
+    serving = cluster.list("Deployment", "apps/v1", "kubeloop.io/model-deployment=cancer")[0]
+    assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "kubeloop-serving:0.1.0"
+    )
+
+
+def retrain_flow(cluster: Cluster, operator: ChartOperator, token: str, digest: str) -> None:
+    """Alertmanager -> the receiver (the chart's token) -> a TrainingJob."""
+    namespace = cluster.namespace
+    assert operator.post(notification(alert(namespace, "cancer")), "wrong").status_code == 401
+    answer = operator.post(notification(alert(namespace, "cancer")), token)
+    assert answer.status_code == 200, answer.text
+    assert [r["result"] for r in answer.json()["results"]] == ["created"]
+    retrained = wait_for(
+        lambda: cluster.list("TrainingJob", selector="kubeloop.io/model-deployment=cancer"),
+        "the retrain TrainingJob",
+    )
+    assert retrained[0]["spec"]["datasetRef"]["version"] == digest
+    wait_for(lambda: "RetrainCreated" in cluster.events("cancer"), "the RetrainCreated Event")
+
+
+def deletion_flow(cluster: Cluster) -> None:
+    """Deletion through the finalizer the operator holds."""
+    for kind, name in (("Dataset", "cancer"), ("ModelDeployment", "cancer")):
+        meta = (cluster.get(kind, name) or {}).get("metadata", {})
+        assert "kubeloop.io/finalizer" in meta.get("finalizers", []), meta
+    delete_all(cluster)
+
+
 def test_operator_runs_every_flow_with_the_charts_service_account_only(
     admin, namespace, core, api_client, tmp_path, source
 ):
@@ -487,19 +617,7 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
     store.mkdir()
     sets = {"crds": {"enabled": False}, "artifacts": {"root": store.as_uri()}}
     with installed(admin, namespace, sets=sets) as notes:
-        # helm's NOTES tell the user what to apply next
-        assert f"kubectl -n {namespace} apply -f examples/dataset.yaml" in notes
-        assert f"kubeloop-operator-webhook.{namespace}.svc:8095/v1/alerts" in notes
-        # the in-cluster replica passes restricted Pod Security admission (kwok "runs" it)
-        wait_for(
-            lambda: (
-                core.list_namespaced_pod(
-                    namespace, label_selector="app.kubernetes.io/component=operator"
-                ).items
-            ),
-            "the operator pod (restricted Pod Security admitted it)",
-            timeout=60,
-        )
+        check_install(core, namespace, notes)
         docs = manifest(admin, namespace)
         token = secret_token(core, namespace)
         assert re.fullmatch(r"[A-Za-z0-9]{32}", token)
@@ -507,125 +625,11 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
         operator = ChartOperator(docs, kubeconfig, token, tmp_path).start()
         cluster = Cluster(api_client, namespace)
         try:
-            # 1. Dataset -> snapshot Job -> Ready with a data version
-            cluster.apply(dataset("cancer", source))
-            job = cluster.wait_job("kubeloop.io/dataset=cancer")
-            pod_spec = job["spec"]["template"]["spec"]
-            assert pod_spec["serviceAccountName"] == "kubeloop-workload"
-            assert pod_spec["containers"][0]["image"] == "kubeloop-trainer:0.1.0"
-            digest = finish_snapshot(cluster, "cancer", source)
-            assert "SnapshotStarted" in wait_for(lambda: cluster.events("cancer"), "Events")
-
-            # 2. TrainingJob -> trainer Job finished by the test -> a verified ModelVersion
-            cluster.apply(
-                {
-                    "apiVersion": "kubeloop.io/v1alpha1",
-                    "kind": "TrainingJob",
-                    "metadata": {"name": "cancer-1"},
-                    "spec": {
-                        "datasetRef": {"name": "cancer"},
-                        "modelName": "cancer",
-                        "task": "classification",
-                        "target": "target",
-                        "estimator": {"className": "LogisticRegression"},
-                    },
-                }
-            )
-            train = cluster.wait_job("kubeloop.io/training-job=cancer-1")
-            artifact = store / "cancer-1" / "model.onnx"
-            artifact.parent.mkdir()
-            artifact.write_bytes(b"an onnx model")
-            summary = {
-                "kind": "train",
-                "status": "succeeded",
-                "artifact_uri": artifact.as_uri(),
-                "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
-                "metrics": {"accuracy": 0.9},
-            }
-            pod = job_pod(core, namespace, train["metadata"]["name"])
-            finish_pod(core, pod, exit_code=0, message=json.dumps(summary))
-            wait_for(
-                lambda: cluster.status("TrainingJob", "cancer-1").get("phase") == "Succeeded",
-                "TrainingJob cancer-1 to succeed",
-                state=lambda: cluster.get("TrainingJob", "cancer-1"),
-            )
-            assert cluster.status("TrainingJob", "cancer-1")["datasetVersion"] == digest
-            wait_for(
-                lambda: cluster.condition("ModelVersion", "cancer-v1").get("status") == "True",
-                "ModelVersion cancer-v1 to be verified",
-                state=lambda: cluster.get("ModelVersion", "cancer-v1"),
-            )
-
-            # 3. ModelDeployment -> Deployment, Service, routing ConfigMap, HPA
-            cluster.apply(
-                {
-                    "apiVersion": "kubeloop.io/v1alpha1",
-                    "kind": "ModelDeployment",
-                    "metadata": {"name": "cancer"},
-                    "spec": {
-                        "modelName": "cancer",
-                        "replicas": 1,
-                        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
-                        "retrain": {
-                            "enabled": True,
-                            "cooldown": "1h",
-                            "template": {
-                                "datasetRef": {"name": "cancer"},
-                                "modelName": "cancer",
-                                "task": "classification",
-                                "target": "target",
-                                "estimator": {"className": "LogisticRegression"},
-                            },
-                        },
-                    },
-                }
-            )
-            for api_version, kind in (
-                ("apps/v1", "Deployment"),
-                ("v1", "Service"),
-                ("v1", "ConfigMap"),
-                ("autoscaling/v2", "HorizontalPodAutoscaler"),
-            ):
-                wait_for(
-                    lambda api_version=api_version, kind=kind: (
-                        cluster.list(kind, api_version, "kubeloop.io/model-deployment=cancer")
-                        or [
-                            o
-                            for o in cluster.list(kind, api_version)
-                            if o["metadata"]["name"].startswith("cancer")
-                        ]
-                    ),
-                    f"the ModelDeployment's {kind}",
-                    state=operator.tail,
-                )
-            serving = cluster.list("Deployment", "apps/v1", "kubeloop.io/model-deployment=cancer")[
-                0
-            ]
-            assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == (
-                "kubeloop-serving:0.1.0"
-            )
-
-            # 4. Alertmanager -> the receiver (the chart's token) -> a TrainingJob
-            assert (
-                operator.post(notification(alert(namespace, "cancer")), "wrong").status_code == 401
-            )
-            answer = operator.post(notification(alert(namespace, "cancer")), token)
-            assert answer.status_code == 200, answer.text
-            assert [r["result"] for r in answer.json()["results"]] == ["created"]
-            retrained = wait_for(
-                lambda: cluster.list("TrainingJob", selector="kubeloop.io/model-deployment=cancer"),
-                "the retrain TrainingJob",
-            )
-            assert retrained[0]["spec"]["datasetRef"]["version"] == digest
-            wait_for(
-                lambda: "RetrainCreated" in cluster.events("cancer"), "the RetrainCreated Event"
-            )
-
-            # 5. deletion through the finalizer the operator holds
-            for kind, name in (("Dataset", "cancer"), ("ModelDeployment", "cancer")):
-                meta = (cluster.get(kind, name) or {}).get("metadata", {})
-                assert "kubeloop.io/finalizer" in meta.get("finalizers", []), meta
-            delete_all(cluster)
+            digest = snapshot_flow(cluster, source)
+            training_flow(cluster, store, digest)
+            serving_flow(cluster, operator)
+            retrain_flow(cluster, operator, token, digest)
+            deletion_flow(cluster)
         finally:
             if cluster.list("Dataset") or cluster.list("ModelDeployment"):
                 with contextlib.suppress(AssertionError):
