@@ -44,3 +44,17 @@ if generation ~= nil and (observed == nil or observed < generation) then
   hs.message = "Waiting for the Kubeloop operator to observe generation " .. tostring(generation)
   return hs
 end
+
+-- The health Ready tells: Healthy when True; Degraded when False for one of the
+-- `degraded` reasons, or when `failed`; else Progressing. The message describes Ready.
+local function fromReady(degraded, failed)
+  if ready.status == "True" then
+    hs.status = "Healthy"
+  elseif (ready.status == "False" and degraded[ready.reason]) or failed then
+    hs.status = "Degraded"
+  else
+    hs.status = "Progressing"
+  end
+  hs.message = describe(ready)
+  return hs
+end

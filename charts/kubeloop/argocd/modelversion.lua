@@ -2,13 +2,4 @@
 -- Healthy: the artifact exists and its sha256 matches. Degraded: it does not exist or
 -- its digest differs (a hand-registered version with a wrong URI or digest), or the spec
 -- cannot be acted on. Progressing: the store could not be read yet.
-local degraded = {InvalidSpec = true, ArtifactNotFound = true, DigestMismatch = true}
-if ready.status == "True" then
-  hs.status = "Healthy"
-elseif ready.status == "False" and degraded[ready.reason] then
-  hs.status = "Degraded"
-else
-  hs.status = "Progressing"
-end
-hs.message = describe(ready)
-return hs
+return fromReady({InvalidSpec = true, ArtifactNotFound = true, DigestMismatch = true})
