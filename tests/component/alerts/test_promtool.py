@@ -115,6 +115,18 @@ def online_alert(ns: str, md: str, value: float, floor: str) -> dict:
     )
 
 
+def rule_test(alertname: str, input_series: list[dict], firing: dict[str, list[dict]]) -> dict:
+    """A promtool test group: one sample a minute, and the alerts firing at each eval time."""
+    return {
+        "interval": "1m",
+        "input_series": input_series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": alertname, "exp_alerts": alerts}
+            for at, alerts in firing.items()
+        ],
+    }
+
+
 # One sample a minute, 10 samples: '0.5x9' is 0.5 ten times.
 
 
@@ -133,28 +145,19 @@ def drift_test() -> dict:
         # e: same name as a, other namespace, drift only from minute 5: fires from minute 7
         *pod("other", "a", "a-0", "0.1x4 0.6x5", "0.2x9", "500x9"),
     ]
-    return {
-        "interval": "1m",
-        "input_series": input_series,
-        "alert_rule_test": [
-            # before `for:` has passed nothing fires
-            {"eval_time": "1m", "alertname": rules.DRIFT_ALERT, "exp_alerts": []},
-            {
-                "eval_time": "3m",
-                "alertname": rules.DRIFT_ALERT,
-                "exp_alerts": [drift_alert("ml", "a", 0.5), drift_alert("ml", "b", 0.7)],
-            },
-            {
-                "eval_time": "8m",
-                "alertname": rules.DRIFT_ALERT,
-                "exp_alerts": [
-                    drift_alert("ml", "a", 0.5),
-                    drift_alert("ml", "b", 0.7),
-                    drift_alert("other", "a", 0.6),
-                ],
-            },
-        ],
-    }
+    return rule_test(
+        rules.DRIFT_ALERT,
+        input_series,
+        {
+            "1m": [],  # before `for:` has passed nothing fires
+            "3m": [drift_alert("ml", "a", 0.5), drift_alert("ml", "b", 0.7)],
+            "8m": [
+                drift_alert("ml", "a", 0.5),
+                drift_alert("ml", "b", 0.7),
+                drift_alert("other", "a", 0.6),
+            ],
+        },
+    )
 
 
 def online_test() -> dict:
@@ -178,21 +181,14 @@ def online_test() -> dict:
         series("kubeloop_online_metric", "ml", "j", "j-0", "0.1x9", metric="rmse"),
         series("kubeloop_online_metric_rows", "ml", "j", "j-0", "100x9"),
     ]
-    return {
-        "interval": "1m",
-        "input_series": input_series,
-        "alert_rule_test": [
-            {"eval_time": "1m", "alertname": rules.ONLINE_ALERT, "exp_alerts": []},
-            {
-                "eval_time": "5m",
-                "alertname": rules.ONLINE_ALERT,
-                "exp_alerts": [
-                    online_alert("ml", "f", 0.6, "0.8"),
-                    online_alert("ml", "h", 0.85, "0.8"),
-                ],
-            },
-        ],
-    }
+    return rule_test(
+        rules.ONLINE_ALERT,
+        input_series,
+        {
+            "1m": [],
+            "5m": [online_alert("ml", "f", 0.6, "0.8"), online_alert("ml", "h", 0.85, "0.8")],
+        },
+    )
 
 
 def unit_tests() -> dict:
