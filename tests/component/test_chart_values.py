@@ -69,27 +69,43 @@ CHANGED: dict[str, Any] = {
     "rulesConfigMap.namespace": "monitoring",
 }
 
+
+def needs(scenario: str, reason: str, *paths: str) -> dict[str, tuple[str, str]]:
+    return dict.fromkeys(paths, (scenario, reason))
+
+
 PROMETHEUS = "prometheus-values.yaml"
 #: Values that act only together with another: the ci/ scenario that turns it on, and why.
 NEEDS: dict[str, tuple[str, str]] = {
-    "artifacts.volumeClaim.size": (PROMETHEUS, "only a created claim has a size"),
-    "artifacts.volumeClaim.storageClassName": (PROMETHEUS, "only a created claim has a class"),
-    "artifacts.volumeClaim.accessModes": (PROMETHEUS, "only a created claim has access modes"),
-    "artifacts.mountInOperator": (
+    **needs(
+        PROMETHEUS,
+        "only a created claim (artifacts.volumeClaim.create) has them",
+        "artifacts.volumeClaim.size",
+        "artifacts.volumeClaim.storageClassName",
+        "artifacts.volumeClaim.accessModes",
+    ),
+    **needs(
         "namespaced-values.yaml",
         "mounted only when there is a claim (artifacts.volumeClaim.name)",
+        "artifacts.mountInOperator",
     ),
-    "metrics.serviceMonitor.labels": (PROMETHEUS, "needs metrics.serviceMonitor.enabled"),
-    "metrics.serviceMonitor.interval": (PROMETHEUS, "needs metrics.serviceMonitor.enabled"),
-    "metrics.podMonitor.labels": (PROMETHEUS, "needs metrics.podMonitor.enabled"),
-    "metrics.podMonitor.interval": (PROMETHEUS, "needs metrics.podMonitor.enabled"),
-    "servingPodMonitor.labels": (PROMETHEUS, "needs servingPodMonitor.enabled"),
-    "servingPodMonitor.interval": (PROMETHEUS, "needs servingPodMonitor.enabled"),
-    "prometheusRule.namespace": (PROMETHEUS, "needs prometheusRule.enabled"),
-    "prometheusRule.labels": (PROMETHEUS, "needs prometheusRule.enabled"),
-    "alertReceiver.existingSecretKey": (
+    **needs(
+        PROMETHEUS,
+        "they configure monitors and a rule the defaults do not create (metrics.serviceMonitor,"
+        " metrics.podMonitor, servingPodMonitor, prometheusRule .enabled)",
+        "metrics.serviceMonitor.labels",
+        "metrics.serviceMonitor.interval",
+        "metrics.podMonitor.labels",
+        "metrics.podMonitor.interval",
+        "servingPodMonitor.labels",
+        "servingPodMonitor.interval",
+        "prometheusRule.namespace",
+        "prometheusRule.labels",
+    ),
+    **needs(
         "existing-secret-values.yaml",
         "read only with alertReceiver.existingSecret",
+        "alertReceiver.existingSecretKey",
     ),
 }
 
