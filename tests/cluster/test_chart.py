@@ -100,19 +100,13 @@ def _standin_crd(kind: str, plural: str, spec: dict[str, Any]) -> dict[str, Any]
     """The CRD of monitoring.coreos.com/v1 ``kind``, its spec holding just ``spec``'s fields."""
     version: dict[str, Any] = {"name": "v1", "served": True, "storage": True}
     version["schema"] = {"openAPIV3Schema": _obj(spec=_obj(**spec))}
+    group = "monitoring.coreos.com"
+    names = {"kind": kind, "plural": plural, "singular": kind.lower()}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.monitoring.coreos.com",
-            "labels": {"kubeloop.io/test-stand-in": "true"},
-        },
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [version],
-        },
+        "metadata": {"name": f"{plural}.{group}", "labels": {"kubeloop.io/test-stand-in": "true"}},
+        "spec": {"group": group, "scope": "Namespaced", "names": names, "versions": [version]},
     }
 
 

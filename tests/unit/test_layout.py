@@ -73,15 +73,17 @@ def contract_literals(tree: ast.Module) -> Iterator[tuple[int, str]]:
             yield node.lineno, node.value
 
 
+def contract_violations(sources: dict[Path, ast.Module]) -> Iterator[str]:
+    for path, tree in sources.items():
+        for line, text in contract_literals(tree):
+            yield f"{path}:{line}: {text!r}"
+
+
 def test_the_contract_names_come_from_the_core():
     assert {"model.onnx", "model.json", "profile.json", "card.md"} == FILE_NAMES
     assert {"label", "probabilities", "variable"} == OUTPUTS
     assert DATA_PREFIX == "data."
-    found = [
-        f"{path}:{line}: {text!r}"
-        for path, tree in trees(OUTSIDE_CORE).items()
-        for line, text in contract_literals(tree)
-    ]
+    found = list(contract_violations(trees(OUTSIDE_CORE)))
     assert found == [], "use kubeloop.contracts.artifacts:\n" + "\n".join(found)
 
 
@@ -148,30 +150,40 @@ def attributes_read(sources: dict[Path, ast.Module], outside: ast.ClassDef) -> s
     }
 
 
+def unread_settings(sources: dict[Path, ast.Module], classes: list[SettingsClass]) -> Iterator[str]:
+    for settings in classes:
+        read = attributes_read(sources, settings.node)
+        for field in settings.fields():
+            if field not in read:
+                yield f"{settings.path}: {settings.node.name}.{field}"
+
+
 def test_every_setting_is_read():
     sources = trees(CODE)
     classes = settings_classes(sources)
     assert {c.node.name for c in classes} >= {"OperatorSettings", "ServingSettings"}
-    unread = [
-        f"{c.path}: {c.node.name}.{field}"
-        for c in classes
-        for field in c.fields()
-        if field not in attributes_read(sources, c.node)
-    ]
+    unread = list(unread_settings(sources, classes))
     assert unread == [], "settings nothing reads (remove them or use them):\n" + "\n".join(unread)
 
 
 def test_the_settings_check_finds_an_unread_field():
-    tree = ast.parse(
-        "class Base(BaseSettings):\n    used: int = 1\n    unused: int = 2\n"
-        "    def own(self):\n        return self.unused\n"
-        "class More(Base):\n    extra: str = ''\n"
-        "def main(s):\n    return s.used + len(s.extra)\n"
-    )
+    source = """
+class Base(BaseSettings):
+    used: int = 1
+    unused: int = 2
+
+    def own(self):
+        return self.unused
+
+class More(Base):
+    extra: str = ""
+
+def main(s):
+    return s.used + len(s.extra)
+"""
+    tree = ast.parse(source)
     sources = {Path("m.py"): tree}
     classes = settings_classes(sources)
     assert [c.node.name for c in classes] == ["Base", "More"]
-    base = classes[0]
-    assert base.fields() == ["used", "unused"]
-    assert "unused" not in attributes_read(sources, base.node)
-    assert {"used", "extra"} <= attributes_read(sources, base.node)
+    assert classes[0].fields() == ["used", "unused"]
+    assert list(unread_settings(sources, classes)) == ["m.py: Base.unused"]
