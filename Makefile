@@ -72,7 +72,7 @@ chart: setup ## Copy crds/ and the `kubeloop rules` output into the Helm chart (
 	$(BIN)/kubeloop rules > charts/kubeloop/files/rules/kubeloop-rules.yaml
 
 .PHONY: chart-lint
-chart-lint: setup toolchain chart-tools ## helm lint the chart with its default and ci/ values; chart and Argo CD tests without a cluster.
+chart-lint: setup toolchain monitoring-tools chart-tools ## helm lint the chart with its default and ci/ values; chart and Argo CD tests without a cluster.
 	$(BIN)/pytest tests/component/test_chart_static.py tests/component/test_chart_values.py tests/component/test_argocd_health.py $(PYTEST_ARGS)
 
 .PHONY: images
