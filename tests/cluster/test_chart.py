@@ -428,7 +428,7 @@ def finish_snapshot(cluster: Cluster, name: str, source: Path) -> str:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "cancer.csv"
     path.write_text("x,target\n1,0\n2,1\n3,0\n")
     return path
 

@@ -21,6 +21,7 @@ from kubetest import Kubectl
 from kubeloop.api import v1alpha1 as v1
 from kubeloop.api.base import Rule
 from kubeloop.api.v1alpha1 import KINDS, READY
+from kubeloop.contracts.artifacts import ArtifactLayout, join
 
 pytestmark = pytest.mark.cluster
 
@@ -201,7 +202,7 @@ def test_modelversion_spec_cannot_change(custom: client.CustomObjectsApi, namesp
     for change in (
         {"spec": {"metrics": {"accuracy": 0.5}}},
         {"spec": {"artifact": {"sha256": "0" * 64}}},
-        {"spec": {"profileUri": "file:///elsewhere/profile.json"}},
+        {"spec": {"profileUri": join("file:///elsewhere", ArtifactLayout.PROFILE)}},
     ):
         with pytest.raises(ApiException) as info:
             custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, change)
