@@ -288,7 +288,7 @@ class ChartOperator:
 
     Only what cannot work out of cluster changes: the liveness endpoint, the receiver and
     the metrics move to free loopback ports (metrics off), the token file is a local copy
-    of the chart's Secret, resync and retry are 1 s to keep the test short.
+    of the chart's Secret, resync is 1 s to keep the test short.
     """
 
     def __init__(
@@ -313,7 +313,6 @@ class ChartOperator:
             POD_ID=f"{name}-{secrets.token_hex(3)}",  # the pod name, in the cluster
             KUBELOOP_METRICS_PORT="0",
             KUBELOOP_RESYNC_SECONDS="1",
-            KUBELOOP_RETRY_SECONDS="1",
         )
         self.webhook_port: int | None = None
         if token is not None:
