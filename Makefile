@@ -29,6 +29,7 @@ setup: $(SETUP_STAMP) ## Create .venv and install Kubeloop (editable) with every
 lint: setup ## Lint and check formatting with ruff; shellcheck every tracked shell script.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python hack/check_units.py
 	command -v shellcheck >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck)
 	git ls-files -z 'hack/*.sh' .ci/run | xargs -0 shellcheck -x
@@ -74,8 +75,8 @@ chart: setup ## Copy crds/ and the `kubeloop rules` output into the Helm chart (
 	$(BIN)/kubeloop rules > charts/kubeloop/files/rules/kubeloop-rules.yaml
 
 .PHONY: chart-lint
-chart-lint: setup toolchain chart-tools ## helm lint the chart with its default and ci/ values; chart and Argo CD tests without a cluster.
-	$(BIN)/pytest tests/cluster/test_chart_static.py tests/component/test_argocd_health.py $(PYTEST_ARGS)
+chart-lint: setup toolchain monitoring-tools chart-tools ## helm lint the chart with its default and ci/ values; chart and Argo CD tests without a cluster.
+	$(BIN)/pytest tests/component/test_chart_static.py tests/component/test_chart_values.py tests/component/test_argocd_health.py $(PYTEST_ARGS)
 
 .PHONY: images
 images: ## Build the operator, trainer and serving images with Docker (hack/images.sh; no registry needed).

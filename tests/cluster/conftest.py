@@ -19,7 +19,9 @@ Fixtures:
   ``kubectl.json(...)``, ``kubectl.apply(*docs)``
 
 Helper modules, importable from test files here: ``kubetest`` (``wait_for``,
-``Kubectl``) and ``kubelet`` (``job_pod``, ``finish_pod``, ``finish_job``).
+``Kubectl``, ``stop_group``) and ``kubelet`` (``job_pod``, ``finish_pod``, ``finish_job``);
+from every tier: ``needs`` (a missing tool fails saying how to get it) and ``helmchart``
+(``helm template``/``install`` with the toolchain's helm), in tests/.
 """
 
 from __future__ import annotations
@@ -47,21 +49,21 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from kubetest import Kubectl, wait_for  # noqa: E402
 
+from needs import missing  # noqa: E402
+
 
 def _say(message: str) -> None:
     print(f"[cluster] {message}", file=sys.stderr)
 
 
 def _kubectl_binary() -> str:
+    """The toolchain's kubectl, else one on PATH, else a failure saying how to build it."""
     from kubeloop.devcluster.binaries import Binaries, MissingBinaryError
 
     try:
         return str(Binaries.resolve(("kubectl",))["kubectl"])
-    except MissingBinaryError:
-        found = shutil.which("kubectl")
-        if found:
-            return found
-        raise
+    except MissingBinaryError as err:
+        return shutil.which("kubectl") or missing("kubectl", str(err))
 
 
 def install_crds(kubectl: Kubectl) -> None:

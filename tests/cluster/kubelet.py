@@ -35,8 +35,12 @@ def _name_namespace(pod: Any) -> tuple[str, str]:
     return pod.metadata.name, pod.metadata.namespace
 
 
+def _stamp(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _stamp(dt.datetime.now(dt.UTC))
 
 
 def _describe(core: client.CoreV1Api, name: str, namespace: str) -> dict[str, Any]:
@@ -79,6 +83,51 @@ def wait_running(
     )
 
 
+def terminated_statuses(
+    pod: client.V1Pod, exit_code: int, message: str, reason: str | None, now: str
+) -> list[dict[str, Any]]:
+    """Each container of ``pod`` terminated with ``exit_code``, as a kubelet reports it."""
+    started = {
+        s.name: _stamp(s.state.running.started_at)
+        for s in (pod.status.container_statuses or [])
+        if s.state and s.state.running and s.state.running.started_at
+    }
+    return [
+        {
+            "name": c.name,
+            "image": c.image,
+            "imageID": "",
+            "containerID": f"kwok://{pod.metadata.uid}-{c.name}",
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "state": {
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                    "message": message,
+                    "startedAt": started.get(c.name, now),
+                    "finishedAt": now,
+                }
+            },
+        }
+        for c in pod.spec.containers
+    ]
+
+
+def finished_conditions(pod: client.V1Pod, now: str) -> list[dict[str, Any]]:
+    """The pod's conditions once its containers ended: no longer Ready."""
+    conditions = []
+    for cond in pod.status.conditions or []:
+        entry = {"type": cond.type, "status": cond.status}
+        if cond.type in ("Ready", "ContainersReady"):
+            entry.update(status="False", reason="PodCompleted", lastTransitionTime=now)
+        elif cond.last_transition_time:
+            entry["lastTransitionTime"] = _stamp(cond.last_transition_time)
+        conditions.append(entry)
+    return conditions
+
+
 def finish_pod(
     core: client.CoreV1Api,
     pod: Any,
@@ -106,47 +155,11 @@ def finish_pod(
         else core.read_namespaced_pod(name, namespace)
     )
     now = _now()
-    started = {
-        s.name: s.state.running.started_at
-        for s in (current.status.container_statuses or [])
-        if s.state and s.state.running and s.state.running.started_at
-    }
-    statuses = [
-        {
-            "name": c.name,
-            "image": c.image,
-            "imageID": "",
-            "containerID": f"kwok://{current.metadata.uid}-{c.name}",
-            "ready": False,
-            "started": False,
-            "restartCount": 0,
-            "state": {
-                "terminated": {
-                    "exitCode": exit_code,
-                    "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-                    "message": message,
-                    "startedAt": (
-                        started[c.name].strftime("%Y-%m-%dT%H:%M:%SZ") if c.name in started else now
-                    ),
-                    "finishedAt": now,
-                }
-            },
-        }
-        for c in current.spec.containers
-    ]
-    conditions = []
-    for cond in current.status.conditions or []:
-        entry = {"type": cond.type, "status": cond.status}
-        if cond.type in ("Ready", "ContainersReady"):
-            entry.update(status="False", reason="PodCompleted", lastTransitionTime=now)
-        elif cond.last_transition_time:
-            entry["lastTransitionTime"] = cond.last_transition_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-        conditions.append(entry)
     body = {
         "status": {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": conditions,
-            "containerStatuses": statuses,
+            "conditions": finished_conditions(current, now),
+            "containerStatuses": terminated_statuses(current, exit_code, message, reason, now),
         }
     }
     patched: client.V1Pod = core.patch_namespaced_pod_status(

@@ -1,8 +1,10 @@
-"""Small helpers for cluster tests: polling with a deadline, and kubectl."""
+"""Small helpers for cluster tests: polling with a deadline, kubectl, stopping processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import ssl
 import subprocess
 import tempfile
@@ -41,6 +43,18 @@ def wait_for(
                 seen = "\nlast seen: " + json.dumps(state(), default=str, indent=1)[:4000]
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
         time.sleep(interval)
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    """SIGTERM the process group ``proc`` leads (``start_new_session``), SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 class KubectlError(AssertionError):

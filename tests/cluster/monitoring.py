@@ -9,37 +9,23 @@ webhook to the operator's receiver with a bearer token file.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
-from kubetest import wait_for
+from kubetest import stop_group, wait_for
 from operator_harness import free_port
 
 from kubeloop.devcluster.monitoring import (
     alertmanager_config,
     prometheus_config,
 )
+from needs import prometheus_tool
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
-
-
-def tool(*names: str) -> str:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    message = f"{names[0]} not found: run hack/install-monitoring.sh (make monitoring-tools)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 class Daemon:
@@ -72,13 +58,7 @@ class Daemon:
         return self.log.read_text(errors="replace").splitlines()[-30:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=20)
+        stop_group(self.proc)
 
     def get(self, path: str, **params: Any) -> Any:
         response = httpx.get(f"{self.url}{path}", params=params, timeout=10)
@@ -96,6 +76,25 @@ def rules_file(workdir: Path, *args: str) -> Path:
     return path
 
 
+def _daemon(
+    workdir: Path, name: str, config: dict[str, Any], storage_flag: str, *flags: str
+) -> Daemon:
+    """Write ``name``'s config, make its storage folder, start it on a free loopback port."""
+    path = workdir / f"{name}.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    storage = workdir / f"{name}-data"
+    storage.mkdir()
+    port = free_port()
+    argv = [
+        prometheus_tool(name),
+        f"--config.file={path}",
+        f"{storage_flag}={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
+    ]
+    return Daemon(name, argv, workdir, port).start()
+
+
 def alertmanager(workdir: Path, webhook_url: str, token: str, repeat_interval: str) -> Daemon:
     token_file = workdir / "webhook-token"
     token_file.write_text(token)
@@ -103,39 +102,15 @@ def alertmanager(workdir: Path, webhook_url: str, token: str, repeat_interval: s
     config = alertmanager_config(
         webhook_url, token_file, group_interval="1s", repeat_interval=repeat_interval
     )
-    path = workdir / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    storage = workdir / "alertmanager-data"
-    storage.mkdir()
-    argv = [
-        tool("prometheus-alertmanager", "alertmanager"),
-        f"--config.file={path}",
-        f"--storage.path={storage}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
-        "--log.level=debug",
-    ]
-    return Daemon("alertmanager", argv, workdir, port).start()
+    flags = ("--cluster.listen-address=", "--log.level=debug")
+    return _daemon(workdir, "alertmanager", config, "--storage.path", *flags)
 
 
 def prometheus(
     workdir: Path, rules: Path, alertmanager_port: int, jobs: list[dict[str, Any]]
 ) -> Daemon:
     config = prometheus_config(rules, alertmanager_port, jobs, interval="1s")
-    path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    storage = workdir / "prometheus-data"
-    storage.mkdir()
-    argv = [
-        tool("prometheus"),
-        f"--config.file={path}",
-        f"--storage.tsdb.path={storage}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    return Daemon("prometheus", argv, workdir, port).start()
+    return _daemon(workdir, "prometheus", config, "--storage.tsdb.path", "--log.level=warn")
 
 
 def query(prom: Daemon, expr: str) -> list[dict[str, Any]]:

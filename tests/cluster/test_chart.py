@@ -25,7 +25,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,11 +36,12 @@ import pytest
 import yaml
 from kubelet import finish_pod, job_pod
 from kubernetes import client
-from kubetest import Kubectl, wait_for
+from kubetest import Kubectl, stop_group, wait_for
 from operator_harness import Cluster, free_port
 from retrain_helpers import alert, notification
-from test_chart_static import CHART, SCENARIOS, helm, render_text, value_args
 
+from helmchart import CHART, SCENARIOS, helm, render_text, value_args
+from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.operator.app import peering_priority
 
 pytestmark = pytest.mark.cluster
@@ -97,31 +97,16 @@ def ci_namespaces(admin: Kubectl) -> Iterator[tuple[str, ...]]:
 
 
 def _standin_crd(kind: str, plural: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The CRD of monitoring.coreos.com/v1 ``kind``, its spec holding just ``spec``'s fields."""
+    version: dict[str, Any] = {"name": "v1", "served": True, "storage": True}
+    version["schema"] = {"openAPIV3Schema": _obj(spec=_obj(**spec))}
+    group = "monitoring.coreos.com"
+    names = {"kind": kind, "plural": plural, "singular": kind.lower()}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.monitoring.coreos.com",
-            "labels": {"kubeloop.io/test-stand-in": "true"},
-        },
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {"spec": {"type": "object", "properties": spec}},
-                        }
-                    },
-                }
-            ],
-        },
+        "metadata": {"name": f"{plural}.{group}", "labels": {"kubeloop.io/test-stand-in": "true"}},
+        "spec": {"group": group, "scope": "Namespaced", "names": names, "versions": [version]},
     }
 
 
@@ -154,7 +139,7 @@ ENDPOINT = _obj(port=STR, path=STR, interval=STR, relabelings=_arr(RELABEL))
 #: just the fields the chart writes, named as in the monitoring.coreos.com/v1 API, with
 #: nothing else allowed. kubectl's strict field validation then rejects any field the
 #: chart misspells or invents; the rule content itself is checked by promtool
-#: (test_chart_static.py).
+#: (tests/component/test_chart_static.py).
 STANDIN_CRDS = [
     _standin_crd(
         "PrometheusRule",
@@ -303,7 +288,7 @@ class ChartOperator:
 
     Only what cannot work out of cluster changes: the liveness endpoint, the receiver and
     the metrics move to free loopback ports (metrics off), the token file is a local copy
-    of the chart's Secret, resync and retry are 1 s to keep the test short.
+    of the chart's Secret, resync is 1 s to keep the test short.
     """
 
     def __init__(
@@ -328,7 +313,6 @@ class ChartOperator:
             POD_ID=f"{name}-{secrets.token_hex(3)}",  # the pod name, in the cluster
             KUBELOOP_METRICS_PORT="0",
             KUBELOOP_RESYNC_SECONDS="1",
-            KUBELOOP_RETRY_SECONDS="1",
         )
         self.webhook_port: int | None = None
         if token is not None:
@@ -391,13 +375,7 @@ class ChartOperator:
         return self.text().splitlines()[-40:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc, timeout=30)
 
     def assert_never_forbidden(self) -> None:
         bad = [
@@ -449,7 +427,7 @@ def finish_snapshot(cluster: Cluster, name: str, source: Path) -> str:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "cancer.csv"
     path.write_text("x,target\n1,0\n2,1\n3,0\n")
     return path
 
@@ -486,6 +464,144 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
 # ---------------------------------------------------------------- the operator, chart RBAC only
 
 
+def training_spec(name: str) -> dict[str, Any]:
+    """A TrainingJob spec (and retrain template) of model ``name`` on Dataset ``name``."""
+    return {
+        "datasetRef": {"name": name},
+        "modelName": name,
+        "task": "classification",
+        "target": "target",
+        "estimator": {"className": "LogisticRegression"},
+    }
+
+
+def check_install(core: client.CoreV1Api, namespace: str, notes: str) -> None:
+    """helm's NOTES and the in-cluster replica of a fresh install."""
+    # helm's NOTES tell the user what to apply next
+    assert f"kubectl -n {namespace} apply -f examples/dataset.yaml" in notes
+    assert f"kubeloop-operator-webhook.{namespace}.svc:8095/v1/alerts" in notes
+    # the in-cluster replica passes restricted Pod Security admission (kwok "runs" it)
+    wait_for(
+        lambda: (
+            core.list_namespaced_pod(
+                namespace, label_selector="app.kubernetes.io/component=operator"
+            ).items
+        ),
+        "the operator pod (restricted Pod Security admitted it)",
+        timeout=60,
+    )
+
+
+def snapshot_flow(cluster: Cluster, source: Path) -> str:
+    """Dataset -> snapshot Job (the workload account, the trainer image) -> Ready; its digest."""
+    cluster.apply(dataset("cancer", source))
+    job = cluster.wait_job("kubeloop.io/dataset=cancer")
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == "kubeloop-workload"
+    assert pod_spec["containers"][0]["image"] == "kubeloop-trainer:0.1.0"
+    digest = finish_snapshot(cluster, "cancer", source)
+    assert "SnapshotStarted" in wait_for(lambda: cluster.events("cancer"), "Events")
+    return digest
+
+
+def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
+    """TrainingJob -> trainer Job finished by the test -> a verified ModelVersion."""
+    cluster.apply(
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "cancer-1"},
+            "spec": training_spec("cancer"),
+        }
+    )
+    train = cluster.wait_job("kubeloop.io/training-job=cancer-1")
+    artifact = store / "cancer-1" / ArtifactLayout.MODEL
+    artifact.parent.mkdir()
+    artifact.write_bytes(b"an onnx model")
+    summary = {
+        "kind": "train",
+        "status": "succeeded",
+        "artifact_uri": artifact.as_uri(),
+        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        "metrics": {"accuracy": 0.9},
+    }
+    pod = job_pod(cluster.core, cluster.namespace, train["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(summary))
+    wait_for(
+        lambda: cluster.status("TrainingJob", "cancer-1").get("phase") == "Succeeded",
+        "TrainingJob cancer-1 to succeed",
+        state=lambda: cluster.get("TrainingJob", "cancer-1"),
+    )
+    assert cluster.status("TrainingJob", "cancer-1")["datasetVersion"] == digest
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "cancer-v1").get("status") == "True",
+        "ModelVersion cancer-v1 to be verified",
+        state=lambda: cluster.get("ModelVersion", "cancer-v1"),
+    )
+
+
+def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
+    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA."""
+    cluster.apply(
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "cancer"},
+            "spec": {
+                "modelName": "cancer",
+                "replicas": 1,
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+                "retrain": {"enabled": True, "cooldown": "1h", "template": training_spec("cancer")},
+            },
+        }
+    )
+    for api_version, kind in (
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ):
+        wait_for(
+            lambda api_version=api_version, kind=kind: (
+                cluster.list(kind, api_version, "kubeloop.io/model-deployment=cancer")
+                or [
+                    o
+                    for o in cluster.list(kind, api_version)
+                    if o["metadata"]["name"].startswith("cancer")
+                ]
+            ),
+            f"the ModelDeployment's {kind}",
+            state=operator.tail,
+        )
+    serving = cluster.list("Deployment", "apps/v1", "kubeloop.io/model-deployment=cancer")[0]
+    assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "kubeloop-serving:0.1.0"
+    )
+
+
+def retrain_flow(cluster: Cluster, operator: ChartOperator, token: str, digest: str) -> None:
+    """Alertmanager -> the receiver (the chart's token) -> a TrainingJob."""
+    namespace = cluster.namespace
+    assert operator.post(notification(alert(namespace, "cancer")), "wrong").status_code == 401
+    answer = operator.post(notification(alert(namespace, "cancer")), token)
+    assert answer.status_code == 200, answer.text
+    assert [r["result"] for r in answer.json()["results"]] == ["created"]
+    retrained = wait_for(
+        lambda: cluster.list("TrainingJob", selector="kubeloop.io/model-deployment=cancer"),
+        "the retrain TrainingJob",
+    )
+    assert retrained[0]["spec"]["datasetRef"]["version"] == digest
+    wait_for(lambda: "RetrainCreated" in cluster.events("cancer"), "the RetrainCreated Event")
+
+
+def deletion_flow(cluster: Cluster) -> None:
+    """Deletion through the finalizer the operator holds."""
+    for kind, name in (("Dataset", "cancer"), ("ModelDeployment", "cancer")):
+        meta = (cluster.get(kind, name) or {}).get("metadata", {})
+        assert "kubeloop.io/finalizer" in meta.get("finalizers", []), meta
+    delete_all(cluster)
+
+
 def test_operator_runs_every_flow_with_the_charts_service_account_only(
     admin, namespace, core, api_client, tmp_path, source
 ):
@@ -494,19 +610,7 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
     store.mkdir()
     sets = {"crds": {"enabled": False}, "artifacts": {"root": store.as_uri()}}
     with installed(admin, namespace, sets=sets) as notes:
-        # helm's NOTES tell the user what to apply next
-        assert f"kubectl -n {namespace} apply -f examples/dataset.yaml" in notes
-        assert f"kubeloop-operator-webhook.{namespace}.svc:8095/v1/alerts" in notes
-        # the in-cluster replica passes restricted Pod Security admission (kwok "runs" it)
-        wait_for(
-            lambda: (
-                core.list_namespaced_pod(
-                    namespace, label_selector="app.kubernetes.io/component=operator"
-                ).items
-            ),
-            "the operator pod (restricted Pod Security admitted it)",
-            timeout=60,
-        )
+        check_install(core, namespace, notes)
         docs = manifest(admin, namespace)
         token = secret_token(core, namespace)
         assert re.fullmatch(r"[A-Za-z0-9]{32}", token)
@@ -514,125 +618,11 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
         operator = ChartOperator(docs, kubeconfig, token, tmp_path).start()
         cluster = Cluster(api_client, namespace)
         try:
-            # 1. Dataset -> snapshot Job -> Ready with a data version
-            cluster.apply(dataset("cancer", source))
-            job = cluster.wait_job("kubeloop.io/dataset=cancer")
-            pod_spec = job["spec"]["template"]["spec"]
-            assert pod_spec["serviceAccountName"] == "kubeloop-workload"
-            assert pod_spec["containers"][0]["image"] == "kubeloop-trainer:0.1.0"
-            digest = finish_snapshot(cluster, "cancer", source)
-            assert "SnapshotStarted" in wait_for(lambda: cluster.events("cancer"), "Events")
-
-            # 2. TrainingJob -> trainer Job finished by the test -> a verified ModelVersion
-            cluster.apply(
-                {
-                    "apiVersion": "kubeloop.io/v1alpha1",
-                    "kind": "TrainingJob",
-                    "metadata": {"name": "cancer-1"},
-                    "spec": {
-                        "datasetRef": {"name": "cancer"},
-                        "modelName": "cancer",
-                        "task": "classification",
-                        "target": "target",
-                        "estimator": {"className": "LogisticRegression"},
-                    },
-                }
-            )
-            train = cluster.wait_job("kubeloop.io/training-job=cancer-1")
-            artifact = store / "cancer-1" / "model.onnx"
-            artifact.parent.mkdir()
-            artifact.write_bytes(b"an onnx model")
-            summary = {
-                "kind": "train",
-                "status": "succeeded",
-                "artifact_uri": artifact.as_uri(),
-                "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
-                "metrics": {"accuracy": 0.9},
-            }
-            pod = job_pod(core, namespace, train["metadata"]["name"])
-            finish_pod(core, pod, exit_code=0, message=json.dumps(summary))
-            wait_for(
-                lambda: cluster.status("TrainingJob", "cancer-1").get("phase") == "Succeeded",
-                "TrainingJob cancer-1 to succeed",
-                state=lambda: cluster.get("TrainingJob", "cancer-1"),
-            )
-            assert cluster.status("TrainingJob", "cancer-1")["datasetVersion"] == digest
-            wait_for(
-                lambda: cluster.condition("ModelVersion", "cancer-v1").get("status") == "True",
-                "ModelVersion cancer-v1 to be verified",
-                state=lambda: cluster.get("ModelVersion", "cancer-v1"),
-            )
-
-            # 3. ModelDeployment -> Deployment, Service, routing ConfigMap, HPA
-            cluster.apply(
-                {
-                    "apiVersion": "kubeloop.io/v1alpha1",
-                    "kind": "ModelDeployment",
-                    "metadata": {"name": "cancer"},
-                    "spec": {
-                        "modelName": "cancer",
-                        "replicas": 1,
-                        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
-                        "retrain": {
-                            "enabled": True,
-                            "cooldown": "1h",
-                            "template": {
-                                "datasetRef": {"name": "cancer"},
-                                "modelName": "cancer",
-                                "task": "classification",
-                                "target": "target",
-                                "estimator": {"className": "LogisticRegression"},
-                            },
-                        },
-                    },
-                }
-            )
-            for api_version, kind in (
-                ("apps/v1", "Deployment"),
-                ("v1", "Service"),
-                ("v1", "ConfigMap"),
-                ("autoscaling/v2", "HorizontalPodAutoscaler"),
-            ):
-                wait_for(
-                    lambda api_version=api_version, kind=kind: (
-                        cluster.list(kind, api_version, "kubeloop.io/model-deployment=cancer")
-                        or [
-                            o
-                            for o in cluster.list(kind, api_version)
-                            if o["metadata"]["name"].startswith("cancer")
-                        ]
-                    ),
-                    f"the ModelDeployment's {kind}",
-                    state=operator.tail,
-                )
-            serving = cluster.list("Deployment", "apps/v1", "kubeloop.io/model-deployment=cancer")[
-                0
-            ]
-            assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == (
-                "kubeloop-serving:0.1.0"
-            )
-
-            # 4. Alertmanager -> the receiver (the chart's token) -> a TrainingJob
-            assert (
-                operator.post(notification(alert(namespace, "cancer")), "wrong").status_code == 401
-            )
-            answer = operator.post(notification(alert(namespace, "cancer")), token)
-            assert answer.status_code == 200, answer.text
-            assert [r["result"] for r in answer.json()["results"]] == ["created"]
-            retrained = wait_for(
-                lambda: cluster.list("TrainingJob", selector="kubeloop.io/model-deployment=cancer"),
-                "the retrain TrainingJob",
-            )
-            assert retrained[0]["spec"]["datasetRef"]["version"] == digest
-            wait_for(
-                lambda: "RetrainCreated" in cluster.events("cancer"), "the RetrainCreated Event"
-            )
-
-            # 5. deletion through the finalizer the operator holds
-            for kind, name in (("Dataset", "cancer"), ("ModelDeployment", "cancer")):
-                meta = (cluster.get(kind, name) or {}).get("metadata", {})
-                assert "kubeloop.io/finalizer" in meta.get("finalizers", []), meta
-            delete_all(cluster)
+            digest = snapshot_flow(cluster, source)
+            training_flow(cluster, store, digest)
+            serving_flow(cluster, operator)
+            retrain_flow(cluster, operator, token, digest)
+            deletion_flow(cluster)
         finally:
             if cluster.list("Dataset") or cluster.list("ModelDeployment"):
                 with contextlib.suppress(AssertionError):

@@ -17,6 +17,7 @@ from kubelet import finish_pod, job_pod, wait_running
 from kubernetes import client
 from kubetest import Kubectl, server_and_tls, wait_for
 
+from kubeloop.contracts.artifacts import ArtifactLayout, join
 from kubeloop.devcluster.cluster import Process, clusters_dir
 
 pytestmark = pytest.mark.cluster
@@ -92,7 +93,8 @@ def test_test_plays_kubelet_and_the_job_controller_completes_the_job(
     assert core.read_namespaced_pod(pod.metadata.name, namespace).status.phase == "Running"
     assert job_condition(kubectl, "train") is None
 
-    summary = json.dumps({"artifact": "file:///m/model.onnx", "metrics": {"accuracy": 0.97}})
+    artifact = join("file:///m", ArtifactLayout.MODEL)
+    summary = json.dumps({"artifact": artifact, "metrics": {"accuracy": 0.97}})
     finished = finish_pod(core, pod, exit_code=0, message=summary)
     assert finished.status.phase == "Succeeded"
 

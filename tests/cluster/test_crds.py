@@ -21,6 +21,7 @@ from kubetest import Kubectl
 from kubeloop.api import v1alpha1 as v1
 from kubeloop.api.base import Rule
 from kubeloop.api.v1alpha1 import KINDS, READY
+from kubeloop.contracts.artifacts import ArtifactLayout, join
 
 pytestmark = pytest.mark.cluster
 
@@ -85,98 +86,66 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def violation(
+    kind: str, case: str, path: str, value: Any, rule: Rule, field: str | None = None
+) -> tuple[str, str, Callable[[dict[str, Any]], None], str, Rule]:
+    """Setting ``spec.<path>`` of ``kind``'s example to ``value`` breaks ``rule``; the error
+    names ``spec.<field>`` (by default the path). The case's id is ``<kind>-<case>``."""
+    mutate = _set(f"spec.{path}", value)
+    return (f"{kind.lower()}-{case}", kind, mutate, f"spec.{field or path}", rule)
+
+
+DS, TJ, MD = "Dataset", "TrainingJob", "ModelDeployment"
+SOURCE, SPLIT, SPEC = v1.DataSource.rules, v1.Split.rules, v1.TrainingJobSpec.rules
+PINNING, CANARY, SCALING = v1.VersionPolicy.rules, v1.Canary.rules, v1.Autoscaling.rules
+BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
+
 # (id, kind, mutation, the field the error must name, the rule (its message must show))
 VIOLATIONS = [
-    (
-        "dataset-path-and-uri",
-        "Dataset",
-        _set("spec.source", {"path": "/data/a.csv", "uri": "file:///data/a.csv"}),
-        "spec.source",
-        v1.DataSource.rules[0],
+    violation(DS, "path-and-uri", "source", BOTH, SOURCE[0]),
+    violation(DS, "neither-path-nor-uri", "source", {}, SOURCE[0]),
+    violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
+    violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
+    violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),
+    violation(MD, "pinned-missing", "version", {"policy": "Pinned"}, PINNING[0], "version.pinned"),
+    violation(
+        MD,
+        "pinned-with-latest",
+        "version",
+        {"policy": "Latest", "pinned": 2},
+        PINNING[0],
+        "version.pinned",
     ),
-    (
-        "dataset-neither-path-nor-uri",
-        "Dataset",
-        _set("spec.source", {}),
-        "spec.source",
-        v1.DataSource.rules[0],
+    violation(
+        MD,
+        "pinned-zero",
+        "version",
+        {"policy": "Pinned", "pinned": 0},
+        PINNING[1],
+        "version.pinned",
     ),
-    (
-        "trainingjob-test-fraction",
-        "TrainingJob",
-        _set("spec.split.testFraction", 1.0),
-        "spec.split.testFraction",
-        v1.Split.rules[0],
+    violation(
+        MD, "canary-weight-range", "canary.steps", [{"weight": 10}, {"weight": 101}], CANARY[0]
     ),
-    (
-        "trainingjob-estimator-not-for-task",
-        "TrainingJob",
-        _set("spec.task", "regression"),
-        "spec.estimator.className",
-        v1.TrainingJobSpec.rules[0],
+    violation(
+        MD, "canary-weight-decreasing", "canary.steps", [{"weight": 50}, {"weight": 10}], CANARY[1]
     ),
-    (
-        "trainingjob-estimator-unknown",
-        "TrainingJob",
-        _set("spec.estimator.className", "SVC"),
-        "spec.estimator.className",
-        v1.TrainingJobSpec.rules[0],
+    violation(
+        MD,
+        "autoscaling",
+        "autoscaling",
+        {"minReplicas": 3, "maxReplicas": 2},
+        SCALING[0],
+        "autoscaling.maxReplicas",
     ),
-    (
-        "modeldeployment-pinned-missing",
-        "ModelDeployment",
-        _set("spec.version", {"policy": "Pinned"}),
-        "spec.version.pinned",
-        v1.VersionPolicy.rules[0],
-    ),
-    (
-        "modeldeployment-pinned-with-latest",
-        "ModelDeployment",
-        _set("spec.version", {"policy": "Latest", "pinned": 2}),
-        "spec.version.pinned",
-        v1.VersionPolicy.rules[0],
-    ),
-    (
-        "modeldeployment-pinned-zero",
-        "ModelDeployment",
-        _set("spec.version", {"policy": "Pinned", "pinned": 0}),
-        "spec.version.pinned",
-        v1.VersionPolicy.rules[1],
-    ),
-    (
-        "modeldeployment-canary-weight-range",
-        "ModelDeployment",
-        _set("spec.canary.steps", [{"weight": 10}, {"weight": 101}]),
-        "spec.canary.steps",
-        v1.Canary.rules[0],
-    ),
-    (
-        "modeldeployment-canary-weight-decreasing",
-        "ModelDeployment",
-        _set("spec.canary.steps", [{"weight": 50}, {"weight": 10}]),
-        "spec.canary.steps",
-        v1.Canary.rules[1],
-    ),
-    (
-        "modeldeployment-autoscaling",
-        "ModelDeployment",
-        _set("spec.autoscaling", {"minReplicas": 3, "maxReplicas": 2}),
-        "spec.autoscaling.maxReplicas",
-        v1.Autoscaling.rules[0],
-    ),
-    (
-        "modeldeployment-retrain-estimator",
-        "ModelDeployment",
-        _set("spec.retrain.template.estimator.className", "Ridge"),
-        "spec.retrain.template.estimator.className",
-        v1.TrainingJobSpec.rules[0],
-    ),
-    (
-        "modeldeployment-retrain-test-fraction",
-        "ModelDeployment",
-        _set("spec.retrain.template.split", {"testFraction": 0.0}),
-        "spec.retrain.template.split.testFraction",
-        v1.Split.rules[0],
+    violation(MD, "retrain-estimator", "retrain.template.estimator.className", "Ridge", SPEC[0]),
+    violation(
+        MD,
+        "retrain-test-fraction",
+        "retrain.template.split",
+        {"testFraction": 0.0},
+        SPLIT[0],
+        "retrain.template.split.testFraction",
     ),
 ]
 
@@ -233,7 +202,7 @@ def test_modelversion_spec_cannot_change(custom: client.CustomObjectsApi, namesp
     for change in (
         {"spec": {"metrics": {"accuracy": 0.5}}},
         {"spec": {"artifact": {"sha256": "0" * 64}}},
-        {"spec": {"profileUri": "file:///elsewhere/profile.json"}},
+        {"spec": {"profileUri": join("file:///elsewhere", ArtifactLayout.PROFILE)}},
     ):
         with pytest.raises(ApiException) as info:
             custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, change)

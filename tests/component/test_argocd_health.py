@@ -1,31 +1,37 @@
-"""The Argo CD health checks (charts/kubeloop/argocd/*.lua), run by real Lua interpreters.
+"""The Argo CD health checks the chart composes (charts/kubeloop/argocd/), run by real Lua.
 
-Argo CD evaluates a health script with a global ``obj`` (the live object) and reads the
-table it returns. The harness here does the same: it defines ``obj`` as a Lua table
-literal, runs the script's text as the body of a function, and prints the returned table
-as JSON. Each script runs under lua5.4 and under lua5.1 (Argo CD's gopher-lua implements
-Lua 5.1, so a 5.4-only construct must fail here rather than in a cluster).
-
-The sample objects carry the conditions the operator's handlers write (reasons taken from
-operator/kubeloop/operator/handlers/).
+The chart renders each kind's check as an argocd-cm key (templates/argocd-health.yaml):
+argocd/common.lua, the part every kind shares, followed by the kind's own
+argocd/<kind>.lua. Argo CD evaluates a health script with a global ``obj`` (the live
+object) and reads the table it returns. The harness here does the same: it defines ``obj``
+as a Lua table literal, runs the rendered script as the body of a function, and prints the
+returned table as JSON. Each script runs under lua5.4 and under lua5.1 (Argo CD's
+gopher-lua implements Lua 5.1, so a 5.4-only construct must fail here rather than in a
+cluster), against the objects of argocd_health_cases.yaml.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from helmchart import CHART, render
+from needs import LUA, tool
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "charts" / "kubeloop" / "argocd"
+SCRIPTS = CHART / "argocd"
 INSTALL_DOC = ROOT / "docs" / "install.md"
 INTERPRETERS = ("lua5.4", "lua5.1")
 KINDS = ("Dataset", "TrainingJob", "ModelVersion", "ModelDeployment")
+KEY = "resource.customizations.health.kubeloop.io_{kind}"
+CASES_FILE = Path(__file__).with_name("argocd_health_cases.yaml")
 
 PRINTER = r"""
 local function quote(s)
@@ -73,20 +79,21 @@ def lua_literal(value: Any) -> str:
     raise TypeError(type(value))
 
 
-def interpreter(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed: run `make chart-tools` (Debian packages lua5.4 lua5.1)"
-        )
-    return found
+@cache
+def checks() -> dict[str, str]:
+    """The argocd-cm keys the chart renders, by kind."""
+    docs = render(sets={"argocdHealthChecks.enabled": True})
+    [config_map] = [d for d in docs if d["metadata"]["name"].endswith("-argocd-health")]
+    data: dict[str, str] = config_map["data"]
+    return {kind: data[KEY.format(kind=kind)] for kind in KINDS}
 
 
 def health(kind: str, obj: dict[str, Any], lua: str = "lua5.4") -> dict[str, str]:
-    script = (SCRIPTS / f"{kind.lower()}.lua").read_text()
-    program = f"obj = {lua_literal(obj)}\nlocal hs = (function()\n{script}\nend)()\n{PRINTER}"
+    program = (
+        f"obj = {lua_literal(obj)}\nlocal hs = (function()\n{checks()[kind]}\nend)()\n{PRINTER}"
+    )
     out = subprocess.run(
-        [interpreter(lua), "-"],
+        [tool(lua, how=LUA), "-"],
         input=program,
         capture_output=True,
         text=True,
@@ -123,212 +130,25 @@ def obj(
     return body
 
 
+def parse_condition(text: str) -> dict[str, Any]:
+    """A condition from its case text, ``"<type>=<status> <reason>[: <message>]"``."""
+    head, _, message = text.partition(": ")
+    type_status, reason = head.split(" ")
+    type_, status = type_status.split("=")
+    return cond(type_, status, reason, message)
+
+
+def case_object(kind: str, case: dict[str, Any]) -> dict[str, Any]:
+    conditions = [parse_condition(c) for c in case.get("conditions", [])]
+    status = {k: case[k] for k in ("phase",) if k in case}
+    return obj(kind, *conditions, generation=case.get("generation", 1), **status)
+
+
 # (kind, object, expected status, expected message)
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
-    # Dataset
-    ("Dataset", obj("Dataset"), "Progressing", "Waiting for the Kubeloop operator"),
-    (
-        "Dataset",
-        obj("Dataset", cond("Ready", "False", "Snapshotting", "waiting for Job d-snap-g1-0")),
-        "Progressing",
-        "Snapshotting: waiting for Job d-snap-g1-0",
-    ),
-    (
-        "Dataset",
-        obj("Dataset", cond("Ready", "True", "SnapshotSucceeded", "569 rows, sha256:ab")),
-        "Healthy",
-        "SnapshotSucceeded: 569 rows, sha256:ab",
-    ),
-    (
-        "Dataset",
-        obj("Dataset", cond("Ready", "False", "SnapshotFailed", "BadInput: column age missing")),
-        "Degraded",
-        "SnapshotFailed: BadInput: column age missing",
-    ),
-    (
-        "Dataset",
-        obj("Dataset", cond("Ready", "True", "SnapshotFailed", "source unreachable")),
-        "Healthy",
-        "SnapshotFailed: source unreachable",
-    ),
-    (
-        "Dataset",
-        obj("Dataset", cond("Ready", "False", "InvalidSpec", "source: give uri or path")),
-        "Degraded",
-        "InvalidSpec: source: give uri or path",
-    ),
-    (
-        "Dataset",
-        obj("Dataset", cond("Ready", "True", "SnapshotSucceeded", "10 rows"), generation=2),
-        "Progressing",
-        "Waiting for the Kubeloop operator to observe generation 2",
-    ),
-    # TrainingJob
-    ("TrainingJob", obj("TrainingJob"), "Progressing", "Waiting for the Kubeloop operator"),
-    (
-        "TrainingJob",
-        obj(
-            "TrainingJob",
-            cond("Ready", "False", "DatasetNotReady", "Dataset cancer is not Ready"),
-            phase="Pending",
-        ),
-        "Progressing",
-        "DatasetNotReady: Dataset cancer is not Ready",
-    ),
-    (
-        "TrainingJob",
-        obj(
-            "TrainingJob",
-            cond("Ready", "False", "Training", "Job t-train-abcde is running"),
-            phase="Running",
-        ),
-        "Progressing",
-        "Training: Job t-train-abcde is running",
-    ),
-    (
-        "TrainingJob",
-        obj(
-            "TrainingJob",
-            cond("Ready", "True", "Succeeded", "published cancer-v3"),
-            phase="Succeeded",
-        ),
-        "Healthy",
-        "Succeeded: published cancer-v3",
-    ),
-    (
-        "TrainingJob",
-        obj(
-            "TrainingJob",
-            cond("Ready", "False", "GateRejected", "f1 0.71 < 0.9"),
-            phase="Rejected",
-        ),
-        "Degraded",
-        "GateRejected: f1 0.71 < 0.9",
-    ),
-    (
-        "TrainingJob",
-        obj(
-            "TrainingJob",
-            cond("Ready", "False", "TrainingFailed", "BackoffLimitExceeded: Job has reached"),
-            phase="Failed",
-        ),
-        "Degraded",
-        "TrainingFailed: BackoffLimitExceeded: Job has reached",
-    ),
-    # ModelVersion
-    ("ModelVersion", obj("ModelVersion"), "Progressing", "Waiting for the Kubeloop operator"),
-    (
-        "ModelVersion",
-        obj(
-            "ModelVersion",
-            cond("Verified", "True", "DigestMatches", "sha256 9f86d081884c…"),
-            cond("Ready", "True", "Verified", "cancer version 1"),
-        ),
-        "Healthy",
-        "Verified: cancer version 1",
-    ),
-    (
-        "ModelVersion",
-        obj(
-            "ModelVersion",
-            cond("Ready", "False", "DigestMismatch", "sha256 of file:///m.onnx is 00"),
-        ),
-        "Degraded",
-        "DigestMismatch: sha256 of file:///m.onnx is 00",
-    ),
-    (
-        "ModelVersion",
-        obj(
-            "ModelVersion",
-            cond("Ready", "False", "ArtifactNotFound", "file:///m.onnx does not exist"),
-        ),
-        "Degraded",
-        "ArtifactNotFound: file:///m.onnx does not exist",
-    ),
-    (
-        "ModelVersion",
-        obj("ModelVersion", cond("Ready", "False", "StoreUnreachable", "s3://b/m.onnx: no s3fs")),
-        "Progressing",
-        "StoreUnreachable: s3://b/m.onnx: no s3fs",
-    ),
-    # ModelDeployment
-    ("ModelDeployment", obj("ModelDeployment"), "Progressing", "Waiting for the Kubeloop operator"),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Ready", "False", "NoReadyVersion", "waiting for a version of cancer to be Ready"),
-            phase="Pending",
-        ),
-        "Progressing",
-        "NoReadyVersion: waiting for a version of cancer to be Ready",
-    ),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Progressing", "False", "Complete", "serving version 1"),
-            cond("Ready", "False", "Deploying", "version 1: waiting for ready pods"),
-            cond("Degraded", "False", "AsExpected"),
-        ),
-        "Progressing",
-        "Deploying: version 1: waiting for ready pods",
-    ),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Progressing", "False", "Complete", "serving version 2"),
-            cond("Ready", "True", "Serving", "version 2"),
-            cond("Degraded", "False", "AsExpected"),
-            phase="Serving",
-        ),
-        "Healthy",
-        "Serving: version 2",
-    ),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Progressing", "True", "Canary", "version 3 at 10%"),
-            cond("Ready", "True", "Serving", "version 2"),
-            cond("Degraded", "False", "AsExpected"),
-            phase="Progressing",
-        ),
-        "Progressing",
-        "Canary: version 3 at 10%",
-    ),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Progressing", "False", "CanaryAborted", "canary of version 3 aborted"),
-            cond("Ready", "True", "Serving", "version 2"),
-            cond("Degraded", "False", "AsExpected"),
-        ),
-        "Degraded",
-        "CanaryAborted: canary of version 3 aborted",
-    ),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Ready", "False", "VersionMissing", "version 2 is gone"),
-            phase="Degraded",
-        ),
-        "Degraded",
-        "VersionMissing: version 2 is gone",
-    ),
-    (
-        "ModelDeployment",
-        obj(
-            "ModelDeployment",
-            cond("Ready", "True", "Serving", "version 2"),
-            cond("Degraded", "True", "ServingErrors", "5xx above 5%"),
-        ),
-        "Degraded",
-        "ServingErrors: 5xx above 5%",
-    ),
+    (kind, case_object(kind, case), case["health"], case["message"])
+    for kind, cases in yaml.safe_load(CASES_FILE.read_text()).items()
+    for case in cases
 ]
 
 
@@ -343,8 +163,12 @@ def test_health(lua, kind, body, status, message):
 
 
 def test_every_kind_has_a_script_and_every_state_is_covered():
-    assert sorted(p.stem for p in SCRIPTS.glob("*.lua")) == sorted(k.lower() for k in KINDS)
+    own = sorted(p.stem for p in SCRIPTS.glob("*.lua") if p.stem != "common")
+    assert own == sorted(k.lower() for k in KINDS)
+    assert (SCRIPTS / "common.lua").is_file()
+    common = (SCRIPTS / "common.lua").read_text()
     for kind in KINDS:
+        assert checks()[kind] == common + (SCRIPTS / f"{kind.lower()}.lua").read_text(), kind
         seen = {c[2] for c in CASES if c[0] == kind}
         assert seen == {"Healthy", "Progressing", "Degraded"}, kind
 
@@ -358,10 +182,10 @@ def test_message_with_quotes_and_newlines_survives():
 
 
 def test_install_doc_carries_each_script_for_argocd_cm():
-    """docs/install.md shows the argocd-cm keys with the scripts exactly as in the chart."""
+    """docs/install.md shows the argocd-cm keys with the scripts exactly as the chart renders."""
     doc = INSTALL_DOC.read_text()
     for kind in KINDS:
-        key = f"resource.customizations.health.kubeloop.io_{kind}: |"
+        key = f"{KEY.format(kind=kind)}: |"
         assert key in doc, key
         block = doc.split(key, 1)[1]
         lines = block.splitlines()[1:]
@@ -371,5 +195,4 @@ def test_install_doc_carries_each_script_for_argocd_cm():
             if line and not line.startswith(indent):
                 break
             body.append(line[len(indent) :])
-        script = (SCRIPTS / f"{kind.lower()}.lua").read_text()
-        assert "\n".join(body).strip() == script.strip(), f"{kind}: docs/install.md differs"
+        assert "\n".join(body).strip() == checks()[kind].strip(), f"{kind}: docs/install.md differs"

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from monitoring_tools import tool
-
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 from kubeloop.operator.alerts import rules
+from needs import prometheus_tool
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "monitoring.md"
 
@@ -47,7 +43,7 @@ def test_the_documented_scrape_job_passes_promtool(tmp_path):
     job = serving_job(static_configs=[discovered_pod("127.0.0.1:8080", pod)])
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump({"scrape_configs": [job]}))
-    check([tool("promtool"), "check", "config", str(path)], tmp_path)
+    check([prometheus_tool("promtool"), "check", "config", str(path)], tmp_path)
 
 
 def test_the_documented_alertmanager_route_passes_amtool(tmp_path):
@@ -55,7 +51,7 @@ def test_the_documented_alertmanager_route_passes_amtool(tmp_path):
     config["route"].setdefault("receiver", "kubeloop")  # the doc shows a sub-tree only
     path = tmp_path / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
-    amtool = str(Path(tool("alertmanager")).with_name("amtool"))
+    amtool = str(Path(prometheus_tool("alertmanager")).with_name("amtool"))
     check([amtool, "check-config", str(path)], tmp_path)
 
 

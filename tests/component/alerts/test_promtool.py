@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from monitoring_tools import tool
-
 from kubeloop.operator.alerts import rules
+from needs import prometheus_tool
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 FAST = ["--drift-for", "2m", "--online-for", "2m", "--min-window-rows", "100"]
@@ -30,7 +27,12 @@ def kubeloop_rules(*args: str) -> str:
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+        [prometheus_tool("promtool"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -69,7 +71,8 @@ def pod(ns: str, md: str, name: str, score: str, threshold: str, rows: str) -> l
     ]
 
 
-def drift_alert(ns: str, md: str, value: float) -> dict:
+def expected_alert(ns: str, md: str, trigger: str, value: float, **annotations: str) -> dict:
+    """A firing retrain alert of deployment ``ns/md`` as promtool's ``exp_alerts`` lists it."""
     return {
         "exp_labels": {
             "namespace": ns,
@@ -77,44 +80,59 @@ def drift_alert(ns: str, md: str, value: float) -> dict:
             "model": md,
             "severity": "warning",
             rules.RETRAIN_LABEL: "true",
-            "kubeloop_trigger": "drift",
+            "kubeloop_trigger": trigger,
         },
-        "exp_annotations": {
-            "summary": f"Input data drift on ModelDeployment {ns}/{md}",
-            "description": (
-                f"The largest feature drift (PSI) of model {md} is {value:.3f}, above the "
-                "configured threshold, over a window of at least 100 rows for 2m."
-            ),
-            "value": f"{value:g}",
-        },
+        "exp_annotations": {**annotations, "value": f"{value:g}"},
     }
+
+
+def drift_alert(ns: str, md: str, value: float) -> dict:
+    return expected_alert(
+        ns,
+        md,
+        "drift",
+        value,
+        summary=f"Input data drift on ModelDeployment {ns}/{md}",
+        description=(
+            f"The largest feature drift (PSI) of model {md} is {value:.3f}, above the "
+            "configured threshold, over a window of at least 100 rows for 2m."
+        ),
+    )
 
 
 def online_alert(ns: str, md: str, value: float, floor: str) -> dict:
+    return expected_alert(
+        ns,
+        md,
+        "online-metric",
+        value,
+        summary=f"Online accuracy below its floor on ModelDeployment {ns}/{md}",
+        description=(
+            f"Accuracy of model {md} on recent feedback is {value:.3f}, below the floor "
+            f"(the pod's kubeloop_online_metric_floor, else {floor}), over at least 50 "
+            "rows for 2m."
+        ),
+    )
+
+
+def rule_test(alertname: str, input_series: list[dict], firing: dict[str, list[dict]]) -> dict:
+    """A promtool test group: one sample a minute, and the alerts firing at each eval time."""
     return {
-        "exp_labels": {
-            "namespace": ns,
-            "model_deployment": md,
-            "model": md,
-            "severity": "warning",
-            rules.RETRAIN_LABEL: "true",
-            "kubeloop_trigger": "online-metric",
-        },
-        "exp_annotations": {
-            "summary": f"Online accuracy below its floor on ModelDeployment {ns}/{md}",
-            "description": (
-                f"Accuracy of model {md} on recent feedback is {value:.3f}, below the floor "
-                f"(the pod's kubeloop_online_metric_floor, else {floor}), over at least 50 "
-                "rows for 2m."
-            ),
-            "value": f"{value:g}",
-        },
+        "interval": "1m",
+        "input_series": input_series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": alertname, "exp_alerts": alerts}
+            for at, alerts in firing.items()
+        ],
     }
 
 
-def unit_tests() -> dict:
-    # one sample a minute, 10 samples: '0.5x9' is 0.5 ten times
-    drift_series = [
+# One sample a minute, 10 samples: '0.5x9' is 0.5 ten times.
+
+
+def drift_test() -> dict:
+    """Six deployments' drift gauges and when the drift alert fires for them."""
+    input_series = [
         # a: drifted from the start, window full: fires after `for`
         *pod("ml", "a", "a-0", "0.5x9", "0.2x9", "500x9"),
         # b: two replicas drifted: one alert with the larger score
@@ -127,7 +145,24 @@ def unit_tests() -> dict:
         # e: same name as a, other namespace, drift only from minute 5: fires from minute 7
         *pod("other", "a", "a-0", "0.1x4 0.6x5", "0.2x9", "500x9"),
     ]
-    online_series = [
+    return rule_test(
+        rules.DRIFT_ALERT,
+        input_series,
+        {
+            "1m": [],  # before `for:` has passed nothing fires
+            "3m": [drift_alert("ml", "a", 0.5), drift_alert("ml", "b", 0.7)],
+            "8m": [
+                drift_alert("ml", "a", 0.5),
+                drift_alert("ml", "b", 0.7),
+                drift_alert("other", "a", 0.6),
+            ],
+        },
+    )
+
+
+def online_test() -> dict:
+    """Five deployments' online metrics and when the online-metric alert fires for them."""
+    input_series = [
         # f: accuracy 0.6 < default floor 0.8, enough feedback: fires
         series("kubeloop_online_metric", "ml", "f", "f-0", "0.6x9", metric="accuracy"),
         series("kubeloop_online_metric_rows", "ml", "f", "f-0", "100x9"),
@@ -146,48 +181,22 @@ def unit_tests() -> dict:
         series("kubeloop_online_metric", "ml", "j", "j-0", "0.1x9", metric="rmse"),
         series("kubeloop_online_metric_rows", "ml", "j", "j-0", "100x9"),
     ]
+    return rule_test(
+        rules.ONLINE_ALERT,
+        input_series,
+        {
+            "1m": [],
+            "5m": [online_alert("ml", "f", 0.6, "0.8"), online_alert("ml", "h", 0.85, "0.8")],
+        },
+    )
+
+
+def unit_tests() -> dict:
+    """promtool's rule unit-test file for rules.yaml."""
     return {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": drift_series,
-                "alert_rule_test": [
-                    # before `for:` has passed nothing fires
-                    {"eval_time": "1m", "alertname": rules.DRIFT_ALERT, "exp_alerts": []},
-                    {
-                        "eval_time": "3m",
-                        "alertname": rules.DRIFT_ALERT,
-                        "exp_alerts": [drift_alert("ml", "a", 0.5), drift_alert("ml", "b", 0.7)],
-                    },
-                    {
-                        "eval_time": "8m",
-                        "alertname": rules.DRIFT_ALERT,
-                        "exp_alerts": [
-                            drift_alert("ml", "a", 0.5),
-                            drift_alert("ml", "b", 0.7),
-                            drift_alert("other", "a", 0.6),
-                        ],
-                    },
-                ],
-            },
-            {
-                "interval": "1m",
-                "input_series": online_series,
-                "alert_rule_test": [
-                    {"eval_time": "1m", "alertname": rules.ONLINE_ALERT, "exp_alerts": []},
-                    {
-                        "eval_time": "5m",
-                        "alertname": rules.ONLINE_ALERT,
-                        "exp_alerts": [
-                            online_alert("ml", "f", 0.6, "0.8"),
-                            online_alert("ml", "h", 0.85, "0.8"),
-                        ],
-                    },
-                ],
-            },
-        ],
+        "tests": [drift_test(), online_test()],
     }
 
 

@@ -2,7 +2,8 @@
 
 The chart must ship exactly the generated CRDs (crds/) and exactly the `kubeloop rules`
 output; both are copies under charts/kubeloop/files/ made by `make chart`, and these tests
-fail when a copy is stale. test_chart.py installs the chart into the local control plane.
+fail when a copy is stale. tests/cluster/test_chart.py installs the chart into the local
+control plane.
 """
 
 from __future__ import annotations
@@ -13,23 +14,16 @@ import json
 import os
 import re
 import subprocess
-import tempfile
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
+from helmchart import CHART, CRD_DIR, NAMESPACE, RELEASE, SCENARIOS, helm, render, value_args
 from kubeloop.operator.alerts import rules
+from needs import prometheus_tool
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "kubeloop"
-CRD_DIR = ROOT / "crds"
-SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
-RELEASE = "kubeloop"
-NAMESPACE = "kubeloop-system"
 #: Objects of these kinds are Kubernetes structures passed through as they are; their
 #: keys need no comment of their own in values.yaml.
 PASSTHROUGH = {
@@ -50,66 +44,6 @@ PASSTHROUGH = {
     "accessModes",
     "imagePullSecrets",
 }
-
-
-@cache
-def helm_bin() -> str:
-    from kubeloop.devcluster.binaries import Binaries
-
-    return str(Binaries.resolve(("helm",))["helm"])
-
-
-@cache
-def _helm_home() -> str:
-    return tempfile.mkdtemp(prefix="kubeloop-helm-")
-
-
-def helm(
-    *args: str, kubeconfig: str | None = None, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run helm with its cache, config and data under a private directory."""
-    home = _helm_home()
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": f"{home}/cache",
-        "HELM_CONFIG_HOME": f"{home}/config",
-        "HELM_DATA_HOME": f"{home}/data",
-    }
-    if kubeconfig:
-        env["KUBECONFIG"] = kubeconfig
-    out = subprocess.run(
-        [helm_bin(), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-    if check and out.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} exited {out.returncode}:\n{out.stderr}")
-    return out
-
-
-def value_args(values: tuple[str, ...] = (), sets: dict[str, Any] | None = None) -> list[str]:
-    args: list[str] = []
-    for name in values:
-        args += ["-f", str(CHART / "ci" / name)]
-    for key, value in (sets or {}).items():
-        args += ["--set-json", f"{key}={json.dumps(value)}"]
-    return args
-
-
-def render_text(
-    *values: str,
-    sets: dict[str, Any] | None = None,
-    namespace: str = NAMESPACE,
-    release: str = RELEASE,
-    include_crds: bool = False,
-) -> str:
-    args = ["template", release, str(CHART), "--namespace", namespace]
-    if include_crds:
-        args.append("--include-crds")
-    return helm(*args, *value_args(values, sets)).stdout
-
-
-def render(*values: str, **kwargs: Any) -> list[dict[str, Any]]:
-    """The objects `helm template` prints for these ci/ files and --set-json values."""
-    return [d for d in yaml.safe_load_all(render_text(*values, **kwargs)) if d]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -593,7 +527,7 @@ def test_prometheus_objects_carry_exactly_the_rules(tmp_path):
 
 
 def test_promtool_accepts_the_rendered_rules(tmp_path):
-    promtool = shutil_which("promtool")
+    promtool = prometheus_tool("promtool")
     spec = one(render("prometheus-values.yaml"), "PrometheusRule")["spec"]
     (tmp_path / "prometheusrule.yaml").write_text(yaml.safe_dump(spec))
     data = one(render(), "ConfigMap", "kubeloop-rules")["data"][rules.RULES_FILE]
@@ -607,15 +541,6 @@ def test_promtool_accepts_the_rendered_rules(tmp_path):
             check=False,
         )
         assert out.returncode == 0, out.stdout + out.stderr
-
-
-def shutil_which(name: str) -> str:
-    import shutil
-
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: run `make monitoring-tools` (Debian's prometheus package)")
-    return found
 
 
 def test_artifacts_claim_created_and_kept():

@@ -2,33 +2,37 @@
 
 Each image runs as uid 10001 with a read-only root filesystem and only /tmp writable
 (the chart's and the operator's securityContext and emptyDir), without a network. The
-build itself is not part of the test run (minutes of CPU): these tests use the images
-present in the local Docker Engine and skip, saying so, when Docker or an image is
+build itself is not part of the test run (minutes of CPU): `make test` builds the images
+first (`make images`), and these tests fail, saying so, when Docker or an image is
 missing.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tomllib
+from functools import cache
 from pathlib import Path
 
 import pytest
+
+from kubeloop.cli import INSTALLS
+from needs import DOCKER, missing, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGES = {c: f"kubeloop-{c}:{VERSION}" for c in ("operator", "trainer", "serving")}
 SITE = "/opt/kubeloop/lib/python3.11/site-packages"
+#: What every image carries of the kubeloop namespace package: the core's own folder.
+CORE = {p.name for p in (ROOT / "core" / "kubeloop").iterdir() if p.name != "__pycache__"}
 
 
+@cache
 def _docker() -> str:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("Docker is not installed (make images installs and starts it)")
+    docker = tool("docker", how=DOCKER)
     ping = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60, check=False)
     if ping.returncode != 0:
-        pytest.skip("no Docker daemon answers (make images starts dockerd)")
+        missing("no Docker daemon answers", DOCKER)
     return docker
 
 
@@ -39,7 +43,7 @@ def image(component: str) -> str:
         [docker, "image", "inspect", ref], capture_output=True, text=True, timeout=60, check=False
     )
     if found.returncode != 0:
-        pytest.skip(f"image {ref} is not built (make images)")
+        missing(f"image {ref} is not built", DOCKER)
     return ref
 
 
@@ -63,10 +67,15 @@ def run(ref: str, *args: str, entrypoint: str | None = None) -> subprocess.Compl
     )
 
 
-def site_packages(ref: str) -> set[str]:
-    out = run(ref, "-c", f"ls {SITE}", entrypoint="sh")
+def listing(ref: str, folder: str) -> set[str]:
+    """The names in ``folder`` of the image."""
+    out = run(ref, "-c", f"ls {folder}", entrypoint="sh")
     assert out.returncode == 0, out.stderr
-    return {name.lower() for name in out.stdout.split()}
+    return set(out.stdout.split())
+
+
+def site_packages(ref: str) -> set[str]:
+    return {name.lower() for name in listing(ref, SITE)}
 
 
 # Each image's own commands: `--help` imports the command's module, so a missing
@@ -143,3 +152,19 @@ def test_operator_image_imports_the_whole_operator():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("component", list(IMAGES))
+def test_image_carries_the_core_and_its_own_component_only(component):
+    """No other component and no devcluster tooling in the image's kubeloop package."""
+    assert {"api", "cli.py", "contracts"} == CORE
+    found = listing(image(component), f"{SITE}/kubeloop") - {"__pycache__"}
+    assert found == CORE | {component}, f"the {component} image's kubeloop/ holds {sorted(found)}"
+
+
+@pytest.mark.parametrize("component", list(IMAGES))
+def test_cluster_command_says_which_install_it_needs(component):
+    out = run(image(component), "cluster", "--help")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "'kubeloop cluster' is not in this install" in out.stderr, out.stderr
+    assert INSTALLS["cluster"] in out.stderr, out.stderr

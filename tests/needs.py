@@ -1,0 +1,53 @@
+"""The tools a test runs: found, or a failure that says how to get them, never a skip.
+
+``make test`` installs every tool the suite needs (``make toolchain``, ``make
+monitoring-tools``, ``make chart-tools``, ``make images``), so a missing one is a broken
+setup that must not pass quietly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import NoReturn
+
+import pytest
+
+MONITORING = "run `make monitoring-tools` (hack/install-monitoring.sh: Debian's Prometheus)"
+LUA = "run `make chart-tools` (Debian packages lua5.4 lua5.1)"
+DOCKER = "run `make images` (hack/images.sh installs and starts Docker and builds the images)"
+
+#: The Prometheus tools by role, as Debian names them (Alertmanager: prometheus-alertmanager).
+PROMETHEUS_TOOLS = {
+    "promtool": ("promtool",),
+    "prometheus": ("prometheus",),
+    "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+}
+
+
+def missing(what: str, how: str) -> NoReturn:
+    """Fail the test: ``what`` is missing; ``how`` says how to get it."""
+    pytest.fail(f"{what}: {how}", pytrace=False)
+
+
+def tool(*names: str, how: str) -> str:
+    """The path of the first of ``names`` on PATH."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    missing(f"{' or '.join(names)} not found on PATH", how)
+
+
+def prometheus_tool(role: str) -> str:
+    """promtool, prometheus or alertmanager (``PROMETHEUS_TOOLS``)."""
+    return tool(*PROMETHEUS_TOOLS[role], how=MONITORING)
+
+
+def toolchain_binary(name: str) -> str:
+    """A binary hack/toolchain.sh builds (helm, kubectl, ...); its error says how."""
+    from kubeloop.devcluster.binaries import Binaries, MissingBinaryError
+
+    try:
+        return str(Binaries.resolve((name,))[name])
+    except MissingBinaryError as err:
+        missing(name, str(err))
