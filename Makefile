@@ -26,7 +26,7 @@ $(SETUP_STAMP):
 setup: $(SETUP_STAMP) ## Create .venv and install Kubeloop (editable) with every extra and the dev tools.
 
 .PHONY: lint
-lint: setup ## Lint and check formatting with ruff; shellcheck every tracked shell script.
+lint: setup ## ruff (lint, format), no function over 60 lines, shellcheck on every tracked shell script.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python hack/check_units.py
