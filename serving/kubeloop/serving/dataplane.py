@@ -60,7 +60,7 @@ class DataPlane:
 
     async def start(self) -> None:
         if self.prediction_log is not None:
-            self.prediction_log.log.start()
+            self.prediction_log.start()
         self.router.start()
         self._slot_task = asyncio.get_running_loop().create_task(self.slot.run())
 
@@ -72,7 +72,7 @@ class DataPlane:
                 await self._slot_task
         await self.router.stop()
         if self.prediction_log is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.log.close)
+            await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.close)
         self.slot.close()
 
     def begin_shutdown(self) -> None:

@@ -1,8 +1,8 @@
 """What the server needs to know about a model, read from the trainer's artifacts.
 
 The formats are the core's contracts (:mod:`kubeloop.contracts.artifacts`, which
-imports only pydantic); this module maps them onto the server's own view: the feature
-list, the drift references and which outputs carry the prediction.
+imports only pydantic and the API types); this module maps them onto the server's own
+view: the feature list, the drift references and which outputs carry the prediction.
 """
 
 from __future__ import annotations

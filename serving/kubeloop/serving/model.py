@@ -105,7 +105,8 @@ def prediction_outputs(
 
 
 class LoadedModel:
-    """One verified model, ready to run; immutable once built (swapped whole on reload)."""
+    """One verified model, ready to run. Its inputs, outputs and session never change
+    (a reload builds a new one and swaps it whole)."""
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from kubeloop.serving.tensors import Decoded
 if TYPE_CHECKING:
     from kubeloop.serving.model import LoadedModel
 
-log = logging.getLogger("kubeloop.serving.model")
+log = logging.getLogger("kubeloop.serving.observers")
 
 
 class BatchObserver(Protocol):
@@ -171,18 +171,26 @@ class DriftMonitor:
 
 
 class PredictionLogger:
-    """Hands each prediction to the prediction log (with the inputs for a sampled share)."""
+    """Hands each prediction to the prediction log (with the inputs for a sampled share).
+    Its line counters are labelled with ``model``, the name served at start."""
 
     def __init__(self, settings: ServingSettings, metrics: Metrics, model: str) -> None:
         assert settings.prediction_log is not None
         self._share = settings.prediction_log_inputs
         self._rng = random.Random()
-        self.log = PredictionLog(
+        self._log = PredictionLog(
             settings.prediction_log,
             settings.prediction_log_queue,
             on_written=lambda n: metrics.log_lines.labels(model).inc(n),
             on_dropped=lambda n: metrics.log_dropped.labels(model).inc(n),
         )
+
+    def start(self) -> None:
+        self._log.start()
+
+    def close(self) -> None:
+        """Write what is queued, then stop (blocking)."""
+        self._log.close()
 
     def on_prediction(
         self,
@@ -196,7 +204,7 @@ class PredictionLogger:
         share = self._share
         if share > 0 and (share >= 1 or self._rng.random() < share):
             inputs = {s.name: c for s, c in zip(model.inputs, request.columns, strict=True)}
-        self.log.submit(
+        self._log.submit(
             Entry(
                 request_id,
                 model.name,
