@@ -83,11 +83,17 @@ class ServingApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body
-        declared = _content_length(scope)
-        if declared > limit:
-            raise PayloadTooLargeError(
-                f"request body of {declared} bytes is over the limit of {limit} bytes"
-            )
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    raise PayloadTooLargeError(
+                        f"request body of {declared} bytes is over the limit of {limit} bytes"
+                    )
+                break
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -107,17 +113,6 @@ class ServingApp:
 
 class _DisconnectedError(Exception):
     pass
-
-
-def _content_length(scope: Scope) -> int:
-    """The declared body size (0 when absent or not a number)."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
 
 
 def _replay(body: bytes) -> Receive:

@@ -1,12 +1,14 @@
 """The data plane: what the server does, independent of the wire format.
 
-It validates the model a request names, routes it (stable or canary) and runs the
-model on a typed, already-decoded request (:class:`~kubeloop.serving.tensors.Decoded`),
-returning the model's outputs. Everything else is a part it is composed of:
+It validates the model a request names, routes it (its router says stable or canary)
+and runs the model on a typed, already-decoded request
+(:class:`~kubeloop.serving.tensors.Decoded`), returning the model's outputs. Everything
+else is a part it is composed of:
 
 * :class:`~kubeloop.serving.slot.ModelSlot` — the served model: load, verify, hot swap,
   readiness;
-* :class:`~kubeloop.serving.router.Router` — canary forwarding and shadowing;
+* :class:`~kubeloop.serving.router.Router` — which requests the canary gets, canary
+  forwarding and shadowing (the transport asks it before decoding; it relays bytes);
 * prediction observers — :class:`~kubeloop.serving.feedback.FeedbackRecorder` and, when
   configured, :class:`~kubeloop.serving.observers.PredictionLogger` — told of every
   answered request; the model's own batch observers (drift, histograms) see every
@@ -104,13 +106,6 @@ class DataPlane:
         except ServingError:
             return False
         return self.slot.ready
-
-    # ---------------------------------------------------------------------- route
-
-    def to_canary(self, version: str | None) -> bool:
-        """Whether the canary answers this request: only unversioned requests are
-        forwarded, in the configured share."""
-        return version is None and self.router.to_canary()
 
     # ---------------------------------------------------------------------- infer
 

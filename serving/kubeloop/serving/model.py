@@ -24,7 +24,7 @@ from kubeloop.contracts.artifacts import ArtifactLayout, join
 from kubeloop.serving import describe as art
 from kubeloop.serving.batching import Feed, MicroBatcher, Outputs
 from kubeloop.serving.metrics import Metrics
-from kubeloop.serving.observers import BatchObserver, DriftMonitor, PredictionStats, notify_batch
+from kubeloop.serving.observers import BatchObserver, DriftMonitor, PredictionStats
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.tensors import (
     NUMPY,
@@ -186,7 +186,11 @@ class LoadedModel:
     def observe(self, feed: Feed, outputs: Outputs) -> None:
         """Per-model-call observations (batch size, drift windows, prediction counts).
         Scheduled after the responses are sent, so it costs no request latency."""
-        notify_batch(self.observers, feed, outputs)
+        for observer in self.observers:
+            try:
+                observer.on_batch(feed, outputs)
+            except Exception:  # an observation must never break serving
+                log.exception("observing a batch failed")
 
     async def infer(self, feed: Feed, rows: int) -> Outputs:
         """Run the model for one request (through the batcher when batching is on)."""

@@ -52,15 +52,6 @@ class PredictionObserver(Protocol):
         """One request's prediction; ``started`` is its ``time.perf_counter()`` at arrival."""
 
 
-def notify_batch(observers: Sequence[BatchObserver], feed: Feed, outputs: Outputs) -> None:
-    """Tell every observer; a failing one is logged and never breaks serving."""
-    for observer in observers:
-        try:
-            observer.on_batch(feed, outputs)
-        except Exception:
-            log.exception("observing a batch failed")
-
-
 class PredictionStats:
     """Rows per model call, and predicted rows per class (classification) or the
     predicted values (regression). Metric children are resolved once per model."""

@@ -46,7 +46,9 @@ class Router:
         )
         self._forward_split = Splitter(0.0 if settings.canary_shadow else settings.canary_weight)
         self._shadow_split = Splitter(0.0)
-        #: mirroring is on: check this before calling :meth:`mirror` (it costs a call)
+        #: forwarding / mirroring is on: check these before calling :meth:`to_canary` or
+        #: :meth:`mirror` (attributes cost less than calls on the hot path)
+        self.forwarding = self._forward_split.weight > 0
         self.shadowing = False
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -86,7 +88,7 @@ class Router:
         forward, shadow = (0.0, weight) if config.shadow else (weight, 0.0)
         self._forward_split.set_weight(forward)
         self._shadow_split = Splitter(shadow)
-        self.shadowing = shadow > 0
+        self.forwarding, self.shadowing = forward > 0, shadow > 0
         name = self._slot.name
         self._metrics.canary_weight.labels(name, "forward").set(forward)
         self._metrics.canary_weight.labels(name, "shadow").set(shadow)
@@ -99,8 +101,7 @@ class Router:
 
     def to_canary(self) -> bool:
         """Whether this request is the canary's (the exact forward share)."""
-        split = self._forward_split
-        return split.weight > 0 and split.pick()
+        return self._forward_split.pick()
 
     async def forward(self, path: str, body: bytes, headers: Mapping[bytes, bytes]) -> Reply | None:
         """Send the request to the canary; None when it is unreachable (stable answers)."""

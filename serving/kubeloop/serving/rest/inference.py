@@ -48,11 +48,12 @@ class V2Codec:
     protocol = "v2"
 
     def decode(self, model: LoadedModel, body: bytes, headers: HeaderMap, max_rows: int) -> Decoded:
+        length = headers.get(b"inference-header-content-length")
         return decode_v2(
             body,
             model.inputs,
             model.index,
-            header_length=header_length(headers.get(b"inference-header-content-length")),
+            header_length=None if length is None else header_length(length),
             max_rows=max_rows,
             output_names=model.output_names,
         )
@@ -121,10 +122,12 @@ class RestInference:
         served = self._slot.model
         mv = served.version if served is not None and served.name == name else ""
         code = 500
+        router = self._router
         try:
             model = plane.model(name, version)
-            if plane.to_canary(version):
-                reply = await self._router.forward(path, body, headers)
+            # only unversioned requests go to the canary, in the configured share
+            if version is None and router.forwarding and router.to_canary():
+                reply = await router.forward(path, body, headers)
                 if reply is not None:
                     code = 0  # counted as the canary's
                     self._requests.count(name, mv, codec.protocol, reply.status, "canary", started)
@@ -133,8 +136,8 @@ class RestInference:
             request_id = request.request_id or _header_id(headers) or plane.new_request_id()
             outputs = await plane.infer(model, request, request_id, started)
             reply = codec.encode(model, request, request_id, outputs)
-            if self._router.shadowing:
-                self._router.mirror(model, path, body, outputs[model.label_output])
+            if router.shadowing:
+                router.mirror(model, path, body, outputs[model.label_output])
             code = 200
             return reply
         except ServingError as exc:

@@ -43,41 +43,16 @@ def decode_v2(
     output_names: Sequence[str],
 ) -> Decoded:
     """Decode an OIP v2 infer request (JSON, or JSON header + binary tensors)."""
-    header, binary = _split_body(body, header_length)
-    req = loads(header)
-    inputs, request_id = _inputs_and_id(req)
-    binary_default = bool(_bool_param(req.get("parameters"), "binary_data_output", "request"))
-    requested, flags = _requested_outputs(req.get("outputs"), output_names)
-    if _is_one_matrix(inputs, specs, index):
-        matrix = _decode_matrix(inputs[0], specs, binary, max_rows)
-        return Decoded(None, len(matrix), request_id, requested, flags, binary_default, matrix)
-    columns, rows = _decode_columns(inputs, specs, index, binary, max_rows)
-    return Decoded(columns, rows, request_id, requested, flags, binary_default)
-
-
-def header_length(value: bytes | None) -> int | None:
-    """The ``Inference-Header-Content-Length`` header: where the JSON part of a binary
-    request ends (None: the whole body is JSON)."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequestError("Inference-Header-Content-Length must be an integer") from None
-
-
-def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
     if header_length is None:
-        return body, memoryview(b"")
-    if header_length < 0 or header_length > len(body):
-        raise BadRequestError(
-            f"Inference-Header-Content-Length {header_length} is outside the body "
-            f"({len(body)} bytes)"
-        )
-    return body[:header_length], memoryview(body)[header_length:]
-
-
-def _inputs_and_id(req: Any) -> tuple[list[Any], str | None]:
+        header, binary = body, memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise BadRequestError(
+                f"Inference-Header-Content-Length {header_length} is outside the body "
+                f"({len(body)} bytes)"
+            )
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    req = loads(header)
     if not isinstance(req, dict):
         raise BadRequestError("the request must be a JSON object with 'inputs'")
     inputs = req.get("inputs")
@@ -86,17 +61,27 @@ def _inputs_and_id(req: Any) -> tuple[list[Any], str | None]:
     request_id = req.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequestError("'id' must be a string")
-    return inputs, request_id
+    binary_default = bool(_bool_param(req.get("parameters"), "binary_data_output", "request"))
+    requested, flags = _requested_outputs(req.get("outputs"), output_names)
+    # one tensor, not named after a feature, for a model of several: a 2-D tensor holding
+    # every (numeric) feature, columns in model order
+    if len(inputs) == 1 and len(specs) > 1:
+        only = inputs[0]
+        only_name = only.get("name") if isinstance(only, dict) else None
+        if isinstance(only_name, str) and only_name not in index:
+            matrix = _decode_matrix(only, specs, binary, max_rows)
+            return Decoded(None, len(matrix), request_id, requested, flags, binary_default, matrix)
+    columns, rows = _decode_columns(inputs, specs, index, binary, max_rows)
+    return Decoded(columns, rows, request_id, requested, flags, binary_default)
 
 
-def _is_one_matrix(inputs: list[Any], specs: Sequence[InputSpec], index: Mapping[str, int]) -> bool:
-    """One tensor, not named after a feature, for a model of several: a 2-D tensor
-    holding every (numeric) feature, columns in model order."""
-    if len(inputs) != 1 or len(specs) <= 1:
-        return False
-    only = inputs[0]
-    name = only.get("name") if isinstance(only, dict) else None
-    return isinstance(name, str) and name not in index
+def header_length(value: bytes) -> int:
+    """The ``Inference-Header-Content-Length`` header's value: where the JSON part of a
+    binary request ends."""
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequestError("Inference-Header-Content-Length must be an integer") from None
 
 
 def _decode_columns(
@@ -129,11 +114,12 @@ def _decode_columns(
             raise BadRequestError(
                 f"input '{name}' has datatype {datatype}; the model takes {spec.datatype}"
             )
-        n = _column_rows(shape, name, max_rows)
-        if rows is None:
+        n = _column_rows(shape, name)
+        if n != rows:  # the first input, or a mismatch (equal counts are checked already)
+            _check_rows(n, name, max_rows)
+            if rows is not None:
+                raise BadRequestError(f"input '{name}' has {n} rows but earlier inputs have {rows}")
             rows = n
-        elif n != rows:
-            raise BadRequestError(f"input '{name}' has {n} rows but earlier inputs have {rows}")
         size = _binary_size(tensor.get("parameters"), name)
         if size is not None:
             raw = binary[offset : offset + size]
@@ -144,7 +130,9 @@ def _decode_columns(
             offset += size
             col = from_bytes(raw, datatype, n, name)
         else:
-            col = _from_json(_data(tensor, name), datatype, n, name)
+            if "data" not in tensor:
+                raise BadRequestError(f"input '{name}' has no 'data'")
+            col = _from_json(tensor["data"], datatype, n, name)
         columns[i] = check_column(col, spec, name)
     if offset != len(binary):
         raise BadRequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
@@ -177,7 +165,8 @@ def _decode_matrix(
         raise BadRequestError(
             f"input '{name}' has datatype {datatype}; a 2-D tensor must be numeric"
         )
-    n = _checked_rows(shape[0], name, max_rows)
+    n = shape[0]
+    _check_rows(n, name, max_rows)
     size = _binary_size(tensor.get("parameters"), name)
     if size is not None:
         if size != len(binary):
@@ -188,7 +177,9 @@ def _decode_matrix(
     else:
         if len(binary):
             raise BadRequestError(f"{len(binary)} bytes of binary data belong to no input")
-        flat = _from_json(_data(tensor, name), datatype, n * f, name)
+        if "data" not in tensor:
+            raise BadRequestError(f"input '{name}' has no 'data'")
+        flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
     if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
         # one vectorised check; name the first offending column only on failure
@@ -262,24 +253,17 @@ def _header(tensor: dict[str, Any], name: str) -> tuple[str, list[int]]:
     return datatype, shape
 
 
-def _column_rows(shape: list[int], name: str, max_rows: int) -> int:
+def _column_rows(shape: list[int], name: str) -> int:
     if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
-        return _checked_rows(shape[0], name, max_rows)
+        return shape[0]
     raise BadRequestError(f"input '{name}' has shape {shape}; a feature column is [n] or [n, 1]")
 
 
-def _checked_rows(n: int, name: str, max_rows: int) -> int:
+def _check_rows(n: int, name: str, max_rows: int) -> None:
     if n == 0:
         raise BadRequestError(f"input '{name}' has no rows")
     if n > max_rows:
         raise BadRequestError(f"input '{name}' has {n} rows; at most {max_rows} are allowed")
-    return n
-
-
-def _data(tensor: dict[str, Any], name: str) -> Any:
-    if "data" not in tensor:
-        raise BadRequestError(f"input '{name}' has no 'data'")
-    return tensor["data"]
 
 
 def _flatten(data: Any, name: str) -> list[Any]:
