@@ -78,7 +78,7 @@ class MicroBatcher:
         self._pending: list[_Item] = []
         self._pending_rows = 0
         self._draining = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the drain; the loop holds tasks weakly
         self._solo_streak = 0
         self._direct = 0
 

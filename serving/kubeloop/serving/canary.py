@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,9 @@ class ConfigWatcher:
         return config
 
 
-async def watch(watcher: ConfigWatcher, interval: float, apply: Any) -> None:
+async def watch(
+    watcher: ConfigWatcher, interval: float, apply: Callable[[CanaryConfig], None]
+) -> None:
     """Apply config changes until cancelled."""
     while True:
         config = watcher.poll()

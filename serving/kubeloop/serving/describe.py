@@ -1,8 +1,8 @@
 """What the server needs to know about a model, read from the trainer's artifacts.
 
 The formats are the core's contracts (:mod:`kubeloop.contracts.artifacts`, which
-imports only pydantic); this module maps them onto the server's own view: the feature
-list, the drift references and which outputs carry the prediction.
+imports only pydantic and the API types); this module maps them onto the server's own
+view: the feature list, the drift references and which outputs carry the prediction.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any, Literal
 from kubeloop.contracts import artifacts as contract
 from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
 from kubeloop.serving.drift import CategoricalReference, NumericReference, Reference
-from kubeloop.serving.settings import ServingSettings
 
 __all__ = ["Description", "describe"]
 
@@ -54,9 +53,7 @@ def _reference(name: str, prof: contract.NumericProfile | contract.CategoricalPr
     )
 
 
-def describe(
-    meta_bytes: bytes, profile_bytes: bytes | None, settings: ServingSettings
-) -> Description:
+def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
     """Parse ``model.json`` (and ``profile.json`` when present) into a Description."""
     meta = contract.ModelMetadata.model_validate_json(meta_bytes)
     nullable = set(meta.nullable)

@@ -201,24 +201,6 @@ class DriftWindow:
         result: IntArray = idx.astype(np.int64, copy=False)
         return result
 
-    def buckets(self, columns: Sequence[npt.ArrayLike | Sequence[object]]) -> IntArray:
-        """Local bucket of each value: one column per reference → an ``(n, k)`` array."""
-        if len(columns) != len(self.references):
-            raise ValueError("one column per reference is needed")
-        n = len(columns[0]) if len(columns) else 0  # type: ignore[arg-type]
-        out = np.empty((n, len(self.references)), dtype=np.int64)
-        if self._numeric_cols:
-            x = np.empty((n, len(self._numeric_cols)), dtype=np.float64)
-            for j, i in enumerate(self._numeric_cols):
-                x[:, j] = np.asarray(columns[i], dtype=np.float64).reshape(-1)
-            out[:, self._numeric_cols] = self._bucket_numeric(x)
-        for i, ref in enumerate(self.references):
-            if isinstance(ref, CategoricalReference):
-                col = columns[i]
-                values = col.reshape(-1).tolist() if isinstance(col, np.ndarray) else list(col)  # type: ignore[arg-type]
-                out[:, i] = categorical_buckets(ref, values)
-        return out
-
     def update_matrix(self, x: npt.NDArray[Any]) -> None:
         """Add rows given as one ``(n, k)`` float matrix (numeric-only windows)."""
         if not self.numeric_only:
@@ -285,12 +267,6 @@ class DriftWindow:
         self._pending_categorical = [[] for _ in self._categorical_cols]
         self._pending_rows = 0
         self._add_locked(local)
-
-    def add_buckets(self, local: IntArray) -> None:
-        """Add rows already bucketed (``(n, k)`` local bucket indices)."""
-        with self._lock:
-            self._flush_locked()
-            self._add_locked(local)
 
     def _add_locked(self, local: IntArray) -> None:
         if local.shape[0] == 0:

@@ -1,13 +1,12 @@
-"""One error family for the server, mapped to HTTP by one handler.
+"""One error family for the server, mapped to a response in one place.
 
 Every client mistake raises a :class:`ServingError` subclass carrying its status
-code; the transport turns it into ``{"error": "..."}`` (the Open Inference
-Protocol error body). Anything else escaping the data plane is a server fault (500).
+code; the REST transport turns it into ``{"error": "..."}`` (the Open Inference
+Protocol error body, :func:`kubeloop.serving.rest.reply.error_reply`). Anything else
+escaping the data plane is a server fault (500).
 """
 
 from __future__ import annotations
-
-import orjson
 
 
 class ServingError(Exception):
@@ -20,10 +19,6 @@ class ServingError(Exception):
         self.message = message
         if status_code is not None:
             self.status_code = status_code
-
-    def body(self) -> bytes:
-        """The OIP error body."""
-        return orjson.dumps({"error": self.message})
 
 
 class BadRequestError(ServingError):

@@ -6,7 +6,17 @@ import math
 import threading
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from kubeloop.serving.errors import BadRequestError
+from kubeloop.serving.metrics import Metrics, OnlineSnapshot
+from kubeloop.serving.settings import ServingSettings
+from kubeloop.serving.tensors import Decoded
+
+if TYPE_CHECKING:
+    from kubeloop.serving.batching import Outputs
+    from kubeloop.serving.model import LoadedModel
 
 Task = Literal["classification", "regression"]
 
@@ -98,3 +108,65 @@ class FeedbackStore:
                 return None
             mean = math.fsum(self._scores) / n  # exact; O(window) per scrape, not per request
         return mean if self.task == "classification" else math.sqrt(mean)
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What one feedback call did, and the online metric after it."""
+
+    matched: int
+    unknown: list[str]
+    metric: str
+    value: float | None
+    rows: int
+
+
+class FeedbackRecorder:
+    """The server's feedback: remembers every answered request (a prediction observer),
+    scores ground truth sent later, and counts it. The store lives across reloads and
+    starts afresh only when a new model has another task."""
+
+    def __init__(self, settings: ServingSettings, metrics: Metrics) -> None:
+        self._capacity = settings.feedback_capacity
+        self._window = settings.feedback_window
+        self._metrics = metrics
+        self.store: FeedbackStore | None = None
+
+    def on_model(self, model: LoadedModel) -> None:
+        """A model was swapped in."""
+        if self.store is None or self.store.task != model.task:
+            self.store = FeedbackStore(model.task, self._capacity, self._window)
+
+    def on_prediction(
+        self,
+        model: LoadedModel,
+        request: Decoded,
+        request_id: str,
+        outputs: Outputs,
+        started: float,
+    ) -> None:
+        store = self.store
+        if store is not None:
+            store.remember(request_id, outputs[model.label_output].reshape(-1).tolist())
+
+    def record(self, model: LoadedModel, items: Sequence[tuple[str, Any]]) -> FeedbackResult:
+        """Score ``(request_id, truth)`` pairs against what ``model`` answered."""
+        store = self.store
+        assert store is not None  # set with the first model
+        try:
+            matched, unknown = store.record(items)
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
+        counter = self._metrics.feedback
+        if matched:
+            counter.labels(model.name, model.version, "matched").inc(matched)
+        if unknown:
+            counter.labels(model.name, model.version, "unknown").inc(len(unknown))
+        return FeedbackResult(matched, unknown, store.metric, store.value(), store.rows)
+
+    def snapshot(self, model: LoadedModel | None) -> OnlineSnapshot | None:
+        """The scrape-time online-metric gauges."""
+        store = self.store
+        if model is None or store is None:
+            return None
+        return OnlineSnapshot(model.name, model.version, store.metric, store.value(), store.rows)

@@ -9,12 +9,16 @@ scrape time from the sliding windows, so requests only update counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from kubeloop.serving.drift import max_score
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075,
@@ -48,6 +52,9 @@ class OnlineSnapshot:
     rows: int
 
 
+MODEL_VERSION = ("model", "version")
+
+
 class _ScrapeCollector(Collector):
     """Gauges computed from the data plane when Prometheus scrapes."""
 
@@ -65,165 +72,186 @@ class _ScrapeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         d = self._drift()
         if d is not None:
-            mv = [d.model, d.version]
-            feature = GaugeMetricFamily(
-                "kubeloop_feature_drift",
-                "Drift of one input feature: PSI of the sliding window against the reference.",
-                labels=["model", "version", "feature", "method"],
-            )
-            for name, value in d.features.items():
-                feature.add_metric([*mv, name, "psi"], value)
-            yield feature
-            score = GaugeMetricFamily(
-                "kubeloop_drift_score",
-                "Largest feature drift (PSI) of the model.",
-                labels=["model", "version"],
-            )
-            score.add_metric(mv, max(d.features.values(), default=0.0))
-            yield score
-            threshold = GaugeMetricFamily(
-                "kubeloop_drift_threshold",
-                "Configured drift threshold (alert when kubeloop_drift_score exceeds it).",
-                labels=["model", "version"],
-            )
-            threshold.add_metric(mv, d.threshold)
-            yield threshold
-            rows = GaugeMetricFamily(
-                "kubeloop_drift_window_rows",
-                "Rows currently in the drift sliding window.",
-                labels=["model", "version"],
-            )
-            rows.add_metric(mv, d.rows)
-            yield rows
-            if d.prediction is not None:
-                pred = GaugeMetricFamily(
-                    "kubeloop_prediction_drift",
-                    "Drift of the prediction distribution: PSI against the training reference.",
-                    labels=["model", "version", "method"],
-                )
-                pred.add_metric([*mv, "psi"], d.prediction)
-                yield pred
-                prows = GaugeMetricFamily(
-                    "kubeloop_prediction_drift_window_rows",
-                    "Predictions currently in the prediction-drift sliding window.",
-                    labels=["model", "version"],
-                )
-                prows.add_metric(mv, d.prediction_rows)
-                yield prows
+            yield from _drift_families(d)
         o = self._online()
         if o is not None:
-            if o.value is not None:
-                online = GaugeMetricFamily(
-                    "kubeloop_online_metric",
-                    "Rolling online accuracy (classification) or RMSE (regression) from feedback.",
-                    labels=["model", "version", "metric"],
-                )
-                online.add_metric([o.model, o.version, o.metric], o.value)
-                yield online
-            orows = GaugeMetricFamily(
-                "kubeloop_online_metric_rows",
-                "Rows with feedback in the online-metric window.",
-                labels=["model", "version"],
-            )
-            orows.add_metric([o.model, o.version], o.rows)
-            yield orows
+            yield from _online_families(o)
+
+
+def _gauge(
+    name: str, doc: str, labels: Sequence[str], values: Sequence[str], value: float
+) -> GaugeMetricFamily:
+    """A gauge family with one sample."""
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    family.add_metric(values, value)
+    return family
+
+
+def _drift_families(d: DriftSnapshot) -> Iterator[Metric]:
+    mv = [d.model, d.version]
+    feature = GaugeMetricFamily(
+        "kubeloop_feature_drift",
+        "Drift of one input feature: PSI of the sliding window against the reference.",
+        labels=[*MODEL_VERSION, "feature", "method"],
+    )
+    for name, value in d.features.items():
+        feature.add_metric([*mv, name, "psi"], value)
+    yield feature
+    yield _gauge(
+        "kubeloop_drift_score",
+        "Largest feature drift (PSI) of the model.",
+        MODEL_VERSION,
+        mv,
+        max_score(d.features),
+    )
+    yield _gauge(
+        "kubeloop_drift_threshold",
+        "Configured drift threshold (alert when kubeloop_drift_score exceeds it).",
+        MODEL_VERSION,
+        mv,
+        d.threshold,
+    )
+    yield _gauge(
+        "kubeloop_drift_window_rows",
+        "Rows currently in the drift sliding window.",
+        MODEL_VERSION,
+        mv,
+        d.rows,
+    )
+    if d.prediction is not None:
+        yield _gauge(
+            "kubeloop_prediction_drift",
+            "Drift of the prediction distribution: PSI against the training reference.",
+            [*MODEL_VERSION, "method"],
+            [*mv, "psi"],
+            d.prediction,
+        )
+        yield _gauge(
+            "kubeloop_prediction_drift_window_rows",
+            "Predictions currently in the prediction-drift sliding window.",
+            MODEL_VERSION,
+            mv,
+            d.prediction_rows,
+        )
+
+
+def _online_families(o: OnlineSnapshot) -> Iterator[Metric]:
+    mv = [o.model, o.version]
+    if o.value is not None:
+        yield _gauge(
+            "kubeloop_online_metric",
+            "Rolling online accuracy (classification) or RMSE (regression) from feedback.",
+            [*MODEL_VERSION, "metric"],
+            [*mv, o.metric],
+            o.value,
+        )
+    yield _gauge(
+        "kubeloop_online_metric_rows",
+        "Rows with feedback in the online-metric window.",
+        MODEL_VERSION,
+        mv,
+        o.rows,
+    )
 
 
 class Metrics:
-    """Every metric the server exports, on its own registry."""
+    """Every metric the server exports, on its own registry, by the part that counts it."""
 
     def __init__(
         self,
         drift: Callable[[], DriftSnapshot | None] = lambda: None,
         online: Callable[[], OnlineSnapshot | None] = lambda: None,
     ) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._inference_metrics()
+        self._model_metrics()
+        self._record_metrics()
+        self._canary_metrics()
+        self.registry.register(_ScrapeCollector(drift, online))
+
+    def _counter(self, name: str, doc: str, labels: Sequence[str]) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _inference_metrics(self) -> None:
+        self.requests = self._counter(
             "kubeloop_requests",
             "Inference requests by model, version, protocol, status code and variant.",
-            ["model", "version", "protocol", "code", "variant"],
-            registry=r,
+            [*MODEL_VERSION, "protocol", "code", "variant"],
         )
         self.latency = Histogram(
             "kubeloop_request_duration_seconds",
             "Inference request latency inside the server.",
-            ["model", "version", "protocol", "variant"],
+            [*MODEL_VERSION, "protocol", "variant"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "kubeloop_batch_size",
             "Rows per model call (after micro-batching).",
-            ["model", "version"],
+            MODEL_VERSION,
             buckets=BATCH_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self.predictions = Counter(
+        self.predictions = self._counter(
             "kubeloop_predictions",
             "Predicted rows by class (classification).",
-            ["model", "version", "class"],
-            registry=r,
+            [*MODEL_VERSION, "class"],
         )
         self.prediction_values: dict[tuple[float, ...], Histogram] = {}
-        self.log_lines = Counter(
-            "kubeloop_prediction_log_lines",
-            "Prediction log lines written.",
-            ["model"],
-            registry=r,
+
+    def _model_metrics(self) -> None:
+        self.model_loads = self._counter(
+            "kubeloop_model_loads", "Model loads by result (success, failure).", ["model", "result"]
         )
-        self.log_dropped = Counter(
+        self.model_info = self._gauge(
+            "kubeloop_model_info",
+            "The model version being served (1) with its artifact digest.",
+            [*MODEL_VERSION, "sha256"],
+        )
+        self.ready = self._gauge(
+            "kubeloop_model_ready", "1 when the server is ready to serve.", ["model"]
+        )
+
+    def _record_metrics(self) -> None:
+        self.log_lines = self._counter(
+            "kubeloop_prediction_log_lines", "Prediction log lines written.", ["model"]
+        )
+        self.log_dropped = self._counter(
             "kubeloop_prediction_log_dropped",
             "Prediction log lines dropped because the queue was full or the write failed.",
             ["model"],
-            registry=r,
         )
-        self.feedback = Counter(
+        self.feedback = self._counter(
             "kubeloop_feedback",
             "Feedback rows by result: matched a recent prediction, or unknown request id.",
-            ["model", "version", "result"],
-            registry=r,
+            [*MODEL_VERSION, "result"],
         )
-        self.model_loads = Counter(
-            "kubeloop_model_loads",
-            "Model loads by result (success, failure).",
-            ["model", "result"],
-            registry=r,
-        )
-        self.model_info = Gauge(
-            "kubeloop_model_info",
-            "The model version being served (1) with its artifact digest.",
-            ["model", "version", "sha256"],
-            registry=r,
-        )
-        self.ready = Gauge(
-            "kubeloop_model_ready", "1 when the server is ready to serve.", ["model"], registry=r
-        )
-        self.canary = Counter(
+
+    def _canary_metrics(self) -> None:
+        self.canary = self._counter(
             "kubeloop_canary_requests",
             "Requests sent to the canary by mode (forward, shadow) and outcome "
             "(ok, error, unreachable, skipped).",
             ["model", "mode", "outcome"],
-            registry=r,
         )
-        self.canary_weight = Gauge(
+        self.canary_weight = self._gauge(
             "kubeloop_canary_weight",
             "Configured canary traffic share in percent (0 when off).",
             ["model", "mode"],
-            registry=r,
         )
-        self.shadow_agreement = Gauge(
+        self.shadow_agreement = self._gauge(
             "kubeloop_shadow_agreement",
             "Share of mirrored requests where the canary's prediction equals the stable one.",
             ["model"],
-            registry=r,
         )
-        self.shadow_compared = Counter(
+        self.shadow_compared = self._counter(
             "kubeloop_shadow_compared",
             "Mirrored requests whose predictions were compared.",
             ["model", "result"],
-            registry=r,
         )
-        r.register(_ScrapeCollector(drift, online))
 
     def value_histogram(self, edges: tuple[float, ...]) -> Histogram:
         """The regression prediction-value histogram (buckets from the reference)."""
@@ -235,9 +263,41 @@ class Metrics:
             hist = Histogram(
                 "kubeloop_prediction_value",
                 "Predicted values (regression).",
-                ["model", "version"],
+                MODEL_VERSION,
                 buckets=edges,
                 registry=self.registry,
             )
             self.prediction_values[edges] = hist
         return hist
+
+
+class RequestCounter:
+    """Counts inference requests and their latency by model, version, protocol, code and
+    variant. The labelled children are cached: resolving them costs more than counting."""
+
+    #: most cached label combinations (the labels are bounded; this bounds the cache too)
+    MAX_CACHED = 10_000
+
+    def __init__(self, metrics: Metrics, served: Callable[[], str | None]) -> None:
+        self._metrics = metrics
+        self._served = served
+        self._children: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
+
+    def count(
+        self, name: str, version: str, protocol: str, code: int, variant: str, started: float
+    ) -> None:
+        """One request to model ``name`` that started at ``started`` (perf_counter)."""
+        elapsed = time.perf_counter() - started
+        key = (name, version, protocol, code, variant)
+        children = self._children.get(key)
+        if children is None:
+            label = name if name == self._served() else "unknown"
+            m = self._metrics
+            children = (
+                m.requests.labels(label, version, protocol, str(code), variant),
+                m.latency.labels(label, version, protocol, variant),
+            )
+            if len(self._children) < self.MAX_CACHED and label != "unknown":
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)

@@ -1,9 +1,10 @@
 """Loading a model: fetch the artifacts, verify the digest, build the onnxruntime
-session, the drift windows and the batcher, and warm it up.
+session, its observers (drift windows, prediction histograms) and the batcher, and
+warm it up.
 
-The artifact formats (``model.json``, ``profile.json``, the ONNX input
-convention) belong to the trainer and are read through its typed models in
-:mod:`kubeloop.trainer.artifacts`.
+The artifact formats (``model.json``, ``profile.json``, the ONNX input and output
+convention) are the core's contracts (:mod:`kubeloop.contracts.artifacts`), read
+through :mod:`kubeloop.serving.describe`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -18,13 +20,20 @@ import fsspec
 import numpy as np
 import onnxruntime as ort
 
-from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.contracts.artifacts import ArtifactLayout, join
 from kubeloop.serving import describe as art
 from kubeloop.serving.batching import Feed, MicroBatcher, Outputs
-from kubeloop.serving.drift import DriftWindow, Reference
-from kubeloop.serving.metrics import MAX_CLASSES, Metrics
-from kubeloop.serving.protocol import NUMPY, Column, Decoded, InputSpec, OutputSpec
+from kubeloop.serving.metrics import Metrics
+from kubeloop.serving.observers import BatchObserver, DriftMonitor, PredictionStats
 from kubeloop.serving.settings import ServingSettings
+from kubeloop.serving.tensors import (
+    NUMPY,
+    Column,
+    Decoded,
+    InputSpec,
+    OutputSpec,
+    object_column,
+)
 
 log = logging.getLogger("kubeloop.serving.model")
 
@@ -38,13 +47,9 @@ ONNX_TO_OIP: dict[str, str] = {
 }
 
 
-def _join(location: str, name: str) -> str:
-    return location.rstrip("/") + "/" + name
-
-
 def read(location: str, name: str) -> bytes:
     """One artifact file's bytes from a directory or fsspec URI."""
-    with fsspec.open(_join(location, name), "rb") as f:
+    with fsspec.open(join(location, name), "rb") as f:
         data: bytes = f.read()
     return data
 
@@ -55,8 +60,53 @@ def fingerprint(location: str) -> str:
     return hashlib.sha256(read(location, ArtifactLayout.METADATA)).hexdigest()
 
 
+def input_specs(desc: art.Description, session: ort.InferenceSession) -> list[InputSpec]:
+    """The model's inputs, one per feature in model.json's order, typed as the ONNX
+    graph declares them; the two files must describe the same inputs."""
+    onnx_inputs = {i.name: i for i in session.get_inputs()}
+    specs: list[InputSpec] = []
+    for feature in desc.features:
+        onnx_input = onnx_inputs.get(feature.name)
+        if onnx_input is None:
+            raise ValueError(f"{ArtifactLayout.MODEL} has no input for feature '{feature.name}'")
+        datatype = ONNX_TO_OIP.get(onnx_input.type)
+        if datatype is None:
+            raise ValueError(f"input '{feature.name}' has unsupported type {onnx_input.type}")
+        specs.append(InputSpec(feature.name, datatype, feature.nullable))  # type: ignore[arg-type]
+    if len(onnx_inputs) != len(specs):
+        extra = set(onnx_inputs) - {s.name for s in specs}
+        raise ValueError(
+            f"{ArtifactLayout.MODEL} has inputs {ArtifactLayout.METADATA} does not describe: "
+            f"{sorted(extra)}"
+        )
+    return specs
+
+
+def output_specs(session: ort.InferenceSession) -> list[OutputSpec]:
+    """The ONNX graph's outputs (free dimensions as -1)."""
+    specs: list[OutputSpec] = []
+    for o in session.get_outputs():
+        datatype = ONNX_TO_OIP.get(o.type)
+        if datatype is None:
+            raise ValueError(f"output '{o.name}' has unsupported type {o.type}")
+        shape = tuple(d if isinstance(d, int) else -1 for d in (o.shape or []))
+        specs.append(OutputSpec(o.name, datatype, shape))  # type: ignore[arg-type]
+    return specs
+
+
+def prediction_outputs(
+    desc: art.Description, output_names: Sequence[str]
+) -> tuple[str, str | None]:
+    """The outputs holding the prediction and (when the graph has it) the probabilities."""
+    if desc.label_output not in output_names:
+        raise ValueError(f"{ArtifactLayout.MODEL} has no output '{desc.label_output}'")
+    proba = desc.proba_output if desc.proba_output in output_names else None
+    return desc.label_output, proba
+
+
 class LoadedModel:
-    """One verified model, ready to run; immutable once built (swapped whole on reload)."""
+    """One verified model, ready to run. Its inputs, outputs and session never change
+    (a reload builds a new one and swaps it whole)."""
 
     def __init__(
         self,
@@ -81,76 +131,28 @@ class LoadedModel:
         # the binding it wraps when present.
         binding = getattr(session, "_sess", None)
         self._run = binding.run if binding is not None else session.run
-        onnx_inputs = {i.name: i for i in session.get_inputs()}
-        self.inputs: list[InputSpec] = []
-        self.feed_dtypes: list[np.dtype[Any]] = []
-        for feature in desc.features:
-            onnx_input = onnx_inputs.get(feature.name)
-            if onnx_input is None:
-                raise ValueError(f"model.onnx has no input for feature '{feature.name}'")
-            datatype = ONNX_TO_OIP.get(onnx_input.type)
-            if datatype is None:
-                raise ValueError(f"input '{feature.name}' has unsupported type {onnx_input.type}")
-            self.inputs.append(InputSpec(feature.name, datatype, feature.nullable))  # type: ignore[arg-type]
-            self.feed_dtypes.append(NUMPY[datatype])
-        if len(onnx_inputs) != len(self.inputs):
-            extra = set(onnx_inputs) - {s.name for s in self.inputs}
-            raise ValueError(f"model.onnx has inputs model.json does not describe: {sorted(extra)}")
+        self.inputs = input_specs(desc, session)
         self.index = {s.name: i for i, s in enumerate(self.inputs)}
         self.feed_names = [s.name for s in self.inputs]
+        self.feed_dtypes = [NUMPY[s.datatype] for s in self.inputs]
         self._all_fp32 = all(s.datatype == "FP32" for s in self.inputs)
-        self.outputs: list[OutputSpec] = []
-        for o in session.get_outputs():
-            datatype = ONNX_TO_OIP.get(o.type)
-            if datatype is None:
-                raise ValueError(f"output '{o.name}' has unsupported type {o.type}")
-            shape = tuple(d if isinstance(d, int) else -1 for d in (o.shape or []))
-            self.outputs.append(OutputSpec(o.name, datatype, shape))  # type: ignore[arg-type]
+        self.outputs = output_specs(session)
         self.output_names = [o.name for o in self.outputs]
-        self.label_output = desc.label_output
-        self.proba_output = desc.proba_output
-        if self.label_output not in self.output_names:
-            raise ValueError(f"model.onnx has no output '{self.label_output}'")
-        if self.proba_output is not None and self.proba_output not in self.output_names:
-            self.proba_output = None
-        self._label_index = self.output_names.index(self.label_output)
-
-        # drift
-        self.drift: DriftWindow | None = None
-        self.prediction_drift: DriftWindow | None = None
-        self._drift_cols: list[int] = []
-        if settings.drift and desc.feature_references:
-            watched = settings.drift_features
-            refs: list[Reference] = []
-            for ref in desc.feature_references:
-                if ref.name in self.index and (watched is None or ref.name in watched):
-                    refs.append(ref)
-                    self._drift_cols.append(self.index[ref.name])
-            if refs:
-                self.drift = DriftWindow(refs, settings.drift_window)
-        self._drift_all = self._drift_cols == list(range(len(self.inputs)))
-        if settings.drift and desc.prediction_reference is not None:
-            self.prediction_drift = DriftWindow([desc.prediction_reference], settings.drift_window)
-
-        # metrics children, resolved once
-        self._batch_hist = metrics.batch_size.labels(self.name, self.version)
-        self._class_counters: dict[str, Any] = {}
-        self._metrics = metrics
-        self._value_hist = None
-        if self.task == "regression":
-            edges = desc.value_buckets
-            self._value_hist = metrics.value_histogram(edges).labels(self.name, self.version)
-
+        self.label_output, self.proba_output = prediction_outputs(desc, self.output_names)
+        self.drift = DriftMonitor.build(desc, settings, self.feed_names)
+        stats = PredictionStats(metrics, self.name, self.version, desc)
+        self.observers: tuple[BatchObserver, ...] = (
+            (stats,) if self.drift is None else (stats, self.drift)
+        )
+        self.batcher: MicroBatcher | None = None
         if settings.batching:
-            self.batcher: MicroBatcher | None = MicroBatcher(
+            self.batcher = MicroBatcher(
                 self.run,
                 max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_batch_wait_ms / 1000.0,
                 executor=executor,
                 on_batch=self.observe,
             )
-        else:
-            self.batcher = None
         self.warmup_rows = settings.warmup_rows
 
     # ----------------------------------------------------------------- running
@@ -182,45 +184,13 @@ class LoadedModel:
         return dict(zip(self.output_names, values, strict=True))
 
     def observe(self, feed: Feed, outputs: Outputs) -> None:
-        """Per-model-call observations: batch size, drift windows, prediction counts.
+        """Per-model-call observations (batch size, drift windows, prediction counts).
         Scheduled after the responses are sent, so it costs no request latency."""
-        try:
-            self._observe(feed, outputs)
-        except Exception:  # an observation must never break serving
-            log.exception("observing a batch failed")
-
-    def _observe(self, feed: Feed, outputs: Outputs) -> None:
-        labels = outputs[self.label_output]
-        n = labels.shape[0]
-        self._batch_hist.observe(n)
-        drift = self.drift
-        if drift is not None:
-            matrix = getattr(feed, "matrix", None)
-            if drift.numeric_only and matrix is not None:
-                drift.update_matrix(matrix if self._drift_all else matrix[:, self._drift_cols])
-            else:
-                names = self.feed_names
-                drift.update([feed[names[i]] for i in self._drift_cols])
-        flat = labels.reshape(-1)
-        if self.prediction_drift is not None:
-            self.prediction_drift.update_column(flat)
-        if self._value_hist is not None:
-            for v in flat.tolist():
-                self._value_hist.observe(v)
-        elif n == 1:
-            self._count_class(flat[0].item() if hasattr(flat[0], "item") else flat[0], 1)
-        else:
-            values, counts = np.unique(flat, return_counts=True)
-            for v, c in zip(values.tolist(), counts.tolist(), strict=True):
-                self._count_class(v, c)
-
-    def _count_class(self, value: Any, count: int) -> None:
-        counter = self._class_counters.get(value)
-        if counter is None:
-            key = str(value) if len(self._class_counters) < MAX_CLASSES else "other"
-            counter = self._metrics.predictions.labels(self.name, self.version, key)
-            self._class_counters[value] = counter
-        counter.inc(count)
+        for observer in self.observers:
+            try:
+                observer.on_batch(feed, outputs)
+            except Exception:  # an observation must never break serving
+                log.exception("observing a batch failed")
 
     async def infer(self, feed: Feed, rows: int) -> Outputs:
         """Run the model for one request (through the batcher when batching is on)."""
@@ -236,14 +206,10 @@ class LoadedModel:
         n = self.warmup_rows
         if n == 0:
             return
-        columns: list[Column] = []
-        for spec in self.inputs:
-            if spec.datatype == "BYTES":
-                col = np.empty(n, dtype=object)
-                col[:] = ""
-                columns.append(col)
-            else:
-                columns.append(np.zeros(n, dtype=NUMPY[spec.datatype]))
+        columns: list[Column] = [
+            object_column([""] * n) if s.datatype == "BYTES" else np.zeros(n, NUMPY[s.datatype])
+            for s in self.inputs
+        ]
         values = self.session.run(None, self.feed(Decoded(columns, n)), self._run_options)
         for out, value in zip(self.outputs, values, strict=True):
             if value.shape[0] != n:
@@ -276,7 +242,7 @@ def load_model(
     """Fetch, verify, build and warm a model from ``settings.model`` (blocking)."""
     location = settings.model
     meta_bytes = read(location, ArtifactLayout.METADATA)
-    desc = art.describe(meta_bytes, _read_optional(location, ArtifactLayout.PROFILE), settings)
+    desc = art.describe(meta_bytes, _read_optional(location, ArtifactLayout.PROFILE))
     onnx_bytes = read(location, ArtifactLayout.MODEL)
     digest = hashlib.sha256(onnx_bytes).hexdigest()
     if digest != desc.sha256:

@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this
 
 from serving_helpers import KUBELOOP, Server, serving
 
+from kubeloop.contracts.artifacts import ArtifactLayout
+
 
 def train(
     data: Path, target: str, task: str, estimator: str, out: Path, params: str = "{}"
@@ -35,7 +37,8 @@ def train(
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, f"kubeloop train failed:\n{result.stdout}\n{result.stderr}"
-    assert (out / "model.onnx").exists(), f"no model.onnx in {out}: {os.listdir(out)}"
+    model = out / ArtifactLayout.MODEL
+    assert model.exists(), f"no {ArtifactLayout.MODEL} in {out}: {os.listdir(out)}"
     return out
 
 
@@ -56,7 +59,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     income[rng.random(n) < 0.1] = np.nan
     score = (age - 40) / 10 + (city == "rome") * 1.5 + rng.normal(0, 0.5, n)
     pd.DataFrame(
-        {"age": age, "income": income, "city": city, "label": np.where(score > 0.5, "yes", "no")}
+        {"age": age, "income": income, "city": city, "outcome": np.where(score > 0.5, "yes", "no")}
     ).to_csv(d / "mixed.csv", index=False)
     return d
 
@@ -71,7 +74,7 @@ def cancer_model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def mixed_model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mixed")
-    return train(data_dir / "mixed.csv", "label", "classification", "LogisticRegression", out)
+    return train(data_dir / "mixed.csv", "outcome", "classification", "LogisticRegression", out)
 
 
 @pytest.fixture(scope="session")

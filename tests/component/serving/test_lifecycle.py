@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from serving_helpers import serving, start_server, wait_for
 
+from kubeloop.contracts.artifacts import ArtifactLayout
+
 
 @pytest.fixture(scope="module")
 def other_cancer_model(data_dir, tmp_path_factory):
@@ -26,7 +28,7 @@ def other_cancer_model(data_dir, tmp_path_factory):
 
 def publish(src: Path, dst: Path) -> None:
     """Replace the model in ``dst`` the way a writer should: model.json last."""
-    for name in ("model.onnx", "profile.json", "model.json"):
+    for name in (ArtifactLayout.MODEL, ArtifactLayout.PROFILE, ArtifactLayout.METADATA):
         tmp = dst / f".{name}.tmp"
         shutil.copyfile(src / name, tmp)
         os.replace(tmp, dst / name)
@@ -43,9 +45,9 @@ def version_of(server) -> str:
 
 def test_a_digest_mismatch_never_becomes_ready(cancer_model, tmp_path):
     model = shutil.copytree(cancer_model, tmp_path / "m")
-    meta = json.loads((model / "model.json").read_text())
+    meta = json.loads((model / ArtifactLayout.METADATA).read_text())
     meta["sha256"] = "0" * 64
-    (model / "model.json").write_text(json.dumps(meta))
+    (model / ArtifactLayout.METADATA).write_text(json.dumps(meta))
     server = start_server(model, "--name", "cancer", ready=False)
     try:
         wait_for("the failed load to be logged", lambda: "refusing to serve it" in server.log)
@@ -107,7 +109,7 @@ def test_load_endpoint_and_a_failed_load_keeps_the_old_model(
         before = version_of(server)
         with server.client() as http:
             # a broken artifact: the model.onnx does not match model.json
-            (model / "model.onnx").write_bytes(b"not a model")
+            (model / ArtifactLayout.MODEL).write_bytes(b"not a model")
             r = http.post("/v2/repository/models/cancer/load")
             assert r.status_code == 400
             assert "sha256" in r.json()["error"]

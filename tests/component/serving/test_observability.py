@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from serving_helpers import serving, wait_for
 
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
+
 
 def infer_body(rows, request_id=None):
     body = {
@@ -119,7 +121,7 @@ def test_prediction_log_has_one_line_per_row(observed, cancer_rows):
     assert [line["row"] for line in lines] == [0, 1, 2]
     assert {line["request_id"] for line in lines} == {"log-me"}
     assert lines[0]["model"] == "cancer"
-    assert set(lines[0]["outputs"]) == {"label", "probabilities"}
+    assert set(lines[0]["outputs"]) == {LABEL_OUTPUT, PROBA_OUTPUT}
     assert len(lines[0]["inputs"]) == 30
     assert lines[0]["latency_ms"] > 0
     assert server.metric("kubeloop_prediction_log_lines_total", model="cancer") >= 3

@@ -9,6 +9,8 @@ import tritonclient.http as triton
 from serving_helpers import serving
 from tritonclient.utils import InferenceServerException
 
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
+
 
 @pytest.fixture(scope="module")
 def client(cancer):
@@ -39,7 +41,7 @@ def test_model_metadata_and_readiness(client, cancer_rows):
     assert meta["name"] == "cancer"
     assert [i["name"] for i in meta["inputs"]] == list(cancer_rows.columns)
     assert {i["datatype"] for i in meta["inputs"]} == {"FP32"}
-    assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
+    assert {o["name"] for o in meta["outputs"]} == {LABEL_OUTPUT, PROBA_OUTPUT}
     version = meta["versions"][0]
     assert client.is_model_ready("cancer")
     assert client.is_model_ready("cancer", version)
@@ -54,14 +56,14 @@ def test_model_metadata_and_readiness(client, cancer_rows):
 def test_infer_one_input_per_feature(client, cancer_rows, binary):
     rows = cancer_rows.iloc[:5]
     outputs = None if binary else [
-        triton.InferRequestedOutput("label", binary_data=False),
-        triton.InferRequestedOutput("probabilities", binary_data=False),
+        triton.InferRequestedOutput(LABEL_OUTPUT, binary_data=False),
+        triton.InferRequestedOutput(PROBA_OUTPUT, binary_data=False),
     ]  # fmt: skip
     result = client.infer(
         "cancer", feature_inputs(rows, binary), outputs=outputs, request_id="req-1"
     )
-    labels = result.as_numpy("label")
-    probs = result.as_numpy("probabilities")
+    labels = result.as_numpy(LABEL_OUTPUT)
+    probs = result.as_numpy(PROBA_OUTPUT)
     assert labels.shape == (5,)
     assert probs.shape == (5, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
@@ -73,13 +75,13 @@ def test_infer_one_2d_tensor(client, cancer_rows):
     rows = cancer_rows.iloc[:3].to_numpy(np.float32)
     inp = triton.InferInput("input-0", list(rows.shape), "FP32")
     inp.set_data_from_numpy(rows)
-    out = triton.InferRequestedOutput("probabilities", binary_data=True)
+    out = triton.InferRequestedOutput(PROBA_OUTPUT, binary_data=True)
     result = client.infer("cancer", [inp], outputs=[out])
     per_column = client.infer("cancer", feature_inputs(cancer_rows.iloc[:3], True))
     np.testing.assert_allclose(
-        result.as_numpy("probabilities"), per_column.as_numpy("probabilities"), rtol=1e-6
+        result.as_numpy(PROBA_OUTPUT), per_column.as_numpy(PROBA_OUTPUT), rtol=1e-6
     )
-    assert result.as_numpy("label") is None  # only what was asked for
+    assert result.as_numpy(LABEL_OUTPUT) is None  # only what was asked for
 
 
 def test_versioned_infer_and_unknown_version(client, cancer_rows):
@@ -108,9 +110,9 @@ def test_rest_json_round_trip(cancer, cancer_rows):
         assert doc["id"] == "abc"
         assert doc["model_name"] == "cancer"
         out = {o["name"]: o for o in doc["outputs"]}
-        assert out["label"]["shape"] == [1]
-        assert out["probabilities"]["shape"] == [1, 2]
-        assert len(out["probabilities"]["data"]) == 2
+        assert out[LABEL_OUTPUT]["shape"] == [1]
+        assert out[PROBA_OUTPUT]["shape"] == [1, 2]
+        assert len(out[PROBA_OUTPUT]["data"]) == 2
 
 
 def test_kserve_v1_rows_and_records_agree_with_v2(cancer, cancer_rows):
@@ -128,7 +130,7 @@ def test_kserve_v1_rows_and_records_agree_with_v2(cancer, cancer_rows):
             json={"inputs": [{"name": "x", "shape": [4, 30], "datatype": "FP32",
                               "data": rows.to_numpy().ravel().tolist()}]},
         ).json()  # fmt: skip
-        labels = next(o for o in v2["outputs"] if o["name"] == "label")["data"]
+        labels = next(o for o in v2["outputs"] if o["name"] == LABEL_OUTPUT)["data"]
         assert labels == a.json()["predictions"]
 
 
@@ -154,7 +156,7 @@ def test_classifier_on_mixed_types(mixed_model):
         }
         r = http.post("/v2/models/mixed/infer", json=body)
         assert r.status_code == 200, r.text
-        labels = next(o for o in r.json()["outputs"] if o["name"] == "label")
+        labels = next(o for o in r.json()["outputs"] if o["name"] == LABEL_OUTPUT)
         assert labels["datatype"] == "BYTES"
         assert set(labels["data"]) <= {"yes", "no"}
         r = http.post("/v1/models/mixed:predict", json={"instances": [

@@ -11,6 +11,17 @@ import pytest
 from kubeloop.serving.batching import MicroBatcher, merge, split
 
 
+def recording_model(factor: int = 1):
+    """A model ``y = factor * x`` and the rows of each of its calls, in order."""
+    calls: list[int] = []
+
+    def run(feed):
+        calls.append(len(feed["x"]))
+        return {"y": feed["x"] * factor}
+
+    return calls, run
+
+
 def test_merge_and_split_round_trip():
     feeds = [
         {"x": np.arange(n, dtype=np.float32).reshape(n, 1) + 10 * i}
@@ -25,11 +36,7 @@ def test_merge_and_split_round_trip():
 
 @pytest.mark.parametrize("threaded", [False, True])
 def test_concurrent_requests_are_coalesced(threaded):
-    calls: list[int] = []
-
-    def run(feed):
-        calls.append(len(feed["x"]))
-        return {"y": feed["x"] * 2}
+    calls, run = recording_model(2)
 
     async def main():
         executor = ThreadPoolExecutor(1) if threaded else None
@@ -49,11 +56,7 @@ def test_concurrent_requests_are_coalesced(threaded):
 
 
 def test_a_single_request_is_not_delayed_and_an_oversized_one_runs_alone():
-    calls: list[int] = []
-
-    def run(feed):
-        calls.append(len(feed["x"]))
-        return {"y": feed["x"]}
+    calls, run = recording_model()
 
     async def main():
         b = MicroBatcher(run, max_batch_size=4)
@@ -79,11 +82,7 @@ def test_a_model_failure_reaches_every_caller_in_the_batch():
 
 
 def test_max_wait_lets_a_batch_fill():
-    calls: list[int] = []
-
-    def run(feed):
-        calls.append(len(feed["x"]))
-        return {"y": feed["x"]}
+    calls, run = recording_model()
 
     async def main():
         b = MicroBatcher(run, max_batch_size=4, max_wait_s=0.05)
@@ -101,11 +100,7 @@ def test_max_wait_lets_a_batch_fill():
 def test_after_a_run_of_lone_requests_they_skip_the_queue_until_concurrency_returns():
     from kubeloop.serving.batching import PROBE_EVERY, SOLO_STREAK
 
-    calls: list[int] = []
-
-    def run(feed):
-        calls.append(len(feed["x"]))
-        return {"y": feed["x"]}
+    calls, run = recording_model()
 
     async def main():
         b = MicroBatcher(run, max_batch_size=64)

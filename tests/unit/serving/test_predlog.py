@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
 from kubeloop.serving.predlog import Entry, PredictionLog, lines
 
 
@@ -17,8 +18,8 @@ def entry(rows: int = 2, inputs: bool = True) -> Entry:
         time=0.0,
         latency_s=0.0015,
         outputs={
-            "label": np.arange(rows, dtype=np.int64),
-            "probabilities": np.full((rows, 2), 0.5, dtype=np.float32),
+            LABEL_OUTPUT: np.arange(rows, dtype=np.int64),
+            PROBA_OUTPUT: np.full((rows, 2), 0.5, dtype=np.float32),
         },
         inputs={"city": np.array(["a"] * rows, dtype=object)} if inputs else None,
         variant="stable",
@@ -28,7 +29,7 @@ def entry(rows: int = 2, inputs: bool = True) -> Entry:
 def test_one_line_per_row_with_plain_json_values():
     out = [json.loads(line) for line in lines(entry())]
     assert [o["id"] for o in out] == ["r/0", "r/1"]
-    assert out[1]["outputs"] == {"label": 1, "probabilities": [0.5, 0.5]}
+    assert out[1]["outputs"] == {LABEL_OUTPUT: 1, PROBA_OUTPUT: [0.5, 0.5]}
     assert out[0]["inputs"] == {"city": "a"}
     assert out[0]["time"] == "1970-01-01T00:00:00Z"
     assert out[0]["latency_ms"] == 1.5

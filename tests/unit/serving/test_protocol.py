@@ -12,16 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
 from kubeloop.serving.errors import BadRequestError
-from kubeloop.serving.protocol import (
-    Decoded,
-    InputSpec,
-    OutputSpec,
-    decode_v1,
-    decode_v2,
-    encode_v1,
-    encode_v2,
-)
+from kubeloop.serving.rest.v1 import decode_v1, encode_v1
+from kubeloop.serving.rest.v2 import decode_v2, encode_v2
+from kubeloop.serving.tensors import Decoded, InputSpec, OutputSpec
 
 SPECS = [
     InputSpec("age", "FP32"),
@@ -52,7 +47,7 @@ GOOD = [
 
 def decode(body, specs=SPECS, index=INDEX, **kw):
     kw.setdefault("max_rows", 100)
-    kw.setdefault("output_names", ["label", "probabilities"])
+    kw.setdefault("output_names", [LABEL_OUTPUT, PROBA_OUTPUT])
     return decode_v2(body, specs, index, **kw)
 
 
@@ -190,9 +185,9 @@ def test_binary_tensor_extension():
 
 def test_v2_response_json_and_binary():
     outs = [
-        (OutputSpec("label", "INT64", (-1,)), np.array([0, 1], dtype=np.int64)),
+        (OutputSpec(LABEL_OUTPUT, "INT64", (-1,)), np.array([0, 1], dtype=np.int64)),
         (
-            OutputSpec("probabilities", "FP32", (-1, 2)),
+            OutputSpec(PROBA_OUTPUT, "FP32", (-1, 2)),
             np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32),
         ),
     ]
@@ -200,15 +195,25 @@ def test_v2_response_json_and_binary():
     assert hl is None
     doc = orjson.loads(body)
     assert doc["id"] == "r"
-    assert doc["outputs"][0] == {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 1]}
+    assert doc["outputs"][0] == {
+        "name": LABEL_OUTPUT,
+        "datatype": "INT64",
+        "shape": [2],
+        "data": [0, 1],
+    }
     assert doc["outputs"][1]["shape"] == [2, 2]
     assert doc["outputs"][1]["data"] == pytest.approx([0.9, 0.1, 0.2, 0.8])
     body, hl = encode_v2(
-        "m", "1", "r", outs, Decoded([], 2, outputs=["label"], binary={"label": True})
+        "m", "1", "r", outs, Decoded([], 2, outputs=[LABEL_OUTPUT], binary={LABEL_OUTPUT: True})
     )
     header = orjson.loads(body[:hl])
     assert header["outputs"] == [
-        {"name": "label", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}}
+        {
+            "name": LABEL_OUTPUT,
+            "datatype": "INT64",
+            "shape": [2],
+            "parameters": {"binary_data_size": 16},
+        }
     ]
     assert np.frombuffer(body[hl:], dtype="<i8").tolist() == [0, 1]
 

@@ -1,0 +1,132 @@
+"""KServe V1 over REST: ``instances`` as rows or records in, ``predictions`` out.
+
+Pure functions over bytes and numpy arrays, like the V2 codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from kubeloop.serving.errors import BadRequestError
+from kubeloop.serving.rest.parsing import first_non_number, loads, show
+from kubeloop.serving.tensors import Column, Decoded, InputSpec, check_column, object_column
+
+#: the V1 response field with one prediction per row (KServe V1 defines this one)
+PREDICTIONS_FIELD = "predictions"
+#: the V1 response field with classifiers' class probabilities: Kubeloop's addition to the
+#: V1 answer, a public API name. It is spelled like the model output the values come from
+#: (:data:`kubeloop.contracts.artifacts.PROBA_OUTPUT`) but is not that name: renaming the
+#: output must not change what V1 clients read.
+PROBABILITIES_FIELD = "probabilities"
+
+
+def decode_v1(
+    body: bytes, specs: Sequence[InputSpec], index: Mapping[str, int], *, max_rows: int
+) -> Decoded:
+    """Decode a KServe V1 predict request: ``instances`` as rows or as records."""
+    req = loads(body)
+    if not isinstance(req, dict):
+        raise BadRequestError("the request must be a JSON object with 'instances'")
+    instances = req.get("instances", req.get("inputs"))
+    if not isinstance(instances, list) or not instances:
+        raise BadRequestError("'instances' must be a non-empty list of rows or records")
+    n = len(instances)
+    if n > max_rows:
+        raise BadRequestError(f"'instances' has {n} rows; at most {max_rows} are allowed")
+    first = instances[0]
+    if isinstance(first, dict):
+        cols = _record_columns(instances, specs, index)
+    elif isinstance(first, list):
+        cols = _row_columns(instances, specs)
+    else:
+        raise BadRequestError("'instances' must hold rows (lists) or records (objects)")
+    columns = [_from_v1(values, spec) for spec, values in zip(specs, cols, strict=True)]
+    return Decoded(columns, n, None, None, {}, False)
+
+
+def _record_columns(
+    instances: list[Any], specs: Sequence[InputSpec], index: Mapping[str, int]
+) -> list[list[Any]]:
+    """Records (``{"feature": value}``) as one list of values per feature, model order."""
+    n, f = len(instances), len(specs)
+    cols: list[list[Any]] = [[None] * n for _ in range(f)]
+    for r, rec in enumerate(instances):
+        if not isinstance(rec, dict):
+            raise BadRequestError(f"instances[{r}] must be a record like instances[0]")
+        if len(rec) != f or any(k not in index for k in rec):
+            extra = [k for k in rec if k not in index]
+            if extra:
+                raise BadRequestError(
+                    f"instances[{r}]: unknown feature(s) {', '.join(map(str, extra))}; "
+                    f"the model takes: {', '.join(s.name for s in specs)}"
+                )
+            missing = [s.name for s in specs if s.name not in rec]
+            raise BadRequestError(f"instances[{r}]: missing feature(s) {', '.join(missing)}")
+        for k, v in rec.items():
+            cols[index[k]][r] = v
+    return cols
+
+
+def _row_columns(instances: list[Any], specs: Sequence[InputSpec]) -> list[list[Any]]:
+    """Rows (lists in feature order) as one list of values per feature."""
+    f = len(specs)
+    for r, row in enumerate(instances):
+        if not isinstance(row, list) or len(row) != f:
+            got = len(row) if isinstance(row, list) else show(row)
+            raise BadRequestError(
+                f"instances[{r}] has {got} values; the model takes {f} features "
+                f"({', '.join(s.name for s in specs)})"
+            )
+    return [list(c) for c in zip(*instances, strict=True)]
+
+
+def _from_v1(values: list[Any], spec: InputSpec) -> Column:
+    name = spec.name
+    if spec.datatype == "BYTES":
+        for r, v in enumerate(values):
+            if not isinstance(v, str):
+                raise BadRequestError(f"feature '{name}' is a string but row {r} is {show(v)}")
+        return object_column(values)
+    if spec.datatype == "BOOL":
+        for r, v in enumerate(values):
+            if not isinstance(v, bool):
+                raise BadRequestError(f"feature '{name}' is true/false but row {r} is {show(v)}")
+        return np.asarray(values, dtype=np.bool_)
+    if spec.nullable and any(v is None for v in values):
+        values = [np.nan if v is None else v for v in values]
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiu":
+        r, v = first_non_number(values)
+        if v is None:
+            raise BadRequestError(
+                f"feature '{name}' is missing (null) at row {r}; this feature does not allow "
+                "missing values"
+            )
+        raise BadRequestError(f"feature '{name}' is a number but row {r} is {show(v)}")
+    if (
+        spec.datatype in ("INT32", "INT64")
+        and arr.dtype.kind == "f"
+        and np.any(arr != np.round(arr))
+    ):
+        r = int(np.flatnonzero(arr != np.round(arr))[0])
+        raise BadRequestError(f"feature '{name}' is an integer but row {r} is {show(values[r])}")
+    return check_column(arr, spec, name)
+
+
+def encode_v1(
+    predictions: np.ndarray[Any, Any], probabilities: np.ndarray[Any, Any] | None
+) -> bytes:
+    """``{"predictions": [...]}`` (plus ``probabilities`` for classifiers)."""
+    preds: Any
+    if predictions.dtype.kind in "OSU":
+        preds = [v.decode() if isinstance(v, bytes) else str(v) for v in predictions.tolist()]
+    else:
+        preds = np.ascontiguousarray(predictions).reshape(-1)
+    doc: dict[str, Any] = {PREDICTIONS_FIELD: preds}
+    if probabilities is not None:
+        doc[PROBABILITIES_FIELD] = np.ascontiguousarray(probabilities)
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,201 @@
+"""Canary routing over HTTP: forward a share of inference requests to a canary server
+and relay its answer, or mirror them (shadow) and compare its predictions with ours.
+
+What share goes where is :mod:`kubeloop.serving.canary`'s (config, exact split, the
+watched routing file); this module moves the bytes and counts the outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from kubeloop.serving.canary import CanaryConfig, ConfigWatcher, Splitter, watch
+from kubeloop.serving.metrics import Metrics
+from kubeloop.serving.model import LoadedModel
+from kubeloop.serving.rest.reply import JSON, Reply
+from kubeloop.serving.rest.v1 import PREDICTIONS_FIELD
+from kubeloop.serving.settings import ServingSettings
+from kubeloop.serving.slot import ModelSlot
+
+log = logging.getLogger("kubeloop.serving")
+
+VARIANT = b"x-kubeloop-variant"
+#: request headers sent on to the canary, and response headers relayed back
+RELAYED_HEADERS = ("content-type", "inference-header-content-length", "x-request-id")
+_RELAYED = tuple(h.encode() for h in RELAYED_HEADERS)
+
+
+class Router:
+    """Sends requests to the canary (forward or shadow) by the current canary config."""
+
+    def __init__(self, settings: ServingSettings, metrics: Metrics, slot: ModelSlot) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self._slot = slot
+        self.config = CanaryConfig(
+            url=settings.canary_url, weight=settings.canary_weight, shadow=settings.canary_shadow
+        )
+        self._forward_split = Splitter(0.0 if settings.canary_shadow else settings.canary_weight)
+        self._shadow_split = Splitter(0.0)
+        #: forwarding / mirroring is on: check these before calling :meth:`to_canary` or
+        #: :meth:`mirror` (attributes cost less than calls on the hot path)
+        self.forwarding = self._forward_split.weight > 0
+        self.shadowing = False
+        self._client: httpx.AsyncClient | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._shadow_in_flight = 0
+        self._shadow_agree = 0
+        self._shadow_total = 0
+
+    def start(self) -> None:
+        """Open the client, apply the static config, then the routing file's (watched)."""
+        self._client = httpx.AsyncClient(
+            timeout=self.settings.canary_timeout,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self.apply(self.config)
+        if self.settings.routing_file:
+            watcher = ConfigWatcher(Path(self.settings.routing_file))
+            first = watcher.poll()
+            if first is not None:
+                self.apply(first)
+            interval = self.settings.config_poll_interval
+            self._watcher = asyncio.get_running_loop().create_task(
+                watch(watcher, interval, self.apply)
+            )
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+        if self._client is not None:
+            await self._client.aclose()
+
+    def apply(self, config: CanaryConfig) -> None:
+        """Route by ``config`` from now on."""
+        self.config = config
+        weight = config.weight if config.active else 0.0
+        forward, shadow = (0.0, weight) if config.shadow else (weight, 0.0)
+        self._forward_split.set_weight(forward)
+        self._shadow_split = Splitter(shadow)
+        self.forwarding, self.shadowing = forward > 0, shadow > 0
+        name = self._slot.name
+        self._metrics.canary_weight.labels(name, "forward").set(forward)
+        self._metrics.canary_weight.labels(name, "shadow").set(shadow)
+        log.info(
+            "canary: %s weight %s%s",
+            config.url or "none",
+            config.weight,
+            " (shadow)" if config.shadow else "",
+        )
+
+    def to_canary(self) -> bool:
+        """Whether this request is the canary's (the exact forward share)."""
+        return self._forward_split.pick()
+
+    async def forward(self, path: str, body: bytes, headers: Mapping[bytes, bytes]) -> Reply | None:
+        """Send the request to the canary; None when it is unreachable (stable answers)."""
+        url = self.config.url
+        client = self._client
+        if url is None or client is None:
+            return None
+        sent = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items() if k in _RELAYED
+        }
+        try:
+            resp = await client.post(url.rstrip("/") + path, content=body, headers=sent)
+        except httpx.HTTPError as exc:
+            self._count("forward", "unreachable")
+            log.warning("canary %s unreachable, stable answers: %s", url, exc)
+            return None
+        self._count("forward", "ok" if resp.status_code < 500 else "error")
+        out = [(VARIANT, b"canary")]
+        for key in RELAYED_HEADERS:
+            value = resp.headers.get(key)
+            if value is not None:
+                out.append((key.encode(), value.encode("latin-1")))
+        return Reply(resp.status_code, resp.content, out)
+
+    def mirror(
+        self, model: LoadedModel, path: str, body: bytes, labels: np.ndarray[Any, Any]
+    ) -> None:
+        """Mirror the shadow share of requests to the canary, in the background and
+        bounded; ``labels`` is our prediction, compared with the canary's."""
+        if not self._shadow_split.pick():
+            return
+        if self._shadow_in_flight >= self.settings.shadow_max_in_flight:
+            self._count("shadow", "skipped")
+            return
+        self._shadow_in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._mirror(model, path, body, labels))
+        task.add_done_callback(self._mirrored)
+
+    def _mirrored(self, _: asyncio.Task[None]) -> None:
+        self._shadow_in_flight -= 1
+
+    async def _mirror(
+        self, model: LoadedModel, path: str, body: bytes, labels: np.ndarray[Any, Any]
+    ) -> None:
+        url = self.config.url
+        client = self._client
+        if url is None or client is None:
+            return
+        # the mirror asks for plain JSON so the prediction can be compared
+        try:
+            resp = await client.post(
+                url.rstrip("/") + path, content=body, headers={"content-type": JSON.decode()}
+            )
+        except httpx.HTTPError:
+            self._count("shadow", "unreachable")
+            return
+        if resp.status_code >= 400:
+            self._count("shadow", "error")
+            return
+        self._count("shadow", "ok")
+        try:
+            theirs = prediction_of(orjson.loads(resp.content), model.label_output)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self._compared("unreadable")
+            return
+        agree = agrees(model.task, labels.reshape(-1).tolist(), theirs)
+        self._shadow_total += 1
+        self._shadow_agree += int(agree)
+        self._compared("agree" if agree else "disagree")
+        self._metrics.shadow_agreement.labels(self._slot.name).set(
+            self._shadow_agree / self._shadow_total
+        )
+
+    def _count(self, mode: str, outcome: str) -> None:
+        self._metrics.canary.labels(self._slot.name, mode, outcome).inc()
+
+    def _compared(self, result: str) -> None:
+        self._metrics.shadow_compared.labels(self._slot.name, result).inc()
+
+
+def prediction_of(doc: Any, output: str) -> list[Any]:
+    """The predictions in a V1 (``predictions``) or V2 (the ``output`` tensor) answer."""
+    if PREDICTIONS_FIELD in doc:
+        return list(doc[PREDICTIONS_FIELD])
+    for out in doc["outputs"]:
+        if out["name"] == output:
+            return list(out["data"])
+    raise KeyError(output)
+
+
+def agrees(task: str, mine: list[Any], theirs: list[Any]) -> bool:
+    """Same classes (compared as text), or the same values within float tolerance."""
+    if task == "classification":
+        return [str(a) for a in mine] == [str(b) for b in theirs]
+    return len(mine) == len(theirs) and bool(
+        np.allclose(np.asarray(mine, float), np.asarray(theirs, float), rtol=1e-5, atol=1e-6)
+    )
