@@ -26,6 +26,12 @@ FILE_NAMES = frozenset(
 )
 OUTPUTS = frozenset(name for names in OUTPUT_NAMES.values() for name in names)
 DATA_PREFIX = ArtifactLayout.data_file("")
+#: Literals that spell a contract name but mean something else, with why.
+NOT_CONTRACTS = {
+    ("serving/kubeloop/serving/rest/v1.py", "probabilities"): (
+        "the KServe V1 answer's field name, a public API that must not follow a renamed output"
+    ),
+}
 
 
 @cache
@@ -76,7 +82,8 @@ def contract_literals(tree: ast.Module) -> Iterator[tuple[int, str]]:
 def contract_violations(sources: dict[Path, ast.Module]) -> Iterator[str]:
     for path, tree in sources.items():
         for line, text in contract_literals(tree):
-            yield f"{path}:{line}: {text!r}"
+            if (str(path), text) not in NOT_CONTRACTS:
+                yield f"{path}:{line}: {text!r}"
 
 
 def test_the_contract_names_come_from_the_core():
@@ -85,6 +92,13 @@ def test_the_contract_names_come_from_the_core():
     assert DATA_PREFIX == "data."
     found = list(contract_violations(trees(OUTSIDE_CORE)))
     assert found == [], "use kubeloop.contracts.artifacts:\n" + "\n".join(found)
+
+
+def test_every_exemption_from_the_contract_check_is_still_needed():
+    sources = trees(OUTSIDE_CORE)
+    for path, text in NOT_CONTRACTS:
+        spelled = {value for _, value in contract_literals(sources[Path(path)])}
+        assert text in spelled, f"{path} no longer spells {text!r}: drop its exemption"
 
 
 def test_the_contract_check_sees_fstring_parts_and_skips_docstrings():
