@@ -4,6 +4,7 @@
   (``ArtifactLayout``), ``model.json``/``profile.json`` formats, output tensor names.
 - :mod:`~kubeloop.contracts.results`: the typed result a snapshot or trainer Job
   writes as its termination message.
+- :mod:`~kubeloop.contracts.routing`: the canary share the operator gives the stable pods.
 - :mod:`~kubeloop.contracts.estimators`: the estimator allow-list.
 - :mod:`~kubeloop.contracts.status`: condition types and terminal phases.
 """

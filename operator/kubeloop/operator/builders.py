@@ -22,6 +22,7 @@ from kubeloop.contracts.results import (
     TERMINATION_LOG_ENV,
     JobResult,
 )
+from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
 
@@ -41,7 +42,6 @@ SPEC_FILE = "spec.json"
 SPEC_PATH = f"{SPEC_DIR}/{SPEC_FILE}"
 TRAINER_CONTAINER = "trainer"
 SERVER_CONTAINER = "server"
-ROUTING_FILE = "routing.json"
 ROUTING_DIR = f"{SPEC_DIR}/routing"
 #: The user (and group) every container runs as; the images create it.
 RUN_AS = 10001
@@ -464,16 +464,16 @@ def build_routing_config(
 ) -> dict[str, Any]:
     """The ConfigMap the stable pods watch for the canary's share of requests."""
     names = serving_names(md["metadata"]["name"])
-    routing = {
-        "canary_url": service_url(md, settings, "canary") if canary_version else None,
-        "weight": weight if canary_version else 0,
-        "canary_version": canary_version,
-    }
+    routing = RoutingConfig(
+        url=service_url(md, settings, "canary") if canary_version else None,
+        weight=weight if canary_version else 0,
+        canary_version=canary_version,
+    )
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(md, names["routing"], labels("serving")),
-        "data": {ROUTING_FILE: json.dumps(routing, sort_keys=True)},
+        "data": {ROUTING_FILE: routing.to_file()},
     }
 
 

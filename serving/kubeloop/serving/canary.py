@@ -4,7 +4,7 @@ canary server (exact weights without a service mesh), or mirrors them (shadow).
 The share is kept exact by error diffusion rather than coin flips: after ``n``
 requests the number forwarded is ``floor(n * weight / 100)`` (±1), spread evenly.
 The weight and upstream can change at run time through a watched config file
-(the ConfigMap the operator writes):
+(the ConfigMap the operator writes, :class:`kubeloop.contracts.routing.RoutingConfig`):
 ``{"canary_url": "http://canary:8080", "weight": 10, "shadow": false, "canary_version": 3}``.
 """
 
@@ -19,26 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+
+from kubeloop.contracts.routing import RoutingConfig
 
 log = logging.getLogger("kubeloop.serving.canary")
-
-
-class CanaryConfig(BaseModel):
-    """Where the canary is and what share of traffic it gets."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
-
-    url: str | None = Field(
-        None, alias="canary_url", pattern=r"^https?://", description="Canary base URL."
-    )
-    weight: float = Field(0.0, ge=0, le=100, description="Percent of requests forwarded.")
-    shadow: bool = Field(False, description="Mirror requests instead of forwarding them.")
-    canary_version: int | str | None = Field(None, description="The canary's version (info).")
-
-    @property
-    def active(self) -> bool:
-        return self.url is not None and self.weight > 0
 
 
 class Splitter:
@@ -64,14 +49,14 @@ class Splitter:
         return False
 
 
-def read_config(path: Path) -> tuple[CanaryConfig, str]:
+def read_config(path: Path) -> tuple[RoutingConfig, str]:
     """Parse the config file; returns it with a digest of its bytes."""
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     data: Any = yaml.safe_load(raw) if raw.strip() else {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with canary_url/weight/shadow")
-    return CanaryConfig.model_validate(data), digest
+    return RoutingConfig.model_validate(data), digest
 
 
 @dataclass
@@ -81,7 +66,7 @@ class ConfigWatcher:
     path: Path
     digest: str | None = None
 
-    def poll(self) -> CanaryConfig | None:
+    def poll(self) -> RoutingConfig | None:
         """The new config when the file changed and is valid; None otherwise."""
         try:
             config, digest = read_config(self.path)
@@ -89,7 +74,7 @@ class ConfigWatcher:
             if self.digest != "missing":
                 self.digest = "missing"
                 log.warning("canary config %s is missing; canary off", self.path)
-                return CanaryConfig()
+                return RoutingConfig()
             return None
         except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
             # keep the last good config, say why once per bad content
@@ -104,7 +89,7 @@ class ConfigWatcher:
 
 
 async def watch(
-    watcher: ConfigWatcher, interval: float, apply: Callable[[CanaryConfig], None]
+    watcher: ConfigWatcher, interval: float, apply: Callable[[RoutingConfig], None]
 ) -> None:
     """Apply config changes until cancelled."""
     while True:

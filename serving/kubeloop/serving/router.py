@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 import orjson
 
-from kubeloop.serving.canary import CanaryConfig, ConfigWatcher, Splitter, watch
+from kubeloop.contracts.routing import RoutingConfig
+from kubeloop.serving.canary import ConfigWatcher, Splitter, watch
 from kubeloop.serving.metrics import Metrics
 from kubeloop.serving.model import LoadedModel
 from kubeloop.serving.rest.reply import JSON, Reply
@@ -41,7 +42,7 @@ class Router:
         self.settings = settings
         self._metrics = metrics
         self._slot = slot
-        self.config = CanaryConfig(
+        self.config = RoutingConfig(
             url=settings.canary_url, weight=settings.canary_weight, shadow=settings.canary_shadow
         )
         self._forward_split = Splitter(0.0 if settings.canary_shadow else settings.canary_weight)
@@ -81,7 +82,7 @@ class Router:
         if self._client is not None:
             await self._client.aclose()
 
-    def apply(self, config: CanaryConfig) -> None:
+    def apply(self, config: RoutingConfig) -> None:
         """Route by ``config`` from now on."""
         self.config = config
         weight = config.weight if config.active else 0.0

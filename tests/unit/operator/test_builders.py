@@ -196,3 +196,16 @@ def test_serving_pod_env_names_only_settings_the_server_reads(settings):
     known = {f"{ENV_PREFIX}{name}".upper() for name in ServingSettings.model_fields}
     assert written, "the builder writes no serving settings"
     assert written <= known, f"unknown to the server: {sorted(written - known)}"
+
+
+def test_routing_file_reads_back_as_the_servers_routing_config(settings):
+    """What the operator writes into the routing ConfigMap is what the stable pods parse."""
+    from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig
+
+    md = parent("ModelDeployment")
+    written = builders.build_routing_config(md, 20, 4, settings)["data"][ROUTING_FILE]
+    assert RoutingConfig.model_validate_json(written) == RoutingConfig(
+        url="http://demo-canary.ml.svc:8080", weight=20, canary_version=4
+    )
+    idle = builders.build_routing_config(md, 20, None, settings)["data"][ROUTING_FILE]
+    assert not RoutingConfig.model_validate_json(idle).active

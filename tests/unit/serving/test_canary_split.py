@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeloop.serving.canary import CanaryConfig, ConfigWatcher, Splitter
+from kubeloop.contracts.routing import RoutingConfig
+from kubeloop.serving.canary import ConfigWatcher, Splitter
 
 
 @given(weight=st.floats(0, 100), n=st.integers(1, 5000))
@@ -26,20 +27,20 @@ def test_config_file_changes_are_picked_up_and_bad_content_is_ignored(tmp_path):
     path = tmp_path / "canary.yaml"
     path.write_text("canary_url: http://127.0.0.1:1\nweight: 10\n")
     w = ConfigWatcher(path)
-    assert w.poll() == CanaryConfig(url="http://127.0.0.1:1", weight=10)
+    assert w.poll() == RoutingConfig(url="http://127.0.0.1:1", weight=10)
     assert w.poll() is None  # unchanged
     path.write_text('{"canary_url": "http://127.0.0.1:1", "weight": 250}')
     assert w.poll() is None  # invalid: keep the current one
     path.write_text(
         '{"canary_url": "http://127.0.0.1:1", "weight": 30, "shadow": true, "canary_version": 3}'
     )
-    assert w.poll() == CanaryConfig(
+    assert w.poll() == RoutingConfig(
         url="http://127.0.0.1:1", weight=30, shadow=True, canary_version=3
     )
     path.unlink()
-    assert w.poll() == CanaryConfig()
+    assert w.poll() == RoutingConfig()
 
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="canary_url"):
-        CanaryConfig.model_validate({"canary_url": "ftp://x", "weight": 5})
+        RoutingConfig.model_validate({"canary_url": "ftp://x", "weight": 5})
