@@ -89,26 +89,60 @@ class Decoded:
         return self._columns
 
 
+#: the largest magnitude each numeric datatype holds (a float beyond FP32's is cast to inf)
+FP32_MAX = float(np.finfo(np.float32).max)
+FP64_MAX = float(np.finfo(np.float64).max)
+_MAGNITUDE: dict[str, float] = {"FP32": FP32_MAX, "FP64": FP64_MAX}
+#: the integer range of each integer datatype, inclusive
+INT_RANGE: dict[str, tuple[int, int]] = {
+    "INT32": (-(2**31), 2**31 - 1),
+    "INT64": (-(2**63), 2**63 - 1),
+}
+
+
 def check_column(col: Column, spec: InputSpec, name: str) -> Column:
-    """Refuse NaN (unless the feature is nullable) and infinity in a numeric column."""
-    if not spec.numeric or col.dtype.kind != "f":
+    """Refuse values the model's datatype cannot hold: NaN (unless the feature is
+    nullable), infinity, and numbers outside the datatype's range. A good column costs
+    one min and one max (NaN propagates through both, so it takes the slow path)."""
+    if not spec.numeric or col.dtype.kind not in "fiu" or not len(col):
         return col
-    finite = np.isfinite(col)
-    if finite.all():
+    lo, hi = col.min(), col.max()
+    if spec.datatype in INT_RANGE:
+        low, high = INT_RANGE[spec.datatype]
+        # float(2**63) rounds to 2**63, which int64 cannot hold: compare below it
+        if lo >= low and (hi <= high if col.dtype.kind in "iu" else hi < float(high) + 1):
+            return col
+        ok = (col >= low) & (col <= high) if col.dtype.kind in "iu" else _in_float(col, high)
+    else:
+        limit = _MAGNITUDE[spec.datatype]
+        if lo >= -limit and hi <= limit:
+            return col
+        ok = np.abs(col) <= limit
+    if spec.nullable and col.dtype.kind == "f" and spec.datatype in _MAGNITUDE:
+        ok |= np.isnan(col)  # NaN is a nullable feature's missing value
+    if ok.all():
         return col
-    bad = int(np.flatnonzero(~finite)[0])
-    if not math.isnan(float(col[bad])):
-        raise BadRequestError(f"input '{name}' is infinite at row {bad}")
-    if not spec.nullable:
-        raise BadRequestError(
-            f"input '{name}' is NaN at row {bad}; this feature does not allow missing values"
-        )
-    infinite = ~finite & ~np.isnan(col)
-    if infinite.any():
-        raise BadRequestError(
-            f"input '{name}' is infinite at row {int(np.flatnonzero(infinite)[0])}"
-        )
+    _refuse(col, int(np.flatnonzero(~ok)[0]), spec, name)
     return col
+
+
+def _in_float(col: Column, high: int) -> np.ndarray[Any, Any]:
+    result: np.ndarray[Any, Any] = (col >= -float(high) - 1) & (col < float(high) + 1)
+    return result
+
+
+def _refuse(col: Column, row: int, spec: InputSpec, name: str) -> None:
+    """Raise the client error for the value at ``row``."""
+    value = col[row].item()
+    if col.dtype.kind == "f" and math.isnan(value):
+        raise BadRequestError(
+            f"input '{name}' is NaN at row {row}; this feature does not allow missing values"
+        )
+    if col.dtype.kind == "f" and math.isinf(value):
+        raise BadRequestError(f"input '{name}' is infinite at row {row}")
+    raise BadRequestError(
+        f"input '{name}' is {value!r} at row {row}, outside the range of {spec.datatype}"
+    )
 
 
 def from_bytes(raw: memoryview, datatype: str, n: int, name: str) -> Column:

@@ -102,7 +102,12 @@ def test_oversized_body_without_content_length_is_refused(cancer):
 
 
 json_leaf = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=6)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.text(st.characters(categories=["Cs", "Ll"]), max_size=3)  # lone surrogates too
 )
 json_value = st.recursive(
     json_leaf,

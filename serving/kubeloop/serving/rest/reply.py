@@ -36,7 +36,11 @@ def error_reply(exc: Exception) -> Reply:
     status, the framework's HTTP and validation errors as theirs, anything else a
     logged server fault (500)."""
     error = as_serving_error(exc)
-    return Reply(error.status_code, orjson.dumps({"error": error.message}), JSON_HEADERS)
+    try:
+        body = orjson.dumps({"error": error.message})
+    except TypeError:  # a message quoting something that is not Unicode: escape it
+        body = orjson.dumps({"error": ascii(error.message)[1:-1]})
+    return Reply(error.status_code, body, JSON_HEADERS)
 
 
 def as_serving_error(exc: Exception) -> ServingError:

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from kubeloop.serving.errors import BadRequestError
-from kubeloop.serving.rest.parsing import first_non_number, loads, show
+from kubeloop.serving.rest.parsing import first_non_number, first_out_of_range, loads, show
 from kubeloop.serving.tensors import Column, Decoded, InputSpec, check_column, object_column
 
 #: the V1 response field with one prediction per row (KServe V1 defines this one)
@@ -98,15 +98,12 @@ def _from_v1(values: list[Any], spec: InputSpec) -> Column:
         return np.asarray(values, dtype=np.bool_)
     if spec.nullable and any(v is None for v in values):
         values = [np.nan if v is None else v for v in values]
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "fiu":
-        r, v = first_non_number(values)
-        if v is None:
-            raise BadRequestError(
-                f"feature '{name}' is missing (null) at row {r}; this feature does not allow "
-                "missing values"
-            )
-        raise BadRequestError(f"feature '{name}' is a number but row {r} is {show(v)}")
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):  # ragged nested lists
+        arr = np.empty(0, dtype=object)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 1:
+        arr = _numbers(values, spec)
     if (
         spec.datatype in ("INT32", "INT64")
         and arr.dtype.kind == "f"
@@ -115,6 +112,28 @@ def _from_v1(values: list[Any], spec: InputSpec) -> Column:
         r = int(np.flatnonzero(arr != np.round(arr))[0])
         raise BadRequestError(f"feature '{name}' is an integer but row {r} is {show(values[r])}")
     return check_column(arr, spec, name)
+
+
+def _numbers(values: list[Any], spec: InputSpec) -> Column:
+    """Values numpy could not read as one numeric column: the first that is no number, or
+    out of range, is the client's error; else (int64 beside uint64) they are floats."""
+    name = spec.name
+    found = first_non_number(values)
+    if found is not None:
+        r, v = found
+        if v is None:
+            raise BadRequestError(
+                f"feature '{name}' is missing (null) at row {r}; this feature does not allow "
+                "missing values"
+            )
+        raise BadRequestError(f"feature '{name}' is a number but row {r} is {show(v)}")
+    huge = first_out_of_range(values, spec.datatype)
+    if huge is not None:
+        raise BadRequestError(
+            f"feature '{name}' is {show(values[huge])} at row {huge}, outside the range of "
+            f"{spec.datatype}"
+        )
+    return np.asarray(values, dtype=np.float64)
 
 
 def encode_v1(

@@ -15,10 +15,11 @@ import numpy as np
 import orjson
 
 from kubeloop.serving.errors import BadRequestError
-from kubeloop.serving.rest.parsing import first_non_number, loads, show
+from kubeloop.serving.rest.parsing import first_non_number, first_out_of_range, loads, show
 from kubeloop.serving.tensors import (
     COMPATIBLE,
     DATATYPES,
+    FP32_MAX,
     NUMERIC,
     Column,
     Decoded,
@@ -181,11 +182,18 @@ def _decode_matrix(
             raise BadRequestError(f"input '{name}' has no 'data'")
         flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
-    if matrix.dtype.kind == "f" and not np.isfinite(matrix).all():
-        # one vectorised check; name the first offending column only on failure
+    if not _within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
+        # one vectorised check first; each column's own only when that fails
         for j, spec in enumerate(specs):
             check_column(matrix[:, j], spec, f"{name}[:, {j}] ({spec.name})")
     return matrix
+
+
+def _within_fp32(matrix: np.ndarray[Any, Any]) -> bool:
+    """Every value finite and within FP32's range (NaN fails: it propagates)."""
+    if matrix.dtype.kind != "f" or not matrix.size:
+        return True
+    return bool(matrix.min() >= -FP32_MAX and matrix.max() <= FP32_MAX)
 
 
 def _requested_outputs(
@@ -324,16 +332,37 @@ def _typed_json(flat: list[Any], datatype: str, name: str) -> Column:
             )
         return arr
     if kind not in "fiu":
-        pos, value = first_non_number(flat)
-        raise BadRequestError(
-            f"input '{name}' is {datatype} but value {pos} is {show(value)}, not a number"
-        )
+        arr = _numbers(flat, datatype, name)
+        kind = arr.dtype.kind
     if datatype in ("INT32", "INT64") and kind == "f":
+        # JSON integers beyond 64 bits parse as floats, and so do int64 beside uint64
+        pos = first_out_of_range(flat, datatype) if np.abs(arr).max() >= 2.0**63 else None
+        if pos is not None:
+            raise BadRequestError(
+                f"input '{name}' value {pos} is {show(flat[pos])}, outside the range of {datatype}"
+            )
         pos = int(np.flatnonzero(arr != np.round(arr))[0]) if np.any(arr != np.round(arr)) else 0
         raise BadRequestError(
             f"input '{name}' is {datatype} but value {pos} is {show(flat[pos])}, not an integer"
         )
     return arr
+
+
+def _numbers(flat: list[Any], datatype: str, name: str) -> Column:
+    """Values numpy could not read as one numeric array: the first that is no number, or
+    out of range, is the client's error; else (int64 beside uint64) they are floats."""
+    found = first_non_number(flat)
+    if found is not None:
+        pos, value = found
+        raise BadRequestError(
+            f"input '{name}' is {datatype} but value {pos} is {show(value)}, not a number"
+        )
+    huge = first_out_of_range(flat, datatype)
+    if huge is not None:
+        raise BadRequestError(
+            f"input '{name}' value {huge} is {show(flat[huge])}, outside the range of {datatype}"
+        )
+    return np.asarray(flat, dtype=np.float64)
 
 
 # ----------------------------------------------------------------- response

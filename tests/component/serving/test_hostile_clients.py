@@ -1,0 +1,93 @@
+"""Hostile clients against a live server: every bad body is a 4xx counted as one, a bad
+request never fails another in its micro-batch, request metadata is bounded, and an
+error never costs the client its keep-alive connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving_helpers import Server, serving
+
+V2_PATH = "/v2/models/mixed/infer"
+V1_PATH = "/v1/models/mixed:predict"
+JSON_TYPE = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def mixed(mixed_model: Path) -> Iterator[Server]:
+    with serving(mixed_model, "--name", "mixed") as server:
+        yield server
+
+
+def v2_text(age: str = "30", income: str = "40", city: str = '"rome"', rid: str = '"r"') -> bytes:
+    """A one-row V2 request spelled by hand, so each value can be any JSON text."""
+    return (
+        f'{{"id": {rid}, "inputs": ['
+        f'{{"name": "age", "datatype": "FP64", "shape": [1], "data": [{age}]}},'
+        f'{{"name": "income", "datatype": "FP64", "shape": [1], "data": [{income}]}},'
+        f'{{"name": "city", "datatype": "BYTES", "shape": [1], "data": [{city}]}}]}}'
+    ).encode()
+
+
+def v2_body(age: float, city: str, **extra: object) -> dict[str, object]:
+    return {
+        "inputs": [
+            {"name": "age", "shape": [1], "datatype": "FP32", "data": [age]},
+            {"name": "income", "shape": [1], "datatype": "FP32", "data": [50.0]},
+            {"name": "city", "shape": [1], "datatype": "BYTES", "data": [city]},
+        ],
+        **extra,
+    }
+
+
+# (path, body, what the error says): each a client mistake a hostile client sends
+HOSTILE = {
+    "surrogate_in_bytes": (V2_PATH, v2_text(city='"\\ud800"'), "lone UTF-16 surrogate"),
+    "surrogate_with_nan": (V2_PATH, v2_text(income="NaN", city='"\\udc00"'), "surrogate"),
+    "surrogate_in_id": (V2_PATH, v2_text(rid='"\\ud800"'), "lone UTF-16 surrogate"),
+    "surrogate_in_name": (
+        V2_PATH,
+        v2_text().replace(b'"age"', b'"\\ud800"'),
+        "lone UTF-16 surrogate",
+    ),
+    "surrogate_in_v1": (V1_PATH, b'{"instances": [[30, NaN, "\\ud800"]]}', "surrogate"),
+    "v1_nested_number": (
+        V1_PATH,
+        b'{"instances": [[[1, 2], 40, "rome"]]}',
+        "feature 'age' is a number but row 0 is [1, 2]",
+    ),
+    "v1_nested_object": (
+        V1_PATH,
+        b'{"instances": [{"age": {"x": 1}, "income": 1, "city": "rome"}]}',
+        "feature 'age' is a number but row 0 is {'x': 1}",
+    ),
+    "v1_ragged": (
+        V1_PATH,
+        b'{"instances": [[1, 40, "rome"], [[1], 40, "rome"]]}',
+        "feature 'age' is a number but row 1 is [1]",
+    ),
+    "fp32_overflow": (V2_PATH, v2_text(age="1e300"), "outside the range of FP32"),
+    "huge_integer": (V2_PATH, v2_text(age=str(10**39)), "outside the range of FP32"),
+    "v1_overflow": (V1_PATH, b'{"instances": [[1e300, 40, "rome"]]}', "outside the range of FP32"),
+    "infinity": (V2_PATH, v2_text(age="Infinity"), "input 'age' is infinite at row 0"),
+    "null": (V2_PATH, v2_text(age="null"), "value 0 is null, not a number"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_values_are_a_400_naming_the_problem(mixed, case):
+    path, body, needle = HOSTILE[case]
+    with mixed.client() as http:
+        r = http.post(path, content=body, headers=JSON_TYPE)
+        assert r.status_code == 400, r.text
+        assert needle in r.json()["error"], r.json()
+        assert http.post(V2_PATH, json=v2_body(30, "rome")).status_code == 200
+
+
+def test_no_request_was_a_server_fault(mixed):
+    for protocol in ("v1", "v2"):
+        assert mixed.metric("kubeloop_requests_total", protocol=protocol, code="500") is None
+    assert mixed.metric("kubeloop_requests_total", protocol="v2", code="400")
+    assert "Traceback" not in mixed.log
