@@ -2,7 +2,8 @@
 
 Requests queue their decoded inputs; one drain loop per model takes everything
 queued (up to ``max_batch_size`` rows), concatenates it, runs the model once and
-hands each request its slice of the outputs. While a call runs, new requests
+hands each request its slice of the outputs. Should a call of several requests fail,
+each is run again alone, so one request can never fail another. While a call runs, new requests
 queue up and form the next batch, so the batch size follows the load: one row
 when idle (no added latency), larger under concurrency. ``max_wait_s`` optionally
 holds a batch open a little longer for more rows to join.
@@ -147,7 +148,10 @@ class MicroBatcher:
                     feed = merge([f for f, _, _ in batch])
                     outputs = await loop.run_in_executor(self._executor, self._run, feed)
                 except Exception as exc:
-                    _fail(batch, exc)
+                    if len(batch) == 1:
+                        _fail(batch, exc)
+                    for item in batch if len(batch) > 1 else ():
+                        await self._run_alone_in_executor(item, loop)
                     continue
                 self._deliver(batch, feed, outputs, loop)
         finally:
@@ -161,9 +165,29 @@ class MicroBatcher:
             feed = merge([f for f, _, _ in batch])
             outputs = self._run(feed)
         except Exception as exc:
-            _fail(batch, exc)
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            for item in batch:  # one request must never fail the others: each on its own
+                self._run_alone(item, loop)
             return
         self._deliver(batch, feed, outputs, loop)
+
+    def _run_alone(self, item: _Item, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            outputs = self._run(item[0])
+        except Exception as exc:
+            _fail([item], exc)
+            return
+        self._deliver([item], item[0], outputs, loop)
+
+    async def _run_alone_in_executor(self, item: _Item, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, item[0])
+        except Exception as exc:
+            _fail([item], exc)
+            return
+        self._deliver([item], item[0], outputs, loop)
 
     def _deliver(
         self, batch: list[_Item], feed: Feed, outputs: Outputs, loop: asyncio.AbstractEventLoop
@@ -183,7 +207,8 @@ class MicroBatcher:
 
 
 def _fail(batch: list[_Item], exc: Exception) -> None:
-    """The model failed: every caller in the batch hears it."""
+    """The model failed: every caller in the batch hears it (a failed batch of several
+    is rerun one request at a time first, so this is one request's own failure)."""
     for _, _, fut in batch:
         if not fut.done():
             fut.set_exception(exc)

@@ -4,11 +4,15 @@ error never costs the client its keep-alive connection."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from serving_helpers import Server, serving
+
+from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
 
 V2_PATH = "/v2/models/mixed/infer"
 V1_PATH = "/v1/models/mixed:predict"
@@ -91,3 +95,38 @@ def test_no_request_was_a_server_fault(mixed):
         assert mixed.metric("kubeloop_requests_total", protocol=protocol, code="500") is None
     assert mixed.metric("kubeloop_requests_total", protocol="v2", code="400")
     assert "Traceback" not in mixed.log
+
+
+def answer(doc: dict[str, object]) -> tuple[object, object]:
+    """The label and probabilities of a one-row V2 answer."""
+    outputs = {o["name"]: o["data"] for o in doc["outputs"]}  # type: ignore[attr-defined]
+    return outputs[LABEL_OUTPUT], outputs[PROBA_OUTPUT]
+
+
+def test_bad_requests_never_fail_good_ones_in_the_same_batch(mixed):
+    cities = ["rome", "oslo", "paris"]
+    good = [v2_body(20 + i * 0.5, cities[i % 3], id=f"good-{i}") for i in range(120)]
+    with mixed.client() as http:  # each good request's answer when it runs alone
+        expected = [answer(http.post(V2_PATH, json=b).json()) for b in good]
+    bad = [v2_text(city='"\\ud800"'), v2_text(age="1e300"), v2_text(city="[1]")] * 20
+
+    async def storm() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=mixed.url, timeout=60, limits=limits) as c:
+            goods = [c.post(V2_PATH, json=b) for b in good]
+            bads = [c.post(V2_PATH, content=b, headers=JSON_TYPE) for b in bad]
+            replies = await asyncio.gather(*goods, *bads)
+        return replies[: len(good)], replies[len(good) :]
+
+    good_replies, bad_replies = asyncio.run(storm())
+    assert [r.status_code for r in good_replies] == [200] * len(good)
+    for reply, (label, proba) in zip(good_replies, expected, strict=True):
+        got_label, got_proba = answer(reply.json())
+        assert got_label == label
+        assert got_proba == pytest.approx(proba, abs=1e-5)  # batched float32 sums
+    assert [r.json()["id"] for r in good_replies] == [f"good-{i}" for i in range(120)]
+    assert {r.status_code for r in bad_replies} == {400}
+    # and they did share model calls: some batch held more than one row
+    one_row = mixed.metric("kubeloop_batch_size_bucket", le="1.0")
+    assert one_row is not None
+    assert one_row < (mixed.metric("kubeloop_batch_size_count") or 0)

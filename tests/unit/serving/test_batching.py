@@ -81,6 +81,34 @@ def test_a_model_failure_reaches_every_caller_in_the_batch():
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_one_failing_request_never_fails_the_others_in_its_batch(threaded):
+    calls: list[int] = []
+
+    def run(feed):
+        calls.append(len(feed["x"]))
+        if (feed["x"] < 0).any():
+            raise RuntimeError("the model cannot take a negative row")
+        return {"y": feed["x"] * 2}
+
+    async def main():
+        executor = ThreadPoolExecutor(1) if threaded else None
+        b = MicroBatcher(run, max_batch_size=64, executor=executor)
+        feeds = [{"x": np.full((1, 1), -1 if i == 3 else i, dtype=np.float32)} for i in range(6)]
+        results = await asyncio.gather(*(b.infer(f, 1) for f in feeds), return_exceptions=True)
+        if executor:
+            executor.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert isinstance(results[3], RuntimeError)
+    for i, r in enumerate(results):
+        if i != 3:
+            assert not isinstance(r, BaseException), r
+            assert r["y"].tolist() == [[2.0 * i]]
+    assert calls[0] > 1  # they did share a call first
+
+
 def test_max_wait_lets_a_batch_fill():
     calls, run = recording_model()
 
