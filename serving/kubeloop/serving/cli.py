@@ -13,7 +13,8 @@ import click
 import uvicorn
 from pydantic import ValidationError
 
-from kubeloop.serving.settings import ENV_PREFIX, ServingSettings
+from kubeloop.serving.limits import ENV_PREFIX
+from kubeloop.serving.settings import ServingSettings
 
 log = logging.getLogger("kubeloop.serving")
 

@@ -44,6 +44,7 @@ class DataPlane:
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
+        self.limits = settings.request_limits()
         self.metrics = Metrics(drift=self._drift_snapshot, online=self._online_snapshot)
         self.feedback = FeedbackRecorder(settings, metrics=self.metrics)
         self.slot = ModelSlot(settings, self.metrics, on_swap=self.feedback.on_model)

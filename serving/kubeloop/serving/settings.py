@@ -11,7 +11,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ENV_PREFIX = "KUBELOOP_SERVING_"
+from kubeloop.serving.limits import (
+    DEFAULT_MAX_PARAMETER_BYTES,
+    DEFAULT_MAX_PARAMETER_DEPTH,
+    DEFAULT_MAX_PARAMETER_KEYS,
+    DEFAULT_MAX_REQUEST_ID,
+    ENV_PREFIX,
+    RequestLimits,
+)
 
 
 class ServingSettings(BaseSettings):
@@ -62,6 +69,31 @@ class ServingSettings(BaseSettings):
         8 * 1024 * 1024, gt=0, le=1024**3, description="Largest request body (413 above)."
     )
     max_rows: int = Field(10_000, gt=0, description="Most rows in one inference request.")
+    max_request_id: int = Field(
+        DEFAULT_MAX_REQUEST_ID,
+        ge=1,
+        le=4096,
+        description="Most characters in a request id (the body's 'id', the x-request-id "
+        "header, a feedback id); 400 above. The id is echoed and kept per prediction.",
+    )
+    max_parameter_keys: int = Field(
+        DEFAULT_MAX_PARAMETER_KEYS,
+        ge=1,
+        le=10_000,
+        description="Most keys in one 'parameters' object of a request, all levels counted.",
+    )
+    max_parameter_bytes: int = Field(
+        DEFAULT_MAX_PARAMETER_BYTES,
+        ge=64,
+        le=16 * 1024 * 1024,
+        description="Largest 'parameters' object of a request, serialized as JSON, in bytes.",
+    )
+    max_parameter_depth: int = Field(
+        DEFAULT_MAX_PARAMETER_DEPTH,
+        ge=1,
+        le=32,
+        description="Deepest nesting of a 'parameters' object (the object itself is level 1).",
+    )
     fast_path: bool = Field(
         True,
         description="Serve the inference routes from a raw ASGI dispatcher in front of FastAPI "
@@ -149,6 +181,15 @@ class ServingSettings(BaseSettings):
     shadow_max_in_flight: int = Field(
         64, gt=0, le=100_000, description="Most mirrored requests at once (more are skipped)."
     )
+
+    def request_limits(self) -> RequestLimits:
+        """The request metadata bounds these settings give."""
+        return RequestLimits(
+            max_request_id=self.max_request_id,
+            max_parameter_keys=self.max_parameter_keys,
+            max_parameter_bytes=self.max_parameter_bytes,
+            max_parameter_depth=self.max_parameter_depth,
+        )
 
     @field_validator("drift_features", mode="before")
     @classmethod

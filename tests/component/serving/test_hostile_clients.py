@@ -130,3 +130,35 @@ def test_bad_requests_never_fail_good_ones_in_the_same_batch(mixed):
     one_row = mixed.metric("kubeloop_batch_size_bucket", le="1.0")
     assert one_row is not None
     assert one_row < (mixed.metric("kubeloop_batch_size_count") or 0)
+
+
+def test_request_metadata_is_bounded(mixed):
+    with mixed.client() as http:
+        r = http.post(V2_PATH, json=v2_body(30, "rome", id="i" * 256))
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "i" * 256
+        r = http.post(V2_PATH, json=v2_body(30, "rome", id="i" * 4 * 1024 * 1024))
+        assert r.status_code == 400
+        assert "at most 256 are allowed (KUBELOOP_SERVING_MAX_REQUEST_ID)" in r.json()["error"]
+        assert len(r.content) < 1024  # the id is not echoed
+        r = http.post(V1_PATH, json={"instances": [[30, 40, "rome"]]},
+                      headers={"x-request-id": "h" * 257})  # fmt: skip
+        assert r.status_code == 400
+        assert "x-request-id header has 257 characters" in r.json()["error"]
+        many = {f"k{i}": i for i in range(65)}
+        r = http.post(V2_PATH, json=v2_body(30, "rome", parameters=many))
+        assert r.status_code == 400
+        assert "MAX_PARAMETER_KEYS" in r.json()["error"]
+        deep = {"a": {"b": {"c": {"d": {"e": 1}}}}}
+        r = http.post(V2_PATH, json=v2_body(30, "rome", parameters=deep))
+        assert r.status_code == 400
+        assert "deeper than 4 levels" in r.json()["error"]
+
+
+def test_metadata_limits_come_from_the_settings(mixed_model):
+    env = {"KUBELOOP_SERVING_MAX_REQUEST_ID": "8"}
+    with serving(mixed_model, "--name", "mixed", env=env) as server, server.client() as http:
+        assert http.post(V2_PATH, json=v2_body(30, "rome", id="12345678")).status_code == 200
+        r = http.post(V2_PATH, json=v2_body(30, "rome", id="123456789"))
+        assert r.status_code == 400
+        assert "at most 8 are allowed" in r.json()["error"]

@@ -104,7 +104,9 @@ class Endpoints:
 
     async def feedback(self, name: str, request: Request) -> Response:
         model = self.plane.model(name)
-        result = self.plane.feedback.record(model, decode_feedback(await request.body()))
+        result = self.plane.feedback.record(
+            model, decode_feedback(await request.body(), self.plane.limits)
+        )
         return _json(
             {
                 "matched": result.matched,

@@ -15,6 +15,7 @@ from typing import Protocol
 from kubeloop.serving.batching import Outputs
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import ServingError
+from kubeloop.serving.limits import RequestLimits
 from kubeloop.serving.metrics import RequestCounter
 from kubeloop.serving.model import LoadedModel
 from kubeloop.serving.rest.reply import JSON, JSON_HEADERS, Reply
@@ -23,8 +24,6 @@ from kubeloop.serving.rest.v2 import decode_v2, encode_v2, header_length
 from kubeloop.serving.tensors import Decoded
 
 HeaderMap = Mapping[bytes, bytes]
-#: longest ``x-request-id`` taken as the request's id
-MAX_REQUEST_ID = 256
 
 
 class Codec(Protocol):
@@ -33,7 +32,14 @@ class Codec(Protocol):
     #: the ``protocol`` label of the request metrics
     protocol: str
 
-    def decode(self, model: LoadedModel, body: bytes, headers: HeaderMap, max_rows: int) -> Decoded:
+    def decode(
+        self,
+        model: LoadedModel,
+        body: bytes,
+        headers: HeaderMap,
+        max_rows: int,
+        limits: RequestLimits,
+    ) -> Decoded:
         """The validated request (its ``request_id`` when the body carries one)."""
 
     def encode(
@@ -47,7 +53,14 @@ class V2Codec:
 
     protocol = "v2"
 
-    def decode(self, model: LoadedModel, body: bytes, headers: HeaderMap, max_rows: int) -> Decoded:
+    def decode(
+        self,
+        model: LoadedModel,
+        body: bytes,
+        headers: HeaderMap,
+        max_rows: int,
+        limits: RequestLimits,
+    ) -> Decoded:
         length = headers.get(b"inference-header-content-length")
         return decode_v2(
             body,
@@ -56,6 +69,7 @@ class V2Codec:
             header_length=None if length is None else header_length(length),
             max_rows=max_rows,
             output_names=model.output_names,
+            limits=limits,
         )
 
     def encode(
@@ -80,7 +94,14 @@ class V1Codec:
 
     protocol = "v1"
 
-    def decode(self, model: LoadedModel, body: bytes, headers: HeaderMap, max_rows: int) -> Decoded:
+    def decode(
+        self,
+        model: LoadedModel,
+        body: bytes,
+        headers: HeaderMap,
+        max_rows: int,
+        limits: RequestLimits,
+    ) -> Decoded:
         return decode_v1(body, model.inputs, model.index, max_rows=max_rows)
 
     def encode(
@@ -106,6 +127,7 @@ class RestInference:
         self._router = plane.router
         self._requests = RequestCounter(plane.metrics, plane.slot.served_name)
         self._max_rows = plane.settings.max_rows
+        self._limits = plane.limits
 
     async def infer(
         self,
@@ -132,8 +154,8 @@ class RestInference:
                     code = 0  # counted as the canary's
                     self._requests.count(name, mv, codec.protocol, reply.status, "canary", started)
                     return reply
-            request = codec.decode(model, body, headers, self._max_rows)
-            request_id = request.request_id or _header_id(headers) or plane.new_request_id()
+            request = codec.decode(model, body, headers, self._max_rows, self._limits)
+            request_id = request.request_id or self._header_id(headers) or plane.new_request_id()
             outputs = await plane.infer(model, request, request_id, started)
             reply = codec.encode(model, request, request_id, outputs)
             if router.shadowing:
@@ -147,9 +169,9 @@ class RestInference:
             if code:
                 self._requests.count(name, mv, codec.protocol, code, "stable", started)
 
-
-def _header_id(headers: HeaderMap) -> str | None:
-    value = headers.get(b"x-request-id")
-    if not value or len(value) > MAX_REQUEST_ID:
-        return None
-    return value.decode("latin-1")
+    def _header_id(self, headers: HeaderMap) -> str | None:
+        """The ``x-request-id`` header's id (a 400 when over the id limit)."""
+        value = headers.get(b"x-request-id")
+        if not value:
+            return None
+        return self._limits.check_id(value.decode("latin-1"), "the x-request-id header")

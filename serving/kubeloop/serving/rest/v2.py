@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from kubeloop.serving.errors import BadRequestError
+from kubeloop.serving.limits import RequestLimits
 from kubeloop.serving.rest.parsing import first_non_number, first_out_of_range, loads, show
 from kubeloop.serving.tensors import (
     COMPATIBLE,
@@ -31,6 +32,9 @@ from kubeloop.serving.tensors import (
     to_bytes,
 )
 
+#: the limits a caller that passes none gets (the settings' defaults)
+DEFAULT_LIMITS = RequestLimits()
+
 # ------------------------------------------------------------------ request
 
 
@@ -42,6 +46,7 @@ def decode_v2(
     header_length: int | None = None,
     max_rows: int,
     output_names: Sequence[str],
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> Decoded:
     """Decode an OIP v2 infer request (JSON, or JSON header + binary tensors)."""
     if header_length is None:
@@ -59,9 +64,7 @@ def decode_v2(
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("'inputs' must be a non-empty list of tensors")
-    request_id = req.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise BadRequestError("'id' must be a string")
+    request_id = _check_metadata(req, inputs, limits)
     binary_default = bool(_bool_param(req.get("parameters"), "binary_data_output", "request"))
     requested, flags = _requested_outputs(req.get("outputs"), output_names)
     # one tensor, not named after a feature, for a model of several: a 2-D tensor holding
@@ -74,6 +77,22 @@ def decode_v2(
             return Decoded(None, len(matrix), request_id, requested, flags, binary_default, matrix)
     columns, rows = _decode_columns(inputs, specs, index, binary, max_rows)
     return Decoded(columns, rows, request_id, requested, flags, binary_default)
+
+
+def _check_metadata(req: dict[str, Any], inputs: list[Any], limits: RequestLimits) -> str | None:
+    """The request's id, once it and every ``parameters`` object are within ``limits``."""
+    request_id = req.get("id")
+    if request_id is not None:
+        if not isinstance(request_id, str):
+            raise BadRequestError("'id' must be a string")
+        limits.check_id(request_id, "'id'")
+    limits.check_parameters(req.get("parameters"), "the request")
+    outputs = req.get("outputs")
+    tensors = [*inputs, *(outputs if isinstance(outputs, list) else ())]
+    for tensor in tensors:
+        if isinstance(tensor, dict) and "parameters" in tensor:
+            limits.check_parameters(tensor["parameters"], f"tensor {show(tensor.get('name'))}")
+    return request_id
 
 
 def header_length(value: bytes) -> int:
@@ -412,7 +431,7 @@ def _json_data(arr: np.ndarray[Any, Any], datatype: str) -> Any:
 # ----------------------------------------------------------------- feedback
 
 
-def decode_feedback(body: bytes) -> list[tuple[str, Any]]:
+def decode_feedback(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> list[tuple[str, Any]]:
     """``(request id, truth)`` pairs from ``{"id", "truth"}``, a list of those, or
     ``{"feedback": [...]}``."""
     doc = loads(body)
@@ -434,6 +453,7 @@ def decode_feedback(body: bytes) -> list[tuple[str, Any]]:
         rid = item.get("id")
         if not isinstance(rid, str) or not rid:
             raise BadRequestError(f"feedback[{pos}]: 'id' must be a non-empty string")
+        limits.check_id(rid, f"feedback[{pos}]: 'id'")
         if "truth" not in item:
             raise BadRequestError(f"feedback[{pos}] ({rid}): 'truth' is missing")
         items.append((rid, item["truth"]))
