@@ -1,12 +1,14 @@
 """The ASGI entry point: a small front before the FastAPI application.
 
 The front (:class:`ServingApp`) reads every request body once, with the size
-limit (413), and — when ``fast_path`` is on — answers the two inference routes
-itself, calling the same :class:`~kubeloop.serving.rest.inference.RestInference`
-the FastAPI routes call. That skips the framework's per-request routing and
-dependency machinery (measured at about 100 µs a request on this stack, more than
-the model call for small models). All other routes, the OpenAPI document and the
-lifespan go through FastAPI (:mod:`kubeloop.serving.rest.endpoints`).
+limit (413; the rest of an oversized body is read and dropped, up to twice the limit,
+so that the connection stays usable), and — when ``fast_path`` is on — answers the
+two inference routes itself, calling the same
+:class:`~kubeloop.serving.rest.inference.RestInference` the FastAPI routes call.
+That skips the framework's per-request routing and dependency machinery (measured
+at about 100 µs a request on this stack, more than the model call for small models).
+All other routes, the OpenAPI document and the lifespan go through FastAPI
+(:mod:`kubeloop.serving.rest.endpoints`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class ServingApp:
         try:
             body = await self._read_body(scope, receive)
         except PayloadTooLargeError as exc:
-            await _send(send, error_reply(exc), close=True)
+            kept = await self._drain(scope, receive)
+            await _send(send, error_reply(exc), close=not kept)
             return
         except _DisconnectedError:
             return
@@ -83,17 +86,11 @@ class ServingApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > limit:
-                    raise PayloadTooLargeError(
-                        f"request body of {declared} bytes is over the limit of {limit} bytes"
-                    )
-                break
+        declared = _declared_length(scope)
+        if declared > limit:
+            raise PayloadTooLargeError(
+                f"request body of {declared} bytes is over the limit of {limit} bytes"
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -109,6 +106,33 @@ class ServingApp:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _drain(self, scope: Scope, receive: Receive) -> bool:
+        """Read and drop the rest of an oversized body, so that the connection can serve
+        the next request: True when it ended within twice ``max_body_bytes`` (beyond
+        that the connection is closed, which stops the upload)."""
+        budget = 2 * self.max_body
+        if _declared_length(scope) > 2 * budget:
+            return False
+        while budget >= 0:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            budget -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return budget >= 0
+        return False
+
+
+def _declared_length(scope: Scope) -> int:
+    """The request's Content-Length (0 when absent or not a number)."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 class _DisconnectedError(Exception):

@@ -5,6 +5,7 @@ error never costs the client its keep-alive connection."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,3 +163,63 @@ def test_metadata_limits_come_from_the_settings(mixed_model):
         r = http.post(V2_PATH, json=v2_body(30, "rome", id="123456789"))
         assert r.status_code == 400
         assert "at most 8 are allowed" in r.json()["error"]
+
+
+def client_port(r: httpx.Response) -> int:
+    """The client's local port of the connection that carried ``r``."""
+    port: int = r.extensions["network_stream"].get_extra_info("client_addr")[1]
+    return port
+
+
+# (method, path, body, headers, status): one request of every kind of error
+ERRORS = [
+    ("POST", V2_PATH, b'{"inputs": [', {}, 400),  # malformed JSON
+    ("POST", V2_PATH, v2_text(city='"\\ud800"'), {}, 400),
+    ("POST", V2_PATH, v2_text(income="NaN", city='"\\ud800"'), {}, 400),
+    ("POST", V2_PATH, v2_text(rid='"\\ud800"'), {}, 400),
+    ("POST", V2_PATH, v2_text(age="1e300"), {}, 400),
+    ("POST", V1_PATH, b'{"instances": [[[1, 2], 40, "rome"]]}', {}, 400),
+    ("POST", V2_PATH, v2_text(), {"inference-header-content-length": "abc"}, 400),
+    ("POST", V2_PATH, v2_text(), {"inference-header-content-length": "99999"}, 400),
+    ("POST", V2_PATH, v2_text(rid='"' + "i" * 300 + '"'), {}, 400),
+    ("POST", V1_PATH, b'{"instances": [[30, 40, "rome"]]}', {"x-request-id": "h" * 300}, 400),
+    ("POST", "/v2/models/nope/infer", v2_text(), {}, 404),
+    ("POST", "/v2/models/mixed/versions/9/infer", v2_text(), {}, 404),
+    ("POST", "/v2/models/mixed/feedback", b'{"id": 1}', {}, 400),
+    ("POST", "/v2/models/mixed/feedback", b'{"id": "\\ud800", "truth": 1}', {}, 400),
+    ("GET", "/v2/nothing-here", b"", {}, 404),
+    ("DELETE", "/v2/models/mixed", b"", {}, 405),
+    ("POST", V2_PATH, b"x" * (9 * 1024 * 1024), {}, 413),  # over max_body_bytes
+]
+
+
+def test_errors_never_break_keep_alive(mixed):
+    with httpx.Client(base_url=mixed.url, timeout=30, limits=httpx.Limits(max_connections=1)) as c:
+        first = c.post(V2_PATH, json=v2_body(30, "rome"))
+        assert first.status_code == 200
+        port = client_port(first)
+        for method, path, body, headers, status in ERRORS:
+            r = c.request(method, path, content=body, headers={**JSON_TYPE, **headers})
+            assert r.status_code == status, (path, body[:80], r.text)
+            assert "error" in r.json() or status == 405
+            assert "close" not in r.headers.get("connection", ""), (path, body[:80])
+            assert client_port(r) == port, f"new connection after {path} {body[:80]!r}"
+        last = c.post(V2_PATH, json=v2_body(30, "rome"))
+        assert last.status_code == 200
+        assert client_port(last) == port
+
+
+def test_a_body_declared_far_over_the_limit_closes_the_connection(mixed):
+    # nothing is read of a body over twice max_body_bytes: the connection is closed
+    host, port = mixed.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST {V2_PATH} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {64 * 1024 * 1024}\r\n\r\n".encode()
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 413")
+    assert b"connection: close" in head
