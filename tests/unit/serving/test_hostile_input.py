@@ -179,3 +179,17 @@ def test_an_error_message_that_is_not_unicode_still_encodes():
     reply = error_reply(BadRequestError("unknown input '\ud800'"))
     assert reply.status == 400
     assert orjson.loads(reply.body) == {"error": "unknown input '\\ud800'"}
+
+
+def test_unknown_names_are_quoted_cut_short():
+    long = "z" * 100_000
+    for body in (
+        request(name=long),
+        orjson.dumps(
+            {"inputs": [{"name": long, "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}
+        ),
+        request().replace(b'"inputs"', f'"outputs": [{{"name": "{long}"}}], "inputs"'.encode()),
+    ):
+        with pytest.raises(BadRequestError, match="'zzz") as err:
+            decode(body)
+        assert len(err.value.message) < 300

@@ -69,5 +69,9 @@ def show(value: Any) -> str:
     """A client's value as an error message quotes it (JSON null, cut to 40 characters)."""
     if value is None:
         return "null"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return cut(repr(value))
+
+
+def cut(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters, for quoting a client's text in a message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

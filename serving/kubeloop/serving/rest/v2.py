@@ -16,7 +16,7 @@ import orjson
 
 from kubeloop.serving.errors import BadRequestError
 from kubeloop.serving.limits import RequestLimits
-from kubeloop.serving.rest.parsing import first_non_number, first_out_of_range, loads, show
+from kubeloop.serving.rest.parsing import cut, first_non_number, first_out_of_range, loads, show
 from kubeloop.serving.tensors import (
     COMPATIBLE,
     DATATYPES,
@@ -124,7 +124,7 @@ def _decode_columns(
         i = index.get(name)
         if i is None:
             raise BadRequestError(
-                f"unknown input '{name}'; the model takes: {', '.join(s.name for s in specs)}"
+                f"unknown input {show(name)}; the model takes: {', '.join(s.name for s in specs)}"
             )
         if columns[i] is not None:
             raise BadRequestError(f"input '{name}' is given more than once")
@@ -166,7 +166,7 @@ def _decode_columns(
 def _decode_matrix(
     tensor: dict[str, Any], specs: Sequence[InputSpec], binary: memoryview, max_rows: int
 ) -> np.ndarray[Any, Any]:
-    name = tensor["name"]
+    name = cut(tensor["name"])  # a client's name, not the model's
     datatype, shape = _header(tensor, name)
     f = len(specs)
     if len(shape) != 2 or shape[1] != f:
@@ -229,7 +229,9 @@ def _requested_outputs(
             raise BadRequestError(f"outputs[{pos}] must be an object with a 'name'")
         name = out["name"]
         if name not in names:
-            raise BadRequestError(f"unknown output '{name}'; the model returns: {', '.join(names)}")
+            raise BadRequestError(
+                f"unknown output {show(name)}; the model returns: {', '.join(names)}"
+            )
         requested.append(name)
         flag = _bool_param(out.get("parameters"), "binary_data", f"output '{name}'")
         if flag is not None:
