@@ -106,6 +106,10 @@ def check_column(col: Column, spec: InputSpec, name: str) -> Column:
     one min and one max (NaN propagates through both, so it takes the slow path)."""
     if not spec.numeric or col.dtype.kind not in "fiu" or not len(col):
         return col
+    if col.dtype.kind in "iu" and (
+        spec.datatype not in INT_RANGE or np.can_cast(col.dtype, NUMPY[spec.datatype])
+    ):
+        return col  # every value fits: integers into floats, or a narrower integer type
     lo, hi = col.min(), col.max()
     if spec.datatype in INT_RANGE:
         low, high = INT_RANGE[spec.datatype]
