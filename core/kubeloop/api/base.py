@@ -109,6 +109,16 @@ DNSLabel = Annotated[
     str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ]
 
+#: A DNS-1123 subdomain, the shape of most object names (a Secret's, for one).
+DNSSubdomain = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
+
 #: A free-form JSON object, kept as is by the API server.
 FreeForm = Annotated[
     dict[str, Any],

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.api.base import (
     DNSLabel,
+    DNSSubdomain,
     Duration,
     FreeForm,
     KubeModel,
@@ -432,6 +433,90 @@ class Retrain(KubeModel):
     schedule: str | None = Field(None, description="Cron schedule for periodic retraining.")
 
 
+class ServingTLS(KubeModel):
+    """HTTPS for the serving pods, with a certificate from a Secret."""
+
+    secret_name: DNSSubdomain = Field(
+        description="A kubernetes.io/tls Secret in the same namespace (tls.crt, tls.key and "
+        "optionally ca.crt, as cert-manager writes it). Its certificate must be valid for the "
+        "deployment's Services: <name>.<namespace>.svc and <name>-canary.<namespace>.svc."
+    )
+
+
+_SET_OPERATORS = ("In", "NotIn")
+
+
+def _values_match_operator(r: LabelSelectorRequirement) -> bool:
+    return bool(r.values) == (r.operator in _SET_OPERATORS)
+
+
+class LabelSelectorRequirement(KubeModel):
+    """One ``matchExpressions`` entry of a label selector."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.operator == 'In' || self.operator == 'NotIn') == "
+            "(has(self.values) && size(self.values) > 0)",
+            message="values must be non-empty exactly when operator is In or NotIn",
+            check=_values_match_operator,
+            field_path=".values",
+        ),
+    )
+
+    key: str = Field(min_length=1, max_length=317, description="The label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In, NotIn, Exists or DoesNotExist."
+    )
+    values: list[str] | None = Field(
+        None, max_length=64, description="Label values (In and NotIn only)."
+    )
+
+
+class LabelSelector(KubeModel):
+    """A Kubernetes label selector; an empty one selects everything."""
+
+    match_labels: dict[str, str] | None = Field(
+        None,
+        description="Labels that must all match.",
+        json_schema_extra={"maxProperties": 64},
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        None, max_length=16, description="Requirements that must all hold."
+    )
+
+
+class NetworkPolicyPeer(KubeModel):
+    """Pods allowed to connect, as in a NetworkPolicy's ``from`` (no ipBlock)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.podSelector) || has(self.namespaceSelector)",
+            message="networkPolicy.ingressFrom[] needs a podSelector or a namespaceSelector",
+            check=lambda p: p.pod_selector is not None or p.namespace_selector is not None,
+        ),
+    )
+
+    pod_selector: LabelSelector | None = Field(
+        None,
+        description="Pods (in this namespace, or in those namespaceSelector picks) allowed in.",
+    )
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces whose pods (all, or those podSelector picks) are allowed in."
+    )
+
+
+class ServingNetworkPolicy(KubeModel):
+    """Who may reach the serving pods: a NetworkPolicy the operator writes."""
+
+    ingress_from: list[NetworkPolicyPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Peers allowed to connect to the serving port, besides the deployment's own "
+        "pods (stable pods forward to the canary); empty: only those. Add your clients, ingress "
+        "controller and Prometheus.",
+    )
+
+
 class ModelDeploymentSpec(KubeModel):
     """Serve a model and keep it fresh."""
 
@@ -444,6 +529,13 @@ class ModelDeploymentSpec(KubeModel):
     monitoring: Monitoring | None = Field(None, description="Drift and online metrics.")
     retrain: Retrain | None = Field(None, description="Retraining policy.")
     image: str | None = Field(None, description="Serving image; default: the operator's.")
+    tls: ServingTLS | None = Field(
+        None, description="Serve HTTPS with a certificate from a Secret (default: plain HTTP)."
+    )
+    network_policy: ServingNetworkPolicy | None = Field(
+        None,
+        description="Restrict ingress to the serving pods with a NetworkPolicy (default: none).",
+    )
 
 
 class RetrainRecord(KubeModel):

@@ -17,6 +17,8 @@ from kubeloop.api.v1alpha1 import (
     Autoscaling,
     Canary,
     DataSource,
+    LabelSelectorRequirement,
+    NetworkPolicyPeer,
     Split,
     TrainingJobSpec,
     VersionPolicy,
@@ -75,6 +77,17 @@ CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
     (TrainingJobSpec, {**TJ, "estimator": {"className": "Ridge"}}, False),
     (TrainingJobSpec, {**TJ, "estimator": {"className": "os.system"}}, False),
     (TrainingJobSpec, {**TJ, "task": "regression", "estimator": {"className": "Ridge"}}, True),
+    (LabelSelectorRequirement, {"key": "team", "operator": "In", "values": ["a"]}, True),
+    (LabelSelectorRequirement, {"key": "team", "operator": "NotIn", "values": ["a", "b"]}, True),
+    (LabelSelectorRequirement, {"key": "team", "operator": "Exists"}, True),
+    (LabelSelectorRequirement, {"key": "team", "operator": "DoesNotExist", "values": []}, True),
+    (LabelSelectorRequirement, {"key": "team", "operator": "In"}, False),
+    (LabelSelectorRequirement, {"key": "team", "operator": "NotIn", "values": []}, False),
+    (LabelSelectorRequirement, {"key": "team", "operator": "Exists", "values": ["a"]}, False),
+    (NetworkPolicyPeer, {"podSelector": {}}, True),
+    (NetworkPolicyPeer, {"namespaceSelector": {"matchLabels": {"team": "a"}}}, True),
+    (NetworkPolicyPeer, {"podSelector": {}, "namespaceSelector": {}}, True),
+    (NetworkPolicyPeer, {}, False),
 ]
 
 
