@@ -16,8 +16,9 @@ from typing import Any
 from kubeloop.operator.alerts.rules import scrape_job
 
 
-def discovered_pod(address: str, pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What Kubernetes pod discovery gives Prometheus for the ``http`` port of ``pod``."""
+def discovered_pod(address: str, pod: Mapping[str, Any], port: str = "http") -> dict[str, Any]:
+    """What Kubernetes pod discovery gives Prometheus for the ``port`` port of ``pod``
+    (``https`` for a pod of a deployment with ``spec.tls``)."""
     meta = pod["metadata"]
     labels = {
         f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', k)}": v
@@ -26,15 +27,15 @@ def discovered_pod(address: str, pod: Mapping[str, Any]) -> dict[str, Any]:
     labels |= {
         "__meta_kubernetes_namespace": meta["namespace"],
         "__meta_kubernetes_pod_name": meta["name"],
-        "__meta_kubernetes_pod_container_port_name": "http",
+        "__meta_kubernetes_pod_container_port_name": port,
     }
     return {"targets": [address], "labels": labels}
 
 
-def serving_job(**discovery: Any) -> dict[str, Any]:
-    """The documented scrape job with ``discovery`` (``static_configs=`` or
-    ``file_sd_configs=``) in place of Kubernetes discovery."""
-    job = scrape_job()
+def serving_job(job: dict[str, Any] | None = None, **discovery: Any) -> dict[str, Any]:
+    """The documented scrape job (or ``job``, e.g. a ``tls_scrape_job``) with ``discovery``
+    (``static_configs=`` or ``file_sd_configs=``) in place of Kubernetes discovery."""
+    job = dict(job or scrape_job())
     del job["kubernetes_sd_configs"]
     job.update(discovery)
     return job

@@ -26,6 +26,7 @@ from kubeloop.serving.rest.reply import JSON, Reply
 from kubeloop.serving.rest.v1 import PREDICTIONS_FIELD
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.slot import ModelSlot
+from kubeloop.serving.tls import canary_verify
 
 log = logging.getLogger("kubeloop.serving")
 
@@ -60,6 +61,7 @@ class Router:
     def start(self) -> None:
         """Open the client, apply the static config, then the routing file's (watched)."""
         self._client = httpx.AsyncClient(
+            verify=canary_verify(self.settings),
             timeout=self.settings.canary_timeout,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )

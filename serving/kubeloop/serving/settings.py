@@ -112,6 +112,24 @@ class ServingSettings(BaseSettings):
         "info", description="Log level of the server's own log lines."
     )
 
+    # --- TLS
+    tls_cert_file: str | None = Field(
+        None,
+        min_length=1,
+        description="PEM certificate (chain) to serve HTTPS with; with tls_key_file. Unset: "
+        "plain HTTP.",
+    )
+    tls_key_file: str | None = Field(
+        None, min_length=1, description="PEM private key of tls_cert_file."
+    )
+    tls_ca_file: str | None = Field(
+        None,
+        min_length=1,
+        description="CA bundle the canary forwarder verifies an https canary with. When unset or "
+        "absent: the server's own tls_cert_file (the canary shares the deployment's "
+        "certificate), else the system's trust store.",
+    )
+
     # --- micro-batching
     batching: bool = Field(
         True, description="Coalesce concurrent requests into one onnxruntime call."
@@ -202,4 +220,6 @@ class ServingSettings(BaseSettings):
     def _check(self) -> ServingSettings:
         if self.canary_weight > 0 and not self.canary_url and not self.routing_file:
             raise ValueError("canary_weight needs canary_url (or routing_file)")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
         return self

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 
 KUBELOOP = Path(sys.executable).with_name("kubeloop")
-RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+RUNNING = re.compile(r"Uvicorn running on (https?)://127\.0\.0\.1:(\d+)")
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -35,23 +36,27 @@ class Server:
     proc: subprocess.Popen[str]
     url: str = ""
     lines: list[str] = field(default_factory=list)
+    #: how clients check an https server's certificate (httpx's ``verify``)
+    verify: ssl.SSLContext | bool = True
 
     @property
     def log(self) -> str:
         return "".join(self.lines)
 
     def client(self, **kw: object) -> httpx.Client:
+        kw.setdefault("verify", self.verify)
         return httpx.Client(base_url=self.url, timeout=30, **kw)  # type: ignore[arg-type]
 
     def ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200
+            ready = httpx.get(f"{self.url}/v2/health/ready", timeout=5, verify=self.verify)
+            return ready.status_code == 200
         except httpx.HTTPError:
             return False
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one sample on /metrics (None when absent)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", timeout=10, verify=self.verify).text
         for line in text.splitlines():
             if not line.startswith(name):
                 continue
@@ -76,7 +81,11 @@ class Server:
 
 
 def start_server(
-    model: Path | str, *args: str, env: dict[str, str] | None = None, ready: bool = True
+    model: Path | str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready: bool = True,
+    verify: ssl.SSLContext | bool = True,
 ) -> Server:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBELOOP_SERVING_")}
     full_env.update({"KUBELOOP_SERVING_DRAIN_SECONDS": "0", **(env or {})})
@@ -97,7 +106,7 @@ def start_server(
         text=True,
         env=full_env,
     )
-    server = Server(proc)
+    server = Server(proc, verify=verify)
     port: list[str] = []
 
     def pump() -> None:
@@ -106,14 +115,14 @@ def start_server(
             server.lines.append(line)
             m = RUNNING.search(line)
             if m:
-                port.append(m.group(1))
+                port.append(f"{m.group(1)}://127.0.0.1:{m.group(2)}")
 
     threading.Thread(target=pump, daemon=True).start()
     try:
         wait_for("the server to listen", lambda: bool(port) or proc.poll() is not None)
         if not port:
             raise AssertionError(f"server exited:\n{server.log}")
-        server.url = f"http://127.0.0.1:{port[0]}"
+        server.url = port[0]
         if ready:
             wait_for(f"the server to be ready; log:\n{server.log}", server.ready)
     except BaseException:

@@ -124,6 +124,25 @@ def scrape_job(job_name: str = "kubeloop-serving") -> dict[str, Any]:
     }
 
 
+def tls_scrape_job(namespace: str, deployment: str, ca_file: str) -> dict[str, Any]:
+    """The scrape job for the serving pods of one ModelDeployment with ``spec.tls``.
+
+    Those pods name their port ``https`` (so :func:`scrape_job`, which keeps ``http``
+    ports, leaves them alone) and present the deployment's certificate, which names its
+    Service, not the pod address Prometheus dials: the job verifies it with ``ca_file``
+    (the Secret's ``ca.crt``, mounted into Prometheus) for the Service's name. One job
+    per deployment, as each may have its own CA and name. docs/security.md shows it.
+    """
+    job = scrape_job(f"kubeloop-serving-{namespace}-{deployment}")
+    job["kubernetes_sd_configs"] = [{"role": "pod", "namespaces": {"names": [namespace]}}]
+    job["scheme"] = "https"
+    job["tls_config"] = {"ca_file": ca_file, "server_name": f"{deployment}.{namespace}.svc"}
+    keep_deployment, keep_port, *_ = job["relabel_configs"]
+    keep_deployment["regex"] = re.escape(deployment)
+    keep_port["regex"] = "https"
+    return job
+
+
 def _labels(options: RuleOptions, trigger: str) -> dict[str, str]:
     return {"severity": options.severity, RETRAIN_LABEL: "true", "kubeloop_trigger": trigger}
 
