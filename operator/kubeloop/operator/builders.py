@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeloop.api.base import API_VERSION
-from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
+from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, ServingTLS, TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout, join
 from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
@@ -43,6 +43,11 @@ SPEC_PATH = f"{SPEC_DIR}/{SPEC_FILE}"
 TRAINER_CONTAINER = "trainer"
 SERVER_CONTAINER = "server"
 ROUTING_DIR = f"{SPEC_DIR}/routing"
+#: Where serving pods mount the spec.tls Secret (tls.crt, tls.key, ca.crt as cert-manager
+#: names them).
+TLS_DIR = f"{SPEC_DIR}/tls"
+#: Mode of the mounted key pair: owner and group (the pod's fsGroup) read, nobody else.
+TLS_FILE_MODE = 0o440
 #: The user (and group) every container runs as; the images create it.
 RUN_AS = 10001
 
@@ -325,6 +330,7 @@ def serving_names(md_name: str) -> dict[str, str]:
         "service": md_name,
         "canary_service": child_name(md_name, "canary"),
         "routing": child_name(md_name, "routing"),
+        "network_policy": md_name,
     }
 
 
@@ -384,6 +390,39 @@ def _server_container(
     }
 
 
+def _scheme(md: dict[str, Any]) -> str:
+    """``https`` when the ModelDeployment's spec asks for TLS, else ``http``: the scheme of
+    its URLs and the name of its serving port (so a scrape job can tell them apart)."""
+    return "https" if (md.get("spec") or {}).get("tls") else "http"
+
+
+def _serve_tls(
+    tls: ServingTLS,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    annotations: dict[str, str],
+) -> None:
+    """Mount the Secret, point the server at it, and speak HTTPS on the port and probes."""
+    volumes.append(
+        {
+            "name": "tls",
+            "secret": {"secretName": tls.secret_name, "defaultMode": TLS_FILE_MODE},
+        }
+    )
+    container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    container["env"] += [
+        {"name": "KUBELOOP_SERVING_TLS_CERT_FILE", "value": f"{TLS_DIR}/tls.crt"},
+        {"name": "KUBELOOP_SERVING_TLS_KEY_FILE", "value": f"{TLS_DIR}/tls.key"},
+        # absent when the Secret has no ca.crt: the server then trusts its own tls.crt
+        {"name": "KUBELOOP_SERVING_TLS_CA_FILE", "value": f"{TLS_DIR}/ca.crt"},
+    ]
+    for port in container["ports"]:
+        port["name"] = "https"
+    for probe in ("readinessProbe", "livenessProbe"):
+        container[probe]["httpGet"].update(port="https", scheme="HTTPS")
+    annotations["prometheus.io/scheme"] = "https"
+
+
 def build_serving_deployment(
     md: dict[str, Any],
     spec: ModelDeploymentSpec,
@@ -417,6 +456,8 @@ def build_serving_deployment(
         "prometheus.io/port": str(settings.serving_port),
         "prometheus.io/path": "/metrics",
     }
+    if spec.tls is not None:
+        _serve_tls(spec.tls, container, volumes, scrape)
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         "template": {
@@ -442,21 +483,21 @@ def _service_name(md: dict[str, Any], role: str) -> str:
 def build_service(md: dict[str, Any], role: str, settings: OperatorSettings) -> dict[str, Any]:
     """The Service in front of the stable (``role="stable"``) or canary pods."""
     selector = _serving_selector(md, role)
+    scheme = _scheme(md)
+    port = {"name": scheme, "port": settings.serving_port, "targetPort": scheme}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(md, _service_name(md, role), labels("serving", **selector)),
-        "spec": {
-            "selector": selector,
-            "ports": [{"name": "http", "port": settings.serving_port, "targetPort": "http"}],
-        },
+        "spec": {"selector": selector, "ports": [{**port, "appProtocol": scheme}]},
     }
 
 
 def service_url(md: dict[str, Any], settings: OperatorSettings, role: str = "stable") -> str:
     """In-cluster URL of a Service built by :func:`build_service`."""
     name = _service_name(md, role)
-    return f"http://{name}.{md['metadata']['namespace']}.svc:{settings.serving_port}"
+    host = f"{name}.{md['metadata']['namespace']}.svc"
+    return f"{_scheme(md)}://{host}:{settings.serving_port}"
 
 
 def build_routing_config(
@@ -504,6 +545,27 @@ def build_hpa(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] |
     }
 
 
+def build_network_policy(
+    md: dict[str, Any], spec: ModelDeploymentSpec, settings: OperatorSettings
+) -> dict[str, Any] | None:
+    """A NetworkPolicy letting only ``spec.networkPolicy.ingressFrom`` and the deployment's
+    own pods (stable pods forward to the canary) reach the serving port, when asked for."""
+    if spec.network_policy is None:
+        return None
+    name = md["metadata"]["name"]
+    own = {"matchLabels": {DEPLOYMENT_LABEL: name}}
+    peers = [{"podSelector": own}, *(p.to_wire() for p in spec.network_policy.ingress_from)]
+    rule = {"from": peers, "ports": [{"protocol": "TCP", "port": settings.serving_port}]}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(
+            md, serving_names(name)["network_policy"], labels("serving", **{DEPLOYMENT_LABEL: name})
+        ),
+        "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": [rule]},
+    }
+
+
 @dataclass(frozen=True)
 class Absent:
     """A child that must not exist: deleted when it does."""
@@ -532,11 +594,14 @@ def serving_children(
     stable_replicas = None if spec.autoscaling is not None else spec.replicas
     canary_version = int(canary_mv["spec"]["version"]) if canary_mv is not None else None
     hpa = build_hpa(md, spec)
+    policy = build_network_policy(md, spec, settings)
     children: list[dict[str, Any] | Absent] = [
         build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
         build_service(md, "stable", settings),
         build_routing_config(md, weight, canary_version, settings),
         hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
+        policy
+        or Absent("networking.k8s.io/v1", "NetworkPolicy", namespace, names["network_policy"]),
     ]
     if canary_mv is None:
         return [

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.settings import ServingSettings
-from kubeloop.serving.tls import check_files
+from kubeloop.serving.tls import ssl_files
 
 log = logging.getLogger("kubeloop.serving")
 
@@ -115,10 +115,6 @@ def serve(
         settings = ServingSettings()
     except ValidationError as exc:
         raise click.UsageError(f"invalid settings:\n{exc}") from None
-    try:
-        check_files(settings)
-    except ValueError as exc:
-        raise click.UsageError(f"invalid settings: {exc}") from None
     config = uvicorn.Config(
         "kubeloop.serving.app:create_app",
         factory=True,
@@ -132,8 +128,7 @@ def serve(
         http="httptools",
         lifespan="on",
         proxy_headers=False,  # the server never uses the client address
-        ssl_certfile=settings.tls_cert_file,  # both None: plain HTTP
-        ssl_keyfile=settings.tls_key_file,
+        **ssl_files(settings),
     )
     server = GracefulServer(config, settings.drain_seconds)
     if settings.workers > 1:

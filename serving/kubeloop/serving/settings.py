@@ -222,4 +222,16 @@ class ServingSettings(BaseSettings):
             raise ValueError("canary_weight needs canary_url (or routing_file)")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not _readable(path):
+                raise ValueError(f"{name}: cannot read {path}")
         return self
+
+
+def _readable(path: str) -> bool:
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False

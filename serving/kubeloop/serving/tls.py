@@ -1,4 +1,4 @@
-"""HTTPS: the server's key pair is checked before uvicorn loads it; the canary forwarder's trust.
+"""HTTPS: the key pair uvicorn serves with, and what the canary forwarder trusts.
 
 The operator mounts one kubernetes.io/tls Secret (``tls.crt``, ``tls.key``, and
 ``ca.crt`` when the issuer wrote one) into the stable *and* the canary pods, so
@@ -14,23 +14,23 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from typing import TypedDict
 
 from kubeloop.serving.settings import ServingSettings
 
 log = logging.getLogger("kubeloop.serving")
 
 
-def check_files(settings: ServingSettings) -> None:
-    """Raise ValueError naming the setting whose file cannot be read."""
-    for name in ("tls_cert_file", "tls_key_file"):
-        path = getattr(settings, name)
-        if path is None:
-            continue
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ValueError(f"{name}: cannot read {path}: {exc.strerror}") from None
+class SSLFiles(TypedDict):
+    """uvicorn's key-pair arguments (both None: plain HTTP)."""
+
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+
+
+def ssl_files(settings: ServingSettings) -> SSLFiles:
+    """The key pair uvicorn serves HTTPS with (settings check both are readable)."""
+    return {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
 
 
 def trust_file(settings: ServingSettings) -> str | None:

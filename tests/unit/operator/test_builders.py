@@ -154,6 +154,7 @@ def test_serving_children_without_a_canary_delete_its_objects(settings):
         ("Service", "demo"),
         ("ConfigMap", "demo-routing"),
         ("-HorizontalPodAutoscaler", "demo-stable"),
+        ("-NetworkPolicy", "demo"),
         ("-Deployment", "demo-canary"),
         ("-Service", "demo-canary"),
     ]
@@ -173,10 +174,11 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
         ("Service", "demo"),
         ("ConfigMap", "demo-routing"),
         ("HorizontalPodAutoscaler", "demo-stable"),
+        ("-NetworkPolicy", "demo"),
         ("Deployment", "demo-canary"),
         ("Service", "demo-canary"),
     ]
-    stable, canary = children[0], children[4]
+    stable, canary = children[0], children[5]
     assert "replicas" not in stable["spec"]  # the autoscaler owns it
     assert canary["spec"]["replicas"] == 1  # 10% of 2, at least one
     assert canary["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
@@ -209,3 +211,111 @@ def test_routing_file_reads_back_as_the_servers_routing_config(settings):
     )
     idle = builders.build_routing_config(md, 20, None, settings)["data"][ROUTING_FILE]
     assert not RoutingConfig.model_validate_json(idle).active
+
+
+def tls_deployment(**spec: object) -> tuple[dict, ModelDeploymentSpec]:
+    md = parent("ModelDeployment")
+    md["spec"].update(spec)
+    return md, ModelDeploymentSpec.model_validate(md["spec"])
+
+
+@pytest.mark.parametrize("role", ["stable", "canary"])
+def test_tls_mounts_the_secret_and_serves_https(settings, role):
+    md, spec = tls_deployment(tls={"secretName": "demo-tls"})
+    dep = builders.build_serving_deployment(md, spec, serving_version(2), role, 1, settings)
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"] == {"secretName": "demo-tls", "defaultMode": 0o440}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": "/etc/kubeloop/tls", "readOnly": True}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KUBELOOP_SERVING_TLS_CERT_FILE"] == "/etc/kubeloop/tls/tls.crt"
+    assert env["KUBELOOP_SERVING_TLS_KEY_FILE"] == "/etc/kubeloop/tls/tls.key"
+    assert env["KUBELOOP_SERVING_TLS_CA_FILE"] == "/etc/kubeloop/tls/ca.crt"
+    from kubeloop.serving.settings import ENV_PREFIX, ServingSettings
+
+    known = {f"{ENV_PREFIX}{name}".upper() for name in ServingSettings.model_fields}
+    assert set(env) <= known, sorted(set(env) - known)
+    assert container["ports"] == [{"name": "https", "containerPort": 8080}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert container[probe]["httpGet"]["port"] == "https"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+
+
+def test_without_tls_the_pods_serve_plain_http(settings):
+    md, spec = tls_deployment()
+    dep = builders.build_serving_deployment(md, spec, serving_version(2), "stable", 1, settings)
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "tls" not in {v["name"] for v in pod["volumes"]}
+    assert not any(e["name"].startswith("KUBELOOP_SERVING_TLS_") for e in container["env"])
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert "scheme" not in container["readinessProbe"]["httpGet"]
+    assert "prometheus.io/scheme" not in dep["spec"]["template"]["metadata"]["annotations"]
+    assert builders.build_service(md, "stable", settings)["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "appProtocol": "http"}
+    ]
+
+
+def test_tls_services_and_urls_are_https(settings):
+    from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig
+
+    md, _ = tls_deployment(tls={"secretName": "demo-tls"})
+    for role in ("stable", "canary"):
+        assert builders.build_service(md, role, settings)["spec"]["ports"] == [
+            {"name": "https", "port": 8080, "targetPort": "https", "appProtocol": "https"}
+        ]
+    assert builders.service_url(md, settings) == "https://demo.ml.svc:8080"
+    written = builders.build_routing_config(md, 10, 3, settings)["data"][ROUTING_FILE]
+    assert RoutingConfig.model_validate_json(written).url == "https://demo-canary.ml.svc:8080"
+
+
+def test_network_policy_admits_the_peers_and_the_deployments_own_pods(settings):
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a"]}]}},
+    ]
+    md, spec = tls_deployment(networkPolicy={"ingressFrom": peers})
+    policy = builders.build_network_policy(md, spec, settings)
+    assert policy is not None
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert policy["metadata"]["name"] == "demo"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "0123456789abcdef"
+    own = {"matchLabels": {"kubeloop.io/model-deployment": "demo"}}
+    assert policy["spec"] == {
+        "podSelector": own,
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"podSelector": own}, *peers], "ports": [{"protocol": "TCP", "port": 8080}]}
+        ],
+    }
+    # the policy selects both the stable and the canary pods
+    for role in ("stable", "canary"):
+        dep = builders.build_serving_deployment(md, spec, serving_version(2), role, 1, settings)
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert own["matchLabels"].items() <= pod_labels.items()
+
+
+def test_an_empty_network_policy_admits_only_the_deployments_own_pods(settings):
+    md, spec = tls_deployment(networkPolicy={})
+    policy = builders.build_network_policy(md, spec, settings)
+    assert policy is not None
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"kubeloop.io/model-deployment": "demo"}}}
+    ]
+
+
+def test_network_policy_is_applied_when_asked_for_and_deleted_when_not(settings):
+    md, spec = tls_deployment(networkPolicy={"ingressFrom": [{"podSelector": {}}]})
+    children = builders.serving_children(md, spec, serving_version(1), None, 0, settings)
+    assert ("NetworkPolicy", "demo") in kinds(children)
+    assert ("-NetworkPolicy", "demo") not in kinds(children)
+    md, spec = tls_deployment()
+    children = builders.serving_children(md, spec, serving_version(1), None, 0, settings)
+    (absent,) = [
+        c for c in children if isinstance(c, builders.Absent) and c.kind == "NetworkPolicy"
+    ]
+    assert absent == builders.Absent("networking.k8s.io/v1", "NetworkPolicy", "ml", "demo")
