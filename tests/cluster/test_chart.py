@@ -686,6 +686,9 @@ NAMESPACED_GRANTS = (
         ("horizontalpodautoscalers.autoscaling", "create"),
         ("horizontalpodautoscalers.autoscaling", "patch"),
         ("horizontalpodautoscalers.autoscaling", "delete"),
+        ("networkpolicies.networking.k8s.io", "create"),
+        ("networkpolicies.networking.k8s.io", "patch"),
+        ("networkpolicies.networking.k8s.io", "delete"),
         ("events", "create"),
         # cluster-scoped reads of kopf
         ("customresourcedefinitions.apiextensions.k8s.io", "list"),
@@ -733,6 +736,11 @@ def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces)
             ("patch", "deployments.apps", other),
             ("list", "datasets.kubeloop.io", other),
             ("get", "configmaps", namespace),
+            ("get", "networkpolicies.networking.k8s.io", namespace),
+            ("list", "networkpolicies.networking.k8s.io", namespace),
+            ("update", "networkpolicies.networking.k8s.io", namespace),
+            ("create", "networkpolicies.networking.k8s.io", other),
+            ("delete", "networkpolicies.networking.k8s.io", None),
             ("create", "serviceaccounts/token", namespace),
             ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
             ("patch", "customresourcedefinitions.apiextensions.k8s.io", None),
@@ -754,6 +762,7 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
     with installed(admin, namespace, "cluster-wide-values.yaml", sets={"crds": {"enabled": False}}):
         assert can_i(admin, account, "create", "jobs.batch", "default")
         assert can_i(admin, account, "patch", "deployments.apps", None)
+        assert can_i(admin, account, "delete", "networkpolicies.networking.k8s.io", "default")
         for denied in (
             ("list", "secrets", None),
             ("list", "namespaces", None),

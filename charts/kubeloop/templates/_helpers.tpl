@@ -173,6 +173,11 @@ the operator under these rules and fails on any 403.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]
+# The NetworkPolicy of a ModelDeployment with spec.networkPolicy: applied, and deleted
+# when the field goes.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch, delete]
 # Events on the objects (kopf and the retrain policy).
 - apiGroups: [""]
   resources: [events]
