@@ -98,6 +98,8 @@ def violation(
 DS, TJ, MD = "Dataset", "TrainingJob", "ModelDeployment"
 SOURCE, SPLIT, SPEC = v1.DataSource.rules, v1.Split.rules, v1.TrainingJobSpec.rules
 PINNING, CANARY, SCALING = v1.VersionPolicy.rules, v1.Canary.rules, v1.Autoscaling.rules
+PEER, REQUIREMENT = v1.NetworkPolicyPeer.rules, v1.LabelSelectorRequirement.rules
+EXISTS_WITH_VALUES = {"key": "team", "operator": "Exists", "values": ["a"]}
 BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
 
 # (id, kind, mutation, the field the error must name, the rule (its message must show))
@@ -147,6 +149,22 @@ VIOLATIONS = [
         SPLIT[0],
         "retrain.template.split.testFraction",
     ),
+    violation(
+        MD,
+        "network-policy-peer-without-selector",
+        "networkPolicy",
+        {"ingressFrom": [{"podSelector": {}}, {}]},
+        PEER[0],
+        "networkPolicy.ingressFrom[1]",
+    ),
+    violation(
+        MD,
+        "network-policy-values-with-exists",
+        "networkPolicy",
+        {"ingressFrom": [{"namespaceSelector": {"matchExpressions": [EXISTS_WITH_VALUES]}}]},
+        REQUIREMENT[0],
+        "networkPolicy.ingressFrom[0].namespaceSelector.matchExpressions[0].values",
+    ),
 ]
 
 
@@ -191,6 +209,48 @@ def all_rules() -> list[Rule]:
 def test_every_rule_has_a_negative_test():
     covered = {id(v[4]) for v in VIOLATIONS} | {id(v1.ModelVersionSpec.rules[0])}  # below
     assert [r.message for r in all_rules() if id(r) not in covered] == []
+
+
+#: (id, mutation of the ModelDeployment example, the field named, what the error says)
+SCHEMA_VIOLATIONS = [
+    ("secret-name-uppercase", {"tls": {"secretName": "Cancer_TLS"}}, "spec.tls.secretName",
+     "should match"),
+    ("secret-name-too-long", {"tls": {"secretName": "a" * 254}}, "spec.tls.secretName",
+     "Too long"),
+    ("secret-name-missing", {"tls": {}}, "spec.tls.secretName", "Required value"),
+    ("too-many-peers", {"networkPolicy": {"ingressFrom": [{"podSelector": {}}] * 17}},
+     "spec.networkPolicy.ingressFrom", "Too many"),
+    # an ipBlock is not part of the schema: pruned, which leaves a peer without a selector
+    ("ip-block", {"networkPolicy": {"ingressFrom": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}},
+     "spec.networkPolicy.ingressFrom[0]", PEER[0].message),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [pytest.param(*v[1:], id=v[0]) for v in SCHEMA_VIOLATIONS],
+)
+def test_bad_tls_or_network_policy_is_rejected_naming_the_field(
+    spec: dict[str, Any], field: str, says: str, custom: client.CustomObjectsApi, namespace: str
+):
+    body = example("ModelDeployment")
+    body["spec"].update(spec)
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL["ModelDeployment"], body, dry_run="All"
+        )
+    message = rejection(info.value)
+    assert f"{field}: " in message, message
+    assert says in message, message
+
+
+def test_the_https_example_is_accepted(custom: client.CustomObjectsApi, namespace: str):
+    body = yaml.safe_load((ROOT / "examples" / "modeldeployment-https.yaml").read_text())
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL["ModelDeployment"], body
+    )
+    assert created["spec"]["tls"] == {"secretName": "cancer-https-tls"}
+    assert len(created["spec"]["networkPolicy"]["ingressFrom"]) == 3
 
 
 def test_modelversion_spec_cannot_change(custom: client.CustomObjectsApi, namespace: str):
