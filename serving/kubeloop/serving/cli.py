@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.settings import ServingSettings
-from kubeloop.serving.tls import ssl_files
+from kubeloop.serving.tls import ssl_options
 
 log = logging.getLogger("kubeloop.serving")
 
@@ -128,7 +128,7 @@ def serve(
         http="httptools",
         lifespan="on",
         proxy_headers=False,  # the server never uses the client address
-        **ssl_files(settings),
+        **ssl_options(settings),
     )
     server = GracefulServer(config, settings.drain_seconds)
     if settings.workers > 1:

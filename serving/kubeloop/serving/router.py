@@ -26,7 +26,7 @@ from kubeloop.serving.rest.reply import JSON, Reply
 from kubeloop.serving.rest.v1 import PREDICTIONS_FIELD
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.slot import ModelSlot
-from kubeloop.serving.tls import canary_verify
+from kubeloop.serving.tls import CanaryTrust, in_background, poll_every
 
 log = logging.getLogger("kubeloop.serving")
 
@@ -54,14 +54,19 @@ class Router:
         self.shadowing = False
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._trust_watcher: asyncio.Task[None] | None = None
         self._shadow_in_flight = 0
         self._shadow_agree = 0
         self._shadow_total = 0
 
     def start(self) -> None:
         """Open the client, apply the static config, then the routing file's (watched)."""
+        trust = CanaryTrust.of(self.settings)
+        if trust.watched is not None:
+            interval = self.settings.tls_reload_interval
+            self._trust_watcher = in_background(poll_every(interval, trust.watched.poll))
         self._client = httpx.AsyncClient(
-            verify=canary_verify(self.settings),
+            verify=trust.verify,
             timeout=self.settings.canary_timeout,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
@@ -77,10 +82,11 @@ class Router:
             )
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
+        for task in (self._watcher, self._trust_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._client is not None:
             await self._client.aclose()
 

@@ -129,6 +129,13 @@ class ServingSettings(BaseSettings):
         "absent: the server's own tls_cert_file (the canary shares the deployment's "
         "certificate), else the system's trust store.",
     )
+    tls_reload_interval: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between checks of the TLS files; a renewed key pair or CA is "
+        "loaded for new connections without a restart.",
+    )
 
     # --- micro-batching
     batching: bool = Field(

@@ -5,6 +5,8 @@ servers, and a real Prometheus scraping an HTTPS server with the documented TLS 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import socket
 import ssl
@@ -17,7 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from serving_helpers import KUBELOOP, Server, serving, wait_for
 
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
@@ -300,3 +304,107 @@ def test_the_tls_scrape_job_refuses_a_certificate_its_ca_did_not_sign(https, tmp
         target = scraped_target(prom)
         assert target["health"] == "down"
         assert "certificate" in target["lastError"], target["lastError"]
+
+
+# --------------------------------------------------------------- renewal without restarts
+
+_VERSIONS = itertools.count()
+
+
+def renew(volume: Path, ca: Authority, key: ec.EllipticCurvePrivateKey | None = None) -> Secret:
+    """Publish a new key pair for the Service names and loopback as the kubelet updates a
+    Secret volume: the files in a new folder, then one atomic swap of the ``..data`` link
+    that ``tls.crt`` and ``tls.key`` point through. ``key`` replaces the new pair's key
+    (a pair that does not match)."""
+    version = volume / f"..{next(_VERSIONS)}"
+    issued, cert = ca.issue(name("cancer"), server_names=(*SERVICE_NAMES, "127.0.0.1"))
+    write_pair(Pki(version), "tls", key or issued, cert)
+    link = volume / "..data_tmp"
+    link.symlink_to(version.name)
+    os.replace(link, volume / "..data")
+    for file in ("tls.crt", "tls.key"):
+        if not (volume / file).is_symlink():
+            (volume / file).symlink_to(f"..data/{file}")
+    return Secret(volume)
+
+
+def served_serial(server: Server) -> int:
+    """The serial number of the certificate a new connection to ``server`` gets."""
+    host, port = server.url.removeprefix("https://").split(":")
+    pem = ssl.get_server_certificate((host, int(port)))
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def serial(secret: Secret) -> int:
+    return x509.load_pem_x509_certificate(secret.crt.read_bytes()).serial_number
+
+
+def trusting(ca: Authority) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.load_verify_locations(cadata=ca.cert.public_bytes(serialization.Encoding.PEM).decode())
+    return context
+
+
+FAST_RELOAD = {"KUBELOOP_SERVING_TLS_RELOAD_INTERVAL": "0.1"}
+NAME = ("--name", "cancer")
+
+
+def test_a_renewed_key_pair_is_served_without_a_restart(cancer_model, cancer_rows, tmp_path):
+    ca = Authority.create("kubeloop-test-ca")
+    volume = renew(tmp_path / "secret", ca)
+    env = volume.env(**FAST_RELOAD)
+    with serving(cancer_model, "--name", "cancer", env=env, verify=trusting(ca)) as server:
+        assert served_serial(server) == serial(volume)
+        with server.client() as http:
+            assert http.post("/v2/models/cancer/infer", json=body(cancer_rows.iloc[:1])).is_success
+            renew(volume.dir, ca)
+            wait_for("the new certificate", lambda: served_serial(server) == serial(volume))
+            # the connection opened before the renewal, and new ones, both still serve
+            assert http.post("/v2/models/cancer/infer", json=body(cancer_rows.iloc[:1])).is_success
+        assert server.ready()
+        assert "TLS: key pair reloaded" in server.log
+
+
+def test_a_key_that_does_not_match_is_refused_and_the_old_pair_kept(cancer_model, tmp_path):
+    ca = Authority.create("kubeloop-test-ca")
+    volume = renew(tmp_path / "secret", ca)
+    env = volume.env(**FAST_RELOAD)
+    with serving(cancer_model, "--name", "cancer", env=env, verify=trusting(ca)) as server:
+        first = serial(volume)
+        renew(volume.dir, ca, key=ec.generate_private_key(ec.SECP256R1()))
+        wait_for(
+            "the refusal in the log", lambda: "key pair changed but was not loaded" in server.log
+        )
+        assert served_serial(server) == first
+        assert server.ready()
+        renew(volume.dir, ca)  # a good pair again
+        wait_for("the good pair", lambda: served_serial(server) == serial(volume))
+
+
+def test_the_forwarder_trusts_a_renewed_shared_certificate(cancer_model, cancer_rows, tmp_path):
+    """No ca.crt: the stable server trusts its own tls.crt, the canary's certificate. After a
+    renewal both serve the new one, and a new canary (new connections) is verified with it."""
+    ca = Authority.create("kubeloop-test-ca")
+    volume = renew(tmp_path / "secret", ca)
+    env = volume.env(KUBELOOP_SERVING_CONFIG_POLL_INTERVAL="0.1", **FAST_RELOAD)
+    routing = tmp_path / "routing.json"
+    with contextlib.ExitStack() as stack:
+        canary = stack.enter_context(serving(cancer_model, *NAME, env=env, verify=trusting(ca)))
+        routing.write_text(json.dumps({"canary_url": canary.url, "weight": 100}))
+        args = ("--name", "cancer", "--routing-file", str(routing))
+        stable = stack.enter_context(serving(cancer_model, *args, env=env, verify=trusting(ca)))
+        assert set(forwarded(stable, cancer_rows.iloc[:1], 3)) == {"canary"}
+        renew(volume.dir, ca)
+        wait_for("the stable trust", lambda: "canary trust reloaded" in stable.log)
+        renewed = stack.enter_context(serving(cancer_model, *NAME, env=env, verify=trusting(ca)))
+        assert served_serial(renewed) == serial(volume)
+        routing.write_text(json.dumps({"canary_url": renewed.url, "weight": 100}))
+        wait_for(
+            "the new canary to be used",
+            lambda: (
+                forwarded(stable, cancer_rows.iloc[:1], 1) == ["canary"]
+                and renewed.metric("kubeloop_requests_total", model="cancer", code="200")
+                is not None
+            ),
+        )
+        assert forward_outcomes(stable)["unreachable"] is None
