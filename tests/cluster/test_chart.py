@@ -541,7 +541,7 @@ def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
 
 
 def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
-    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA."""
+    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA, NetworkPolicy."""
     cluster.apply(
         {
             "apiVersion": "kubeloop.io/v1alpha1",
@@ -551,6 +551,7 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
                 "modelName": "cancer",
                 "replicas": 1,
                 "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+                "networkPolicy": {"ingressFrom": [{"podSelector": {}}]},
                 "retrain": {"enabled": True, "cooldown": "1h", "template": training_spec("cancer")},
             },
         }
@@ -560,6 +561,7 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
         ("v1", "Service"),
         ("v1", "ConfigMap"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
     ):
         wait_for(
             lambda api_version=api_version, kind=kind: (
@@ -576,6 +578,13 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
     serving = cluster.list("Deployment", "apps/v1", "kubeloop.io/model-deployment=cancer")[0]
     assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "kubeloop-serving:0.1.0"
+    )
+    # without spec.networkPolicy the operator deletes the NetworkPolicy (its `delete` verb)
+    cluster.patch("ModelDeployment", "cancer", {"spec": {"networkPolicy": None}})
+    wait_for(
+        lambda: not cluster.list("NetworkPolicy", "networking.k8s.io/v1"),
+        "the NetworkPolicy to go",
+        state=operator.tail,
     )
 
 

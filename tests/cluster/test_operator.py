@@ -351,9 +351,11 @@ def publish(cluster: Cluster, store: Path, version: int) -> None:
     )
 
 
-def serve_setup(cluster: Cluster, store: Path, steps: list[dict[str, Any]] | None) -> None:
+def serve_setup(
+    cluster: Cluster, store: Path, steps: list[dict[str, Any]] | None, **spec: Any
+) -> None:
     publish(cluster, store, 1)
-    md = example("ModelDeployment", modelName="cancer", replicas=2)
+    md = example("ModelDeployment", modelName="cancer", replicas=2, **spec)
     md["metadata"]["name"] = "cancer"
     md["spec"].pop("retrain")
     if steps is None:
@@ -393,6 +395,41 @@ def test_deployment_serves_the_newest_version(cluster, operator, store):
         "the stable Deployment to move to version 2",
     )
     assert cluster.get("Deployment", "cancer-canary", "apps/v1") is None
+
+
+NETWORK_POLICY = "networking.k8s.io/v1"
+
+
+def test_tls_and_network_policy_reach_the_children_and_the_policy_goes_with_the_field(
+    cluster, operator, store
+):
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    spec = {"tls": {"secretName": "cancer-tls"}, "networkPolicy": {"ingressFrom": [peer]}}
+    serve_setup(cluster, store, steps=None, **spec)
+    assert cluster.status("ModelDeployment", "cancer")["url"] == (
+        f"https://cancer.{cluster.namespace}.svc:8080"
+    )
+    pod = cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "cancer-tls", "defaultMode": 0o440}} in pod[
+        "volumes"
+    ]
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert cluster.get("Service", "cancer", "v1")["spec"]["ports"][0]["name"] == "https"
+    policy = cluster.get("NetworkPolicy", "cancer", NETWORK_POLICY)
+    assert policy is not None
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"][1] == peer
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    cluster.patch("ModelDeployment", "cancer", {"spec": {"networkPolicy": None, "tls": None}})
+    wait_for(
+        lambda: cluster.get("NetworkPolicy", "cancer", NETWORK_POLICY) is None,
+        "the NetworkPolicy to go with spec.networkPolicy",
+    )
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer")["url"].startswith("http://"),
+        "plain HTTP again without spec.tls",
+    )
 
 
 def test_canary_walks_steps_and_promotes(cluster, operator, store):
