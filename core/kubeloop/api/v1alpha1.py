@@ -6,11 +6,12 @@ description becomes the CRD's description, so ``kubectl explain`` shows it.
 
 from __future__ import annotations
 
+import re
 import typing
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kubeloop.api.base import (
     DNSLabel,
@@ -444,6 +445,13 @@ class ServingTLS(KubeModel):
 
 
 _SET_OPERATORS = ("In", "NotIn")
+#: Kubernetes label syntax: a name of at most 63 characters, a key optionally prefixed by a
+#: DNS subdomain and "/", a value a name or empty.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}$"
+LABEL_VALUE = rf"^({_LABEL_NAME})?$"
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 
 
 def _values_match_operator(r: LabelSelectorRequirement) -> bool:
@@ -463,11 +471,11 @@ class LabelSelectorRequirement(KubeModel):
         ),
     )
 
-    key: str = Field(min_length=1, max_length=317, description="The label key.")
+    key: LabelKey = Field(description="The label key.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
         description="In, NotIn, Exists or DoesNotExist."
     )
-    values: list[str] | None = Field(
+    values: list[LabelValue] | None = Field(
         None, max_length=64, description="Label values (In and NotIn only)."
     )
 
@@ -475,7 +483,7 @@ class LabelSelectorRequirement(KubeModel):
 class LabelSelector(KubeModel):
     """A Kubernetes label selector; an empty one selects everything."""
 
-    match_labels: dict[str, str] | None = Field(
+    match_labels: dict[str, LabelValue] | None = Field(
         None,
         description="Labels that must all match.",
         json_schema_extra={"maxProperties": 64},
@@ -483,6 +491,15 @@ class LabelSelector(KubeModel):
     match_expressions: list[LabelSelectorRequirement] | None = Field(
         None, max_length=16, description="Requirements that must all hold."
     )
+
+    @field_validator("match_labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        # the schema checks the values; a bad key is the operator's InvalidSpec
+        for key in labels or {}:
+            if len(key) > 317 or not re.match(LABEL_KEY, key):
+                raise ValueError(f"matchLabels key {key[:80]!r} is not a label key")
+        return labels
 
 
 class NetworkPolicyPeer(KubeModel):

@@ -108,3 +108,32 @@ def test_every_rule_with_a_python_twin_is_exercised():
     for model in tested:
         verdicts = {valid for m, _, valid in CASES if m is model}
         assert verdicts == {True, False}, f"{model.__name__} needs a positive and a negative case"
+
+
+PEER_OK = [
+    {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus", "tier": ""}}},
+    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    {"podSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a-1"]}]}},
+]
+PEER_BAD = {
+    "key-with-space": {"podSelector": {"matchLabels": {"bad key": "x"}}},
+    "key-prefix-upper": {"podSelector": {"matchLabels": {"Example.com/x": "x"}}},
+    "key-name-too-long": {"podSelector": {"matchLabels": {"a" * 64: "x"}}},
+    "value-with-space": {"podSelector": {"matchLabels": {"a": "b c"}}},
+    "value-too-long": {"namespaceSelector": {"matchLabels": {"a": "x" * 64}}},
+    "value-dash-first": {"namespaceSelector": {"matchLabels": {"a": "-x"}}},
+    "expression-key": {"podSelector": {"matchExpressions": [{"key": "a/", "operator": "Exists"}]}},
+    "expression-value": {
+        "podSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": ["b!"]}]}
+    },
+}
+
+
+def test_label_selectors_take_kubernetes_label_syntax_only():
+    """What a NetworkPolicy's API validation would refuse is refused before the operator
+    builds one (the schema checks values and expression keys; the model, matchLabels keys)."""
+    assert python(NetworkPolicyPeer, {"podSelector": {}})
+    for peer in PEER_OK:
+        assert python(NetworkPolicyPeer, peer), peer
+    rejected = [case for case, peer in PEER_BAD.items() if python(NetworkPolicyPeer, peer)]
+    assert rejected == []
