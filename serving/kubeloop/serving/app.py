@@ -77,9 +77,9 @@ class ServingApp:
         limit, variable = self._body_limit(scope)
         try:
             body = await self._read_body(scope, receive, limit, variable)
-        except PayloadTooLargeError as exc:
-            kept = await self._drain(scope, receive, limit)
-            await _send(send, error_reply(exc), close=not kept)
+        except _OversizedError as exc:
+            kept = exc.ended or await self._drain(scope, receive, limit)
+            await _send(send, error_reply(exc.error), close=not kept)
             return
         except _DisconnectedError:
             return
@@ -134,9 +134,10 @@ class ServingApp:
     async def _read_body(self, scope: Scope, receive: Receive, limit: int, variable: str) -> bytes:
         declared = _declared_length(scope)
         if declared > limit:
-            raise PayloadTooLargeError(
+            raise _OversizedError(
                 f"request body of {declared} bytes is over the limit of {limit} bytes "
-                f"({ENV_PREFIX}{variable})"
+                f"({ENV_PREFIX}{variable})",
+                ended=False,
             )
         chunks: list[bytes] = []
         size = 0
@@ -148,8 +149,9 @@ class ServingApp:
             if chunk:
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLargeError(
-                        f"request body is over the limit of {limit} bytes ({ENV_PREFIX}{variable})"
+                    raise _OversizedError(
+                        f"request body is over the limit of {limit} bytes ({ENV_PREFIX}{variable})",
+                        ended=not message.get("more_body", False),
                     )
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -193,6 +195,16 @@ def _declared_length(scope: Scope) -> int:
 
 class _DisconnectedError(Exception):
     pass
+
+
+class _OversizedError(Exception):
+    """A body over its limit; ``ended`` when its last part was read already (then there
+    is nothing left to drain)."""
+
+    def __init__(self, message: str, *, ended: bool) -> None:
+        super().__init__(message)
+        self.error = PayloadTooLargeError(message)
+        self.ended = ended
 
 
 def _replay(body: bytes) -> Receive:

@@ -53,7 +53,7 @@ class GracefulServer(uvicorn.Server):
             return
         self._draining = True
         budget = self.drain_seconds + self.shutdown_timeout
-        _watchdog(budget)
+        watchdog(budget)
         app = self.config.loaded_app
         plane = getattr(_unwrap(app), "plane", None)
         if plane is not None:
@@ -73,7 +73,7 @@ class GracefulServer(uvicorn.Server):
         timer.start()
 
 
-def _watchdog(budget: float) -> None:
+def watchdog(budget: float) -> None:
     """End the process (exit status 1) just before ``budget`` seconds from now."""
     timer = threading.Timer(max(0.0, budget - WATCHDOG_MARGIN_S), _exit_now, args=(budget,))
     timer.daemon = True

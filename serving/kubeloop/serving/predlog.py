@@ -207,6 +207,7 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._stop = threading.Event()
         self._deadline = float("inf")  # monotonic time the writer gives up at (close sets it)
+        self._cut_short = 0  # lines the writer gave up on once closing
 
     def start(self) -> None:
         """Open the sink when that needs no waiting, and start the writer. A FIFO with no
@@ -240,8 +241,13 @@ class PredictionLog:
             self._sink.close()
         left = sum(rows(e) for e in self._queue.clear())
         if left:
-            log.warning("prediction log %s: %d line(s) not written by shutdown", self.target, left)
             self._on_dropped(left, UNWRITTEN)
+        if left + self._cut_short:
+            log.warning(
+                "prediction log %s: %d line(s) not written by shutdown",
+                self.target,
+                left + self._cut_short,
+            )
 
     def _giving_up(self) -> bool:
         return time.monotonic() >= self._deadline
@@ -284,3 +290,5 @@ class PredictionLog:
             self._on_written(len(chunk) - unwritten)
         if unwritten:
             self._on_dropped(unwritten, UNWRITTEN)
+            if self._stop.is_set():
+                self._cut_short += unwritten
