@@ -16,6 +16,7 @@ All other routes, the OpenAPI document and the lifespan go through FastAPI
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
@@ -235,4 +236,7 @@ def create_app() -> ServingApp:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # a worker thread busy in Python (feedback decoding, the prediction log writer) holds
+    # the interpreter this long before the event loop gets it back
+    sys.setswitchinterval(settings.thread_switch_ms / 1000)
     return ServingApp(settings)

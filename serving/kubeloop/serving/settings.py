@@ -123,6 +123,14 @@ class ServingSettings(BaseSettings):
     shutdown_timeout: float = Field(
         30.0, gt=0, le=3600, description="Most seconds to wait for in-flight requests on exit."
     )
+    thread_switch_ms: float = Field(
+        1.0,
+        ge=0.1,
+        le=100,
+        description="Longest a worker thread busy in Python (feedback decoding, the prediction "
+        "log writer) holds the interpreter before the event loop gets it back "
+        "(sys.setswitchinterval; Python's default is 5).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the server's own log lines."
     )
