@@ -121,7 +121,12 @@ class ServingSettings(BaseSettings):
         description="On SIGTERM: report not ready and keep serving this long before draining.",
     )
     shutdown_timeout: float = Field(
-        30.0, gt=0, le=3600, description="Most seconds to wait for in-flight requests on exit."
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds from the end of the drain to the exit: in-flight requests get it "
+        "less a reserve (up to 5 s, at most half) in which the prediction log is flushed; the "
+        "process is gone drain_seconds + shutdown_timeout after SIGTERM.",
     )
     thread_switch_ms: float = Field(
         1.0,
