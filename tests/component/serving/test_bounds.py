@@ -70,6 +70,9 @@ def test_a_feedback_body_over_its_own_limit_is_a_413_and_keeps_the_connection(ca
         r = http.post(INFER, content=over, headers={"content-type": "application/json"})
         assert r.status_code == 400, r.text
         assert client_port(r) == port
+    head = declare_only(cancer.url, FEEDBACK, 5 * limit)  # far over: not read, closed
+    assert head.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in head.lower()
 
 
 # --------------------------------------------------------------- feedback dedupe
@@ -171,6 +174,21 @@ def finish(sock: socket.socket, body: bytes) -> bytes:
     return reply.split(b"\r\n\r\n", 1)[0]
 
 
+def declare_only(url: str, path: str, length: int) -> bytes:
+    """Send only the head of a POST declaring a ``length``-byte body; the answer's head
+    (the connection must be closed by the server for this to return)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {length}\r\n\r\n".encode()
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply.split(b"\r\n\r\n", 1)[0]
+
+
 def test_past_max_in_flight_requests_get_503_with_retry_after(cancer_model, cancer_rows):
     env = {"KUBELOOP_SERVING_MAX_IN_FLIGHT": "2"}
     body = orjson.dumps(infer_body(cancer_rows.iloc[:1]))
@@ -191,13 +209,17 @@ def test_past_max_in_flight_requests_get_503_with_retry_after(cancer_model, canc
             assert http.get("/v2/health/live").status_code == 200
             assert http.get("/v2/models/cancer/ready").status_code == 200
             assert http.get("/metrics").status_code == 200
+            # a refused body declared far over the limit is not read: the connection closes
+            head = declare_only(server.url, INFER, 64 * 1024 * 1024)
+            assert head.startswith(b"HTTP/1.1 503")
+            assert b"connection: close" in head.lower()
             for sock in held:
                 assert finish(sock, body).startswith(b"HTTP/1.1 200")
             wait_for("nothing in flight", lambda: server.metric("kubeloop_requests_in_flight") == 0)
             r = http.post(INFER, content=body)
             assert r.status_code == 200
             assert client_port(r) == port  # the refusals kept the connection
-        assert server.metric("kubeloop_requests_rejected_total") == 2
+        assert server.metric("kubeloop_requests_rejected_total") == 3
 
 
 # ------------------------------------------------------------------------- shutdown
