@@ -1,9 +1,11 @@
 """The ASGI entry point: a small front before the FastAPI application.
 
-The front (:class:`ServingApp`) reads every request body once, with the size
-limit (413; the rest of an oversized body is read and dropped, up to twice the limit,
-so that the connection stays usable), and — when ``fast_path`` is on — answers the
-two inference routes itself, calling the same
+The front (:class:`ServingApp`) refuses a request at once when ``max_in_flight`` are
+being served (503 with Retry-After; health, readiness and metrics are exempt), reads
+every request body once, with its route's size limit (``max_feedback_bytes`` for
+feedback, ``max_body_bytes`` for the rest; 413; the rest of an oversized body is read
+and dropped, up to twice the limit, so that the connection stays usable), and — when
+``fast_path`` is on — answers the two inference routes itself, calling the same
 :class:`~kubeloop.serving.rest.inference.RestInference` the FastAPI routes call.
 That skips the framework's per-request routing and dependency machinery (measured
 at about 100 µs a request on this stack, more than the model call for small models).
@@ -14,11 +16,13 @@ All other routes, the OpenAPI document and the lifespan go through FastAPI
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from kubeloop.serving.dataplane import DataPlane
-from kubeloop.serving.errors import PayloadTooLargeError
+from kubeloop.serving.errors import PayloadTooLargeError, UnavailableError
+from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.rest.endpoints import create_fastapi
 from kubeloop.serving.rest.inference import V1, V2, RestInference
 from kubeloop.serving.rest.reply import Reply, error_reply
@@ -31,10 +35,16 @@ Send = Callable[[Message], Awaitable[None]]
 
 V2_PREFIX, V2_SUFFIX = "/v2/models/", "/infer"
 V1_PREFIX, V1_SUFFIX = "/v1/models/", ":predict"
+FEEDBACK_SUFFIX = "/feedback"
+READY_SUFFIX = "/ready"
+#: paths never refused for load (``GET .../ready`` neither)
+EXEMPT_PATHS = frozenset(("/v2/health/live", "/v2/health/ready", "/metrics"))
+RETRY_AFTER = (b"retry-after", b"1")
 
 
 class ServingApp:
-    """The ASGI entry point: body limit, the inference fast path, then FastAPI."""
+    """The ASGI entry point: the in-flight and body limits, the inference fast path,
+    then FastAPI."""
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
@@ -43,16 +53,34 @@ class ServingApp:
         self.fastapi = create_fastapi(self.plane, self.inference)
         self.fast_path = settings.fast_path
         self.max_body = settings.max_body_bytes
+        self.max_feedback = settings.max_feedback_bytes
+        self.max_in_flight = settings.max_in_flight
+        self.in_flight = 0
+        self.plane.metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or _exempt(scope):
             await self.fastapi(scope, receive, send)
             return
+        if self.in_flight >= self.max_in_flight:
+            await self._reject(scope, receive, send)
+            return
+        self.in_flight += 1
         try:
-            body = await self._read_body(scope, receive)
-        except PayloadTooLargeError as exc:
-            kept = await self._drain(scope, receive)
-            await _send(send, error_reply(exc), close=not kept)
+            await self._serve(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await self.fastapi(scope, receive, send)
+            return
+        limit, variable = self._body_limit(scope)
+        try:
+            body = await self._read_body(scope, receive, limit, variable)
+        except _OversizedError as exc:
+            kept = exc.ended or await self._drain(scope, receive, limit)
+            await _send(send, error_reply(exc.error), close=not kept)
             return
         except _DisconnectedError:
             return
@@ -65,6 +93,26 @@ class ServingApp:
         except Exception as exc:
             reply = error_reply(exc)
         await _send(send, reply)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """503 with Retry-After: ``max_in_flight`` requests are being served. A body is
+        read and dropped first (within twice its route's limit) so the connection stays
+        usable."""
+        self.plane.metrics.rejected.inc()
+        kept = await self._drain(scope, receive, self._body_limit(scope)[0])
+        error = UnavailableError(
+            f"{self.max_in_flight} requests are being served, the most allowed "
+            f"({ENV_PREFIX}MAX_IN_FLIGHT); retry shortly"
+        )
+        reply = error_reply(error)
+        await _send(send, reply._replace(headers=[*reply.headers, RETRY_AFTER]), close=not kept)
+
+    def _body_limit(self, scope: Scope) -> tuple[int, str]:
+        """The largest body the request's route takes, and that setting's name."""
+        path: str = scope["path"]
+        if path.startswith(V2_PREFIX) and path.endswith(FEEDBACK_SUFFIX):
+            return self.max_feedback, "MAX_FEEDBACK_BYTES"
+        return self.max_body, "MAX_BODY_BYTES"
 
     def _fast(self, scope: Scope, body: bytes) -> Coroutine[Any, Any, Reply] | None:
         """The inference call for the two inference routes (None for other paths)."""
@@ -84,12 +132,13 @@ class ServingApp:
             return self.inference.infer(V1, name, None, body, dict(scope["headers"]), path)
         return None
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.max_body
+    async def _read_body(self, scope: Scope, receive: Receive, limit: int, variable: str) -> bytes:
         declared = _declared_length(scope)
         if declared > limit:
-            raise PayloadTooLargeError(
-                f"request body of {declared} bytes is over the limit of {limit} bytes"
+            raise _OversizedError(
+                f"request body of {declared} bytes is over the limit of {limit} bytes "
+                f"({ENV_PREFIX}{variable})",
+                ended=False,
             )
         chunks: list[bytes] = []
         size = 0
@@ -101,17 +150,20 @@ class ServingApp:
             if chunk:
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
+                    raise _OversizedError(
+                        f"request body is over the limit of {limit} bytes ({ENV_PREFIX}{variable})",
+                        ended=not message.get("more_body", False),
+                    )
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _drain(self, scope: Scope, receive: Receive) -> bool:
-        """Read and drop the rest of an oversized body, so that the connection can serve
-        the next request: True when it ended within twice ``max_body_bytes`` (beyond
-        that the connection is closed, which stops the upload)."""
-        budget = 2 * self.max_body
+    async def _drain(self, scope: Scope, receive: Receive, limit: int) -> bool:
+        """Read and drop the rest of a body (one over ``limit``, or one refused), so that
+        the connection can serve the next request: True when it ended within twice
+        ``limit`` (beyond that the connection is closed, which stops the upload)."""
+        budget = 2 * limit
         if _declared_length(scope) > 2 * budget:
             return False
         while budget >= 0:
@@ -122,6 +174,13 @@ class ServingApp:
             if not message.get("more_body", False):
                 return budget >= 0
         return False
+
+
+def _exempt(scope: Scope) -> bool:
+    """Health, readiness and metrics: answered whatever the load (never refused, not
+    counted in flight), so probes and scrapes see the server as it is."""
+    path: str = scope["path"]
+    return path in EXEMPT_PATHS or (scope["method"] == "GET" and path.endswith(READY_SUFFIX))
 
 
 def _declared_length(scope: Scope) -> int:
@@ -137,6 +196,16 @@ def _declared_length(scope: Scope) -> int:
 
 class _DisconnectedError(Exception):
     pass
+
+
+class _OversizedError(Exception):
+    """A body over its limit; ``ended`` when its last part was read already (then there
+    is nothing left to drain)."""
+
+    def __init__(self, message: str, *, ended: bool) -> None:
+        super().__init__(message)
+        self.error = PayloadTooLargeError(message)
+        self.ended = ended
 
 
 def _replay(body: bytes) -> Receive:
@@ -167,4 +236,7 @@ def create_app() -> ServingApp:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # a worker thread busy in Python (feedback decoding, the prediction log writer) holds
+    # the interpreter this long before the event loop gets it back
+    sys.setswitchinterval(settings.thread_switch_ms / 1000)
     return ServingApp(settings)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -20,14 +22,29 @@ from kubeloop.serving.tls import ssl_options
 log = logging.getLogger("kubeloop.serving")
 
 
+#: seconds before the shutdown deadline at which the watchdog ends the process
+WATCHDOG_MARGIN_S = 0.2
+
+
+def connection_timeout(shutdown_timeout: float) -> int:
+    """Seconds in-flight requests get once the server stops accepting: the shutdown
+    budget less a reserve (up to 5 s, at most half) for the sinks to flush and exit."""
+    return max(0, math.floor(shutdown_timeout - min(5.0, shutdown_timeout / 2)))
+
+
 class GracefulServer(uvicorn.Server):
     """SIGTERM/SIGINT: report not ready, keep serving ``drain_seconds`` (so the
     endpoints controller removes the pod), then stop accepting, let in-flight
-    requests finish and exit. A second signal exits at once."""
+    requests finish and exit. A second signal exits at once. Whatever happens (a
+    stalled sink, a stuck request), the process is gone ``drain_seconds +
+    shutdown_timeout`` after the first signal: a watchdog ends it then."""
 
-    def __init__(self, config: uvicorn.Config, drain_seconds: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, drain_seconds: float, shutdown_timeout: float = 30.0
+    ) -> None:
         super().__init__(config)
         self.drain_seconds = drain_seconds
+        self.shutdown_timeout = shutdown_timeout
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -36,10 +53,12 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
             return
         self._draining = True
+        budget = self.drain_seconds + self.shutdown_timeout
+        watchdog(budget)
         app = self.config.loaded_app
         plane = getattr(_unwrap(app), "plane", None)
         if plane is not None:
-            plane.begin_shutdown()
+            plane.begin_shutdown(time.monotonic() + budget)
         log.info(
             "signal %s: not ready; draining for %.1fs, then closing",
             signal.Signals(sig).name,
@@ -53,6 +72,25 @@ class GracefulServer(uvicorn.Server):
         timer = threading.Timer(self.drain_seconds, setattr, args=(self, "should_exit", True))
         timer.daemon = True
         timer.start()
+
+
+def watchdog(budget: float) -> None:
+    """End the process (exit status 1) just before ``budget`` seconds from now."""
+    timer = threading.Timer(max(0.0, budget - WATCHDOG_MARGIN_S), _exit_now, args=(budget,))
+    timer.daemon = True
+    timer.start()
+
+
+def _exit_now(budget: float) -> None:
+    # the reason is logged from its own thread: a stalled stderr must not keep us alive
+    note = threading.Thread(
+        target=log.error,
+        args=("shutdown did not finish within %.1fs of the signal; exiting now", budget),
+        daemon=True,
+    )
+    note.start()
+    note.join(0.1)
+    os._exit(1)
 
 
 def _unwrap(app: Any) -> Any:
@@ -123,14 +161,14 @@ def serve(
         workers=settings.workers,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        timeout_graceful_shutdown=connection_timeout(settings.shutdown_timeout),
         loop="uvloop",
         http="httptools",
         lifespan="on",
         proxy_headers=False,  # the server never uses the client address
         **ssl_options(settings),
     )
-    server = GracefulServer(config, settings.drain_seconds)
+    server = GracefulServer(config, settings.drain_seconds, settings.shutdown_timeout)
     if settings.workers > 1:
         sock = config.bind_socket()
         # each worker runs a plain uvicorn server: SIGTERM drains without the not-ready delay

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import random
+import time
 from typing import Any
 
 from kubeloop.serving.batching import Outputs
@@ -37,6 +38,9 @@ from kubeloop.serving.router import Router
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.slot import ModelSlot
 from kubeloop.serving.tensors import Decoded
+
+#: seconds of the shutdown budget kept for the process to exit after the sinks
+EXIT_MARGIN_S = 0.5
 
 
 class DataPlane:
@@ -56,6 +60,7 @@ class DataPlane:
             observers.append(self.prediction_log)
         self._observers = tuple(observers)
         self._slot_task: asyncio.Task[None] | None = None
+        self.shutdown_deadline: float | None = None
         self._id_prefix = f"{os.getpid():x}-{random.getrandbits(32):08x}-"
         self._id_counter = 0
 
@@ -74,13 +79,23 @@ class DataPlane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._slot_task
         await self.router.stop()
+        self.feedback.close()
         if self.prediction_log is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.prediction_log.close)
+            await asyncio.to_thread(self.prediction_log.close, self._flush_timeout())
         self.slot.close()
 
-    def begin_shutdown(self) -> None:
-        """SIGTERM: stop reporting ready (requests are still served while draining)."""
+    def begin_shutdown(self, deadline: float | None = None) -> None:
+        """SIGTERM: stop reporting ready (requests are still served while draining).
+        ``deadline`` (``time.monotonic()``) is when the process must have exited."""
+        self.shutdown_deadline = deadline
         self.slot.begin_shutdown()
+
+    def _flush_timeout(self) -> float:
+        """Seconds the prediction log may spend writing what is queued: what is left of
+        the shutdown budget less a margin to exit, or at most 5 without one."""
+        if self.shutdown_deadline is None:
+            return min(5.0, self.settings.shutdown_timeout)
+        return max(0.0, self.shutdown_deadline - time.monotonic() - EXIT_MARGIN_S)
 
     # ------------------------------------------------------------------- validate
 

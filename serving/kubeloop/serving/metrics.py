@@ -166,6 +166,7 @@ class Metrics:
         self._inference_metrics()
         self._model_metrics()
         self._record_metrics()
+        self._limit_metrics()
         self._canary_metrics()
         self.registry.register(_ScrapeCollector(drift, online))
 
@@ -221,13 +222,39 @@ class Metrics:
         )
         self.log_dropped = self._counter(
             "kubeloop_prediction_log_dropped",
-            "Prediction log lines dropped because the queue was full or the write failed.",
-            ["model"],
+            "Prediction log lines dropped, by reason: overflow (the queue was past its count "
+            "or byte bound: the oldest went), unwritten (the sink failed, had no reader, or "
+            "shutdown came first), bad_value (a value with no JSON form).",
+            ["model", "reason"],
         )
         self.feedback = self._counter(
             "kubeloop_feedback",
-            "Feedback rows by result: matched a recent prediction, or unknown request id.",
+            "Feedback by result: rows matched to a recent prediction, unknown request ids, "
+            "duplicate ids (feedback for that request was already counted).",
             [*MODEL_VERSION, "result"],
+        )
+        self.feedback_evicted = self._counter(
+            "kubeloop_feedback_evicted",
+            "Remembered predictions forgotten, oldest first, by the bound that was reached "
+            "(count: feedback_capacity, bytes: feedback_capacity_bytes).",
+            ["model", "limit"],
+        )
+        self.feedback_pending = self._gauge(
+            "kubeloop_feedback_pending",
+            "Feedback bodies waiting for or being parsed and scored off the event loop.",
+            [],
+        )
+
+    def _limit_metrics(self) -> None:
+        self.in_flight = self._gauge(
+            "kubeloop_requests_in_flight",
+            "Requests being served (health and metrics endpoints not counted).",
+            [],
+        )
+        self.rejected = self._counter(
+            "kubeloop_requests_rejected",
+            "Requests answered 503 at once because max_in_flight were being served.",
+            [],
         )
 
     def _canary_metrics(self) -> None:

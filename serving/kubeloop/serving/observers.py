@@ -173,15 +173,16 @@ class PredictionLogger:
             settings.prediction_log,
             settings.prediction_log_queue,
             on_written=lambda n: metrics.log_lines.labels(model).inc(n),
-            on_dropped=lambda n: metrics.log_dropped.labels(model).inc(n),
+            on_dropped=lambda n, reason: metrics.log_dropped.labels(model, reason).inc(n),
+            max_bytes=settings.prediction_log_queue_bytes,
         )
 
     def start(self) -> None:
         self._log.start()
 
-    def close(self) -> None:
-        """Write what is queued, then stop (blocking)."""
-        self._log.close()
+    def close(self, timeout: float) -> None:
+        """Write what is queued within ``timeout`` seconds, then stop (blocking)."""
+        self._log.close(timeout)
 
     def on_prediction(
         self,

@@ -1,22 +1,45 @@
 """The prediction log: one JSON line per predicted row, written off the request path.
 
-Requests hand a small tuple to a bounded queue with ``put_nowait``; a writer
-thread turns tuples into lines and writes them. When the queue is full the line
-is dropped and counted — a slow disk never slows a request.
+Requests hand a small tuple to a :class:`~kubeloop.serving.bounded.BoundedQueue`
+(bounded by count and by bytes; past either bound the oldest entries are dropped and
+counted) — a slow disk or a stalled reader never slows a request. A writer thread turns
+tuples into lines and writes them. The sink never blocks the server either: a path is
+opened without blocking (a FIFO with no reader yet is retried while the queue keeps the
+newest entries), a full pipe is waited on in short steps, and closing gives the writer a
+deadline after which what is left is dropped and counted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import sys
+import errno
+import logging
+import os
+import select
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
+from kubeloop.serving.bounded import BoundedQueue
+
+log = logging.getLogger("kubeloop.serving.predlog")
+
+#: why lines were dropped (the ``reason`` label of ``kubeloop_prediction_log_dropped``)
+OVERFLOW = "overflow"  # the queue was over its count or byte bound: the oldest went
+UNWRITTEN = "unwritten"  # the sink failed, could not be opened, or shutdown came first
+BAD_VALUE = "bad_value"  # a value that has no JSON form
+
+#: estimated bytes of one queued entry besides its arrays and id
+ENTRY_OVERHEAD = 512
+#: most entries, and bytes, the writer takes from the queue at once
+TAKE_ITEMS = 1024
+TAKE_BYTES = 4 * 1024 * 1024
+#: the writer's step while it waits (for entries, a reader, room in a pipe, the deadline)
+STEP_S = 0.1
 
 
 class Entry(NamedTuple):
@@ -66,78 +89,206 @@ def lines(entry: Entry) -> list[bytes]:
     return out
 
 
+def _array_size(value: Any) -> int:
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype != object:
+        return int(arr.nbytes)
+    try:  # strings and bytes (BYTES tensors, string labels): their lengths count too
+        return int(arr.nbytes) + sum(map(len, arr.flat))
+    except TypeError:
+        return int(arr.nbytes) + 64 * int(arr.size)
+
+
+def entry_size(entry: Entry) -> int:
+    """An estimate of the memory one queued entry holds: its arrays (the strings in
+    object arrays included), its id and a fixed overhead."""
+    size = ENTRY_OVERHEAD + len(entry.request_id)
+    size += sum(_array_size(v) for v in entry.outputs.values())
+    if entry.inputs is not None:
+        size += sum(_array_size(v) for v in entry.inputs.values())
+    return size
+
+
+def rows(entry: Entry) -> int:
+    """The lines one entry makes (at least one, for counting)."""
+    return max(1, max((len(v) for v in entry.outputs.values()), default=0))
+
+
+class _Sink:
+    """Where the lines go: standard output (fd 1, as it is), or a path opened with
+    ``O_NONBLOCK`` — opening a FIFO nobody reads then fails at once (the writer retries)
+    instead of blocking, and a full pipe is waited on in steps the writer can give up."""
+
+    FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.stdout = target == "-"
+        self.fd: int | None = 1 if self.stdout else None
+        self.problem: str | None = None  # the last error, logged once
+
+    def open(self) -> bool:
+        """Open the path unless it is open; False while it is a FIFO with no reader.
+        Other errors (no such directory, permission) raise."""
+        if self.fd is not None:
+            return True
+        try:
+            self.fd = os.open(self.target, self.FLAGS, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return False
+            raise
+        self._fine()
+        return True
+
+    def write(self, data: bytes, give_up: Callable[[], bool]) -> int:
+        """Write ``data``; the bytes written — fewer when the sink failed or ``give_up``
+        turned true while a pipe was full."""
+        fd = self.fd
+        if fd is None:
+            return 0
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            try:
+                done += os.write(fd, view[done:])
+            except BlockingIOError:  # a full pipe: wait for room in steps
+                if give_up():
+                    break
+                _wait_writable(fd)
+            except OSError as exc:  # a broken pipe is reopened for the next reader
+                self.failed(exc)
+                if exc.errno == errno.EPIPE:
+                    self.close()
+                break
+        else:
+            self._fine()
+        return done
+
+    def close(self) -> None:
+        if self.fd is not None and not self.stdout:
+            os.close(self.fd)
+            self.fd = None
+
+    def failed(self, exc: OSError) -> None:
+        """Note a failure (logged once, until the sink works again)."""
+        if self.problem is None:
+            log.warning("prediction log %s: %s; lines are dropped and counted", self.target, exc)
+        self.problem = str(exc)
+
+    def _fine(self) -> None:
+        if self.problem is not None:
+            log.info("prediction log %s is written again", self.target)
+        self.problem = None
+
+
+def _wait_writable(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll(STEP_S * 1000)
+
+
 class PredictionLog:
-    """A bounded queue and the thread that drains it into a stream."""
+    """A bounded queue and the thread that drains it into a sink."""
 
     def __init__(
         self,
         target: str,
         maxsize: int,
         on_written: Callable[[int], None],
-        on_dropped: Callable[[int], None],
+        on_dropped: Callable[[int, str], None],
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.target = target
-        self._queue: queue.Queue[Entry | None] = queue.Queue(maxsize=maxsize)
+        self._queue: BoundedQueue[Entry] = BoundedQueue(maxsize, max_bytes)
+        self._sink = _Sink(target)
         self._on_written = on_written
         self._on_dropped = on_dropped
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._stream: IO[bytes] | None = None
+        self._stop = threading.Event()
+        self._deadline = float("inf")  # monotonic time the writer gives up at (close sets it)
+        self._cut_short = 0  # lines the writer gave up on once closing
 
     def start(self) -> None:
-        if self.target == "-":
-            self._stream = sys.stdout.buffer
-        else:
-            self._stream = open(self.target, "ab")  # noqa: SIM115 - closed in close()
+        """Open the sink when that needs no waiting, and start the writer. A FIFO with no
+        reader yet is retried by the writer (entries are kept, bounded, meanwhile); a path
+        that cannot be opened for another reason fails the start."""
+        if not self._sink.open():
+            log.warning(
+                "prediction log %s has no reader yet; entries are kept (bounded) until one "
+                "opens it",
+                self.target,
+            )
         self._thread.start()
 
     def submit(self, entry: Entry) -> None:
-        """Queue an entry; never blocks (a full queue drops and counts it)."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            self._on_dropped(max(1, _rows(entry.outputs)))
+        """Queue an entry; never blocks (past the queue's bounds the oldest are dropped
+        and counted)."""
+        dropped = self._queue.put(entry, entry_size(entry))
+        if dropped:
+            self._on_dropped(sum(rows(e) for e in dropped), OVERFLOW)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued, then stop."""
-        if not self._thread.is_alive():
-            return
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
-        if self._stream is not None and self.target != "-":
-            self._stream.close()
+        """Write what is queued within ``timeout`` seconds, then stop: returns within
+        about that whatever the sink does; lines not written by then are counted."""
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout + 2 * STEP_S)
+        if self._thread.is_alive():  # blocked in a write (standard output, a stalled disk)
+            log.warning("prediction log %s: the writer is stuck; leaving it", self.target)
+        else:
+            self._sink.close()
+        left = sum(rows(e) for e in self._queue.clear())
+        if left:
+            self._on_dropped(left, UNWRITTEN)
+        if left + self._cut_short:
+            log.warning(
+                "prediction log %s: %d line(s) not written by shutdown",
+                self.target,
+                left + self._cut_short,
+            )
+
+    def _giving_up(self) -> bool:
+        return time.monotonic() >= self._deadline
 
     def _run(self) -> None:
-        stream = self._stream
-        assert stream is not None
-        while True:
-            first = self._queue.get()
-            batch: list[Entry | None] = [first]
-            while len(batch) < 1024:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            chunk: list[bytes] = []
-            stop = False
-            for entry in batch:
-                if entry is None:
-                    stop = True
-                    continue
-                try:
-                    chunk.extend(lines(entry))
-                except (TypeError, ValueError):  # never let one odd value stop the log
-                    self._on_dropped(max(1, _rows(entry.outputs)))
-            if chunk:
-                try:
-                    stream.write(b"".join(chunk))
-                    stream.flush()
-                    self._on_written(len(chunk))
-                except (OSError, ValueError):
-                    self._on_dropped(len(chunk))
-            if stop:
+        while not self._giving_up():
+            if not self._sink_open():
+                if self._stop.is_set():
+                    return
+                continue
+            batch = self._queue.take(TAKE_ITEMS, TAKE_BYTES, STEP_S)
+            if batch:
+                self._write(batch)
+            elif self._stop.is_set():
                 return
 
+    def _sink_open(self) -> bool:
+        """Whether the sink is open (opening it if it can be); waits a step when not."""
+        try:
+            if self._sink.open():
+                return True
+        except OSError as exc:
+            self._sink.failed(exc)
+        self._stop.wait(STEP_S)
+        return False
 
-def _rows(outputs: dict[str, Sequence[Any]]) -> int:
-    return max((len(v) for v in outputs.values()), default=0)
+    def _write(self, batch: list[Entry]) -> None:
+        chunk: list[bytes] = []
+        for entry in batch:
+            try:
+                chunk.extend(lines(entry))
+            except (TypeError, ValueError):  # never let one odd value stop the log
+                self._on_dropped(rows(entry), BAD_VALUE)
+        if not chunk:
+            return
+        data = b"".join(chunk)
+        done = self._sink.write(data, self._giving_up)
+        unwritten = data.count(b"\n", done)  # a line cut short counts as unwritten
+        if len(chunk) > unwritten:
+            self._on_written(len(chunk) - unwritten)
+        if unwritten:
+            self._on_dropped(unwritten, UNWRITTEN)
+            if self._stop.is_set():
+                self._cut_short += unwritten

@@ -69,6 +69,21 @@ class ServingSettings(BaseSettings):
         8 * 1024 * 1024, gt=0, le=1024**3, description="Largest request body (413 above)."
     )
     max_rows: int = Field(10_000, gt=0, description="Most rows in one inference request.")
+    max_feedback_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        le=1024**3,
+        description="Largest feedback body (413 above); feedback is parsed off the event loop, "
+        "one body at a time.",
+    )
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        le=100_000,
+        description="Most requests being served at once (503 with Retry-After above); health "
+        "and metrics endpoints are not counted. Bodies held in memory are at most this many "
+        "times max_body_bytes.",
+    )
     max_request_id: int = Field(
         DEFAULT_MAX_REQUEST_ID,
         ge=1,
@@ -106,7 +121,20 @@ class ServingSettings(BaseSettings):
         description="On SIGTERM: report not ready and keep serving this long before draining.",
     )
     shutdown_timeout: float = Field(
-        30.0, gt=0, le=3600, description="Most seconds to wait for in-flight requests on exit."
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds from the end of the drain to the exit: in-flight requests get it "
+        "less a reserve (up to 5 s, at most half) in which the prediction log is flushed; the "
+        "process is gone drain_seconds + shutdown_timeout after SIGTERM.",
+    )
+    thread_switch_ms: float = Field(
+        1.0,
+        ge=0.1,
+        le=100,
+        description="Longest a worker thread busy in Python (feedback decoding, the prediction "
+        "log writer) holds the interpreter before the event loop gets it back "
+        "(sys.setswitchinterval; Python's default is 5).",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the server's own log lines."
@@ -170,7 +198,17 @@ class ServingSettings(BaseSettings):
         None, description="Where prediction lines go: '-' for stdout, a file path, or unset."
     )
     prediction_log_queue: int = Field(
-        10_000, gt=0, le=10_000_000, description="Lines buffered before new ones are dropped."
+        10_000,
+        gt=0,
+        le=10_000_000,
+        description="Requests queued for the log; past it the oldest are dropped (and counted).",
+    )
+    prediction_log_queue_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=16 * 1024**3,
+        description="Estimated bytes the log queue holds; past it the oldest are dropped "
+        "(and counted).",
     )
     prediction_log_inputs: float = Field(
         0.0, ge=0, le=1, description="Share of lines that also carry the inputs (0 to 1)."
@@ -179,6 +217,13 @@ class ServingSettings(BaseSettings):
     # --- feedback
     feedback_capacity: int = Field(
         100_000, gt=0, le=100_000_000, description="Recent predictions kept for feedback."
+    )
+    feedback_capacity_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        le=16 * 1024**3,
+        description="Estimated bytes of the predictions kept for feedback; past it (or past "
+        "feedback_capacity) the oldest are forgotten (and counted).",
     )
     feedback_window: int = Field(
         1000, gt=0, le=10_000_000, description="Rows in the rolling online metric."

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
-from kubeloop.serving.predlog import Entry, PredictionLog, lines
+from kubeloop.serving.predlog import (
+    OVERFLOW,
+    UNWRITTEN,
+    Entry,
+    PredictionLog,
+    entry_size,
+    lines,
+)
 
 
 def entry(rows: int = 2, inputs: bool = True) -> Entry:
@@ -38,15 +52,165 @@ def test_one_line_per_row_with_plain_json_values():
     assert "inputs" not in single
 
 
-def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
-    written: list[int] = []
-    dropped: list[int] = []
-    log = PredictionLog(str(tmp_path / "p.jsonl"), 1, written.append, dropped.append)
-    # not started: nothing drains, so the second and third entries find the queue full
-    for _ in range(3):
-        log.submit(entry())
-    assert dropped == [2, 2]
+class Counts:
+    """What the log reports: lines written, and lines dropped by reason."""
+
+    def __init__(self) -> None:
+        self.written: list[int] = []
+        self.dropped: list[tuple[int, str]] = []
+
+    def log(self, target: str, maxsize: int = 1000, max_bytes: int = 64 * 1024**2) -> PredictionLog:
+        return PredictionLog(target, maxsize, self.written.append, self.on_dropped, max_bytes)
+
+    def on_dropped(self, n: int, reason: str) -> None:
+        self.dropped.append((n, reason))
+
+    def lost(self, reason: str) -> int:
+        return sum(n for n, r in self.dropped if r == reason)
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_without_blocking(tmp_path):
+    counts = Counts()
+    log = counts.log(str(tmp_path / "p.jsonl"), maxsize=1)
+    # not started: nothing drains, so each entry pushes out the one before
+    for i in range(3):
+        log.submit(entry()._replace(request_id=f"r{i}"))
+    assert counts.dropped == [(2, OVERFLOW), (2, OVERFLOW)]
     log.start()
     log.close()
-    assert sum(written) == 2
-    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+    assert sum(counts.written) == 2
+    kept = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert {line["request_id"] for line in kept} == {"r2"}  # the newest
+
+
+def test_the_queue_is_bounded_in_bytes(tmp_path):
+    counts = Counts()
+    size = entry_size(entry()._replace(request_id="r0"))
+    log = counts.log(str(tmp_path / "p.jsonl"), maxsize=1000, max_bytes=3 * size)
+    for i in range(10):
+        log.submit(entry()._replace(request_id=f"r{i}"))
+    assert counts.lost(OVERFLOW) == 2 * 7
+    log.start()
+    log.close()
+    kept = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [line["request_id"] for line in kept] == ["r7", "r7", "r8", "r8", "r9", "r9"]
+
+
+def test_entry_size_counts_arrays_and_text():
+    small = entry_size(entry(rows=1, inputs=False))
+    assert entry_size(entry(rows=100, inputs=False)) >= small + 99 * (8 + 8)
+    texts = entry(rows=1)._replace(inputs={"city": np.array(["x" * 5000], dtype=object)})
+    assert entry_size(texts) >= small + 5000
+    assert entry_size(entry(rows=1, inputs=False)._replace(request_id="i" * 300)) == small + 299
+
+
+def run_bounded(what: str, call: Callable[[], object], seconds: float = 30) -> None:
+    """Run ``call`` on a thread; fail if it has not returned within ``seconds`` (a bound
+    on a call that must not block, not a measure of speed)."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (call(), done.set()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done.is_set(), f"{what} blocked"
+
+
+def test_a_fifo_nobody_reads_neither_blocks_start_nor_close(tmp_path):
+    fifo = tmp_path / "p.fifo"
+    os.mkfifo(fifo)
+    counts = Counts()
+    log = counts.log(str(fifo))
+    run_bounded("start with a FIFO nobody reads", log.start)
+    for _ in range(3):
+        log.submit(entry())
+    run_bounded("close with a FIFO nobody reads", lambda: log.close(timeout=0.5))
+    assert counts.written == []
+    assert counts.lost(UNWRITTEN) == 6
+
+
+def test_a_reader_that_comes_later_gets_the_kept_lines(tmp_path):
+    fifo = tmp_path / "p.fifo"
+    os.mkfifo(fifo)
+    counts = Counts()
+    log = counts.log(str(fifo))
+    log.start()
+    log.submit(entry()._replace(request_id="early"))
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        text = read_until(reader, b"early", lines=2)
+    finally:
+        log.close(timeout=5)
+        os.close(reader)
+    assert [json.loads(line)["request_id"] for line in text.splitlines()] == ["early", "early"]
+    assert sum(counts.written) == 2
+
+
+def read_until(fd: int, needle: bytes, lines: int, seconds: float = 30) -> bytes:
+    """What a non-blocking reader gets until ``lines`` lines with ``needle`` arrived."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    while got.count(needle) < lines:
+        assert time.monotonic() < deadline, f"timed out; read {got[:200]!r}"
+        select.select([fd], [], [], 0.1)
+        with contextlib.suppress(BlockingIOError):
+            got += os.read(fd, 65536)
+    return got
+
+
+def test_a_stalled_pipe_never_blocks_close_and_the_rest_is_counted(tmp_path):
+    fifo = tmp_path / "p.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read: the pipe fills
+    try:
+        counts = Counts()
+        log = counts.log(str(fifo), maxsize=100_000)
+        log.start()
+        total = 0
+        for _ in range(400):
+            big = entry(rows=50)
+            log.submit(big)
+            total += 50
+        run_bounded("close with a stalled pipe", lambda: log.close(timeout=0.5))
+    finally:
+        os.close(reader)
+    assert counts.lost(UNWRITTEN) > 0
+    assert sum(counts.written) + counts.lost(UNWRITTEN) == total
+
+
+def test_a_reader_that_leaves_costs_its_lines_and_the_next_reader_is_served(tmp_path):
+    fifo = tmp_path / "p.fifo"
+    os.mkfifo(fifo)
+    counts = Counts()
+    log = counts.log(str(fifo))
+    first = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    log.start()
+    log.submit(entry()._replace(request_id="one"))
+    read_until(first, b"one", lines=2)
+    os.close(first)  # the reader goes away: the next write breaks the pipe
+    wait_until(lambda: submit_then_any_unwritten(counts, log, "two"), "a broken pipe counted")
+    second = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        log.submit(entry()._replace(request_id="three"))
+        read_until(second, b"three", lines=2)
+    finally:
+        log.close(timeout=5)
+        os.close(second)
+    assert counts.lost(UNWRITTEN) >= 2
+
+
+def submit_then_any_unwritten(counts: Counts, log: PredictionLog, rid: str) -> bool:
+    """Submit one more entry; true once some line was counted as unwritten."""
+    log.submit(entry()._replace(request_id=rid))
+    return counts.lost(UNWRITTEN) > 0
+
+
+def wait_until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_path_that_cannot_be_opened_fails_the_start(tmp_path):
+    log = Counts().log(str(tmp_path / "no-such-dir" / "p.jsonl"))
+    with pytest.raises(FileNotFoundError):
+        log.start()

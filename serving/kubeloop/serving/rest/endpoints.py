@@ -104,12 +104,15 @@ class Endpoints:
 
     async def feedback(self, name: str, request: Request) -> Response:
         model = self.plane.model(name)
-        result = self.plane.feedback.record(
-            model, decode_feedback(await request.body(), self.plane.limits)
+        body, limits = await request.body(), self.plane.limits
+        # decoded and scored on the feedback thread: a large body never stalls inference
+        result = await self.plane.feedback.record_off_loop(
+            model, lambda: decode_feedback(body, limits)
         )
         return _json(
             {
                 "matched": result.matched,
+                "duplicates": result.duplicates,
                 "unknown": len(result.unknown),
                 "unknown_ids": result.unknown[:MAX_UNKNOWN_IDS],
                 "metric": result.metric,

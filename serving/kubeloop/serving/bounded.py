@@ -1,0 +1,83 @@
+"""A queue bounded by count and by bytes that never blocks its producers.
+
+Producers are requests on the event loop: :meth:`BoundedQueue.put` takes a short lock,
+never waits for room, and makes room by dropping the OLDEST items (the newest say most
+about the service now). The consumer is one thread that takes batches bounded by count
+and by bytes, so what it holds while it writes is bounded too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class BoundedQueue(Generic[T]):
+    """At most ``max_items`` items and ``max_bytes`` bytes (each item's size is the
+    producer's estimate); a put past either bound drops the oldest items."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[T, int]] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition(threading.Lock())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        """The queued items' estimated size."""
+        return self._bytes
+
+    def put(self, item: T, size: int) -> list[T]:
+        """Queue ``item`` of ``size`` bytes; returns the items dropped to make room,
+        oldest first (``item`` itself when it alone is over ``max_bytes``)."""
+        dropped: list[T] = []
+        with self._cond:
+            items = self._items
+            items.append((item, size))
+            self._bytes += size
+            while items and (len(items) > self.max_items or self._bytes > self.max_bytes):
+                old, old_size = items.popleft()
+                self._bytes -= old_size
+                dropped.append(old)
+            if items:
+                self._cond.notify()
+        return dropped
+
+    def take(self, max_items: int, max_bytes: int, timeout: float) -> list[T]:
+        """Up to ``max_items`` items, oldest first, and no more than ``max_bytes`` bytes
+        (but always at least one); waits at most ``timeout`` seconds for the first."""
+        deadline = time.monotonic() + timeout
+        out: list[T] = []
+        with self._cond:
+            items = self._items
+            while not items:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return out
+                self._cond.wait(left)
+            taken = 0
+            while items and len(out) < max_items:
+                item, size = items[0]
+                if out and taken + size > max_bytes:
+                    break
+                items.popleft()
+                self._bytes -= size
+                taken += size
+                out.append(item)
+        return out
+
+    def clear(self) -> list[T]:
+        """Remove and return everything queued."""
+        with self._cond:
+            out = [item for item, _ in self._items]
+            self._items.clear()
+            self._bytes = 0
+        return out

@@ -1,0 +1,54 @@
+"""The queue bounded by count and bytes: a put never waits, the oldest make room."""
+
+from __future__ import annotations
+
+import threading
+
+from kubeloop.serving.bounded import BoundedQueue
+
+
+def test_past_the_count_the_oldest_are_dropped():
+    q: BoundedQueue[str] = BoundedQueue(max_items=2, max_bytes=1000)
+    assert q.put("a", 1) == []
+    assert q.put("b", 1) == []
+    assert q.put("c", 1) == ["a"]
+    assert q.take(10, 1000, timeout=0) == ["b", "c"]
+    assert (len(q), q.bytes) == (0, 0)
+
+
+def test_past_the_bytes_as_many_of_the_oldest_as_needed_are_dropped():
+    q: BoundedQueue[str] = BoundedQueue(max_items=100, max_bytes=10)
+    for name in "abcde":
+        assert q.put(name, 2) == []
+    assert q.put("big", 5) == ["a", "b", "c"]
+    assert (len(q), q.bytes) == (3, 9)
+    assert q.put("huge", 11) == ["d", "e", "big", "huge"]  # over the bound alone
+    assert (len(q), q.bytes) == (0, 0)
+
+
+def test_take_is_bounded_by_count_and_bytes_but_takes_at_least_one():
+    q: BoundedQueue[int] = BoundedQueue(max_items=100, max_bytes=1000)
+    for i in range(5):
+        q.put(i, 100 if i else 500)
+    assert q.take(10, 300, timeout=0) == [0]  # one, even over the byte budget
+    assert q.take(10, 300, timeout=0) == [1, 2, 3]
+    assert q.take(1, 300, timeout=0) == [4]
+    assert q.take(10, 300, timeout=0) == []
+
+
+def test_take_waits_for_a_put():
+    q: BoundedQueue[str] = BoundedQueue(max_items=10, max_bytes=100)
+    got: list[list[str]] = []
+    taker = threading.Thread(target=lambda: got.append(q.take(10, 100, timeout=30)))
+    taker.start()
+    q.put("x", 1)
+    taker.join(30)
+    assert got == [["x"]]
+
+
+def test_clear_returns_what_was_queued():
+    q: BoundedQueue[str] = BoundedQueue(max_items=10, max_bytes=100)
+    q.put("x", 3)
+    q.put("y", 4)
+    assert q.clear() == ["x", "y"]
+    assert (len(q), q.bytes) == (0, 0)
