@@ -12,7 +12,14 @@ import numpy as np
 import orjson
 
 from kubeloop.serving.errors import BadRequestError
-from kubeloop.serving.rest.parsing import first_non_number, first_out_of_range, loads, show
+from kubeloop.serving.rest.parsing import (
+    first_boolean,
+    first_non_number,
+    first_out_of_range,
+    loads,
+    may_hold_booleans,
+    show,
+)
 from kubeloop.serving.tensors import Column, Decoded, InputSpec, check_column, object_column
 
 #: the V1 response field with one prediction per row (KServe V1 defines this one)
@@ -44,7 +51,8 @@ def decode_v1(
         cols = _row_columns(instances, specs)
     else:
         raise BadRequestError("'instances' must hold rows (lists) or records (objects)")
-    columns = [_from_v1(values, spec) for spec, values in zip(specs, cols, strict=True)]
+    booleans = may_hold_booleans(body)
+    columns = [_from_v1(values, spec, booleans) for spec, values in zip(specs, cols, strict=True)]
     return Decoded(columns, n, None, None, {}, False)
 
 
@@ -84,7 +92,9 @@ def _row_columns(instances: list[Any], specs: Sequence[InputSpec]) -> list[list[
     return [list(c) for c in zip(*instances, strict=True)]
 
 
-def _from_v1(values: list[Any], spec: InputSpec) -> Column:
+def _from_v1(values: list[Any], spec: InputSpec, booleans: bool = True) -> Column:
+    """One feature's column; ``booleans``: the body may hold true/false, which a numeric
+    feature refuses (numpy would read them as 1 and 0)."""
     name = spec.name
     if spec.datatype == "BYTES":
         for r, v in enumerate(values):
@@ -96,6 +106,11 @@ def _from_v1(values: list[Any], spec: InputSpec) -> Column:
             if not isinstance(v, bool):
                 raise BadRequestError(f"feature '{name}' is true/false but row {r} is {show(v)}")
         return np.asarray(values, dtype=np.bool_)
+    found = first_boolean(values) if booleans else None
+    if found is not None:
+        raise BadRequestError(
+            f"feature '{name}' is a number but row {found[0]} is {show(found[1])}"
+        )
     if spec.nullable and any(v is None for v in values):
         values = [np.nan if v is None else v for v in values]
     try:

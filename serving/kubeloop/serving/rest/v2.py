@@ -16,7 +16,15 @@ import orjson
 
 from kubeloop.serving.errors import BadRequestError
 from kubeloop.serving.limits import RequestLimits
-from kubeloop.serving.rest.parsing import cut, first_non_number, first_out_of_range, loads, show
+from kubeloop.serving.rest.parsing import (
+    cut,
+    first_boolean,
+    first_non_number,
+    first_out_of_range,
+    loads,
+    may_hold_booleans,
+    show,
+)
 from kubeloop.serving.tensors import (
     COMPATIBLE,
     DATATYPES,
@@ -65,6 +73,8 @@ def decode_v2(
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("'inputs' must be a non-empty list of tensors")
     request_id = _check_metadata(req, inputs, limits)
+    if may_hold_booleans(header):
+        _refuse_booleans(inputs)
     binary_default = bool(_bool_param(req.get("parameters"), "binary_data_output", "request"))
     requested, flags = _requested_outputs(req.get("outputs"), output_names)
     # one tensor, not named after a feature, for a model of several: a 2-D tensor holding
@@ -93,6 +103,23 @@ def _check_metadata(req: dict[str, Any], inputs: list[Any], limits: RequestLimit
         if isinstance(tensor, dict) and "parameters" in tensor:
             limits.check_parameters(tensor["parameters"], f"tensor {show(tensor.get('name'))}")
     return request_id
+
+
+def _refuse_booleans(inputs: list[Any]) -> None:
+    """JSON true/false among a numeric tensor's values is a client error: numpy would read
+    it as 1 or 0. (BOOL and BYTES tensors check their values as they decode.)"""
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            continue
+        datatype, data = tensor.get("datatype"), tensor.get("data")
+        if not (isinstance(datatype, str) and datatype in NUMERIC and isinstance(data, list)):
+            continue
+        found = first_boolean(_iter_flat(data))
+        if found is not None:
+            raise BadRequestError(
+                f"input {show(tensor.get('name'))} is {datatype} but value {found[0]} is "
+                f"{show(found[1])}, not a number"
+            )
 
 
 def header_length(value: bytes) -> int:
