@@ -66,7 +66,9 @@ not_numbers = (
     | st.just([])
 )
 #: leaves and nested structures of every kind, surrogates included
-any_leaf = st.none() | st.booleans() | st.integers() | st.floats() | texts | surrogates
+any_leaf = (
+    st.none() | st.booleans() | st.integers() | st.floats() | huge_numbers | texts | surrogates
+)
 any_json = st.recursive(
     any_leaf,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),

@@ -40,7 +40,7 @@ def labels(r):
     return next(o for o in outputs if o["name"] == LABEL_OUTPUT)["data"]
 
 
-@fuzz(60)
+@fuzz(100)
 @given(rows=matrices, nested=st.booleans(), datatype=st.sampled_from(["FP32", "FP64"]))
 def test_json_and_binary_spellings_agree(http, rows, nested, datatype):
     n = len(rows)
@@ -56,7 +56,7 @@ def test_json_and_binary_spellings_agree(http, rows, nested, datatype):
     assert labels(post(http, PATH, dumps(doc))) == labels(binary)
 
 
-@fuzz(100)
+@fuzz(200)
 @given(
     rows=matrices,
     at=st.integers(0, 6 * F),
@@ -72,7 +72,7 @@ def test_a_hostile_value_is_a_400_naming_the_tensor(http, rows, at, bad, name):
     still_serves(http, PATH, GOOD)
 
 
-@fuzz(100)
+@fuzz(200)
 @given(
     n=st.integers(1, 4),
     raw=st.data(),

@@ -53,7 +53,7 @@ def instances(draw: st.DrawFn) -> tuple[list[Any], int]:
     return [[r[k] for k in FEATURES] for r in table], len(table)
 
 
-@fuzz(60)
+@fuzz(100)
 @given(case=instances(), key=st.sampled_from(["instances", "inputs"]))
 def test_well_formed_instances_get_one_prediction_each(http, case, key):
     values, n = case
@@ -77,7 +77,7 @@ def hostile(name: str) -> st.SearchStrategy[Any]:
     )
 
 
-@fuzz(150)
+@fuzz(300)
 @given(case=instances(), name=st.sampled_from(FEATURES), at=st.integers(0, 7), data=st.data())
 def test_a_hostile_value_is_a_400_naming_its_feature(http, case, name, at, data):
     values, n = case
@@ -97,7 +97,7 @@ def test_a_hostile_value_is_a_400_naming_its_feature(http, case, name, at, data)
     still_serves(http, PATH, GOOD)
 
 
-@fuzz(200)
+@fuzz(400)
 @given(
     case=instances(),
     extra=st.dictionaries(texts, any_json, min_size=1, max_size=3),

@@ -92,7 +92,7 @@ def test_the_model_takes_what_the_cases_assume(http):
     ]
 
 
-@fuzz(60)
+@fuzz(100)
 @given(case=requests())
 def test_well_formed_requests_get_the_v1_answer(http, case):
     doc, table = case
@@ -121,7 +121,7 @@ def hostile(name: str) -> st.SearchStrategy[Any]:
     return not_numbers | huge_numbers | non_finite.filter(lambda v: not (nan_ok and math.isnan(v)))
 
 
-@fuzz(150)
+@fuzz(300)
 @given(case=requests(), name=st.sampled_from(FEATURES), at=st.integers(0, 7), data=st.data())
 def test_a_hostile_value_is_a_400_naming_its_input(http, case, name, at, data):
     doc, table = case
@@ -172,7 +172,7 @@ TOP = {
 }
 
 
-@fuzz(250)
+@fuzz(500)
 @given(case=requests(), data=st.data())
 def test_broken_structure_and_giant_metadata_never_get_a_5xx(http, case, data):
     doc, _ = case
@@ -194,7 +194,7 @@ def length_prefixed(values: list[str]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
 
 
-@fuzz(120)
+@fuzz(200)
 @given(
     case=requests(),
     blob=st.none() | st.binary(max_size=64),
