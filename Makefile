@@ -55,6 +55,10 @@ verify-crds: setup ## Fail when crds/ differs from what the models generate.
 unit: setup ## Run the unit tests only.
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: fuzz
+fuzz: setup ## Run the fuzz tier only: hypothesis and schemathesis against a real kubeloop serve.
+	$(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
+
 .PHONY: toolchain
 toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, helm) where missing.
 	hack/toolchain.sh
@@ -95,7 +99,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component and cluster tiers.
+test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator
