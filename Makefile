@@ -107,12 +107,18 @@ bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments 
 	$(BIN)/python bench/operator/bench_operator.py
 
 BENCH_VENV ?= $(HOME)/.cache/kubeloop/bench-venv
+KSERVE_VENV ?= $(HOME)/.cache/kubeloop/kserve-venv
 BENCH_SECONDS ?= 10
+SKLEARN_PIN = scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')
 
 .PHONY: bench-serving
-bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7 and a bare ASGI+onnxruntime ceiling (wrk).
+bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 and a bare ASGI+onnxruntime ceiling (wrk).
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	test -x $(BENCH_VENV)/bin/mlserver || ($(PYTHON) -m venv $(BENCH_VENV) && \
 	  $(BENCH_VENV)/bin/pip install --quiet "mlserver==1.7.*" "mlserver-sklearn==1.7.*" \
-	  "scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')")
-	$(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)
+	  "$(SKLEARN_PIN)")
+	test -f $(KSERVE_VENV)/.kserve-0.21 || ($(PYTHON) -m venv $(KSERVE_VENV) && \
+	  $(KSERVE_VENV)/bin/pip install --quiet "kserve==0.21.*" "$(SKLEARN_PIN)" && \
+	  touch $(KSERVE_VENV)/.kserve-0.21)
+	KUBELOOP_BENCH_VENV=$(BENCH_VENV) KUBELOOP_KSERVE_VENV=$(KSERVE_VENV) \
+	  $(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)
