@@ -172,9 +172,17 @@ TOP = {
 }
 
 
+#: ``x-request-id`` header values: printable ASCII (what HTTP carries), up to giant
+header_ids = (
+    st.none()
+    | st.text(st.characters(min_codepoint=32, max_codepoint=126))
+    | (st.integers(1, 60_000).map(lambda n: "h" * n))
+)
+
+
 @fuzz(500)
-@given(case=requests(), data=st.data())
-def test_broken_structure_and_giant_metadata_never_get_a_5xx(http, case, data):
+@given(case=requests(), request_id=header_ids, data=st.data())
+def test_broken_structure_and_giant_metadata_never_get_a_5xx(http, case, request_id, data):
     doc, _ = case
     if data.draw(st.booleans(), label="top"):
         key = data.draw(st.sampled_from(sorted(TOP)), label="key")
@@ -185,7 +193,8 @@ def test_broken_structure_and_giant_metadata_never_get_a_5xx(http, case, data):
         doc["inputs"][where][key] = data.draw(MUTATIONS[key], label="value")
         if data.draw(st.booleans(), label="duplicate"):
             doc["inputs"].append(doc["inputs"][where])
-    r = post(http, PATH, dumps(doc))
+    headers = {} if request_id is None else {"x-request-id": request_id}
+    r = post(http, PATH, dumps(doc), **headers)
     no_server_error(r)
     still_serves(http, PATH, GOOD)
 
