@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from fuzzing import (
     dumps,
     fuzz,
@@ -86,3 +87,32 @@ def test_random_binary_rows_decode_or_get_a_400(http, n, raw, datatype):
     r = post(http, PATH, header + blob, **{"inference-header-content-length": str(len(header))})
     no_server_error(r)
     still_serves(http, PATH, GOOD)
+
+
+V1 = "/v1/models/cancer:predict"
+
+
+@pytest.fixture(scope="module")
+def features(http):
+    return [i["name"] for i in http.get("/v2/models/cancer").json()["inputs"]]
+
+
+@fuzz(100)
+@given(rows=matrices)
+def test_v1_rows_get_the_2d_tensor_answer(http, rows):
+    """V1 rows of numbers (one vectorised pass) and the same rows as a V2 2-D tensor."""
+    n = len(rows)
+    doc = {"inputs": [{"name": "x", "shape": [n, F], "datatype": "FP64", "data": rows}]}
+    r = post(http, V1, dumps({"instances": rows}))
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"] == labels(post(http, PATH, dumps(doc)))
+
+
+@fuzz(200)
+@given(rows=matrices, at=st.integers(0, 6 * F), bad=not_numbers | huge_numbers | non_finite)
+def test_a_hostile_value_in_v1_rows_is_a_400_naming_its_feature(http, features, rows, at, bad):
+    flat = at % (len(rows) * F)
+    rows[flat // F][flat % F] = bad
+    r = post(http, V1, dumps({"instances": rows}))
+    refused_naming(r, features[flat % F])
+    still_serves(http, V1, dumps({"instances": [[1.0] * F]}))

@@ -28,7 +28,6 @@ from kubeloop.serving.rest.parsing import (
 from kubeloop.serving.tensors import (
     COMPATIBLE,
     DATATYPES,
-    FP32_MAX,
     NUMERIC,
     Column,
     Decoded,
@@ -38,6 +37,7 @@ from kubeloop.serving.tensors import (
     from_bytes,
     object_column,
     to_bytes,
+    within_fp32,
 )
 
 #: the limits a caller that passes none gets (the settings' defaults)
@@ -228,18 +228,11 @@ def _decode_matrix(
             raise BadRequestError(f"input '{name}' has no 'data'")
         flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
-    if not _within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
+    if not within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
         # one vectorised check first; each column's own only when that fails
         for j, spec in enumerate(specs):
             check_column(matrix[:, j], spec, f"{name}[:, {j}] ({spec.name})")
     return matrix
-
-
-def _within_fp32(matrix: np.ndarray[Any, Any]) -> bool:
-    """Every value finite and within FP32's range (NaN fails: it propagates)."""
-    if matrix.dtype.kind != "f" or not matrix.size:
-        return True
-    return bool(matrix.min() >= -FP32_MAX and matrix.max() <= FP32_MAX)
 
 
 def _requested_outputs(
