@@ -121,12 +121,19 @@ def hostile(name: str) -> st.SearchStrategy[Any]:
     return not_numbers | huge_numbers | non_finite.filter(lambda v: not (nan_ok and math.isnan(v)))
 
 
+#: values the model's FP32 input could take but the tensor's declared datatype cannot hold
+DECLARED_OVERFLOW = {
+    "INT32": st.integers(2**31, 2**62) | st.integers(-(2**62), -(2**31) - 1),
+}
+
+
 @fuzz(300)
 @given(case=requests(), name=st.sampled_from(FEATURES), at=st.integers(0, 7), data=st.data())
 def test_a_hostile_value_is_a_400_naming_its_input(http, case, name, at, data):
     doc, table = case
-    bad = data.draw(hostile(name) | surrogates, label="bad")
     tensor = next(t for t in doc["inputs"] if t["name"] == name)
+    declared = DECLARED_OVERFLOW.get(tensor["datatype"], st.nothing())
+    bad = data.draw(hostile(name) | surrogates | declared, label="bad")
     row = at % len(table)
     if isinstance(tensor["data"][row], list):
         tensor["data"][row][0] = bad

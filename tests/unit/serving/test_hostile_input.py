@@ -260,3 +260,31 @@ def test_v1_booleans_in_a_numeric_feature_are_refused(instances, message):
     specs, index = [InputSpec("a", "FP32"), InputSpec("b", "BYTES")], {"a": 0, "b": 1}
     with pytest.raises(BadRequestError, match=re.escape(message)):
         decode_v1(f'{{"instances": {instances}}}'.encode(), specs, index, max_rows=10)
+
+
+def test_a_value_the_declared_datatype_cannot_hold_is_refused():
+    """A tensor declared INT32 or FP32 must hold values of that type, even when the model's
+    input takes wider ones: its binary form could not carry them."""
+
+    def body(datatype, value, name="f0"):
+        tensor = {"name": name, "datatype": datatype, "shape": [1], "data": [value]}
+        other = {"name": "f1", "datatype": "FP32", "shape": [1], "data": [1.0]}
+        return orjson.dumps({"inputs": [tensor, other]})
+
+    refused(
+        body("INT32", 2**31),
+        "input 'f0' is 2147483648 at row 0, outside the range of INT32",
+        specs=NUMERIC,
+    )
+    assert decode(body("INT32", 2**31 - 1), specs=NUMERIC).columns[0][0] == 2**31 - 1
+    wide = [InputSpec("f0", "FP64", nullable=True), InputSpec("f1", "FP32")]
+    refused(body("FP32", 1e300), "input 'f0' is 1e+300 at row 0, outside the range of FP32",
+            specs=wide)  # fmt: skip
+    assert decode(body("FP64", 1e300), specs=wide).columns[0][0] == 1e300
+    nan = body("FP32", 0.0).replace(b"[0.0]", b"[NaN]")
+    assert np.isnan(decode(nan, specs=wide).columns[0][0])  # still the nullable's missing value
+    matrix = orjson.dumps({"inputs": [
+        {"name": "x", "datatype": "INT32", "shape": [1, 2], "data": [1, 2**40]},
+    ]})  # fmt: skip
+    refused(matrix, "input 'x[:, 1] (f1)' is 1099511627776 at row 0, outside the range of INT32",
+            specs=NUMERIC)  # fmt: skip

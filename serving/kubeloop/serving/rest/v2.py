@@ -180,7 +180,7 @@ def _decode_columns(
             if "data" not in tensor:
                 raise BadRequestError(f"input '{name}' has no 'data'")
             col = _from_json(tensor["data"], datatype, n, name)
-        columns[i] = check_column(col, spec, name)
+        columns[i] = _check_values(col, datatype, spec, name)
     if offset != len(binary):
         raise BadRequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
     missing = [s.name for s, c in zip(specs, columns, strict=True) if c is None]
@@ -228,11 +228,29 @@ def _decode_matrix(
             raise BadRequestError(f"input '{name}' has no 'data'")
         flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
-    if not within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
+    narrow = datatype in _NARROW and any(s.datatype != datatype for s in specs)
+    if narrow or not within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
         # one vectorised check first; each column's own only when that fails
         for j, spec in enumerate(specs):
-            check_column(matrix[:, j], spec, f"{name}[:, {j}] ({spec.name})")
+            _check_values(matrix[:, j], datatype, spec, f"{name}[:, {j}] ({spec.name})")
     return matrix
+
+
+#: request datatypes narrower than inputs they may be sent for, as specs to check against
+_NARROW: dict[str, InputSpec] = {
+    "INT32": InputSpec("", "INT32", nullable=True),
+    "FP32": InputSpec("", "FP32", nullable=True),
+}
+
+
+def _check_values(col: Column, datatype: str, spec: InputSpec, name: str) -> Column:
+    """``col`` once its values fit the model input's datatype and the request's own: a
+    tensor declared INT32 (or FP32) holding a value that type cannot hold is malformed,
+    whatever the model takes (its binary form could not carry the value)."""
+    declared = _NARROW.get(datatype)
+    if declared is not None and datatype != spec.datatype:
+        check_column(col, declared, name)
+    return check_column(col, spec, name)
 
 
 def _requested_outputs(
