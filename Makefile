@@ -55,6 +55,10 @@ verify-crds: setup ## Fail when crds/ differs from what the models generate.
 unit: setup ## Run the unit tests only.
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: fuzz
+fuzz: setup ## Run the fuzz tier only: hypothesis and schemathesis against a real kubeloop serve.
+	$(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
+
 .PHONY: toolchain
 toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, helm) where missing.
 	hack/toolchain.sh
@@ -95,7 +99,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component and cluster tiers.
+test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator
@@ -103,12 +107,18 @@ bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments 
 	$(BIN)/python bench/operator/bench_operator.py
 
 BENCH_VENV ?= $(HOME)/.cache/kubeloop/bench-venv
+KSERVE_VENV ?= $(HOME)/.cache/kubeloop/kserve-venv
 BENCH_SECONDS ?= 10
+SKLEARN_PIN = scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')
 
 .PHONY: bench-serving
-bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7 and a bare ASGI+onnxruntime ceiling (wrk).
+bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 and a bare ASGI+onnxruntime ceiling (wrk).
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	test -x $(BENCH_VENV)/bin/mlserver || ($(PYTHON) -m venv $(BENCH_VENV) && \
 	  $(BENCH_VENV)/bin/pip install --quiet "mlserver==1.7.*" "mlserver-sklearn==1.7.*" \
-	  "scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')")
-	$(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)
+	  "$(SKLEARN_PIN)")
+	test -f $(KSERVE_VENV)/.kserve-0.21 || ($(PYTHON) -m venv $(KSERVE_VENV) && \
+	  $(KSERVE_VENV)/bin/pip install --quiet "kserve==0.21.*" "$(SKLEARN_PIN)" && \
+	  touch $(KSERVE_VENV)/.kserve-0.21)
+	KUBELOOP_BENCH_VENV=$(BENCH_VENV) KUBELOOP_KSERVE_VENV=$(KSERVE_VENV) \
+	  $(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)

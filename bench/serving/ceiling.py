@@ -1,6 +1,7 @@
-"""The ceiling: a bare ASGI app that only parses the OIP JSON body and calls
-onnxruntime — no validation, metrics, drift or logging. Same uvicorn stack and
-same onnxruntime session options as ``kubeloop serve``.
+"""The ceiling: a bare ASGI app that only parses the JSON body (an OIP v2 2-D tensor,
+or KServe V1 ``instances``) and calls onnxruntime — no validation, metrics, drift or
+logging. The same HTTP stack as ``kubeloop serve`` (uvicorn with uvloop and httptools,
+orjson) and the same onnxruntime session options.
 
     BENCH_MODEL=DIR uvicorn bench.serving.ceiling:app --loop uvloop --http httptools
 """
@@ -40,18 +41,23 @@ async def app(scope, receive, send):
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
-    tensor = orjson.loads(body)["inputs"][0]
-    x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"]).T.copy()
+    doc = orjson.loads(body)
+    if "instances" in doc:  # V1: rows
+        x = np.asarray(doc["instances"], dtype=np.float32).T.copy()
+    else:
+        tensor = doc["inputs"][0]
+        x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"]).T.copy()
     values = _session.run(None, {name: x[j].reshape(-1, 1) for j, name in enumerate(_inputs)})
-    out = orjson.dumps(
-        {
+    if "instances" in doc:
+        answer = {"predictions": values[0].ravel(), "probabilities": values[1]}
+    else:
+        answer = {
             "outputs": [
                 {"name": n, "shape": list(v.shape), "data": v.ravel()}
                 for n, v in zip(_outputs, values, strict=True)
             ]
-        },
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+        }
+    out = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
     await send(
         {
             "type": "http.response.start",

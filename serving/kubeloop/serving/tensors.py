@@ -100,6 +100,14 @@ INT_RANGE: dict[str, tuple[int, int]] = {
 }
 
 
+def within_fp32(matrix: np.ndarray[Any, Any]) -> bool:
+    """Every value finite and within FP32's range (NaN fails: it propagates through min and
+    max); integers always are. One vectorised pass over a whole 2-D request."""
+    if matrix.dtype.kind != "f" or not matrix.size:
+        return True
+    return bool(matrix.min() >= -FP32_MAX and matrix.max() <= FP32_MAX)
+
+
 def check_column(col: Column, spec: InputSpec, name: str) -> Column:
     """Refuse values the model's datatype cannot hold: NaN (unless the feature is
     nullable), infinity, and numbers outside the datatype's range. A good column costs

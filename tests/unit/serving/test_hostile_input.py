@@ -193,3 +193,98 @@ def test_unknown_names_are_quoted_cut_short():
         with pytest.raises(BadRequestError, match="'zzz") as err:
             decode(body)
         assert len(err.value.message) < 300
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ({"age": "true"}, "input 'age' is FP64 but value 0 is true, not a number"),
+        ({"income": "false"}, "input 'income' is FP64 but value 0 is false, not a number"),
+        ({"n": "true"}, "input 'n' is INT64 but value 0 is true, not a number"),
+    ],
+)
+def test_a_json_boolean_is_not_a_number(field, message):
+    refused(request(**field), message)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("[1.5, true]", "input 'f0' is FP32 but value 1 is true, not a number"),
+        ("[1, false]", "input 'f0' is FP32 but value 1 is false, not a number"),
+        ("[[1], [true]]", "input 'f0' is FP32 but value 1 is true, not a number"),
+        ("[true, 2]", "input 'f0' is FP32 but value 0 is true, not a number"),
+    ],
+)
+def test_booleans_mixed_into_a_numeric_column_are_refused(data, message):
+    f0 = b'{"name": "f0", "datatype": "FP32", "shape": [2], "data": ' + data.encode() + b"}"
+    f1 = b'{"name": "f1", "datatype": "FP32", "shape": [2], "data": [1, 2]}'
+    refused(b'{"inputs": [' + f0 + b", " + f1 + b"]}", message, specs=NUMERIC)
+
+
+def test_booleans_in_a_2d_tensor_are_refused():
+    body = (
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, true]}]}'
+    )
+    refused(body, "input 'x' is FP32 but value 3 is true, not a number", specs=NUMERIC)
+
+
+def test_a_bool_input_takes_only_booleans():
+    specs = [InputSpec("flag", "BOOL")]
+    ok = b'{"inputs": [{"name": "flag", "datatype": "BOOL", "shape": [2], "data": [true, false]}]}'
+    assert decode(ok, specs=specs).columns[0].tolist() == [True, False]
+    refused(ok.replace(b"false", b"0"), "input 'flag' is BOOL but value 1 is 0, not true/false",
+            specs=specs)  # fmt: skip
+    with pytest.raises(BadRequestError, match="feature 'flag' is true/false but row 1 is 1"):
+        decode_v1(b'{"instances": [[true], [1]]}', specs, {"flag": 0}, max_rows=10)
+
+
+def test_a_string_holding_true_is_no_boolean():
+    """The byte search only gates the scan: a BYTES value spelled "true" is a string."""
+    d = decode(request(city='"true"'))
+    assert d.columns[2].tolist() == ["true"]
+
+
+@pytest.mark.parametrize(
+    ("instances", "message"),
+    [
+        ('[[true, "x"]]', "feature 'a' is a number but row 0 is true"),
+        ('[[1.5, "x"], [false, "y"]]', "feature 'a' is a number but row 1 is false"),
+        (
+            '[{"a": 2, "b": "x"}, {"a": true, "b": "y"}]',
+            "feature 'a' is a number but row 1 is true",
+        ),
+    ],
+)
+def test_v1_booleans_in_a_numeric_feature_are_refused(instances, message):
+    specs, index = [InputSpec("a", "FP32"), InputSpec("b", "BYTES")], {"a": 0, "b": 1}
+    with pytest.raises(BadRequestError, match=re.escape(message)):
+        decode_v1(f'{{"instances": {instances}}}'.encode(), specs, index, max_rows=10)
+
+
+def test_a_value_the_declared_datatype_cannot_hold_is_refused():
+    """A tensor declared INT32 or FP32 must hold values of that type, even when the model's
+    input takes wider ones: its binary form could not carry them."""
+
+    def body(datatype, value, name="f0"):
+        tensor = {"name": name, "datatype": datatype, "shape": [1], "data": [value]}
+        other = {"name": "f1", "datatype": "FP32", "shape": [1], "data": [1.0]}
+        return orjson.dumps({"inputs": [tensor, other]})
+
+    refused(
+        body("INT32", 2**31),
+        "input 'f0' is 2147483648 at row 0, outside the range of INT32",
+        specs=NUMERIC,
+    )
+    assert decode(body("INT32", 2**31 - 1), specs=NUMERIC).columns[0][0] == 2**31 - 1
+    wide = [InputSpec("f0", "FP64", nullable=True), InputSpec("f1", "FP32")]
+    refused(body("FP32", 1e300), "input 'f0' is 1e+300 at row 0, outside the range of FP32",
+            specs=wide)  # fmt: skip
+    assert decode(body("FP64", 1e300), specs=wide).columns[0][0] == 1e300
+    nan = body("FP32", 0.0).replace(b"[0.0]", b"[NaN]")
+    assert np.isnan(decode(nan, specs=wide).columns[0][0])  # still the nullable's missing value
+    matrix = orjson.dumps({"inputs": [
+        {"name": "x", "datatype": "INT32", "shape": [1, 2], "data": [1, 2**40]},
+    ]})  # fmt: skip
+    refused(matrix, "input 'x[:, 1] (f1)' is 1099511627776 at row 0, outside the range of INT32",
+            specs=NUMERIC)  # fmt: skip

@@ -242,6 +242,47 @@ def test_v1_rows_and_records():
             decode_v1(body, specs, index, max_rows=10)
 
 
+def test_v1_rows_of_numbers_decode_in_one_pass_to_the_same_columns():
+    """Float-only models take V1 rows of plain numbers as one 2-D array (like a V2 2-D
+    tensor): the columns equal the per-column path's (records of the same values)."""
+    body = b'{"instances": [[1, 2.5, 3], [4, 5, 6.25]]}'
+    rows = decode_v1(body, NUMERIC, NUMERIC_INDEX, max_rows=10)
+    assert rows.matrix is not None
+    assert rows.matrix.shape == (2, 3)
+    records = decode_v1(
+        b'{"instances": [{"f0": 1, "f1": 2.5, "f2": 3}, {"f0": 4, "f1": 5, "f2": 6.25}]}',
+        NUMERIC, NUMERIC_INDEX, max_rows=10,
+    )  # fmt: skip
+    assert records.matrix is None
+    for a, b in zip(rows.columns, records.columns, strict=True):
+        assert a.tolist() == b.tolist()
+
+
+@pytest.mark.parametrize(
+    ("instances", "message"),
+    [
+        ("[[1, 2, NaN]]", "input 'f2' is NaN at row 0"),
+        ("[[1, 2, 3], [1e39, 2, 3]]", "input 'f0' is 1e+39 at row 1, outside the range of FP32"),
+        ("[[1, 2, -Infinity]]", "input 'f2' is infinite at row 0"),
+        ("[[1, 2, true]]", "feature 'f2' is a number but row 0 is true"),
+        ("[[1, 2, 3], [1, 2]]", "instances[1] has 2 values; the model takes 3"),
+        ("[[1, 2, [3]]]", "feature 'f2' is a number but row 0 is [3]"),
+        ("[[1, 2, " + str(10**400) + "]]", "outside the range of FP32"),
+        ('[[1, 2, "3"]]', "feature 'f2' is a number but row 0 is '3'"),
+    ],
+)
+def test_v1_rows_of_numbers_still_name_each_bad_value(instances, message):
+    with pytest.raises(BadRequestError, match=re.escape(message)):
+        decode_v1(f'{{"instances": {instances}}}'.encode(), NUMERIC, NUMERIC_INDEX, max_rows=10)
+
+
+def test_v1_rows_for_a_nullable_float_keep_nan_as_missing():
+    specs = [InputSpec("a", "FP32"), InputSpec("b", "FP64", nullable=True)]
+    d = decode_v1(b'{"instances": [[1, NaN], [2, 3]]}', specs, {"a": 0, "b": 1}, max_rows=10)
+    assert np.isnan(d.columns[1][0])
+    assert d.columns[1][1] == 3
+
+
 def test_v1_response():
     doc = orjson.loads(encode_v1(np.array([[1.5], [2.5]], dtype=np.float32), None))
     assert doc == {"predictions": [1.5, 2.5]}

@@ -58,6 +58,21 @@ def first_non_number(flat: list[Any]) -> tuple[int, Any] | None:
     return None
 
 
+def may_hold_booleans(body: bytes) -> bool:
+    """Whether a JSON body can hold a ``true`` or ``false`` literal: one byte search, so
+    that numeric columns (which numpy reads with booleans as 1 and 0) are scanned for
+    booleans only when the body has any."""
+    return b"true" in body or b"false" in body
+
+
+def first_boolean(values: list[Any]) -> tuple[int, bool] | None:
+    """Position and value of the first JSON ``true``/``false`` (None: there is none)."""
+    for pos, v in enumerate(values):
+        if isinstance(v, bool):
+            return pos, v
+    return None
+
+
 def first_out_of_range(flat: list[Any], datatype: str) -> int | None:
     """Position of the first number ``datatype`` cannot hold, among numbers numpy kept as
     objects (integers beyond 64 bits, or int64 beside uint64 values); None: they all fit."""
@@ -66,9 +81,12 @@ def first_out_of_range(flat: list[Any], datatype: str) -> int | None:
 
 
 def show(value: Any) -> str:
-    """A client's value as an error message quotes it (JSON null, cut to 40 characters)."""
+    """A client's value as an error message quotes it (JSON null, true and false; cut to 40
+    characters)."""
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return cut(repr(value))
 
 

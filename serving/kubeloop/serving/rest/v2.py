@@ -16,11 +16,18 @@ import orjson
 
 from kubeloop.serving.errors import BadRequestError
 from kubeloop.serving.limits import RequestLimits
-from kubeloop.serving.rest.parsing import cut, first_non_number, first_out_of_range, loads, show
+from kubeloop.serving.rest.parsing import (
+    cut,
+    first_boolean,
+    first_non_number,
+    first_out_of_range,
+    loads,
+    may_hold_booleans,
+    show,
+)
 from kubeloop.serving.tensors import (
     COMPATIBLE,
     DATATYPES,
-    FP32_MAX,
     NUMERIC,
     Column,
     Decoded,
@@ -30,6 +37,7 @@ from kubeloop.serving.tensors import (
     from_bytes,
     object_column,
     to_bytes,
+    within_fp32,
 )
 
 #: the limits a caller that passes none gets (the settings' defaults)
@@ -65,6 +73,8 @@ def decode_v2(
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("'inputs' must be a non-empty list of tensors")
     request_id = _check_metadata(req, inputs, limits)
+    if may_hold_booleans(header):
+        _refuse_booleans(inputs)
     binary_default = bool(_bool_param(req.get("parameters"), "binary_data_output", "request"))
     requested, flags = _requested_outputs(req.get("outputs"), output_names)
     # one tensor, not named after a feature, for a model of several: a 2-D tensor holding
@@ -93,6 +103,23 @@ def _check_metadata(req: dict[str, Any], inputs: list[Any], limits: RequestLimit
         if isinstance(tensor, dict) and "parameters" in tensor:
             limits.check_parameters(tensor["parameters"], f"tensor {show(tensor.get('name'))}")
     return request_id
+
+
+def _refuse_booleans(inputs: list[Any]) -> None:
+    """JSON true/false among a numeric tensor's values is a client error: numpy would read
+    it as 1 or 0. (BOOL and BYTES tensors check their values as they decode.)"""
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            continue
+        datatype, data = tensor.get("datatype"), tensor.get("data")
+        if not (isinstance(datatype, str) and datatype in NUMERIC and isinstance(data, list)):
+            continue
+        found = first_boolean(_iter_flat(data))
+        if found is not None:
+            raise BadRequestError(
+                f"input {show(tensor.get('name'))} is {datatype} but value {found[0]} is "
+                f"{show(found[1])}, not a number"
+            )
 
 
 def header_length(value: bytes) -> int:
@@ -153,7 +180,7 @@ def _decode_columns(
             if "data" not in tensor:
                 raise BadRequestError(f"input '{name}' has no 'data'")
             col = _from_json(tensor["data"], datatype, n, name)
-        columns[i] = check_column(col, spec, name)
+        columns[i] = _check_values(col, datatype, spec, name)
     if offset != len(binary):
         raise BadRequestError(f"{len(binary) - offset} bytes of binary data belong to no input")
     missing = [s.name for s, c in zip(specs, columns, strict=True) if c is None]
@@ -201,18 +228,29 @@ def _decode_matrix(
             raise BadRequestError(f"input '{name}' has no 'data'")
         flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
-    if not _within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
+    narrow = datatype in _NARROW and any(s.datatype != datatype for s in specs)
+    if narrow or not within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
         # one vectorised check first; each column's own only when that fails
         for j, spec in enumerate(specs):
-            check_column(matrix[:, j], spec, f"{name}[:, {j}] ({spec.name})")
+            _check_values(matrix[:, j], datatype, spec, f"{name}[:, {j}] ({spec.name})")
     return matrix
 
 
-def _within_fp32(matrix: np.ndarray[Any, Any]) -> bool:
-    """Every value finite and within FP32's range (NaN fails: it propagates)."""
-    if matrix.dtype.kind != "f" or not matrix.size:
-        return True
-    return bool(matrix.min() >= -FP32_MAX and matrix.max() <= FP32_MAX)
+#: request datatypes narrower than inputs they may be sent for, as specs to check against
+_NARROW: dict[str, InputSpec] = {
+    "INT32": InputSpec("", "INT32", nullable=True),
+    "FP32": InputSpec("", "FP32", nullable=True),
+}
+
+
+def _check_values(col: Column, datatype: str, spec: InputSpec, name: str) -> Column:
+    """``col`` once its values fit the model input's datatype and the request's own: a
+    tensor declared INT32 (or FP32) holding a value that type cannot hold is malformed,
+    whatever the model takes (its binary form could not carry the value)."""
+    declared = _NARROW.get(datatype)
+    if declared is not None and datatype != spec.datatype:
+        check_column(col, declared, name)
+    return check_column(col, spec, name)
 
 
 def _requested_outputs(
