@@ -9,7 +9,6 @@ nullable float and a string feature: BYTES, NaN as missing).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +22,11 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "component" / "serving"))  # 
 sys.path.insert(0, str(Path(__file__).parent))  # fuzzing
 
 from fuzzing import register_profile
-from serving_helpers import KUBELOOP, Server, serving
+from serving_helpers import Server, serving, train
+
+CLASSIFY, LOGREG = "classification", "LogisticRegression"
 
 register_profile()
-
-
-def train(data: Path, target: str, out: Path, params: str = "{}") -> Path:
-    result = subprocess.run(
-        [str(KUBELOOP), "train", "--data", str(data), "--target", target,
-         "--task", "classification", "--estimator", "LogisticRegression",
-         "--params", params, "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"kubeloop train failed:\n{result.stdout}\n{result.stderr}"
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +47,10 @@ def fuzz_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frame = {"age": age, "income": income, "city": city, "outcome": outcome}
     pd.DataFrame(frame).to_csv(d / "mixed.csv", index=False)
     return {
-        "cancer": train(d / "cancer.csv", "target", d / "cancer", '{"max_iter": 2000}'),
-        "mixed": train(d / "mixed.csv", "outcome", d / "mixed"),
+        "cancer": train(
+            d / "cancer.csv", "target", CLASSIFY, LOGREG, d / "cancer", '{"max_iter": 2000}'
+        ),
+        "mixed": train(d / "mixed.csv", "outcome", CLASSIFY, LOGREG, d / "mixed"),
     }
 
 

@@ -8,9 +8,7 @@ numeric/categorical classification set with a nullable column, and diabetes
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,25 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this file
 
-from serving_helpers import KUBELOOP, Server, serving
-
-from kubeloop.contracts.artifacts import ArtifactLayout
-
-
-def train(
-    data: Path, target: str, task: str, estimator: str, out: Path, params: str = "{}"
-) -> Path:
-    result = subprocess.run(
-        [
-            str(KUBELOOP), "train", "--data", str(data), "--target", target, "--task", task,
-            "--estimator", estimator, "--params", params, "--out", str(out),
-        ],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"kubeloop train failed:\n{result.stdout}\n{result.stderr}"
-    model = out / ArtifactLayout.MODEL
-    assert model.exists(), f"no {ArtifactLayout.MODEL} in {out}: {os.listdir(out)}"
-    return out
+from serving_helpers import Server, serving, train
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from kubeloop.contracts.artifacts import ArtifactLayout
+
 KUBELOOP = Path(sys.executable).with_name("kubeloop")
 RUNNING = re.compile(r"Uvicorn running on (https?)://127\.0\.0\.1:(\d+)")
 
@@ -138,3 +140,20 @@ def serving(model: Path | str, *args: str, **kw: object) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def train(
+    data: Path, target: str, task: str, estimator: str, out: Path, params: str = "{}"
+) -> Path:
+    """Trains with the real trainer (``kubeloop train``) into ``out``; fails the test on error."""
+    result = subprocess.run(
+        [
+            str(KUBELOOP), "train", "--data", str(data), "--target", target, "--task", task,
+            "--estimator", estimator, "--params", params, "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"kubeloop train failed:\n{result.stdout}\n{result.stderr}"
+    model = out / ArtifactLayout.MODEL
+    assert model.exists(), f"no {ArtifactLayout.MODEL} in {out}: {os.listdir(out)}"
+    return out

@@ -14,7 +14,7 @@ from serving_helpers import serving, wait_for
 
 @pytest.fixture(scope="module")
 def canary_model(data_dir, tmp_path_factory):
-    from conftest import train
+    from serving_helpers import train
 
     out = tmp_path_factory.mktemp("cancer_canary")
     return train(data_dir / "cancer.csv", "target", "classification", "LogisticRegression", out,

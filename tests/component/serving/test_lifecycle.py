@@ -19,7 +19,7 @@ from kubeloop.contracts.artifacts import ArtifactLayout
 
 @pytest.fixture(scope="module")
 def other_cancer_model(data_dir, tmp_path_factory):
-    from conftest import train
+    from serving_helpers import train
 
     out = tmp_path_factory.mktemp("cancer_b")
     return train(data_dir / "cancer.csv", "target", "classification", "LogisticRegression", out,
