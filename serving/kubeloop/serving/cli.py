@@ -13,6 +13,7 @@ import click
 import uvicorn
 from pydantic import ValidationError
 
+from kubeloop.serving.auth import TokenFileError, WriteGuard
 from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.settings import ServingSettings
 
@@ -76,6 +77,9 @@ def _unwrap(app: Any) -> Any:
 )
 @click.option("--shadow/--no-shadow", default=None, help="Mirror to the canary instead.")
 @click.option("--prediction-log", default=None, help="'-' for stdout, or a file path.")
+@click.option(
+    "--token-file", default=None, help="Bearer token file guarding feedback and load/unload."
+)
 def serve(
     model: str,
     name: str | None,
@@ -87,6 +91,7 @@ def serve(
     routing_file: str | None,
     shadow: bool | None,
     prediction_log: str | None,
+    token_file: str | None,
 ) -> None:
     """Serve a model over the Open Inference Protocol v2 and KServe V1.
 
@@ -104,6 +109,7 @@ def serve(
         "routing_file": routing_file,
         "canary_shadow": shadow,
         "prediction_log": prediction_log,
+        "token_file": token_file,
     }
     for key, value in flags.items():
         if value is not None:
@@ -114,6 +120,10 @@ def serve(
         settings = ServingSettings()
     except ValidationError as exc:
         raise click.UsageError(f"invalid settings:\n{exc}") from None
+    try:  # an unusable token file fails here, before the server listens
+        WriteGuard.from_settings(settings)
+    except TokenFileError as exc:
+        raise click.UsageError(str(exc)) from None
     config = uvicorn.Config(
         "kubeloop.serving.app:create_app",
         factory=True,
