@@ -62,6 +62,19 @@ def _unwrap(app: Any) -> Any:
     return app
 
 
+def _load_settings() -> ServingSettings:
+    """The validated settings; an unusable token file fails here, before the server listens."""
+    try:
+        settings = ServingSettings()
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid settings:\n{exc}") from None
+    try:
+        WriteGuard.from_settings(settings)
+    except TokenFileError as exc:
+        raise click.UsageError(str(exc)) from None
+    return settings
+
+
 @click.command("serve")
 @click.option(
     "--model", "model", required=True, help="Model directory or URI (file://, s3://, ...)."
@@ -116,14 +129,7 @@ def serve(
             os.environ[ENV_PREFIX + key.upper()] = (
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
-    try:
-        settings = ServingSettings()
-    except ValidationError as exc:
-        raise click.UsageError(f"invalid settings:\n{exc}") from None
-    try:  # an unusable token file fails here, before the server listens
-        WriteGuard.from_settings(settings)
-    except TokenFileError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = _load_settings()
     config = uvicorn.Config(
         "kubeloop.serving.app:create_app",
         factory=True,
