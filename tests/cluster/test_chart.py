@@ -683,6 +683,7 @@ NAMESPACED_GRANTS = (
         ("services", "delete"),
         ("configmaps", "create"),
         ("configmaps", "patch"),
+        ("secrets", "create"),
         ("horizontalpodautoscalers.autoscaling", "create"),
         ("horizontalpodautoscalers.autoscaling", "patch"),
         ("horizontalpodautoscalers.autoscaling", "delete"),
@@ -712,6 +713,10 @@ def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces)
             ("get", "secrets", namespace),
             ("list", "secrets", namespace),
             ("watch", "secrets", namespace),
+            ("patch", "secrets", namespace),
+            ("update", "secrets", namespace),
+            ("delete", "secrets", namespace),
+            ("create", "secrets", other),
             ("get", "secrets", "kube-system"),
             ("list", "secrets", None),
             ("*", "*", namespace),
@@ -754,8 +759,11 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
     with installed(admin, namespace, "cluster-wide-values.yaml", sets={"crds": {"enabled": False}}):
         assert can_i(admin, account, "create", "jobs.batch", "default")
         assert can_i(admin, account, "patch", "deployments.apps", None)
+        assert can_i(admin, account, "create", "secrets", "default")
         for denied in (
             ("list", "secrets", None),
+            ("get", "secrets", "default"),
+            ("update", "secrets", "default"),
             ("list", "namespaces", None),
             ("delete", "namespaces", None),
             ("*", "*", None),
