@@ -541,7 +541,7 @@ def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
 
 
 def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
-    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA."""
+    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA, feedback-token Secret."""
     cluster.apply(
         {
             "apiVersion": "kubeloop.io/v1alpha1",
@@ -560,6 +560,7 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
         ("v1", "Service"),
         ("v1", "ConfigMap"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("v1", "Secret"),
     ):
         wait_for(
             lambda api_version=api_version, kind=kind: (
