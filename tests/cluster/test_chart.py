@@ -541,7 +541,8 @@ def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
 
 
 def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
-    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA, NetworkPolicy."""
+    """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA, NetworkPolicy,
+    feedback-token Secret."""
     cluster.apply(
         {
             "apiVersion": "kubeloop.io/v1alpha1",
@@ -562,6 +563,7 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
         ("v1", "ConfigMap"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
         ("networking.k8s.io/v1", "NetworkPolicy"),
+        ("v1", "Secret"),
     ):
         wait_for(
             lambda api_version=api_version, kind=kind: (
@@ -692,6 +694,7 @@ NAMESPACED_GRANTS = (
         ("services", "delete"),
         ("configmaps", "create"),
         ("configmaps", "patch"),
+        ("secrets", "create"),
         ("horizontalpodautoscalers.autoscaling", "create"),
         ("horizontalpodautoscalers.autoscaling", "patch"),
         ("horizontalpodautoscalers.autoscaling", "delete"),
@@ -724,6 +727,10 @@ def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces)
             ("get", "secrets", namespace),
             ("list", "secrets", namespace),
             ("watch", "secrets", namespace),
+            ("patch", "secrets", namespace),
+            ("update", "secrets", namespace),
+            ("delete", "secrets", namespace),
+            ("create", "secrets", other),
             ("get", "secrets", "kube-system"),
             ("list", "secrets", None),
             ("*", "*", namespace),
@@ -772,8 +779,11 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
         assert can_i(admin, account, "create", "jobs.batch", "default")
         assert can_i(admin, account, "patch", "deployments.apps", None)
         assert can_i(admin, account, "delete", "networkpolicies.networking.k8s.io", "default")
+        assert can_i(admin, account, "create", "secrets", "default")
         for denied in (
             ("list", "secrets", None),
+            ("get", "secrets", "default"),
+            ("update", "secrets", "default"),
             ("list", "namespaces", None),
             ("delete", "namespaces", None),
             ("*", "*", None),

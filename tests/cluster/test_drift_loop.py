@@ -127,7 +127,8 @@ def serving_pod(cluster: Cluster) -> dict[str, Any]:
 
 
 def run_server(pod: dict[str, Any]) -> Any:
-    """Play the kubelet for the serving pod: its container's args and drift env, on loopback."""
+    """Play the kubelet for the serving pod: its container's args, drift env and registered
+    digest, on loopback."""
     sys.path.insert(0, str(SERVING_TESTS))
     from serving_helpers import start_server
 
@@ -138,7 +139,13 @@ def run_server(pod: dict[str, Any]) -> Any:
     env = {
         e["name"]: e["value"]
         for e in container.get("env") or []
-        if e["name"].startswith(("KUBELOOP_SERVING_DRIFT", "KUBELOOP_SERVING_MODEL_VERSION"))
+        if e["name"].startswith(
+            (
+                "KUBELOOP_SERVING_DRIFT",
+                "KUBELOOP_SERVING_MODEL_VERSION",
+                "KUBELOOP_SERVING_EXPECTED_SHA256",
+            )
+        )
     }
     return start_server(model, "--name", name, env=env)
 

@@ -8,6 +8,7 @@ real Job controller then completes or fails the Job.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -429,6 +430,63 @@ def test_tls_and_network_policy_reach_the_children_and_the_policy_goes_with_the_
     wait_for(
         lambda: cluster.status("ModelDeployment", "cancer")["url"].startswith("http://"),
         "plain HTTP again without spec.tls",
+    )
+
+
+def test_feedback_token_secret_is_created_once_and_kept(cluster, operator, store):
+    serve_setup(cluster, store, steps=None)
+    name = "cancer-feedback-token"
+    assert cluster.status("ModelDeployment", "cancer")["feedbackTokenSecret"] == name
+    secret = cluster.get("Secret", name, "v1")
+    assert secret is not None
+    md = cluster.get("ModelDeployment", "cancer")
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "ModelDeployment",
+        md["metadata"]["uid"],
+        True,
+    )
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) >= 32
+    pod = cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["template"]["spec"]
+    assert {"key": "token", "path": "token"} in next(
+        v["secret"]["items"]
+        for v in pod["volumes"]
+        if v.get("secret", {}).get("secretName") == name
+    )
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KUBELOOP_SERVING_TOKEN_FILE"].endswith("/token")
+    mv = cluster.get("ModelVersion", "cancer-v1")
+    assert env["KUBELOOP_SERVING_EXPECTED_SHA256"] == mv["spec"]["artifact"]["sha256"]
+    # a spec change, a new version, restarts and many resyncs: the same Secret, untouched
+    cluster.patch("ModelDeployment", "cancer", {"spec": {"replicas": 3}})
+    wait_for(
+        lambda: cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["replicas"] == 3,
+        "the stable Deployment to have 3 replicas",
+    )
+    operator.kill()
+    operator.start()
+    publish(cluster, store, 2)
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "cancer").get("stableVersion") == 2,
+        "version 2 to be served",
+    )
+    operator.kill()
+    operator.start()
+    checks = iter(range(4))
+    wait_for(lambda: next(checks, None) is None, "four resync periods", timeout=30, interval=1)
+    again = cluster.get("Secret", name, "v1")
+    assert again["metadata"]["uid"] == secret["metadata"]["uid"]
+    assert again["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
+    assert again["data"] == secret["data"]
+    assert cluster.status("ModelDeployment", "cancer")["feedbackTokenSecret"] == name
+    assert cluster.events("cancer").count("TokenCreated") == 1
+    # deleted with its ModelDeployment (garbage collection of owned objects)
+    cluster.delete("ModelDeployment", "cancer")
+    wait_for(
+        lambda: cluster.get("Secret", name, "v1") is None,
+        "the token Secret to be garbage-collected",
+        timeout=60,
     )
 
 

@@ -178,6 +178,11 @@ the operator under these rules and fails on any 403.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create, patch, delete]
+# Each ModelDeployment's feedback-token Secret: created once (an existing one is never
+# read, changed or listed), deleted with its owner by the garbage collector.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 # Events on the objects (kopf and the retrain policy).
 - apiGroups: [""]
   resources: [events]

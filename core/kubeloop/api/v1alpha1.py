@@ -581,6 +581,11 @@ class ModelDeploymentStatus(StatusBase):
         None, description="A version whose canary was aborted; not retried until a newer one."
     )
     url: str | None = Field(None, description="In-cluster URL of the inference endpoint.")
+    feedback_token_secret: str | None = Field(
+        None,
+        description="Secret (key 'token') holding the bearer token that the serving pods "
+        "require for feedback and model control.",
+    )
     last_retrain: RetrainRecord | None = Field(None, description="The last retrain.")
     retrain_keys: list[str] = Field(
         default_factory=list,

@@ -48,6 +48,10 @@ ROUTING_DIR = f"{SPEC_DIR}/routing"
 TLS_DIR = f"{SPEC_DIR}/tls"
 #: Mode of the mounted key pair: owner and group (the pod's fsGroup) read, nobody else.
 TLS_FILE_MODE = 0o440
+#: Where a serving pod finds its bearer token (the ModelDeployment's token Secret).
+TOKEN_DIR = f"{SPEC_DIR}/token"
+#: The key of the token in that Secret.
+TOKEN_KEY = "token"
 #: The user (and group) every container runs as; the images create it.
 RUN_AS = 10001
 
@@ -331,7 +335,40 @@ def serving_names(md_name: str) -> dict[str, str]:
         "canary_service": child_name(md_name, "canary"),
         "routing": child_name(md_name, "routing"),
         "network_policy": md_name,
+        "token": child_name(md_name, "feedback-token"),
     }
+
+
+def build_feedback_token_secret(md: dict[str, Any], token: str) -> dict[str, Any]:
+    """The Secret holding the bearer token the serving pods require for feedback and
+    model control. ``token`` comes from the caller (random, created once: a re-create
+    of an existing Secret is refused, so a reconcile never replaces it). Owned by the
+    ModelDeployment, so it goes when the deployment does."""
+    name = serving_names(md["metadata"]["name"])["token"]
+    selector = {DEPLOYMENT_LABEL: md["metadata"]["name"]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(md, name, labels("serving", **selector)),
+        "type": "Opaque",
+        "stringData": {TOKEN_KEY: token},
+    }
+
+
+def _token_volume(md: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The token Secret as a read-only file, and the setting that points the server at it."""
+    secret = serving_names(md["metadata"]["name"])["token"]
+    volume = {
+        "name": "token",
+        "secret": {
+            "secretName": secret,
+            "defaultMode": 0o440,
+            "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}],
+        },
+    }
+    mount = {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}
+    env = {"name": "KUBELOOP_SERVING_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"}
+    return volume, mount, env
 
 
 def _serving_selector(md: dict[str, Any], role: str) -> dict[str, str]:
@@ -442,6 +479,14 @@ def build_serving_deployment(
     lbls = labels("serving", **selector, **{"app.kubernetes.io/version": version})
     env = _serving_env(spec, version)
     volumes, mounts = _volumes(settings, spec_annotation=False)
+    token_volume, token_mount, token_env = _token_volume(md)
+    volumes.append(token_volume)
+    mounts.append(token_mount)
+    env.append(token_env)
+    # the registered digest: the pod serves only the bytes the ModelVersion recorded
+    env.append(
+        {"name": "KUBELOOP_SERVING_EXPECTED_SHA256", "value": mv["spec"]["artifact"]["sha256"]}
+    )
     if role == "stable":
         volumes.append(
             {"name": "routing", "configMap": {"name": names["routing"], "optional": True}}

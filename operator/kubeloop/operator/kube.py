@@ -87,6 +87,20 @@ class Kube:
             raise ConflictError(meta["name"])
         return existing
 
+    def create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """Create ``obj`` unless one of its name exists, which is left as it is and not
+        read (so a Secret needs only the ``create`` verb). True when it was created."""
+        meta = obj["metadata"]
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).create(
+                body=obj, namespace=meta["namespace"]
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
+
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager."""
         meta = obj["metadata"]

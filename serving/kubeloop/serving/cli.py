@@ -15,6 +15,7 @@ import click
 import uvicorn
 from pydantic import ValidationError
 
+from kubeloop.serving.auth import TokenFileError, WriteGuard
 from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.tls import ssl_options
@@ -100,6 +101,19 @@ def _unwrap(app: Any) -> Any:
     return app
 
 
+def _load_settings() -> ServingSettings:
+    """The validated settings; an unusable token file fails here, before the server listens."""
+    try:
+        settings = ServingSettings()
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid settings:\n{exc}") from None
+    try:
+        WriteGuard.from_settings(settings)
+    except TokenFileError as exc:
+        raise click.UsageError(str(exc)) from None
+    return settings
+
+
 @click.command("serve")
 @click.option(
     "--model", "model", required=True, help="Model directory or URI (file://, s3://, ...)."
@@ -115,6 +129,9 @@ def _unwrap(app: Any) -> Any:
 )
 @click.option("--shadow/--no-shadow", default=None, help="Mirror to the canary instead.")
 @click.option("--prediction-log", default=None, help="'-' for stdout, or a file path.")
+@click.option(
+    "--token-file", default=None, help="Bearer token file guarding feedback and load/unload."
+)
 def serve(
     model: str,
     name: str | None,
@@ -126,6 +143,7 @@ def serve(
     routing_file: str | None,
     shadow: bool | None,
     prediction_log: str | None,
+    token_file: str | None,
 ) -> None:
     """Serve a model over the Open Inference Protocol v2 and KServe V1.
 
@@ -143,16 +161,14 @@ def serve(
         "routing_file": routing_file,
         "canary_shadow": shadow,
         "prediction_log": prediction_log,
+        "token_file": token_file,
     }
     for key, value in flags.items():
         if value is not None:
             os.environ[ENV_PREFIX + key.upper()] = (
                 str(value).lower() if isinstance(value, bool) else str(value)
             )
-    try:
-        settings = ServingSettings()
-    except ValidationError as exc:
-        raise click.UsageError(f"invalid settings:\n{exc}") from None
+    settings = _load_settings()
     config = uvicorn.Config(
         "kubeloop.serving.app:create_app",
         factory=True,

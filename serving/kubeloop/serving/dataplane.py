@@ -152,17 +152,37 @@ class DataPlane:
         }
 
     def repository_index(self) -> list[dict[str, str]]:
-        model = self.slot.model
-        if model is None:
-            return [{"name": self.slot.name, "state": "UNAVAILABLE", "reason": "loading"}]
-        return [{"name": model.name, "version": model.version, "state": "READY", "reason": ""}]
+        """The served model (READY) and, after a failed load, the refused content
+        (UNAVAILABLE with the reason); only UNAVAILABLE while none is served."""
+        slot = self.slot
+        model = slot.model
+        entries: list[dict[str, str]] = []
+        if model is not None:
+            entries.append(
+                {"name": model.name, "version": model.version, "state": "READY", "reason": ""}
+            )
+        if model is None or slot.last_load_error is not None:
+            reason = slot.not_ready_reason() if model is None else slot.last_load_error
+            entries.append({"name": slot.name, "state": "UNAVAILABLE", "reason": reason or ""})
+        return entries
+
+    def _served(self, name: str) -> None:
+        """404 unless ``name`` is the model this server serves (or served before an unload)."""
+        slot = self.slot
+        served = slot.model.name if slot.model is not None else slot.name
+        known = slot.model is not None or slot.unloaded or self.settings.name is not None
+        if known and name != served:
+            raise NotFoundError(f"unknown model '{name}'; this server serves '{served}'")
 
     async def load(self, name: str) -> LoadedModel:
         """Reload the model ``name`` from its location now."""
-        model = self.slot.model
-        if model is not None and name != model.name:
-            raise NotFoundError(f"unknown model '{name}'; this server serves '{model.name}'")
+        self._served(name)
         return await self.slot.load()
+
+    async def unload(self, name: str) -> None:
+        """Unload the model ``name``: the server reports not ready until the next load."""
+        self._served(name)
+        await self.slot.unload()
 
     # ----------------------------------------------------------- scrape gauges
 

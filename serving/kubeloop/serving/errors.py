@@ -13,6 +13,8 @@ class ServingError(Exception):
     """Base of every error the server answers on purpose."""
 
     status_code: int = 500
+    #: extra response headers (name, value), lower-case bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -25,6 +27,19 @@ class BadRequestError(ServingError):
     """Malformed JSON, wrong shape or datatype, missing or extra input (400)."""
 
     status_code = 400
+
+
+class UnauthorizedError(ServingError):
+    """A write route called without a bearer token (401, with the challenge header)."""
+
+    status_code = 401
+    headers = ((b"www-authenticate", b"Bearer"),)
+
+
+class ForbiddenError(ServingError):
+    """A wrong bearer token, or model control is disabled (403)."""
+
+    status_code = 403
 
 
 class NotFoundError(ServingError):

@@ -207,6 +207,12 @@ class Metrics:
         self.model_loads = self._counter(
             "kubeloop_model_loads", "Model loads by result (success, failure).", ["model", "result"]
         )
+        self.digest_mismatches = self._counter(
+            "kubeloop_model_digest_mismatches",
+            "Loads refused because model.onnx did not hash to its registered (or described) "
+            "sha256; the previous model, if any, keeps serving.",
+            ["model"],
+        )
         self.model_info = self._gauge(
             "kubeloop_model_info",
             "The model version being served (1) with its artifact digest.",

@@ -10,9 +10,11 @@ through :mod:`kubeloop.serving.describe`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any, Literal
 
@@ -47,6 +49,20 @@ ONNX_TO_OIP: dict[str, str] = {
 }
 
 
+class ArtifactError(Exception):
+    """A model that cannot be served. ``public`` is what clients and the repository index
+    see: it names artifact files and digests, never a path or a file's content (the
+    chained cause, for the log, may)."""
+
+    def __init__(self, public: str, detail: str | None = None) -> None:
+        super().__init__(detail or public)
+        self.public = public
+
+
+class DigestMismatchError(ArtifactError):
+    """model.onnx does not hash to the digest it must have."""
+
+
 def read(location: str, name: str) -> bytes:
     """One artifact file's bytes from a directory or fsspec URI."""
     with fsspec.open(join(location, name), "rb") as f:
@@ -54,10 +70,29 @@ def read(location: str, name: str) -> bytes:
     return data
 
 
+def _stat(location: str, name: str) -> str:
+    """What changes when a file is replaced, without reading it: size, mtime in ns and
+    inode for a local file; size and the store's ETag, generation or mtime for others."""
+    fs, path = fsspec.core.url_to_fs(join(location, name))
+    if "file" in _protocols(fs):
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    info = fs.info(path)
+    keys = ("size", "ETag", "etag", "generation", "md5Hash", "LastModified", "mtime")
+    return ":".join(str(info.get(k, "")) for k in keys)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
 def fingerprint(location: str) -> str:
     """What identifies the content at the location cheaply: the metadata file's digest
-    (it carries the model's sha256, so a new model.onnx means a new model.json)."""
-    return hashlib.sha256(read(location, ArtifactLayout.METADATA)).hexdigest()
+    and model.onnx's size and modification stamp (a model.onnx replaced alone is
+    noticed too; the load then checks its digest)."""
+    meta = hashlib.sha256(read(location, ArtifactLayout.METADATA)).hexdigest()
+    return f"{meta}:{_stat(location, ArtifactLayout.MODEL)}"
 
 
 def input_specs(desc: art.Description, session: ort.InferenceSession) -> list[InputSpec]:
@@ -239,33 +274,74 @@ class LoadedModel:
 def load_model(
     settings: ServingSettings, executor: Executor | None, metrics: Metrics
 ) -> LoadedModel:
-    """Fetch, verify, build and warm a model from ``settings.model`` (blocking)."""
+    """Fetch, verify, build and warm a model from ``settings.model`` (blocking).
+
+    Every failure is an :class:`ArtifactError` whose public message is safe to answer.
+    """
     location = settings.model
-    meta_bytes = read(location, ArtifactLayout.METADATA)
-    desc = art.describe(meta_bytes, _read_optional(location, ArtifactLayout.PROFILE))
-    onnx_bytes = read(location, ArtifactLayout.MODEL)
-    digest = hashlib.sha256(onnx_bytes).hexdigest()
-    if digest != desc.sha256:
-        raise ValueError(
-            f"{ArtifactLayout.MODEL} has sha256 {digest}, but {ArtifactLayout.METADATA} "
-            f"says {desc.sha256}; refusing to serve it"
+    with _stage(f"{ArtifactLayout.METADATA} or {ArtifactLayout.MODEL} cannot be read"):
+        fp = fingerprint(location)  # before reading: a change meanwhile is seen next time
+    meta_bytes = _read(location, ArtifactLayout.METADATA)
+    with _stage(f"{ArtifactLayout.PROFILE} cannot be read"):
+        profile = _read_optional(location, ArtifactLayout.PROFILE)
+    with _stage(f"{ArtifactLayout.METADATA} or {ArtifactLayout.PROFILE} is not valid"):
+        desc = art.describe(meta_bytes, profile)
+    onnx_bytes = _read(location, ArtifactLayout.MODEL)
+    verify_digest(hashlib.sha256(onnx_bytes).hexdigest(), desc.sha256, settings.expected_sha256)
+    with _stage(f"{ArtifactLayout.MODEL} is not a model onnxruntime can load"):
+        session = _session(onnx_bytes, settings)
+    with _stage(f"{ArtifactLayout.MODEL} does not match {ArtifactLayout.METADATA}"):
+        model = LoadedModel(
+            desc=desc,
+            session=session,
+            fingerprint=fp,
+            settings=settings,
+            executor=executor,
+            metrics=metrics,
         )
+    with _stage(f"{ArtifactLayout.MODEL} failed its warm-up run"):
+        model.warm_up()
+    return model
+
+
+def verify_digest(actual: str, described: str, registered: str | None) -> None:
+    """model.onnx must hash to the registered digest (when one is set) and to the one
+    its model.json describes."""
+    if registered is not None and actual != registered:
+        raise DigestMismatchError(
+            f"{ArtifactLayout.MODEL} has sha256 {actual}, not the registered {registered}; "
+            "refusing to serve it"
+        )
+    if actual != described:
+        raise DigestMismatchError(
+            f"{ArtifactLayout.MODEL} has sha256 {actual}, but {ArtifactLayout.METADATA} "
+            f"says {described}; refusing to serve it"
+        )
+
+
+@contextlib.contextmanager
+def _stage(public: str) -> Iterator[None]:
+    """Any failure inside becomes an ArtifactError with ``public`` as its safe message."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(public, f"{public}: {exc}") from exc
+
+
+def _session(onnx_bytes: bytes, settings: ServingSettings) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.ort_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    model = LoadedModel(
-        desc=desc,
-        session=session,
-        fingerprint=hashlib.sha256(meta_bytes).hexdigest(),
-        settings=settings,
-        executor=executor,
-        metrics=metrics,
-    )
-    model.warm_up()
-    return model
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _read(location: str, name: str) -> bytes:
+    with _stage(f"{name} cannot be read"):
+        return read(location, name)
 
 
 def _read_optional(location: str, name: str) -> bytes | None:

@@ -252,6 +252,25 @@ class ServingSettings(BaseSettings):
         64, gt=0, le=100_000, description="Most mirrored requests at once (more are skipped)."
     )
 
+    # --- write endpoints and artifact verification
+    token_file: str | None = Field(
+        None,
+        description="File holding the bearer token that feedback and repository load/unload "
+        "require (Authorization: Bearer <token>); read once at start. Unset: those routes are "
+        "open (the operator always sets it, from the ModelDeployment's token Secret).",
+    )
+    model_control: bool = Field(
+        False,
+        description="Allow repository load and unload over HTTP (like Triton's explicit "
+        "model-control mode); off: both answer 403 'model control disabled'.",
+    )
+    expected_sha256: str | None = Field(
+        None,
+        pattern=r"^[a-f0-9]{64}$",
+        description="The registered sha256 of model.onnx (the operator sets the ModelVersion's "
+        "digest); checked at the first load and every reload, a mismatch is never served.",
+    )
+
     def request_limits(self) -> RequestLimits:
         """The request metadata bounds these settings give."""
         return RequestLimits(

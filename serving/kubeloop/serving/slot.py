@@ -16,7 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kubeloop.serving.errors import ModelLoadError, ServingError
 from kubeloop.serving.metrics import Metrics
-from kubeloop.serving.model import LoadedModel, fingerprint, load_model
+from kubeloop.serving.model import (
+    ArtifactError,
+    DigestMismatchError,
+    LoadedModel,
+    fingerprint,
+    load_model,
+)
 from kubeloop.serving.settings import ServingSettings
 
 log = logging.getLogger("kubeloop.serving")
@@ -44,7 +50,10 @@ class ModelSlot:
         self.name = settings.name or "unknown"
         self.ready = False
         self.shutting_down = False
+        #: why the last load failed (safe to answer: no paths, no file content)
         self.last_load_error: str | None = None
+        #: set by an unload: not ready, and the watcher leaves the location alone
+        self.unloaded = False
         self._on_swap = on_swap
         self._fingerprint: str | None = None
         self._lock = asyncio.Lock()
@@ -57,9 +66,11 @@ class ModelSlot:
         return model.name if model is not None else None
 
     def not_ready_reason(self) -> str:
-        return self.last_load_error or (
-            "shutting down" if self.shutting_down else "model not loaded yet"
-        )
+        if self.last_load_error is not None:
+            return self.last_load_error
+        if self.unloaded:
+            return "model unloaded"
+        return "shutting down" if self.shutting_down else "model not loaded yet"
 
     async def run(self) -> None:
         """Load the model, then watch its location for new content (until cancelled)."""
@@ -78,7 +89,7 @@ class ModelSlot:
             except Exception as exc:
                 log.warning("cannot read the model location %s: %s", location, exc)
                 continue
-            if fp != self._fingerprint:
+            if fp != self._fingerprint and not self.unloaded:
                 with contextlib.suppress(ServingError):
                     await self.load(expected_fingerprint=fp)
 
@@ -88,16 +99,31 @@ class ModelSlot:
         async with self._lock:
             model = await self._build(expected_fingerprint)
             old = self.model
-            if old is not None and model.name != old.name:
+            served = old.name if old is not None else (self.name if self.unloaded else None)
+            if served is not None and model.name != served:
                 self._fingerprint = model.fingerprint
-                msg = (
-                    f"model load failed: the location now holds model '{model.name}', "
-                    f"this server serves '{old.name}'"
-                )
-                log.error("%s", msg)
-                raise self._rejected(msg, msg)
+                reason = f"the location now holds another model than '{served}'"
+                log.error("model load failed: the location holds model '%s'", model.name)
+                raise self._rejected(reason)
+            self.unloaded = False
             self._swap(old, model)
             return model
+
+    async def unload(self) -> None:
+        """Drop the served model: not ready (the pod leaves its Service) and the watcher
+        stops reloading, until the next load. Requests already running finish with it."""
+        async with self._lock:
+            old = self.model
+            self.model = None
+            self.unloaded = True
+            self.last_load_error = None
+            self.ready = False
+            self.metrics.ready.labels(self.name).set(0)
+            if old is not None:
+                self.metrics.model_info.labels(old.name, old.version, old.sha256).set(0)
+                gc.unfreeze()
+                asyncio.get_running_loop().call_later(RELOAD_GRACE_S, _freeze)
+            log.info("model %s unloaded", self.name)
 
     async def _build(self, expected_fingerprint: str | None) -> LoadedModel:
         s = self.settings
@@ -110,13 +136,17 @@ class ModelSlot:
             if expected_fingerprint is not None:
                 self._fingerprint = expected_fingerprint  # don't retry the same content
             log.error("model load from %s failed, keeping the current model: %s", s.model, exc)
-            raise self._rejected(f"model load failed: {exc}", str(exc)) from exc
+            if isinstance(exc, DigestMismatchError):
+                self.metrics.digest_mismatches.labels(self.name).inc()
+            public = exc.public if isinstance(exc, ArtifactError) else "see the server log"
+            raise self._rejected(public) from exc
 
-    def _rejected(self, message: str, reason: str) -> ModelLoadError:
-        """Count a failed load and keep its reason for readiness to report."""
+    def _rejected(self, reason: str) -> ModelLoadError:
+        """Count a failed load and keep its reason (safe to answer) for readiness and
+        the repository index to report."""
         self.last_load_error = reason
         self.metrics.model_loads.labels(self.name, "failure").inc()
-        return ModelLoadError(message)
+        return ModelLoadError(f"model load failed: {reason}")
 
     def _swap(self, old: LoadedModel | None, model: LoadedModel) -> None:
         self.model = model  # the atomic swap: in-flight requests keep their reference

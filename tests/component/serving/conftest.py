@@ -52,6 +52,14 @@ def cancer_model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
+def other_cancer_model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model of the same data: another version of "cancer"."""
+    out = tmp_path_factory.mktemp("cancer_b")
+    return train(data_dir / "cancer.csv", "target", "classification", "LogisticRegression", out,
+                 '{"C": 0.01, "max_iter": 2000}')  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def mixed_model(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mixed")
     return train(data_dir / "mixed.csv", "outcome", "classification", "LogisticRegression", out)

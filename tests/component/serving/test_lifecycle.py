@@ -11,19 +11,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from serving_helpers import serving, start_server, wait_for
 
 from kubeloop.contracts.artifacts import ArtifactLayout
-
-
-@pytest.fixture(scope="module")
-def other_cancer_model(data_dir, tmp_path_factory):
-    from serving_helpers import train
-
-    out = tmp_path_factory.mktemp("cancer_b")
-    return train(data_dir / "cancer.csv", "target", "classification", "LogisticRegression", out,
-                 '{"C": 0.01, "max_iter": 2000}')  # fmt: skip
 
 
 def publish(src: Path, dst: Path) -> None:
@@ -103,9 +93,8 @@ def test_load_endpoint_and_a_failed_load_keeps_the_old_model(
     cancer_model, other_cancer_model, cancer_rows, tmp_path
 ):
     model = shutil.copytree(cancer_model, tmp_path / "m")
-    with serving(
-        model, "--name", "cancer", env={"KUBELOOP_SERVING_RELOAD_INTERVAL": "0"}
-    ) as server:
+    env = {"KUBELOOP_SERVING_RELOAD_INTERVAL": "0", "KUBELOOP_SERVING_MODEL_CONTROL": "true"}
+    with serving(model, "--name", "cancer", env=env) as server:
         before = version_of(server)
         with server.client() as http:
             # a broken artifact: the model.onnx does not match model.json

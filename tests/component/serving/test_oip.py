@@ -138,7 +138,11 @@ def test_repository_index_and_load(client):
     index = client.get_model_repository_index()
     assert index[0]["name"] == "cancer"
     assert index[0]["state"] == "READY"
-    client.load_model("cancer")  # a reload of the same content
+    # model control is off by default (test_write_guard.py has it on)
+    with pytest.raises(InferenceServerException, match="model control disabled"):
+        client.load_model("cancer")
+    with pytest.raises(InferenceServerException, match="model control disabled"):
+        client.unload_model("cancer")
     assert client.is_model_ready("cancer")
 
 

@@ -98,7 +98,7 @@ def test_model_version_records_lineage(settings):
 
 def serving_version(version: int) -> dict:
     uri = f"file:///data/kubeloop/models/ml/x/{ArtifactLayout.MODEL}"
-    return {"spec": {"version": version, "artifact": {"uri": uri}}}
+    return {"spec": {"version": version, "artifact": {"uri": uri, "sha256": f"{version:x}" * 64}}}
 
 
 def test_serving_deployment_and_routing(settings):
@@ -319,3 +319,50 @@ def test_network_policy_is_applied_when_asked_for_and_deleted_when_not(settings)
         c for c in children if isinstance(c, builders.Absent) and c.kind == "NetworkPolicy"
     ]
     assert absent == builders.Absent("networking.k8s.io/v1", "NetworkPolicy", "ml", "demo")
+
+
+def test_feedback_token_secret_is_owned_named_and_carries_the_given_token():
+    md = parent("ModelDeployment")
+    secret = builders.build_feedback_token_secret(md, "tok-123")
+    assert secret["apiVersion"] == "v1"
+    assert secret["kind"] == "Secret"
+    assert secret["type"] == "Opaque"
+    assert secret["metadata"]["name"] == "demo-feedback-token"
+    assert secret["metadata"]["namespace"] == "ml"
+    assert secret["stringData"] == {"token": "tok-123"}
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert owner["kind"] == "ModelDeployment"
+    assert owner["uid"] == "0123456789abcdef"
+    assert owner["controller"] is True
+    assert secret["metadata"]["labels"]["kubeloop.io/model-deployment"] == "demo"
+    # pure: the same input gives the same object, the token only from the caller
+    assert builders.build_feedback_token_secret(md, "tok-123") == secret
+    long = parent("ModelDeployment", name="m" * 63)
+    name = builders.build_feedback_token_secret(long, "t")["metadata"]["name"]
+    assert len(name) <= 63
+    assert name.endswith("-feedback-token")
+
+
+@pytest.mark.parametrize("role", ["stable", "canary"])
+def test_serving_pods_mount_the_token_and_verify_the_registered_digest(settings, role):
+    from kubeloop.serving.settings import ServingSettings
+
+    md = parent("ModelDeployment")
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    mv = serving_version(3)
+    dep = builders.build_serving_deployment(md, spec, mv, role, 1, settings)
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "token")
+    assert volume["secret"]["secretName"] == "demo-feedback-token"
+    assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
+    assert volume["secret"]["defaultMode"] == 0o440
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "token")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KUBELOOP_SERVING_TOKEN_FILE"] == f"{mount['mountPath']}/token"
+    assert env["KUBELOOP_SERVING_EXPECTED_SHA256"] == mv["spec"]["artifact"]["sha256"]
+    assert "KUBELOOP_SERVING_MODEL_CONTROL" not in env  # load/unload stay off in the cluster
+    # what the pod is told is valid for the server
+    fields = {k.removeprefix("KUBELOOP_SERVING_").lower(): v for k, v in env.items()}
+    ServingSettings(model="file:///m", **fields)

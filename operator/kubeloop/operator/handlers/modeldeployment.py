@@ -10,6 +10,7 @@ describes.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -196,6 +197,17 @@ def _apply(ctx: Context, children: list[dict[str, Any] | builders.Absent]) -> No
             ctx.kube.apply(child)
 
 
+def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
+    """The serving pods' bearer token: a random one in a Secret created once; an existing
+    Secret is kept as it is (a reconcile or a restart never replaces the token)."""
+    secret = builders.build_feedback_token_secret(rec.body, secrets.token_urlsafe(32))
+    if ctx.kube.create_if_absent(secret):
+        rec.info(
+            reason="TokenCreated", message=f"feedback token in Secret {secret['metadata']['name']}"
+        )
+    rec.status["feedbackTokenSecret"] = secret["metadata"]["name"]
+
+
 def _report(rec: Reconcile, state: dict[str, Any], target: int, weight: int, serving: bool) -> None:
     """Phase and conditions from the rollout state and whether the stable pods serve."""
     stable, canary = state["stableVersion"], state["canaryVersion"]
@@ -216,6 +228,7 @@ def _report(rec: Reconcile, state: dict[str, Any], target: int, weight: int, ser
 def reconcile(ctx: Context, rec: Reconcile) -> None:
     """Choose the version, move the rollout on, and make the children match."""
     spec = parse_spec(ModelDeploymentSpec, rec)
+    _ensure_token_secret(ctx, rec)
     names = builders.serving_names(rec.name)
     versions = versions_of(ctx.kube, rec.namespace, spec.model_name)
     ready = {int(mv["spec"]["version"]): mv for mv in versions if is_true(mv.get("status"))}

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
+from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import ServingError, UnavailableError
 from kubeloop.serving.rest.inference import V1, V2, Codec, RestInference
@@ -46,6 +47,8 @@ class Endpoints:
     def __init__(self, plane: DataPlane, inference: RestInference) -> None:
         self.plane = plane
         self.inference = inference
+        #: feedback, load and unload need the bearer token (when one is configured)
+        self.guard = WriteGuard.from_settings(plane.settings)
 
     # ------------------------------------------------------------ health, metadata
 
@@ -103,6 +106,7 @@ class Endpoints:
         )
 
     async def feedback(self, name: str, request: Request) -> Response:
+        self.guard.check(dict(request.scope["headers"]))
         model = self.plane.model(name)
         body, limits = await request.body(), self.plane.limits
         # decoded and scored on the feedback thread: a large body never stalls inference
@@ -126,9 +130,15 @@ class Endpoints:
     async def repository_index(self) -> Response:
         return _json(self.plane.repository_index())
 
-    async def repository_load(self, name: str) -> Response:
+    async def repository_load(self, name: str, request: Request) -> Response:
+        self.guard.check_model_control(dict(request.scope["headers"]))
         loaded = await self.plane.load(name)
         return _json({"name": loaded.name, "version": loaded.version, "sha256": loaded.sha256})
+
+    async def repository_unload(self, name: str, request: Request) -> Response:
+        self.guard.check_model_control(dict(request.scope["headers"]))
+        await self.plane.unload(name)
+        return _json({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
 
     async def v1_models(self) -> Response:
         model = self.plane.slot.model
@@ -170,7 +180,9 @@ def routes(e: Endpoints) -> list[BaseRoute]:
         APIRoute("/v2/repository/index", e.repository_index, methods=post,
                  summary="Models in the repository"),
         APIRoute("/v2/repository/models/{name}/load", e.repository_load, methods=post,
-                 summary="(Re)load the model from its location"),
+                 summary="(Re)load the model from its location (needs model control)"),
+        APIRoute("/v2/repository/models/{name}/unload", e.repository_unload, methods=post,
+                 summary="Unload the model: not ready until the next load (needs model control)"),
         APIRoute("/v1/models", e.v1_models, methods=get, summary="V1: list models"),
         APIRoute("/v1/models/{name}", e.v1_model, methods=get, summary="V1: model readiness"),
         APIRoute("/v1/models/{name}:predict", e.v1_predict, methods=post, summary="V1: predict",

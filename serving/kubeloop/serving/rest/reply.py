@@ -40,7 +40,8 @@ def error_reply(exc: Exception) -> Reply:
         body = orjson.dumps({"error": error.message})
     except TypeError:  # a message quoting something that is not Unicode: escape it
         body = orjson.dumps({"error": ascii(error.message)[1:-1]})
-    return Reply(error.status_code, body, JSON_HEADERS)
+    headers = (*JSON_HEADERS, *error.headers) if error.headers else JSON_HEADERS
+    return Reply(error.status_code, body, headers)
 
 
 def as_serving_error(exc: Exception) -> ServingError:
