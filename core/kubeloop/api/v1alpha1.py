@@ -198,6 +198,59 @@ class Search(KubeModel):
     )
 
 
+#: Every metric any task reports (the champion comparison's allowed set).
+ALL_METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for ms in METRICS.values() for m in ms))
+#: Metrics where a smaller value is a better model.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "rmse", "mae"})
+#: The tolerance of a champion comparison unless the spec gives one.
+DEFAULT_TOLERANCE = 0.01
+ComparePolicy = Literal["Serving", "Version", "None"]
+
+
+class CompareTo(KubeModel):
+    """The champion the new model (the challenger) must not be worse than."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.policy == 'Version') == has(self.version)",
+            message="gate.compareTo.version must be set exactly when gate.compareTo.policy is "
+            "Version",
+            check=lambda c: (c.policy == "Version") == (c.version is not None),
+            field_path=".version",
+        ),
+        Rule(
+            cel="!has(self.tolerance) || self.tolerance >= 0.0",
+            message="gate.compareTo.tolerance must be at least 0",
+            check=lambda c: c.tolerance >= 0,
+            field_path=".tolerance",
+        ),
+        Rule(
+            cel=f"!has(self.metric) || self.metric in {_cel_list(ALL_METRICS)}",
+            message=f"gate.compareTo.metric must be one of {', '.join(ALL_METRICS)}",
+            check=lambda c: c.metric is None or c.metric in ALL_METRICS,
+            field_path=".metric",
+        ),
+    )
+
+    policy: ComparePolicy = Field(
+        description="Serving: the stable version of the ModelDeployment named by the "
+        "TrainingJob's kubeloop.io/model-deployment label; Version: one version of this model; "
+        "None: no comparison."
+    )
+    version: int | None = Field(
+        None, ge=1, description="The champion's version number (policy Version only)."
+    )
+    metric: str | None = Field(
+        None,
+        description="Metric compared on the held-out split; default: the search metric, else "
+        "accuracy (classification) or r2 (regression).",
+    )
+    tolerance: float = Field(
+        DEFAULT_TOLERANCE,
+        description="How much worse than the champion the challenger may be and still pass.",
+    )
+
+
 class Gate(KubeModel):
     """Quality thresholds a model must meet on the held-out split to be published."""
 
@@ -207,6 +260,55 @@ class Gate(KubeModel):
     max: dict[str, float] | None = Field(
         None, description="Metrics that must be at most this, e.g. {rmse: 3.5}."
     )
+    compare_to: CompareTo | None = Field(
+        None,
+        description="Champion/challenger: the new model must score no worse than the "
+        "champion, on the same held-out rows, by more than a tolerance.",
+    )
+
+
+def compare_metric(spec: TrainingJobSpec) -> str:
+    """The metric a champion comparison uses: the spec's, the search's, or the task's default."""
+    compare = spec.gate.compare_to if spec.gate else None
+    if compare is not None and compare.metric:
+        return compare.metric
+    if spec.search is not None and spec.search.metric:
+        return spec.search.metric
+    return "accuracy" if spec.task == "classification" else "r2"
+
+
+def _compare_metric_matches_task(spec: TrainingJobSpec) -> bool:
+    compare = spec.gate.compare_to if spec.gate else None
+    return compare is None or compare.metric is None or compare.metric in METRICS[spec.task]
+
+
+class ChampionScore(KubeModel):
+    """The champion's score on the challenger's held-out rows."""
+
+    version: int | None = Field(None, ge=1, description="The champion's version number.")
+    uri: str | None = Field(None, description="The champion's model directory or model.onnx.")
+    metric: str = Field(description="The metric compared.")
+    value: float | None = Field(None, description="Its value (none when it could not be scored).")
+
+
+class ChallengerScore(KubeModel):
+    """The new model's score on the same rows."""
+
+    value: float = Field(description="Its value of the compared metric.")
+
+
+class Comparison(KubeModel):
+    """The champion/challenger verdict, as the trainer reported it."""
+
+    metric: str = Field(description="The metric compared.")
+    tolerance: float = Field(ge=0, description="How much worse the challenger may be.")
+    champion: ChampionScore | None = Field(None, description="None: there was no champion.")
+    challenger: ChallengerScore | None = Field(None, description="The new model's score.")
+    passed: bool = Field(description="Whether the challenger passed.")
+    reason: Literal["NoChampion", "NotWorse", "Worse", "SchemaChanged"] = Field(
+        description="NoChampion (passes), NotWorse (passes), Worse or SchemaChanged (fail)."
+    )
+    message: str = Field("", description="The comparison in words.")
 
 
 def _estimator_matches_task(spec: TrainingJobSpec) -> bool:
@@ -230,6 +332,21 @@ class TrainingJobSpec(KubeModel):
             ),
             check=_estimator_matches_task,
             field_path=".estimator.className",
+        ),
+        Rule(
+            cel=(
+                "!has(self.gate) || !has(self.gate.compareTo) || "
+                "!has(self.gate.compareTo.metric) || (self.task == 'classification' ? "
+                f"self.gate.compareTo.metric in {_cel_list(METRICS['classification'])} : "
+                f"self.gate.compareTo.metric in {_cel_list(METRICS['regression'])})"
+            ),
+            message=(
+                "gate.compareTo.metric must be a metric of the task (classification: "
+                f"{', '.join(METRICS['classification'])}; "
+                f"regression: {', '.join(METRICS['regression'])})"
+            ),
+            check=_compare_metric_matches_task,
+            field_path=".gate.compareTo.metric",
         ),
     )
 
@@ -270,6 +387,9 @@ class TrainingJobStatus(StatusBase):
     model_version: str | None = Field(None, description="The ModelVersion created.")
     version: int | None = Field(None, ge=1, description="Its version number.")
     reason: str | None = Field(None, description="Why it failed or was rejected.")
+    comparison: Comparison | None = Field(
+        None, description="The champion/challenger comparison, when the gate asked for one."
+    )
 
 
 # ---------------------------------------------------------------------- ModelVersion
@@ -320,6 +440,9 @@ class ModelVersionSpec(KubeModel):
     metrics: dict[str, float] | None = Field(None, description="Held-out metrics.")
     lineage: Lineage | None = Field(None, description="Data, job, image and params.")
     profile_uri: str | None = Field(None, description="Reference profile (profile.json) for drift.")
+    comparison: Comparison | None = Field(
+        None, description="How it compared with the champion when it was trained."
+    )
 
 
 class ModelVersionStatus(StatusBase):

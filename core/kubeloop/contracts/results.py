@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from kubeloop.api.v1alpha1 import Column
+from kubeloop.api.v1alpha1 import Column, Comparison
 from kubeloop.contracts.artifacts import GateResult
 
 #: Largest termination message Kubernetes keeps.
@@ -52,6 +52,7 @@ class JobResult(BaseModel):
     metadata_uri: str | None = None
     metrics: dict[str, float] | None = None
     gate: GateResult | None = None
+    comparison: Comparison | None = None
 
     def to_message(self) -> str:
         """Compact JSON, trimmed to fit a termination message."""

@@ -124,9 +124,19 @@ def test_cel_rules_present(plural):
 def test_estimator_allow_list_rule_present(plural):
     found = rules(load(plural))
     spec_path = ".spec" if plural == "trainingjobs" else ".spec.retrain.template"
-    (rule,) = found[spec_path]
+    rule, compare_metric = found[spec_path]
     assert "self.estimator.className in ['LogisticRegression'" in rule
     assert "'RandomForestRegressor'" in rule
+    assert "self.gate.compareTo.metric in ['accuracy'" in compare_metric
+
+
+@pytest.mark.parametrize("plural", ["trainingjobs", "modeldeployments"])
+def test_compare_to_rules_present(plural):
+    gate = ".spec.gate" if plural == "trainingjobs" else ".spec.retrain.template.gate"
+    found = rules(load(plural))[f"{gate}.compareTo"]
+    assert found[0] == "(self.policy == 'Version') == has(self.version)"
+    assert found[1] == "!has(self.tolerance) || self.tolerance >= 0.0"
+    assert found[2].startswith("!has(self.metric) || self.metric in ['accuracy'")
 
 
 def test_verify_detects_stale_and_passes_after_regeneration(tmp_path):

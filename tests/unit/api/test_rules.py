@@ -16,6 +16,7 @@ from kubeloop.api.base import KubeModel, Rule
 from kubeloop.api.v1alpha1 import (
     Autoscaling,
     Canary,
+    CompareTo,
     DataSource,
     LabelSelectorRequirement,
     NetworkPolicyPeer,
@@ -88,6 +89,26 @@ CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
     (NetworkPolicyPeer, {"namespaceSelector": {"matchLabels": {"team": "a"}}}, True),
     (NetworkPolicyPeer, {"podSelector": {}, "namespaceSelector": {}}, True),
     (NetworkPolicyPeer, {}, False),
+    (CompareTo, {"policy": "Serving", "tolerance": 0.01}, True),
+    (CompareTo, {"policy": "None"}, True),
+    (CompareTo, {"policy": "Version", "version": 3, "metric": "rmse", "tolerance": 0.0}, True),
+    (CompareTo, {"policy": "Version", "tolerance": 0.01}, False),
+    (CompareTo, {"policy": "Serving", "version": 3, "tolerance": 0.01}, False),
+    (CompareTo, {"policy": "Serving", "tolerance": -0.1}, False),
+    (CompareTo, {"policy": "Serving", "metric": "loss", "tolerance": 0.01}, False),
+    (TrainingJobSpec, {**TJ, "gate": {"compareTo": {"policy": "Serving", "metric": "f1"}}}, True),
+    (TrainingJobSpec, {**TJ, "gate": {"compareTo": {"policy": "Serving"}}}, True),
+    (TrainingJobSpec, {**TJ, "gate": {"compareTo": {"policy": "None", "metric": "rmse"}}}, False),
+    (
+        TrainingJobSpec,
+        {
+            **TJ,
+            "task": "regression",
+            "estimator": {"className": "Ridge"},
+            "gate": {"compareTo": {"policy": "None", "metric": "accuracy"}},
+        },
+        False,
+    ),
 ]
 
 
