@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,8 +258,10 @@ def build_trainer_job(
     spec: TrainingJobSpec,
     data_uri: str,
     settings: OperatorSettings,
+    champion_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The Job that runs ``kubeloop train`` for a TrainingJob on one data snapshot."""
+    """The Job that runs ``kubeloop train`` for a TrainingJob on one data snapshot
+    (``champion_args``: the ``--champion`` flags naming the model to beat, if any)."""
     meta = tj["metadata"]
     out = model_out_uri(settings, meta["namespace"], meta["name"], meta["uid"])
     template = JobTemplate(
@@ -266,7 +269,7 @@ def build_trainer_job(
         labels=labels(
             "trainer", **{TRAINING_JOB_LABEL: meta["name"], MODEL_LABEL: spec.model_name}
         ),
-        args=["train", "--spec", SPEC_PATH, "--data", data_uri, "--out", out],
+        args=["train", "--spec", SPEC_PATH, "--data", data_uri, "--out", out, *champion_args],
         image=spec.image or settings.trainer_image,
         resources=spec.resources.to_wire() if spec.resources else settings.trainer_resources,
         backoff_limit=spec.backoff_limit,
@@ -307,6 +310,8 @@ def build_model_version(
     }
     if summary.profile_uri:
         mv_spec["profileUri"] = summary.profile_uri
+    if summary.comparison is not None:
+        mv_spec["comparison"] = summary.comparison.to_wire()
     if metadata:
         mv_spec["inputs"] = metadata.get("inputs", [])
         mv_spec["outputs"] = metadata.get("outputs", [])

@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubeloop.api.base import API_VERSION, duration_seconds
-from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.api.v1alpha1 import CompareTo, Gate, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
 from kubeloop.operator import builders, metrics
 from kubeloop.operator.alerts.payload import Alert
@@ -180,6 +180,17 @@ def newest_dataset_version(dataset: dict[str, Any] | None) -> str | None:
     return str(history[0]["version"]) if history and history[0].get("version") else None
 
 
+def with_serving_champion(template: TrainingJobSpec) -> TrainingJobSpec:
+    """A copy of the retrain template whose challenger must beat the model being served,
+    unless the template says otherwise (``gate.compareTo``)."""
+    spec = template.model_copy(deep=True)
+    if spec.gate is None:
+        spec.gate = Gate()
+    if spec.gate.compare_to is None:
+        spec.gate.compare_to = CompareTo(policy="Serving")
+    return spec
+
+
 def build_training_job(
     md: dict[str, Any], spec: ModelDeploymentSpec, trigger: Trigger, data_version: str | None
 ) -> dict[str, Any]:
@@ -189,7 +200,7 @@ def build_training_job(
     TrainingJobs (and through them the ModelVersions) with it.
     """
     assert spec.retrain is not None
-    template = spec.retrain.template.model_copy(deep=True)
+    template = with_serving_champion(spec.retrain.template)
     if data_version is not None:
         template.dataset_ref.version = data_version
     md_name = md["metadata"]["name"]

@@ -198,6 +198,14 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--test-fraction", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--gate", "gates", multiple=True, help="Quality gate, e.g. 'f1>=0.8' (repeatable).")
+@click.option(
+    "--champion",
+    help="The model to beat: a model directory or its model.onnx (path or URI). The new model "
+    "fails unless it scores no worse on the same held-out rows (spec.gate.compareTo, else "
+    "the default metric and a tolerance of 0.01).",
+)
+@click.option("--champion-version", type=click.IntRange(min=1), help="The champion's version.")
+@click.option("--champion-sha256", help="The champion's model.onnx must have this sha256 (hex).")
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -207,16 +215,29 @@ def train(
     fmt: str | None,
     out: str,
     name: str | None,
+    champion: str | None,
+    champion_version: int | None,
+    champion_sha256: str | None,
     **flags: Any,
 ) -> None:
     """Train a scikit-learn model, export it to ONNX, check parity and write its artifacts."""
     spec = _training_spec(ctx, spec_file, name, ModelFlags(**flags))
+    if champion is None and (champion_version or champion_sha256):
+        _fail("train", EXIT_BAD_INPUT, "--champion-version and --champion-sha256 need --champion")
     # scikit-learn and friends load only once the spec holds up: bad specs fail fast.
+    from kubeloop.trainer import champion as champions
     from kubeloop.trainer import train as training
 
     _check_out("train", out)
     run = training.Run(
-        spec=spec, data_uri=data_uri, out=out, name=name or spec.model_name, data_format=fmt
+        spec=spec,
+        data_uri=data_uri,
+        out=out,
+        name=name or spec.model_name,
+        data_format=fmt,
+        champion=(
+            champions.ChampionRef(champion, champion_version, champion_sha256) if champion else None
+        ),
     )
     report(_train(run))
 

@@ -10,6 +10,7 @@ class in ``classes`` and ROC AUC; multiclass reports macro averages.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import platform
@@ -26,7 +27,17 @@ from sklearn.inspection import permutation_importance
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
 
-from kubeloop.api.v1alpha1 import METRICS, Gate, Search, TensorSpec, TrainingJobSpec
+from kubeloop.api.v1alpha1 import (
+    LOWER_IS_BETTER,
+    METRICS,
+    CompareTo,
+    Comparison,
+    Gate,
+    Search,
+    TensorSpec,
+    TrainingJobSpec,
+    compare_metric,
+)
 from kubeloop.contracts.artifacts import (
     LABEL_OUTPUT,
     OUTPUT_NAMES,
@@ -44,7 +55,7 @@ from kubeloop.contracts.artifacts import (
 )
 from kubeloop.contracts.estimators import Task
 from kubeloop.contracts.results import JobResult
-from kubeloop.trainer import card, model, output
+from kubeloop.trainer import card, champion, model, output
 from kubeloop.trainer.data import (
     DataError,
     digest,
@@ -69,7 +80,6 @@ SCORERS = {
     "mae": "neg_mean_absolute_error",
     "r2": "r2",
 }
-LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 #: Held-out rows permutation importance uses, at most.
 IMPORTANCE_ROWS = 2000
 #: Fewest labelled rows a run trains on.
@@ -99,6 +109,7 @@ class Run:
     out: str
     name: str
     data_format: str | None = None
+    champion: champion.ChampionRef | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class Evaluation:
     matrix: list[list[int]] | None
     gate: GateResult
     importance: dict[str, float]
+    comparison: Comparison | None = None
 
 
 @dataclass(frozen=True)
@@ -174,10 +186,12 @@ def train(run: Run) -> JobResult:
     )
     data = load_data(run)
     check_before_fit(spec, estimator, data.y)
+    rival = load_champion(run, data)
     split = split_rows(spec, data)
     fitted = fit(spec, model.build_pipeline(data.features, estimator), split)
     exported = to_onnx(fitted.pipeline, data.features, split.x_test, spec.task)
     evaluation = assess(spec, fitted.pipeline, exported.session, data.features, split)
+    evaluation = compare(run, data, split, rival, evaluation)
     artifacts = make_artifacts(run, data, split, fitted, exported, evaluation)
     write_artifacts(artifacts, run.out)
     summary = result_of(run.out, exported.sha256, evaluation)
@@ -197,6 +211,7 @@ def check_gate_metrics(spec: TrainingJobSpec) -> None:
         *(gate.min or {}),
         *(gate.max or {}),
         *([spec.search.metric] if spec.search and spec.search.metric else []),
+        *([compare_metric(spec)] if gate.compare_to else []),
     ]:
         if name not in known:
             raise model.SpecError(
@@ -282,7 +297,8 @@ def check_classes(spec: TrainingJobSpec, y: pd.Series[Any]) -> None:
             f"column {spec.target!r}: a single class ({_plain(y.iloc[0])!r}); need two or more"
         )
     gate = spec.gate or Gate()
-    if n > 2 and "roc_auc" in {*(gate.min or {}), *(gate.max or {})}:
+    compared = {compare_metric(spec)} if gate.compare_to else set()
+    if n > 2 and "roc_auc" in {*(gate.min or {}), *(gate.max or {}), *compared}:
         raise model.SpecError(
             f"gate: roc_auc is reported for binary classification only; "
             f"column {spec.target!r} has {n} classes"
@@ -604,6 +620,7 @@ def result_of(out: str, sha256: str, evaluation: Evaluation) -> JobResult:
         kind="train",
         status="succeeded" if gate.passed else "rejected",
         reason=None if gate.passed else "quality gate not met: " + "; ".join(gate.failures),
+        comparison=evaluation.comparison,
         artifact_uri=join(out, ArtifactLayout.MODEL),
         sha256=sha256,
         metadata_uri=join(out, ArtifactLayout.METADATA),
@@ -611,3 +628,98 @@ def result_of(out: str, sha256: str, evaluation: Evaluation) -> JobResult:
         metrics=evaluation.metrics,
         gate=gate,
     )
+
+
+# ---------------------------------------------------------------- champion/challenger
+
+
+def comparison_of(spec: TrainingJobSpec, ref: champion.ChampionRef | None) -> CompareTo | None:
+    """The comparison this run makes: the spec's, or the defaults when only a champion is
+    given (a local ``--champion``); none with ``policy: None``."""
+    compare = spec.gate.compare_to if spec.gate else None
+    if compare is None and ref is not None:
+        compare = CompareTo(policy="Serving")
+    return None if compare is None or compare.policy == "None" else compare
+
+
+def load_champion(run: Run, data: Data) -> champion.Champion | None:
+    """The champion, read and checked against the new data before any fitting.
+
+    A champion whose columns the data lacks (or no longer holds as numbers) rejects
+    the run at once with ``SchemaChanged``: nothing is trained, nothing written.
+    """
+    compare = comparison_of(run.spec, run.champion)
+    if compare is None or run.champion is None:
+        return None
+    rival = champion.load(run.champion, run.spec.task)
+    why = champion.schema_change(rival, data.frame)
+    if why is None:
+        return rival
+    metric = compare_metric(run.spec)
+    verdict = champion.schema_changed(run.champion, metric, compare.tolerance, why)
+    raise GateRejectedError(
+        JobResult(
+            kind="train",
+            status="rejected",
+            reason=f"SchemaChanged: {why}",
+            comparison=verdict,
+            gate=GateResult(passed=False, failures=[why]),
+        )
+    )
+
+
+def champion_value(
+    rival: champion.Champion,
+    data: Data,
+    split: TrainTest,
+    spec: TrainingJobSpec,
+    compare: CompareTo,
+) -> float | None:
+    """The champion's ``metric`` on the challenger's held-out rows."""
+    metric = compare_metric(spec)
+    rows = data.frame.loc[split.x_test.index]
+    outputs, classes = champion.predict(rival, rows, split.y_test)
+    try:
+        metrics, _ = evaluate(spec.task, split.y_test, outputs, classes)
+    except (ValueError, TypeError) as exc:  # labels of another type than the new target's
+        raise GateRejectedError(
+            JobResult(
+                kind="train",
+                status="rejected",
+                reason=f"SchemaChanged: {rival.ref.describe()}'s labels do not fit the target "
+                f"({exc})",
+                comparison=champion.schema_changed(
+                    rival.ref,
+                    metric,
+                    compare.tolerance,
+                    f"the champion's labels do not fit the target: {exc}",
+                ),
+            )
+        ) from exc
+    return metrics.get(metric)
+
+
+def compare(
+    run: Run,
+    data: Data,
+    split: TrainTest,
+    rival: champion.Champion | None,
+    evaluation: Evaluation,
+) -> Evaluation:
+    """Score the champion on the same held-out rows; a worse challenger fails the gate."""
+    compare_to = comparison_of(run.spec, run.champion)
+    if compare_to is None:
+        return evaluation
+    metric = compare_metric(run.spec)
+    theirs = champion_value(rival, data, split, run.spec, compare_to) if rival is not None else None
+    verdict = champion.verdict(
+        rival.ref if rival else None,
+        metric,
+        compare_to.tolerance,
+        theirs,
+        evaluation.metrics.get(metric),
+    )
+    gate = evaluation.gate
+    if not verdict.passed:
+        gate = GateResult(passed=False, failures=[*gate.failures, verdict.message])
+    return dataclasses.replace(evaluation, gate=gate, comparison=verdict)

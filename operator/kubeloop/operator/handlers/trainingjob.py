@@ -12,11 +12,13 @@ from kubeloop.api.v1alpha1 import DatasetSpec, TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.results import JobResult
 from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
-from kubeloop.operator import builders, metrics
+from kubeloop.operator import builders, champion, metrics
+from kubeloop.operator.champion import Resolution
 from kubeloop.operator.conditions import is_true
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
+    InvalidSpecError,
     Reconcile,
     parse_spec,
     run_reconcile,
@@ -113,14 +115,44 @@ def _resolve_data(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> str | 
     return snapshot_uri(dataset, version, ctx.settings)
 
 
+def _resolve_champion(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> Resolution | None:
+    """The model the challenger must beat (see :mod:`kubeloop.operator.champion`); None while
+    waiting for it; InvalidSpec when the spec cannot name one."""
+    compare = spec.gate.compare_to if spec.gate else None
+    if compare is None or compare.policy == "None":
+        return Resolution("none")
+    md_name = champion.deployment_name(rec.body)
+    md = None
+    if compare.policy == "Serving" and md_name is not None:
+        md = ctx.kube.get(API_VERSION, "ModelDeployment", rec.namespace, md_name)
+    versions = ctx.kube.list(API_VERSION, "ModelVersion", rec.namespace)
+    found = champion.resolve(rec.body, spec, md, versions)
+    if found.outcome == "invalid":
+        rec.ready(False, "InvalidSpec", found.message)
+        raise InvalidSpecError(found.message)
+    if found.outcome == "waiting":
+        rec.status.setdefault("phase", "Pending")
+        rec.ready(False, "ChampionNotFound", found.message)
+        return None
+    return found
+
+
 def _start(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, job_name: str) -> None:
-    """Create the trainer Job once the data version is known."""
+    """Create the trainer Job once the champion and the data version are known."""
+    found = _resolve_champion(ctx, rec, spec)
+    if found is None:
+        return
     data_uri = _resolve_data(ctx, rec, spec)
     if data_uri is None:
         return
-    ctx.kube.create(builders.build_trainer_job(rec.body, spec, data_uri, ctx.settings))
+    args = found.champion.args() if found.champion else []
+    ctx.kube.create(builders.build_trainer_job(rec.body, spec, data_uri, ctx.settings, args))
     metrics.CHILDREN_CREATED.labels(kind="Job").inc()
-    rec.info(reason="TrainingStarted", message=f"Job {job_name} on {rec.status['datasetVersion']}")
+    against = f"; {found.message}" if found.message else ""
+    rec.info(
+        reason="TrainingStarted",
+        message=f"Job {job_name} on {rec.status['datasetVersion']}{against}",
+    )
     rec.status.update(jobName=job_name, startTime=now())
     _running(rec, job_name)
 
@@ -138,6 +170,14 @@ def _end(rec: Reconcile, phase: str, reason_code: str, reason: str) -> None:
     rec.warn(reason=reason_code, message=reason)
 
 
+def rejection_reason(summary: JobResult) -> str:
+    """The Ready reason of a rejected run: the comparison's when it failed, else the gate's."""
+    comparison = summary.comparison
+    if comparison is not None and not comparison.passed:
+        return "SchemaChanged" if comparison.reason == "SchemaChanged" else "ChallengerWorse"
+    return "GateRejected"
+
+
 def _publish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, summary: JobResult) -> None:
     """Create the ModelVersion of the trained artifact and point the status at it."""
     data_version = str(rec.status.get("datasetVersion") or "")
@@ -151,7 +191,8 @@ def _publish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, summary: JobRe
     mv = allocate_model_version(ctx.kube, rec.body, spec, build)
     name, version = mv["metadata"]["name"], int(mv["spec"]["version"])
     rec.status.update(phase="Succeeded", modelVersion=name, version=version)
-    rec.ready(True, "Succeeded", f"published {name}")
+    compared = f" ({summary.comparison.message})" if summary.comparison else ""
+    rec.ready(True, "Succeeded", f"published {name}{compared}")
     rec.info(reason="ModelVersionCreated", message=f"{name} (version {version})")
 
 
@@ -160,9 +201,11 @@ def _finish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, done: Finished)
     summary = done.result or JobResult(kind="train", status="failed")
     if summary.metrics:
         rec.status["metrics"] = summary.metrics
+    if summary.comparison is not None:
+        rec.status["comparison"] = summary.comparison.to_wire()
     rec.status.setdefault("completionTime", now())
     if summary.status == "rejected":
-        _end(rec, "Rejected", "GateRejected", summary.reason or "quality gate not met")
+        _end(rec, "Rejected", rejection_reason(summary), summary.reason or "quality gate not met")
     elif done.state == "Failed" or not (summary.artifact_uri and summary.sha256):
         _end(
             rec,
