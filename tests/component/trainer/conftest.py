@@ -15,6 +15,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # train_helpers (--import-mode=importlib puts no test folder there)
+    sys.path.insert(0, HERE)
 
 
 class Result:
