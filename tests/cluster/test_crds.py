@@ -99,6 +99,7 @@ DS, TJ, MD = "Dataset", "TrainingJob", "ModelDeployment"
 SOURCE, SPLIT, SPEC = v1.DataSource.rules, v1.Split.rules, v1.TrainingJobSpec.rules
 PINNING, CANARY, SCALING = v1.VersionPolicy.rules, v1.Canary.rules, v1.Autoscaling.rules
 PEER, REQUIREMENT = v1.NetworkPolicyPeer.rules, v1.LabelSelectorRequirement.rules
+COMPARE = v1.CompareTo.rules
 EXISTS_WITH_VALUES = {"key": "team", "operator": "Exists", "values": ["a"]}
 BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
 
@@ -109,6 +110,54 @@ VIOLATIONS = [
     violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
     violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
     violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),
+    violation(
+        TJ,
+        "compare-version-missing",
+        "gate",
+        {"compareTo": {"policy": "Version"}},
+        COMPARE[0],
+        "gate.compareTo.version",
+    ),
+    violation(
+        TJ,
+        "compare-version-with-serving",
+        "gate.compareTo",
+        {"policy": "Serving", "version": 2},
+        COMPARE[0],
+        "gate.compareTo.version",
+    ),
+    violation(
+        TJ,
+        "compare-tolerance-negative",
+        "gate.compareTo",
+        {"policy": "Serving", "tolerance": -0.1},
+        COMPARE[1],
+        "gate.compareTo.tolerance",
+    ),
+    violation(
+        TJ,
+        "compare-metric-unknown",
+        "gate.compareTo",
+        {"policy": "Serving", "metric": "speed"},
+        COMPARE[2],
+        "gate.compareTo.metric",
+    ),
+    violation(
+        TJ,
+        "compare-metric-not-for-task",
+        "gate.compareTo",
+        {"policy": "None", "metric": "rmse"},
+        SPEC[1],
+        "gate.compareTo.metric",
+    ),
+    violation(
+        MD,
+        "retrain-compare-version-missing",
+        "retrain.template.gate",
+        {"compareTo": {"policy": "Version"}},
+        COMPARE[0],
+        "retrain.template.gate.compareTo.version",
+    ),
     violation(MD, "pinned-missing", "version", {"policy": "Pinned"}, PINNING[0], "version.pinned"),
     violation(
         MD,
