@@ -171,10 +171,14 @@ def test_the_trainingjob_is_the_template_on_the_newest_data_linked_to_the_alert(
     assert meta["annotations"][retrain.VALUE_ANNOTATION] == "0.42"
     built = TrainingJobSpec.model_validate(obj["spec"])
     assert built.dataset_ref.version == version
-    assert (
-        built.model_copy(update={"dataset_ref": spec.retrain.template.dataset_ref})
-        == spec.retrain.template
-    )
+    # the template, plus the champion check every retrain makes unless the template says
+    assert built.gate is not None
+    assert built.gate.compare_to is not None
+    assert built.gate.compare_to.policy == "Serving"
+    expected = spec.retrain.template.model_copy(deep=True)
+    assert expected.gate is not None
+    expected.gate.compare_to = built.gate.compare_to
+    assert built.model_copy(update={"dataset_ref": expected.dataset_ref}) == expected
     # the template itself is left alone
     assert spec.retrain.template.dataset_ref.version is None
 
