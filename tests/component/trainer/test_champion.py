@@ -255,6 +255,7 @@ def test_unusable_champions_fail_as_bad_input(kubeloop_all, data, tmp_path, cham
         "not-onnx": ["--champion", str(fake)],
         "tampered": ["--champion", str(good), "--champion-sha256", "0" * 64],
         "version-alone": ["--champion-version", "3"],
+        "other-task": ["--champion", str(champions["reg-full"])],
     }
     results = kubeloop_all(
         {k: flags(data, tmp_path / f"out-{k}", *extra) for k, extra in cases.items()}
@@ -264,6 +265,7 @@ def test_unusable_champions_fail_as_bad_input(kubeloop_all, data, tmp_path, cham
         "not-onnx": "is not a usable ONNX model",
         "tampered": "does not have the registered sha256",
         "version-alone": "need --champion",
+        "other-task": "not a classification model",
     }
     for key, result in results.items():
         assert result.code == 2, (key, result.stderr)

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec, TrainingJobSpec
+from kubeloop.contracts.results import JobResult
 from kubeloop.operator import builders, retrain
 from kubeloop.operator.champion import Champion, resolve
+from kubeloop.operator.handlers.trainingjob import rejection_reason
 from kubeloop.operator.settings import OperatorSettings
 
 
@@ -140,3 +142,19 @@ def test_retrains_compare_with_the_served_version_unless_the_template_says(templ
     assert created["metadata"]["labels"][builders.DEPLOYMENT_LABEL] == "web"
     if template_gate and "min" in template_gate:
         assert created["spec"]["gate"]["min"] == {"accuracy": 0.8}
+
+
+@pytest.mark.parametrize(
+    ("comparison", "reason"),
+    [
+        (None, "GateRejected"),
+        ({"passed": True, "reason": "NotWorse"}, "GateRejected"),  # a threshold failed
+        ({"passed": False, "reason": "Worse"}, "ChallengerWorse"),
+        ({"passed": False, "reason": "SchemaChanged"}, "SchemaChanged"),
+    ],
+)
+def test_a_rejected_run_names_the_comparison_that_failed(comparison, reason):
+    doc: dict[str, Any] = {"kind": "train", "status": "rejected"}
+    if comparison is not None:
+        doc["comparison"] = {"metric": "accuracy", "tolerance": 0.01, **comparison}
+    assert rejection_reason(JobResult.model_validate(doc)) == reason

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from kubeloop.api.v1alpha1 import LOWER_IS_BETTER, ChallengerScore, ChampionScore, Comparison
 from kubeloop.contracts.artifacts import (
     LABEL_OUTPUT,
+    OUTPUT_NAMES,
     PROBA_OUTPUT,
     ArtifactLayout,
     ModelMetadata,
@@ -158,6 +159,11 @@ def load(ref: ChampionRef, task: Task) -> Champion:
         session = model.session(onnx)
     except Exception as exc:  # onnxruntime raises its own error types
         raise DataError(f"{ref.describe()}: {ref.onnx_uri} is not a usable ONNX model") from exc
+    outputs = {node.name for node in session.get_outputs()}
+    if not set(OUTPUT_NAMES[task]) <= outputs:
+        raise DataError(
+            f"{ref.describe()}: not a {task} model (its outputs: {', '.join(sorted(outputs))})"
+        )
     return Champion(
         ref=ref,
         session=session,
