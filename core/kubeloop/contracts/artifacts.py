@@ -37,7 +37,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubeloop.api.v1alpha1 import Column, TensorSpec
+from kubeloop.api.v1alpha1 import Column, Comparison, TensorSpec
 from kubeloop.contracts.estimators import Task
 
 FORMAT_VERSION = 1
@@ -187,6 +187,7 @@ class ModelMetadata(_Model):
     importance: dict[str, float] = Field(default_factory=dict)
     search: list[dict[str, Any]] | None = None
     gate: GateResult | None = None
+    comparison: Comparison | None = None
     lineage: Lineage
     created: datetime
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
-from train_helpers import flags, predict
+from train_helpers import flags, metadata_of, predict
 
 from kubeloop.contracts.artifacts import VALUE_OUTPUT, ArtifactLayout
 
@@ -96,6 +96,10 @@ def test_worse_challenger_fails_with_both_numbers(kubeloop, data, tmp_path, cham
     assert "accuracy" in summary["reason"]
     assert "champion" in summary["reason"]
     assert json.loads(result.termination)["comparison"] == comparison
+    # the model directory (kept to show why) records the comparison too
+    recorded = metadata_of(out).comparison
+    assert recorded is not None
+    assert recorded.model_dump(exclude_none=True) == comparison
 
 
 def test_equal_or_better_challenger_passes(kubeloop_all, data, tmp_path, champions):

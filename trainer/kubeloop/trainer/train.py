@@ -540,6 +540,7 @@ def model_metadata(
         importance=evaluation.importance,
         search=fitted.trials,
         gate=evaluation.gate,
+        comparison=evaluation.comparison,
         lineage=lineage(run, data.digest, fitted.pipeline),
         created=datetime.now(UTC),
     )
