@@ -128,6 +128,8 @@ def test_equal_or_better_challenger_passes(kubeloop_all, data, tmp_path, champio
     assert better["champion"]["version"] == 4
     assert better["challenger"]["value"] > better["champion"]["value"] + 0.1
     assert "champion v4" in better["message"]
+    card = (tmp_path / "better" / ArtifactLayout.CARD).read_text()
+    assert f"Champion comparison: {better['message']}." in card
 
 
 def test_missing_champion_columns_fail_before_training(kubeloop, data, tmp_path, champions):

@@ -19,6 +19,7 @@ def render(meta: ModelMetadata, rows: int, test_rows: int) -> str:
         else "not checked"
     )
     classes = f" Classes: {', '.join(map(str, meta.classes))}." if meta.classes else ""
+    compared = f"\nChampion comparison: {meta.comparison.message}.\n" if meta.comparison else ""
     return f"""# Model card: {meta.name}
 
 ## Intended use
@@ -43,7 +44,7 @@ served over the Open Inference Protocol. Inputs outside the training distributio
 {metrics}
 
 Quality gate: {verdict}.
-
+{compared}
 ## Feature importance (permutation, held-out split)
 | feature | mean score drop |
 |---|---|
