@@ -1,4 +1,5 @@
-"""One training run: data → pipeline (+ search) → ONNX → parity → metrics → artifacts → gate.
+"""One training run: data (+ champion) → pipeline (+ search) → ONNX → parity → metrics →
+champion/challenger → artifacts → gate.
 
 :func:`train` composes one function per stage, each given what the stages before it
 made. Every check that needs no fitting runs first (the spec, then the data), so a run
