@@ -16,8 +16,8 @@ from kubeloop.api.base import KubeModel, Rule
 from kubeloop.api.v1alpha1 import (
     Autoscaling,
     Canary,
-    DataSource,
     DatasetSpec,
+    DataSource,
     LabelSelectorRequirement,
     NetworkPolicyPeer,
     Split,
