@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psycopg
 
-from needs import missing
+from needs import POSTGRESQL, missing
 
-HOW = "run `make postgresql-tools` (hack/install-postgresql.sh: Debian's postgresql)"
+HOW = POSTGRESQL
 USER = "kubeloop"
 DATABASE = "kubeloop"
 PASSWORD = "s3cret-Pa55-word"
