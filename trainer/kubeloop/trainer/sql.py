@@ -89,7 +89,7 @@ def display(source: str) -> str:
 def _body(query: str) -> str:
     """The query as a subquery: trailing semicolons dropped, a line break before the ``)``
     so that a trailing ``--`` comment cannot swallow it."""
-    return query.strip().rstrip(";").rstrip()
+    return query.strip().rstrip("; \t\r\n")
 
 
 def probe_query(query: str) -> str:
