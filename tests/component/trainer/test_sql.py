@@ -109,7 +109,8 @@ def test_query_text_reaches_the_server_as_written_in_chunks(sql_snapshot, postgr
     postgres.execute(
         "DROP TABLE IF EXISTS words",
         "CREATE TABLE words AS SELECT n, 'w%:' || n AS word, n % 3 = 0 AS third, "
-        "n::numeric / 4 AS quarter, DATE '2026-01-01' + n AS day "
+        "n::numeric / 4 AS quarter, DATE '2026-01-01' + n AS day, "
+        "('k' || n % 3)::varchar(4) AS code, int4send(n) AS raw "
         f"FROM generate_series(1, {rows}) n",
     )
     query = "SELECT * FROM words WHERE word LIKE 'w%' AND word <> ':x' -- percent and colons\n;"
@@ -123,11 +124,15 @@ def test_query_text_reaches_the_server_as_written_in_chunks(sql_snapshot, postgr
         "third": "boolean",
         "quarter": "number",
         "day": "string",
+        "code": "string",
+        "raw": "string",
     }
     copy = pd.read_parquet(result.summary["snapshot_uri"])
     assert copy["n"].tolist() == list(range(1, rows + 1))
     assert copy.loc[0, "day"] == "2026-01-02"
     assert copy.loc[4, "quarter"] == 1.25
+    assert copy.loc[4, "code"] == "k2"
+    assert copy.loc[4, "raw"] == "00000005"  # bytea as hex
 
 
 def test_the_trainer_trains_on_a_sql_snapshot(sql_snapshot, kubeloop, cancer, tmp_path):

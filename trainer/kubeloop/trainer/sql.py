@@ -44,7 +44,9 @@ MAX_CAUSE = 600
 
 _BOOL = {16}
 _INTEGER = {20, 21, 23, 26}  # int8, int2, int4, oid
-_FLOAT = {700, 701, 1700}  # float4, float8, numeric
+_NUMERIC = 1700
+_FLOAT = {700, 701, _NUMERIC}  # float4, float8, numeric
+_TEXT = {18, 19, 25, 1042, 1043}  # char, name, text, bpchar, varchar: psycopg gives str
 
 
 class SourceUnavailable(DataError):  # noqa: N818 - a DataError like its siblings
@@ -152,15 +154,16 @@ def _connection(url: URL, name: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-def _converter(type_code: int) -> tuple[pa.DataType, Callable[[Any], Any]]:
-    """The Arrow type of a PostgreSQL type and how one value becomes it."""
+def _converter(type_code: int) -> tuple[pa.DataType, Callable[[Any], Any] | None]:
+    """The Arrow type of a PostgreSQL type and how one value becomes it (None: psycopg's
+    value already is one, so Arrow takes the column as it is)."""
     if type_code in _BOOL:
-        return pa.bool_(), bool
+        return pa.bool_(), None
     if type_code in _INTEGER:
-        return pa.int64(), int
+        return pa.int64(), None
     if type_code in _FLOAT:
-        return pa.float64(), float
-    return pa.string(), _text
+        return pa.float64(), float if type_code == _NUMERIC else None
+    return pa.string(), None if type_code in _TEXT else _text
 
 
 def _text(value: Any) -> str:
@@ -188,7 +191,10 @@ def _batch(rows: Sequence[Sequence[Any]], schema: pa.Schema, type_codes: Sequenc
     columns = []
     for i, code in enumerate(type_codes):
         _, convert = _converter(code)
-        values = [None if row[i] is None else convert(row[i]) for row in rows]
+        if convert is None:
+            values = [row[i] for row in rows]
+        else:
+            values = [None if row[i] is None else convert(row[i]) for row in rows]
         columns.append(pa.array(values, type=schema.field(i).type))
     return pa.Table.from_arrays(columns, schema=schema)
 
