@@ -87,8 +87,11 @@ def test_sql_snapshot_is_parquet_with_a_digest_of_the_rows(sql_snapshot, cancer,
     # the same rows stored in the opposite order
     assert digest_of(sql_snapshot("SELECT * FROM cancer_b")) == digest_of(first)
 
-    postgres.execute("UPDATE cancer_b SET \"mean area\" = \"mean area\" + 1 WHERE target = 0 AND "
-                     "\"mean radius\" = (SELECT max(\"mean radius\") FROM cancer_b)")  # fmt: skip
+    # one cell of one row changes
+    biggest = 'SELECT max("mean radius") FROM cancer_b'
+    postgres.execute(
+        f'UPDATE cancer_b SET "mean area" = "mean area" + 1 WHERE "mean radius" = ({biggest})'
+    )
     try:
         assert digest_of(sql_snapshot("SELECT * FROM cancer_b")) != digest_of(first)
     finally:
