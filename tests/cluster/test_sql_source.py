@@ -16,7 +16,7 @@ import pandas as pd
 import psycopg
 import pytest
 import yaml
-from kubelet import finish_pod
+from kubelet import finish_pod, wait_running
 from operator_harness import (
     Cluster,
     OperatorProcess,
@@ -173,3 +173,41 @@ def test_a_wrong_password_says_so_in_ready_without_the_password(
     assert 'password authentication failed for user "kubeloop"' in ready["message"]
     assert "not-the-password" not in ready["message"]
     assert_no_secret(cluster, message)
+
+
+def cannot_start(cluster: Cluster, job: dict[str, Any], reason: str, message: str) -> None:
+    """Report the Job's pod as a kubelet does when it cannot make the container's
+    environment: Pending, the container waiting with ``reason`` and ``message``."""
+    pod = pod_of(cluster, job["metadata"]["name"])
+    name = pod["metadata"]["name"]
+    current = wait_running(cluster.core, name, cluster.namespace)
+    waiting = {"waiting": {"reason": reason, "message": message}}
+    statuses = [
+        {"name": c.name, "image": c.image, "imageID": "", "ready": False, "restartCount": 0,
+         "started": False, "state": waiting}
+        for c in current.spec.containers
+    ]  # fmt: skip
+    body = {"status": {"phase": "Pending", "containerStatuses": statuses}}
+    cluster.core.patch_namespaced_pod_status(
+        name, cluster.namespace, body, _content_type="application/merge-patch+json"
+    )
+
+
+def test_a_missing_secret_shows_in_ready(cluster, operator, tmp_path):
+    apply_example(cluster, "unused")
+    cluster.core.delete_namespaced_secret(f"{NAME}-db", cluster.namespace)
+    job = snapshot_job(cluster, NAME, 1)
+    cannot_start(cluster, job, "CreateContainerConfigError", f'secret "{NAME}-db" not found')
+    ready = wait_for(
+        lambda: (
+            cluster.condition("Dataset", NAME).get("reason") == "SnapshotBlocked"
+            and cluster.condition("Dataset", NAME)
+        ),
+        "Ready to say why the snapshot cannot start",
+        state=lambda: cluster.condition("Dataset", NAME),
+    )
+    assert ready["status"] == "False"
+    assert ready["message"] == (
+        f"Job {job['metadata']['name']} cannot start its pod: "
+        f'CreateContainerConfigError: secret "{NAME}-db" not found'
+    )
