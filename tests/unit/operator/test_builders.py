@@ -366,6 +366,8 @@ def test_serving_pods_mount_the_token_and_verify_the_registered_digest(settings,
     # what the pod is told is valid for the server
     fields = {k.removeprefix("KUBELOOP_SERVING_").lower(): v for k, v in env.items()}
     ServingSettings(model="file:///m", **fields)
+
+
 def test_snapshot_job_of_a_sql_source_takes_the_url_from_the_secret(settings):
     ds = yaml.safe_load_all((EXAMPLES / "dataset-postgresql.yaml").read_text())
     ds = next(d for d in ds if d["kind"] == "Dataset")
