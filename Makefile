@@ -67,6 +67,10 @@ toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, 
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.
 	hack/install-monitoring.sh
 
+.PHONY: postgresql-tools
+postgresql-tools: ## Install PostgreSQL's initdb and pg_ctl (Debian package; the SQL-source tests) where missing.
+	hack/install-postgresql.sh
+
 .PHONY: chart-tools
 chart-tools: ## Install lua5.4 and lua5.1 (Debian packages; the Argo CD health-check tests) where missing.
 	command -v lua5.4 >/dev/null && command -v lua5.1 >/dev/null || \
@@ -99,7 +103,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds toolchain monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

@@ -1,8 +1,8 @@
 """The tools a test runs: found, or a failure that says how to get them, never a skip.
 
 ``make test`` installs every tool the suite needs (``make toolchain``, ``make
-monitoring-tools``, ``make chart-tools``, ``make images``), so a missing one is a broken
-setup that must not pass quietly.
+monitoring-tools``, ``make postgresql-tools``, ``make chart-tools``, ``make images``), so a
+missing one is a broken setup that must not pass quietly.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import NoReturn
 import pytest
 
 MONITORING = "run `make monitoring-tools` (hack/install-monitoring.sh: Debian's Prometheus)"
+POSTGRESQL = "run `make postgresql-tools` (hack/install-postgresql.sh: Debian's postgresql)"
 LUA = "run `make chart-tools` (Debian packages lua5.4 lua5.1)"
 DOCKER = "run `make images` (hack/images.sh installs and starts Docker and builds the images)"
 

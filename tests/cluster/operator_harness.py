@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -210,12 +211,29 @@ def pod_of(cluster: Cluster, job_name: str) -> dict[str, Any]:
     return pod
 
 
-def run_job_locally(job: dict[str, Any], workdir: Path) -> tuple[int, str]:
+def container_env(core: client.CoreV1Api, namespace: str, job: dict[str, Any]) -> dict[str, str]:
+    """The environment a kubelet gives the Job's container: each ``value``, and each
+    ``valueFrom.secretKeyRef`` read from the Secret in the API server."""
+    env: dict[str, str] = {}
+    for var in job["spec"]["template"]["spec"]["containers"][0].get("env") or []:
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is None:
+            env[var["name"]] = var.get("value", "")
+            continue
+        secret = core.read_namespaced_secret(ref["name"], namespace)
+        env[var["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+    return env
+
+
+def run_job_locally(
+    job: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Run a trainer Job's command here, as its container would, and return (exit code, message).
 
     The spec the operator put in the pod annotation is written to a file and
     the container's path to it is rewritten; the termination message is read
-    from the file the command writes, like the kubelet does.
+    from the file the command writes, like the kubelet does. ``env`` is the
+    container's environment (:func:`container_env`), if the test resolved it.
     """
     from kubeloop.operator import builders
 
@@ -231,7 +249,7 @@ def run_job_locally(job: dict[str, Any], workdir: Path) -> tuple[int, str]:
     term.write_text("")
     proc = subprocess.run(
         [KUBELOOP, *args],
-        env={**os.environ, "KUBELOOP_TERMINATION_LOG": str(term)},
+        env={**os.environ, **(env or {}), "KUBELOOP_TERMINATION_LOG": str(term)},
         capture_output=True,
         text=True,
         timeout=600,

@@ -102,11 +102,14 @@ PEER, REQUIREMENT = v1.NetworkPolicyPeer.rules, v1.LabelSelectorRequirement.rule
 COMPARE = v1.CompareTo.rules
 EXISTS_WITH_VALUES = {"key": "team", "operator": "Exists", "values": ["a"]}
 BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
+SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
 
 # (id, kind, mutation, the field the error must name, the rule (its message must show))
 VIOLATIONS = [
     violation(DS, "path-and-uri", "source", BOTH, SOURCE[0]),
     violation(DS, "neither-path-nor-uri", "source", {}, SOURCE[0]),
+    violation(DS, "uri-and-sql", "source", {"uri": "file:///data/a.csv", "sql": SQL}, SOURCE[0]),
+    violation(DS, "path-and-sql", "source", {"path": "/data/a.csv", "sql": SQL}, SOURCE[0]),
     violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
     violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
     violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),
@@ -450,3 +453,50 @@ def test_category_lists_every_kind(
         names.add(f"{kind.lower()}.{GROUP}/{body['metadata']['name']}")
     listed = set(kubectl("get", "kubeloop", "-o", "name").stdout.split())
     assert listed == names
+
+
+#: (id, spec.source.sql of the PostgreSQL example, the field named, what the error says)
+SQL_VIOLATIONS = [
+    ("empty-query", {**SQL, "query": ""}, "spec.source.sql.query", "should be at least 1"),
+    ("query-too-long", {**SQL, "query": "x" * 16385}, "spec.source.sql.query", "Too long"),
+    ("no-secret", {"query": "SELECT 1"}, "spec.source.sql.urlSecretRef", "Required value"),
+    ("secret-key", {**SQL, "urlSecretRef": {"name": "db", "key": "a/b"}},
+     "spec.source.sql.urlSecretRef.key", "should match"),
+    ("secret-name", {**SQL, "urlSecretRef": {"name": "DB", "key": "url"}},
+     "spec.source.sql.urlSecretRef.name", "should match"),
+]  # fmt: skip
+
+
+def postgresql_example() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Secret and the Dataset of examples/dataset-postgresql.yaml."""
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "dataset-postgresql.yaml").read_text()))
+    return docs[0], docs[1]
+
+
+@pytest.mark.parametrize(
+    ("sql", "field", "says"), [pytest.param(*v[1:], id=v[0]) for v in SQL_VIOLATIONS]
+)
+def test_a_bad_sql_source_is_rejected_naming_the_field(
+    sql: dict[str, Any], field: str, says: str, custom: client.CustomObjectsApi, namespace: str
+):
+    _, body = postgresql_example()
+    body["spec"]["source"]["sql"] = sql
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL["Dataset"], body, dry_run="All"
+        )
+    message = rejection(info.value)
+    assert field in message, message
+    assert says in message, message
+
+
+def test_the_postgresql_example_applies_with_its_secret(kubectl: Kubectl):
+    """``kubectl apply -f examples/dataset-postgresql.yaml``: the Secret and a Dataset whose
+    source is the query (the URL stays in the Secret)."""
+    kubectl("apply", "-f", str(ROOT / "examples" / "dataset-postgresql.yaml"))
+    secret, dataset = postgresql_example()
+    stored = kubectl.json("get", "dataset", dataset["metadata"]["name"])
+    assert stored["spec"]["source"] == dataset["spec"]["source"]
+    assert stored["spec"]["source"]["sql"]["urlSecretRef"]["name"] == secret["metadata"]["name"]
+    assert "postgresql://" not in json.dumps(stored)
+    assert kubectl.json("get", "secret", secret["metadata"]["name"])["type"] == "Opaque"

@@ -45,14 +45,49 @@ def _cel_list(values: tuple[str, ...]) -> str:
 # --------------------------------------------------------------------------- Dataset
 
 
+#: Longest SQL query a Dataset may hold (it travels in the snapshot Job's arguments).
+MAX_QUERY_LENGTH = 16384
+#: The Secret key syntax Kubernetes allows.
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+
+
+class SecretKeyRef(KubeModel):
+    """One key of a Secret in the Dataset's namespace."""
+
+    name: DNSSubdomain = Field(description="The Secret's name.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=SECRET_KEY, description="The key within the Secret."
+    )
+
+
+class SqlSource(KubeModel):
+    """A PostgreSQL query whose result is the data set."""
+
+    url_secret_ref: SecretKeyRef = Field(
+        description="A Secret key holding the database URL, postgresql://user:password@host:"
+        "port/db (password included). The snapshot Job gets it as an environment variable; "
+        "the operator never reads it."
+    )
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_LENGTH,
+        description="One SELECT. The snapshot runs SELECT * FROM (<query>) s ORDER BY every "
+        "column, read-only, so the same rows always give the same data version.",
+    )
+
+
+def _one_source(s: DataSource) -> bool:
+    return sum(x is not None for x in (s.path, s.uri, s.sql)) == 1
+
+
 class DataSource(KubeModel):
-    """Where the data lives: exactly one of a path or a URI."""
+    """Where the data lives: exactly one of a path, a URI or a SQL query."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="has(self.path) != has(self.uri)",
-            message="exactly one of source.path or source.uri must be set",
-            check=lambda s: (s.path is None) != (s.uri is None),
+            cel="(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1",
+            message="exactly one of source.path, source.uri or source.sql must be set",
+            check=_one_source,
         ),
     )
 
@@ -63,6 +98,9 @@ class DataSource(KubeModel):
         None,
         min_length=1,
         description="An fsspec URI: file://, http(s)://, s3://, gs://, az://.",
+    )
+    sql: SqlSource | None = Field(
+        None, description="A PostgreSQL query; its snapshot is stored as Parquet."
     )
 
 
@@ -95,7 +133,9 @@ class DatasetSpec(KubeModel):
     """A tabular data source and what it must look like."""
 
     source: DataSource = Field(description="Where to read the data from.")
-    format: Literal["csv", "parquet", "jsonl"] = Field("csv", description="File format.")
+    format: Literal["csv", "parquet", "jsonl"] = Field(
+        "csv", description="File format of a path or URI (a SQL source is stored as Parquet)."
+    )
     data_schema: DataSchema | None = Field(
         None, alias="schema", description="Expected columns; the snapshot fails on mismatch."
     )
@@ -103,6 +143,11 @@ class DatasetSpec(KubeModel):
     refresh_interval: Duration | None = Field(
         None, description="Re-snapshot this often; a changed digest becomes a new version."
     )
+
+    @property
+    def snapshot_format(self) -> Literal["csv", "parquet", "jsonl"]:
+        """The format of the snapshot's copy: ``format``, except Parquet for a SQL source."""
+        return "parquet" if self.source.sql is not None else self.format
 
 
 class DatasetVersion(KubeModel):

@@ -25,6 +25,10 @@ RESULT_LIMIT = 4096
 TERMINATION_LOG = "/dev/termination-log"
 #: Overrides :data:`TERMINATION_LOG`, for runs outside a pod (tests, laptops).
 TERMINATION_LOG_ENV = "KUBELOOP_TERMINATION_LOG"
+#: The source URL of `kubeloop snapshot` when not given with --source: the snapshot Job of a
+#: SQL Dataset sets it from the Secret (spec.source.sql.urlSecretRef), so the URL and its
+#: password stay out of the Job's arguments.
+SOURCE_URL_ENV = "KUBELOOP_SOURCE_URL"
 #: Exit codes of `kubeloop snapshot` and `kubeloop train` besides 0: the run failed,
 #: the input is bad (a retry cannot help), the quality gate rejected the model.
 EXIT_FAILED = 1

@@ -19,6 +19,7 @@ from kubeloop.contracts.artifacts import ArtifactLayout, join
 from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
     EXIT_REJECTED,
+    SOURCE_URL_ENV,
     TERMINATION_LOG,
     TERMINATION_LOG_ENV,
     JobResult,
@@ -179,6 +180,8 @@ class JobTemplate:
     active_deadline_seconds: int | None
     #: The spec the container reads from :data:`SPEC_PATH`, if any.
     spec_json: str | None = None
+    #: Environment variables besides the termination-log path (e.g. from a Secret).
+    env: tuple[dict[str, Any], ...] = ()
 
 
 def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -> dict[str, Any]:
@@ -192,7 +195,7 @@ def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -
         "image": job.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": job.args,
-        "env": [{"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG}],
+        "env": [{"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG}, *job.env],
         "resources": job.resources,
         # The Job result (kubeloop.contracts.results) is the whole message.
         "terminationMessagePolicy": "File",
@@ -228,9 +231,9 @@ def build_snapshot_job(
 ) -> dict[str, Any]:
     """The Job that runs ``kubeloop snapshot`` for a Dataset."""
     meta = dataset["metadata"]
-    source = spec.source.uri or spec.source.path or ""
     out = dataset_out_uri(settings, meta["namespace"], meta["name"])
-    args = ["snapshot", "--source", source, "--format", spec.format, "--out", out]
+    args, env = _snapshot_source(spec)
+    args += ["--format", spec.snapshot_format, "--out", out]
     spec_json = None
     if spec.data_schema is not None:
         spec_json = json.dumps(spec.data_schema.to_wire(), sort_keys=True)
@@ -244,8 +247,21 @@ def build_snapshot_job(
         backoff_limit=1,
         active_deadline_seconds=3600,
         spec_json=spec_json,
+        env=env,
     )
     return _job(dataset, template, settings)
+
+
+def _snapshot_source(spec: DatasetSpec) -> tuple[list[str], tuple[dict[str, Any], ...]]:
+    """The snapshot's source arguments and environment. A SQL source's URL (password
+    included) comes from its Secret as an environment variable: never in the arguments,
+    and the operator never reads it."""
+    sql = spec.source.sql
+    if sql is None:
+        return ["snapshot", "--source", spec.source.uri or spec.source.path or ""], ()
+    ref = {"name": sql.url_secret_ref.name, "key": sql.url_secret_ref.key}
+    env = {"name": SOURCE_URL_ENV, "valueFrom": {"secretKeyRef": ref}}
+    return ["snapshot", f"--query={sql.query}"], (env,)
 
 
 def trainer_job_name(tj: dict[str, Any]) -> str:

@@ -34,10 +34,11 @@ class Result:
         self.termination = termination.read_text() if termination.exists() else ""
 
 
-def run_kubeloop(args: list[str], termination: Path) -> Result:
-    """Run `kubeloop ARGS` writing its termination message to ``termination``."""
+def run_kubeloop(args: list[str], termination: Path, env: dict[str, str] | None = None) -> Result:
+    """Run `kubeloop ARGS` writing its termination message to ``termination`` (with ``env``
+    added to this process's environment)."""
     termination.unlink(missing_ok=True)
-    env = {**os.environ, "KUBELOOP_TERMINATION_LOG": str(termination)}
+    env = {**os.environ, **(env or {}), "KUBELOOP_TERMINATION_LOG": str(termination)}
     proc = subprocess.run(
         [KUBELOOP, *args], capture_output=True, text=True, env=env, timeout=300, check=False
     )

@@ -94,7 +94,11 @@ def test_descriptions_come_from_the_models():
 
 
 EXPECTED_RULES = {
-    "datasets": {".spec.source": ["has(self.path) != has(self.uri)"]},
+    "datasets": {
+        ".spec.source": [
+            "(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1"
+        ]
+    },
     "trainingjobs": {
         ".spec.split": ["self.testFraction > 0.0 && self.testFraction < 1.0"],
     },

@@ -14,8 +14,14 @@ BY_KIND = {r.info.kind: r for r in KINDS}
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
+def kubeloop_docs(path: Path) -> list[dict]:
+    """The Kubeloop objects of an example (a Secret it needs may come with them)."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return [d for d in docs if d["apiVersion"].startswith("kubeloop.io/")]
+
+
 def test_there_is_one_example_per_kind():
-    kinds = {yaml.safe_load(p.read_text())["kind"] for p in EXAMPLES}
+    kinds = {d["kind"] for p in EXAMPLES for d in kubeloop_docs(p)}
     assert kinds >= set(BY_KIND)
 
 
@@ -36,7 +42,7 @@ def contains(wire: object, written: object) -> bool:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_parses(path):
-    for doc in yaml.safe_load_all(path.read_text()):
+    for doc in kubeloop_docs(path):
         resource = BY_KIND[doc["kind"]].model_validate(doc)
         assert resource.metadata.name
         assert contains(resource.spec.to_wire(), doc["spec"])
@@ -47,3 +53,11 @@ def test_a_broken_example_is_rejected():
     doc["spec"]["split"]["testFraction"] = 1.5
     with pytest.raises(ValueError, match="testFraction"):
         BY_KIND["TrainingJob"].model_validate(doc)
+
+
+def test_the_postgresql_example_brings_the_secret_it_names():
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "dataset-postgresql.yaml").read_text()))
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    ref = next(d for d in docs if d["kind"] == "Dataset")["spec"]["source"]["sql"]["urlSecretRef"]
+    assert secret["metadata"]["name"] == ref["name"]
+    assert secret["stringData"][ref["key"]].startswith("postgresql://")

@@ -17,6 +17,7 @@ from kubeloop.api.v1alpha1 import (
     Autoscaling,
     Canary,
     CompareTo,
+    DatasetSpec,
     DataSource,
     LabelSelectorRequirement,
     NetworkPolicyPeer,
@@ -53,11 +54,17 @@ TJ = {
     "estimator": {"className": "LogisticRegression"},
 }
 
+SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
+
 CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
     (DataSource, {"path": "/data/x.csv"}, True),
     (DataSource, {"uri": "s3://b/x.csv"}, True),
     (DataSource, {}, False),
     (DataSource, {"path": "/x", "uri": "s3://b/x"}, False),
+    (DataSource, {"sql": SQL}, True),
+    (DataSource, {"uri": "s3://b/x", "sql": SQL}, False),
+    (DataSource, {"path": "/x", "sql": SQL}, False),
+    (DataSource, {"path": "/x", "uri": "s3://b/x", "sql": SQL}, False),
     (Split, {"testFraction": 0.25, "seed": 1}, True),
     (Split, {"testFraction": 0.0, "seed": 1}, False),
     (Split, {"testFraction": 1.0, "seed": 1}, False),
@@ -158,3 +165,25 @@ def test_label_selectors_take_kubernetes_label_syntax_only():
         assert python(NetworkPolicyPeer, peer), peer
     rejected = [case for case, peer in PEER_BAD.items() if python(NetworkPolicyPeer, peer)]
     assert rejected == []
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        {"urlSecretRef": {"name": "db", "key": "url"}, "query": ""},
+        {"urlSecretRef": {"name": "db", "key": "url"}, "query": "x" * 16385},
+        {"urlSecretRef": {"name": "Db_Secret", "key": "url"}, "query": "SELECT 1"},
+        {"urlSecretRef": {"name": "db", "key": "a/b"}, "query": "SELECT 1"},
+        {"urlSecretRef": {"name": "db"}, "query": "SELECT 1"},
+        {"query": "SELECT 1"},
+    ],
+    ids=["empty-query", "query-too-long", "secret-name", "secret-key", "no-key", "no-secret"],
+)
+def test_a_bad_sql_source_is_refused(sql):
+    assert not python(DataSource, {"sql": sql})
+
+
+def test_a_sql_snapshot_is_parquet_whatever_the_format_says():
+    spec = DatasetSpec.model_validate({"source": {"sql": SQL}, "format": "csv"})
+    assert spec.snapshot_format == "parquet"
+    assert DatasetSpec.model_validate({"source": {"path": "/x"}}).snapshot_format == "csv"

@@ -10,7 +10,7 @@ import yaml
 
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
-from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, JobResult
+from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, SOURCE_URL_ENV, JobResult
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
 
@@ -366,3 +366,34 @@ def test_serving_pods_mount_the_token_and_verify_the_registered_digest(settings,
     # what the pod is told is valid for the server
     fields = {k.removeprefix("KUBELOOP_SERVING_").lower(): v for k, v in env.items()}
     ServingSettings(model="file:///m", **fields)
+
+
+def test_snapshot_job_of_a_sql_source_takes_the_url_from_the_secret(settings):
+    ds = yaml.safe_load_all((EXAMPLES / "dataset-postgresql.yaml").read_text())
+    ds = next(d for d in ds if d["kind"] == "Dataset")
+    ds["metadata"].update(namespace="ml", uid="0123456789abcdef", generation=1)
+    spec = DatasetSpec.model_validate(ds["spec"])
+    job = builders.build_snapshot_job(ds, spec, 0, settings)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["snapshot", f"--query={spec.source.sql.query}"]
+    assert args[2:4] == ["--format", "parquet"]
+    assert "--source" not in args
+    assert [a for a in args if "postgresql" in a] == []
+    env = {e["name"]: e for e in container["env"]}
+    assert env[SOURCE_URL_ENV] == {
+        "name": SOURCE_URL_ENV,
+        "valueFrom": {"secretKeyRef": {"name": "tumours-db", "key": "url"}},
+    }
+    assert "value" not in env[SOURCE_URL_ENV]
+
+
+def test_a_sql_datasets_snapshot_is_found_as_parquet(settings):
+    from kubeloop.operator.handlers.trainingjob import snapshot_uri
+
+    ds = {
+        "metadata": {"name": "d", "namespace": "ml"},
+        "spec": {"source": {"sql": {"urlSecretRef": {"name": "s", "key": "k"}, "query": "q"}}},
+    }
+    uri = snapshot_uri(ds, "sha256:" + "a" * 64, settings)
+    assert uri.endswith("/" + ArtifactLayout.data_file("parquet"))

@@ -6,7 +6,7 @@ from typing import Any
 
 from kubeloop.contracts.results import JobResult
 from kubeloop.operator.builders import TRAINER_CONTAINER
-from kubeloop.operator.handlers.jobs import job_state, outcome
+from kubeloop.operator.handlers.jobs import blocked, job_state, outcome
 
 
 class Pods:
@@ -57,3 +57,19 @@ def test_without_a_result_the_jobs_failure_is_the_reason():
     assert crashed.reason == "BackoffLimitExceeded: Job has reached the limit"
     other = outcome(Pods(pod("{}", "2024-05-01T10:00:00Z", container="sidecar")), failed)
     assert other.result is None
+
+
+def waiting(reason: str, message: str, container: str = TRAINER_CONTAINER) -> dict[str, Any]:
+    state = {"waiting": {"reason": reason, "message": message}}
+    return {"status": {"containerStatuses": [{"name": container, "state": state}]}}
+
+
+def test_a_pod_the_kubelet_cannot_start_says_why():
+    missing = waiting("CreateContainerConfigError", 'secret "db" not found')
+    assert blocked(Pods(missing), job(None)) == (
+        'CreateContainerConfigError: secret "db" not found'
+    )
+    # still starting, or another container: nothing to say
+    assert blocked(Pods(waiting("ContainerCreating", "")), job(None)) is None
+    assert blocked(Pods(waiting("ErrImagePull", "x", container="sidecar")), job(None)) is None
+    assert blocked(Pods(), job(None)) is None

@@ -27,6 +27,7 @@ from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_REJECTED,
+    SOURCE_URL_ENV,
     JobResult,
     report,
 )
@@ -96,31 +97,40 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 @click.command()
-@click.option("--source", required=True, help="Data URI or path (file://, http(s)://, s3://, ...).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option(
+    "--source",
+    envvar=SOURCE_URL_ENV,
+    show_envvar=True,
+    required=True,
+    help="Data URI or path (file://, http(s)://, s3://, ...), or a postgresql://user@host:port/db "
+    "URL with --query (its password from PGPASSWORD or the environment variable, never here).",
+)
+@click.option("--query", help="SQL query of a postgresql:// source; stored as Parquet.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Default: from the name.")
 @click.option("--out", required=True, help="Directory URI; the snapshot goes to OUT/<digest>/.")
 @click.option("--schema", "schema_file", help="A DataSchema as JSON or YAML the data must match.")
-def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
+@click.pass_context
+def snapshot(
+    ctx: click.Context,
+    /,
+    source: str,
+    query: str | None,
+    fmt: str | None,
+    out: str,
+    schema_file: str | None,
+) -> None:
     """Validate a data set, compute its content digest and store an immutable copy."""
     from kubeloop.trainer import data
 
-    try:
-        schema = (
-            DataSchema.model_validate(_schema_document(_load_document(schema_file)))
-            if schema_file
-            else None
-        )
-    except (OSError, yaml.YAMLError) as exc:
-        _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {exc}")
-    except ValidationError as exc:
-        _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {_validation_message(exc)}")
+    schema = _snapshot_schema(schema_file)
+    fmt = _snapshot_format(ctx, source, query, fmt)
     _check_out("snapshot", out)
     try:
-        frame = data.read_table(source, fmt)  # type: ignore[arg-type]
+        frame = _read_source(source, query, fmt)
         if schema is not None:
             data.validate(frame, schema)
     except data.DataError as exc:
-        _fail("snapshot", EXIT_BAD_INPUT, str(exc))
+        _fail("snapshot", _data_error_code(exc), _named(source, query, str(exc)))
     except Exception as exc:
         _internal("snapshot", exc)
     try:
@@ -128,6 +138,76 @@ def snapshot(source: str, fmt: str, out: str, schema_file: str | None) -> None:
     except Exception as exc:
         _internal("snapshot", exc)
     report(summary)
+
+
+def _snapshot_schema(schema_file: str | None) -> DataSchema | None:
+    """The --schema file's DataSchema; exit 2 when it cannot be read or is not one."""
+    if not schema_file:
+        return None
+    try:
+        return DataSchema.model_validate(_schema_document(_load_document(schema_file)))
+    except (OSError, yaml.YAMLError) as exc:
+        _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {exc}")
+    except ValidationError as exc:
+        _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {_validation_message(exc)}")
+
+
+def _snapshot_format(ctx: click.Context, source: str, query: str | None, fmt: str | None) -> str:
+    """The format of the copy; exit 2 on a source and flags that do not go together —
+    first of all a password on the command line, which would show in the process list."""
+    from kubeloop.trainer import data, sql
+
+    if not sql.is_sql_url(source):
+        if query is not None:
+            _fail("snapshot", EXIT_BAD_INPUT, "--query needs a postgresql:// --source")
+        try:
+            return fmt or data.format_of(source)
+        except data.DataError as exc:
+            _fail("snapshot", EXIT_BAD_INPUT, str(exc))
+    try:
+        secret = sql.has_password(source)
+    except data.DataError as exc:
+        _fail("snapshot", EXIT_BAD_INPUT, f"--source: {exc}")
+    if secret and ctx.get_parameter_source("source") is ParameterSource.COMMANDLINE:
+        _fail(
+            "snapshot",
+            EXIT_BAD_INPUT,
+            f"--source {sql.display(source)}: refusing a password on the command line (it "
+            f"would show in the process list); give it in PGPASSWORD, or the whole URL in "
+            f"{SOURCE_URL_ENV}",
+        )
+    if not query or not query.strip():
+        _fail("snapshot", EXIT_BAD_INPUT, f"{sql.display(source)}: a SQL source needs --query")
+    if fmt not in (None, sql.FORMAT):
+        _fail("snapshot", EXIT_BAD_INPUT, f"--format {fmt}: a SQL source is stored as parquet")
+    return sql.FORMAT
+
+
+def _read_source(source: str, query: str | None, fmt: str) -> pd.DataFrame:
+    """The whole table: a file read as ``fmt``, or a query streamed to Parquet first."""
+    from kubeloop.trainer import data, output, sql
+
+    if query is None:
+        return data.read_table(source, fmt)  # type: ignore[arg-type]
+    with output.staging() as tmp:
+        sql.read_query(source, query, tmp / ArtifactLayout.data_file(sql.FORMAT))
+        return data.read_table(str(tmp / ArtifactLayout.data_file(sql.FORMAT)), sql.FORMAT)
+
+
+def _data_error_code(exc: Exception) -> int:
+    """A database that did not answer may answer a retry; everything else is bad input."""
+    from kubeloop.trainer import sql
+
+    return EXIT_FAILED if isinstance(exc, sql.SourceUnavailable) else EXIT_BAD_INPUT
+
+
+def _named(source: str, query: str | None, reason: str) -> str:
+    """A reason about a SQL source's data names the source (without its password)."""
+    from kubeloop.trainer import sql
+
+    if query is None or reason.startswith(sql.display(source)):
+        return reason
+    return f"{sql.display(source)}: {reason}"
 
 
 def _store_snapshot(frame: pd.DataFrame, fmt: str, out: str) -> JobResult:

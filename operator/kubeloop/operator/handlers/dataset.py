@@ -18,7 +18,7 @@ from kubeloop.operator.handlers.common import (
     parse_spec,
     run_reconcile,
 )
-from kubeloop.operator.handlers.jobs import Finished, job_state, outcome
+from kubeloop.operator.handlers.jobs import Finished, blocked, job_state, outcome
 from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.timestamps import now
 
@@ -70,9 +70,14 @@ def _harvest(rec: Reconcile, name: str, done: Finished, settings: OperatorSettin
     rec.ready(bool(rec.status.get("version")), "SnapshotFailed", done.reason)
 
 
-def _waiting(rec: Reconcile, job_name: str) -> None:
-    """Until the first version exists, Ready says which Job it waits for."""
-    if not rec.status.get("version"):
+def _waiting(rec: Reconcile, job_name: str, cannot_start: str | None = None) -> None:
+    """Until the first version exists, Ready says which Job it waits for; and whenever the
+    kubelet cannot start that Job's pod (a SQL source's Secret missing), why — a current
+    version stays current (Ready stays True) meanwhile."""
+    if cannot_start:
+        message = f"Job {job_name} cannot start its pod: {cannot_start}"
+        rec.ready(bool(rec.status.get("version")), "SnapshotBlocked", message)
+    elif not rec.status.get("version"):
         rec.ready(False, "Snapshotting", f"waiting for Job {job_name}")
 
 
@@ -88,7 +93,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     job = ctx.kube.get("batch/v1", "Job", rec.namespace, latest) if latest else None
     if latest and job is not None:
         if job_state(job) == "Running":
-            _waiting(rec, latest)
+            _waiting(rec, latest, blocked(ctx.kube, job, builders.TRAINER_CONTAINER))
             return
         if rec.status.get("observedSnapshotJob") != latest:
             _harvest(rec, latest, outcome(ctx.kube, job), ctx.settings)

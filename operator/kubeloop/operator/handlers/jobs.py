@@ -48,6 +48,25 @@ def termination_message(kube: Kube, job: dict[str, Any], container: str) -> str 
     return best[1] if best else None
 
 
+#: Why a kubelet cannot start a container, as its waiting state says: a Secret or
+#: ConfigMap (key) the pod's environment names is missing, or the image cannot be pulled.
+BLOCKED_REASONS = frozenset(
+    {"CreateContainerConfigError", "ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+)
+
+
+def blocked(kube: Kube, job: dict[str, Any], container: str = TRAINER_CONTAINER) -> str | None:
+    """Why the running Job's pod cannot start its container, if the kubelet says so (e.g.
+    ``CreateContainerConfigError: secret "db" not found``); None while it can."""
+    meta = job["metadata"]
+    for pod in kube.list("v1", "Pod", meta["namespace"], {"job-name": meta["name"]}):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if cs.get("name") == container and waiting.get("reason") in BLOCKED_REASONS:
+                return f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+    return None
+
+
 @dataclass(frozen=True)
 class Finished:
     """A Job that has finished: how, and the result its container reported (None: a crash)."""

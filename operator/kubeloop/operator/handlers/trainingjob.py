@@ -46,7 +46,7 @@ def snapshot_uri(dataset: dict[str, Any], version: str, settings: OperatorSettin
     for entry in status.get("history") or []:
         if entry.get("version") == version and entry.get("snapshotUri"):
             return str(entry["snapshotUri"])
-    fmt = DatasetSpec.model_validate(dataset["spec"]).format
+    fmt = DatasetSpec.model_validate(dataset["spec"]).snapshot_format
     meta = dataset["metadata"]
     out = builders.dataset_out_uri(settings, meta["namespace"], meta["name"])
     return ArtifactLayout.snapshot_data(out, version, fmt)
