@@ -266,9 +266,11 @@ class Metrics:
     def _canary_metrics(self) -> None:
         self.canary = self._counter(
             "kubeloop_canary_requests",
-            "Requests sent to the canary by mode (forward, shadow) and outcome "
-            "(ok, error, unreachable, skipped).",
-            ["model", "mode", "outcome"],
+            "Requests sent to the canary, by the canary's version, mode (forward, shadow) and "
+            "outcome: ok, client_error (4xx, relayed), server_error (5xx: the stable model "
+            "answered), unreachable (connection error or timeout: the stable model answered), "
+            "skipped (shadow only: too many mirrored at once).",
+            ["model", "version", "mode", "outcome"],
         )
         self.canary_weight = self._gauge(
             "kubeloop_canary_weight",
