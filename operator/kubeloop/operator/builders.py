@@ -392,6 +392,18 @@ def _serving_env(spec: ModelDeploymentSpec, version: str) -> list[dict[str, Any]
     return env
 
 
+def _mount_routing(
+    config_map: str,
+    env: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> None:
+    """Mount the routing ConfigMap into a stable pod and point the server at its file."""
+    volumes.append({"name": "routing", "configMap": {"name": config_map, "optional": True}})
+    mounts.append({"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True})
+    env.append({"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"})
+
+
 def _buckets_env(mv: dict[str, Any], stable_mv: dict[str, Any]) -> list[dict[str, Any]]:
     """For a regression canary: read the prediction-value buckets from the stable
     model's directory (its profile.json), the one its stable pods serve."""
@@ -502,13 +514,7 @@ def build_serving_deployment(
     if role == "canary" and stable_mv is not None:
         env += _buckets_env(mv, stable_mv)
     if role == "stable":
-        volumes.append(
-            {"name": "routing", "configMap": {"name": names["routing"], "optional": True}}
-        )
-        mounts.append({"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True})
-        env.append(
-            {"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"}
-        )
+        _mount_routing(names["routing"], env, volumes, mounts)
     container = _server_container(spec, mv["spec"], settings, env, mounts)
     scrape = {
         "prometheus.io/scrape": "true",

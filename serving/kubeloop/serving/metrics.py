@@ -288,6 +288,14 @@ class Metrics:
             ["model", "result"],
         )
 
+    def zero_requests(self, model: str, version: str) -> None:
+        """Export the answered-request series of a newly loaded version at 0: ``rate()``
+        skips a series' first sample, so a version's first requests (a canary's, in the
+        analysis window) would be lost if they created it."""
+        for protocol in ("v1", "v2"):
+            self.requests.labels(model, version, protocol, "200", "stable")
+            self.latency.labels(model, version, protocol, "stable")
+
     def value_histogram(self, edges: tuple[float, ...]) -> Histogram:
         """The regression prediction-value histogram (buckets from the reference)."""
         hist = self.prediction_values.get(edges)

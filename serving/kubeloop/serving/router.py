@@ -39,6 +39,8 @@ VARIANT = b"x-kubeloop-variant"
 #: request headers sent on to the canary, and response headers relayed back
 RELAYED_HEADERS = ("content-type", "inference-header-content-length", "x-request-id")
 _RELAYED = tuple(h.encode() for h in RELAYED_HEADERS)
+#: what became of a forwarded request (the ``outcome`` label of kubeloop_canary_requests)
+FORWARD_OUTCOMES = ("ok", "client_error", "server_error", "unreachable")
 
 
 class Router:
@@ -112,6 +114,8 @@ class Router:
         name = self._slot.name
         self._metrics.canary_weight.labels(name, "forward").set(forward)
         self._metrics.canary_weight.labels(name, "shadow").set(shadow)
+        if forward > 0:
+            self._zero_outcomes("forward")
         log.info(
             "canary: %s version %s weight %s%s",
             config.url or "none",
@@ -119,6 +123,13 @@ class Router:
             config.weight,
             " (shadow)" if config.shadow else "",
         )
+
+    def _zero_outcomes(self, mode: str) -> None:
+        """Export every outcome of this canary version at 0 before its first request:
+        ``rate()`` skips a counter's first sample, so a failure that creates its series
+        would go unseen by the analysis."""
+        for outcome in FORWARD_OUTCOMES:
+            self._metrics.canary.labels(self._slot.name, self._version, mode, outcome)
 
     def to_canary(self) -> bool:
         """Whether this request is the canary's (the exact forward share)."""

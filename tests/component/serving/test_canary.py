@@ -169,9 +169,9 @@ def test_shadow_mode_mirrors_and_records_agreement(cancer_model, cancer_rows):
         assert twin.metric("kubeloop_requests_total", model="cancer", code="200") == 30
 
 
-def forwarded(stable: Server, version: str) -> dict[str, float]:
-    """The stable pod's forward outcomes counted under canary ``version`` (absent: left out)."""
-    found = {
+def outcomes(stable: Server, version: str) -> dict[str, float | None]:
+    """The stable pod's forward outcomes counted under canary ``version`` (None: absent)."""
+    return {
         outcome: stable.metric(
             "kubeloop_canary_requests_total",
             model="cancer",
@@ -181,7 +181,11 @@ def forwarded(stable: Server, version: str) -> dict[str, float]:
         )
         for outcome in OUTCOMES
     }
-    return {k: v for k, v in found.items() if v is not None}
+
+
+def forwarded(stable: Server, version: str) -> dict[str, float]:
+    """The outcomes that happened (left out: those at 0 or absent)."""
+    return {k: v for k, v in outcomes(stable, version).items() if v}
 
 
 @contextmanager
@@ -257,6 +261,8 @@ def test_a_canary_5xx_is_answered_by_the_stable_model_and_counted_against_the_ca
             cancer_model, "--name", "cancer", "--routing-file", routed(tmp_path, url, 7)
         ) as stable,
     ):
+        # exported at 0 before the first request: rate() needs the series before it grows
+        assert outcomes(stable, "7") == dict.fromkeys(OUTCOMES, 0)
         answers = stable_answers(stable, payload, 10)
         assert all(a["model_version"] == stable_version(stable) for a in answers)
         assert forwarded(stable, "7") == {"server_error": 10}

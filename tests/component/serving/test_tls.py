@@ -162,10 +162,12 @@ def forwarded(stable: Server, rows, n: int) -> list[str]:
 
 
 def forward_outcomes(stable: Server) -> dict[str, float | None]:
+    """Forwarded requests by outcome; None: none counted (absent, or exported at 0)."""
     return {
         outcome: stable.metric(
             "kubeloop_canary_requests_total", model="cancer", mode="forward", outcome=outcome
         )
+        or None
         for outcome in ("ok", "unreachable")
     }
 
