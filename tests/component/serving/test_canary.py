@@ -372,3 +372,36 @@ def test_an_unreadable_stable_profile_keeps_the_canary_unready(diabetes_model, t
         assert "prediction_buckets_from" in server.log
     finally:
         server.stop()
+
+
+def test_mirrored_requests_a_canary_fails_count_as_its_server_errors(
+    cancer_model, cancer_rows, tmp_path
+):
+    """Shadow mode: the stable model answers anyway; the canary's 5xx is counted by kind."""
+    with (
+        failing_canary(502) as url,
+        serving(
+            cancer_model,
+            "--name",
+            "cancer",
+            "--canary-url",
+            url,
+            "--canary-weight",
+            "100",
+            "--shadow",
+            env={"KUBELOOP_SERVING_CANARY_VERSION": "5"},
+        ) as stable,
+    ):
+        stable_answers(stable, body(cancer_rows.iloc[:1]), 4)
+        wait_for(
+            "4 mirrored requests counted",
+            lambda: (
+                stable.metric(
+                    "kubeloop_canary_requests_total",
+                    version="5",
+                    mode="shadow",
+                    outcome="server_error",
+                )
+                == 4
+            ),
+        )

@@ -36,3 +36,17 @@ def test_no_profile_or_no_numeric_prediction_gives_the_defaults():
     assert value_buckets(profile(None)) == DEFAULT_VALUE_BUCKETS
     categorical = {"kind": "categorical", "frequencies": {"a": 3}}
     assert value_buckets(profile(categorical)) == DEFAULT_VALUE_BUCKETS
+
+
+def test_the_canary_settings_refuse_what_would_make_a_bad_label_or_path():
+    import pydantic
+    import pytest
+
+    from kubeloop.serving.settings import ServingSettings
+
+    ok = ServingSettings(model="/m", canary_version="12", prediction_buckets_from="s3://b/m/v1")
+    assert (ok.canary_version, ok.prediction_buckets_from) == ("12", "s3://b/m/v1")
+    for bad in ({"canary_version": 'v1"} 1'}, {"canary_version": "x" * 64},
+                {"prediction_buckets_from": ""}):  # fmt: skip
+        with pytest.raises(pydantic.ValidationError):
+            ServingSettings(model="/m", **bad)
