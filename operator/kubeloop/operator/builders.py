@@ -413,6 +413,27 @@ def _serving_env(spec: ModelDeploymentSpec, version: str) -> list[dict[str, Any]
     return env
 
 
+def _mount_routing(
+    config_map: str,
+    env: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> None:
+    """Mount the routing ConfigMap into a stable pod and point the server at its file."""
+    volumes.append({"name": "routing", "configMap": {"name": config_map, "optional": True}})
+    mounts.append({"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True})
+    env.append({"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"})
+
+
+def _buckets_env(mv: dict[str, Any], stable_mv: dict[str, Any]) -> list[dict[str, Any]]:
+    """For a regression canary: read the prediction-value buckets from the stable
+    model's directory (its profile.json), the one its stable pods serve."""
+    if mv["spec"].get("task") != "regression":
+        return []
+    stable_dir = ArtifactLayout.model_dir(stable_mv["spec"]["artifact"]["uri"])
+    return [{"name": "KUBELOOP_SERVING_PREDICTION_BUCKETS_FROM", "value": stable_dir}]
+
+
 def _server_container(
     spec: ModelDeploymentSpec,
     mv_spec: dict[str, Any],
@@ -488,11 +509,14 @@ def build_serving_deployment(
     role: str,
     replicas: int | None,
     settings: OperatorSettings,
+    stable_mv: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The stable or canary Deployment serving one ModelVersion.
 
     ``replicas`` None leaves the count to an autoscaler. The stable pods mount
-    the routing ConfigMap that tells them the canary's share of requests.
+    the routing ConfigMap that tells them the canary's share of requests. Canary
+    pods of a regression model bucket their predicted values with ``stable_mv``'s
+    edges (:func:`_buckets_env`), so canary and stable histograms compare.
     """
     names = serving_names(md["metadata"]["name"])
     version = str(mv["spec"]["version"])
@@ -508,14 +532,10 @@ def build_serving_deployment(
     env.append(
         {"name": "KUBELOOP_SERVING_EXPECTED_SHA256", "value": mv["spec"]["artifact"]["sha256"]}
     )
+    if role == "canary" and stable_mv is not None:
+        env += _buckets_env(mv, stable_mv)
     if role == "stable":
-        volumes.append(
-            {"name": "routing", "configMap": {"name": names["routing"], "optional": True}}
-        )
-        mounts.append({"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True})
-        env.append(
-            {"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"}
-        )
+        _mount_routing(names["routing"], env, volumes, mounts)
     container = _server_container(spec, mv["spec"], settings, env, mounts)
     scrape = {
         "prometheus.io/scrape": "true",
@@ -678,6 +698,8 @@ def serving_children(
     canary_replicas = max(1, math.ceil(spec.replicas * weight / 100))
     return [
         *children,
-        build_serving_deployment(md, spec, canary_mv, "canary", canary_replicas, settings),
+        build_serving_deployment(
+            md, spec, canary_mv, "canary", canary_replicas, settings, stable_mv=stable_mv
+        ),
         build_service(md, "canary", settings),
     ]

@@ -7,6 +7,7 @@ view: the feature list, the drift references and which outputs carry the predict
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ from kubeloop.contracts import artifacts as contract
 from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
 from kubeloop.serving.drift import CategoricalReference, NumericReference, Reference
 
-__all__ = ["Description", "describe"]
+__all__ = ["Description", "describe", "value_buckets"]
 
 #: default prediction-value histogram buckets when the profile has none (regression)
 DEFAULT_VALUE_BUCKETS: tuple[float, ...] = (-100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1000.0)
@@ -69,8 +70,7 @@ def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
                 refs.append(_reference(f.name, prof))
         if profile.prediction is not None:
             prediction = _reference("prediction", profile.prediction)
-            if isinstance(prediction, NumericReference):
-                value_buckets = tuple(float(e) for e in prediction.edges)
+        value_buckets = _buckets(profile)
     classification = meta.task == "classification"
     return Description(
         name=meta.name,
@@ -85,3 +85,22 @@ def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
         proba_output=PROBA_OUTPUT if classification else None,
         value_buckets=value_buckets,
     )
+
+
+def value_buckets(profile_bytes: bytes | None) -> tuple[float, ...]:
+    """The prediction-value histogram buckets a model with this ``profile.json`` exports
+    (None: no profile): its numeric prediction edges, else the defaults. A canary
+    buckets with its stable model's, so both histograms compare bucket by bucket."""
+    if profile_bytes is None:
+        return DEFAULT_VALUE_BUCKETS
+    return _buckets(contract.Profile.model_validate_json(profile_bytes))
+
+
+def _buckets(profile: contract.Profile) -> tuple[float, ...]:
+    """The profile's numeric prediction edges, finite and strictly increasing (a
+    histogram bucket per distinct edge), else the defaults."""
+    prediction = profile.prediction
+    if not isinstance(prediction, contract.NumericProfile):
+        return DEFAULT_VALUE_BUCKETS
+    edges = sorted({float(e) for e in prediction.edges if math.isfinite(e)})
+    return tuple(edges) or DEFAULT_VALUE_BUCKETS

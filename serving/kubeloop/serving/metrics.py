@@ -266,9 +266,11 @@ class Metrics:
     def _canary_metrics(self) -> None:
         self.canary = self._counter(
             "kubeloop_canary_requests",
-            "Requests sent to the canary by mode (forward, shadow) and outcome "
-            "(ok, error, unreachable, skipped).",
-            ["model", "mode", "outcome"],
+            "Requests sent to the canary, by the canary's version, mode (forward, shadow) and "
+            "outcome: ok, client_error (4xx, relayed), server_error (5xx: the stable model "
+            "answered), unreachable (connection error or timeout: the stable model answered), "
+            "skipped (shadow only: too many mirrored at once).",
+            ["model", "version", "mode", "outcome"],
         )
         self.canary_weight = self._gauge(
             "kubeloop_canary_weight",
@@ -285,6 +287,14 @@ class Metrics:
             "Mirrored requests whose predictions were compared.",
             ["model", "result"],
         )
+
+    def zero_requests(self, model: str, version: str) -> None:
+        """Export the answered-request series of a newly loaded version at 0: ``rate()``
+        skips a series' first sample, so a version's first requests (a canary's, in the
+        analysis window) would be lost if they created it."""
+        for protocol in ("v1", "v2"):
+            self.requests.labels(model, version, protocol, "200", "stable")
+            self.latency.labels(model, version, protocol, "stable")
 
     def value_histogram(self, edges: tuple[float, ...]) -> Histogram:
         """The regression prediction-value histogram (buckets from the reference)."""

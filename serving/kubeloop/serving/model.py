@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -286,6 +287,9 @@ def load_model(
         profile = _read_optional(location, ArtifactLayout.PROFILE)
     with _stage(f"{ArtifactLayout.METADATA} or {ArtifactLayout.PROFILE} is not valid"):
         desc = art.describe(meta_bytes, profile)
+    if settings.prediction_buckets_from:
+        buckets = _buckets_from(settings.prediction_buckets_from)
+        desc = dataclasses.replace(desc, value_buckets=buckets)
     onnx_bytes = _read(location, ArtifactLayout.MODEL)
     verify_digest(hashlib.sha256(onnx_bytes).hexdigest(), desc.sha256, settings.expected_sha256)
     with _stage(f"{ArtifactLayout.MODEL} is not a model onnxruntime can load"):
@@ -342,6 +346,18 @@ def _session(onnx_bytes: bytes, settings: ServingSettings) -> ort.InferenceSessi
 def _read(location: str, name: str) -> bytes:
     with _stage(f"{name} cannot be read"):
         return read(location, name)
+
+
+def _buckets_from(location: str) -> tuple[float, ...]:
+    """The prediction-value buckets of the model at ``location`` (its profile.json), as
+    that model's own server exports them: a canary reads its stable model's."""
+    public = f"prediction_buckets_from: {ArtifactLayout.PROFILE} cannot be read or is not valid"
+    with _stage(public):
+        try:
+            profile = read(location, ArtifactLayout.PROFILE)
+        except FileNotFoundError:
+            profile = None  # that model's server exports the default buckets too
+        return art.value_buckets(profile)
 
 
 def _read_optional(location: str, name: str) -> bytes | None:

@@ -65,6 +65,10 @@ class PredictionStats:
         self._value_hist = None
         if desc.task == "regression":
             self._value_hist = metrics.value_histogram(desc.value_buckets).labels(model, version)
+        for value in (desc.classes or [])[:MAX_CLASSES]:
+            # each class at 0 from the start: a class one version never predicts is a 0 in
+            # the comparison of two versions' class counts, not a missing series
+            self._count_class(value, 0)
 
     def on_batch(self, feed: Feed, outputs: Outputs) -> None:
         labels = outputs[self._label_output]

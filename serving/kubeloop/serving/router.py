@@ -1,6 +1,11 @@
 """Canary routing over HTTP: forward a share of inference requests to a canary server
 and relay its answer, or mirror them (shadow) and compare its predictions with ours.
 
+A forwarded request the canary fails (5xx, connection error, timeout) is answered by
+the stable model instead: the client is not hurt, and the failure is counted under the
+canary's version, where the canary analysis reads it. A canary 4xx is relayed (the
+request was at fault, not the canary).
+
 What share goes where is :mod:`kubeloop.serving.canary`'s (config, exact split, the
 watched routing file); this module moves the bytes and counts the outcomes.
 """
@@ -34,6 +39,8 @@ VARIANT = b"x-kubeloop-variant"
 #: request headers sent on to the canary, and response headers relayed back
 RELAYED_HEADERS = ("content-type", "inference-header-content-length", "x-request-id")
 _RELAYED = tuple(h.encode() for h in RELAYED_HEADERS)
+#: what became of a forwarded request (the ``outcome`` label of kubeloop_canary_requests)
+FORWARD_OUTCOMES = ("ok", "client_error", "server_error", "unreachable")
 
 
 class Router:
@@ -44,7 +51,10 @@ class Router:
         self._metrics = metrics
         self._slot = slot
         self.config = RoutingConfig(
-            url=settings.canary_url, weight=settings.canary_weight, shadow=settings.canary_shadow
+            url=settings.canary_url,
+            weight=settings.canary_weight,
+            shadow=settings.canary_shadow,
+            canary_version=settings.canary_version,
         )
         self._forward_split = Splitter(0.0 if settings.canary_shadow else settings.canary_weight)
         self._shadow_split = Splitter(0.0)
@@ -58,6 +68,8 @@ class Router:
         self._shadow_in_flight = 0
         self._shadow_agree = 0
         self._shadow_total = 0
+        #: the canary's version label (the routing config's canary_version)
+        self._version = version_label(self.config)
 
     def start(self) -> None:
         """Open the client, apply the static config, then the routing file's (watched)."""
@@ -93,6 +105,7 @@ class Router:
     def apply(self, config: RoutingConfig) -> None:
         """Route by ``config`` from now on."""
         self.config = config
+        self._version = version_label(config)
         weight = config.weight if config.active else 0.0
         forward, shadow = (0.0, weight) if config.shadow else (weight, 0.0)
         self._forward_split.set_weight(forward)
@@ -101,20 +114,36 @@ class Router:
         name = self._slot.name
         self._metrics.canary_weight.labels(name, "forward").set(forward)
         self._metrics.canary_weight.labels(name, "shadow").set(shadow)
+        if forward > 0:
+            self._zero_outcomes("forward")
         log.info(
-            "canary: %s weight %s%s",
+            "canary: %s version %s weight %s%s",
             config.url or "none",
+            self._version,
             config.weight,
             " (shadow)" if config.shadow else "",
         )
+
+    def _zero_outcomes(self, mode: str) -> None:
+        """Export every outcome of this canary version at 0 before its first request:
+        ``rate()`` skips a counter's first sample, so a failure that creates its series
+        would go unseen by the analysis."""
+        for outcome in FORWARD_OUTCOMES:
+            self._metrics.canary.labels(self._slot.name, self._version, mode, outcome)
 
     def to_canary(self) -> bool:
         """Whether this request is the canary's (the exact forward share)."""
         return self._forward_split.pick()
 
+    @property
+    def canary_version(self) -> str:
+        """The canary's version label: what a relayed answer is counted under."""
+        return self._version
+
     async def forward(self, path: str, body: bytes, headers: Mapping[bytes, bytes]) -> Reply | None:
-        """Send the request to the canary; None when it is unreachable (stable answers)."""
-        url = self.config.url
+        """Send the request to the canary and return its answer to relay; None when the
+        stable model must answer instead (the canary unreachable or failing with a 5xx)."""
+        url, version = self.config.url, self._version  # as they were when it was sent
         client = self._client
         if url is None or client is None:
             return None
@@ -124,10 +153,14 @@ class Router:
         try:
             resp = await client.post(url.rstrip("/") + path, content=body, headers=sent)
         except httpx.HTTPError as exc:
-            self._count("forward", "unreachable")
+            self._count("forward", "unreachable", version)
             log.warning("canary %s unreachable, stable answers: %s", url, exc)
             return None
-        self._count("forward", "ok" if resp.status_code < 500 else "error")
+        outcome = status_outcome(resp.status_code)
+        self._count("forward", outcome, version)
+        if outcome == "server_error":
+            log.warning("canary %s answered %s, stable answers", url, resp.status_code)
+            return None
         out = [(VARIANT, b"canary")]
         for key in RELAYED_HEADERS:
             value = resp.headers.get(key)
@@ -168,7 +201,7 @@ class Router:
             self._count("shadow", "unreachable")
             return
         if resp.status_code >= 400:
-            self._count("shadow", "error")
+            self._count("shadow", status_outcome(resp.status_code))
             return
         self._count("shadow", "ok")
         try:
@@ -184,11 +217,26 @@ class Router:
             self._shadow_agree / self._shadow_total
         )
 
-    def _count(self, mode: str, outcome: str) -> None:
-        self._metrics.canary.labels(self._slot.name, mode, outcome).inc()
+    def _count(self, mode: str, outcome: str, version: str | None = None) -> None:
+        labels = (self._slot.name, version or self._version, mode, outcome)
+        self._metrics.canary.labels(*labels).inc()
 
     def _compared(self, result: str) -> None:
         self._metrics.shadow_compared.labels(self._slot.name, result).inc()
+
+
+def version_label(config: RoutingConfig) -> str:
+    """The canary's version as a label value (``unknown`` when the config names none)."""
+    version = config.canary_version
+    return "unknown" if version is None or version == "" else str(version)
+
+
+def status_outcome(status: int) -> str:
+    """The outcome label of a canary answer with HTTP ``status``: ``ok`` below 400,
+    ``client_error`` for a 4xx (the request's fault), ``server_error`` otherwise."""
+    if status < 400:
+        return "ok"
+    return "client_error" if status < 500 else "server_error"
 
 
 def prediction_of(doc: Any, output: str) -> list[Any]:

@@ -192,6 +192,14 @@ class ServingSettings(BaseSettings):
     drift_features: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Features to watch, comma-separated; default all in the profile."
     )
+    prediction_buckets_from: str | None = Field(
+        None,
+        min_length=1,
+        description="Model directory or fsspec URI whose profile.json prediction edges bucket "
+        "kubeloop_prediction_value (regression) instead of the served model's own; the operator "
+        "sets the stable model's on canary pods, so both histograms share buckets. Unset: the "
+        "served model's edges.",
+    )
 
     # --- prediction log
     prediction_log: str | None = Field(
@@ -238,6 +246,13 @@ class ServingSettings(BaseSettings):
     )
     canary_shadow: bool = Field(
         False, description="Mirror requests to the canary instead; the stable model answers."
+    )
+    canary_version: str | None = Field(
+        None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+        description="The canary's version: the version label of its outcomes "
+        "(kubeloop_canary_requests_total) and relayed answers; the routing file's "
+        "canary_version overrides it. Unset: 'unknown'.",
     )
     routing_file: str | None = Field(
         None,

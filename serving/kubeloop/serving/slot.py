@@ -159,6 +159,7 @@ class ModelSlot:
         if old is not None:
             m.model_info.labels(old.name, old.version, old.sha256).set(0)
         m.model_info.labels(model.name, model.version, model.sha256).set(1)
+        m.zero_requests(model.name, model.version)
         if old is None:
             _freeze()
         else:

@@ -57,8 +57,11 @@ class Server:
             return False
 
     def metric(self, name: str, **labels: str) -> float | None:
-        """The value of one sample on /metrics (None when absent)."""
+        """The sum of the samples on /metrics that have ``labels`` (None when there are
+        none): one sample when the labels name one series. A sum, as a new version's
+        series are exported at 0 (other protocols, say) next to the one counted."""
         text = httpx.get(f"{self.url}/metrics", timeout=10, verify=self.verify).text
+        values = []
         for line in text.splitlines():
             if not line.startswith(name):
                 continue
@@ -68,8 +71,8 @@ class Server:
                 continue
             found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
             if all(found.get(k) == v for k, v in labels.items()):
-                return float(value)
-        return None
+                values.append(float(value))
+        return sum(values) if values else None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -200,6 +200,41 @@ def test_serving_pod_env_names_only_settings_the_server_reads(settings):
     assert written <= known, f"unknown to the server: {sorted(written - known)}"
 
 
+def pod_env(deployment: dict) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def regression_version(version: int, directory: str) -> dict:
+    mv = serving_version(version)
+    mv["spec"]["task"] = "regression"
+    mv["spec"]["artifact"]["uri"] = f"{directory}/{ArtifactLayout.MODEL}"
+    return mv
+
+
+def test_regression_canary_pods_bucket_predictions_with_the_stable_models_edges(settings):
+    """predictionShift compares canary and stable value histograms bucket by bucket: the
+    canary pods read the buckets from the stable model's directory (its profile.json)."""
+    from kubeloop.serving.settings import ENV_PREFIX, ServingSettings
+
+    md = parent("ModelDeployment")
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    stable = regression_version(1, "s3://models/ml/v1")
+    canary = regression_version(2, "s3://models/ml/v2")
+    children = builders.serving_children(md, spec, stable, canary, 10, settings)
+    stable_dep, canary_dep = children[0], children[5]
+    assert canary_dep["metadata"]["name"] == "demo-canary"
+    key = f"{ENV_PREFIX}PREDICTION_BUCKETS_FROM"
+    assert key.lower().removeprefix(ENV_PREFIX.lower()) in ServingSettings.model_fields
+    assert pod_env(canary_dep)[key] == "s3://models/ml/v1"
+    assert key not in pod_env(stable_dep)  # the stable pods use their own model's edges
+    # a classification canary compares per-class counts: no buckets to share
+    classes = builders.serving_children(
+        md, spec, serving_version(1), serving_version(2), 10, settings
+    )
+    assert key not in pod_env(classes[5])
+
+
 def test_routing_file_reads_back_as_the_servers_routing_config(settings):
     """What the operator writes into the routing ConfigMap is what the stable pods parse."""
     from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig

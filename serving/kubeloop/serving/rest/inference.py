@@ -151,8 +151,9 @@ class RestInference:
             if version is None and router.forwarding and router.to_canary():
                 reply = await router.forward(path, body, headers)
                 if reply is not None:
-                    code = 0  # counted as the canary's
-                    self._requests.count(name, mv, codec.protocol, reply.status, "canary", started)
+                    code = 0  # the canary's answer, counted under its version
+                    cv = router.canary_version
+                    self._requests.count(name, cv, codec.protocol, reply.status, "canary", started)
                     return reply
             request = codec.decode(model, body, headers, self._max_rows, self._limits)
             request_id = request.request_id or self._header_id(headers) or plane.new_request_id()
