@@ -6,8 +6,9 @@ from typing import Any
 
 import kopf
 
-from kubeloop.api.base import GROUP, VERSION
+from kubeloop.api.base import API_VERSION, GROUP, VERSION
 from kubeloop.api.v1alpha1 import ModelVersionSpec
+from kubeloop.operator.conditions import is_true
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -19,6 +20,9 @@ from kubeloop.operator.store import StoreUnavailableError, sha256_of
 
 KIND = "ModelVersion"
 VERIFIED = "Verified"
+#: Annotation that clears a rollback's ``Rejected=True`` (Latest may choose the version again).
+CLEAR_REJECTION = "kubeloop.io/clear-rejection"
+REJECTED = "Rejected"
 
 
 def _unverified(rec: Reconcile, verified: bool | None, reason: str, message: str) -> None:
@@ -66,3 +70,22 @@ def reconcile(_: Context, rec: Reconcile) -> None:
 )
 def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)
+
+
+def clear_rejection(ctx: Context, rec: Reconcile) -> None:
+    """The one-shot ``kubeloop.io/clear-rejection`` annotation: ``Rejected=False``, then off."""
+    annotations = rec.body["metadata"].get("annotations") or {}
+    if CLEAR_REJECTION not in annotations:
+        return
+    if annotations[CLEAR_REJECTION] == "true" and is_true(rec.status, REJECTED):
+        rec.condition(REJECTED, False, "Cleared", f"rejection cleared by {CLEAR_REJECTION}")
+        rec.info(reason="RejectionCleared", message="the version may be rolled out again")
+    patch = {"annotations": {CLEAR_REJECTION: None}}
+    ctx.kube.patch_metadata(API_VERSION, KIND, rec.namespace, rec.name, patch)
+
+
+@kopf.on.update(GROUP, VERSION, "modelversions", field="metadata.annotations")
+def clear_modelversion_rejection(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    run_reconcile(KIND, body, patch, memo, clear_rejection)
