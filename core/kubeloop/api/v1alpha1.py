@@ -690,6 +690,18 @@ class AnalysisStatus(KubeModel):
     )
 
 
+class RollbackRecord(KubeModel):
+    """A canary rolled back automatically (its version is marked Rejected)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = Field(description="The version rolled back.")
+    reason: str = Field(description="AnalysisFailed or ProgressDeadlineExceeded.")
+    message: str = Field(description="What failed: the check, its value and the bound.")
+    failed_checks: int | None = Field(None, description="Failed checks counted at the rollback.")
+    generation: int | None = Field(None, description="The spec generation it happened under.")
+
+
 class CanaryStatus(KubeModel):
     """The canary's analysis state."""
 
@@ -717,8 +729,10 @@ class ModelDeploymentStatus(StatusBase):
         None,
         description="When the current canary began (its pods' progress deadline runs from it).",
     )
-    rolled_back_version: int | None = Field(
-        None, description="The version last rolled back automatically (it is marked Rejected)."
+    rolled_back: RollbackRecord | None = Field(
+        None,
+        description="The last automatic rollback; the deployment is Degraded while it stands "
+        "(until a later version is promoted or the spec changes).",
     )
     url: str | None = Field(None, description="In-cluster URL of the inference endpoint.")
     feedback_token_secret: str | None = Field(

@@ -184,7 +184,8 @@ def _rollback(state: dict[str, Any], target: int, reason: str, message: str) -> 
     """All traffic back to stable, the canary gone, the version to be marked Rejected."""
     stable = state["stableVersion"]
     text = f"version {target} rolled back, all traffic to version {stable}: {message}"
-    record = {"version": target, "reason": reason, "message": text}
+    failed = analysis.analysis_state(state).get("failedChecks")
+    record = {"version": target, "reason": reason, "message": text, "failedChecks": failed}
     rolled = {**state, **_NO_CANARY, "rolledBack": record}
     return Rollout(rolled, [("RolledBack", text)], Rejection(target, reason, text))
 
