@@ -79,7 +79,8 @@ def test_builtins_read_the_canary_pods_own_series():
     queries = a.plan(ERRORS, TARGET)
     canary = 'namespace="prod",model_deployment="cancer",role="canary",version="3"'
     assert canary in queries["requests"].expr
-    assert canary in queries["errors"].expr and 'code=~"5.."' in queries["errors"].expr
+    assert canary in queries["errors"].expr
+    assert 'code=~"5.."' in queries["errors"].expr
     assert 'version="3",outcome="unreachable"' in queries["unreachable"].expr
     latency = a.plan(LATENCY, TARGET)
     assert 'role="stable",version="2"' in latency["stable"].expr
@@ -87,7 +88,8 @@ def test_builtins_read_the_canary_pods_own_series():
     assert a.plan(SHIFT, TARGET)["canary"].by == "class"
     regression = a.Target("prod", "cancer", 3, 2, task="regression")
     shift = a.plan(SHIFT, regression)["canary"]
-    assert shift.by == "le" and "kubeloop_prediction_value_bucket" in shift.expr
+    assert shift.by == "le"
+    assert "kubeloop_prediction_value_bucket" in shift.expr
     assert "[1m]" in shift.expr  # the metric's window
 
 
@@ -115,7 +117,8 @@ def test_bucket_counts_undo_the_cumulative_histogram():
 
 def test_too_few_canary_requests_is_no_data():
     read = a.reading(ERRORS, {"requests": {"": 19.0}, "errors": {}}, {}, min_requests=20)
-    assert read.value is None and "19 canary requests" in read.reason
+    assert read.value is None
+    assert "19 canary requests" in read.reason
 
 
 def test_error_rate_counts_forwards_that_never_reached_the_canary():
@@ -129,7 +132,8 @@ def test_error_rate_counts_forwards_that_never_reached_the_canary():
 
 def test_a_failed_query_is_no_data_naming_it():
     read = a.reading(ERRORS, {"requests": None}, {"requests": "ConnectError: refused"}, 20)
-    assert read.value is None and "query requests failed: ConnectError" in read.reason
+    assert read.value is None
+    assert "query requests failed: ConnectError" in read.reason
 
 
 def test_latency_ratio_and_missing_histogram():
@@ -151,7 +155,8 @@ def test_user_query_must_return_one_series():
 def test_builtins_not_measured_yet_are_no_data_with_a_reason(builtin: str):
     metric = AnalysisMetric.model_validate({"name": "x", "builtin": builtin, "min": 0.9})
     read = a.reading(metric, {"requests": {"": 50.0}}, {}, 20)
-    assert read.value is None and "not exported" in read.reason
+    assert read.value is None
+    assert "not exported" in read.reason
 
 
 def test_judge_names_the_check_value_and_bound():
@@ -232,13 +237,15 @@ def test_failure_limit_read_from_status_rolls_back():
     results = [{"name": "errors", "result": "Fail", "value": 0.3, "message": "errors 0.3 > 0.05"}]
     two = canary_state(failedChecks=2, lastResult="Fail", lastCheckStep=0, results=results)
     held = advance(SPEC, two, 3, {}, canary_ready=True, now=NOW)
-    assert held.rejection is None and held.state["canaryVersion"] == 3
+    assert held.rejection is None
+    assert held.state["canaryVersion"] == 3
     # a restarted operator reads the third failure from status like any other pass
     three = canary_state(failedChecks=3, lastResult="Fail", lastCheckStep=0, results=results)
     state, events, rejection = advance(SPEC, three, 3, {}, canary_ready=True, now=NOW)
     assert state["stableVersion"] == 2
     assert (state["canaryVersion"], state["canary"], state["canaryStep"]) == (None, None, None)
-    assert events[0][0] == "RolledBack" and "errors 0.3 > 0.05" in events[0][1]
+    assert events[0][0] == "RolledBack"
+    assert "errors 0.3 > 0.05" in events[0][1]
     assert rejection is not None
     assert (rejection.version, rejection.reason) == (3, "AnalysisFailed")
     assert "3 of 3 checks failed: errors 0.3 > 0.05" in rejection.message
@@ -256,8 +263,10 @@ def test_canary_pods_never_ready_roll_back_at_the_progress_deadline():
     assert advance(SPEC, waiting, 3, {}, canary_ready=False, now=NOW).rejection is None
     late = {**waiting, "canaryStartedTime": ago(301)}
     state, events, rejection = advance(SPEC, late, 3, {}, canary_ready=False, now=NOW)
-    assert rejection is not None and rejection.reason == "ProgressDeadlineExceeded"
-    assert state["canaryVersion"] is None and state["stableVersion"] == 2
+    assert rejection is not None
+    assert rejection.reason == "ProgressDeadlineExceeded"
+    assert state["canaryVersion"] is None
+    assert state["stableVersion"] == 2
     assert "progressDeadline 5m" in events[0][1]
 
 
@@ -333,7 +342,8 @@ def test_parse_vector_keys_by_the_grouping_label():
 def test_unconfigured_or_unreachable_prometheus_is_an_error_per_query():
     queries = a.plan(ERRORS, TARGET)
     none = PrometheusClient(OperatorSettings()).query(queries)
-    assert set(none.errors) == set(queries) and NO_PROMETHEUS in none.errors["requests"]
+    assert set(none.errors) == set(queries)
+    assert NO_PROMETHEUS in none.errors["requests"]
     with socket.socket() as sock:  # a loopback port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
