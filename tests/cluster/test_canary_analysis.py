@@ -276,6 +276,24 @@ def test_a_flipped_canary_rolls_back_after_failure_limit(rollout, flipped_dir, d
     assert_rolled_back(run, status)
     failures = sorted(run.warnings("AnalysisCheckFailed"))
     assert [f"({n}/{FAILURE_LIMIT})" in m for n, m in enumerate(failures, 1)] == [True] * 3
+    a_cleared_rejection_is_tried_again(run)
+
+
+def a_cleared_rejection_is_tried_again(run: Rollout) -> None:
+    """The ModelVersion annotation clears Rejected (and goes); Latest chooses it again."""
+    name = f"{MODEL}-v2"
+    patch = {"metadata": {"annotations": {"kubeloop.io/clear-rejection": "true"}}}
+    run.cluster.patch("ModelVersion", name, patch)
+    wait_for(
+        lambda: run.cluster.condition("ModelVersion", name, "Rejected").get("status") == "False",
+        "the rejection to be cleared",
+        state=lambda: (run.cluster.get("ModelVersion", name) or {})["metadata"],
+    )
+    mv = run.cluster.get("ModelVersion", name) or {}
+    assert "kubeloop.io/clear-rejection" not in (mv["metadata"].get("annotations") or {})
+    assert run.cluster.condition("ModelVersion", name, "Rejected")["reason"] == "Cleared"
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "a new canary of version 2",
+             state=run.status)  # fmt: skip
 
 
 def test_a_restarted_operator_counts_on_from_status(rollout, flipped_dir, data_csv):

@@ -351,3 +351,34 @@ def test_unconfigured_or_unreachable_prometheus_is_an_error_per_query():
     refused = PrometheusClient(settings).query(queries)
     assert all(v is None for v in refused.vectors.values())
     assert refused.errors["requests"].startswith("ConnectError")
+
+
+def _reconcile(generation: int, rolled_back: dict[str, Any] | None) -> Any:
+    from kubeloop.operator.handlers.common import Reconcile
+
+    body = {
+        "metadata": {"name": "cancer", "namespace": "prod", "generation": generation, "uid": "u"},
+        "status": {"rolledBack": rolled_back} if rolled_back else {},
+    }
+    return Reconcile(body)  # type: ignore[arg-type]
+
+
+def test_degraded_is_computed_from_the_last_rollback_and_the_generation():
+    from kubeloop.operator.handlers.modeldeployment import _degraded
+
+    record = {"version": 3, "reason": "AnalysisFailed", "message": "m", "generation": 1}
+    rec = _reconcile(1, record)
+    _degraded(rec, {"rolledBack": record})
+    (degraded,) = rec.status["conditions"]
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True",
+        "AnalysisFailed",
+        "m",
+    )
+    changed = _reconcile(2, record)  # the spec changed since the rollback
+    _degraded(changed, {"rolledBack": record})
+    assert changed.status["conditions"][0]["status"] == "False"
+    assert changed.status["rolledBack"] is None
+    healthy = _reconcile(1, None)
+    _degraded(healthy, {"rolledBack": None})
+    assert healthy.status["conditions"][0]["reason"] == "AsExpected"
