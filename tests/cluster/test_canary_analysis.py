@@ -39,6 +39,12 @@ pytestmark = pytest.mark.cluster
 __all__ = ["data_csv", "model_dir"]  # module fixtures shared with the drift loop
 
 MD = "guarded"
+SERVED = (
+    'sum(increase(kubeloop_requests_total{namespace="{{ namespace }}",'
+    'model_deployment="{{ deployment }}",version="{{ canaryVersion }}"}[10s]))'
+    ' / (sum(increase(kubeloop_requests_total{namespace="{{ namespace }}",'
+    'model_deployment="{{ deployment }}",version="{{ stableVersion }}"}[10s])) > 0)'
+)
 FAILURE_LIMIT = 3
 
 
@@ -79,6 +85,8 @@ def guarded(interval: str = "2s") -> dict[str, Any]:
                         {"name": "errors", "builtin": "errorRate", "max": 0.05, "window": "10s"},
                         {"name": "shift", "builtin": "predictionShift", "max": 0.1,
                          "window": "10s"},
+                        # a user query: passes only when its placeholders were substituted
+                        {"name": "served", "min": 0.5, "window": "10s", "query": SERVED},
                     ],
                 },
             },
