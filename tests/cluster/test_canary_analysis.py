@@ -4,6 +4,8 @@ Prometheus scraping them every second through the documented scrape job.
 
 - a good canary (the same model again) holds its weight while Prometheus is down, with a
   condition naming the metric without data, and is promoted once Prometheus is up;
+- Prometheus stopped at the second step: the weight holds (no failure counted) until it is
+  back, then the canary is promoted;
 - a canary whose predictions are flipped (trained on inverted labels) fails its
   ``predictionShift`` check and is rolled back after exactly ``failureLimit`` failed
   checks: all traffic to stable, the canary gone, the version Rejected, the deployment
@@ -67,8 +69,9 @@ def flipped_dir(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
-def guarded(interval: str = "2s") -> dict[str, Any]:
-    """A ModelDeployment whose one canary step is gated on error rate and prediction shift."""
+def guarded(interval: str = "2s", steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A ModelDeployment whose canary steps (one by default) are gated on error rate,
+    prediction shift and a user query."""
     return {
         "apiVersion": "kubeloop.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -76,7 +79,7 @@ def guarded(interval: str = "2s") -> dict[str, Any]:
         "spec": {
             "modelName": MODEL,
             "canary": {
-                "steps": [{"weight": 50, "pause": "1s"}],
+                "steps": steps or [{"weight": 50, "pause": "1s"}],
                 "analysis": {
                     "interval": interval,
                     "failureLimit": FAILURE_LIMIT,
@@ -242,6 +245,45 @@ def test_a_good_canary_holds_without_prometheus_then_promotes(rollout, model_dir
     assert run.cluster.condition("ModelDeployment", MD, "Degraded")["status"] == "False"
     assert run.rollouts() == {"promoted": 1.0}
     assert run.warnings("AnalysisCheckFailed") == []
+
+
+def test_prometheus_stopped_mid_canary_holds_the_weight_then_resumes(rollout, model_dir, data_csv):
+    run, rows = rollout, pd.read_csv(data_csv)[FEATURES].iloc[:50]
+    steps = [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "20s"}]
+    run.cluster.patch("ModelDeployment", MD, {"spec": guarded(steps=steps)["spec"]})
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "the canary", state=run.status)
+    targets = [run.serve("stable"), run.serve("canary")]
+    with Traffic([t[0] for t in targets], rows) as traffic:
+        prom = run.scrape(targets)
+        wait_for(lambda: run.status().get("canaryStep") == 1, "the second step",
+                 timeout=120, state=run.status)  # fmt: skip
+        prom.stop()
+        held = wait_for(
+            lambda: (
+                run.analysis().get("lastResult") == "NoData"
+                and run.analysis().get("lastCheckStep") == 1
+                and run.status()
+            ),
+            "a check of the second step without Prometheus",
+            timeout=60,
+            state=run.status,
+        )
+        progressing = run.cluster.condition("ModelDeployment", MD, "Progressing")
+        assert progressing["reason"] == "AnalysisNoData", progressing
+        assert "no data" in progressing["message"]
+        assert (held["canaryVersion"], held["canaryWeight"]) == (2, 50)
+        assert run.analysis()["failedChecks"] == 0
+        run.scrape(targets)  # back, on the same port
+        done = wait_for(
+            lambda: run.status().get("stableVersion") == 2 and run.status(),
+            "the canary to be promoted once Prometheus is back",
+            timeout=120,
+            state=run.status,
+        )
+    assert traffic.error is None, traffic.error
+    assert done.get("canaryVersion") is None
+    assert run.rollouts() == {"promoted": 1.0}
 
 
 def rolled_back(run: Rollout) -> dict[str, Any]:
