@@ -10,6 +10,8 @@ Prometheus scraping them every second through the documented scrape job.
   ``predictionShift`` check and is rolled back after exactly ``failureLimit`` failed
   checks: all traffic to stable, the canary gone, the version Rejected, the deployment
   Degraded, ``kubeloop_rollouts_total{result="rolled_back"}``;
+- canary pods no node can hold are rolled back at ``progressDeadline`` (never Progressing
+  forever);
 - the operator killed after 2 of 3 failures rolls back on the next one (the count lives
   in status: no second ``(1/3)`` failure after the restart).
 """
@@ -289,7 +291,7 @@ def test_prometheus_stopped_mid_canary_holds_the_weight_then_resumes(rollout, mo
 def rolled_back(run: Rollout) -> dict[str, Any]:
     return wait_for(
         lambda: (run.status().get("rolledBack") or None) and run.status(),
-        "the flipped canary to be rolled back",
+        "the canary to be rolled back",
         timeout=120,
         state=lambda: {"status": run.status(), "operator": run.operator.tail()},
     )
@@ -364,3 +366,25 @@ def test_a_restarted_operator_counts_on_from_status(rollout, flipped_dir, data_c
         "(2/3)",
         "(3/3)",
     ]
+
+
+def test_canary_pods_never_ready_roll_back_at_the_progress_deadline(rollout, model_dir):
+    """Pods no node can hold (a CPU request beyond every node) never become ready: the canary
+    does not stay Progressing, it is rolled back once progressDeadline has passed."""
+    run = rollout
+    spec = guarded()["spec"]
+    spec["canary"]["progressDeadline"] = "3s"
+    spec["resources"] = {"requests": {"cpu": "100000"}}
+    run.cluster.patch("ModelDeployment", MD, {"spec": spec})
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    status = rolled_back(run)
+    record = status["rolledBack"]
+    assert (record["version"], record["reason"]) == (2, "ProgressDeadlineExceeded")
+    assert "progressDeadline 3s" in record["message"]
+    assert (status["stableVersion"], status.get("canaryVersion")) == (1, None)
+    assert run.cluster.get("Deployment", f"{MD}-canary", "apps/v1") is None
+    rejected = run.cluster.condition("ModelVersion", f"{MODEL}-v2", "Rejected")
+    assert (rejected["status"], rejected["reason"]) == ("True", "ProgressDeadlineExceeded")
+    progressing = run.cluster.condition("ModelDeployment", MD, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "RolledBack")
+    assert run.cluster.condition("ModelDeployment", MD, "Degraded")["status"] == "True"
