@@ -77,14 +77,20 @@ def rules_file(workdir: Path, *args: str) -> Path:
 
 
 def _daemon(
-    workdir: Path, name: str, config: dict[str, Any], storage_flag: str, *flags: str
+    workdir: Path,
+    name: str,
+    config: dict[str, Any],
+    storage_flag: str,
+    *flags: str,
+    port: int | None = None,
 ) -> Daemon:
-    """Write ``name``'s config, make its storage folder, start it on a free loopback port."""
+    """Write ``name``'s config, make its storage folder, start it on ``port`` (default: a
+    free loopback port)."""
     path = workdir / f"{name}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     storage = workdir / f"{name}-data"
-    storage.mkdir()
-    port = free_port()
+    storage.mkdir(exist_ok=True)
+    port = port or free_port()
     argv = [
         prometheus_tool(name),
         f"--config.file={path}",
@@ -107,10 +113,15 @@ def alertmanager(workdir: Path, webhook_url: str, token: str, repeat_interval: s
 
 
 def prometheus(
-    workdir: Path, rules: Path, alertmanager_port: int, jobs: list[dict[str, Any]]
+    workdir: Path,
+    rules: Path,
+    alertmanager_port: int,
+    jobs: list[dict[str, Any]],
+    port: int | None = None,
 ) -> Daemon:
     config = prometheus_config(rules, alertmanager_port, jobs, interval="1s")
-    return _daemon(workdir, "prometheus", config, "--storage.tsdb.path", "--log.level=warn")
+    flags = ("--storage.tsdb.path", "--log.level=warn")
+    return _daemon(workdir, "prometheus", config, *flags, port=port)
 
 
 def query(prom: Daemon, expr: str) -> list[dict[str, Any]]:

@@ -103,6 +103,14 @@ COMPARE = v1.CompareTo.rules
 EXISTS_WITH_VALUES = {"key": "team", "operator": "Exists", "values": ["a"]}
 BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
 SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
+METRIC = v1.AnalysisMetric.rules
+
+
+def analysis(case: str, metric: dict[str, Any], rule: Rule, field: str) -> tuple[Any, ...]:
+    """``spec.canary.analysis.metrics[0]`` set to ``metric`` breaks ``rule``, naming ``field``."""
+    body = {"metrics": [{"name": "m", **metric}]}
+    return violation(MD, case, "canary.analysis", body, rule, f"canary.analysis.metrics[0]{field}")
+
 
 # (id, kind, mutation, the field the error must name, the rule (its message must show))
 VIOLATIONS = [
@@ -217,7 +225,13 @@ VIOLATIONS = [
         REQUIREMENT[0],
         "networkPolicy.ingressFrom[0].namespaceSelector.matchExpressions[0].values",
     ),
-]
+    analysis("analysis-builtin-and-query", {"builtin": "errorRate", "query": "up", "max": 1},
+             METRIC[0], ".builtin"),
+    analysis("analysis-neither-builtin-nor-query", {"max": 1}, METRIC[0], ".builtin"),
+    analysis("analysis-no-bound", {"builtin": "errorRate"}, METRIC[1], ".max"),
+    analysis("analysis-min-above-max", {"builtin": "errorRate", "min": 2, "max": 1},
+             METRIC[2], ".min"),
+]  # fmt: skip
 
 
 def rejection(err: ApiException) -> str:
@@ -279,6 +293,15 @@ SCHEMA_VIOLATIONS = [
         "matchExpressions": [{"key": "-team", "operator": "Exists"}]}}]}},
      "spec.networkPolicy.ingressFrom[0].namespaceSelector.matchExpressions[0].key",
      "should match"),
+    ("analysis-unknown-builtin", {"canary": {"steps": [{"weight": 10}], "analysis": {"metrics": [
+        {"name": "m", "builtin": "accuracy", "max": 1}]}}},
+     "spec.canary.analysis.metrics[0].builtin", "Unsupported value"),
+    ("analysis-failure-limit-zero", {"canary": {"steps": [{"weight": 10}], "analysis": {
+        "failureLimit": 0, "metrics": [{"name": "m", "builtin": "errorRate", "max": 1}]}}},
+     "spec.canary.analysis.failureLimit", "should be greater than or equal to 1"),
+    ("analysis-too-many-metrics", {"canary": {"steps": [{"weight": 10}], "analysis": {"metrics": [
+        {"name": f"m{i}", "builtin": "errorRate", "max": 1} for i in range(17)]}}},
+     "spec.canary.analysis.metrics", "Too many"),
     # an ipBlock is not part of the schema: pruned, which leaves a peer without a selector
     ("ip-block", {"networkPolicy": {"ingressFrom": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}},
      "spec.networkPolicy.ingressFrom[0]", PEER[0].message),
@@ -500,3 +523,19 @@ def test_the_postgresql_example_applies_with_its_secret(kubectl: Kubectl):
     assert stored["spec"]["source"]["sql"]["urlSecretRef"]["name"] == secret["metadata"]["name"]
     assert "postgresql://" not in json.dumps(stored)
     assert kubectl.json("get", "secret", secret["metadata"]["name"])["type"] == "Opaque"
+
+
+def test_the_canary_analysis_example_is_accepted(custom: client.CustomObjectsApi, namespace: str):
+    body = yaml.safe_load((ROOT / "examples" / "modeldeployment-canary-analysis.yaml").read_text())
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL["ModelDeployment"], body
+    )
+    analysis = created["spec"]["canary"]["analysis"]
+    assert [m["name"] for m in analysis["metrics"]] == [
+        "errors",
+        "latency",
+        "shift",
+        "drift",
+        "confident",
+    ]
+    assert created["spec"]["canary"]["progressDeadline"] == "10m"

@@ -67,6 +67,11 @@ CHANGED: dict[str, Any] = {
     "alertReceiver.service.type": "NodePort",
     "prometheusRule.namespace": "monitoring",
     "rulesConfigMap.namespace": "monitoring",
+    "canaryAnalysis.prometheusUrl": "http://prometheus.monitoring:9090",
+    "canaryAnalysis.bearerTokenSecret.name": "prometheus-reader",
+    "canaryAnalysis.bearerTokenSecret.key": "bearer",
+    "canaryAnalysis.caSecret.name": "prometheus-ca",
+    "canaryAnalysis.caSecret.key": "root.crt",
 }
 
 
@@ -101,6 +106,12 @@ NEEDS: dict[str, tuple[str, str]] = {
         "servingPodMonitor.interval",
         "prometheusRule.namespace",
         "prometheusRule.labels",
+    ),
+    **needs(
+        PROMETHEUS,
+        "read only when the Secret is named (canaryAnalysis.*Secret.name)",
+        "canaryAnalysis.bearerTokenSecret.key",
+        "canaryAnalysis.caSecret.key",
     ),
     **needs(
         "existing-secret-values.yaml",

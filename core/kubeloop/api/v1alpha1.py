@@ -549,6 +549,89 @@ class CanaryStep(KubeModel):
     pause: Duration = Field("1m", description="How long to hold this step.")
 
 
+#: Builtin analysis metrics (docs/rollouts.md); each reads the canary pods' own series.
+BUILTIN_METRICS = (
+    "errorRate",
+    "latencyP99Ratio",
+    "predictionShift",
+    "driftScore",
+    "shadowAgreement",
+    "onlineMetric",
+)
+
+
+class AnalysisMetric(KubeModel):
+    """One check: a builtin or a PromQL query, and the bounds its value must stay within."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.builtin) != has(self.query)",
+            message="exactly one of builtin or query must be set",
+            check=lambda m: (m.builtin is None) != (m.query is None),
+            field_path=".builtin",
+        ),
+        Rule(
+            cel="has(self.min) || has(self.max)",
+            message="at least one of min or max must be set",
+            check=lambda m: m.min is not None or m.max is not None,
+            field_path=".max",
+        ),
+        Rule(
+            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="min must not be greater than max",
+            check=lambda m: m.min is None or m.max is None or m.min <= m.max,
+            field_path=".min",
+        ),
+    )
+
+    name: DNSLabel = Field(description="Name of the check, shown in conditions and Events.")
+    builtin: (
+        Literal[
+            "errorRate",
+            "latencyP99Ratio",
+            "predictionShift",
+            "driftScore",
+            "shadowAgreement",
+            "onlineMetric",
+        ]
+        | None
+    ) = Field(None, description="A builtin measure of the canary: " + ", ".join(BUILTIN_METRICS))
+    query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="PromQL returning one number; {{ namespace }}, {{ deployment }}, "
+        "{{ canaryVersion }} and {{ stableVersion }} are substituted.",
+    )
+    min: float | None = Field(None, description="The value must be at least this.")
+    max: float | None = Field(None, description="The value must be at most this.")
+    window: Duration = Field("1m", description="The range each check looks back over.")
+
+
+class Analysis(KubeModel):
+    """Metric checks that gate each canary step and roll the canary back when they fail."""
+
+    interval: Duration = Field("30s", description="How often the checks run.")
+    failure_limit: int = Field(
+        3, ge=1, le=100, description="Failed checks that roll the canary back."
+    )
+    on_no_data: Literal["Pause", "Fail"] = Field(
+        "Pause",
+        description="A check without data: Pause holds the weight, Fail counts as a failure.",
+    )
+    min_requests: int = Field(
+        20,
+        ge=0,
+        description="Fewer canary requests than this in a check's window count as no data.",
+    )
+    metrics: list[AnalysisMetric] = Field(
+        min_length=1,
+        max_length=16,
+        description="The checks; every one must pass for a step to advance.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
 class Canary(KubeModel):
     """Progressive rollout of a new version."""
 
@@ -569,6 +652,16 @@ class Canary(KubeModel):
 
     steps: list[CanaryStep] = Field(
         min_length=1, max_length=20, description="Traffic steps, in order."
+    )
+    progress_deadline: Duration = Field(
+        "10m",
+        description="How long the canary pods may take to become ready; past it the canary "
+        "is rolled back.",
+    )
+    analysis: Analysis | None = Field(
+        None,
+        description="Checks read from Prometheus before each step advances; failures roll the "
+        "canary back (default: steps advance on their pauses alone).",
     )
 
 
@@ -734,6 +827,57 @@ class RetrainRecord(KubeModel):
     fingerprint: str | None = Field(None, description="Alertmanager fingerprint.")
 
 
+class CheckResult(KubeModel):
+    """One metric's reading at the last check."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(description="The metric's name.")
+    value: float | None = Field(None, description="What it read; absent when there was no data.")
+    result: Literal["Pass", "Fail", "NoData"] = Field(description="Pass, Fail or NoData.")
+    message: str = Field("", description="Why, in words.")
+
+
+class AnalysisStatus(KubeModel):
+    """Where the analysis of the current canary stands (all of its state: a restarted
+    operator carries on from here)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    failed_checks: int = Field(0, ge=0, description="Failed checks of this canary so far.")
+    last_check_time: datetime | None = Field(None, description="When the last check ran.")
+    last_check_step: int | None = Field(
+        None, description="The step whose weight the pods had at the last check."
+    )
+    last_check_weight: int | None = Field(None, description="The canary weight at the last check.")
+    last_result: Literal["Pass", "Fail", "NoData"] | None = Field(
+        None, description="Outcome of the last check."
+    )
+    results: list[CheckResult] = Field(
+        default_factory=list, max_length=16, description="The last check's readings."
+    )
+
+
+class RollbackRecord(KubeModel):
+    """A canary rolled back automatically (its version is marked Rejected)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = Field(description="The version rolled back.")
+    reason: str = Field(description="AnalysisFailed or ProgressDeadlineExceeded.")
+    message: str = Field(description="What failed: the check, its value and the bound.")
+    failed_checks: int | None = Field(None, description="Failed checks counted at the rollback.")
+    generation: int | None = Field(None, description="The spec generation it happened under.")
+
+
+class CanaryStatus(KubeModel):
+    """The canary's analysis state."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    analysis: AnalysisStatus | None = Field(None, description="The analysis of this canary.")
+
+
 class ModelDeploymentStatus(StatusBase):
     """What is being served."""
 
@@ -747,6 +891,16 @@ class ModelDeploymentStatus(StatusBase):
     step_started_time: datetime | None = Field(None, description="When the current step began.")
     aborted_version: int | None = Field(
         None, description="A version whose canary was aborted; not retried until a newer one."
+    )
+    canary: CanaryStatus | None = Field(None, description="The canary analysis' state.")
+    canary_started_time: datetime | None = Field(
+        None,
+        description="When the current canary began (its pods' progress deadline runs from it).",
+    )
+    rolled_back: RollbackRecord | None = Field(
+        None,
+        description="The last automatic rollback; the deployment is Degraded while it stands "
+        "(until a later version is promoted or the spec changes).",
     )
     url: str | None = Field(None, description="In-cluster URL of the inference endpoint.")
     feedback_token_secret: str | None = Field(

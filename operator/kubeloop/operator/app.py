@@ -110,6 +110,8 @@ def operator(
     prio = peering_priority(priority, os.environ.get("POD_ID") or socket.gethostname())
     # kopf reports every timer run at INFO; keep that for --verbose.
     logging.getLogger("kopf.objects").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # the canary analysis' Prometheus queries: one line each at INFO; keep them for --verbose.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -31,3 +31,13 @@ ALERTS_RECEIVED = Counter(
     "Alerts received by the webhook receiver, by status (firing, resolved).",
     ["status"],
 )
+ROLLOUTS = Counter(
+    "kubeloop_rollouts_total",
+    "Canary rollouts by result (promoted, rolled_back).",
+    ["result"],
+)
+ANALYSIS_CHECKS = Counter(
+    "kubeloop_operator_analysis_checks_total",
+    "Canary analysis checks by result (Pass, Fail, NoData).",
+    ["result"],
+)

@@ -74,3 +74,18 @@ class OperatorSettings(BaseSettings):
     schedule_check_seconds: float = Field(
         30.0, gt=0, description="How often retrain.schedule is checked for a due tick."
     )
+    # --- canary analysis (docs/rollouts.md): never a per-deployment field
+    prometheus_url: str | None = Field(
+        None,
+        description="Prometheus the canary analysis queries (e.g. http://prometheus:9090); "
+        "unset: every analysis check has no data.",
+    )
+    prometheus_bearer_token_file: Path | None = Field(
+        None, description="File holding a bearer token for Prometheus (a mounted Secret)."
+    )
+    prometheus_ca_file: Path | None = Field(
+        None, description="CA bundle to verify an https Prometheus with (a mounted Secret)."
+    )
+    prometheus_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Timeout of one Prometheus query."
+    )

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kubeloop.api.base import KubeModel, Rule
 from kubeloop.api.v1alpha1 import (
+    AnalysisMetric,
     Autoscaling,
     Canary,
     CompareTo,
@@ -116,6 +117,12 @@ CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
         },
         False,
     ),
+    (AnalysisMetric, {"name": "e", "builtin": "errorRate", "max": 0.05}, True),
+    (AnalysisMetric, {"name": "q", "query": "up", "min": 1, "max": 1}, True),
+    (AnalysisMetric, {"name": "e", "builtin": "errorRate", "query": "up", "max": 1}, False),
+    (AnalysisMetric, {"name": "e", "max": 1}, False),
+    (AnalysisMetric, {"name": "e", "builtin": "errorRate"}, False),
+    (AnalysisMetric, {"name": "e", "builtin": "errorRate", "min": 2, "max": 1}, False),
 ]
 
 

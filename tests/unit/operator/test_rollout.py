@@ -32,79 +32,79 @@ def ago(seconds: float) -> str:
 
 
 def test_first_version_goes_straight_to_stable():
-    state, events = advance(CANARY, {}, 1, {}, canary_ready=False, now=NOW)
+    state, events, _ = advance(CANARY, {}, 1, {}, canary_ready=False, now=NOW)
     assert state["stableVersion"] == 1
     assert state["canaryVersion"] is None
     assert events == []
 
 
 def test_without_steps_a_new_version_is_a_rolling_update():
-    state, events = advance(PLAIN, {"stableVersion": 1}, 2, {}, canary_ready=False, now=NOW)
+    state, events, _ = advance(PLAIN, {"stableVersion": 1}, 2, {}, canary_ready=False, now=NOW)
     assert state["stableVersion"] == 2
     assert events[0][0] == "RollingUpdate"
 
 
 def test_canary_walks_every_step_then_promotes():
-    state, events = advance(CANARY, {"stableVersion": 1}, 2, {}, canary_ready=False, now=NOW)
+    state, events, _ = advance(CANARY, {"stableVersion": 1}, 2, {}, canary_ready=False, now=NOW)
     assert (state["canaryVersion"], state["canaryStep"], events[0][0]) == (2, 0, "CanaryStarted")
     # The pause has not passed: nothing moves.
-    held, events = advance(CANARY, state, 2, {}, canary_ready=True, now=NOW)
+    held, events, _ = advance(CANARY, state, 2, {}, canary_ready=True, now=NOW)
     assert held["canaryStep"] == 0
     assert events == []
     # The pause passed but the canary pods are not ready: still nothing.
-    waiting, _ = advance(
+    waiting, _, _ = advance(
         CANARY, {**state, "stepStartedTime": ago(120)}, 2, {}, canary_ready=False, now=NOW
     )
     assert waiting["canaryStep"] == 0
-    step1, events = advance(
+    step1, events, _ = advance(
         CANARY, {**state, "stepStartedTime": ago(120)}, 2, {}, canary_ready=True, now=NOW
     )
     assert (step1["canaryStep"], events[0][0]) == (1, "CanaryStep")
-    done, events = advance(
+    done, events, _ = advance(
         CANARY, {**step1, "stepStartedTime": ago(120)}, 2, {}, canary_ready=True, now=NOW
     )
     assert (done["stableVersion"], done["canaryVersion"], events[0][0]) == (2, None, "Promoted")
 
 
 def test_the_first_pause_starts_when_the_canary_is_ready():
-    started, _ = advance(CANARY, {"stableVersion": 1}, 2, {}, canary_ready=False, now=NOW)
+    started, _, _ = advance(CANARY, {"stableVersion": 1}, 2, {}, canary_ready=False, now=NOW)
     assert started["stepStartedTime"] is None
     # pods still starting: the clock does not run, however long that takes
-    starting, events = advance(CANARY, started, 2, {}, canary_ready=False, now=NOW)
+    starting, events, _ = advance(CANARY, started, 2, {}, canary_ready=False, now=NOW)
     assert starting["stepStartedTime"] is None
     assert events == []
     # ready: the step's pause starts now, and the step holds for its whole pause
-    running, events = advance(CANARY, starting, 2, {}, canary_ready=True, now=NOW)
+    running, events, _ = advance(CANARY, starting, 2, {}, canary_ready=True, now=NOW)
     assert running["stepStartedTime"] is not None
     assert (running["canaryStep"], events) == (0, [])
 
 
 def test_promote_annotation_skips_the_remaining_steps():
     state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 0, "stepStartedTime": ago(0)}
-    done, events = advance(CANARY, state, 2, {PROMOTE: "true"}, canary_ready=False, now=NOW)
+    done, events, _ = advance(CANARY, state, 2, {PROMOTE: "true"}, canary_ready=False, now=NOW)
     assert done["stableVersion"] == 2
     assert events[0][0] == "Promoted"
 
 
 def test_abort_returns_traffic_and_is_not_retried_for_that_version():
     state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 1, "stepStartedTime": ago(0)}
-    aborted, events = advance(CANARY, state, 2, {ABORT: "true"}, canary_ready=True, now=NOW)
+    aborted, events, _ = advance(CANARY, state, 2, {ABORT: "true"}, canary_ready=True, now=NOW)
     assert (aborted["stableVersion"], aborted["canaryVersion"], aborted["abortedVersion"]) == (
         1,
         None,
         2,
     )
     assert events[0][0] == "CanaryAborted"
-    again, events = advance(CANARY, aborted, 2, {}, canary_ready=True, now=NOW)
+    again, events, _ = advance(CANARY, aborted, 2, {}, canary_ready=True, now=NOW)
     assert again["canaryVersion"] is None
     assert events == []
-    newer, events = advance(CANARY, aborted, 3, {}, canary_ready=True, now=NOW)
+    newer, events, _ = advance(CANARY, aborted, 3, {}, canary_ready=True, now=NOW)
     assert newer["canaryVersion"] == 3
 
 
 def test_a_newer_version_restarts_the_canary():
     state = {"stableVersion": 1, "canaryVersion": 2, "canaryStep": 1, "stepStartedTime": ago(0)}
-    newer, _ = advance(CANARY, state, 3, {}, canary_ready=True, now=NOW)
+    newer, _, _ = advance(CANARY, state, 3, {}, canary_ready=True, now=NOW)
     assert (newer["canaryVersion"], newer["canaryStep"]) == (3, 0)
 
 

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import kopf
 
 from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
-from kubeloop.api.v1alpha1 import CanaryStep, ModelDeploymentSpec
-from kubeloop.operator import builders
-from kubeloop.operator.conditions import is_true
+from kubeloop.api.v1alpha1 import Canary, CanaryStep, ModelDeploymentSpec
+from kubeloop.operator import analysis, builders, metrics, prometheus
+from kubeloop.operator.conditions import is_true, set_condition
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -33,26 +33,63 @@ from kubeloop.operator.timestamps import parse, rfc3339
 KIND = "ModelDeployment"
 PROMOTE = "kubeloop.io/promote"
 ABORT = "kubeloop.io/abort"
+#: The condition a rolled-back ModelVersion carries (Latest skips it in every deployment).
+REJECTED = "Rejected"
 #: The status keys the rollout state machine owns.
-ROLLOUT_KEYS = ("stableVersion", "canaryVersion", "canaryStep", "stepStartedTime", "abortedVersion")
-_NO_CANARY: dict[str, Any] = {"canaryVersion": None, "canaryStep": None, "stepStartedTime": None}
+ROLLOUT_KEYS = (
+    "stableVersion",
+    "canaryVersion",
+    "canaryStep",
+    "stepStartedTime",
+    "abortedVersion",
+    "canary",
+    "canaryStartedTime",
+    "rolledBack",
+)
+_NO_CANARY: dict[str, Any] = {
+    "canaryVersion": None,
+    "canaryStep": None,
+    "stepStartedTime": None,
+    "canary": None,
+    "canaryStartedTime": None,
+}
 
 #: An Event to post: (reason, message).
 Event = tuple[str, str]
 
 
+class Rejection(NamedTuple):
+    """A canary rolled back: the version to mark Rejected, and why."""
+
+    version: int
+    reason: str
+    message: str
+
+
 class Rollout(NamedTuple):
-    """The next rollout state (the :data:`ROLLOUT_KEYS`) and the Events that report it."""
+    """The next rollout state (the :data:`ROLLOUT_KEYS`), the Events that report it, and the
+    version to reject when the canary was rolled back."""
 
     state: dict[str, Any]
     events: list[Event]
+    rejection: Rejection | None = None
 
 
-def choose_version(spec: ModelDeploymentSpec, ready: dict[int, dict[str, Any]]) -> int | None:
-    """The version to serve: the pinned one if Ready, else the newest Ready one."""
+def choose_version(
+    spec: ModelDeploymentSpec,
+    ready: dict[int, dict[str, Any]],
+    rejected: frozenset[int] = frozenset(),
+) -> int | None:
+    """The version to serve: the pinned one if Ready (even a Rejected one: pinning is the
+    manual override), else the newest Ready one that is not Rejected."""
     if spec.version.policy == "Pinned":
         return spec.version.pinned if spec.version.pinned in ready else None
-    return max(ready, default=None)
+    return max((v for v in ready if v not in rejected), default=None)
+
+
+def rejected_versions(versions: dict[int, dict[str, Any]]) -> frozenset[int]:
+    """The versions whose ModelVersion carries ``Rejected=True``."""
+    return frozenset(v for v, mv in versions.items() if is_true(mv.get("status"), REJECTED))
 
 
 def deployment_ready(dep: dict[str, Any] | None) -> bool:
@@ -79,17 +116,21 @@ def advance(
     annotations: dict[str, str],
     canary_ready: bool,
     now: datetime,
+    direct: bool = False,
 ) -> Rollout:
     """The next rollout state and the Events it implies (pure).
 
-    From the stored state in ``status``, the version to serve, the one-shot
-    promote/abort annotations, whether the canary's pods are ready, and the time.
+    From the stored state in ``status`` (the canary analysis' state included), the
+    version to serve, the one-shot promote/abort annotations, whether the canary's
+    pods are ready, and the time. ``direct`` rolls ``target`` out without a canary
+    (a Rejected version pinned by hand).
     """
     state = {k: status.get(k) for k in ROLLOUT_KEYS}
     stable, canary = state["stableVersion"], state["canaryVersion"]
-    if stable is None or (spec.canary is None and target != stable):
+    if stable is None or (target != stable and (spec.canary is None or direct)):
         events = [] if stable is None else [("RollingUpdate", f"version {stable} -> {target}")]
-        return Rollout({**state, **_NO_CANARY, "stableVersion": target}, events)
+        rolled = {**state, **_NO_CANARY, "stableVersion": target, "rolledBack": None}
+        return Rollout(rolled, events)
     if target in (stable, state["abortedVersion"]):
         gone = (
             [] if canary is None else [("CanaryRemoved", f"version {canary} is no longer wanted")]
@@ -99,14 +140,54 @@ def advance(
     steps = spec.canary.steps
     if canary != target:
         # the first step's pause starts once the canary is ready and gets its share
-        started = {**state, "canaryVersion": target, "canaryStep": 0, "stepStartedTime": None}
+        started = {
+            **state,
+            **_NO_CANARY,
+            "canaryVersion": target,
+            "canaryStep": 0,
+            "canaryStartedTime": rfc3339(now),
+        }
         return Rollout(started, [("CanaryStarted", f"version {target} at {steps[0].weight}%")])
     if annotations.get(ABORT) == "true":
         aborted = {**state, **_NO_CANARY, "abortedVersion": target}
         return Rollout(
             aborted, [("CanaryAborted", f"version {target}: all traffic back to {stable}")]
         )
-    return _walk(state, steps, annotations.get(PROMOTE) == "true", canary_ready, now)
+    if state["canaryStartedTime"] is None:  # a canary begun before this field existed
+        state = {**state, "canaryStartedTime": rfc3339(now)}
+    failure = _failure(spec.canary, state, canary_ready, now)
+    if failure is not None:
+        return _rollback(state, target, *failure)
+    passed = analysis.step_passed(spec.canary.analysis, state)
+    return _walk(state, steps, annotations.get(PROMOTE) == "true", canary_ready, passed, now)
+
+
+def _failure(
+    canary: Canary, state: dict[str, Any], canary_ready: bool, now: datetime
+) -> tuple[str, str] | None:
+    """Why the canary must be rolled back now, as (reason, message), or None."""
+    exhausted = analysis.exhausted(canary.analysis, state)
+    if exhausted is not None:
+        return "AnalysisFailed", exhausted
+    started = parse(state["canaryStartedTime"])
+    deadline = duration_seconds(canary.progress_deadline)
+    never_ready = state["stepStartedTime"] is None and not canary_ready
+    if never_ready and started is not None and (now - started).total_seconds() > deadline:
+        return (
+            "ProgressDeadlineExceeded",
+            f"canary pods not ready within progressDeadline {canary.progress_deadline}",
+        )
+    return None
+
+
+def _rollback(state: dict[str, Any], target: int, reason: str, message: str) -> Rollout:
+    """All traffic back to stable, the canary gone, the version to be marked Rejected."""
+    stable = state["stableVersion"]
+    text = f"version {target} rolled back, all traffic to version {stable}: {message}"
+    failed = analysis.analysis_state(state).get("failedChecks")
+    record = {"version": target, "reason": reason, "message": text, "failedChecks": failed}
+    rolled = {**state, **_NO_CANARY, "rolledBack": record}
+    return Rollout(rolled, [("RolledBack", text)], Rejection(target, reason, text))
 
 
 def _walk(
@@ -114,12 +195,14 @@ def _walk(
     steps: list[CanaryStep],
     promote: bool,
     canary_ready: bool,
+    passed: bool,
     now: datetime,
 ) -> Rollout:
     """The canary at its step: hold it, take the next step, or promote it.
 
     A step's pause runs from when the canary is ready; it advances only while
-    the canary stays ready, and the last step's end (or ``promote``) makes it stable.
+    the canary stays ready and its analysis (if any) passed after the step began,
+    and the last step's end (or ``promote``) makes it stable.
     """
     target, step = state["canaryVersion"], int(state["canaryStep"] or 0)
     if state["stepStartedTime"] is None and canary_ready:
@@ -128,10 +211,11 @@ def _walk(
     held = started is not None and (now - started).total_seconds() >= duration_seconds(
         steps[step].pause
     )
-    if promote or (held and canary_ready and step == len(steps) - 1):
-        promoted = {**state, **_NO_CANARY, "stableVersion": target}
+    go = held and canary_ready and passed
+    if promote or (go and step == len(steps) - 1):
+        promoted = {**state, **_NO_CANARY, "stableVersion": target, "rolledBack": None}
         return Rollout(promoted, [("Promoted", f"version {target} is now stable")])
-    if held and canary_ready:
+    if go:
         stepped = {**state, "canaryStep": step + 1, "stepStartedTime": rfc3339(now)}
         return Rollout(stepped, [("CanaryStep", f"version {target} at {steps[step + 1].weight}%")])
     return Rollout(state, [])
@@ -149,9 +233,11 @@ def canary_weight(spec: ModelDeploymentSpec, state: dict[str, Any], canary_ready
     return spec.canary.steps[int(step)].weight
 
 
-def _target(rec: Reconcile, spec: ModelDeploymentSpec, ready: dict[int, Any]) -> int | None:
+def _target(
+    rec: Reconcile, spec: ModelDeploymentSpec, ready: dict[int, Any], rejected: frozenset[int]
+) -> int | None:
     """The version to roll to: the chosen one, else the stable one while it is Ready."""
-    target = choose_version(spec, ready)
+    target = choose_version(spec, ready, rejected)
     if target is not None:
         return target
     stable = rec.status.get("stableVersion")
@@ -163,16 +249,86 @@ def _target(rec: Reconcile, spec: ModelDeploymentSpec, ready: dict[int, Any]) ->
     return None
 
 
+def _run_analysis(
+    ctx: Context,
+    rec: Reconcile,
+    spec: ModelDeploymentSpec,
+    canary_mv: dict[str, Any] | None,
+    canary_ready: bool,
+    now: datetime,
+) -> None:
+    """Take a due analysis check of the current canary and fold it into ``status.canary``."""
+    canary = spec.canary
+    if canary is None or canary.analysis is None or canary_mv is None:
+        return
+    weight = canary_weight(spec, rec.status, canary_ready)
+    if not analysis.check_due(canary.analysis, rec.status, weight, now):
+        return
+    version = int(canary_mv["spec"]["version"])
+    target = analysis.Target(
+        rec.namespace,
+        rec.name,
+        version,
+        int(rec.status["stableVersion"]),
+        str(canary_mv["spec"].get("task") or "classification"),
+    )
+    result = prometheus.measure(prometheus.PrometheusClient(ctx.settings), canary.analysis, target)
+    rec.status["canary"] = analysis.analyse(canary.analysis, rec.status, result, weight, now)
+    metrics.ANALYSIS_CHECKS.labels(result=result.result).inc()
+    if result.result == "Fail":
+        failed = rec.status["canary"]["analysis"]["failedChecks"]
+        limit = canary.analysis.failure_limit
+        rec.warn("AnalysisCheckFailed", f"version {version} ({failed}/{limit}): {result.summary()}")
+
+
+def _reject(ctx: Context, rec: Reconcile, mv: dict[str, Any] | None, rejection: Rejection) -> None:
+    """Mark the rolled-back ModelVersion ``Rejected=True`` (Latest skips it everywhere)."""
+    if mv is None:
+        return
+    message = f"ModelDeployment {rec.namespace}/{rec.name}: {rejection.message}"
+    conditions = set_condition(
+        list((mv.get("status") or {}).get("conditions") or []),
+        REJECTED,
+        "True",
+        rejection.reason,
+        message,
+        int(mv["metadata"].get("generation") or 0),
+    )
+    ctx.kube.patch_status(
+        "ModelVersion", rec.namespace, mv["metadata"]["name"], {"conditions": conditions}
+    )
+
+
 def _roll(
-    ctx: Context, rec: Reconcile, spec: ModelDeploymentSpec, target: int, canary_ready: bool
+    ctx: Context,
+    rec: Reconcile,
+    spec: ModelDeploymentSpec,
+    target: int,
+    canary_ready: bool,
+    versions: dict[int, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Decide the rollout's next state and apply the decision: status, Events, annotations."""
+    """Decide the rollout's next state and apply the decision: status, Events, annotations,
+    and the rejection of a rolled-back version."""
     annotations = dict(rec.body["metadata"].get("annotations") or {})
     now = datetime.now(UTC)
-    state, events = advance(spec, rec.status, target, annotations, canary_ready, now)
+    if rec.status.get("canaryVersion") == target:
+        _run_analysis(ctx, rec, spec, versions.get(target), canary_ready, now)
+    direct = spec.version.policy == "Pinned" and target in rejected_versions(versions)
+    state, events, rejection = advance(
+        spec, rec.status, target, annotations, canary_ready, now, direct
+    )
+    if rejection is not None:
+        state["rolledBack"] = {**state["rolledBack"], "generation": rec.generation}
+        _reject(ctx, rec, versions.get(rejection.version), rejection)
     rec.status.update(state)
     for reason, message in events:
-        rec.info(reason=reason, message=message)
+        if reason == "RolledBack":
+            rec.warn(reason=reason, message=message)
+        else:
+            rec.info(reason=reason, message=message)
+        result = {"Promoted": "promoted", "RolledBack": "rolled_back"}.get(reason)
+        if result is not None:
+            metrics.ROLLOUTS.labels(result=result).inc()
     handled = {k: None for k in (PROMOTE, ABORT) if k in annotations}
     if handled:  # one-shot commands: acted on, so take them off
         patch = {"annotations": handled}
@@ -208,21 +364,49 @@ def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
     rec.status["feedbackTokenSecret"] = secret["metadata"]["name"]
 
 
+def _progress(state: dict[str, Any], weight: int) -> tuple[str, str]:
+    """The Progressing condition's reason and message for a running canary: the last
+    analysis check's outcome, naming the metrics without data when weight is held."""
+    last = analysis.analysis_state(state)
+    base = f"version {state['canaryVersion']} at {weight}%"
+    if last.get("lastResult") == "NoData":
+        missing = [r for r in last.get("results") or [] if r.get("result") == "NoData"]
+        names = "; ".join(str(r.get("message")) for r in missing)
+        return "AnalysisNoData", f"{base}, held: {names}"
+    if last.get("lastResult") == "Fail":
+        return "AnalysisFailing", f"{base}, {last.get('failedChecks')} failed check(s)"
+    return "Canary", base
+
+
+def _degraded(rec: Reconcile, state: dict[str, Any]) -> None:
+    """Degraded while the last rollback stands: until a later promotion or a spec change."""
+    rolled = state.get("rolledBack")
+    if rolled and rolled.get("generation") == rec.generation:
+        rec.condition("Degraded", True, str(rolled.get("reason")), str(rolled.get("message")))
+        return
+    if rolled:
+        rec.status["rolledBack"] = None
+    rec.condition("Degraded", False, "AsExpected")
+
+
 def _report(rec: Reconcile, state: dict[str, Any], target: int, weight: int, serving: bool) -> None:
     """Phase and conditions from the rollout state and whether the stable pods serve."""
     stable, canary = state["stableVersion"], state["canaryVersion"]
     if canary is not None:
         rec.status["phase"] = "Progressing"
-        rec.condition("Progressing", True, "Canary", f"version {canary} at {weight}%")
+        rec.condition("Progressing", True, *_progress(state, weight))
     elif state["abortedVersion"] is not None and state["abortedVersion"] == target:
         rec.status["phase"] = "Serving" if serving else "Pending"
         rec.condition("Progressing", False, "CanaryAborted", f"canary of version {target} aborted")
+    elif state.get("rolledBack") and rec.status.get("rolledBack"):
+        rec.status["phase"] = "Serving" if serving else "Pending"
+        rolled = state["rolledBack"]
+        rec.condition("Progressing", False, "RolledBack", str(rolled.get("message")))
     else:
         rec.status["phase"] = "Serving" if serving else "Pending"
         rec.condition("Progressing", False, "Complete", f"serving version {stable}")
     waiting = "" if serving else ": waiting for ready pods"
     rec.ready(serving, "Serving" if serving else "Deploying", f"version {stable}{waiting}")
-    rec.condition("Degraded", False, "AsExpected")
 
 
 def reconcile(ctx: Context, rec: Reconcile) -> None:
@@ -232,15 +416,17 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     names = builders.serving_names(rec.name)
     versions = versions_of(ctx.kube, rec.namespace, spec.model_name)
     ready = {int(mv["spec"]["version"]): mv for mv in versions if is_true(mv.get("status"))}
-    target = _target(rec, spec, ready)
+    target = _target(rec, spec, ready, rejected_versions(ready))
     if target is None:
         return
     canary_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
     canary_ready = deployment_ready(canary_dep)
-    state = _roll(ctx, rec, spec, target, canary_ready)
+    state = _roll(ctx, rec, spec, target, canary_ready, ready)
     stable_mv = _version(versions, ready, state["stableVersion"])
     if stable_mv is None:
-        rec.ready(False, "VersionMissing", f"version {state['stableVersion']} is gone")
+        missing = f"version {state['stableVersion']} is gone"
+        rec.ready(False, "VersionMissing", missing)
+        rec.condition("Degraded", True, "VersionMissing", missing)
         rec.status["phase"] = "Degraded"
         return
     weight = canary_weight(spec, state, canary_ready)
@@ -252,6 +438,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     )
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
     stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
+    _degraded(rec, state)
     _report(rec, state, target, weight, deployment_ready(stable_dep))
 
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import kopf
 
-from kubeloop.api.base import GROUP, VERSION
+from kubeloop.api.base import API_VERSION, GROUP, VERSION
 from kubeloop.api.v1alpha1 import ModelVersionSpec
+from kubeloop.operator.conditions import is_true
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -19,6 +20,9 @@ from kubeloop.operator.store import StoreUnavailableError, sha256_of
 
 KIND = "ModelVersion"
 VERIFIED = "Verified"
+#: Annotation that clears a rollback's ``Rejected=True`` (Latest may choose the version again).
+CLEAR_REJECTION = "kubeloop.io/clear-rejection"
+REJECTED = "Rejected"
 
 
 def _unverified(rec: Reconcile, verified: bool | None, reason: str, message: str) -> None:
@@ -27,9 +31,11 @@ def _unverified(rec: Reconcile, verified: bool | None, reason: str, message: str
     rec.ready(False, reason, message)
 
 
-def reconcile(_: Context, rec: Reconcile) -> None:
-    """Hash the artifact until it matches the spec's sha256; once it does, nothing more."""
+def reconcile(ctx: Context, rec: Reconcile) -> None:
+    """Hash the artifact until it matches the spec's sha256; once it does, nothing more
+    (but a ``kubeloop.io/clear-rejection`` annotation is acted on whenever it appears)."""
     spec = parse_spec(ModelVersionSpec, rec)
+    _clear_rejection(ctx, rec)
     if rec.status.get("verifiedSha256") == spec.artifact.sha256:
         return  # the spec is immutable: once verified, always verified
     uri = spec.artifact.uri
@@ -60,9 +66,22 @@ def reconcile(_: Context, rec: Reconcile) -> None:
     "modelversions",
     interval=IMPORT_SETTINGS.resync_seconds,
     initial_delay=1,
-    when=lambda status, spec, **_: (
+    when=lambda status, spec, annotations, **_: (
         status.get("verifiedSha256") != spec.get("artifact", {}).get("sha256")
+        or CLEAR_REJECTION in annotations
     ),
 )
 def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)
+
+
+def _clear_rejection(ctx: Context, rec: Reconcile) -> None:
+    """The one-shot ``kubeloop.io/clear-rejection`` annotation: ``Rejected=False``, then off."""
+    annotations = rec.body["metadata"].get("annotations") or {}
+    if CLEAR_REJECTION not in annotations:
+        return
+    if annotations[CLEAR_REJECTION] == "true" and is_true(rec.status, REJECTED):
+        rec.condition(REJECTED, False, "Cleared", f"rejection cleared by {CLEAR_REJECTION}")
+        rec.info(reason="RejectionCleared", message="the version may be rolled out again")
+    patch = {"annotations": {CLEAR_REJECTION: None}}
+    ctx.kube.patch_metadata(API_VERSION, KIND, rec.namespace, rec.name, patch)

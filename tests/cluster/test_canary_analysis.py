@@ -1,0 +1,390 @@
+"""Canary analysis with real parts: the operator against the real API server, two real
+``kubeloop serve`` processes playing the stable and the canary pods, and a real
+Prometheus scraping them every second through the documented scrape job.
+
+- a good canary (the same model again) holds its weight while Prometheus is down, with a
+  condition naming the metric without data, and is promoted once Prometheus is up;
+- Prometheus stopped at the second step: the weight holds (no failure counted) until it is
+  back, then the canary is promoted;
+- a canary whose predictions are flipped (trained on inverted labels) fails its
+  ``predictionShift`` check and is rolled back after exactly ``failureLimit`` failed
+  checks: all traffic to stable, the canary gone, the version Rejected, the deployment
+  Degraded, ``kubeloop_rollouts_total{result="rolled_back"}``;
+- canary pods no node can hold are rolled back at ``progressDeadline`` (never Progressing
+  forever);
+- the operator killed after 2 of 3 failures rolls back on the next one (the count lives
+  in status: no second ``(1/3)`` failure after the restart).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from kubetest import wait_for
+from monitoring import Daemon, prometheus, rules_file
+from operator_harness import Cluster, free_port, operating
+from retrain_helpers import RetrainOperator
+from test_drift_loop import FEATURES, MODEL, data_csv, model_dir, publish, run_server, send
+
+from kubeloop.devcluster.monitoring import discovered_pod, serving_job
+
+pytestmark = pytest.mark.cluster
+__all__ = ["data_csv", "model_dir"]  # module fixtures shared with the drift loop
+
+MD = "guarded"
+SERVED = (
+    'sum(increase(kubeloop_requests_total{namespace="{{ namespace }}",'
+    'model_deployment="{{ deployment }}",version="{{ canaryVersion }}"}[10s]))'
+    ' / (sum(increase(kubeloop_requests_total{namespace="{{ namespace }}",'
+    'model_deployment="{{ deployment }}",version="{{ stableVersion }}"}[10s])) > 0)'
+)
+FAILURE_LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def flipped_dir(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained on inverted labels: it predicts the other class for most rows."""
+    frame = pd.read_csv(data_csv)
+    frame["target"] = 1 - frame["target"]
+    folder = tmp_path_factory.mktemp("flipped")
+    csv = folder / "flipped.csv"
+    frame.to_csv(csv, index=False)
+    out = folder / "model"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("kubeloop")), "train", "--data", str(csv),
+         "--target", "target", "--task", "classification", "--estimator", "LogisticRegression",
+         "--params", '{"max_iter": 2000}', "--name", MODEL, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def guarded(interval: str = "2s", steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A ModelDeployment whose canary steps (one by default) are gated on error rate,
+    prediction shift and a user query."""
+    return {
+        "apiVersion": "kubeloop.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MD},
+        "spec": {
+            "modelName": MODEL,
+            "canary": {
+                "steps": steps or [{"weight": 50, "pause": "1s"}],
+                "analysis": {
+                    "interval": interval,
+                    "failureLimit": FAILURE_LIMIT,
+                    "minRequests": 5,
+                    "metrics": [
+                        {"name": "errors", "builtin": "errorRate", "max": 0.05, "window": "10s"},
+                        {"name": "shift", "builtin": "predictionShift", "max": 0.1,
+                         "window": "10s"},
+                        # a user query: passes only when its placeholders were substituted
+                        {"name": "served", "min": 0.5, "window": "10s", "query": SERVED},
+                    ],
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+class Traffic:
+    """The same rows sent to the stable and the canary server until stopped (a thread)."""
+
+    def __init__(self, servers: list[Any], rows: pd.DataFrame) -> None:
+        self._servers, self._rows = servers, rows
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for server in self._servers:
+                    send(server, self._rows, batch=10)
+                self._stop.wait(0.2)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+@dataclass
+class Rollout:
+    """The running parts of one test."""
+
+    cluster: Cluster
+    operator: RetrainOperator
+    stack: ExitStack
+    workdir: Path
+    prometheus_port: int
+
+    def status(self) -> dict[str, Any]:
+        return self.cluster.status("ModelDeployment", MD)
+
+    def analysis(self) -> dict[str, Any]:
+        return dict(((self.status().get("canary") or {}).get("analysis")) or {})
+
+    def pod(self, role: str) -> dict[str, Any]:
+        selector = f"kubeloop.io/model-deployment={MD},kubeloop.io/role={role}"
+        return wait_for(
+            lambda: next(iter(self.cluster.list("Pod", "v1", selector)), None),
+            f"the {role} serving pod",
+            timeout=60,
+            state=self.status,
+        )
+
+    def serve(self, role: str) -> tuple[Any, dict[str, Any]]:
+        """Play the kubelet for the ``role`` pod: its process on loopback."""
+        pod = self.pod(role)
+        server = run_server(pod)
+        self.stack.callback(server.stop)
+        return server, pod
+
+    def scrape(self, targets: list[tuple[Any, dict[str, Any]]]) -> Daemon:
+        """Prometheus on the port the operator was told, scraping the serving processes."""
+        static = [discovered_pod(s.url.removeprefix("http://"), pod) for s, pod in targets]
+        rules = rules_file(self.workdir)
+        prom = prometheus(
+            self.workdir, rules, free_port(), [serving_job(static_configs=static)],
+            port=self.prometheus_port,
+        )  # fmt: skip
+        self.stack.callback(prom.stop)
+        return prom
+
+    def rollouts(self) -> dict[str, float]:
+        """kubeloop_rollouts_total by result, from the operator's /metrics."""
+        url = f"http://127.0.0.1:{self.operator.metrics_port}/metrics"
+        found = re.findall(r'^kubeloop_rollouts_total\{result="(\w+)"\} (\S+)$',
+                           httpx.get(url, timeout=5).text, re.M)  # fmt: skip
+        return {k: float(v) for k, v in found}
+
+    def warnings(self, reason: str) -> list[str]:
+        """The messages of the Events of that reason on the ModelDeployment."""
+        events = self.cluster.core.list_namespaced_event(
+            self.cluster.namespace, field_selector=f"involvedObject.name={MD},reason={reason}"
+        )
+        return [e.message for e in events.items]
+
+
+@pytest.fixture
+def rollout(
+    kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path, model_dir: Path
+) -> Iterator[Rollout]:
+    """The operator (told where Prometheus will listen) and version 1 served as stable."""
+    cluster = Cluster(api_client, namespace)
+    store = tmp_path / "store"
+    store.mkdir()
+    proc = RetrainOperator(kubeconfig, namespace, store, tmp_path / "operator.log")
+    port = free_port()
+    proc.env["KUBELOOP_PROMETHEUS_URL"] = f"http://127.0.0.1:{port}"
+    with ExitStack() as stack, operating(proc, api_client) as operator:
+        publish(cluster, model_dir, store, 1)
+        cluster.apply(guarded())
+        wait_for(
+            lambda: cluster.status("ModelDeployment", MD).get("stableVersion") == 1,
+            "version 1 to be stable",
+            state=lambda: cluster.status("ModelDeployment", MD),
+        )
+        yield Rollout(cluster, operator, stack, tmp_path, port)
+
+
+@contextmanager
+def canary_of(run: Rollout, model: Path, rows: pd.DataFrame) -> Iterator[Daemon]:
+    """Version 2 published from ``model``; both pods served, scraped, and sent traffic."""
+    publish(run.cluster, model, run.workdir / "store", 2)
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "the canary to start",
+             state=run.status)  # fmt: skip
+    targets = [run.serve("stable"), run.serve("canary")]
+    with Traffic([t[0] for t in targets], rows) as traffic:
+        yield run.scrape(targets)
+    assert traffic.error is None, traffic.error
+
+
+def test_a_good_canary_holds_without_prometheus_then_promotes(rollout, model_dir, data_csv):
+    run, rows = rollout, pd.read_csv(data_csv)[FEATURES].iloc[:50]
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "the canary", state=run.status)
+    # Prometheus is not up yet: every check has no data, and the weight holds
+    held = wait_for(
+        lambda: run.analysis().get("lastResult") == "NoData" and run.status(),
+        "a check without data",
+        state=run.status,
+    )
+    progressing = run.cluster.condition("ModelDeployment", MD, "Progressing")
+    assert progressing["reason"] == "AnalysisNoData", progressing
+    assert re.search(r"errors: no data \(query \w+ failed: ConnectError", progressing["message"])
+    assert (held["canaryVersion"], held["stableVersion"]) == (2, 1)
+    assert run.analysis()["failedChecks"] == 0  # onNoData: Pause counts no failure
+    targets = [run.serve("stable"), run.serve("canary")]
+    with Traffic([t[0] for t in targets], rows) as traffic:
+        run.scrape(targets)
+        done = wait_for(
+            lambda: run.status().get("stableVersion") == 2 and run.status(),
+            "the good canary to be promoted",
+            timeout=120,
+            state=lambda: {"status": run.status(), "operator": run.operator.tail()},
+        )
+    assert traffic.error is None, traffic.error
+    assert done.get("canaryVersion") is None
+    assert run.cluster.condition("ModelDeployment", MD, "Degraded")["status"] == "False"
+    assert run.rollouts() == {"promoted": 1.0}
+    assert run.warnings("AnalysisCheckFailed") == []
+
+
+def test_prometheus_stopped_mid_canary_holds_the_weight_then_resumes(rollout, model_dir, data_csv):
+    run, rows = rollout, pd.read_csv(data_csv)[FEATURES].iloc[:50]
+    steps = [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "20s"}]
+    run.cluster.patch("ModelDeployment", MD, {"spec": guarded(steps=steps)["spec"]})
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "the canary", state=run.status)
+    targets = [run.serve("stable"), run.serve("canary")]
+    with Traffic([t[0] for t in targets], rows) as traffic:
+        prom = run.scrape(targets)
+        wait_for(lambda: run.status().get("canaryStep") == 1, "the second step",
+                 timeout=120, state=run.status)  # fmt: skip
+        prom.stop()
+        held = wait_for(
+            lambda: (
+                run.analysis().get("lastResult") == "NoData"
+                and run.analysis().get("lastCheckStep") == 1
+                and run.status()
+            ),
+            "a check of the second step without Prometheus",
+            timeout=60,
+            state=run.status,
+        )
+        progressing = run.cluster.condition("ModelDeployment", MD, "Progressing")
+        assert progressing["reason"] == "AnalysisNoData", progressing
+        assert "no data" in progressing["message"]
+        assert (held["canaryVersion"], held["canaryWeight"]) == (2, 50)
+        assert run.analysis()["failedChecks"] == 0
+        run.scrape(targets)  # back, on the same port
+        done = wait_for(
+            lambda: run.status().get("stableVersion") == 2 and run.status(),
+            "the canary to be promoted once Prometheus is back",
+            timeout=120,
+            state=run.status,
+        )
+    assert traffic.error is None, traffic.error
+    assert done.get("canaryVersion") is None
+    assert run.rollouts() == {"promoted": 1.0}
+
+
+def rolled_back(run: Rollout) -> dict[str, Any]:
+    return wait_for(
+        lambda: (run.status().get("rolledBack") or None) and run.status(),
+        "the canary to be rolled back",
+        timeout=120,
+        state=lambda: {"status": run.status(), "operator": run.operator.tail()},
+    )
+
+
+def assert_rolled_back(run: Rollout, status: dict[str, Any]) -> None:
+    """Everything a rollback promises, read from the cluster and the operator's metrics."""
+    record = status["rolledBack"]
+    assert record["failedChecks"] == FAILURE_LIMIT, record
+    assert (status["stableVersion"], status.get("canaryVersion"), status["canaryWeight"]) == (
+        1,
+        None,
+        0,
+    )
+    assert re.search(r"shift \S+ > 0\.1", record["message"]), record
+    assert run.cluster.get("Deployment", f"{MD}-canary", "apps/v1") is None
+    rejected = run.cluster.condition("ModelVersion", f"{MODEL}-v2", "Rejected")
+    assert (rejected["status"], rejected["reason"]) == ("True", "AnalysisFailed")
+    assert f"ModelDeployment {run.cluster.namespace}/{MD}" in rejected["message"]
+    assert re.search(r"shift \S+ > 0\.1", rejected["message"])
+    degraded = run.cluster.condition("ModelDeployment", MD, "Degraded")
+    assert degraded["status"] == "True"
+    assert "rolled back" in degraded["message"]
+    assert run.rollouts() == {"rolled_back": 1.0}
+    assert run.warnings("RolledBack")
+    # Latest skips the Rejected version: no second canary of it
+    assert run.status().get("canaryVersion") is None
+
+
+def test_a_flipped_canary_rolls_back_after_failure_limit(rollout, flipped_dir, data_csv):
+    run, rows = rollout, pd.read_csv(data_csv)[FEATURES].iloc[:50]
+    with canary_of(run, flipped_dir, rows):
+        status = rolled_back(run)
+    assert_rolled_back(run, status)
+    failures = sorted(run.warnings("AnalysisCheckFailed"))
+    assert [f"({n}/{FAILURE_LIMIT})" in m for n, m in enumerate(failures, 1)] == [True] * 3
+    a_cleared_rejection_is_tried_again(run)
+
+
+def a_cleared_rejection_is_tried_again(run: Rollout) -> None:
+    """The ModelVersion annotation clears Rejected (and goes); Latest chooses it again."""
+    name = f"{MODEL}-v2"
+    patch = {"metadata": {"annotations": {"kubeloop.io/clear-rejection": "true"}}}
+    run.cluster.patch("ModelVersion", name, patch)
+    wait_for(
+        lambda: run.cluster.condition("ModelVersion", name, "Rejected").get("status") == "False",
+        "the rejection to be cleared",
+        state=lambda: (run.cluster.get("ModelVersion", name) or {})["metadata"],
+    )
+    mv = run.cluster.get("ModelVersion", name) or {}
+    assert "kubeloop.io/clear-rejection" not in (mv["metadata"].get("annotations") or {})
+    assert run.cluster.condition("ModelVersion", name, "Rejected")["reason"] == "Cleared"
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "a new canary of version 2",
+             state=run.status)  # fmt: skip
+
+
+def test_a_restarted_operator_counts_on_from_status(rollout, flipped_dir, data_csv):
+    run, rows = rollout, pd.read_csv(data_csv)[FEATURES].iloc[:50]
+    run.cluster.patch("ModelDeployment", MD, {"spec": guarded(interval="4s")["spec"]})
+    with canary_of(run, flipped_dir, rows):
+        wait_for(lambda: run.analysis().get("failedChecks") == 2, "two failed checks",
+                 timeout=120, state=run.status)  # fmt: skip
+        run.operator.kill()
+        assert (run.analysis()["failedChecks"], run.status().get("canaryVersion")) == (2, 2)
+        run.operator.start()
+        status = rolled_back(run)
+    assert status["rolledBack"]["failedChecks"] == FAILURE_LIMIT
+    failures = run.warnings("AnalysisCheckFailed")
+    # one failure per count: a restart that forgot the count would report (1/3) again
+    assert sorted(m[m.index("(") : m.index(")") + 1] for m in failures) == [
+        "(1/3)",
+        "(2/3)",
+        "(3/3)",
+    ]
+
+
+def test_canary_pods_never_ready_roll_back_at_the_progress_deadline(rollout, model_dir):
+    """Pods no node can hold (a CPU request beyond every node) never become ready: the canary
+    does not stay Progressing, it is rolled back once progressDeadline has passed."""
+    run = rollout
+    spec = guarded()["spec"]
+    spec["canary"]["progressDeadline"] = "3s"
+    spec["resources"] = {"requests": {"cpu": "100000"}}
+    run.cluster.patch("ModelDeployment", MD, {"spec": spec})
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    status = rolled_back(run)
+    record = status["rolledBack"]
+    assert (record["version"], record["reason"]) == (2, "ProgressDeadlineExceeded")
+    assert "progressDeadline 3s" in record["message"]
+    assert (status["stableVersion"], status.get("canaryVersion")) == (1, None)
+    assert run.cluster.get("Deployment", f"{MD}-canary", "apps/v1") is None
+    rejected = run.cluster.condition("ModelVersion", f"{MODEL}-v2", "Rejected")
+    assert (rejected["status"], rejected["reason"]) == ("True", "ProgressDeadlineExceeded")
+    progressing = run.cluster.condition("ModelDeployment", MD, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "RolledBack")
+    assert run.cluster.condition("ModelDeployment", MD, "Degraded")["status"] == "True"
