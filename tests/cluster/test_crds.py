@@ -312,7 +312,7 @@ SCHEMA_VIOLATIONS = [
     ("spec", "field", "says"),
     [pytest.param(*v[1:], id=v[0]) for v in SCHEMA_VIOLATIONS],
 )
-def test_bad_tls_or_network_policy_is_rejected_naming_the_field(
+def test_a_modeldeployment_schema_violation_is_rejected_naming_the_field(
     spec: dict[str, Any], field: str, says: str, custom: client.CustomObjectsApi, namespace: str
 ):
     body = example("ModelDeployment")
