@@ -200,7 +200,10 @@ class PredictionLog:
         max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.target = target
-        self._queue: BoundedQueue[Entry] = BoundedQueue(maxsize, max_bytes)
+        # the writer wakes for a full batch or every STEP_S: lines lag by at most a step
+        self._queue: BoundedQueue[Entry] = BoundedQueue(
+            maxsize, max_bytes, wake_at=min(TAKE_ITEMS, maxsize)
+        )
         self._sink = _Sink(target)
         self._on_written = on_written
         self._on_dropped = on_dropped

@@ -52,3 +52,27 @@ def test_clear_returns_what_was_queued():
     q.put("y", 4)
     assert q.clear() == ["x", "y"]
     assert (len(q), q.bytes) == (0, 0)
+
+
+def test_the_consumer_is_woken_for_a_batch_not_for_each_item():
+    q: BoundedQueue[int] = BoundedQueue(max_items=100, max_bytes=10_000, wake_at=3)
+    q.put(0, 1)
+    q.put(1, 1)
+    woke: list[list[int]] = []
+    taker = threading.Thread(target=lambda: woke.append(q.take(10, 100, timeout=30)))
+    taker.start()
+    q.put(2, 1)  # the third item: a batch, the taker wakes long before its 30 s
+    taker.join(30)
+    assert woke == [[0, 1, 2]]
+    q.put(3, 1)
+    assert q.take(10, 100, timeout=0) == [3]  # below a batch: what there is, at the timeout
+
+
+def test_half_the_byte_bound_wakes_the_consumer_too():
+    q: BoundedQueue[str] = BoundedQueue(max_items=100, max_bytes=100, wake_at=50)
+    got: list[list[str]] = []
+    taker = threading.Thread(target=lambda: got.append(q.take(10, 100, timeout=30)))
+    taker.start()
+    q.put("big", 60)
+    taker.join(30)
+    assert got == [["big"]]
