@@ -38,6 +38,10 @@ ENTRY_OVERHEAD = 512
 #: most entries, and bytes, the writer takes from the queue at once
 TAKE_ITEMS = 1024
 TAKE_BYTES = 4 * 1024 * 1024
+#: entries that wake the writer: per entry costs a thread switch per request (a third of
+#: the throughput); a large batch makes the writer hold the interpreter long enough to show
+#: in p99 (1024: p99 at 32 connections ~16 ms against ~9 ms with 64)
+WAKE_ITEMS = 64
 #: the writer's step while it waits (for entries, a reader, room in a pipe, the deadline)
 STEP_S = 0.1
 
@@ -200,9 +204,9 @@ class PredictionLog:
         max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.target = target
-        # the writer wakes for a full batch or every STEP_S: lines lag by at most a step
+        # the writer wakes for WAKE_ITEMS entries or every STEP_S: lines lag at most a step
         self._queue: BoundedQueue[Entry] = BoundedQueue(
-            maxsize, max_bytes, wake_at=min(TAKE_ITEMS, maxsize)
+            maxsize, max_bytes, wake_at=min(WAKE_ITEMS, maxsize)
         )
         self._sink = _Sink(target)
         self._on_written = on_written
