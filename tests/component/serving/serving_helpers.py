@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 
 from kubeloop.contracts.artifacts import ArtifactLayout
+from needs import prometheus_tool
 
 KUBELOOP = Path(sys.executable).with_name("kubeloop")
 RUNNING = re.compile(r"Uvicorn running on (https?)://127\.0\.0\.1:(\d+)")
@@ -160,3 +163,33 @@ def train(
     model = out / ArtifactLayout.MODEL
     assert model.exists(), f"no {ArtifactLayout.MODEL} in {out}: {os.listdir(out)}"
     return out
+
+
+def free_port() -> int:
+    """A loopback port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def prometheus_scraping(workdir: Path, job: dict[str, object]) -> Iterator[str]:
+    """A real Prometheus scraping every second with the one scrape ``job``; yields its URL."""
+    config = workdir / "prometheus.yml"
+    interval = {"scrape_interval": "1s", "scrape_timeout": "1s"}
+    config.write_text(yaml.safe_dump({"global": interval, "scrape_configs": [job]}))
+    port = free_port()
+    argv = [
+        prometheus_tool("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with (workdir / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(30)

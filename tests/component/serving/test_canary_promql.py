@@ -8,8 +8,6 @@ import json
 import math
 import re
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from serving_helpers import Server, serving, wait_for
+from serving_helpers import Server, prometheus_scraping, serving, wait_for
 
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
-from needs import prometheus_tool
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "monitoring.md"
@@ -74,13 +71,6 @@ def pod(deployment: str, model_dir: Path, role: str, version: int, task: str, st
     return template["metadata"]["labels"], {k: v for k, v in env.items() if k in PASSED}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def prometheus(workdir: Path, targets: list[tuple[Server, dict[str, str]]]) -> Iterator[str]:
     """A real Prometheus scraping ``targets`` (server, pod labels) with the documented job."""
@@ -91,24 +81,8 @@ def prometheus(workdir: Path, targets: list[tuple[Server, dict[str, str]]]) -> I
         )
         for i, (server, labels) in enumerate(targets)
     ]
-    config = workdir / "prometheus.yml"
-    interval = {"scrape_interval": "1s", "scrape_timeout": "1s"}
-    job = serving_job(static_configs=groups)
-    config.write_text(yaml.safe_dump({"global": interval, "scrape_configs": [job]}))
-    port = free_port()
-    argv = [
-        prometheus_tool("prometheus"),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with (workdir / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with prometheus_scraping(workdir, serving_job(static_configs=groups)) as url:
+        yield url
 
 
 def query(prom: str, expr: str) -> list[dict]:

@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import json
 import os
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -18,16 +17,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from serving_helpers import KUBELOOP, Server, serving, wait_for
+from serving_helpers import KUBELOOP, Server, prometheus_scraping, serving, wait_for
 
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 from kubeloop.devcluster.pki import Authority, Pki, name, write_pair
 from kubeloop.operator.alerts.rules import tls_scrape_job
-from needs import prometheus_tool
 
 #: the names the certificate is valid for: the Service names the operator gives a
 #: deployment "cancer" in namespace "ml", and loopback (the tests dial it directly)
@@ -219,13 +216,6 @@ def test_shadow_mirrors_over_verified_https(https, secret, cancer_model, cancer_
         assert stable.metric("kubeloop_shadow_agreement", model="cancer") == 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def scraping(workdir: Path, server: Server, ca_file: Path) -> Iterator[str]:
     """A real Prometheus scraping ``server`` with the documented TLS job for a pod of the
@@ -237,23 +227,8 @@ def scraping(workdir: Path, server: Server, ca_file: Path) -> Iterator[str]:
         tls_scrape_job("ml", "cancer", str(ca_file)),
         static_configs=[discovered_pod(address, pod, port="https")],
     )
-    config = workdir / "prometheus.yml"
-    interval = {"scrape_interval": "1s", "scrape_timeout": "1s"}
-    config.write_text(yaml.safe_dump({"global": interval, "scrape_configs": [job]}))
-    port = free_port()
-    argv = [
-        prometheus_tool("prometheus"),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with (workdir / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with prometheus_scraping(workdir, job) as url:
+        yield url
 
 
 def get(prom: str, path: str, **params: str) -> dict:
