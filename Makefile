@@ -110,6 +110,10 @@ test: setup lint typecheck verify-crds toolchain monitoring-tools postgresql-too
 bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments + 200 TrainingJobs on a kwok cluster.
 	$(BIN)/python bench/operator/bench_operator.py
 
+.PHONY: bench-rollout
+bench-rollout: setup toolchain monitoring-tools ## Benchmark the guard: seconds to roll a bad canary back and to promote a good one, against their bounds.
+	$(BIN)/python bench/rollout/bench_rollout.py
+
 BENCH_VENV ?= $(HOME)/.cache/kubeloop/bench-venv
 KSERVE_VENV ?= $(HOME)/.cache/kubeloop/kserve-venv
 BENCH_SECONDS ?= 10

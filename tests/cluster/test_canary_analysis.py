@@ -10,6 +10,8 @@ Prometheus scraping them every second through the documented scrape job.
   ``predictionShift`` check and is rolled back after exactly ``failureLimit`` failed
   checks: all traffic to stable, the canary gone, the version Rejected, the deployment
   Degraded, ``kubeloop_rollouts_total{result="rolled_back"}``;
+- a canary that cannot be reached (its process gone) fails ``errorRate`` — the clients get
+  the stable model's answers — and is rolled back;
 - canary pods no node can hold are rolled back at ``progressDeadline`` (never Progressing
   forever);
 - the operator killed after 2 of 3 failures rolls back on the next one (the count lives
@@ -19,169 +21,34 @@ Prometheus scraping them every second through the documented scrape job.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 import pytest
+from canary_lab import (
+    FAILURE_LIMIT,
+    MD,
+    Rollout,
+    Traffic,
+    canary_of,
+    guarded,
+    lab,
+    train,
+)
 from kubetest import wait_for
-from monitoring import Daemon, prometheus, rules_file
-from operator_harness import Cluster, free_port, operating
-from retrain_helpers import RetrainOperator
-from test_drift_loop import FEATURES, MODEL, data_csv, model_dir, publish, run_server, send
-
-from kubeloop.devcluster.monitoring import discovered_pod, serving_job
+from operator_harness import free_port
+from test_drift_loop import FEATURES, MODEL, data_csv, model_dir, publish, run_server
 
 pytestmark = pytest.mark.cluster
 __all__ = ["data_csv", "model_dir"]  # module fixtures shared with the drift loop
-
-MD = "guarded"
-SERVED = (
-    'sum(increase(kubeloop_requests_total{namespace="{{ namespace }}",'
-    'model_deployment="{{ deployment }}",version="{{ canaryVersion }}"}[10s]))'
-    ' / (sum(increase(kubeloop_requests_total{namespace="{{ namespace }}",'
-    'model_deployment="{{ deployment }}",version="{{ stableVersion }}"}[10s])) > 0)'
-)
-FAILURE_LIMIT = 3
 
 
 @pytest.fixture(scope="module")
 def flipped_dir(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained on inverted labels: it predicts the other class for most rows."""
-    frame = pd.read_csv(data_csv)
-    frame["target"] = 1 - frame["target"]
-    folder = tmp_path_factory.mktemp("flipped")
-    csv = folder / "flipped.csv"
-    frame.to_csv(csv, index=False)
-    out = folder / "model"
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("kubeloop")), "train", "--data", str(csv),
-         "--target", "target", "--task", "classification", "--estimator", "LogisticRegression",
-         "--params", '{"max_iter": 2000}', "--name", MODEL, "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
-
-
-def guarded(interval: str = "2s", steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A ModelDeployment whose canary steps (one by default) are gated on error rate,
-    prediction shift and a user query."""
-    return {
-        "apiVersion": "kubeloop.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": MD},
-        "spec": {
-            "modelName": MODEL,
-            "canary": {
-                "steps": steps or [{"weight": 50, "pause": "1s"}],
-                "analysis": {
-                    "interval": interval,
-                    "failureLimit": FAILURE_LIMIT,
-                    "minRequests": 5,
-                    "metrics": [
-                        {"name": "errors", "builtin": "errorRate", "max": 0.05, "window": "10s"},
-                        {"name": "shift", "builtin": "predictionShift", "max": 0.1,
-                         "window": "10s"},
-                        # a user query: passes only when its placeholders were substituted
-                        {"name": "served", "min": 0.5, "window": "10s", "query": SERVED},
-                    ],
-                },
-            },
-        },
-    }  # fmt: skip
-
-
-class Traffic:
-    """The same rows sent to the stable and the canary server until stopped (a thread)."""
-
-    def __init__(self, servers: list[Any], rows: pd.DataFrame) -> None:
-        self._servers, self._rows = servers, rows
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.error: BaseException | None = None
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                for server in self._servers:
-                    send(server, self._rows, batch=10)
-                self._stop.wait(0.2)
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-
-@dataclass
-class Rollout:
-    """The running parts of one test."""
-
-    cluster: Cluster
-    operator: RetrainOperator
-    stack: ExitStack
-    workdir: Path
-    prometheus_port: int
-
-    def status(self) -> dict[str, Any]:
-        return self.cluster.status("ModelDeployment", MD)
-
-    def analysis(self) -> dict[str, Any]:
-        return dict(((self.status().get("canary") or {}).get("analysis")) or {})
-
-    def pod(self, role: str) -> dict[str, Any]:
-        selector = f"kubeloop.io/model-deployment={MD},kubeloop.io/role={role}"
-        return wait_for(
-            lambda: next(iter(self.cluster.list("Pod", "v1", selector)), None),
-            f"the {role} serving pod",
-            timeout=60,
-            state=self.status,
-        )
-
-    def serve(self, role: str) -> tuple[Any, dict[str, Any]]:
-        """Play the kubelet for the ``role`` pod: its process on loopback."""
-        pod = self.pod(role)
-        server = run_server(pod)
-        self.stack.callback(server.stop)
-        return server, pod
-
-    def scrape(self, targets: list[tuple[Any, dict[str, Any]]]) -> Daemon:
-        """Prometheus on the port the operator was told, scraping the serving processes."""
-        static = [discovered_pod(s.url.removeprefix("http://"), pod) for s, pod in targets]
-        rules = rules_file(self.workdir)
-        prom = prometheus(
-            self.workdir, rules, free_port(), [serving_job(static_configs=static)],
-            port=self.prometheus_port,
-        )  # fmt: skip
-        self.stack.callback(prom.stop)
-        return prom
-
-    def rollouts(self) -> dict[str, float]:
-        """kubeloop_rollouts_total by result, from the operator's /metrics."""
-        url = f"http://127.0.0.1:{self.operator.metrics_port}/metrics"
-        found = re.findall(r'^kubeloop_rollouts_total\{result="(\w+)"\} (\S+)$',
-                           httpx.get(url, timeout=5).text, re.M)  # fmt: skip
-        return {k: float(v) for k, v in found}
-
-    def warnings(self, reason: str) -> list[str]:
-        """The messages of the Events of that reason on the ModelDeployment."""
-        events = self.cluster.core.list_namespaced_event(
-            self.cluster.namespace, field_selector=f"involvedObject.name={MD},reason={reason}"
-        )
-        return [e.message for e in events.items]
+    return train(data_csv, tmp_path_factory.mktemp("flipped") / "model", flip=True)
 
 
 @pytest.fixture
@@ -189,33 +56,8 @@ def rollout(
     kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path, model_dir: Path
 ) -> Iterator[Rollout]:
     """The operator (told where Prometheus will listen) and version 1 served as stable."""
-    cluster = Cluster(api_client, namespace)
-    store = tmp_path / "store"
-    store.mkdir()
-    proc = RetrainOperator(kubeconfig, namespace, store, tmp_path / "operator.log")
-    port = free_port()
-    proc.env["KUBELOOP_PROMETHEUS_URL"] = f"http://127.0.0.1:{port}"
-    with ExitStack() as stack, operating(proc, api_client) as operator:
-        publish(cluster, model_dir, store, 1)
-        cluster.apply(guarded())
-        wait_for(
-            lambda: cluster.status("ModelDeployment", MD).get("stableVersion") == 1,
-            "version 1 to be stable",
-            state=lambda: cluster.status("ModelDeployment", MD),
-        )
-        yield Rollout(cluster, operator, stack, tmp_path, port)
-
-
-@contextmanager
-def canary_of(run: Rollout, model: Path, rows: pd.DataFrame) -> Iterator[Daemon]:
-    """Version 2 published from ``model``; both pods served, scraped, and sent traffic."""
-    publish(run.cluster, model, run.workdir / "store", 2)
-    wait_for(lambda: run.status().get("canaryVersion") == 2, "the canary to start",
-             state=run.status)  # fmt: skip
-    targets = [run.serve("stable"), run.serve("canary")]
-    with Traffic([t[0] for t in targets], rows) as traffic:
-        yield run.scrape(targets)
-    assert traffic.error is None, traffic.error
+    with lab(kubeconfig, api_client, namespace, tmp_path, model_dir) as run:
+        yield run
 
 
 def test_a_good_canary_holds_without_prometheus_then_promotes(rollout, model_dir, data_csv):
@@ -346,6 +188,34 @@ def a_cleared_rejection_is_tried_again(run: Rollout) -> None:
     assert run.cluster.condition("ModelVersion", name, "Rejected")["reason"] == "Cleared"
     wait_for(lambda: run.status().get("canaryVersion") == 2, "a new canary of version 2",
              state=run.status)  # fmt: skip
+
+
+def test_an_unreachable_canary_rolls_back_on_its_error_rate(rollout, model_dir, data_csv):
+    """The canary's pods are Ready but nothing answers where the stable pods forward (a
+    crashed process): every client still gets the stable model's answer (Traffic checks each
+    is a 200), the stable pods count the share they could not forward, and ``errorRate``
+    fails until the canary is rolled back."""
+    run, rows = rollout, pd.read_csv(data_csv)[FEATURES].iloc[:50]
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    wait_for(lambda: run.status().get("canaryVersion") == 2, "the canary", state=run.status)
+    pod = run.pod("stable")
+    forward = {
+        "KUBELOOP_SERVING_CANARY_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens
+        "KUBELOOP_SERVING_CANARY_WEIGHT": "50",
+        "KUBELOOP_SERVING_CANARY_VERSION": "2",
+    }
+    stable = run_server(pod, forward)
+    run.stack.callback(stable.stop)
+    with Traffic([stable], rows) as traffic:
+        run.scrape([(stable, pod)])
+        status = rolled_back(run)
+    assert traffic.error is None, traffic.error
+    record = status["rolledBack"]
+    assert (record["version"], record["reason"]) == (2, "AnalysisFailed")
+    assert record["failedChecks"] == FAILURE_LIMIT
+    assert re.search(r"errors 1 > 0\.05", record["message"]), record
+    assert (status["stableVersion"], status.get("canaryVersion")) == (1, None)
+    assert run.rollouts() == {"rolled_back": 1.0}
 
 
 def test_a_restarted_operator_counts_on_from_status(rollout, flipped_dir, data_csv):

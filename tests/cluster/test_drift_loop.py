@@ -126,9 +126,9 @@ def serving_pod(cluster: Cluster) -> dict[str, Any]:
     )
 
 
-def run_server(pod: dict[str, Any]) -> Any:
+def run_server(pod: dict[str, Any], extra: dict[str, str] | None = None) -> Any:
     """Play the kubelet for the serving pod: its container's args, drift env and registered
-    digest, on loopback."""
+    digest (and ``extra`` settings), on loopback."""
     sys.path.insert(0, str(SERVING_TESTS))
     from serving_helpers import start_server
 
@@ -147,7 +147,7 @@ def run_server(pod: dict[str, Any]) -> Any:
             )
         )
     }
-    return start_server(model, "--name", name, env=env)
+    return start_server(model, "--name", name, env={**env, **(extra or {})})
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 ``kubeloop.devcluster.demo.Demo`` drives it exactly as ``make demo`` does (cluster with a
 real node, images loaded into its containerd, the Helm chart, ``examples/``, a second
 version through the canary steps, drifted traffic through Prometheus and Alertmanager
-to the operator's receiver, the retrained version promoted); this test checks what the
-run saw. Every wait inside is bounded and prints the namespace's objects, events and
+to the operator's receiver, the retrained version promoted, then a model trained on
+shuffled labels canaried under analysis and rolled back); this test checks what the run
+saw. Every wait inside is bounded and prints the namespace's objects, events and
 the logs of pods that are not running when it gives up.
 
 Needs root (containers, iptables, a bridge) and Docker Engine for the image builds
@@ -51,11 +52,13 @@ def summary(demo: Demo) -> Summary:
         pytest.fail(str(err), pytrace=False)
 
 
-def test_three_versions_trained_by_real_jobs(summary: Summary) -> None:
-    assert sorted(summary.versions) == [1, 2, 3]
-    for number, info in summary.versions.items():
+def test_four_versions_trained_by_real_jobs(summary: Summary) -> None:
+    assert sorted(summary.versions) == [1, 2, 3, 4]
+    for number in (1, 2, 3):
         # the examples' gate (f1 >= 0.9, roc_auc >= 0.95) let each one through
-        assert info["f1"] >= 0.9, (number, info)
+        assert summary.versions[number]["f1"] >= 0.9, summary.versions[number]
+    # shuffled labels, no gate: a version that learned nothing was published anyway
+    assert summary.versions[4]["roc_auc"] < 0.7, summary.versions[4]
     assert summary.versions[1]["trainingJob"] == "breast-cancer-rf"
     assert summary.versions[3]["trainingJob"] == summary.retrain_job
 
@@ -97,3 +100,20 @@ def test_drift_alert_retrains_and_the_new_version_is_promoted(demo: Demo, summar
     ]
     assert running
     assert {p["metadata"]["labels"]["app.kubernetes.io/version"] for p in running} == {"3"}
+
+
+def test_shuffled_labels_canary_is_rolled_back(demo: Demo, summary: Summary) -> None:
+    assert summary.rolled_back is not None
+    number, check = summary.rolled_back
+    assert number == 4
+    name, value, op, bound = check.split()
+    assert (name, op, bound) == ("shift", ">", "0.1"), check
+    assert float(value) > 0.1
+    # the good version kept answering, alone
+    assert set(summary.after_rollback) == {"3"}, summary.after_rollback
+    status = demo.status("ModelDeployment", "breast-cancer")
+    assert (status["stableVersion"], status.get("canaryVersion")) == (3, None)
+    assert status["rolledBack"]["reason"] == "AnalysisFailed"
+    mv = demo.status("ModelVersion", "breast-cancer-v4")
+    rejected = next(c for c in mv["conditions"] if c["type"] == "Rejected")
+    assert (rejected["status"], rejected["reason"]) == ("True", "AnalysisFailed")

@@ -250,6 +250,8 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "rmse", "mae"})
 #: The tolerance of a champion comparison unless the spec gives one.
 DEFAULT_TOLERANCE = 0.01
 ComparePolicy = Literal["Serving", "Version", "None"]
+#: the outcome of one canary-analysis check
+CheckOutcome = Literal["Pass", "Fail", "NoData"]
 
 
 class CompareTo(KubeModel):
@@ -834,7 +836,7 @@ class CheckResult(KubeModel):
 
     name: str = Field(description="The metric's name.")
     value: float | None = Field(None, description="What it read; absent when there was no data.")
-    result: Literal["Pass", "Fail", "NoData"] = Field(description="Pass, Fail or NoData.")
+    result: CheckOutcome = Field(description="Pass, Fail or NoData.")
     message: str = Field("", description="Why, in words.")
 
 
@@ -850,7 +852,7 @@ class AnalysisStatus(KubeModel):
         None, description="The step whose weight the pods had at the last check."
     )
     last_check_weight: int | None = Field(None, description="The canary weight at the last check.")
-    last_result: Literal["Pass", "Fail", "NoData"] | None = Field(
+    last_result: CheckOutcome | None = Field(
         None, description="Outcome of the last check."
     )
     results: list[CheckResult] = Field(

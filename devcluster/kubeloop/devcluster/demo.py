@@ -6,7 +6,8 @@ into its container runtime, the Helm chart installed, ``examples/`` applied (the
 snapshot and trainer Jobs run as real containers), predictions through the Service,
 a second version rolled out through the canary steps with the split counted in the
 responses, then drifted traffic, Prometheus and Alertmanager on the host, the
-operator's receiver, a retraining that runs, and its version promoted.
+operator's receiver, a retraining that runs, and its version promoted; last, a model
+trained on shuffled labels is canaried under analysis and rolled back automatically.
 
 The e2e test runs the same :class:`Demo` and checks its :class:`Summary`. Prometheus
 and Alertmanager are Debian's, on loopback; Debian's Prometheus has no Kubernetes
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -46,6 +48,7 @@ from kubeloop.devcluster.monitoring import (
     prometheus_config,
     serving_job,
 )
+from kubeloop.devcluster.node import NodeConfig
 from kubeloop.operator.alerts.rules import RuleOptions, render
 
 T = TypeVar("T")
@@ -54,6 +57,17 @@ COMPONENTS = ("operator", "trainer", "serving")
 MODEL = "breast-cancer"
 RELEASE = "kubeloop"
 FEATURES_SHIFTED = ("mean radius", "mean texture", "mean perimeter", "mean area")
+SHUFFLED = f"{MODEL}-shuffled"
+#: the canary analysis the guard stage adds to the ModelDeployment (docs/rollouts.md)
+GUARD = {
+    "interval": "5s",
+    "failureLimit": 2,
+    "minRequests": 10,
+    "metrics": [
+        {"name": "errors", "builtin": "errorRate", "max": 0.05, "window": "20s"},
+        {"name": "shift", "builtin": "predictionShift", "max": 0.1, "window": "20s"},
+    ],
+}
 
 
 class DemoError(RuntimeError):
@@ -73,6 +87,9 @@ class Summary:
     retrain_job: str | None = None
     retrain_trigger: str | None = None
     final_stable: int | None = None
+    #: the guard stage: (version rolled back, the failed check) and what served afterwards
+    rolled_back: tuple[int, str] | None = None
+    after_rollback: Counter[str] = field(default_factory=Counter)
 
 
 def _root() -> Path:
@@ -111,6 +128,10 @@ class Demo:
         except MissingBinaryError as err:
             raise DemoError(str(err)) from err
         self.kubeconfig = DevCluster(name).kubeconfig
+        # Prometheus listens on the node's address, so the operator's pod reaches it too
+        self.node_ip = NodeConfig.from_env(name).ip
+        self.am_port, self.prom_port = free_ports(2)
+        self.prom_url = f"http://{self.node_ip}:{self.prom_port}"
 
     # ------------------------------------------------------------------ tools
 
@@ -196,6 +217,7 @@ class Demo:
             self.predict()
             self.canary()
             self.drift_to_retrain()
+            self.guard()
         finally:
             self.stop_monitoring()
         return self.summary
@@ -261,6 +283,7 @@ class Demo:
             sets = {
                 "artifacts.volumeClaim.name": "kubeloop-artifacts",
                 "alertReceiver.token": self.token,
+                "canaryAnalysis.prometheusUrl": self.prom_url,
                 "image.pullPolicy": "Never",
                 "workloads.imagePullPolicy": "Never",
             }
@@ -581,6 +604,77 @@ class Demo:
         self.say(f"    {self.summary.retrain_job} ({self.summary.retrain_trigger})")
         return self.trained(self.summary.retrain_job)
 
+    # ------------------------------------------------------------------ guard
+
+    def guard(self) -> None:
+        with self.stage(
+            "Guard: the ModelDeployment's canary gated on error rate and prediction shift",
+            f"{self.k} get modeldeployment {MODEL} -o jsonpath='{{.spec.canary.analysis}}'",
+        ):
+            patch = {"spec": {"canary": {"analysis": GUARD}}}
+            self.kubectl(
+                "patch", "modeldeployment", MODEL, "-n", self.namespace,
+                "--type", "merge", "-p", json.dumps(patch),
+            )  # fmt: skip
+            self.say(
+                f"    every {GUARD['interval']}, rollback after {GUARD['failureLimit']} failed"
+            )
+        with self.stage(
+            "Shuffled labels: a TrainingJob with no gate and compareTo: None → a useless version",
+            f"{self.k} get trainingjob {SHUFFLED} -o yaml",
+        ):
+            number = self.shuffled_model()
+        with self.stage(
+            f"Canary v{number} under analysis: rolled back, the good version keeps serving",
+            f"{self.k} describe modeldeployment {MODEL}",
+        ):
+            self.watch_rollback(number)
+
+    def shuffled_model(self) -> int:
+        """A Dataset whose labels are shuffled, and a TrainingJob that trusts it blindly."""
+        frame = pd.read_csv(self.root / "examples" / "data" / "breast-cancer.csv")
+        frame["target"] = frame["target"].sample(frac=1.0, random_state=7).to_numpy()
+        csv = self.workdir / "volume" / f"{SHUFFLED}.csv"
+        frame.to_csv(csv, index=False)
+        os.chown(csv, 10001, 10001)
+        dataset = self.example("dataset.yaml")
+        dataset["metadata"]["name"] = SHUFFLED
+        dataset["spec"]["source"]["path"] = f"/data/{SHUFFLED}.csv"
+        self.apply(dataset)
+        job = self.example("trainingjob.yaml")
+        job["metadata"]["name"] = SHUFFLED
+        job["spec"]["datasetRef"]["name"] = SHUFFLED
+        job["spec"]["estimator"]["params"] = {"n_estimators": 50, "max_depth": 2}
+        # no absolute gate and no champion: only the canary analysis stands in its way
+        job["spec"]["gate"] = {"compareTo": {"policy": "None"}}
+        self.apply(job)
+        return self.trained(SHUFFLED)
+
+    def watch_rollback(self, number: int, timeout: float = 300) -> None:
+        """Send traffic (all the rows, in turn) until the canary of ``number`` is rolled
+        back; then count who answers."""
+        rows = self.rows()
+        sent = 0
+        with httpx.Client(trust_env=False, base_url=self.service_url(), timeout=30) as http:
+
+            def rolled_back() -> dict[str, Any] | None:
+                nonlocal sent
+                for _ in range(10):
+                    start = sent % len(rows)
+                    self.infer(http, rows.iloc[start : start + 25])
+                    sent += 25
+                record = self.status("ModelDeployment", MODEL).get("rolledBack") or {}
+                return record if record.get("version") == number else None
+
+            record = self.wait(rolled_back, f"version {number} to be rolled back", timeout)
+            self.wait(lambda: self.served()[1] is None, "the canary to be gone", timeout=120)
+            for _ in range(20):
+                self.summary.after_rollback[self.infer(http, rows.iloc[:5])["model_version"]] += 1
+        check = failed_check(record["message"])
+        self.summary.rolled_back = (number, check)
+        self.say(f"    rolled back version {number}: {check}")
+        self.say(f"    then 20 requests answered by {dict(self.summary.after_rollback)}")
+
     def start_monitoring(self) -> str:
         """Alertmanager → the receiver's Service; Prometheus scraping the serving pods."""
         mon = self.workdir / "monitoring"
@@ -589,7 +683,7 @@ class Demo:
         webhook = self.get("service", f"{RELEASE}-operator-webhook")["spec"]["clusterIP"]
         token = mon / "token"
         token.write_text(self.token)
-        am_port, prom_port = free_ports(2)
+        am_port = self.am_port
         am_config = alertmanager_config(
             f"http://{webhook}:8095/v1/alerts", token, group_interval="5s", repeat_interval="1h"
         )
@@ -621,15 +715,15 @@ class Demo:
                 _tool("prometheus"),
                 f"--config.file={mon / 'prometheus.yml'}",
                 f"--storage.tsdb.path={mon / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
+                f"--web.listen-address={self.node_ip}:{self.prom_port}",
                 "--log.level=warn",
             ],
-            f"http://127.0.0.1:{prom_port}/-/ready",
+            f"{self.prom_url}/-/ready",
         )
         threading.Thread(
             target=self._refresh_targets, args=(mon / "targets.json",), daemon=True
         ).start()
-        return f"http://127.0.0.1:{prom_port}"
+        return self.prom_url
 
     def write_targets(self, path: Path) -> None:
         """The serving pods as Kubernetes pod discovery would give them to the relabelling."""
@@ -703,6 +797,10 @@ def report(summary: Summary, demo: Demo) -> str:
     if summary.drift_score is not None:
         lines.append(f"Drift score when the alert fired: {summary.drift_score:.3f} (threshold 0.2)")
     lines.append(f"Retraining: {summary.retrain_job} (trigger {summary.retrain_trigger})")
+    if summary.rolled_back is not None:
+        number, check = summary.rolled_back
+        lines.append(f"Guard: rolled back version {number}: {check}")
+        lines.append(f"  answered afterwards by {dict(sorted(summary.after_rollback.items()))}")
     lines.append(f"Serving now: version {summary.final_stable}")
     lines.append("Stages")
     for title, took in summary.stages:
@@ -739,6 +837,12 @@ def main(name: str, down_only: bool) -> None:
     except DemoError as err:
         raise click.ClickException(f"{err}\n(tear down: make demo-down)") from err
     click.echo(report(summary, demo))
+
+
+def failed_check(message: str) -> str:
+    """The first failed check (``<check> <value> > <bound>``) of a rollback message."""
+    found = re.search(r"(\S+ \S+ [<>] \S+)", message)
+    return found.group(1) if found else message
 
 
 def firing_alerts(prom: str, name: str) -> list[dict[str, Any]]:

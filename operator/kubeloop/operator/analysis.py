@@ -18,13 +18,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from kubeloop.api.base import duration_seconds
-from kubeloop.api.v1alpha1 import Analysis, AnalysisMetric
+from kubeloop.api.v1alpha1 import Analysis, AnalysisMetric, CheckOutcome
 from kubeloop.operator.timestamps import parse, rfc3339
 
-Result = Literal["Pass", "Fail", "NoData"]
 #: One query's answer: the value of each series, keyed by the grouping label's value
 #: ("" for an ungrouped sum); None when the query itself failed (the reason beside it).
 Vector = dict[str, float]
@@ -77,7 +76,7 @@ class Check:
     """One metric's verdict at one check."""
 
     name: str
-    result: Result
+    result: CheckOutcome
     value: float | None
     message: str
 
@@ -272,7 +271,7 @@ def analysis_state(state: dict[str, Any]) -> dict[str, Any]:
 class Verdict:
     """The outcome of one check over every metric."""
 
-    result: Result
+    result: CheckOutcome
     checks: list[Check] = field(default_factory=list)
 
     @property
