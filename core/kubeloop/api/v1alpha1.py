@@ -852,9 +852,7 @@ class AnalysisStatus(KubeModel):
         None, description="The step whose weight the pods had at the last check."
     )
     last_check_weight: int | None = Field(None, description="The canary weight at the last check.")
-    last_result: CheckOutcome | None = Field(
-        None, description="Outcome of the last check."
-    )
+    last_result: CheckOutcome | None = Field(None, description="Outcome of the last check.")
     results: list[CheckResult] = Field(
         default_factory=list, max_length=16, description="The last check's readings."
     )
