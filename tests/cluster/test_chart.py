@@ -8,8 +8,10 @@
   environment of the chart's Deployment, through its flows: a Dataset's snapshot Job, a
   TrainingJob's Job finished by the test (playing the kubelet) into a verified
   ModelVersion, a ModelDeployment's Deployment/Service/ConfigMap/HPA, an Alertmanager
-  notification with the chart's token turned into a TrainingJob, and deletion through the
-  kubeloop.io/finalizer. Any 403 in the operator's log fails the test: the RBAC is enough.
+  notification with the chart's token turned into a TrainingJob, the admission policy
+  refusing to delete the served ModelVersion, deleting a TrainingJob leaving its
+  ModelVersion, and deletion through the kubeloop.io/finalizer. Any 403 in the operator's
+  log fails the test: the RBAC is enough.
 - `kubectl auth can-i --as` the operator's ServiceAccount: it is not more than needed.
 - Cluster-wide mode and kopf peering (one active replica, one standby) under their RBAC.
 - `helm upgrade` updates the CRDs and keeps the generated token; `helm uninstall` keeps
@@ -36,6 +38,7 @@ import pytest
 import yaml
 from kubelet import finish_pod, job_pod
 from kubernetes import client
+from kubernetes.dynamic.exceptions import ForbiddenError
 from kubetest import Kubectl, stop_group, wait_for
 from operator_harness import Cluster, free_port
 from retrain_helpers import alert, notification
@@ -385,8 +388,10 @@ class ChartOperator:
 
 
 def delete_all(cluster: Cluster) -> None:
-    """Delete every Kubeloop object and wait until the operator has released its finalizers."""
-    cluster.delete_all(KUBELOOP_KINDS)
+    """Delete every Kubeloop object and wait until the operator has released its finalizers:
+    the ModelDeployments first, since the versions they serve cannot be deleted before."""
+    cluster.delete_all(KUBELOOP_KINDS[:1])
+    cluster.delete_all(KUBELOOP_KINDS[1:])
 
 
 def secret_token(core: client.CoreV1Api, namespace: str, name: str = "kubeloop-webhook") -> str:
@@ -581,6 +586,7 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
     assert serving["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "kubeloop-serving:0.1.0"
     )
+    served_version_is_protected(cluster, operator)
     # without spec.networkPolicy the operator deletes the NetworkPolicy (its `delete` verb)
     cluster.patch("ModelDeployment", "cancer", {"spec": {"networkPolicy": None}})
     wait_for(
@@ -588,6 +594,28 @@ def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
         "the NetworkPolicy to go",
         state=operator.tail,
     )
+
+
+def served_version_is_protected(cluster: Cluster, operator: ChartOperator) -> None:
+    """The served version carries the deployment's label, and the chart's admission policy
+    refuses its deletion naming the deployment."""
+    wait_for(
+        lambda: (
+            (cluster.get("ModelVersion", "cancer-v1") or {})["metadata"]
+            .get("labels", {})
+            .get("served-by.kubeloop.io/cancer")
+            == "stable"
+        ),
+        "the served-by label on cancer-v1",
+        state=operator.tail,
+    )
+    assert cluster.status("ModelDeployment", "cancer")["servedModelVersions"] == ["cancer-v1"]
+    versions = cluster.dyn.resources.get(api_version="kubeloop.io/v1alpha1", kind="ModelVersion")
+    with pytest.raises(ForbiddenError) as refused:
+        versions.delete(name="cancer-v1", namespace=cluster.namespace)
+    message = json.loads(refused.value.body)["message"]
+    assert "ModelVersion cancer-v1 is served by ModelDeployment cancer (stable)" in message
+    assert cluster.get("ModelVersion", "cancer-v1") is not None
 
 
 def retrain_flow(cluster: Cluster, operator: ChartOperator, token: str, digest: str) -> None:
@@ -606,10 +634,21 @@ def retrain_flow(cluster: Cluster, operator: ChartOperator, token: str, digest: 
 
 
 def deletion_flow(cluster: Cluster) -> None:
-    """Deletion through the finalizer the operator holds."""
+    """Deletion through the finalizer the operator holds; the registry outlives its jobs."""
     for kind, name in (("Dataset", "cancer"), ("ModelDeployment", "cancer")):
         meta = (cluster.get(kind, name) or {}).get("metadata", {})
         assert "kubeloop.io/finalizer" in meta.get("finalizers", []), meta
+    # the TrainingJob goes with its trainer Job (garbage-collected), its ModelVersion stays
+    cluster.delete_all(("TrainingJob",))
+    wait_for(
+        lambda: not cluster.list("Job", "batch/v1", "kubeloop.io/training-job=cancer-1"),
+        "the garbage collector to delete the TrainingJob's trainer Job",
+    )
+    assert cluster.get("ModelVersion", "cancer-v1") is not None
+    # the deployment's deletion takes its label off: the version may go now
+    cluster.delete_all(("ModelDeployment",))
+    labels = cluster.get("ModelVersion", "cancer-v1")["metadata"].get("labels", {})
+    assert "served-by.kubeloop.io/cancer" not in labels
     delete_all(cluster)
 
 

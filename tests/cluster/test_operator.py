@@ -185,9 +185,38 @@ def test_dataset_to_training_to_version(cluster, operator, data_csv, tmp_path):
     assert mv["spec"]["lineage"]["datasetVersion"] == status["version"]
     assert mv["spec"]["lineage"]["trainingJob"] == "cancer-1"
     assert [i["name"] for i in mv["spec"]["inputs"]] == FEATURES
-    assert mv["metadata"]["ownerReferences"][0]["name"] == "cancer-1"
+    # a registry entry: not owned by (so not deleted with) the TrainingJob
+    assert "ownerReferences" not in mv["metadata"]
+    assert mv["spec"]["lineage"]["image"]
     assert cluster.condition("ModelVersion", mv_name, "Verified")["reason"] == "DigestMatches"
     assert "ModelVersionCreated" in wait_for(lambda: cluster.events("cancer-1"), "events")
+
+
+def test_a_version_owned_by_its_training_job_is_disowned(cluster, operator, store):
+    """Versions made when TrainingJobs owned them lose that owner reference, so deleting the
+    job (which the garbage collector then acts on) leaves them."""
+    tj = cluster.apply(training_job("old"))  # no Dataset: it waits, which is all we need
+    publish(
+        cluster,
+        store,
+        1,
+        owners=[
+            {
+                "apiVersion": "kubeloop.io/v1alpha1",
+                "kind": "TrainingJob",
+                "name": "old",
+                "uid": tj["metadata"]["uid"],
+                "controller": True,
+            }
+        ],
+    )
+    wait_for(
+        lambda: not cluster.get("ModelVersion", "cancer-v1")["metadata"].get("ownerReferences"),
+        "the TrainingJob owner reference to go",
+        state=lambda: cluster.get("ModelVersion", "cancer-v1"),
+    )
+    cluster.delete_all(("TrainingJob",))
+    assert cluster.get("ModelVersion", "cancer-v1") is not None
 
 
 def test_training_waits_for_missing_dataset_then_recovers(
@@ -334,13 +363,17 @@ def test_ten_parallel_trainings_get_ten_distinct_versions(
     assert len(cluster.list("ModelVersion")) == 11
 
 
-def publish(cluster: Cluster, store: Path, version: int) -> None:
+def publish(
+    cluster: Cluster, store: Path, version: int, owners: list[dict[str, Any]] | None = None
+) -> None:
     """A Ready ModelVersion of model "cancer", registered by hand like an external model."""
     artifact = store / "external" / str(version) / ArtifactLayout.MODEL
     artifact.parent.mkdir(parents=True)
     artifact.write_bytes(f"model {version}".encode())
     mv = example("ModelVersion", modelName="cancer", version=version)
     mv["metadata"]["name"] = f"cancer-v{version}"
+    if owners:
+        mv["metadata"]["ownerReferences"] = owners
     mv["spec"]["artifact"] = {
         "uri": artifact.as_uri(),
         "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
@@ -396,6 +429,25 @@ def test_deployment_serves_the_newest_version(cluster, operator, store):
         "the stable Deployment to move to version 2",
     )
     assert cluster.get("Deployment", "cancer-canary", "apps/v1") is None
+    # the served-by label moves with the version served
+    wait_for(
+        lambda: (
+            served_by(cluster) == {"cancer-v2": "stable"}
+            and cluster.status("ModelDeployment", "cancer")["servedModelVersions"] == ["cancer-v2"]
+        ),
+        "the served-by label and status to move to cancer-v2",
+        state=lambda: served_by(cluster),
+    )
+
+
+def served_by(cluster: Cluster, deployment: str = "cancer") -> dict[str, str]:
+    """ModelVersion name -> role, for the versions labelled served by ``deployment``."""
+    key = f"served-by.kubeloop.io/{deployment}"
+    return {
+        mv["metadata"]["name"]: mv["metadata"]["labels"][key]
+        for mv in cluster.list("ModelVersion")
+        if key in (mv["metadata"].get("labels") or {})
+    }
 
 
 NETWORK_POLICY = "networking.k8s.io/v1"
@@ -497,10 +549,14 @@ def test_canary_walks_steps_and_promotes(cluster, operator, store):
     publish(cluster, store, 2)
     seen: list[int] = []
 
+    labelled: list[dict[str, str]] = []
+
     def weights() -> bool:
         weight = routing(cluster).get("weight", 0)
         if not seen or seen[-1] != weight:
             seen.append(weight)
+        if not labelled or labelled[-1] != served_by(cluster):
+            labelled.append(served_by(cluster))
         return cluster.status("ModelDeployment", "cancer").get("stableVersion") == 2
 
     wait_for(
@@ -511,6 +567,9 @@ def test_canary_walks_steps_and_promotes(cluster, operator, store):
         state=lambda: cluster.get("ModelDeployment", "cancer"),
     )
     assert [w for w in seen if w] == [20, 60]
+    # during the canary both versions were labelled; after it only the new stable one
+    assert {"cancer-v1": "stable", "cancer-v2": "canary"} in labelled
+    wait_for(lambda: served_by(cluster) == {"cancer-v2": "stable"}, "cancer-v1 unlabelled")
     assert routing(cluster)["weight"] == 0
     wait_for(
         lambda: cluster.get("Deployment", "cancer-canary", "apps/v1") is None,

@@ -559,8 +559,32 @@ def test_artifacts_claim_created_and_kept():
 def test_fullname_override_and_long_release_names():
     docs = render(release="a-very-long-release-name-for-kubeloop-in-production")
     for doc in docs:
-        # DNS labels where the kind needs one; RBAC names may be longer.
-        limit = 253 if doc["kind"].endswith(("Role", "RoleBinding")) else 63
+        # DNS labels where the kind needs one; RBAC and admission policy names (DNS
+        # subdomains) may be longer.
+        longer = ("Role", "RoleBinding", "AdmissionPolicy", "AdmissionPolicyBinding")
+        limit = 253 if doc["kind"].endswith(longer) else 63
         assert len(doc["metadata"]["name"]) <= limit, doc["metadata"]["name"]
     names = {d["metadata"]["name"] for d in render(sets={"fullnameOverride": "ml"})}
     assert {"ml-operator", "ml-operator-webhook", "ml-webhook", "ml-rules"} <= names
+
+
+def test_served_versions_policy_guards_delete_of_modelversions_in_watched_namespaces():
+    docs = render(sets={"watch": {"namespaces": ["ml", "prod"]}})
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["operations"], rule["resources"]) == (
+        ["kubeloop.io"],
+        ["DELETE"],
+        ["modelversions"],
+    )
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    (scope,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert scope["values"] == ["ml", "prod"]
+    wide = one(render(sets={"watch": {"clusterWide": True}}), "ValidatingAdmissionPolicyBinding")
+    assert "matchResources" not in wide["spec"]
+    off = render(sets={"servedVersionProtection": {"enabled": False}})
+    assert not find(off, "ValidatingAdmissionPolicy")
+    assert not find(off, "ValidatingAdmissionPolicyBinding")

@@ -142,7 +142,8 @@ the operator under these rules and fails on any 403.
 - apiGroups: [kubeloop.io]
   resources: [datasets, modeldeployments]
   verbs: [get, list, watch, patch]
-# TrainingJobs are created by the retrain policy, ModelVersions by finished TrainingJobs.
+# TrainingJobs are created by the retrain policy, ModelVersions by finished TrainingJobs;
+# a ModelDeployment labels the versions it serves (served-by.kubeloop.io/<name>).
 - apiGroups: [kubeloop.io]
   resources: [trainingjobs, modelversions]
   verbs: [get, list, watch, patch, create]

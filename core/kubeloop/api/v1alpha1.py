@@ -908,6 +908,12 @@ class ModelDeploymentStatus(StatusBase):
         description="Secret (key 'token') holding the bearer token that the serving pods "
         "require for feedback and model control.",
     )
+    served_model_versions: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="ModelVersions served now (stable, canary), each labelled "
+        "served-by.kubeloop.io/<deployment> so that they cannot be deleted.",
+    )
     last_retrain: RetrainRecord | None = Field(None, description="The last retrain.")
     retrain_keys: list[str] = Field(
         default_factory=list,

@@ -2,7 +2,8 @@
 
 Nothing here talks to the API server: handlers call these builders, then
 create or apply the result. Every child gets a deterministic name, an owner
-reference to its parent and the ``app.kubernetes.io`` labels.
+reference to its parent and the ``app.kubernetes.io`` labels — except a ModelVersion,
+which is a registry entry and outlives the TrainingJob that made it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ TRAINING_JOB_UID_LABEL = "kubeloop.io/training-job-uid"
 MODEL_LABEL = "kubeloop.io/model"
 DEPLOYMENT_LABEL = "kubeloop.io/model-deployment"
 ROLE_LABEL = "kubeloop.io/role"
+#: ``served-by.kubeloop.io/<deployment>: stable|canary`` on each ModelVersion a
+#: ModelDeployment serves: one key per deployment, since one version may serve several.
+#: The chart's ValidatingAdmissionPolicy refuses to delete a version carrying one.
+SERVED_BY_PREFIX = "served-by.kubeloop.io/"
 SPEC_ANNOTATION = "kubeloop.io/spec"
 SPEC_DIR = "/etc/kubeloop"
 SPEC_FILE = "spec.json"
@@ -295,22 +300,32 @@ def build_trainer_job(
     return _job(tj, template, settings)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What a finished trainer Job tells about its model: the Job's result, the model's
+    metadata file (:attr:`ArtifactLayout.METADATA`, None when unreadable), the data
+    version and the image that trained it."""
+
+    result: JobResult
+    metadata: dict[str, Any] | None
+    data_version: str
+    image: str | None
+
+
 def build_model_version(
     tj: dict[str, Any],
     spec: TrainingJobSpec,
     version: int,
     name: str,
-    summary: JobResult,
-    data_version: str,
-    metadata: dict[str, Any] | None,
+    trained: Trained,
 ) -> dict[str, Any]:
     """The ModelVersion a successful TrainingJob publishes.
 
-    ``summary`` is the trainer's Job result; ``metadata`` is its model metadata
-    file (:attr:`ArtifactLayout.METADATA`) when the operator could read it (for
-    the tensor schema).
+    No owner reference: the version is a registry entry that may be serving, so deleting
+    the TrainingJob must not delete it; ``lineage.trainingJob`` keeps the reference.
     """
     meta = tj["metadata"]
+    summary, metadata = trained.result, trained.metadata
     mv_spec: dict[str, Any] = {
         "modelName": spec.model_name,
         "version": version,
@@ -319,11 +334,13 @@ def build_model_version(
         "metrics": summary.metrics or {},
         "lineage": {
             "dataset": spec.dataset_ref.name,
-            "datasetVersion": data_version,
+            "datasetVersion": trained.data_version,
             "trainingJob": meta["name"],
-            "params": spec.estimator.params or {},
+            "params": lineage_params(spec, metadata),
         },
     }
+    if trained.image:
+        mv_spec["lineage"]["image"] = trained.image
     if summary.profile_uri:
         mv_spec["profileUri"] = summary.profile_uri
     if summary.comparison is not None:
@@ -339,9 +356,46 @@ def build_model_version(
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelVersion",
-        "metadata": _meta(tj, name, lbls),
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": lbls},
         "spec": mv_spec,
     }
+
+
+def lineage_params(spec: TrainingJobSpec, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters the model was trained with: the requested ones and, after a search,
+    the winner's value of each searched parameter (from the model's own lineage)."""
+    params = dict(spec.estimator.params or {})
+    if spec.search is None or not metadata:
+        return params
+    fitted = (metadata.get("lineage") or {}).get("params") or {}
+    params.update({k: fitted[k] for k in spec.search.space if k in fitted})
+    return params
+
+
+def served_by_label(md_name: str) -> str:
+    """The label a ModelDeployment keeps on each ModelVersion it serves."""
+    return f"{SERVED_BY_PREFIX}{md_name}"
+
+
+def served_label_patches(
+    md_name: str,
+    previous: Sequence[str],
+    desired: dict[str, str],
+    labels: dict[str, dict[str, str]],
+) -> dict[str, str | None]:
+    """The ``served-by`` label value to set (or None: remove) per ModelVersion name.
+
+    ``previous`` names the versions labelled last time (the deployment's status),
+    ``desired`` maps each version served now to its role, and ``labels`` holds the
+    current labels of the versions the operator has at hand; a version whose label
+    already says its role needs no patch.
+    """
+    key = served_by_label(md_name)
+    patches: dict[str, str | None] = {n: None for n in previous if n not in desired}
+    for name, role in desired.items():
+        if labels.get(name, {}).get(key) != role:
+            patches[name] = role
+    return patches
 
 
 # ----------------------------------------------------------------------- serving

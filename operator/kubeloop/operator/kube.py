@@ -136,11 +136,16 @@ class Kube:
 
     def patch_metadata(
         self, api_version: str, kind: str, namespace: str, name: str, metadata: dict[str, Any]
-    ) -> None:
-        """Merge-patch metadata (labels, annotations; None removes a key)."""
-        self._resource(api_version, kind).patch(
-            body={"metadata": metadata},
-            name=name,
-            namespace=namespace,
-            content_type="application/merge-patch+json",
-        )
+    ) -> bool:
+        """Merge-patch metadata (labels, annotations; None removes a key); False when the
+        object is gone."""
+        try:
+            self._resource(api_version, kind).patch(
+                body={"metadata": metadata},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+            )
+        except NotFoundError:
+            return False
+        return True

@@ -12,6 +12,7 @@ from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobS
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, SOURCE_URL_ENV, JobResult
 from kubeloop.operator import builders
+from kubeloop.operator.builders import Trained
 from kubeloop.operator.settings import OperatorSettings
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -77,9 +78,7 @@ def test_trainer_job_carries_the_spec_and_never_retries_a_verdict(settings):
     assert job["metadata"]["name"] == builders.trainer_job_name(tj) == "demo-train-01234"
 
 
-def test_model_version_records_lineage(settings):
-    tj = parent("TrainingJob")
-    spec = TrainingJobSpec.model_validate(tj["spec"])
+def trained(metadata: dict | None = None, image: str | None = "kubeloop-trainer:1") -> Trained:
     summary = JobResult(
         kind="train",
         status="succeeded",
@@ -87,13 +86,64 @@ def test_model_version_records_lineage(settings):
         sha256="a" * 64,
         metrics={"f1": 0.97},
     )
-    mv = builders.build_model_version(
-        tj, spec, 3, "breast-cancer-v3", summary, "sha256:" + "b" * 64, None
-    )
+    return Trained(summary, metadata, "sha256:" + "b" * 64, image)
+
+
+def test_model_version_records_lineage_and_outlives_its_training_job():
+    tj = parent("TrainingJob")
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    mv = builders.build_model_version(tj, spec, 3, "breast-cancer-v3", trained())
     assert mv["spec"]["version"] == 3
-    assert mv["spec"]["lineage"]["trainingJob"] == "demo"
+    lineage = mv["spec"]["lineage"]
+    assert lineage["trainingJob"] == "demo"
+    assert lineage["image"] == "kubeloop-trainer:1"
+    assert lineage["datasetVersion"] == "sha256:" + "b" * 64
+    assert lineage["params"] == (spec.estimator.params or {})
     assert mv["metadata"]["labels"]["kubeloop.io/training-job-uid"] == "0123456789abcdef"
     assert mv["metadata"]["labels"]["kubeloop.io/model"] == "breast-cancer"
+    # a registry entry: deleting the TrainingJob must not garbage-collect it
+    assert "ownerReferences" not in mv["metadata"]
+    without = builders.build_model_version(tj, spec, 3, "v3", trained(image=None))
+    assert "image" not in without["spec"]["lineage"]
+
+
+def test_lineage_params_are_the_search_winners():
+    tj = parent("TrainingJob")
+    tj["spec"]["estimator"] = {"className": "RandomForestClassifier", "params": {"max_depth": 3}}
+    tj["spec"]["search"] = {"space": {"n_estimators": [10, 50], "max_depth": [2, 3]}}
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    fitted = {"n_estimators": 50, "max_depth": 2, "criterion": "gini"}
+    metadata = {"lineage": {"params": fitted}}
+    assert builders.lineage_params(spec, metadata) == {"n_estimators": 50, "max_depth": 2}
+    # metadata unreadable: the requested parameters, never an invented winner
+    assert builders.lineage_params(spec, None) == {"max_depth": 3}
+    tj["spec"].pop("search")
+    plain = TrainingJobSpec.model_validate(tj["spec"])
+    assert builders.lineage_params(plain, metadata) == {"max_depth": 3}
+
+
+def test_served_label_patches_move_the_label_with_the_versions():
+    key = builders.served_by_label("demo")
+    assert key == "served-by.kubeloop.io/demo"
+    labels = {"m-v1": {key: "stable"}, "m-v2": {}}
+    # v2 becomes the canary: label it, leave v1 alone
+    assert builders.served_label_patches(
+        "demo", ["m-v1"], {"m-v1": "stable", "m-v2": "canary"}, labels
+    ) == {"m-v2": "canary"}
+    # promoted: v2 is stable, v1 loses the label
+    labels = {"m-v1": {key: "stable"}, "m-v2": {key: "canary"}}
+    assert builders.served_label_patches("demo", ["m-v1", "m-v2"], {"m-v2": "stable"}, labels) == {
+        "m-v1": None,
+        "m-v2": "stable",
+    }
+    # nothing changed: no patch; another deployment's label is not ours
+    labels = {"m-v2": {key: "stable", "served-by.kubeloop.io/other": "canary"}}
+    assert builders.served_label_patches("demo", ["m-v2"], {"m-v2": "stable"}, labels) == {}
+    # the deployment goes: every version it labelled loses the label
+    assert builders.served_label_patches("demo", ["m-v2", "x-v1"], {}, labels) == {
+        "m-v2": None,
+        "x-v1": None,
+    }
 
 
 def serving_version(version: int) -> dict:

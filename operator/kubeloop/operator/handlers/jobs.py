@@ -69,11 +69,13 @@ def blocked(kube: Kube, job: dict[str, Any], container: str = TRAINER_CONTAINER)
 
 @dataclass(frozen=True)
 class Finished:
-    """A Job that has finished: how, and the result its container reported (None: a crash)."""
+    """A Job that has finished: how, the result its container reported (None: a crash),
+    and the image that container ran."""
 
     state: JobState
     result: JobResult | None
     failure: str
+    image: str | None = None
 
     @property
     def reason(self) -> str:
@@ -84,4 +86,11 @@ class Finished:
 def outcome(kube: Kube, job: dict[str, Any]) -> Finished:
     """How a finished Job ended and what its container reported (reads its pods)."""
     message = termination_message(kube, job, TRAINER_CONTAINER)
-    return Finished(job_state(job), JobResult.from_message(message), job_failure(job))
+    result = JobResult.from_message(message)
+    return Finished(job_state(job), result, job_failure(job), job_image(job, TRAINER_CONTAINER))
+
+
+def job_image(job: dict[str, Any], container: str) -> str | None:
+    """The image the Job's pod template gives ``container``."""
+    containers = job.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    return next((c.get("image") for c in containers if c.get("name") == container), None)

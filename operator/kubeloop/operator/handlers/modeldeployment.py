@@ -24,7 +24,9 @@ from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
     Reconcile,
+    context,
     parse_spec,
+    plain,
     run_reconcile,
     versions_of,
 )
@@ -364,6 +366,21 @@ def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
     rec.status["feedbackTokenSecret"] = secret["metadata"]["name"]
 
 
+def _label_served(
+    ctx: Context, rec: Reconcile, versions: list[dict[str, Any]], served: dict[str, str]
+) -> None:
+    """Keep ``served-by.kubeloop.io/<deployment>`` on exactly the versions served now (the
+    chart's admission policy refuses to delete those), and name them in status."""
+    labels = {mv["metadata"]["name"]: mv["metadata"].get("labels") or {} for mv in versions}
+    previous = rec.status.get("servedModelVersions") or []
+    patches = builders.served_label_patches(rec.name, previous, served, labels)
+    key = builders.served_by_label(rec.name)
+    for name, role in patches.items():
+        patch = {"labels": {key: role}}
+        ctx.kube.patch_metadata(API_VERSION, "ModelVersion", rec.namespace, name, patch)
+    rec.status["servedModelVersions"] = sorted(served)
+
+
 def _progress(state: dict[str, Any], weight: int) -> tuple[str, str]:
     """The Progressing condition's reason and message for a running canary: the last
     analysis check's outcome, naming the metrics without data when weight is held."""
@@ -436,6 +453,10 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         ctx,
         builders.serving_children(rec.body, spec, stable_mv, canary_mv, weight, ctx.settings),
     )
+    served = {stable_mv["metadata"]["name"]: "stable"}
+    if canary_mv is not None:
+        served[canary_mv["metadata"]["name"]] = "canary"
+    _label_served(ctx, rec, versions, served)
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
     stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
     _degraded(rec, state)
@@ -453,3 +474,22 @@ def reconcile_modeldeployment(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)
+
+
+@kopf.on.delete(GROUP, VERSION, "modeldeployments")
+def release_served_versions(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Take the deployment's ``served-by`` label off its versions, so they may be deleted
+    once the deployment is gone (its children go with their owner reference)."""
+    ctx, md = context(memo), plain(body)
+    meta, status = md["metadata"], md.get("status") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    key = builders.served_by_label(name)
+    model = (md.get("spec") or {}).get("modelName")
+    labelled = [
+        mv["metadata"]["name"]
+        for mv in (versions_of(ctx.kube, namespace, model) if model else [])
+        if key in (mv["metadata"].get("labels") or {})
+    ]
+    for mv_name in {*labelled, *(status.get("servedModelVersions") or [])}:
+        patch = {"labels": {key: None}}
+        ctx.kube.patch_metadata(API_VERSION, "ModelVersion", namespace, mv_name, patch)

@@ -36,6 +36,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     (but a ``kubeloop.io/clear-rejection`` annotation is acted on whenever it appears)."""
     spec = parse_spec(ModelVersionSpec, rec)
     _clear_rejection(ctx, rec)
+    _disown(ctx, rec)
     if rec.status.get("verifiedSha256") == spec.artifact.sha256:
         return  # the spec is immutable: once verified, always verified
     uri = spec.artifact.uri
@@ -73,6 +74,20 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
 )
 def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)
+
+
+def _disown(ctx: Context, rec: Reconcile) -> None:
+    """Drop an owner reference to a TrainingJob (versions made before the registry outlived
+    its jobs had one), so deleting the job never deletes the version."""
+    owners = rec.body["metadata"].get("ownerReferences") or []
+    kept = [
+        o
+        for o in owners
+        if not (o.get("kind") == "TrainingJob" and str(o.get("apiVersion")).startswith(f"{GROUP}/"))
+    ]
+    if len(kept) != len(owners):
+        patch = {"ownerReferences": kept or None}
+        ctx.kube.patch_metadata(API_VERSION, KIND, rec.namespace, rec.name, patch)
 
 
 def _clear_rejection(ctx: Context, rec: Reconcile) -> None:

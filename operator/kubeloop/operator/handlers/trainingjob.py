@@ -178,15 +178,19 @@ def rejection_reason(summary: JobResult) -> str:
     return "GateRejected"
 
 
-def _publish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, summary: JobResult) -> None:
+def _publish(
+    ctx: Context, rec: Reconcile, spec: TrainingJobSpec, summary: JobResult, image: str | None
+) -> None:
     """Create the ModelVersion of the trained artifact and point the status at it."""
-    data_version = str(rec.status.get("datasetVersion") or "")
-    metadata = read_metadata(summary)
+    trained = builders.Trained(
+        result=summary,
+        metadata=read_metadata(summary),
+        data_version=str(rec.status.get("datasetVersion") or ""),
+        image=image,
+    )
 
     def build(version: int, name: str) -> dict[str, Any]:
-        return builders.build_model_version(
-            rec.body, spec, version, name, summary, data_version, metadata
-        )
+        return builders.build_model_version(rec.body, spec, version, name, trained)
 
     mv = allocate_model_version(ctx.kube, rec.body, spec, build)
     name, version = mv["metadata"]["name"], int(mv["spec"]["version"])
@@ -214,7 +218,7 @@ def _finish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, done: Finished)
             NO_ARTIFACT if done.state == "Succeeded" else done.reason,
         )
     else:
-        _publish(ctx, rec, spec, summary)
+        _publish(ctx, rec, spec, summary, done.image)
 
 
 def reconcile(ctx: Context, rec: Reconcile) -> None:
