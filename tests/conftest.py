@@ -1,5 +1,6 @@
 """Every tier: the shared helper modules beside this file (``needs``, ``helmchart``,
-``postgres``) and the ``postgres`` fixture (a real PostgreSQL server per session).
+``postgres``, ``loop_objects``) and the ``postgres`` fixture (a real PostgreSQL server per
+session).
 
 ``--import-mode=importlib`` puts no test folder on ``sys.path``; the helpers every tier
 imports by name live here.

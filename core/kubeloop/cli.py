@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubeloop.trainer.cli:train",
         "Train a scikit-learn model, export it to ONNX, check parity and write its artifacts.",
     ),
+    "status": (
+        "kubeloop.operator.status_cli:status",
+        "Show a model's loop: datasets, training jobs, versions, rollout, drift.",
+    ),
     "rules": (
         "kubeloop.operator.alerts.cli:rules",
         "Print the Prometheus alert rules that trigger retraining (see docs/monitoring.md).",
@@ -51,6 +55,7 @@ INSTALLS: dict[str, str] = {
     "cluster": "it needs a Kubeloop checkout with `make setup` (the devcluster extra, in no image)",
     "operator": "it runs in the kubeloop-operator image, or install the [operator] extra",
     "rules": "it runs in the kubeloop-operator image, or install the [operator] extra",
+    "status": "install the [operator] extra (it reads the API server with the operator's client)",
     "serve": "it runs in the kubeloop-serving image, or install the [serving] extra",
     "snapshot": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
     "train": "it runs in the kubeloop-trainer image, or install the [trainer] extra",

@@ -34,6 +34,24 @@ def load_config() -> client.ApiClient:
     return client.ApiClient()
 
 
+def user_config(
+    kubeconfig: str | None = None, context: str | None = None
+) -> tuple[client.ApiClient, str | None]:
+    """For a person's command: the kubeconfig (``KUBECONFIG`` or ``~/.kube/config``) with
+    its context's namespace, else the pod's service account (namespace None).
+
+    Raises ``config.ConfigException`` when there is neither.
+    """
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context)
+    except (config.ConfigException, FileNotFoundError):
+        config.load_incluster_config()
+        return client.ApiClient(), None
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
+    return client.ApiClient(), (chosen or {}).get("context", {}).get("namespace")
+
+
 class Kube:
     """A thread-safe facade: kopf runs sync handlers in a thread pool."""
 

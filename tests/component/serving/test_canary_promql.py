@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from serving_helpers import Server, prometheus_scraping, serving, wait_for
+from serving_helpers import Server, free_port, prometheus_scraping, serving, wait_for
 
 from kubeloop.api.v1alpha1 import ModelDeploymentSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
+from kubeloop.operator.status_cli import read_drift
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "monitoring.md"
@@ -269,3 +270,24 @@ def test_a_canary_gone_shows_in_the_error_share_while_clients_are_served(fleet, 
         lambda: (scalar(fleet.prom, fleet.q["canary-error-share"]) or 0) > 0,
         timeout=60,
     )
+
+
+def test_kubeloop_status_reads_the_stable_pods_drift_per_feature(fleet, data_dir):
+    drift, note = read_drift(fleet.prom, "ml", ["cancer"])
+    assert note is None, note
+    features = set(pd.read_csv(data_dir / "cancer.csv").columns) - {"target"}
+    assert {d.feature for d in drift} == features
+    assert all(d.deployment == "cancer" and d.score >= 0 for d in drift)
+    threshold = yaml.safe_load((ROOT / "examples" / "modeldeployment.yaml").read_text())["spec"][
+        "monitoring"
+    ]["drift"]["threshold"]
+    assert {d.threshold for d in drift} == {threshold}
+    # a deployment without traffic has no series yet; a Prometheus that is not there, a note
+    assert read_drift(fleet.prom, "ml", ["nothing"]) == (
+        [],
+        "no drift series yet (no traffic, or not scraped)",
+    )
+    closed = f"http://127.0.0.1:{free_port()}"
+    drift, note = read_drift(closed, "ml", ["cancer"])
+    assert drift == []
+    assert str(note).startswith(f"Prometheus at {closed} did not answer")
