@@ -117,3 +117,17 @@ def test_shuffled_labels_canary_is_rolled_back(demo: Demo, summary: Summary) -> 
     mv = demo.status("ModelVersion", "breast-cancer-v4")
     rejected = next(c for c in mv["conditions"] if c["type"] == "Rejected")
     assert (rejected["status"], rejected["reason"]) == ("True", "AnalysisFailed")
+
+
+def test_kubeloop_status_shows_the_loop_at_the_end(summary: Summary) -> None:
+    loop = summary.loop
+    assert loop is not None
+    assert [v.version for v in loop.versions] == [4, 3, 2, 1]
+    rejected = loop.versions[0].rejected
+    assert rejected is not None
+    assert "version 4 rolled back" in rejected
+    assert loop.versions[1].served_by == {"breast-cancer": "stable"}
+    (deployment,) = loop.deployments
+    assert (deployment.stable, deployment.canary) == (3, None)
+    assert loop.drift, loop.drift_note  # read from the demo's Prometheus
+    assert "Model versions" in summary.loop_text

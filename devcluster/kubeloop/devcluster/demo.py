@@ -18,6 +18,7 @@ labels discovery would give) and the documented relabelling does the rest.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -38,6 +39,7 @@ import click
 import httpx
 import pandas as pd
 import yaml
+from rich.console import Console
 
 from kubeloop.devcluster import realnode
 from kubeloop.devcluster.binaries import Binaries, MissingBinaryError, repo_root
@@ -50,6 +52,9 @@ from kubeloop.devcluster.monitoring import (
 )
 from kubeloop.devcluster.node import NodeConfig
 from kubeloop.operator.alerts.rules import RuleOptions, render
+from kubeloop.operator.kube import user_config
+from kubeloop.operator.loopview import ModelLoop
+from kubeloop.operator.status_cli import snapshot, view
 
 T = TypeVar("T")
 
@@ -90,6 +95,9 @@ class Summary:
     #: the guard stage: (version rolled back, the failed check) and what served afterwards
     rolled_back: tuple[int, str] | None = None
     after_rollback: Counter[str] = field(default_factory=Counter)
+    #: `kubeloop status` of the demo model at the end, and the tables it printed
+    loop: ModelLoop | None = None
+    loop_text: str = ""
 
 
 def _root() -> Path:
@@ -218,9 +226,19 @@ class Demo:
             self.canary()
             self.drift_to_retrain()
             self.guard()
+            self.loop_status()
         finally:
             self.stop_monitoring()
         return self.summary
+
+    def loop_status(self) -> None:
+        """What `kubeloop status` shows of the demo model now, drift read from the demo's
+        Prometheus while it still runs."""
+        api, _ = user_config(str(self.kubeconfig))
+        loops = snapshot(api, self.namespace, MODEL, self.prom_url, limit=10)
+        console = Console(width=140, record=True, file=io.StringIO())
+        console.print(view(loops, MODEL, self.namespace))
+        self.summary.loop, self.summary.loop_text = loops[0], console.export_text()
 
     def cluster(self) -> None:
         with self.stage(
@@ -802,6 +820,8 @@ def report(summary: Summary, demo: Demo) -> str:
         lines.append(f"Guard: rolled back version {number}: {check}")
         lines.append(f"  answered afterwards by {dict(sorted(summary.after_rollback.items()))}")
     lines.append(f"Serving now: version {summary.final_stable}")
+    if summary.loop_text:
+        lines += [f"kubeloop status {MODEL} -n {demo.namespace}", summary.loop_text.rstrip()]
     lines.append("Stages")
     for title, took in summary.stages:
         lines.append(f"  {took:7.1f}s  {title.split(':')[0]}")
@@ -811,6 +831,7 @@ def report(summary: Summary, demo: Demo) -> str:
         "Look around:",
         f"  export KUBECONFIG={demo.kubeconfig}",
         f"  {demo.bins['kubectl']} -n {demo.namespace} get kubeloop,pods",
+        f"  .venv/bin/kubeloop status {MODEL} -n {demo.namespace}",
         "Tear it down: make demo-down",
     ]
     return "\n".join(lines)
