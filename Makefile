@@ -51,6 +51,14 @@ crds: setup ## Regenerate crds/ from the typed API models.
 verify-crds: setup ## Fail when crds/ differs from what the models generate.
 	$(BIN)/python -m kubeloop.api.crdgen --check crds
 
+.PHONY: dashboards
+dashboards: setup ## Regenerate the Grafana dashboards (charts/kubeloop/dashboards/) from their code.
+	$(BIN)/python -m kubeloop.operator.dashboards charts/kubeloop/dashboards
+
+.PHONY: verify-dashboards
+verify-dashboards: setup ## Fail when charts/kubeloop/dashboards/ differs from what the code generates.
+	$(BIN)/python -m kubeloop.operator.dashboards --check charts/kubeloop/dashboards
+
 .PHONY: unit
 unit: setup ## Run the unit tests only.
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
@@ -103,7 +111,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds verify-dashboards toolchain monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

@@ -123,11 +123,16 @@ class Rollout:
         return server, pod
 
     def scrape(self, targets: list[tuple[Any, dict[str, Any]]]) -> Daemon:
-        """Prometheus on the port the operator was told, scraping the serving processes."""
+        """Prometheus on the port the operator was told, scraping the serving processes and
+        the operator."""
         static = [discovered_pod(s.url.removeprefix("http://"), pod) for s, pod in targets]
         rules = rules_file(self.workdir)
+        operator = {  # the operator's own metrics, as a ServiceMonitor would scrape them
+            "job_name": "kubeloop-operator",
+            "static_configs": [{"targets": [f"127.0.0.1:{self.operator.metrics_port}"]}],
+        }
         prom = prometheus(
-            self.workdir, rules, free_port(), [serving_job(static_configs=static)],
+            self.workdir, rules, free_port(), [serving_job(static_configs=static), operator],
             port=self.prometheus_port,
         )  # fmt: skip
         self.stack.callback(prom.stop)

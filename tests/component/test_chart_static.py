@@ -588,3 +588,24 @@ def test_served_versions_policy_guards_delete_of_modelversions_in_watched_namesp
     off = render(sets={"servedVersionProtection": {"enabled": False}})
     assert not find(off, "ValidatingAdmissionPolicy")
     assert not find(off, "ValidatingAdmissionPolicyBinding")
+
+
+def test_dashboards_ship_as_configmaps_for_the_grafana_sidecar():
+    from kubeloop.operator.dashboards import dashboards, to_json
+
+    docs = render(sets={"dashboards": {"annotations": {"grafana_folder": "Kubeloop"}}})
+    maps = {
+        d["metadata"]["name"]: d
+        for d in find(docs, "ConfigMap")
+        if d["metadata"]["name"].endswith("-dash")
+    }
+    assert set(maps) == {"kubeloop-deployment-dash", "kubeloop-operator-dash"}
+    shipped = {}
+    for cm in maps.values():
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "Kubeloop"}
+        shipped.update(cm["data"])
+    # the chart ships exactly what the code generates (make verify-dashboards keeps it so)
+    assert shipped == {name: to_json(d).rstrip("\n") for name, d in dashboards().items()}
+    off = render(sets={"dashboards": {"enabled": False}})
+    assert not [d for d in find(off, "ConfigMap") if d["metadata"]["name"].endswith("-dash")]

@@ -67,6 +67,8 @@ CHANGED: dict[str, Any] = {
     "alertReceiver.service.type": "NodePort",
     "prometheusRule.namespace": "monitoring",
     "rulesConfigMap.namespace": "monitoring",
+    "dashboards.namespace": "monitoring",
+    "dashboards.labels.grafana_dashboard": "yes",
     "canaryAnalysis.prometheusUrl": "http://prometheus.monitoring:9090",
     "canaryAnalysis.bearerTokenSecret.name": "prometheus-reader",
     "canaryAnalysis.bearerTokenSecret.key": "bearer",

@@ -16,6 +16,7 @@ import click
 import kopf
 from prometheus_client import start_http_server
 
+from kubeloop.operator import metrics
 from kubeloop.operator.alerts import receiver
 from kubeloop.operator.handlers import (  # noqa: F401  (registers the handlers)
     dataset,
@@ -42,6 +43,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 8
     operator_settings = OperatorSettings()
     memo["ctx"] = Context(settings=operator_settings, kube=Kube())
+    metrics.zero_series()
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port)
 

@@ -41,3 +41,33 @@ ANALYSIS_CHECKS = Counter(
     "Canary analysis checks by result (Pass, Fail, NoData).",
     ["result"],
 )
+
+
+def zero_series() -> None:
+    """Create every known label set at 0 when the operator starts.
+
+    A counter series that first appears at 1 has no earlier sample, so ``increase()`` and
+    ``rate()`` miss its first event (a dashboard's rollout annotation would miss the first
+    rollback); created at 0, every event shows.
+    """
+    from typing import get_args
+
+    from kubeloop.api.v1alpha1 import CheckOutcome
+    from kubeloop.operator.retrain import Decision, TriggerKind
+
+    kinds = ("Dataset", "TrainingJob", "ModelVersion", "ModelDeployment")
+    for kind in kinds:
+        RECONCILE_SECONDS.labels(kind=kind)
+        for result in ("ok", "retry", "invalid", "error"):
+            RECONCILES.labels(kind=kind, result=result)
+    for child in ("Job", "ModelVersion", "TrainingJob"):
+        CHILDREN_CREATED.labels(kind=child)
+    for decision in get_args(Decision):
+        for trigger in get_args(TriggerKind):
+            RETRAIN_DECISIONS.labels(decision=decision, trigger=trigger)
+    for status in ("firing", "resolved"):
+        ALERTS_RECEIVED.labels(status=status)
+    for outcome in ("promoted", "rolled_back"):
+        ROLLOUTS.labels(result=outcome)
+    for check in get_args(CheckOutcome):
+        ANALYSIS_CHECKS.labels(result=check)

@@ -23,6 +23,7 @@ from kubeloop.api.v1alpha1 import ModelDeploymentSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.devcluster.monitoring import discovered_pod, serving_job
 from kubeloop.operator import builders
+from kubeloop.operator.dashboards import deployment_dashboard
 from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.status_cli import read_drift
 
@@ -291,3 +292,14 @@ def test_kubeloop_status_reads_the_stable_pods_drift_per_feature(fleet, data_dir
     drift, note = read_drift(closed, "ml", ["cancer"])
     assert drift == []
     assert str(note).startswith(f"Prometheus at {closed} did not answer")
+
+
+def test_the_dashboards_canary_forwards_query_reads_the_forwarding_stable(fleet):
+    (panel,) = [p for p in deployment_dashboard().panels if p.title == "Canary forwards by outcome"]
+    expr = panel.targets[0].expr.replace("$namespace", "ml").replace("$deployment", "cancer")
+    found = query(fleet.prom, expr.replace("$__rate_interval", "1m"))
+    outcomes = {(r["metric"]["version"], r["metric"]["outcome"]): r["value"][1] for r in found}
+    assert set(outcomes) == {
+        ("2", o) for o in ("ok", "client_error", "server_error", "unreachable")
+    }
+    assert float(outcomes[("2", "ok")]) > 0
