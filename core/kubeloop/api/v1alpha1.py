@@ -24,7 +24,7 @@ from kubeloop.api.base import (
     Rule,
     StatusBase,
 )
-from kubeloop.contracts.estimators import ESTIMATORS, Task
+from kubeloop.contracts.frameworks import ESTIMATORS, Task
 
 #: Metrics the trainer reports on the held-out split, by task (gate and search keys).
 METRICS: dict[Task, tuple[str, ...]] = {
@@ -373,7 +373,7 @@ class TrainingJobSpec(KubeModel):
                 f"self.estimator.className in {_cel_list(ESTIMATORS['regression'])}"
             ),
             message=(
-                "estimator.className must name an allow-listed scikit-learn estimator for the "
+                "estimator.className must name an allow-listed estimator for the "
                 f"task (classification: {', '.join(ESTIMATORS['classification'])}; "
                 f"regression: {', '.join(ESTIMATORS['regression'])})"
             ),
