@@ -11,6 +11,7 @@ library's own words instead of after loading the data.
 from __future__ import annotations
 
 import importlib
+import re
 import warnings
 from typing import Any, ClassVar
 
@@ -28,10 +29,17 @@ class SpecError(Exception):
     """A training request that cannot work; raised before any training."""
 
 
+#: The time and source location native libraries (XGBoost) put before a message.
+NATIVE_PREFIX = re.compile(r"^\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+#: The source location native libraries (LightGBM) put after a message.
+NATIVE_SUFFIX = re.compile(r" at \S+, line \d+ ?\.?$")
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception as one line (native libraries append stack traces)."""
+    """An exception as one line (native libraries prefix a source location and append a
+    stack trace)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return NATIVE_SUFFIX.sub("", NATIVE_PREFIX.sub("", lines[0])) if lines else type(exc).__name__
 
 
 def tiny_sample(task: Task) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:

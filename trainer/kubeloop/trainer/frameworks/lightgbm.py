@@ -11,13 +11,18 @@ carries the same thresholds.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from kubeloop.contracts.frameworks import Estimator, lightgbm
+from kubeloop.contracts.frameworks import Estimator, Task, lightgbm
 from kubeloop.trainer.frameworks.base import Adapter
 
 
@@ -46,8 +51,40 @@ def float32_thresholds(model: str) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def native_stderr_discarded() -> Iterator[None]:
+    """Discard what native code writes to file descriptor 2 meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@cache
+def quiet() -> None:
+    """Send LightGBM's native log lines (fatal errors too) to a Python logger instead of
+    stdout: a failed check is reported once, as the trainer's one-line error."""
+    import lightgbm as lgb
+
+    lgb.register_logger(logging.getLogger(__name__))
+
+
 class LightGBMAdapter(Adapter):
     libraries: ClassVar[tuple[str, ...]] = ("lightgbm", "onnxmltools")
+
+    def estimator_class(self, estimator: Estimator) -> type[BaseEstimator]:
+        quiet()
+        return super().estimator_class(estimator)
+
+    def check(self, made: BaseEstimator, task: Task, where: str) -> None:
+        # LightGBM also prints a failed check to the process's stderr, past any logger.
+        with native_stderr_discarded():
+            super().check(made, task, where)
 
     def defaults(self, estimator: Estimator) -> dict[str, Any]:
         # No C++ log lines on stdout; one thread: deterministic, and a Job's CPU limit.
