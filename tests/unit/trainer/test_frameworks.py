@@ -291,3 +291,20 @@ def rows_on_rounded_up_thresholds(est: Any, frame: pd.DataFrame) -> pd.DataFrame
                 rows.append(row)
             stack += [node["left_child"], node["right_child"]]
     return pd.DataFrame(rows).astype(np.float32).reset_index(drop=True)
+
+
+def test_a_search_over_xgboost_clones_the_label_keeping_classifier(files, tmp_path):
+    body = spec("classification", "XGBClassifier", {"n_estimators": 20}).to_wire()
+    body["search"] = {"space": {"max_depth": [2, 3]}, "cv": 2, "metric": "roc_auc"}
+    run = train.Run(
+        spec=TrainingJobSpec.model_validate(body),
+        data_uri=str(files["binary"]),
+        out=str(tmp_path),
+        name="m",
+    )
+    assert train.train(run).status == "succeeded"
+    meta = ModelMetadata.model_validate_json((tmp_path / ArtifactLayout.METADATA).read_text())
+    assert sorted(t["params"]["max_depth"] for t in meta.search or []) == [2, 3]
+    assert meta.classes == ["benign", "malignant"]
+    assert meta.parity is not None
+    assert meta.parity.passed
