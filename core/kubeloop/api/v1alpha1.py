@@ -197,10 +197,14 @@ class DatasetRef(KubeModel):
 
 
 class Estimator(KubeModel):
-    """A scikit-learn estimator from the allow-list and its constructor parameters."""
+    """An allow-listed estimator (scikit-learn, XGBoost or LightGBM) and its constructor
+    parameters."""
 
     class_name: str = Field(
-        description="Estimator class, e.g. RandomForestClassifier (see the allow-list)."
+        description=(
+            "Estimator class, e.g. RandomForestClassifier, XGBClassifier or LGBMRegressor "
+            "(see the allow-list)."
+        )
     )
     params: FreeForm | None = Field(
         None, description="Constructor keyword arguments, e.g. {n_estimators: 100}."
