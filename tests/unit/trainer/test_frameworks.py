@@ -308,3 +308,22 @@ def test_a_search_over_xgboost_clones_the_label_keeping_classifier(files, tmp_pa
     assert meta.classes == ["benign", "malignant"]
     assert meta.parity is not None
     assert meta.parity.passed
+
+
+@pytest.mark.parametrize(
+    ("name", "objective"), [("XGBClassifier", "multi:softprob"), ("LGBMClassifier", "multiclass")]
+)
+def test_a_multiclass_objective_passes_the_check_and_trains(files, tmp_path, name, objective):
+    """The check fits on a three-class sample too: a param that suits only multiclass data
+    is not refused for the two-class one."""
+    model.make_estimator("classification", name, {"objective": objective}, 0)
+    run = train.Run(
+        spec=spec("classification", name, {"objective": objective, "n_estimators": 20}),
+        data_uri=str(files["multiclass"]),
+        out=str(tmp_path),
+        name="m",
+    )
+    assert train.train(run).status == "succeeded"
+    meta = ModelMetadata.model_validate_json((tmp_path / ArtifactLayout.METADATA).read_text())
+    assert meta.parity is not None
+    assert meta.parity.passed

@@ -4,7 +4,7 @@ An :class:`Adapter` holds the library side of one framework the core registry de
 (:mod:`kubeloop.contracts.frameworks`). The defaults here suit any estimator with the
 scikit-learn API; a framework overrides what differs. Params are checked with public APIs
 only: the names against the constructor's (``get_params`` of a default instance), the
-values by fitting on a tiny synthetic sample, so a bad value fails in a second with the
+values by fitting on tiny synthetic samples, so a bad value fails in a second with the
 library's own words instead of after loading the data.
 """
 
@@ -42,13 +42,15 @@ def one_line(exc: BaseException) -> str:
     return NATIVE_SUFFIX.sub("", NATIVE_PREFIX.sub("", lines[0])) if lines else type(exc).__name__
 
 
-def tiny_sample(task: Task) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """A small, well-behaved sample: three features, two balanced classes or a line."""
+def tiny_samples(task: Task) -> list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """Small, well-behaved samples of three features: two and three balanced classes (a
+    param may suit only one, e.g. a multiclass objective), or a noisy line."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(TINY_ROWS, 3))
     if task == "classification":
-        return x, (np.arange(TINY_ROWS) % 2).astype(np.int64)
-    return x, x @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.1, size=TINY_ROWS)
+        rows = np.arange(TINY_ROWS)
+        return [(x, (rows % 2).astype(np.int64)), (x, (rows % 3).astype(np.int64))]
+    return [(x, x @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.1, size=TINY_ROWS))]
 
 
 class Adapter:
@@ -99,14 +101,18 @@ class Adapter:
         return made
 
     def check(self, made: BaseEstimator, task: Task, where: str) -> None:
-        """Fit a copy on the tiny sample: a bad param value fails here, named by ``where``."""
-        x, y = tiny_sample(task)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                clone(made).fit(x, y)
-        except Exception as exc:  # whatever the library raises for a bad value
-            raise SpecError(f"{where}: {one_line(exc)}") from exc
+        """Fit a copy on the tiny samples: a param value no sample suits fails here, in the
+        library's words for the first, named by ``where``."""
+        failures: list[Exception] = []
+        for x, y in tiny_samples(task):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    clone(made).fit(x, y)
+                return
+            except Exception as exc:  # whatever the library raises for a bad value
+                failures.append(exc)
+        raise SpecError(f"{where}: {one_line(failures[0])}") from failures[0]
 
     def register(self) -> None:
         """Make skl2onnx able to convert this framework's estimators (skl2onnx's own: done)."""
