@@ -2,7 +2,8 @@
 #   kubeloop-operator  the kopf operator (`kubeloop operator`) and its Alertmanager receiver;
 #                      kopf and the Kubernetes client (no scikit-learn, no onnxruntime)
 #   kubeloop-trainer   `kubeloop snapshot` and `kubeloop train`, for snapshot and training Jobs;
-#                      scikit-learn, skl2onnx, onnxruntime, pandas, pyarrow (no kopf)
+#                      scikit-learn, XGBoost (xgboost-cpu), LightGBM, skl2onnx, onnxmltools,
+#                      onnxruntime, pandas, pyarrow (no kopf); libgomp1 for LightGBM
 #   kubeloop-serving   `kubeloop serve`, the inference server of serving pods;
 #                      FastAPI, uvicorn, onnxruntime (no scikit-learn, no kopf)
 # Build from the repository root, naming the component:
@@ -74,6 +75,15 @@ CMD ["operator", "--all-namespaces"]
 
 FROM runtime AS trainer
 LABEL org.opencontainers.image.description="Kubeloop dataset snapshots and training runs"
+# LightGBM links the system's OpenMP runtime, libgomp1 (xgboost-cpu and scikit-learn bundle
+# their own). hack/images.sh's local base has it already; a python:*-slim base gets it here.
+USER root
+RUN if ! ldconfig -p | grep -q 'libgomp\.so\.1'; then \
+      apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgomp1 \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
+USER 10001:10001
 CMD ["train", "--help"]
 
 FROM runtime AS serving

@@ -28,7 +28,8 @@ cd "$ROOT"
 CACHE=${KUBELOOP_CACHE:-$HOME/.cache/kubeloop}
 DEFAULT_BASE=python:3.11-slim-bookworm
 BASE_IMAGE=${BASE_IMAGE:-$DEFAULT_BASE}
-LOCAL_BASE=kubeloop-base:bookworm-python3
+# The tag names what it holds beyond python3: a base made before libgomp1 joined is not reused.
+LOCAL_BASE=kubeloop-base:bookworm-python3-gomp
 # The Debian mirror this host's apt already uses (deb822 or one-line sources).
 host_mirror() {
   { sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null
@@ -77,7 +78,7 @@ ensure_docker() {
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
 make_local_base() {
-  local tarball="$CACHE/images/base-bookworm-python3.tar"
+  local tarball="$CACHE/images/base-bookworm-python3-gomp.tar"
   if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || {
       say "installing debootstrap (Debian)"
@@ -85,8 +86,8 @@ make_local_base() {
     }
     local root
     root=$(mktemp -d "${TMPDIR:-/tmp}/kubeloop-rootfs.XXXXXX")
-    say "debootstrap bookworm (minbase + python3 + python3-venv) from $DEBIAN_MIRROR into $root"
-    debootstrap --variant=minbase --include=python3,python3-venv bookworm "$root" "$DEBIAN_MIRROR" \
+    say "debootstrap bookworm (minbase + python3 + python3-venv + libgomp1) from $DEBIAN_MIRROR into $root"
+    debootstrap --variant=minbase --include=python3,python3-venv,libgomp1 bookworm "$root" "$DEBIAN_MIRROR" \
       >"$CACHE/debootstrap.log" 2>&1 || {
       tail -20 "$CACHE/debootstrap.log" >&2
       rm -rf "$root"

@@ -121,6 +121,8 @@ VIOLATIONS = [
     violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
     violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
     violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),
+    violation(TJ, "estimator-boosted-not-for-task", "estimator.className", "XGBRegressor", SPEC[0]),
+    violation(TJ, "estimator-boosted-unknown", "estimator.className", "XGBRanker", SPEC[0]),
     violation(
         TJ,
         "compare-version-missing",
@@ -324,6 +326,50 @@ def test_a_modeldeployment_schema_violation_is_rejected_naming_the_field(
     message = rejection(info.value)
     assert field in message, message
     assert says in message, message
+
+
+@pytest.mark.parametrize(
+    ("task", "class_name"),
+    [
+        ("classification", "XGBClassifier"),
+        ("regression", "XGBRegressor"),
+        ("classification", "LGBMClassifier"),
+        ("regression", "LGBMRegressor"),
+    ],
+)
+def test_every_framework_s_estimators_are_accepted(
+    task: str, class_name: str, custom: client.CustomObjectsApi, namespace: str
+):
+    body = example(TJ)
+    body["spec"].update(task=task, estimator={"className": class_name}, gate={})
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL[TJ], body, dry_run="All"
+    )
+    assert created["spec"]["estimator"]["className"] == class_name
+
+
+def test_the_rejection_names_the_field_and_the_allow_list(
+    custom: client.CustomObjectsApi, namespace: str
+):
+    body = example(TJ)
+    body["spec"]["estimator"]["className"] = "SVC"
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL[TJ], body, dry_run="All"
+        )
+    message = rejection(info.value)
+    assert "spec.estimator.className: Invalid value" in message, message
+    assert "must name an allow-listed estimator for the task" in message, message
+    assert "XGBClassifier, LGBMClassifier" in message, message
+
+
+@pytest.mark.parametrize("manifest", ["trainingjob-xgboost.yaml", "trainingjob-lightgbm.yaml"])
+def test_each_framework_example_is_accepted(
+    manifest: str, custom: client.CustomObjectsApi, namespace: str
+):
+    body = yaml.safe_load((ROOT / "examples" / manifest).read_text())
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL[TJ], body)
+    assert created["spec"]["estimator"] == body["spec"]["estimator"]
 
 
 def test_the_https_example_is_accepted(custom: client.CustomObjectsApi, namespace: str):

@@ -119,17 +119,23 @@ def test_image_runs_as_uid_10001(component):
     assert inspect.stdout.strip() == "10001:10001"
 
 
+#: The gradient-boosting libraries: the trainer's alone.
+BOOSTED = {"xgboost", "xgboost_cpu", "lightgbm", "onnxmltools"}
 # Each image carries its own stack and none of the others' (by distribution name prefix).
 CONTENTS = {
     "serving": (
         {"onnxruntime", "fastapi"},
-        {"sklearn", "scikit_learn", "kopf", "skl2onnx", "pandas", "kubernetes"},
+        {"sklearn", "scikit_learn", "kopf", "skl2onnx", "pandas", "kubernetes", *BOOSTED},
     ),
     "operator": (
         {"kopf", "kubernetes"},
-        {"sklearn", "scikit_learn", "onnxruntime", "pandas", "pyarrow", "fastapi"},
+        {"sklearn", "scikit_learn", "onnxruntime", "pandas", "pyarrow", "fastapi", *BOOSTED},
     ),
-    "trainer": ({"sklearn", "skl2onnx"}, {"kopf", "fastapi", "uvicorn"}),
+    # xgboost-cpu, not the xgboost wheel that pulls NVIDIA's CUDA libraries in.
+    "trainer": (
+        {"sklearn", "skl2onnx", "xgboost", "lightgbm", "onnxmltools"},
+        {"kopf", "fastapi", "uvicorn", "nvidia_nccl_cu12", "nvidia"},
+    ),
 }
 
 
@@ -140,6 +146,21 @@ def test_image_carries_its_own_stack_only(component):
     assert required <= packages, f"{component} image lacks {sorted(required - packages)}"
     leaked = {p for p in packages if p.split("-")[0] in forbidden}
     assert not leaked, f"the {component} image carries {sorted(leaked)}"
+
+
+def test_trainer_image_fits_xgboost_and_lightgbm():
+    """Their native libraries load (LightGBM needs the base's libgomp1) and the trainer's
+    param check fits each on its tiny sample, read-only as uid 10001."""
+    code = (
+        "from kubeloop.trainer import model\n"
+        "for name in ('XGBClassifier', 'LGBMClassifier', 'XGBRegressor', 'LGBMRegressor'):\n"
+        "    task = 'classification' if 'Classifier' in name else 'regression'\n"
+        "    model.make_estimator(task, name, {}, 0)\n"
+        "print('ok')"
+    )
+    out = run(image("trainer"), "-c", code, entrypoint="python")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def test_operator_image_imports_the_whole_operator():

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
@@ -74,3 +75,32 @@ def test_quick_start(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "framework"),
+    [("trainingjob-xgboost.yaml", "XGBoost"), ("trainingjob-lightgbm.yaml", "LightGBM")],
+)
+def test_each_framework_example_trains_as_the_readme_shows(tmp_path, manifest, framework):
+    """``kubeloop train --spec examples/trainingjob-<framework>.yaml`` passes its gate and
+    the parity check, and its card names the library's own importance."""
+    model = tmp_path / "model"
+    trained = kubeloop(
+        "train",
+        "--spec",
+        str(ROOT / "examples" / manifest),
+        "--data",
+        str(ROOT / "examples" / "data" / "breast-cancer.csv"),
+        "--out",
+        str(model),
+    )
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads(trained.stdout)
+    assert summary["status"] == "succeeded", summary
+    meta = ModelMetadata.model_validate_json((model / ArtifactLayout.METADATA).read_text())
+    assert meta.parity is not None
+    assert meta.parity.passed
+    assert meta.gate is not None
+    assert meta.gate.passed
+    card = (model / ArtifactLayout.CARD).read_text()
+    assert f"## Feature importance ({framework}: total gain" in card

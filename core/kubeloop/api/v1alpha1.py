@@ -24,7 +24,7 @@ from kubeloop.api.base import (
     Rule,
     StatusBase,
 )
-from kubeloop.contracts.estimators import ESTIMATORS, Task
+from kubeloop.contracts.frameworks import ESTIMATORS, Task
 
 #: Metrics the trainer reports on the held-out split, by task (gate and search keys).
 METRICS: dict[Task, tuple[str, ...]] = {
@@ -197,10 +197,14 @@ class DatasetRef(KubeModel):
 
 
 class Estimator(KubeModel):
-    """A scikit-learn estimator from the allow-list and its constructor parameters."""
+    """An allow-listed estimator (scikit-learn, XGBoost or LightGBM) and its constructor
+    parameters."""
 
     class_name: str = Field(
-        description="Estimator class, e.g. RandomForestClassifier (see the allow-list)."
+        description=(
+            "Estimator class, e.g. RandomForestClassifier, XGBClassifier or LGBMRegressor "
+            "(see the allow-list)."
+        )
     )
     params: FreeForm | None = Field(
         None, description="Constructor keyword arguments, e.g. {n_estimators: 100}."
@@ -373,7 +377,7 @@ class TrainingJobSpec(KubeModel):
                 f"self.estimator.className in {_cel_list(ESTIMATORS['regression'])}"
             ),
             message=(
-                "estimator.className must name an allow-listed scikit-learn estimator for the "
+                "estimator.className must name an allow-listed estimator for the "
                 f"task (classification: {', '.join(ESTIMATORS['classification'])}; "
                 f"regression: {', '.join(ESTIMATORS['regression'])})"
             ),

@@ -5,6 +5,6 @@
 - :mod:`~kubeloop.contracts.results`: the typed result a snapshot or trainer Job
   writes as its termination message.
 - :mod:`~kubeloop.contracts.routing`: the canary share the operator gives the stable pods.
-- :mod:`~kubeloop.contracts.estimators`: the estimator allow-list.
+- :mod:`~kubeloop.contracts.frameworks`: the estimator allow-list.
 - :mod:`~kubeloop.contracts.status`: condition types and terminal phases.
 """

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.api.v1alpha1 import Column, Comparison, TensorSpec
-from kubeloop.contracts.estimators import Task
+from kubeloop.contracts.frameworks import Task
 
 FORMAT_VERSION = 1
 
@@ -157,6 +157,14 @@ class Parity(_Model):
     tolerance: float
 
 
+class NativeImportance(_Model):
+    """The training library's own feature importance, as shares of its total, per input
+    column (a text column's one-hot columns summed); most important first."""
+
+    kind: str = Field(description="What the library measured, e.g. 'total gain'.")
+    values: dict[str, float] = Field(default_factory=dict)
+
+
 class Lineage(_Model):
     """Where a model came from."""
 
@@ -185,6 +193,7 @@ class ModelMetadata(_Model):
     confusion_matrix: list[list[int]] | None = None
     parity: Parity | None = None
     importance: dict[str, float] = Field(default_factory=dict)
+    native_importance: NativeImportance | None = None
     search: list[dict[str, Any]] | None = None
     gate: GateResult | None = None
     comparison: Comparison | None = None

@@ -167,7 +167,7 @@ def test_gate_rejection_exits_3_and_keeps_the_evidence(kubeloop, data, tmp_path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--estimator", "os.system"], "must name an allow-listed scikit-learn estimator"),
+        (["--estimator", "os.system"], "must name an allow-listed estimator"),
         (["--estimator", "Ridge"], "classification: LogisticRegression, RandomForestClassifier"),
         (["--params", '{"max_iter": -3}'], "estimator LogisticRegression"),
         (["--params", '{"no_such": 1}'], "unexpected keyword argument 'no_such'"),

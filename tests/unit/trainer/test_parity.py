@@ -23,6 +23,10 @@ PARAMS = {
     "GradientBoostingRegressor": SMALL,
     "MLPClassifier": {"max_iter": 200},
     "MLPRegressor": {"max_iter": 200},
+    "XGBClassifier": {"n_estimators": 20},
+    "XGBRegressor": {"n_estimators": 20},
+    "LGBMClassifier": {"n_estimators": 20},
+    "LGBMRegressor": {"n_estimators": 20},
 }
 
 

@@ -28,7 +28,7 @@ from kubeloop.contracts.artifacts import (
     ModelMetadata,
     join,
 )
-from kubeloop.contracts.estimators import Task
+from kubeloop.contracts.frameworks import Task
 from kubeloop.trainer import model
 from kubeloop.trainer.data import DataError
 

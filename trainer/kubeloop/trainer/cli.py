@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from kubeloop.api.v1alpha1 import DataSchema, TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
-from kubeloop.contracts.estimators import Task
+from kubeloop.contracts.frameworks import Task
 from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import math
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,12 +50,13 @@ from kubeloop.contracts.artifacts import (
     GateResult,
     Lineage,
     ModelMetadata,
+    NativeImportance,
     NumericProfile,
     Parity,
     Profile,
     join,
 )
-from kubeloop.contracts.estimators import Task
+from kubeloop.contracts.frameworks import Task
 from kubeloop.contracts.results import JobResult
 from kubeloop.trainer import card, champion, model, output
 from kubeloop.trainer.data import (
@@ -165,6 +167,7 @@ class Evaluation:
     matrix: list[list[int]] | None
     gate: GateResult
     importance: dict[str, float]
+    native_importance: NativeImportance | None = None
     comparison: Comparison | None = None
 
 
@@ -335,10 +338,13 @@ def fit(spec: TrainingJobSpec, pipeline: Pipeline, split: TrainTest) -> Fitted:
     """Fit the pipeline on the training rows, or search for the best one when asked to."""
     try:
         if spec.search is None:
-            return Fitted(pipeline=pipeline.fit(split.x_train, split.y_train), trials=None)
-        return fit_search(spec, spec.search, pipeline, split)
-    except ValueError as exc:  # constraints scikit-learn only checks when fitting
+            fitted = Fitted(pipeline=pipeline.fit(split.x_train, split.y_train), trials=None)
+        else:
+            fitted = fit_search(spec, spec.search, pipeline, split)
+    except ValueError as exc:  # constraints the library only checks on the real data
         raise model.SpecError(f"estimator {spec.estimator.class_name}: {exc}") from exc
+    model.align(fitted.pipeline)
+    return fitted
 
 
 def fit_search(
@@ -404,7 +410,7 @@ def to_onnx(
     parity = model.check_parity(pipeline, sess, features, x_test, task)
     if not parity.passed:
         raise ParityError(
-            f"ONNX Runtime differs from scikit-learn on the test split: "
+            f"ONNX Runtime differs from the fitted pipeline on the test split: "
             f"{parity.label_mismatches} labels, "
             f"max difference {parity.max_abs_diff:.2e} (tolerance {parity.tolerance:g})"
         )
@@ -432,6 +438,7 @@ def assess(
         matrix=matrix,
         gate=apply_gate(spec.gate, metrics),
         importance=importance(pipeline, features, split, spec.task, spec.split.seed),
+        native_importance=model.native_importance(pipeline, features),
     )
 
 
@@ -539,6 +546,7 @@ def model_metadata(
         confusion_matrix=evaluation.matrix,
         parity=exported.parity,
         importance=evaluation.importance,
+        native_importance=evaluation.native_importance,
         search=fitted.trials,
         gate=evaluation.gate,
         comparison=evaluation.comparison,
@@ -560,7 +568,9 @@ def output_specs(task: Task, classes: list[Any]) -> list[TensorSpec]:
 
 def lineage(run: Run, data_digest: str, pipeline: Pipeline) -> Lineage:
     """The data, the estimator with its fitted (JSON-plain) parameters, seed and libraries."""
-    fitted = pipeline.named_steps[model.ESTIMATOR_STEP].get_params()
+    estimator = pipeline.named_steps[model.ESTIMATOR_STEP]
+    fitted = estimator.get_params()
+    libraries = (*LIBRARIES, *model.adapter_for(estimator).libraries)
     return Lineage(
         data_uri=run.data_uri,
         data_digest=data_digest,
@@ -573,9 +583,18 @@ def lineage(run: Run, data_digest: str, pipeline: Pipeline) -> Lineage:
         seed=run.spec.split.seed,
         libraries={
             "python": platform.python_version(),
-            **{lib: version(lib) for lib in LIBRARIES},
+            **{lib: library_version(lib) for lib in libraries},
         },
     )
+
+
+def library_version(name: str) -> str:
+    """A library's version: its distribution's, or its module's (``xgboost`` comes as
+    the ``xgboost-cpu`` distribution)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return str(getattr(importlib.import_module(name), "__version__", "unknown"))
 
 
 def training_profile(
