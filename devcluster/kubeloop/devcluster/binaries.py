@@ -24,6 +24,7 @@ COMPONENT_OF: dict[str, str] = {
     "etcd": "etcd",
     "kwok": "kwok",
     "helm": "helm",
+    "versitygw": "versitygw",
 }
 
 #: what ``kubeloop cluster up`` runs
