@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := operator,serving,trainer,devcluster,dev
+EXTRAS := operator,serving,trainer,cloud,devcluster,dev
 # Re-install when the project's metadata changes.
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
@@ -60,8 +60,12 @@ fuzz: setup ## Run the fuzz tier only: hypothesis and schemathesis against a rea
 	$(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
 
 .PHONY: toolchain
-toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, helm) where missing.
+toolchain: ## Build the pinned toolchain (control plane, etcd, kwok, helm, the versitygw S3 server) where missing.
 	hack/toolchain.sh
+
+.PHONY: s3-tools
+s3-tools: ## Build Versity Gateway, the S3 server the object-storage tests start (hack/toolchain.sh versitygw).
+	hack/toolchain.sh versitygw
 
 .PHONY: monitoring-tools
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.
@@ -103,7 +107,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds toolchain s3-tools monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator
