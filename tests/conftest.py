@@ -1,5 +1,6 @@
 """Every tier: the shared helper modules beside this file (``needs``, ``helmchart``,
-``postgres``) and the ``postgres`` fixture (a real PostgreSQL server per session).
+``postgres``, ``s3_server``) and the ``postgres`` and ``s3`` fixtures (a real PostgreSQL
+server and a real S3 server per session).
 
 ``--import-mode=importlib`` puts no test folder on ``sys.path``; the helpers every tier
 imports by name live here.
@@ -18,12 +19,24 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from postgres import PostgresServer  # noqa: E402
+from s3_server import S3Server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session (tests/postgres.py); stopped at the end."""
     server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 server (Versity Gateway) for the session (tests/s3_server.py); stopped at
+    the end."""
+    server = S3Server.start()
     try:
         yield server
     finally:
