@@ -55,6 +55,19 @@ def test_source_options_for_s3_from_the_prefixed_variables():
     }
 
 
+def test_a_source_without_its_own_endpoint_ignores_the_stores():
+    env = {
+        SOURCE_PREFIX + "AWS_ACCESS_KEY_ID": "id",
+        SOURCE_PREFIX + "AWS_SECRET_ACCESS_KEY": "sk",
+        "AWS_ENDPOINT_URL": "http://store.example:9000",
+    }
+    assert storage.source_options("s3://bucket/data.csv", env) == {
+        "key": "id",
+        "secret": "sk",
+        "config_kwargs": {"ignore_configured_endpoint_urls": True},
+    }
+
+
 def test_source_options_for_azure_and_none_elsewhere():
     env = {
         SOURCE_PREFIX + "AZURE_STORAGE_ACCOUNT_NAME": "acct",

@@ -102,6 +102,10 @@ def source_options(uri: str, environ: Mapping[str, str] | None = None) -> dict[s
         client = given(_S3_CLIENT)
         if client:
             options["client_kwargs"] = client
+        if options and "endpoint_url" not in client:
+            # Its own credentials without an endpoint: AWS itself, not the store's
+            # AWS_ENDPOINT_URL, which botocore would otherwise take from the environment.
+            options["config_kwargs"] = {"ignore_configured_endpoint_urls": True}
         return options
     if protocol in ("az", "abfs", "abfss"):
         return given(_AZURE_OPTIONS)
