@@ -60,12 +60,12 @@ fuzz: setup ## Run the fuzz tier only: hypothesis and schemathesis against a rea
 	$(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
 
 .PHONY: toolchain
-toolchain: ## Build the pinned toolchain (control plane, etcd, kwok, helm, the versitygw S3 server) where missing.
+toolchain: ## Build the pinned toolchain (control plane, etcd, kwok, helm, the S3 and GCS test servers) where missing.
 	hack/toolchain.sh
 
-.PHONY: s3-tools
-s3-tools: ## Build Versity Gateway, the S3 server the object-storage tests start (hack/toolchain.sh versitygw).
-	hack/toolchain.sh versitygw
+.PHONY: storage-tools
+storage-tools: ## Build the object stores the storage tests start: Versity Gateway (S3) and fake-gcs-server (GCS).
+	hack/toolchain.sh versitygw fake-gcs-server
 
 .PHONY: monitoring-tools
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.
@@ -107,7 +107,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds toolchain s3-tools monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds toolchain storage-tools monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

@@ -1,6 +1,6 @@
 """Every tier: the shared helper modules beside this file (``needs``, ``helmchart``,
-``postgres``, ``s3_server``) and the ``postgres`` and ``s3`` fixtures (a real PostgreSQL
-server and a real S3 server per session).
+``postgres``, ``s3_server``, ``gcs_server``) and the ``postgres``, ``s3`` and ``gcs``
+fixtures (a real PostgreSQL server, a real S3 server and a GCS emulator per session).
 
 ``--import-mode=importlib`` puts no test folder on ``sys.path``; the helpers every tier
 imports by name live here.
@@ -18,6 +18,7 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from gcs_server import GcsServer  # noqa: E402
 from postgres import PostgresServer  # noqa: E402
 from s3_server import S3Server  # noqa: E402
 
@@ -37,6 +38,17 @@ def s3() -> Iterator[S3Server]:
     """A real S3 server (Versity Gateway) for the session (tests/s3_server.py); stopped at
     the end."""
     server = S3Server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[GcsServer]:
+    """A GCS emulator (fake-gcs-server) for the session (tests/gcs_server.py); stopped at
+    the end."""
+    server = GcsServer.start()
     try:
         yield server
     finally:

@@ -1,9 +1,9 @@
 """A real S3 server for the object-storage tests: Versity Gateway (``versitygw``) with its
 posix backend in a temporary folder, root credentials, on a free loopback port.
 
-``make s3-tools`` (hack/toolchain.sh versitygw) builds the pinned tag from the Go module
-proxy into ~/.cache/kubeloop/bin; without it a test fails saying so (never a skip). Every
-tier uses it the same way:
+``make storage-tools`` (hack/toolchain.sh versitygw fake-gcs-server) builds the pinned tag
+from the Go module proxy into ~/.cache/kubeloop/bin; without it a test fails saying so
+(never a skip). Every tier uses it the same way:
 
     server = S3Server.start()
     server.make_bucket("data")
@@ -28,8 +28,8 @@ from typing import Any
 from needs import missing
 
 HOW = (
-    "run `make s3-tools` (hack/toolchain.sh versitygw: Versity Gateway from the Go module "
-    "proxy, about 2 minutes cold)"
+    "run `make storage-tools` (hack/toolchain.sh versitygw fake-gcs-server: the S3 and GCS "
+    "servers from the Go module proxy, a few minutes cold)"
 )
 ACCESS_KEY = "kubeloop-access-key"
 SECRET_KEY = "kubeloop-Secret-Value-42"
@@ -37,20 +37,49 @@ REGION = "us-east-1"
 START_TIMEOUT = 30.0
 
 
-def versitygw() -> str:
-    """The versitygw binary hack/toolchain.sh built (or TEST_ASSET_VERSITYGW)."""
-    from kubeloop.devcluster.binaries import Binaries, MissingBinaryError
-
-    try:
-        return str(Binaries.resolve(("versitygw",))["versitygw"])
-    except MissingBinaryError:
-        missing("versitygw not built", HOW)
-
-
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def toolchain_binary(name: str) -> str:
+    """A server binary hack/toolchain.sh built (or TEST_ASSET_<NAME>)."""
+    from kubeloop.devcluster.binaries import Binaries, MissingBinaryError
+
+    try:
+        return str(Binaries.resolve((name,))[name])
+    except MissingBinaryError:
+        missing(f"{name} not built", HOW)
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Poll until ``port`` accepts a connection; RuntimeError (with the log's tail) when
+    the process exits first or START_TIMEOUT passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}: {tail}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=10)
+    raise RuntimeError(f"{proc.args[0]} did not listen on 127.0.0.1:{port} in {START_TIMEOUT}s")
+
+
+def end(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate ``proc`` (kill it when it lingers)."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @dataclass
@@ -63,7 +92,7 @@ class S3Server:
 
     @classmethod
     def start(cls) -> S3Server:
-        binary = versitygw()
+        binary = toolchain_binary("versitygw")
         server = cls(Path(tempfile.mkdtemp(prefix="kubeloop-s3-")))
         (server.root / "buckets").mkdir()
         for attempt in range(3):  # another process may take the free port first
@@ -77,7 +106,7 @@ class S3Server:
         raise AssertionError("unreachable")
 
     def _serve(self, binary: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         log = (self.root / "server.log").open("wb")
         # The root credentials go in the environment, not the process list.
         env = {
@@ -93,17 +122,7 @@ class S3Server:
             env=env,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"versitygw exited {self.proc.returncode}: {self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self._end()
-        raise RuntimeError(f"versitygw did not listen on {self.endpoint} in {START_TIMEOUT}s")
+        wait_listening(self.proc, self.port, self.root / "server.log")
 
     def log(self) -> str:
         path = self.root / "server.log"
@@ -142,17 +161,8 @@ class S3Server:
             fs.mkdir(name)
         return f"s3://{name}"
 
-    def _end(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
     def stop(self) -> None:
         try:
-            self._end()
+            end(self.proc)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

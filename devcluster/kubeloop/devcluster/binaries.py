@@ -25,6 +25,7 @@ COMPONENT_OF: dict[str, str] = {
     "kwok": "kwok",
     "helm": "helm",
     "versitygw": "versitygw",
+    "fake-gcs-server": "fake-gcs-server",
 }
 
 #: what ``kubeloop cluster up`` runs

@@ -1,7 +1,8 @@
 """`kubeloop serve` of a model in an S3 store (a real server, tests/s3_server.py): the
 registered digest verified on the bytes read from the store, the same answers as the
 model served from disk, and wrong credentials leaving the server unready, the log naming
-the model's URI but never the secret."""
+the model's URI but never the secret. The same model served from a GCS emulator
+(tests/gcs_server.py; anonymous)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 from serving_helpers import Server, serving, start_server, wait_for
 
+from gcs_server import GcsServer
 from kubeloop.contracts.artifacts import ArtifactLayout
 from s3_server import SECRET_KEY, S3Server
 
@@ -59,3 +61,16 @@ def test_wrong_credentials_leave_it_unready_without_the_secret(s3, cancer_model)
         server.stop()
     assert "Wrong-Secret-Value" not in server.log
     assert SECRET_KEY not in server.log
+
+
+def test_serves_a_verified_model_from_gcs(gcs: GcsServer, cancer_model, cancer_rows):
+    uri = gcs.make_bucket("kubeloop-gcs-models") + "/cancer-1"
+    fs = gcs.fs()
+    for path in cancer_model.iterdir():
+        fs.put_file(str(path), f"{uri.removeprefix('gs://')}/{path.name}")
+    sha = hashlib.sha256((cancer_model / ArtifactLayout.MODEL).read_bytes()).hexdigest()
+    rows = cancer_rows.head(5)
+    with serving(cancer_model, "--name", "cancer") as local:
+        expected = infer(local, rows)
+    with serving(uri, "--name", "cancer", env={**gcs.env(), EXPECTED: sha}) as remote:
+        assert infer(remote, rows) == expected
