@@ -74,3 +74,21 @@ def test_serves_a_verified_model_from_gcs(gcs: GcsServer, cancer_model, cancer_r
         expected = infer(local, rows)
     with serving(uri, "--name", "cancer", env={**gcs.env(), EXPECTED: sha}) as remote:
         assert infer(remote, rows) == expected
+
+
+def version_of(server: Server) -> str:
+    return str(httpx.get(f"{server.url}/v2/models/cancer", timeout=10).json()["versions"][0])
+
+
+def test_a_model_replaced_in_s3_is_reloaded(s3, cancer_model, other_cancer_model):
+    """The reload watcher sees an object store's change (ETag, size) as it sees a file's."""
+    uri = upload(s3, cancer_model, "cancer-3")
+    env = {**s3.env(), "KUBELOOP_SERVING_RELOAD_INTERVAL": "0.2"}
+    with serving(uri, "--name", "cancer", env=env) as server:
+        before = version_of(server)
+        fs = s3.fs()
+        key = uri.removeprefix("s3://")
+        for name in (ArtifactLayout.MODEL, ArtifactLayout.PROFILE, ArtifactLayout.METADATA):
+            fs.put_file(str(other_cancer_model / name), f"{key}/{name}")  # model.json last
+        wait_for("the new version to be served", lambda: version_of(server) != before)
+        assert server.ready()
