@@ -119,17 +119,19 @@ def test_image_runs_as_uid_10001(component):
     assert inspect.stdout.strip() == "10001:10001"
 
 
-# Each image carries its own stack and none of the others' (by distribution name prefix).
+# Each image carries its own stack and none of the others' (by distribution name prefix),
+# and every one the object-store drivers (the cloud extra).
+CLOUD = {"s3fs", "gcsfs", "adlfs"}
 CONTENTS = {
     "serving": (
-        {"onnxruntime", "fastapi"},
+        {"onnxruntime", "fastapi", *CLOUD},
         {"sklearn", "scikit_learn", "kopf", "skl2onnx", "pandas", "kubernetes"},
     ),
     "operator": (
-        {"kopf", "kubernetes"},
+        {"kopf", "kubernetes", *CLOUD},
         {"sklearn", "scikit_learn", "onnxruntime", "pandas", "pyarrow", "fastapi"},
     ),
-    "trainer": ({"sklearn", "skl2onnx"}, {"kopf", "fastapi", "uvicorn"}),
+    "trainer": ({"sklearn", "skl2onnx", *CLOUD}, {"kopf", "fastapi", "uvicorn"}),
 }
 
 
