@@ -137,3 +137,11 @@ def test_an_empty_prefix_fails_naming_the_source(s3, bucket, tmp_path):
     source = f"{bucket}/nothing-here/*.csv"
     reason = one_line_reason(snapshot(tmp_path, source, str(tmp_path / "s"), s3.env()), source)
     assert "no csv files match" in reason, reason
+
+
+def test_a_prefix_without_a_format_fails_naming_the_source(s3, bucket, tmp_path):
+    source = f"{bucket}/parts/"
+    result = run(tmp_path, "snapshot", "--source", source, "--out", str(tmp_path / "s"),
+                 env=s3.env())  # fmt: skip
+    reason = one_line_reason(result, source)
+    assert "--format" in reason, reason

@@ -43,7 +43,7 @@ def format_of(uri: str, given: str | None = None) -> Format:
     if name == "json":
         name = "jsonl"
     if not name:
-        raise DataError(f"{uri}: no format in the name (give one: csv, parquet or jsonl)")
+        raise DataError(f"{uri}: no format in the name (give --format: csv, parquet or jsonl)")
     if name not in FORMATS:
         raise DataError(f"{uri}: unknown format {name!r} (use csv, parquet or jsonl)")
     return name
@@ -63,11 +63,15 @@ def source_files(
 ) -> tuple[Any, list[str]]:
     """The filesystem and the files of a source, in name order: one file; every match of
     a glob (``s3://bucket/data/part-*.csv``); or every ``fmt`` file under a prefix (a
-    folder, or a URI ending in ``/``). Several files are read as one table in that order."""
+    folder, or a URI ending in ``/``). Several files are read as one table in that order.
+    An http(s) URL is always one file."""
     try:
         fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
     except (ValueError, ImportError) as exc:  # unknown protocol, driver not installed
         raise DataError(f"{uri}: cannot be read: {exc}") from exc
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if {"http", "https"} & set(protocols):
+        return fs, [path]  # one resource: "?" starts a query, and a page lists no files
     if any(c in path for c in GLOB_CHARS):
         files = sorted(p for p in fs.glob(path) if fs.isfile(p))
     elif uri.endswith("/") or fs.isdir(path):
