@@ -64,8 +64,9 @@ toolchain: ## Build the pinned toolchain (control plane, etcd, kwok, helm, the S
 	hack/toolchain.sh
 
 .PHONY: storage-tools
-storage-tools: ## Build the object stores the storage tests start: Versity Gateway (S3) and fake-gcs-server (GCS).
+storage-tools: ## Build or install the object stores the storage tests start: Versity Gateway (S3), fake-gcs-server (GCS), Azurite (Azure).
 	hack/toolchain.sh versitygw fake-gcs-server
+	hack/install-azurite.sh
 
 .PHONY: monitoring-tools
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.

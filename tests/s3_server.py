@@ -29,7 +29,8 @@ from needs import missing
 
 HOW = (
     "run `make storage-tools` (hack/toolchain.sh versitygw fake-gcs-server: the S3 and GCS "
-    "servers from the Go module proxy, a few minutes cold)"
+    "servers from the Go module proxy, a few minutes cold; hack/install-azurite.sh: Azurite "
+    "from the npm registry)"
 )
 ACCESS_KEY = "kubeloop-access-key"
 SECRET_KEY = "kubeloop-Secret-Value-42"

@@ -59,6 +59,16 @@ _AZURE_OPTIONS: Final = {
 }
 
 
+#: SDKs whose errors some fsspec drivers pass on as they are (adlfs: azure-core's
+#: HttpResponseError on a refused key) rather than as OSError.
+STORE_SDKS: Final = frozenset({"azure", "google", "botocore", "aiobotocore", "aiohttp"})
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an object store's SDK saying no (to be reported, not crash on)."""
+    return type(exc).__module__.split(".")[0] in STORE_SDKS
+
+
 def secret_env(secret: str | None, prefix: str = "") -> list[dict[str, Any]]:
     """Container ``env`` entries taking every credential key from ``secret`` (each
     optional); none without a Secret, so the pod uses its ambient identity."""

@@ -2,7 +2,7 @@
 registered digest verified on the bytes read from the store, the same answers as the
 model served from disk, and wrong credentials leaving the server unready, the log naming
 the model's URI but never the secret. The same model served from a GCS emulator
-(tests/gcs_server.py; anonymous)."""
+(tests/gcs_server.py; anonymous) and an Azure Blob emulator (tests/azure_server.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from serving_helpers import Server, serving, start_server, wait_for
 
+from azure_server import AzuriteServer
 from gcs_server import GcsServer
 from kubeloop.contracts.artifacts import ArtifactLayout
 from s3_server import SECRET_KEY, S3Server
@@ -92,3 +93,16 @@ def test_a_model_replaced_in_s3_is_reloaded(s3, cancer_model, other_cancer_model
             fs.put_file(str(other_cancer_model / name), f"{key}/{name}")  # model.json last
         wait_for("the new version to be served", lambda: version_of(server) != before)
         assert server.ready()
+
+
+def test_serves_a_verified_model_from_azure(azure: AzuriteServer, cancer_model, cancer_rows):
+    uri = azure.make_container("kubeloop-az-models") + "/cancer-1"
+    fs = azure.fs()
+    for path in cancer_model.iterdir():
+        fs.put_file(str(path), f"{uri.removeprefix('az://')}/{path.name}")
+    sha = hashlib.sha256((cancer_model / ArtifactLayout.MODEL).read_bytes()).hexdigest()
+    rows = cancer_rows.head(5)
+    with serving(cancer_model, "--name", "cancer") as local:
+        expected = infer(local, rows)
+    with serving(uri, "--name", "cancer", env={**azure.env(), EXPECTED: sha}) as remote:
+        assert infer(remote, rows) == expected

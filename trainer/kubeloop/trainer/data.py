@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.api.v1alpha1 import Column, DataSchema
+from kubeloop.contracts import storage
 from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
 
 Format = Literal["csv", "parquet", "jsonl"]
@@ -102,6 +103,13 @@ def read_table(uri: str, fmt: Format, options: dict[str, Any] | None = None) -> 
         raise DataError(f"{uri}: access denied: {_reason(exc)}") from exc
     except (OSError, ImportError) as exc:  # permissions, network, a missing fsspec backend
         raise DataError(f"{uri}: cannot be read: {_reason(exc)}") from exc
+    except Exception as exc:
+        if not storage.is_store_error(exc):
+            raise
+        denied = getattr(exc, "status_code", None) in (401, 403)
+        raise DataError(
+            f"{uri}: {'access denied' if denied else 'cannot be read'}: {_reason(exc)}"
+        ) from exc
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"{uri}: the data set is empty")
     return frame
