@@ -10,7 +10,8 @@
 #   docker build --build-arg COMPONENT=serving -t kubeloop-serving .
 # (`make images` builds all three, also without a registry or package index.)
 #
-# Each installs the `kubeloop` distribution with its component's extra only. The wheel
+# Each installs the `kubeloop` distribution with its component's extra and the `cloud` extra
+# (s3fs, gcsfs, adlfs: every component reads or writes the artifact store), nothing else. The wheel
 # holds the package folders that are present (pyproject.toml) and the build copies only
 # core/ and the component's folder, so no other component and no devcluster tooling.
 # Runs as uid/gid 10001 (the Pod securityContext the operator writes) and needs no
@@ -39,7 +40,7 @@ RUN case "$COMPONENT" in operator|trainer|serving) ;; \
 COPY ${COMPONENT}/kubeloop ${COMPONENT}/kubeloop
 RUN set -eu; \
     if [ "$PIP_OFFLINE" = 1 ]; then set -- --no-index --find-links /wheels; fi; \
-    /opt/kubeloop/bin/pip install --quiet "$@" -c constraints.txt ".[$COMPONENT]"; \
+    /opt/kubeloop/bin/pip install --quiet "$@" -c constraints.txt ".[$COMPONENT,cloud]"; \
     /opt/kubeloop/bin/pip uninstall --quiet --yes pip setuptools; \
     # What no image imports: the packages' own test suites, and kubernetes.aio, the
     # Kubernetes client's asyncio twin (68 MB; neither kopf nor Kubeloop uses it).

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := operator,serving,trainer,devcluster,dev
+EXTRAS := operator,serving,trainer,cloud,devcluster,dev
 # Re-install when the project's metadata changes.
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
@@ -68,8 +68,13 @@ fuzz: setup ## Run the fuzz tier only: hypothesis and schemathesis against a rea
 	$(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
 
 .PHONY: toolchain
-toolchain: ## Build the pinned Kubernetes toolchain (control plane, etcd, kwok, helm) where missing.
+toolchain: ## Build the pinned toolchain (control plane, etcd, kwok, helm, the S3 and GCS test servers) where missing.
 	hack/toolchain.sh
+
+.PHONY: storage-tools
+storage-tools: ## Build or install the object stores the storage tests start: Versity Gateway (S3), fake-gcs-server (GCS), Azurite (Azure).
+	hack/toolchain.sh versitygw fake-gcs-server
+	hack/install-azurite.sh
 
 .PHONY: monitoring-tools
 monitoring-tools: ## Install Prometheus, promtool and Alertmanager (Debian packages) where missing.
@@ -111,7 +116,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds verify-dashboards toolchain monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds verify-dashboards toolchain storage-tools monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, dashboards, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

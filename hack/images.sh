@@ -138,7 +138,7 @@ make_wheels() {
   say "making wheels on this host into $WHEELS (every extra's dependencies + hatchling)"
   rm -rf "$WHEELS"
   mkdir -p "$WHEELS"
-  "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS" -c constraints.txt '.[operator,serving,trainer]'
+  "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS" -c constraints.txt '.[operator,serving,trainer,cloud]'
   "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELS" 'hatchling>=1.25'
   rm -f "$WHEELS"/kubeloop-*.whl  # the images build the project from the source they copy
   echo "$stamp" >"$WHEELS/.stamp"

@@ -12,6 +12,8 @@
 #   etcd        etcd
 #   kwok        kwok
 #   helm        helm
+#   versitygw   versitygw (Versity Gateway: the real S3 server the object-storage tests start)
+#   fake-gcs-server fake-gcs-server (the GCS emulator the gs:// tests start)
 #
 # Layout ($KUBELOOP_CACHE, default ~/.cache/kubeloop):
 #   bin/<component>-<version>/<binary>  the binaries
@@ -33,7 +35,7 @@ HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${HACK_DIR}/versions.env"
 
 CACHE_DIR="${KUBELOOP_CACHE:-${HOME}/.cache/kubeloop}"
-COMPONENTS=(kubernetes etcd kwok helm)
+COMPONENTS=(kubernetes etcd kwok helm versitygw fake-gcs-server)
 KUBERNETES_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 STAGE_DIRS=()
 trap 'if ((${#STAGE_DIRS[@]})); then rm -rf "${STAGE_DIRS[@]}"; fi' EXIT
@@ -53,6 +55,8 @@ component_version() {
     etcd) echo "${ETCD_VERSION}" ;;
     kwok) echo "${KWOK_VERSION}" ;;
     helm) echo "${HELM_VERSION}" ;;
+    versitygw) echo "${VERSITYGW_VERSION}" ;;
+    fake-gcs-server) echo "${FAKE_GCS_SERVER_VERSION}" ;;
     *) die "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
   esac
 }
@@ -262,6 +266,25 @@ build_helm() {
   ldflags+=" -X ${v}/pkg/lint/rules.k8sVersionMajor=${major} -X ${v}/pkg/lint/rules.k8sVersionMinor=${minor}"
   ldflags+=" -X ${v}/pkg/chartutil.k8sVersionMajor=${major} -X ${v}/pkg/chartutil.k8sVersionMinor=${minor}"
   (cd "${CACHE_DIR}" && GOBIN="${out}" go install -trimpath -ldflags="${ldflags}" "${v}/cmd/helm@${version}")
+}
+
+# ---------------------------------------------------------------------------
+# versitygw: a plain `go install` (its go.mod has no replace directives) with the
+# ldflags of its Makefile, so `versitygw --version` tells the tag. No commit or
+# build time: a module zip carries neither.
+build_versitygw() {
+  local version=$1 out=$2
+  local ldflags="-s -w -X=main.Version=${version} -X=main.Build=module-proxy -X=main.BuildTime=none"
+  (cd "${CACHE_DIR}" && GOBIN="${out}" go install -trimpath -ldflags="${ldflags}" \
+    "github.com/versity/versitygw/cmd/versitygw@${version}")
+}
+
+# ---------------------------------------------------------------------------
+# fake-gcs-server: a plain `go install` (no replace directives, no version ldflags).
+build_fake-gcs-server() {
+  local version=$1 out=$2
+  (cd "${CACHE_DIR}" && GOBIN="${out}" go install -trimpath -ldflags="-s -w" \
+    "github.com/fsouza/fake-gcs-server@${version}")
 }
 
 # ---------------------------------------------------------------------------

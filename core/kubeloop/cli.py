@@ -16,6 +16,8 @@ from importlib.metadata import version as dist_version
 
 import click
 
+from kubeloop.contracts import storage
+
 #: name -> ("module:attribute" of a click command, imported lazily; its short help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": (
@@ -120,6 +122,7 @@ def _shorten(name: str, text: str, limit: int) -> str:
 def main() -> None:
     """Kubeloop: datasets, training, versioned ONNX models, canary serving and
     drift-driven retraining on Kubernetes."""
+    storage.honour_standard_env()
 
 
 @main.command()

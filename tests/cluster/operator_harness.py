@@ -213,15 +213,22 @@ def pod_of(cluster: Cluster, job_name: str) -> dict[str, Any]:
 
 def container_env(core: client.CoreV1Api, namespace: str, job: dict[str, Any]) -> dict[str, str]:
     """The environment a kubelet gives the Job's container: each ``value``, and each
-    ``valueFrom.secretKeyRef`` read from the Secret in the API server."""
+    ``valueFrom.secretKeyRef`` read from the Secret in the API server (an ``optional``
+    one whose Secret or key is missing left unset, as a kubelet does)."""
     env: dict[str, str] = {}
     for var in job["spec"]["template"]["spec"]["containers"][0].get("env") or []:
         ref = (var.get("valueFrom") or {}).get("secretKeyRef")
         if ref is None:
             env[var["name"]] = var.get("value", "")
             continue
-        secret = core.read_namespaced_secret(ref["name"], namespace)
-        env[var["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+        try:
+            data = core.read_namespaced_secret(ref["name"], namespace).data or {}
+        except ApiException as exc:
+            if exc.status == 404 and ref.get("optional"):
+                continue
+            raise
+        if ref["key"] in data or not ref.get("optional"):
+            env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
     return env
 
 

@@ -103,6 +103,7 @@ COMPARE = v1.CompareTo.rules
 EXISTS_WITH_VALUES = {"key": "team", "operator": "Exists", "values": ["a"]}
 BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
 SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
+CREDS = {"name": "s3-creds"}
 METRIC = v1.AnalysisMetric.rules
 
 
@@ -118,6 +119,9 @@ VIOLATIONS = [
     violation(DS, "neither-path-nor-uri", "source", {}, SOURCE[0]),
     violation(DS, "uri-and-sql", "source", {"uri": "file:///data/a.csv", "sql": SQL}, SOURCE[0]),
     violation(DS, "path-and-sql", "source", {"path": "/data/a.csv", "sql": SQL}, SOURCE[0]),
+    violation(DS, "secret-ref-with-path", "source", {"path": "/data/a.csv", "secretRef": CREDS},
+              SOURCE[1]),
+    violation(DS, "secret-ref-with-sql", "source", {"sql": SQL, "secretRef": CREDS}, SOURCE[1]),
     violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
     violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
     violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),

@@ -121,19 +121,21 @@ def test_image_runs_as_uid_10001(component):
 
 #: The gradient-boosting libraries: the trainer's alone.
 BOOSTED = {"xgboost", "xgboost_cpu", "lightgbm", "onnxmltools"}
+#: The object-store drivers (the cloud extra): in every image.
+CLOUD = {"s3fs", "gcsfs", "adlfs"}
 # Each image carries its own stack and none of the others' (by distribution name prefix).
 CONTENTS = {
     "serving": (
-        {"onnxruntime", "fastapi"},
+        {"onnxruntime", "fastapi", *CLOUD},
         {"sklearn", "scikit_learn", "kopf", "skl2onnx", "pandas", "kubernetes", *BOOSTED},
     ),
     "operator": (
-        {"kopf", "kubernetes"},
+        {"kopf", "kubernetes", *CLOUD},
         {"sklearn", "scikit_learn", "onnxruntime", "pandas", "pyarrow", "fastapi", *BOOSTED},
     ),
     # xgboost-cpu, not the xgboost wheel that pulls NVIDIA's CUDA libraries in.
     "trainer": (
-        {"sklearn", "skl2onnx", "xgboost", "lightgbm", "onnxmltools"},
+        {"sklearn", "skl2onnx", "xgboost", "lightgbm", "onnxmltools", *CLOUD},
         {"kopf", "fastapi", "uvicorn", "nvidia_nccl_cu12", "nvidia"},
     ),
 }

@@ -328,6 +328,25 @@ def test_operator_settings_come_from_values(monkeypatch):
     assert data == {"name": "data", "mountPath": "/mnt", "readOnly": True}
 
 
+def test_artifact_store_secret_reaches_the_operator_and_its_settings(monkeypatch):
+    """artifacts.secretRef: the operator gets every credential key from the Secret (each
+    optional, by reference, never a value) and names the Secret to its Jobs and pods."""
+    from kubeloop.contracts.storage import CREDENTIAL_KEYS
+
+    docs = render(
+        sets={"artifacts": {"root": "s3://ml-store/kubeloop", "secretRef": {"name": "store-creds"}}}
+    )
+    env = env_of(docs)
+    for key in CREDENTIAL_KEYS:
+        assert env[key] == {"secretKeyRef": {"name": "store-creds", "key": key, "optional": True}}
+    settings = settings_from(env, monkeypatch)
+    assert settings.artifacts_secret == "store-creds"
+    assert settings.artifact_root == "s3://ml-store/kubeloop"
+    default = env_of(render())
+    assert "KUBELOOP_ARTIFACTS_SECRET" not in default
+    assert not set(default) & set(CREDENTIAL_KEYS)
+
+
 def test_default_env_parses_as_operator_settings(monkeypatch):
     settings = settings_from(env_of(render()), monkeypatch)
     assert settings.webhook_max_body_bytes == 1048576

@@ -58,6 +58,7 @@ CHANGED: dict[str, Any] = {
     "artifacts.volumeClaim.size": "50Gi",
     "artifacts.volumeClaim.storageClassName": "fast",
     "artifacts.volumeClaim.accessModes": ["ReadWriteOnce"],
+    "artifacts.secretRef.name": "store-creds",
     "metrics.serviceMonitor.interval": "7s",
     "metrics.podMonitor.interval": "7s",
     "servingPodMonitor.interval": "7s",

@@ -121,6 +121,14 @@ The artifacts claim name ("" = none).
 {{- end }}
 
 {{/*
+The environment variables an object-store credentials Secret may hold, space-separated:
+kubeloop.contracts.storage.CREDENTIAL_KEYS (a chart test keeps the two equal).
+*/}}
+{{- define "kubeloop.credentialKeys" -}}
+AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_REGION AWS_ENDPOINT_URL AZURE_STORAGE_ACCOUNT_NAME AZURE_STORAGE_ACCOUNT_KEY AZURE_STORAGE_CONNECTION_STRING AZURE_STORAGE_SAS_TOKEN AZURE_STORAGE_CLIENT_ID AZURE_STORAGE_CLIENT_SECRET AZURE_STORAGE_TENANT_ID GOOGLE_CLOUD_PROJECT
+{{- end }}
+
+{{/*
 The Secret holding the webhook token, and its key.
 */}}
 {{- define "kubeloop.webhookSecretName" -}}

@@ -60,6 +60,12 @@ class SecretKeyRef(KubeModel):
     )
 
 
+class SecretRef(KubeModel):
+    """A Secret in the same namespace, by name."""
+
+    name: DNSSubdomain = Field(description="The Secret's name.")
+
+
 class SqlSource(KubeModel):
     """A PostgreSQL query whose result is the data set."""
 
@@ -80,6 +86,10 @@ def _one_source(s: DataSource) -> bool:
     return sum(x is not None for x in (s.path, s.uri, s.sql)) == 1
 
 
+def _secret_with_uri(s: DataSource) -> bool:
+    return s.secret_ref is None or s.uri is not None
+
+
 class DataSource(KubeModel):
     """Where the data lives: exactly one of a path, a URI or a SQL query."""
 
@@ -88,6 +98,12 @@ class DataSource(KubeModel):
             cel="(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1",
             message="exactly one of source.path, source.uri or source.sql must be set",
             check=_one_source,
+        ),
+        Rule(
+            cel="!has(self.secretRef) || has(self.uri)",
+            message="source.secretRef goes with source.uri (an object store); a SQL source "
+            "names its Secret in sql.urlSecretRef",
+            check=_secret_with_uri,
         ),
     )
 
@@ -101,6 +117,14 @@ class DataSource(KubeModel):
     )
     sql: SqlSource | None = Field(
         None, description="A PostgreSQL query; its snapshot is stored as Parquet."
+    )
+    secret_ref: SecretRef | None = Field(
+        None,
+        description="A Secret with the credentials of the uri's object store, under the "
+        "standard keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
+        "AWS_REGION, AWS_ENDPOINT_URL; AZURE_STORAGE_*); each key optional. The snapshot Job "
+        "gets them as environment variables; the operator never reads them. Default: the "
+        "artifact store's credentials, or the pod's ambient identity.",
     )
 
 

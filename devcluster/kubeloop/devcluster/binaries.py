@@ -24,6 +24,8 @@ COMPONENT_OF: dict[str, str] = {
     "etcd": "etcd",
     "kwok": "kwok",
     "helm": "helm",
+    "versitygw": "versitygw",
+    "fake-gcs-server": "fake-gcs-server",
 }
 
 #: what ``kubeloop cluster up`` runs

@@ -26,6 +26,7 @@ from kubeloop.contracts.results import (
     JobResult,
 )
 from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig
+from kubeloop.contracts.storage import SOURCE_PREFIX, secret_env
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
 
@@ -200,7 +201,11 @@ def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -
         "image": job.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": job.args,
-        "env": [{"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG}, *job.env],
+        "env": [
+            {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG},
+            *secret_env(settings.artifacts_secret),  # every Job reads or writes the store
+            *job.env,
+        ],
         "resources": job.resources,
         # The Job result (kubeloop.contracts.results) is the whole message.
         "terminationMessagePolicy": "File",
@@ -259,11 +264,14 @@ def build_snapshot_job(
 
 def _snapshot_source(spec: DatasetSpec) -> tuple[list[str], tuple[dict[str, Any], ...]]:
     """The snapshot's source arguments and environment. A SQL source's URL (password
-    included) comes from its Secret as an environment variable: never in the arguments,
-    and the operator never reads it."""
+    included), or an object-store source's credentials, come from its Secret as
+    environment variables: never in the arguments, and the operator never reads them."""
     sql = spec.source.sql
     if sql is None:
-        return ["snapshot", "--source", spec.source.uri or spec.source.path or ""], ()
+        # A source's own credentials, under the prefix that keeps them apart from the store's.
+        own = spec.source.secret_ref
+        creds = tuple(secret_env(own.name, prefix=SOURCE_PREFIX)) if own is not None else ()
+        return ["snapshot", "--source", spec.source.uri or spec.source.path or ""], creds
     ref = {"name": sql.url_secret_ref.name, "key": sql.url_secret_ref.key}
     env = {"name": SOURCE_URL_ENV, "valueFrom": {"secretKeyRef": ref}}
     return ["snapshot", f"--query={sql.query}"], (env,)
@@ -586,6 +594,7 @@ def build_serving_deployment(
     env.append(
         {"name": "KUBELOOP_SERVING_EXPECTED_SHA256", "value": mv["spec"]["artifact"]["sha256"]}
     )
+    env += secret_env(settings.artifacts_secret)  # the model is read from the store
     if role == "canary" and stable_mv is not None:
         env += _buckets_env(mv, stable_mv)
     if role == "stable":

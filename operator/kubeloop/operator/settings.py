@@ -28,6 +28,13 @@ class OperatorSettings(BaseSettings):
     artifact_root: str = Field(
         "file:///data/kubeloop", description="Root URI of snapshots and models."
     )
+    artifacts_secret: str | None = Field(
+        None,
+        description="Secret with the artifact store's credentials (standard keys, see "
+        "kubeloop.contracts.storage), given to every Job and serving pod as secretKeyRef "
+        "variables; the operator never reads it. Unset: the pods' ambient identity. It must "
+        "exist in every namespace the Jobs and pods run in.",
+    )
     volume_claim: str | None = Field(None, description="PVC holding the data and artifacts.")
     volume_mount_path: str = Field("/data", description="Where that PVC is mounted.")
     service_account: str | None = Field(

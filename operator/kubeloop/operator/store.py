@@ -12,6 +12,8 @@ from typing import Any
 
 import fsspec
 
+from kubeloop.contracts import storage
+
 CHUNK = 1 << 20
 
 
@@ -28,6 +30,10 @@ def sha256_of(uri: str) -> str:
                 digest.update(chunk)
     except (ImportError, ValueError) as exc:  # unknown protocol or missing driver
         raise StoreUnavailableError(f"{uri}: {exc}") from exc
+    except Exception as exc:  # a driver passing on its SDK's refusal (adlfs)
+        if not storage.is_store_error(exc):
+            raise
+        raise StoreUnavailableError(f"{uri}: {' '.join(str(exc).split())}") from exc
     return digest.hexdigest()
 
 
@@ -37,5 +43,9 @@ def read_json(uri: str) -> dict[str, Any] | None:
         with fsspec.open(uri, "rt") as handle:
             value = json.load(handle)
     except (OSError, ImportError, ValueError):
+        return None
+    except Exception as exc:
+        if not storage.is_store_error(exc):
+            raise
         return None
     return value if isinstance(value, dict) else None

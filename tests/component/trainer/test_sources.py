@@ -50,6 +50,11 @@ def test_http_and_file_uris(kubeloop, snapshot, data, http_root, tmp_path):
     stored = Path(remote.summary["snapshot_uri"].removeprefix("file://"))
     assert stored.is_file()
 
+    # "?" starts a query string, not a glob: an http(s) URL is always one file
+    query = snapshot(f"{base}/cancer.csv?v=1", "csv", tmp_path / "q")
+    assert query.code == 0, query.stderr
+    assert query.summary["digest"] == local.summary["digest"]
+
     missing = snapshot(f"{base}/nope.csv", "csv", tmp_path / "c")
     assert missing.code == 2
     assert f"{base}/nope.csv" in missing.stderr

@@ -96,7 +96,8 @@ def test_descriptions_come_from_the_models():
 EXPECTED_RULES = {
     "datasets": {
         ".spec.source": [
-            "(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1"
+            "(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1",
+            "!has(self.secretRef) || has(self.uri)",
         ]
     },
     "trainingjobs": {

@@ -61,3 +61,14 @@ def test_the_postgresql_example_brings_the_secret_it_names():
     ref = next(d for d in docs if d["kind"] == "Dataset")["spec"]["source"]["sql"]["urlSecretRef"]
     assert secret["metadata"]["name"] == ref["name"]
     assert secret["stringData"][ref["key"]].startswith("postgresql://")
+
+
+def test_the_s3_example_brings_the_secret_it_names_with_standard_keys():
+    from kubeloop.contracts.storage import CREDENTIAL_KEYS
+
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "dataset-s3.yaml").read_text()))
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    source = next(d for d in docs if d["kind"] == "Dataset")["spec"]["source"]
+    assert secret["metadata"]["name"] == source["secretRef"]["name"]
+    assert set(secret["stringData"]) <= set(CREDENTIAL_KEYS)
+    assert source["uri"].startswith("s3://")

@@ -11,6 +11,7 @@ import yaml
 from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_REJECTED, SOURCE_URL_ENV, JobResult
+from kubeloop.contracts.storage import CREDENTIAL_KEYS, SOURCE_PREFIX
 from kubeloop.operator import builders
 from kubeloop.operator.builders import Trained
 from kubeloop.operator.settings import OperatorSettings
@@ -482,3 +483,70 @@ def test_a_sql_datasets_snapshot_is_found_as_parquet(settings):
     }
     uri = snapshot_uri(ds, "sha256:" + "a" * 64, settings)
     assert uri.endswith("/" + ArtifactLayout.data_file("parquet"))
+
+
+def s3_dataset() -> dict:
+    """The Dataset of examples/dataset-s3.yaml, as the API server hands it over."""
+    docs = yaml.safe_load_all((EXAMPLES / "dataset-s3.yaml").read_text())
+    ds = next(d for d in docs if d["kind"] == "Dataset")
+    ds["metadata"].update(namespace="ml", uid="0123456789abcdef", generation=1)
+    return ds
+
+
+def refs(container: dict) -> dict[str, dict]:
+    """The container's variables taken from Secrets: name -> secretKeyRef."""
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def test_snapshot_job_takes_the_sources_credentials_from_its_secret():
+    store = OperatorSettings(artifact_root="s3://kubeloop-store", artifacts_secret="store-creds")
+    ds = s3_dataset()
+    job = builders.build_snapshot_job(ds, DatasetSpec.model_validate(ds["spec"]), 0, store)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    got = refs(container)
+    for key in CREDENTIAL_KEYS:
+        assert got[SOURCE_PREFIX + key] == {"name": "cancer-s3", "key": key, "optional": True}
+        assert got[key] == {"name": "store-creds", "key": key, "optional": True}
+    assert container["args"][:3] == ["snapshot", "--source", "s3://kubeloop-data/breast-cancer/"]
+    assert "s3://kubeloop-store/datasets/ml/cancer-s3" in container["args"]
+    assert all("value" not in e for e in container["env"] if e["name"] in got)
+    assert "change-me" not in json.dumps(job)
+
+
+def test_without_secrets_jobs_and_pods_use_their_ambient_identity(settings):
+    ds = parent("Dataset")
+    snap = builders.build_snapshot_job(ds, DatasetSpec.model_validate(ds["spec"]), 0, settings)
+    tj = parent("TrainingJob")
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    train = builders.build_trainer_job(tj, spec, "s3://b/data.csv", settings)
+    md = parent("ModelDeployment")
+    mdspec = ModelDeploymentSpec.model_validate(md["spec"])
+    dep = builders.build_serving_deployment(md, mdspec, serving_version(2), "stable", 2, settings)
+    for pod in (snap["spec"]["template"], train["spec"]["template"], dep["spec"]["template"]):
+        names = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+        assert not names & {*CREDENTIAL_KEYS, *(SOURCE_PREFIX + k for k in CREDENTIAL_KEYS)}
+
+
+@pytest.mark.parametrize("role", ["stable", "canary"])
+def test_trainer_jobs_and_serving_pods_get_the_artifact_stores_secret(role):
+    store = OperatorSettings(artifact_root="s3://kubeloop-store", artifacts_secret="store-creds")
+    tj = parent("TrainingJob")
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    job = builders.build_trainer_job(tj, spec, "s3://kubeloop-store/d/data.csv", store)
+    md = parent("ModelDeployment")
+    mdspec = ModelDeploymentSpec.model_validate(md["spec"])
+    dep = builders.build_serving_deployment(md, mdspec, serving_version(2), role, 2, store)
+    for pod in (job["spec"]["template"], dep["spec"]["template"]):
+        got = refs(pod["spec"]["containers"][0])
+        assert {k: v["name"] for k, v in got.items()} == dict.fromkeys(
+            CREDENTIAL_KEYS, "store-creds"
+        )
+        assert all(v["optional"] is True and v["key"] in CREDENTIAL_KEYS for v in got.values())
+    assert (
+        "s3://kubeloop-store/models/ml/demo-01234567"
+        in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    )

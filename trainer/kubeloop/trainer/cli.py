@@ -185,10 +185,11 @@ def _snapshot_format(ctx: click.Context, source: str, query: str | None, fmt: st
 
 def _read_source(source: str, query: str | None, fmt: str) -> pd.DataFrame:
     """The whole table: a file read as ``fmt``, or a query streamed to Parquet first."""
+    from kubeloop.contracts import storage
     from kubeloop.trainer import data, output, sql
 
-    if query is None:
-        return data.read_table(source, fmt)  # type: ignore[arg-type]
+    if query is None:  # the source's own credentials (KUBELOOP_SOURCE_*), if it has them
+        return data.read_table(source, fmt, storage.source_options(source))  # type: ignore[arg-type]
     with output.staging() as tmp:
         sql.read_query(source, query, tmp / ArtifactLayout.data_file(sql.FORMAT))
         return data.read_table(str(tmp / ArtifactLayout.data_file(sql.FORMAT)), sql.FORMAT)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.api.v1alpha1 import Column, DataSchema
+from kubeloop.contracts import storage
 from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
 
 Format = Literal["csv", "parquet", "jsonl"]
@@ -42,35 +43,97 @@ def format_of(uri: str, given: str | None = None) -> Format:
     name = given or posixpath.splitext(uri.split("?")[0])[1].lstrip(".").lower()
     if name == "json":
         name = "jsonl"
+    if not name:
+        raise DataError(f"{uri}: no format in the name (give --format: csv, parquet or jsonl)")
     if name not in FORMATS:
         raise DataError(f"{uri}: unknown format {name!r} (use csv, parquet or jsonl)")
     return name
 
 
-def read_table(uri: str, fmt: Format) -> pd.DataFrame:
-    """Read a whole table through fsspec (plain paths, file://, http(s)://, s3://, ...)."""
+#: File name endings read as each format when a source is a prefix (a folder).
+SUFFIXES: dict[Format, tuple[str, ...]] = {
+    "csv": (".csv",),
+    "parquet": (".parquet", ".pq"),
+    "jsonl": (".jsonl", ".json"),
+}
+GLOB_CHARS = "*?["
+
+
+def source_files(
+    uri: str, fmt: Format, options: dict[str, Any] | None = None
+) -> tuple[Any, list[str]]:
+    """The filesystem and the files of a source, in name order: one file; every match of
+    a glob (``s3://bucket/data/part-*.csv``); or every ``fmt`` file under a prefix (a
+    folder, or a URI ending in ``/``). Several files are read as one table in that order.
+    An http(s) URL is always one file."""
     try:
-        with fsspec.open(uri, "rb") as handle:
-            if fmt == "csv":
-                frame = pd.read_csv(handle)
-            elif fmt == "parquet":
-                frame = pd.read_parquet(handle)
-            else:
-                frame = pd.read_json(handle, lines=True, precise_float=True, dtype=False)
+        fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
+    except (ValueError, ImportError) as exc:  # unknown protocol, driver not installed
+        raise DataError(f"{uri}: cannot be read: {exc}") from exc
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if {"http", "https"} & set(protocols):
+        return fs, [path]  # one resource: "?" starts a query, and a page lists no files
+    if any(c in path for c in GLOB_CHARS):
+        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+    elif uri.endswith("/") or fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if p.lower().endswith(SUFFIXES[fmt]))
+    else:
+        return fs, [path]
+    if not files:
+        raise DataError(f"{uri}: no {fmt} files match")
+    return fs, files
+
+
+def read_table(uri: str, fmt: Format, options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Read a whole table through fsspec (plain paths, file://, http(s)://, s3://, ...);
+    a glob or prefix is read as one table (:func:`source_files`). ``options``: fsspec
+    storage options (a source's own credentials)."""
+    try:
+        fs, files = source_files(uri, fmt, options)
+        frames = [_read_file(fs, path, fmt) for path in files]
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     except FileNotFoundError as exc:
         local = "://" not in uri or uri.startswith("file://")
-        raise DataError(
-            f"{uri}: {'no such file' if local else 'not found or unreachable'}"
-        ) from exc
+        raise DataError(f"{uri}: {'no such file' if local else _not_found(exc)}") from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{uri}: the data set is empty") from exc
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DataError(f"{uri}: cannot be read as {fmt}: {exc}") from exc
+    except PermissionError as exc:
+        raise DataError(f"{uri}: access denied: {_reason(exc)}") from exc
     except (OSError, ImportError) as exc:  # permissions, network, a missing fsspec backend
-        raise DataError(f"{uri}: cannot be read: {exc}") from exc
+        raise DataError(f"{uri}: cannot be read: {_reason(exc)}") from exc
+    except Exception as exc:
+        if not storage.is_store_error(exc):
+            raise
+        denied = getattr(exc, "status_code", None) in (401, 403)
+        raise DataError(
+            f"{uri}: {'access denied' if denied else 'cannot be read'}: {_reason(exc)}"
+        ) from exc
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"{uri}: the data set is empty")
     return frame
+
+
+def _read_file(fs: Any, path: str, fmt: Format) -> pd.DataFrame:
+    with fs.open(path, "rb") as handle:
+        if fmt == "csv":
+            return pd.read_csv(handle)
+        if fmt == "parquet":
+            return pd.read_parquet(handle)
+        return pd.read_json(handle, lines=True, precise_float=True, dtype=False)
+
+
+def _not_found(exc: OSError) -> str:
+    """What a remote store said was missing (the bucket, the key), on one line."""
+    detail = _reason(exc)
+    return f"not found or unreachable ({detail})" if detail else "not found or unreachable"
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's own message on one line (object stores return several)."""
+    text = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+    return " ".join(text.split())
 
 
 def write_table(frame: pd.DataFrame, path: str, fmt: Format) -> None:
