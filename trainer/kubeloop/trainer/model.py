@@ -30,6 +30,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from kubeloop.api.v1alpha1 import TensorSpec
 from kubeloop.contracts.artifacts import (
     LABEL_OUTPUT,
+    MISSING_TEXT,
     OUTPUT_NAMES,
     PROBA_OUTPUT,
     VALUE_OUTPUT,
@@ -44,8 +45,6 @@ if TYPE_CHECKING:  # imported where used: a run that fails its checks never load
 PROBA_TOLERANCE = 1e-4
 VALUE_TOLERANCE = 1e-4
 TREES = {n for n in MODULES if "Forest" in n or "Trees" in n or "Tree" in n or "Boosting" in n}
-#: Stand-in for a missing text value, in training and in the ONNX inputs.
-MISSING_TEXT = "missing"
 #: The pipeline step holding the estimator (search spaces and fitted params go through it).
 ESTIMATOR_STEP = "estimator"
 
