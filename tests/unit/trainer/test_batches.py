@@ -17,7 +17,7 @@ from kubeloop.trainer.batches import (
     rebatch,
     write_batches,
 )
-from kubeloop.trainer.data import DataError
+from kubeloop.trainer.errors import DataError
 
 
 def big_csv(path: Path, rows: int, bad_row: int | None = None, id_text_row: int | None = None):

@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from kubeloop.trainer.data import DataError
+from kubeloop.trainer.errors import DataError
 
 BatchFormat = Literal["csv", "parquet"]
 BATCH_FORMATS: tuple[BatchFormat, ...] = ("csv", "parquet")

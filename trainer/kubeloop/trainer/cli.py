@@ -461,8 +461,9 @@ def predict(
     Rows are counted from 0 (the header not included) in error messages. Exit 2 for bad
     input (a missing feature column, a value of the wrong type): nothing is written.
     """
-    from kubeloop.trainer import batches, data
+    from kubeloop.trainer import batches
     from kubeloop.trainer import predict as batch
+    from kubeloop.trainer.errors import DataError
 
     try:
         formats = (
@@ -470,12 +471,12 @@ def predict(
             batches.batch_format(out_uri, out_format),
         )
         model = batch.BatchModel.load(model_uri, threads)
-    except (data.DataError, batch.ModelError) as exc:
+    except (DataError, batch.ModelError) as exc:
         _fail("predict", EXIT_BAD_INPUT, str(exc))
     _check_out("predict", out_uri)
     try:
         scored = batch.score(model, data_uri, formats[0], out_uri, formats[1], batch_rows)
-    except data.DataError as exc:
+    except DataError as exc:
         reason = str(exc)
         _fail("predict", EXIT_BAD_INPUT, reason if data_uri in reason else f"{data_uri}: {reason}")
     except Exception as exc:

@@ -35,7 +35,7 @@ from kubeloop.trainer.batches import (
     read_batches,
     write_batches,
 )
-from kubeloop.trainer.data import DataError
+from kubeloop.trainer.errors import DataError
 
 #: the Arrow type each model datatype is read as (the server reads JSON numbers as float64)
 ARROW_INPUT: dict[str, pa.DataType] = {

@@ -1,0 +1,75 @@
+"""The ceiling for `kubeloop predict`: the same work with nothing around it.
+
+Read the table in pyarrow record batches, feed each batch's feature columns to
+onnxruntime (numbers as float32, text as strings, shaped ``[rows, 1]``), append the
+outputs and write Parquet — no validation, no checks, no temporary file, no digest.
+
+    python bench/batch/bare.py MODEL_DIR DATA OUT BATCH_ROWS
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+
+def batches(data: str, batch_rows: int, types: dict[str, pa.DataType]):
+    if data.endswith(".parquet"):
+        yield from pq.ParquetFile(data).iter_batches(batch_size=batch_rows)
+        return
+    options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in pacsv.open_csv(data, convert_options=options):
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= batch_rows:
+            yield from pa.Table.from_batches(pending).to_batches(max_chunksize=batch_rows)
+            pending, held = [], 0
+    if pending:
+        yield from pa.Table.from_batches(pending).to_batches(max_chunksize=batch_rows)
+
+
+def main(model_dir: str, data: str, out: str, batch_rows: int) -> None:
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    session = ort.InferenceSession(
+        str(Path(model_dir) / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    inputs = [(t["name"], t["datatype"]) for t in meta["inputs"]]
+    types = {n: pa.string() if d == "BYTES" else pa.float64() for n, d in inputs}
+    names = [o.name for o in session.get_outputs()]
+    writer = None
+    for batch in batches(data, batch_rows, types):
+        n = batch.num_rows
+        feed = {}
+        for name, datatype in inputs:
+            col = batch.column(name)
+            if datatype == "BYTES":
+                feed[name] = col.fill_null("missing").to_numpy(zero_copy_only=False).reshape(n, 1)
+            else:
+                feed[name] = col.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, 1)
+        got = session.run(names, feed)
+        extra = []
+        for value in got:
+            if value.ndim == 2 and value.shape[1] > 1:
+                flat = pa.array(np.ascontiguousarray(value, dtype=np.float32).reshape(-1))
+                extra.append(pa.FixedSizeListArray.from_arrays(flat, value.shape[1]))
+            else:
+                extra.append(pa.array(value.reshape(n)))
+        table = pa.RecordBatch.from_arrays([*batch.columns, *extra], [*batch.schema.names, *names])
+        if writer is None:
+            writer = pq.ParquetWriter(out, table.schema)
+        writer.write_batch(table)
+    if writer is not None:
+        writer.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
