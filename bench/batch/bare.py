@@ -3,6 +3,8 @@
 Read the table in pyarrow record batches, feed each batch's feature columns to
 onnxruntime (numbers as float32, text as strings, shaped ``[rows, 1]``), append the
 outputs and write Parquet — no validation, no checks, no temporary file, no digest.
+Prints the seconds from the session loaded to the output closed, as ``kubeloop
+predict`` reports its own.
 
     python bench/batch/bare.py MODEL_DIR DATA OUT BATCH_ROWS
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,7 @@ def main(model_dir: str, data: str, out: str, batch_rows: int) -> None:
     inputs = [(t["name"], t["datatype"]) for t in meta["inputs"]]
     types = {n: pa.string() if d == "BYTES" else pa.float64() for n, d in inputs}
     names = [o.name for o in session.get_outputs()]
+    started = time.perf_counter()
     writer = None
     for batch in batches(data, batch_rows, types):
         n = batch.num_rows
@@ -69,6 +73,7 @@ def main(model_dir: str, data: str, out: str, batch_rows: int) -> None:
         writer.write_batch(table)
     if writer is not None:
         writer.close()
+    print(json.dumps({"seconds": time.perf_counter() - started}))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ a sample of it by `kubeloop train`, and, for CSV and Parquet input (Parquet outp
 - **bare loop** — ``bench/batch/bare.py`` as a process: the same pyarrow read, the same
   onnxruntime call and the same Parquet write, with nothing around them.
 
-Both are timed from process start to exit (imports and model load included), each run
-``--runs`` times, alternating; the median counts. Both outputs must hold the same
+Both are timed as processes, start to exit (imports and model load included), and by
+what each reports of its scoring alone (model loaded to output closed); each runs
+``--runs`` times, alternating, and the median counts. Both outputs must hold the same
 predictions. Goal: kubeloop ≥ 0.8x the bare loop. Not a test: run with
 ``make bench-batch``.
 
@@ -19,11 +20,13 @@ predictions. Goal: kubeloop ≥ 0.8x the bare loop. Not a test: run with
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +63,28 @@ def train(sample: Path, out: Path) -> Path:
     return out
 
 
-def timed(argv: list[str]) -> float:
+@dataclass
+class Times:
+    """Seconds of one run: the process, start to exit; and its scoring, from the model
+    loaded to the output closed (as the process reports it)."""
+
+    process: float
+    scoring: float
+
+
+def timed(argv: list[str], key: str) -> Times:
     started = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
-    return seconds
+    return Times(seconds, float(json.loads(result.stdout.strip().splitlines()[-1])[key]))
+
+
+def median(runs: list[Times]) -> Times:
+    return Times(
+        statistics.median(t.process for t in runs), statistics.median(t.scoring for t in runs)
+    )
 
 
 def same_predictions(a: Path, b: Path) -> None:
@@ -76,19 +94,19 @@ def same_predictions(a: Path, b: Path) -> None:
         raise SystemExit(f"{a} and {b} hold different predictions")
 
 
-def measure(model: Path, data: Path, work: Path, runs: int, batch_rows: int) -> tuple[float, float]:
-    """Median seconds of kubeloop predict and of the bare loop on ``data``."""
+def measure(model: Path, data: Path, work: Path, runs: int, batch_rows: int) -> tuple[Times, Times]:
+    """Median times of kubeloop predict and of the bare loop on ``data``."""
     ours, bare = work / "kubeloop.parquet", work / "bare.parquet"
     predict = [KUBELOOP, "predict", "--model", str(model), "--data", str(data),
                "--out", str(ours), "--batch-rows", str(batch_rows)]  # fmt: skip
     loop = [sys.executable, str(HERE / "bare.py"), str(model), str(data), str(bare),
             str(batch_rows)]  # fmt: skip
-    times: dict[str, list[float]] = {"kubeloop": [], "bare": []}
+    times: dict[str, list[Times]] = {"kubeloop": [], "bare": []}
     for _ in range(runs):
-        times["kubeloop"].append(timed(predict))
-        times["bare"].append(timed(loop))
+        times["kubeloop"].append(timed(predict, "duration_seconds"))
+        times["bare"].append(timed(loop, "seconds"))
     same_predictions(ours, bare)
-    return statistics.median(times["kubeloop"]), statistics.median(times["bare"])
+    return median(times["kubeloop"]), median(times["bare"])
 
 
 def main() -> None:
@@ -107,17 +125,22 @@ def main() -> None:
         print(f"{args.rows:,} rows, {ESTIMATOR}, batches of {args.batch_rows:,} rows, "
               f"median of {args.runs} runs; output Parquet")  # fmt: skip
         print()
-        print("| input | kubeloop predict rows/s | bare loop rows/s | ratio |")
-        print("|---|---|---|---|")
+        print("| input | measured | kubeloop predict rows/s | bare loop rows/s | ratio |")
+        print("|---|---|---|---|---|")
         ratios = []
         for name in ("data.csv", "data.parquet"):
             ours, bare = measure(model, work / name, work, args.runs, args.batch_rows)
-            ratios.append(bare / ours)
-            print(f"| {name.split('.')[1].upper()} | {args.rows / ours:,.0f} | "
-                  f"{args.rows / bare:,.0f} | {bare / ours:.2f}x |", flush=True)  # fmt: skip
+            fmt = name.split(".")[1].upper()
+            for what, a, b in (
+                ("process, start to exit", ours.process, bare.process),
+                ("scoring, model loaded to output closed", ours.scoring, bare.scoring),
+            ):
+                ratios.append(b / a)
+                print(f"| {fmt} | {what} | {args.rows / a:,.0f} | {args.rows / b:,.0f} | "
+                      f"{b / a:.2f}x |", flush=True)  # fmt: skip
         print()
         verdict = "met" if min(ratios) >= GOAL else "NOT met"
-        print(f"goal kubeloop ≥ {GOAL}x the bare loop: {verdict} (lowest {min(ratios):.2f}x)")
+        print(f"goal kubeloop >= {GOAL}x the bare loop: {verdict} (lowest {min(ratios):.2f}x)")
 
 
 if __name__ == "__main__":
