@@ -24,20 +24,20 @@ import pyarrow.parquet as pq
 
 
 def batches(data: str, batch_rows: int, types: dict[str, pa.DataType]):
+    """Batches of exactly ``batch_rows`` rows (the last one fewer), as kubeloop makes them."""
     if data.endswith(".parquet"):
         yield from pq.ParquetFile(data).iter_batches(batch_size=batch_rows)
         return
     options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    for batch in pacsv.open_csv(data, convert_options=options):
-        pending.append(batch)
-        held += batch.num_rows
-        if held >= batch_rows:
-            yield from pa.Table.from_batches(pending).to_batches(max_chunksize=batch_rows)
-            pending, held = [], 0
+    pending = None
+    for block in pacsv.open_csv(data, convert_options=options):
+        table = pa.Table.from_batches([block] if pending is None else [*pending, block])
+        while table.num_rows >= batch_rows:
+            yield table.slice(0, batch_rows).combine_chunks().to_batches()[0]
+            table = table.slice(batch_rows)
+        pending = table.to_batches()
     if pending:
-        yield from pa.Table.from_batches(pending).to_batches(max_chunksize=batch_rows)
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def main(model_dir: str, data: str, out: str, batch_rows: int) -> None:

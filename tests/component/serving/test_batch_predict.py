@@ -198,3 +198,25 @@ def test_an_existing_output_is_replaced_whole(diabetes_model, data_dir, tmp_path
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert math.isfinite(summary["duration_seconds"])
+
+
+def test_a_header_alone_scores_zero_rows(mixed_model, tmp_path):
+    data = tmp_path / "header.csv"
+    data.write_text("age,income,city,outcome\n")
+    result = predict(mixed_model, data, tmp_path / "scored.csv")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["rows"] == 0
+    header = (tmp_path / "scored.csv").read_text().splitlines()
+    assert header[0].replace('"', "").split(",")[4] == task_outputs("classification")[0]
+
+
+def test_a_data_column_named_like_a_prediction_is_refused(diabetes_model, data_dir, tmp_path):
+    label = task_outputs("regression")[0]
+    table = pacsv.read_csv(data_dir / "diabetes.csv")
+    table = table.rename_columns([label if n == "target" else n for n in table.column_names])
+    data = tmp_path / "clash.csv"
+    pacsv.write_csv(table, data)
+    result = predict(diabetes_model, data, tmp_path / "out" / "scored.parquet")
+    assert result.returncode == 2
+    assert f"column '{label}': the data has it" in result.stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

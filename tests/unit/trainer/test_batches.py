@@ -11,6 +11,7 @@ import pytest
 
 from kubeloop.trainer.batches import (
     CSV_BLOCK,
+    OutputDataError,
     batch_format,
     first_unconvertible,
     read_batches,
@@ -131,3 +132,36 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         write_then_fail()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_is_refused(tmp_path):
+    schema = pa.schema([("a", pa.int64())])
+    with (
+        pytest.raises(OutputDataError, match="is a folder"),
+        write_batches(str(tmp_path), "csv", schema),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_columns_csv_cannot_hold_are_refused_before_any_row(tmp_path):
+    schema = pa.schema([("tags", pa.list_(pa.int64()))])
+    with (
+        pytest.raises(OutputDataError, match="cannot be written as csv"),
+        write_batches(str(tmp_path / "out.csv"), "csv", schema),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_csv_is_named_and_a_header_alone_has_no_rows(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with (
+        pytest.raises(DataError, match=r"empty\.csv: the data set is empty"),
+        read_batches(str(tmp_path / "empty.csv"), "csv", 10),
+    ):
+        pass
+    (tmp_path / "header.csv").write_text("a,b\n")
+    with read_batches(str(tmp_path / "header.csv"), "csv", 10, {"a": pa.float64()}) as reader:
+        assert reader.schema.field("a").type == pa.float64()
+        assert list(reader.batches) == []

@@ -43,13 +43,18 @@ _CSV_CONVERSION = re.compile(
 )
 
 
-def batch_format(uri: str, given: str | None = None) -> BatchFormat:
-    """The format named, or the one the file name's suffix says (csv or parquet)."""
+class OutputDataError(DataError):
+    """An output the data cannot be written to: the message names the output, not the data."""
+
+
+def batch_format(uri: str, given: str | None = None, flag: str = "--format") -> BatchFormat:
+    """The format named, or the one the file name's suffix says (csv or parquet); the
+    error tells to give ``flag``."""
     name = given or posixpath.splitext(uri.split("?")[0])[1].lstrip(".").lower()
     if name == "pq":
         name = "parquet"
     if name not in BATCH_FORMATS:
-        raise DataError(f"{uri}: cannot tell csv from parquet by its name; give --format")
+        raise DataError(f"{uri}: cannot tell csv from parquet by its name; give {flag}")
     return name
 
 
@@ -72,19 +77,24 @@ def read_batches(
         raise DataError(f"{uri}: no such file") from exc
     except (OSError, ImportError, ValueError) as exc:
         raise DataError(f"{uri}: cannot be read: {exc}") from exc
+    closing: list[Any] = []  # readers with threads of their own: closed before the file
     try:
         if fmt == "parquet":
             try:
                 parquet = pq.ParquetFile(handle)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DataError(f"{uri}: cannot be read as parquet: {exc}") from exc
+            closing.append(parquet)
             batches = parquet.iter_batches(batch_size=batch_rows)
             yield BatchReader(parquet.schema_arrow, _parquet_errors(uri, batches))
         else:
             reader = _open_csv(uri, handle, types or {})
+            closing.append(reader)
             csv_batches = _csv_errors(uri, reader, types or {})
             yield BatchReader(reader.schema, rebatch(csv_batches, batch_rows))
     finally:
+        for item in closing:
+            item.close()
         handle.close()
 
 
@@ -261,6 +271,8 @@ def write_batches(
     ``uri`` only when the block ends without an error."""
     fs, path = fsspec.core.url_to_fs(uri)
     parent, name = posixpath.split(path)
+    if not name or fs.isdir(path):
+        raise OutputDataError(f"--out {uri}: is a folder; give the output file's name")
     if parent:
         fs.makedirs(parent, exist_ok=True)
     temporary = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -268,11 +280,7 @@ def write_batches(
     try:
         with fs.open(temporary, "wb") as raw:
             sink = _Hashing(raw)
-            writer: Any = (
-                pq.ParquetWriter(sink, schema)
-                if fmt == "parquet"
-                else pacsv.CSVWriter(sink, schema)
-            )
+            writer = _writer(uri, sink, fmt, schema)
 
             def write(batch: pa.RecordBatch) -> None:
                 writer.write_batch(batch)
@@ -288,6 +296,16 @@ def write_batches(
         with contextlib.suppress(OSError):
             fs.rm(temporary)
         raise
+
+
+def _writer(uri: str, sink: _Hashing, fmt: BatchFormat, schema: pa.Schema) -> Any:
+    """A Parquet or CSV writer; DataError for columns the format cannot hold (lists in CSV)."""
+    try:
+        if fmt == "parquet":
+            return pq.ParquetWriter(sink, schema)
+        return pacsv.CSVWriter(sink, schema)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise OutputDataError(f"--out {uri}: the data cannot be written as {fmt}: {exc}") from exc
 
 
 def _rename(fs: Any, source: str, target: str) -> None:

@@ -467,8 +467,8 @@ def predict(
 
     try:
         formats = (
-            batches.batch_format(data_uri, data_format),
-            batches.batch_format(out_uri, out_format),
+            batches.batch_format(data_uri, data_format, "--data-format"),
+            batches.batch_format(out_uri, out_format, "--format"),
         )
         model = batch.BatchModel.load(model_uri, threads)
     except (DataError, batch.ModelError) as exc:
@@ -478,7 +478,8 @@ def predict(
         scored = batch.score(model, data_uri, formats[0], out_uri, formats[1], batch_rows)
     except DataError as exc:
         reason = str(exc)
-        _fail("predict", EXIT_BAD_INPUT, reason if data_uri in reason else f"{data_uri}: {reason}")
+        named = isinstance(exc, batches.OutputDataError) or reason.startswith(data_uri)
+        _fail("predict", EXIT_BAD_INPUT, reason if named else f"{data_uri}: {reason}")
     except Exception as exc:
         _internal("predict", exc)
     report(
