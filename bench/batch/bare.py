@@ -65,6 +65,8 @@ def main(model_dir: str, data: str, out: str, batch_rows: int) -> None:
             if value.ndim == 2 and value.shape[1] > 1:
                 flat = pa.array(np.ascontiguousarray(value, dtype=np.float32).reshape(-1))
                 extra.append(pa.FixedSizeListArray.from_arrays(flat, value.shape[1]))
+            elif value.dtype == object:
+                extra.append(pa.array(value.reshape(n), type=pa.string()))
             else:
                 extra.append(pa.array(value.reshape(n)))
         table = pa.RecordBatch.from_arrays([*batch.columns, *extra], [*batch.schema.names, *names])

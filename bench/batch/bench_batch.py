@@ -10,7 +10,7 @@ a sample of it by `kubeloop train`, and, for CSV and Parquet input (Parquet outp
 
 Both are timed as processes, start to exit (imports and model load included), and by
 what each reports of its scoring alone (model loaded to output closed); each runs
-``--runs`` times, alternating, and the median counts. Both outputs must hold the same
+``--runs`` times, taking turns to go first, and the median counts. Both outputs must hold the same
 predictions. Goal: kubeloop ≥ 0.8x the bare loop. Not a test: run with
 ``make bench-batch``.
 
@@ -102,9 +102,10 @@ def measure(model: Path, data: Path, work: Path, runs: int, batch_rows: int) -> 
     loop = [sys.executable, str(HERE / "bare.py"), str(model), str(data), str(bare),
             str(batch_rows)]  # fmt: skip
     times: dict[str, list[Times]] = {"kubeloop": [], "bare": []}
-    for _ in range(runs):
-        times["kubeloop"].append(timed(predict, "duration_seconds"))
-        times["bare"].append(timed(loop, "seconds"))
+    for run in range(runs):  # alternate which goes first
+        order = [("kubeloop", predict, "duration_seconds"), ("bare", loop, "seconds")]
+        for name, argv, key in order if run % 2 == 0 else order[::-1]:
+            times[name].append(timed(argv, key))
     same_predictions(ours, bare)
     return median(times["kubeloop"]), median(times["bare"])
 
