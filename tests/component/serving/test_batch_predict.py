@@ -8,10 +8,15 @@ output (nor a temporary file beside it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import math
+import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +225,40 @@ def test_a_data_column_named_like_a_prediction_is_refused(diabetes_model, data_d
     assert result.returncode == 2
     assert f"column '{label}': the data has it" in result.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A folder served read-only over HTTP on a loopback port."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_model_and_data_over_http_output_as_file_uri(mixed_model, data_dir, http_root, tmp_path):
+    base, root = http_root
+    shutil.copytree(mixed_model, root / "model")
+    shutil.copy(data_dir / "mixed.csv", root / "mixed.csv")
+    out = tmp_path / "scored.parquet"
+    result = subprocess.run(
+        [str(KUBELOOP), "predict", "--model", f"{base}/model", "--data", f"{base}/mixed.csv",
+         "--out", out.as_uri(), "--batch-rows", BATCH_ROWS],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    local = predict(mixed_model, data_dir / "mixed.csv", tmp_path / "local.parquet")
+    assert local.returncode == 0, local.stderr
+    assert pq.read_table(out).equals(pq.read_table(tmp_path / "local.parquet"))

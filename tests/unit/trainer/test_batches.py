@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -165,3 +166,23 @@ def test_an_empty_csv_is_named_and_a_header_alone_has_no_rows(tmp_path):
     with read_batches(str(tmp_path / "header.csv"), "csv", 10, {"a": pa.float64()}) as reader:
         assert reader.schema.field("a").type == pa.float64()
         assert list(reader.batches) == []
+
+
+def test_a_store_without_rename_gets_the_file_at_the_end_or_not_at_all():
+    """fsspec's in-memory filesystem stands in for an object store (no os.replace)."""
+    fs = fsspec.filesystem("memory")
+    schema = pa.schema([("a", pa.int64())])
+    with write_batches("memory://bucket/out.parquet", "parquet", schema) as (write, written):
+        write(pa.record_batch({"a": [1, 2, 3]}, schema=schema))
+        assert not fs.exists("/bucket/out.parquet")
+    assert fs.ls("/bucket", detail=False) == ["/bucket/out.parquet"]
+    assert written.sha256 == hashlib.sha256(fs.cat("/bucket/out.parquet")).hexdigest()
+
+    def write_then_fail() -> None:
+        with write_batches("memory://bucket/failed.csv", "csv", schema) as (write, _):
+            write(pa.record_batch({"a": [1]}, schema=schema))
+            raise RuntimeError("scoring failed")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    assert fs.ls("/bucket", detail=False) == ["/bucket/out.parquet"]
