@@ -72,7 +72,7 @@ def read_batches(
 ) -> Iterator[BatchReader]:
     """Stream ``uri`` as record batches of at most ``batch_rows`` rows."""
     try:
-        handle = fsspec.open(uri, "rb").open()
+        handle = _open(uri)
     except FileNotFoundError as exc:
         raise DataError(f"{uri}: no such file") from exc
     except (OSError, ImportError, ValueError) as exc:
@@ -96,6 +96,17 @@ def read_batches(
         for item in closing:
             item.close()
         handle.close()
+
+
+def _open(uri: str) -> Any:
+    """A local file as an Arrow native file (pyarrow's reader threads then never call into
+    Python, and never race the interpreter's exit); any other URI through fsspec."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        return pa.OSFile(path, "rb")
+    return fs.open(path, "rb")
 
 
 def _csv_options(types: Mapping[str, pa.DataType]) -> dict[str, Any]:
@@ -173,7 +184,7 @@ def first_unconvertible_csv(
     value: the file read again with that column as text."""
     as_text = {**types, name: pa.string()}
     offset = 0
-    with fsspec.open(uri, "rb") as handle:
+    with _open(uri) as handle:
         for batch in pacsv.open_csv(handle, **_csv_options(as_text)):
             row = first_unconvertible(batch.column(name), target)
             if row is not None:
