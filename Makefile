@@ -127,6 +127,12 @@ bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments 
 bench-rollout: setup toolchain monitoring-tools ## Benchmark the guard: seconds to roll a bad canary back and to promote a good one, against their bounds.
 	$(BIN)/python bench/rollout/bench_rollout.py
 
+BENCH_BATCH_ROWS ?= 1000000
+
+.PHONY: bench-batch
+bench-batch: setup ## Benchmark kubeloop predict against a bare pyarrow + onnxruntime loop: rows/s on a generated file.
+	$(BIN)/python bench/batch/bench_batch.py --rows $(BENCH_BATCH_ROWS)
+
 BENCH_VENV ?= $(HOME)/.cache/kubeloop/bench-venv
 KSERVE_VENV ?= $(HOME)/.cache/kubeloop/kserve-venv
 BENCH_SECONDS ?= 10

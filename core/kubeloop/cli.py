@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubeloop.operator.status_cli:status",
         "Show a model's loop: datasets, training jobs, versions, rollout, drift.",
     ),
+    "predict": (
+        "kubeloop.trainer.cli:predict",
+        "Score a table with a model, appending the prediction columns the server returns.",
+    ),
     "rules": (
         "kubeloop.operator.alerts.cli:rules",
         "Print the Prometheus alert rules that trigger retraining (see docs/monitoring.md).",
@@ -56,6 +60,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 INSTALLS: dict[str, str] = {
     "cluster": "it needs a Kubeloop checkout with `make setup` (the devcluster extra, in no image)",
     "operator": "it runs in the kubeloop-operator image, or install the [operator] extra",
+    "predict": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
     "rules": "it runs in the kubeloop-operator image, or install the [operator] extra",
     "status": "install the [operator] extra (it reads the API server with the operator's client)",
     "serve": "it runs in the kubeloop-serving image, or install the [serving] extra",

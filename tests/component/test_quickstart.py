@@ -1,4 +1,5 @@
-"""The README's local quick start, run as a new user would: snapshot, train, serve, predict."""
+"""The README's local quick start, run as a new user would: snapshot, train, serve, predict,
+score a table."""
 
 from __future__ import annotations
 
@@ -75,6 +76,11 @@ def test_quick_start(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    scored = tmp_path / "scored.parquet"
+    batch = kubeloop("predict", "--model", str(model), "--data", data, "--out", str(scored))
+    assert batch.returncode == 0, batch.stderr
+    assert json.loads(batch.stdout)["rows"] == 569
+    assert scored.stat().st_size > 0
 
 
 @pytest.mark.parametrize(

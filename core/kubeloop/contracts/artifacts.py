@@ -48,6 +48,8 @@ LABEL_OUTPUT: Final = "label"
 PROBA_OUTPUT: Final = "probabilities"
 #: The ONNX output holding the predicted value (regression).
 VALUE_OUTPUT: Final = "variable"
+#: What stands for a missing text value in a model's inputs, in training and after it.
+MISSING_TEXT: Final = "missing"
 #: The outputs a trained model has, by task, in the order the converter emits them.
 OUTPUT_NAMES: dict[Task, tuple[str, ...]] = {
     "classification": (LABEL_OUTPUT, PROBA_OUTPUT),

@@ -1,10 +1,10 @@
 """The Job-result contract: what a snapshot or trainer Job reports to the operator.
 
-``kubeloop snapshot`` and ``kubeloop train`` write one :class:`JobResult` as JSON
-to the container's termination-message file (the pod's ``terminationMessagePath``,
-policy ``File``); the operator reads it from the pod's status and parses the whole
-message — never a log line. A Job that dies before writing one has no result, and
-the operator reports the Job's own failure instead.
+``kubeloop snapshot``, ``kubeloop train`` and ``kubeloop predict`` write one
+:class:`JobResult` as JSON to the container's termination-message file (the pod's
+``terminationMessagePath``, policy ``File``); the operator reads it from the pod's
+status and parses the whole message — never a log line. A Job that dies before writing
+one has no result, and the operator reports the Job's own failure instead.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ TERMINATION_LOG_ENV = "KUBELOOP_TERMINATION_LOG"
 #: SQL Dataset sets it from the Secret (spec.source.sql.urlSecretRef), so the URL and its
 #: password stay out of the Job's arguments.
 SOURCE_URL_ENV = "KUBELOOP_SOURCE_URL"
-#: Exit codes of `kubeloop snapshot` and `kubeloop train` besides 0: the run failed,
+#: Exit codes of `kubeloop snapshot`, `train` and `predict` besides 0: the run failed,
 #: the input is bad (a retry cannot help), the quality gate rejected the model.
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -37,11 +37,11 @@ EXIT_REJECTED = 3
 
 
 class JobResult(BaseModel):
-    """The result of ``kubeloop snapshot`` or ``kubeloop train``, kept under 4 KiB."""
+    """The result of ``kubeloop snapshot``, ``train`` or ``predict``, kept under 4 KiB."""
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    kind: Literal["snapshot", "train"]
+    kind: Literal["snapshot", "train", "predict"]
     status: Literal["succeeded", "rejected", "failed"]
     reason: str | None = None
     # snapshot
@@ -57,6 +57,9 @@ class JobResult(BaseModel):
     metrics: dict[str, float] | None = None
     gate: GateResult | None = None
     comparison: Comparison | None = None
+    # predict (also rows, and sha256: the output file's)
+    output_uri: str | None = None
+    duration_seconds: float | None = None
 
     def to_message(self) -> str:
         """Compact JSON, trimmed to fit a termination message."""

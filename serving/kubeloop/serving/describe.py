@@ -12,19 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubeloop.contracts import artifacts as contract
-from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
+from kubeloop.inference import Feature, features_of, task_outputs
 from kubeloop.serving.drift import CategoricalReference, NumericReference, Reference
 
 __all__ = ["Description", "describe", "value_buckets"]
 
 #: default prediction-value histogram buckets when the profile has none (regression)
 DEFAULT_VALUE_BUCKETS: tuple[float, ...] = (-100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1000.0)
-
-
-@dataclass(frozen=True)
-class Feature:
-    name: str
-    nullable: bool
 
 
 @dataclass(frozen=True)
@@ -57,8 +51,7 @@ def _reference(name: str, prof: contract.NumericProfile | contract.CategoricalPr
 def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
     """Parse ``model.json`` (and ``profile.json`` when present) into a Description."""
     meta = contract.ModelMetadata.model_validate_json(meta_bytes)
-    nullable = set(meta.nullable)
-    features = [Feature(t.name, t.name in nullable) for t in meta.inputs]
+    features = features_of(meta)
     refs: list[Reference] = []
     prediction: Reference | None = None
     value_buckets = DEFAULT_VALUE_BUCKETS
@@ -71,7 +64,7 @@ def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
         if profile.prediction is not None:
             prediction = _reference("prediction", profile.prediction)
         value_buckets = _buckets(profile)
-    classification = meta.task == "classification"
+    label_output, proba_output = task_outputs(meta.task)
     return Description(
         name=meta.name,
         version=meta.sha256[:12],
@@ -81,8 +74,8 @@ def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
         features=features,
         feature_references=refs,
         prediction_reference=prediction,
-        label_output=LABEL_OUTPUT if classification else VALUE_OUTPUT,
-        proba_output=PROBA_OUTPUT if classification else None,
+        label_output=label_output,
+        proba_output=proba_output,
         value_buckets=value_buckets,
     )
 

@@ -23,7 +23,9 @@ import fsspec
 import numpy as np
 import onnxruntime as ort
 
+from kubeloop import inference
 from kubeloop.contracts.artifacts import ArtifactLayout, join
+from kubeloop.inference import output_specs
 from kubeloop.serving import describe as art
 from kubeloop.serving.batching import Feed, MicroBatcher, Outputs
 from kubeloop.serving.metrics import Metrics
@@ -34,20 +36,10 @@ from kubeloop.serving.tensors import (
     Column,
     Decoded,
     InputSpec,
-    OutputSpec,
     object_column,
 )
 
 log = logging.getLogger("kubeloop.serving.model")
-
-ONNX_TO_OIP: dict[str, str] = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
 
 
 class ArtifactError(Exception):
@@ -97,37 +89,9 @@ def fingerprint(location: str) -> str:
 
 
 def input_specs(desc: art.Description, session: ort.InferenceSession) -> list[InputSpec]:
-    """The model's inputs, one per feature in model.json's order, typed as the ONNX
-    graph declares them; the two files must describe the same inputs."""
-    onnx_inputs = {i.name: i for i in session.get_inputs()}
-    specs: list[InputSpec] = []
-    for feature in desc.features:
-        onnx_input = onnx_inputs.get(feature.name)
-        if onnx_input is None:
-            raise ValueError(f"{ArtifactLayout.MODEL} has no input for feature '{feature.name}'")
-        datatype = ONNX_TO_OIP.get(onnx_input.type)
-        if datatype is None:
-            raise ValueError(f"input '{feature.name}' has unsupported type {onnx_input.type}")
-        specs.append(InputSpec(feature.name, datatype, feature.nullable))  # type: ignore[arg-type]
-    if len(onnx_inputs) != len(specs):
-        extra = set(onnx_inputs) - {s.name for s in specs}
-        raise ValueError(
-            f"{ArtifactLayout.MODEL} has inputs {ArtifactLayout.METADATA} does not describe: "
-            f"{sorted(extra)}"
-        )
-    return specs
-
-
-def output_specs(session: ort.InferenceSession) -> list[OutputSpec]:
-    """The ONNX graph's outputs (free dimensions as -1)."""
-    specs: list[OutputSpec] = []
-    for o in session.get_outputs():
-        datatype = ONNX_TO_OIP.get(o.type)
-        if datatype is None:
-            raise ValueError(f"output '{o.name}' has unsupported type {o.type}")
-        shape = tuple(d if isinstance(d, int) else -1 for d in (o.shape or []))
-        specs.append(OutputSpec(o.name, datatype, shape))  # type: ignore[arg-type]
-    return specs
+    """The model's inputs, typed as the ONNX graph declares them (the core's rule, shared
+    with batch prediction)."""
+    return inference.input_specs(desc.features, session)
 
 
 def prediction_outputs(
@@ -170,7 +134,6 @@ class LoadedModel:
         self.inputs = input_specs(desc, session)
         self.index = {s.name: i for i, s in enumerate(self.inputs)}
         self.feed_names = [s.name for s in self.inputs]
-        self.feed_dtypes = [NUMPY[s.datatype] for s in self.inputs]
         self._all_fp32 = all(s.datatype == "FP32" for s in self.inputs)
         self.outputs = output_specs(session)
         self.output_names = [o.name for o in self.outputs]
@@ -206,12 +169,8 @@ class LoadedModel:
             feed.matrix = matrix
             return feed
         out = Feed()
-        for name, dtype, col in zip(
-            self.feed_names, self.feed_dtypes, decoded.columns, strict=True
-        ):
-            if col.dtype != dtype:
-                col = col.astype(dtype)
-            out[name] = col.reshape(rows, 1)
+        for spec, col in zip(self.inputs, decoded.columns, strict=True):
+            out[spec.name] = inference.feed_column(col, spec, rows)
         return out
 
     def run(self, feed: Feed) -> Outputs:
@@ -335,12 +294,7 @@ def _stage(public: str) -> Iterator[None]:
 
 
 def _session(onnx_bytes: bytes, settings: ServingSettings) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.ort_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return inference.new_session(onnx_bytes, settings.ort_threads)
 
 
 def _read(location: str, name: str) -> bytes:

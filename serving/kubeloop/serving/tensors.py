@@ -9,18 +9,49 @@ binary extension and in gRPC's raw contents, so their codec lives here too.
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from kubeloop import inference
+from kubeloop.inference import (
+    DATATYPES,
+    FP32_MAX,
+    FP64_MAX,
+    INT_RANGE,
+    NUMERIC,
+    NUMPY,
+    Column,
+    Datatype,
+    InputSpec,
+    OutputSpec,
+    within_fp32,
+)
 from kubeloop.serving.errors import BadRequestError
 
-Datatype = Literal["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"]
-DATATYPES: tuple[str, ...] = ("FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES")
-NUMERIC = frozenset({"FP32", "FP64", "INT32", "INT64"})
+#: the core's model-input types and checks, used by the codecs through this module
+__all__ = [
+    "COMPATIBLE",
+    "DATATYPES",
+    "FP32_MAX",
+    "FP64_MAX",
+    "INT_RANGE",
+    "NUMERIC",
+    "NUMPY",
+    "Column",
+    "Datatype",
+    "Decoded",
+    "InputSpec",
+    "OutputSpec",
+    "check_column",
+    "from_bytes",
+    "object_column",
+    "to_bytes",
+    "within_fp32",
+]
+
 #: request datatypes accepted for an input declared with the key's datatype
 COMPATIBLE: dict[str, frozenset[str]] = {
     "FP32": NUMERIC,
@@ -30,39 +61,7 @@ COMPATIBLE: dict[str, frozenset[str]] = {
     "BOOL": frozenset({"BOOL"}),
     "BYTES": frozenset({"BYTES"}),
 }
-NUMPY: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "BOOL": np.dtype(np.bool_),
-    "BYTES": np.dtype(object),
-}
 _ITEMSIZE = {"FP32": 4, "FP64": 8, "INT32": 4, "INT64": 8, "BOOL": 1}
-
-Column = np.ndarray[Any, Any]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input (one feature column)."""
-
-    name: str
-    datatype: Datatype
-    nullable: bool = False
-
-    @property
-    def numeric(self) -> bool:
-        return self.datatype in NUMERIC
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """One model output as the model metadata declares it (-1 for a free dimension)."""
-
-    name: str
-    datatype: Datatype
-    shape: tuple[int, ...]
 
 
 @dataclass
@@ -89,72 +88,13 @@ class Decoded:
         return self._columns
 
 
-#: the largest magnitude each numeric datatype holds (a float beyond FP32's is cast to inf)
-FP32_MAX = float(np.finfo(np.float32).max)
-FP64_MAX = float(np.finfo(np.float64).max)
-_MAGNITUDE: dict[str, float] = {"FP32": FP32_MAX, "FP64": FP64_MAX}
-#: the integer range of each integer datatype, inclusive
-INT_RANGE: dict[str, tuple[int, int]] = {
-    "INT32": (-(2**31), 2**31 - 1),
-    "INT64": (-(2**63), 2**63 - 1),
-}
-
-
-def within_fp32(matrix: np.ndarray[Any, Any]) -> bool:
-    """Every value finite and within FP32's range (NaN fails: it propagates through min and
-    max); integers always are. One vectorised pass over a whole 2-D request."""
-    if matrix.dtype.kind != "f" or not matrix.size:
-        return True
-    return bool(matrix.min() >= -FP32_MAX and matrix.max() <= FP32_MAX)
-
-
 def check_column(col: Column, spec: InputSpec, name: str) -> Column:
-    """Refuse values the model's datatype cannot hold: NaN (unless the feature is
-    nullable), infinity, and numbers outside the datatype's range. A good column costs
-    one min and one max (NaN propagates through both, so it takes the slow path)."""
-    if not spec.numeric or col.dtype.kind not in "fiu" or not len(col):
-        return col
-    if col.dtype.kind in "iu" and (
-        spec.datatype not in INT_RANGE or np.can_cast(col.dtype, NUMPY[spec.datatype])
-    ):
-        return col  # every value fits: integers into floats, or a narrower integer type
-    lo, hi = col.min(), col.max()
-    if spec.datatype in INT_RANGE:
-        low, high = INT_RANGE[spec.datatype]
-        # float(2**63) rounds to 2**63, which int64 cannot hold: compare below it
-        if lo >= low and (hi <= high if col.dtype.kind in "iu" else hi < float(high) + 1):
-            return col
-        ok = (col >= low) & (col <= high) if col.dtype.kind in "iu" else _in_float(col, high)
-    else:
-        limit = _MAGNITUDE[spec.datatype]
-        if lo >= -limit and hi <= limit:
-            return col
-        ok = np.abs(col) <= limit
-    if spec.nullable and col.dtype.kind == "f" and spec.datatype in _MAGNITUDE:
-        ok |= np.isnan(col)  # NaN is a nullable feature's missing value
-    if ok.all():
-        return col
-    _refuse(col, int(np.flatnonzero(~ok)[0]), spec, name)
-    return col
-
-
-def _in_float(col: Column, high: int) -> np.ndarray[Any, Any]:
-    result: np.ndarray[Any, Any] = (col >= -float(high) - 1) & (col < float(high) + 1)
-    return result
-
-
-def _refuse(col: Column, row: int, spec: InputSpec, name: str) -> None:
-    """Raise the client error for the value at ``row``."""
-    value = col[row].item()
-    if col.dtype.kind == "f" and math.isnan(value):
-        raise BadRequestError(
-            f"input '{name}' is NaN at row {row}; this feature does not allow missing values"
-        )
-    if col.dtype.kind == "f" and math.isinf(value):
-        raise BadRequestError(f"input '{name}' is infinite at row {row}")
-    raise BadRequestError(
-        f"input '{name}' is {value!r} at row {row}, outside the range of {spec.datatype}"
-    )
+    """The core's value check (:func:`kubeloop.inference.check_column`), a refused value
+    answered as the client's error."""
+    try:
+        return inference.check_column(col, spec, name)
+    except inference.RefusedValueError as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 def from_bytes(raw: memoryview, datatype: str, n: int, name: str) -> Column:

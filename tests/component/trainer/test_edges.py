@@ -18,11 +18,11 @@ import pytest
 
 from kubeloop.contracts.artifacts import (
     LABEL_OUTPUT,
+    MISSING_TEXT,
     ArtifactLayout,
     ModelMetadata,
     Profile,
 )
-from kubeloop.trainer.model import MISSING_TEXT
 
 ROOT = Path(__file__).resolve().parents[3]
 

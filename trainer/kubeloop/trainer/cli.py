@@ -413,3 +413,83 @@ def _train(run: training.Run) -> JobResult:
         sys.exit(EXIT_REJECTED)
     except Exception as exc:
         _internal("train", exc)
+
+
+@click.command()
+@click.option(
+    "--model", "model_uri", required=True, help="Model directory or URI (or its model.onnx)."
+)
+@click.option("--data", "data_uri", required=True, help="Table to score: CSV or Parquet URI.")
+@click.option(
+    "--out", "out_uri", required=True, help="Output file URI; written whole or not at all."
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["csv", "parquet"]),
+    help="Output format. Default: from --out's suffix.",
+)
+@click.option(
+    "--data-format",
+    type=click.Choice(["csv", "parquet"]),
+    help="Input format. Default: from --data's suffix.",
+)
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Rows read, scored and written at a time (memory is bounded by it).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="onnxruntime threads (0: one per core).",
+)
+def predict(
+    model_uri: str,
+    data_uri: str,
+    out_uri: str,
+    out_format: str | None,
+    data_format: str | None,
+    batch_rows: int,
+    threads: int,
+) -> None:
+    """Score a table with a model, appending the prediction columns the server returns.
+
+    Rows are counted from 0 (the header not included) in error messages. Exit 2 for bad
+    input (a missing feature column, a value of the wrong type): nothing is written.
+    """
+    from kubeloop.trainer import batches
+    from kubeloop.trainer import predict as batch
+    from kubeloop.trainer.errors import DataError
+
+    try:
+        formats = (
+            batches.batch_format(data_uri, data_format, "--data-format"),
+            batches.batch_format(out_uri, out_format, "--format"),
+        )
+        model = batch.BatchModel.load(model_uri, threads)
+    except (DataError, batch.ModelError) as exc:
+        _fail("predict", EXIT_BAD_INPUT, str(exc))
+    _check_out("predict", out_uri)
+    try:
+        scored = batch.score(model, data_uri, formats[0], out_uri, formats[1], batch_rows)
+    except DataError as exc:
+        reason = str(exc)
+        named = isinstance(exc, batches.OutputDataError) or reason.startswith(data_uri)
+        _fail("predict", EXIT_BAD_INPUT, reason if named else f"{data_uri}: {reason}")
+    except Exception as exc:
+        _internal("predict", exc)
+    report(
+        JobResult(
+            kind="predict",
+            status="succeeded",
+            rows=scored.rows,
+            sha256=scored.sha256,
+            output_uri=out_uri,
+            duration_seconds=round(scored.seconds, 3),
+        )
+    )

@@ -28,14 +28,11 @@ import pandas as pd
 from kubeloop.api.v1alpha1 import Column, DataSchema
 from kubeloop.contracts import storage
 from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
+from kubeloop.trainer.errors import DataError as DataError  # raised here, defined apart
 
 Format = Literal["csv", "parquet", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl")
 PROFILE_BINS = 10
-
-
-class DataError(Exception):
-    """Data that cannot be used; the message names the column and the problem."""
 
 
 def format_of(uri: str, given: str | None = None) -> Format:

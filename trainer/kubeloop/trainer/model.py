@@ -34,6 +34,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from kubeloop.api.v1alpha1 import TensorSpec
 from kubeloop.contracts.artifacts import (
     LABEL_OUTPUT,
+    MISSING_TEXT,
     OUTPUT_NAMES,
     PROBA_OUTPUT,
     VALUE_OUTPUT,
@@ -50,8 +51,6 @@ if TYPE_CHECKING:  # imported where used: a run that fails its checks never load
     import onnxruntime as ort
     from onnx import ModelProto
 
-#: Stand-in for a missing text value, in training and in the ONNX inputs.
-MISSING_TEXT = "missing"
 #: The pipeline step holding the estimator (search spaces and fitted params go through it).
 ESTIMATOR_STEP = "estimator"
 #: The pipeline step encoding the columns.
