@@ -16,16 +16,14 @@ account key is refused as Azure refuses it:
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import subprocess
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from needs import missing
-from s3_server import HOW, end, free_port, wait_listening
+from s3_server import HOW, LocalServer
 
 ACCOUNT = "kubeloopdev"
 KEY = base64.b64encode(b"kubeloop-azurite-account-key-0123456789").decode()
@@ -51,42 +49,24 @@ def azurite_blob() -> str:
 
 
 @dataclass
-class AzuriteServer:
-    """A running blob service; ``stop`` ends it and removes its folder."""
+class AzuriteServer(LocalServer):
+    """Azurite's blob service, data under ``root``, one account with the tests' key."""
 
-    root: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    NAME: ClassVar[str] = "azurite"
 
     @classmethod
-    def start(cls) -> AzuriteServer:
-        binary = azurite_blob()
-        server = cls(Path(tempfile.mkdtemp(prefix="kubeloop-azurite-")))
-        for attempt in range(3):  # another process may take the free port first
-            try:
-                server._serve(binary)
-                return server
-            except RuntimeError:
-                if attempt == 2:
-                    shutil.rmtree(server.root, ignore_errors=True)
-                    raise
-        raise AssertionError("unreachable")
+    def binary(cls) -> str:
+        return azurite_blob()
 
-    def _serve(self, binary: str) -> None:
-        self.port = free_port()
-        log = (self.root / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                "--location", str(self.root), "--silent", "--disableTelemetry",
-                "--skipApiVersionCheck", "--loose",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{KEY}"},
-        )  # fmt: skip
-        log.close()
-        wait_listening(self.proc, self.port, self.root / "server.log")
+    def argv(self, binary: str) -> list[str]:
+        return [
+            binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+            "--location", str(self.root), "--silent", "--disableTelemetry",
+            "--skipApiVersionCheck", "--loose",
+        ]  # fmt: skip
+
+    def environ(self) -> dict[str, str]:
+        return {"AZURITE_ACCOUNTS": f"{ACCOUNT}:{KEY}"}
 
     def connection_string(self, key: str = KEY) -> str:
         return (
@@ -112,9 +92,3 @@ class AzuriteServer:
         if not fs.exists(name):
             fs.mkdir(name)
         return f"az://{name}"
-
-    def stop(self) -> None:
-        try:
-            end(self.proc)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)

@@ -13,57 +13,29 @@ reading, listing, writing) and not GCS authentication:
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from s3_server import end, free_port, toolchain_binary, wait_listening
+from s3_server import LocalServer, toolchain_binary
 
 
 @dataclass
-class GcsServer:
-    """A running emulator; ``stop`` ends it and removes its folder."""
+class GcsServer(LocalServer):
+    """fake-gcs-server, filesystem backend under ``root/buckets``."""
 
-    root: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    NAME: ClassVar[str] = "gcs"
 
     @classmethod
-    def start(cls) -> GcsServer:
-        binary = toolchain_binary("fake-gcs-server")
-        server = cls(Path(tempfile.mkdtemp(prefix="kubeloop-gcs-")))
-        for attempt in range(3):  # another process may take the free port first
-            try:
-                server._serve(binary)
-                return server
-            except RuntimeError:
-                if attempt == 2:
-                    shutil.rmtree(server.root, ignore_errors=True)
-                    raise
-        raise AssertionError("unreachable")
+    def binary(cls) -> str:
+        return toolchain_binary("fake-gcs-server")
 
-    def _serve(self, binary: str) -> None:
-        self.port = free_port()
-        log = (self.root / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                "-backend", "filesystem", "-filesystem-root", str(self.root / "buckets"),
-                "-external-url", self.endpoint, "-public-host", f"127.0.0.1:{self.port}",
-                "-log-level", "warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        wait_listening(self.proc, self.port, self.root / "server.log")
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def argv(self, binary: str) -> list[str]:
+        return [
+            binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+            "-backend", "filesystem", "-filesystem-root", str(self.root / "buckets"),
+            "-external-url", self.endpoint, "-public-host", f"127.0.0.1:{self.port}",
+            "-log-level", "warn",
+        ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
         """The variables a client process needs: gcsfs's emulator address, anonymous access
@@ -87,9 +59,3 @@ class GcsServer:
         if not fs.exists(name):
             fs.mkdir(name)
         return f"gs://{name}"
-
-    def stop(self) -> None:
-        try:
-            end(self.proc)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)

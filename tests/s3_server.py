@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from needs import missing
 
@@ -84,18 +84,32 @@ def end(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 @dataclass
-class S3Server:
-    """A running gateway; ``stop`` ends it and removes its folder."""
+class LocalServer:
+    """A server process on a free loopback port with its data in a temporary folder;
+    ``stop`` ends it and removes the folder. Subclasses say which binary, its arguments
+    and environment; ``start`` retries on a port another process took first."""
 
     root: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: the temporary folder's prefix
+    NAME: ClassVar[str] = "server"
 
     @classmethod
-    def start(cls) -> S3Server:
-        binary = toolchain_binary("versitygw")
-        server = cls(Path(tempfile.mkdtemp(prefix="kubeloop-s3-")))
-        (server.root / "buckets").mkdir()
+    def binary(cls) -> str:
+        raise NotImplementedError
+
+    def argv(self, binary: str) -> list[str]:
+        raise NotImplementedError
+
+    def environ(self) -> dict[str, str]:
+        """Variables beyond the test process's own."""
+        return {}
+
+    @classmethod
+    def start(cls: type[S]) -> S:
+        binary = cls.binary()
+        server = cls(Path(tempfile.mkdtemp(prefix=f"kubeloop-{cls.NAME}-")))
         for attempt in range(3):  # another process may take the free port first
             try:
                 server._serve(binary)
@@ -108,21 +122,13 @@ class S3Server:
 
     def _serve(self, binary: str) -> None:
         self.port = free_port()
-        log = (self.root / "server.log").open("wb")
-        # The root credentials go in the environment, not the process list.
-        env = {
-            **os.environ,
-            "ROOT_ACCESS_KEY_ID": ACCESS_KEY,
-            "ROOT_SECRET_ACCESS_KEY": SECRET_KEY,
-        }
-        args = [binary, "--port", f"127.0.0.1:{self.port}", "--region", REGION, "--quiet"]
-        self.proc = subprocess.Popen(
-            [*args, "posix", str(self.root / "buckets")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        log.close()
+        with (self.root / "server.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv(binary),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.environ()},
+            )
         wait_listening(self.proc, self.port, self.root / "server.log")
 
     def log(self) -> str:
@@ -132,6 +138,35 @@ class S3Server:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        try:
+            end(self.proc)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+S = TypeVar("S", bound=LocalServer)
+
+
+@dataclass
+class S3Server(LocalServer):
+    """Versity Gateway, posix backend under ``root/buckets``."""
+
+    NAME: ClassVar[str] = "s3"
+
+    @classmethod
+    def binary(cls) -> str:
+        return toolchain_binary("versitygw")
+
+    def argv(self, binary: str) -> list[str]:
+        (self.root / "buckets").mkdir(exist_ok=True)
+        args = [binary, "--port", f"127.0.0.1:{self.port}", "--region", REGION, "--quiet"]
+        return [*args, "posix", str(self.root / "buckets")]
+
+    def environ(self) -> dict[str, str]:
+        """The root credentials: in the environment, not the process list."""
+        return {"ROOT_ACCESS_KEY_ID": ACCESS_KEY, "ROOT_SECRET_ACCESS_KEY": SECRET_KEY}
 
     def env(self, *, access: str = ACCESS_KEY, secret: str = SECRET_KEY) -> dict[str, str]:
         """The standard variables a client process reads to reach this server."""
@@ -161,9 +196,3 @@ class S3Server:
         if not fs.exists(name):
             fs.mkdir(name)
         return f"s3://{name}"
-
-    def stop(self) -> None:
-        try:
-            end(self.proc)
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
