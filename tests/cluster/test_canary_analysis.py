@@ -87,7 +87,7 @@ def test_a_good_canary_holds_without_prometheus_then_promotes(rollout, model_dir
     assert traffic.error is None, traffic.error
     assert done.get("canaryVersion") is None
     assert run.cluster.condition("ModelDeployment", MD, "Degraded")["status"] == "False"
-    assert run.rollouts() == {"promoted": 1.0}
+    assert run.rollouts() == {"promoted": 1.0, "rolled_back": 0.0}
     assert run.warnings("AnalysisCheckFailed") == []
 
 
@@ -127,7 +127,7 @@ def test_prometheus_stopped_mid_canary_holds_the_weight_then_resumes(rollout, mo
         )
     assert traffic.error is None, traffic.error
     assert done.get("canaryVersion") is None
-    assert run.rollouts() == {"promoted": 1.0}
+    assert run.rollouts() == {"promoted": 1.0, "rolled_back": 0.0}
 
 
 def rolled_back(run: Rollout) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def assert_rolled_back(run: Rollout, status: dict[str, Any]) -> None:
     degraded = run.cluster.condition("ModelDeployment", MD, "Degraded")
     assert degraded["status"] == "True"
     assert "rolled back" in degraded["message"]
-    assert run.rollouts() == {"rolled_back": 1.0}
+    assert run.rollouts() == {"promoted": 0.0, "rolled_back": 1.0}
     assert run.warnings("RolledBack")
     # Latest skips the Rejected version: no second canary of it
     assert run.status().get("canaryVersion") is None
@@ -215,7 +215,7 @@ def test_an_unreachable_canary_rolls_back_on_its_error_rate(rollout, model_dir, 
     assert record["failedChecks"] == FAILURE_LIMIT
     assert re.search(r"errors 1 > 0\.05", record["message"]), record
     assert (status["stableVersion"], status.get("canaryVersion")) == (1, None)
-    assert run.rollouts() == {"rolled_back": 1.0}
+    assert run.rollouts() == {"promoted": 0.0, "rolled_back": 1.0}
 
 
 def test_a_restarted_operator_counts_on_from_status(rollout, flipped_dir, data_csv):

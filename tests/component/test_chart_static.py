@@ -517,6 +517,7 @@ def test_receiver_disabled():
     assert not find(docs, "Role")
     assert not find(docs, "ClusterRole")
     assert not find(docs, "ServiceAccount")
+    assert not find(docs, "ValidatingAdmissionPolicy")
     assert (
         one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
         == "platform-kubeloop"
@@ -528,7 +529,8 @@ def test_prometheus_objects_carry_exactly_the_rules(tmp_path):
     rule = one(docs, "PrometheusRule", "kubeloop-rules")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert rule["spec"] == rules.rule_groups()
-    assert not find(docs, "ConfigMap")
+    # the rules as a PrometheusRule, not also as a ConfigMap (the dashboards' are the only ones)
+    assert all(d["metadata"]["name"].endswith("-dash") for d in find(docs, "ConfigMap"))
     monitors = {
         (d["kind"], d["metadata"]["name"])
         for d in docs
