@@ -686,6 +686,15 @@ class Demo:
 
             record = self.wait(rolled_back, f"version {number} to be rolled back", timeout)
             self.wait(lambda: self.served()[1] is None, "the canary to be gone", timeout=120)
+            # The stable pods learn the weight 0 from their mounted routing ConfigMap at the
+            # kubelet's next sync; until then they forward, so wait for the canary pods to
+            # be gone: a forward that cannot connect is answered by stable itself.
+            canary = f"kubeloop.io/model-deployment={MODEL},kubeloop.io/role=canary"
+            self.wait(
+                lambda: not self.get("pods", None, "-l", canary)["items"],
+                "the canary pods to be gone",
+                timeout=120,
+            )
             for _ in range(20):
                 self.summary.after_rollback[self.infer(http, rows.iloc[:5])["model_version"]] += 1
         check = failed_check(record["message"])
