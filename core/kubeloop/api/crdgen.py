@@ -12,9 +12,7 @@ Usage: ``python -m kubeloop.api.crdgen DIR`` writes ``DIR/<plural>.kubeloop.io.y
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -22,6 +20,7 @@ from pydantic import TypeAdapter
 
 from kubeloop.api.base import GROUP, VERSION
 from kubeloop.api.v1alpha1 import KINDS, PrinterColumn, Resource
+from kubeloop.contracts.generated import sync
 
 _DROP = {"title", "examples", "discriminator"}
 _HEADER = "# Generated from kubeloop.api.v1alpha1 by `make crds`; do not edit.\n"
@@ -137,24 +136,12 @@ def render(resource: type[Resource[Any, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("--check", action="store_true", help="fail when files are stale")
-    args = parser.parse_args(argv)
-    stale = []
-    for resource in KINDS:
-        path = args.directory / f"{resource.info.plural}.{GROUP}.yaml"
-        text = render(resource)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            args.directory.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"stale CRDs (run `make crds`): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
+    return sync(
+        __doc__.splitlines()[0] if __doc__ else "CRDs",
+        "crds",
+        lambda: {f"{r.info.plural}.{GROUP}.yaml": render(r) for r in KINDS},
+        argv,
+    )
 
 
 if __name__ == "__main__":

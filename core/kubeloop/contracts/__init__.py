@@ -7,4 +7,7 @@
 - :mod:`~kubeloop.contracts.routing`: the canary share the operator gives the stable pods.
 - :mod:`~kubeloop.contracts.frameworks`: the estimator allow-list.
 - :mod:`~kubeloop.contracts.status`: condition types and terminal phases.
+- :mod:`~kubeloop.contracts.storage`: the object-store credential variables.
+- :mod:`~kubeloop.contracts.generated`: writing or checking committed generated files
+  (CRDs, dashboards), the contract between the code and what the chart ships.
 """

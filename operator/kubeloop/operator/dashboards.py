@@ -13,14 +13,12 @@ files differ (``make dashboards`` / ``make verify-dashboards``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubeloop.contracts.generated import sync
 from kubeloop.operator.alerts.rules import DEPLOYMENT_LABEL, NAMESPACE_LABEL
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -391,23 +389,12 @@ def to_json(dashboard: Dashboard) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path)
-    parser.add_argument("--check", action="store_true", help="fail when the files differ")
-    args = parser.parse_args(argv)
-    stale = []
-    for name, dashboard in dashboards().items():
-        path, text = args.directory / name, to_json(dashboard)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"stale dashboards (run `make dashboards`): {', '.join(stale)}", file=sys.stderr)
-        return 1
-    return 0
+    return sync(
+        "Write (or --check) the Grafana dashboards.",
+        "dashboards",
+        lambda: {name: to_json(d) for name, d in dashboards().items()},
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -8,15 +8,11 @@ output (nor a temporary file beside it).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import math
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -225,27 +221,6 @@ def test_a_data_column_named_like_a_prediction_is_refused(diabetes_model, data_d
     assert result.returncode == 2
     assert f"column '{label}': the data has it" in result.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
-
-
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A folder served read-only over HTTP on a loopback port."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 def test_model_and_data_over_http_output_as_file_uri(mixed_model, data_dir, http_root, tmp_path):
