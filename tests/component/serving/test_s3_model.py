@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 from serving_helpers import Server, serving, start_server, wait_for
 
 from azure_server import AzuriteServer
@@ -22,12 +23,13 @@ from s3_server import SECRET_KEY, S3Server
 EXPECTED = "KUBELOOP_SERVING_EXPECTED_SHA256"
 
 
-def upload(s3: S3Server, model: Path, key: str) -> str:
-    """The model folder's files under ``kubeloop-models/<key>/``; its ``s3://`` URI."""
-    uri = s3.make_bucket("kubeloop-models") + f"/{key}"
-    fs = s3.fs()
+def upload(store: S3Server | GcsServer | AzuriteServer, model: Path, key: str) -> str:
+    """The model folder's files under ``kubeloop-models/<key>/`` of ``store``; their URI."""
+    make = store.make_container if isinstance(store, AzuriteServer) else store.make_bucket
+    uri = make("kubeloop-models") + f"/{key}"
+    fs = store.fs()
     for path in model.iterdir():
-        fs.put_file(str(path), f"{uri.removeprefix('s3://')}/{path.name}")
+        fs.put_file(str(path), f"{uri.split('://', 1)[1]}/{path.name}")
     return uri
 
 
@@ -39,13 +41,15 @@ def infer(server: Server, rows: pd.DataFrame) -> list[float]:
     return [float(v) for out in r.json()["outputs"] for v in out["data"]]
 
 
-def test_serves_a_verified_model_from_s3(s3, cancer_model, cancer_rows):
-    uri = upload(s3, cancer_model, "cancer-1")
+@pytest.mark.parametrize("store", ["s3", "gcs", "azure"])
+def test_serves_a_verified_model_from_the_store(store, request, cancer_model, cancer_rows):
+    server = request.getfixturevalue(store)
+    uri = upload(server, cancer_model, "cancer-1")
     sha = hashlib.sha256((cancer_model / ArtifactLayout.MODEL).read_bytes()).hexdigest()
     rows = cancer_rows.head(5)
     with serving(cancer_model, "--name", "cancer") as local:
         expected = infer(local, rows)
-    env = {**s3.env(), EXPECTED: sha}
+    env = {**server.env(), EXPECTED: sha}
     with serving(uri, "--name", "cancer", env=env) as remote:
         assert infer(remote, rows) == expected
 
@@ -64,19 +68,6 @@ def test_wrong_credentials_leave_it_unready_without_the_secret(s3, cancer_model)
     assert SECRET_KEY not in server.log
 
 
-def test_serves_a_verified_model_from_gcs(gcs: GcsServer, cancer_model, cancer_rows):
-    uri = gcs.make_bucket("kubeloop-gcs-models") + "/cancer-1"
-    fs = gcs.fs()
-    for path in cancer_model.iterdir():
-        fs.put_file(str(path), f"{uri.removeprefix('gs://')}/{path.name}")
-    sha = hashlib.sha256((cancer_model / ArtifactLayout.MODEL).read_bytes()).hexdigest()
-    rows = cancer_rows.head(5)
-    with serving(cancer_model, "--name", "cancer") as local:
-        expected = infer(local, rows)
-    with serving(uri, "--name", "cancer", env={**gcs.env(), EXPECTED: sha}) as remote:
-        assert infer(remote, rows) == expected
-
-
 def version_of(server: Server) -> str:
     return str(httpx.get(f"{server.url}/v2/models/cancer", timeout=10).json()["versions"][0])
 
@@ -93,16 +84,3 @@ def test_a_model_replaced_in_s3_is_reloaded(s3, cancer_model, other_cancer_model
             fs.put_file(str(other_cancer_model / name), f"{key}/{name}")  # model.json last
         wait_for("the new version to be served", lambda: version_of(server) != before)
         assert server.ready()
-
-
-def test_serves_a_verified_model_from_azure(azure: AzuriteServer, cancer_model, cancer_rows):
-    uri = azure.make_container("kubeloop-az-models") + "/cancer-1"
-    fs = azure.fs()
-    for path in cancer_model.iterdir():
-        fs.put_file(str(path), f"{uri.removeprefix('az://')}/{path.name}")
-    sha = hashlib.sha256((cancer_model / ArtifactLayout.MODEL).read_bytes()).hexdigest()
-    rows = cancer_rows.head(5)
-    with serving(cancer_model, "--name", "cancer") as local:
-        expected = infer(local, rows)
-    with serving(uri, "--name", "cancer", env={**azure.env(), EXPECTED: sha}) as remote:
-        assert infer(remote, rows) == expected

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -106,3 +107,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mixed.loc[::17, "size"] = np.nan
     mixed.to_csv(root / "mixed.csv", index=False)
     return root
+
+
+#: Files cancer.csv is split into under parts/ in the object-store tests.
+PARTS = 3
+
+
+def put_cancer(fs: Any, bucket: str, csv: Path) -> None:
+    """``csv`` as ``<bucket>/cancer.csv`` whole, and split in PARTS files under
+    ``<bucket>/parts/`` (a source that a prefix or a glob reads back as one table)."""
+    fs.put_file(str(csv), f"{bucket}/cancer.csv")
+    frame = pd.read_csv(csv)
+    step = -(-len(frame) // PARTS)
+    for i in range(PARTS):
+        part = frame.iloc[i * step : (i + 1) * step].to_csv(index=False).encode()
+        fs.pipe(f"{bucket}/parts/part-{i}.csv", part)

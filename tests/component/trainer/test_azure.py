@@ -9,14 +9,13 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from azure_server import KEY, OTHER_KEY, AzuriteServer
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.storage import SOURCE_PREFIX
 
-from .conftest import Result, run_kubeloop
+from .conftest import Result, put_cancer, run_kubeloop
 from .train_helpers import flags
 
 _runs = itertools.count()
@@ -24,14 +23,9 @@ _runs = itertools.count()
 
 @pytest.fixture(scope="module")
 def container(azure: AzuriteServer, data: Path) -> str:
-    """cancer.csv whole, and in three parts under parts/."""
+    """cancer.csv whole, and in PARTS files under parts/."""
     uri = azure.make_container("kubeloop-az-data")
-    fs = azure.fs()
-    fs.put_file(str(data / "cancer.csv"), "kubeloop-az-data/cancer.csv")
-    frame = pd.read_csv(data / "cancer.csv")
-    for i, start in enumerate(range(0, len(frame), 200)):
-        part = frame.iloc[start : start + 200].to_csv(index=False).encode()
-        fs.pipe(f"kubeloop-az-data/parts/part-{i}.csv", part)
+    put_cancer(azure.fs(), "kubeloop-az-data", data / "cancer.csv")
     return uri
 
 

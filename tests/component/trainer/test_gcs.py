@@ -9,13 +9,12 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from gcs_server import GcsServer
 from kubeloop.contracts.artifacts import ArtifactLayout
 
-from .conftest import Result, run_kubeloop
+from .conftest import Result, put_cancer, run_kubeloop
 from .train_helpers import flags
 
 _runs = itertools.count()
@@ -23,14 +22,9 @@ _runs = itertools.count()
 
 @pytest.fixture(scope="module")
 def bucket(gcs: GcsServer, data: Path) -> str:
-    """cancer.csv whole, and in three parts under parts/."""
+    """cancer.csv whole, and in PARTS files under parts/."""
     uri = gcs.make_bucket("kubeloop-gcs-data")
-    fs = gcs.fs()
-    fs.put_file(str(data / "cancer.csv"), "kubeloop-gcs-data/cancer.csv")
-    frame = pd.read_csv(data / "cancer.csv")
-    for i, start in enumerate(range(0, len(frame), 200)):
-        part = frame.iloc[start : start + 200].to_csv(index=False).encode()
-        fs.pipe(f"kubeloop-gcs-data/parts/part-{i}.csv", part)
+    put_cancer(gcs.fs(), "kubeloop-gcs-data", data / "cancer.csv")
     return uri
 
 

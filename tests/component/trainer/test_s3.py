@@ -9,17 +9,15 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata, join
 from kubeloop.contracts.storage import SOURCE_PREFIX
 from s3_server import SECRET_KEY, S3Server
 
-from .conftest import Result, run_kubeloop
+from .conftest import Result, put_cancer, run_kubeloop
 from .train_helpers import flags
 
-PARTS = 3
 _runs = itertools.count()
 
 
@@ -29,12 +27,7 @@ def bucket(s3: S3Server, data: Path) -> str:
     file of another format there, which a csv prefix skips)."""
     uri = s3.make_bucket("kubeloop-data")
     fs = s3.fs()
-    fs.put_file(str(data / "cancer.csv"), "kubeloop-data/cancer.csv")
-    frame = pd.read_csv(data / "cancer.csv")
-    step = -(-len(frame) // PARTS)
-    for i in range(PARTS):
-        part = frame.iloc[i * step : (i + 1) * step].to_csv(index=False).encode()
-        fs.pipe(f"kubeloop-data/parts/part-{i}.csv", part)
+    put_cancer(fs, "kubeloop-data", data / "cancer.csv")
     fs.pipe("kubeloop-data/parts/README.txt", b"not data\n")
     return uri
 
