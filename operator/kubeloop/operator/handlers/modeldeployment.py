@@ -371,14 +371,27 @@ def _label_served(
 ) -> None:
     """Keep ``served-by.kubeloop.io/<deployment>`` on exactly the versions served now (the
     chart's admission policy refuses to delete those), and name them in status."""
-    labels = {mv["metadata"]["name"]: mv["metadata"].get("labels") or {} for mv in versions}
     previous = rec.status.get("servedModelVersions") or []
-    patches = builders.served_label_patches(rec.name, previous, served, labels)
-    key = builders.served_by_label(rec.name)
-    for name, role in patches.items():
-        patch = {"labels": {key: role}}
-        ctx.kube.patch_metadata(API_VERSION, "ModelVersion", rec.namespace, name, patch)
+    relabel(ctx, rec.namespace, rec.name, versions, previous, served)
     rec.status["servedModelVersions"] = sorted(served)
+
+
+def relabel(
+    ctx: Context,
+    namespace: str,
+    md_name: str,
+    versions: list[dict[str, Any]],
+    previous: list[str],
+    served: dict[str, str],
+) -> None:
+    """Patch the ``served-by`` label of deployment ``md_name`` onto the ``served`` versions
+    (name -> role) and off the ``previous`` ones no longer served."""
+    labels = {mv["metadata"]["name"]: mv["metadata"].get("labels") or {} for mv in versions}
+    key = builders.served_by_label(md_name)
+    for name, role in builders.served_label_patches(md_name, previous, served, labels).items():
+        ctx.kube.patch_metadata(
+            API_VERSION, "ModelVersion", namespace, name, {"labels": {key: role}}
+        )
 
 
 def _progress(state: dict[str, Any], weight: int) -> tuple[str, str]:
@@ -481,15 +494,12 @@ def release_served_versions(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Take the deployment's ``served-by`` label off its versions, so they may be deleted
     once the deployment is gone (its children go with their owner reference)."""
     ctx, md = context(memo), plain(body)
-    meta, status = md["metadata"], md.get("status") or {}
-    namespace, name = meta["namespace"], meta["name"]
+    namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
     key = builders.served_by_label(name)
     model = (md.get("spec") or {}).get("modelName")
+    versions = versions_of(ctx.kube, namespace, model) if model else []
     labelled = [
-        mv["metadata"]["name"]
-        for mv in (versions_of(ctx.kube, namespace, model) if model else [])
-        if key in (mv["metadata"].get("labels") or {})
+        v["metadata"]["name"] for v in versions if key in (v["metadata"].get("labels") or {})
     ]
-    for mv_name in {*labelled, *(status.get("servedModelVersions") or [])}:
-        patch = {"labels": {key: None}}
-        ctx.kube.patch_metadata(API_VERSION, "ModelVersion", namespace, mv_name, patch)
+    named = (md.get("status") or {}).get("servedModelVersions") or []
+    relabel(ctx, namespace, name, versions, sorted({*labelled, *named}), {})
