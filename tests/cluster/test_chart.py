@@ -638,11 +638,18 @@ def deletion_flow(cluster: Cluster) -> None:
     for kind, name in (("Dataset", "cancer"), ("ModelDeployment", "cancer")):
         meta = (cluster.get(kind, name) or {}).get("metadata", {})
         assert "kubeloop.io/finalizer" in meta.get("finalizers", []), meta
-    # the TrainingJob goes with its trainer Job (garbage-collected), its ModelVersion stays
+    # the TrainingJob goes with its trainer Job (garbage-collected), its ModelVersion stays;
+    # the collector learns a CRD's kind at its discovery resync (every 30 s), so a kind
+    # installed by this release just now may take that long to be collected
     cluster.delete_all(("TrainingJob",))
     wait_for(
         lambda: not cluster.list("Job", "batch/v1", "kubeloop.io/training-job=cancer-1"),
         "the garbage collector to delete the TrainingJob's trainer Job",
+        timeout=120,
+        state=lambda: [
+            j["metadata"].get("ownerReferences")
+            for j in cluster.list("Job", "batch/v1", "kubeloop.io/training-job=cancer-1")
+        ],
     )
     assert cluster.get("ModelVersion", "cancer-v1") is not None
     # the deployment's deletion takes its label off: the version may go now
