@@ -12,6 +12,7 @@ deadline after which what is left is dropped and counted.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import select
@@ -59,21 +60,46 @@ class Entry(NamedTuple):
     variant: str
 
 
+#: orjson ends each line itself
+DUMP_OPTIONS = orjson.OPT_APPEND_NEWLINE
+
+
 def _item(value: Any) -> Any:
-    if isinstance(value, np.ndarray | np.generic):
-        value = value.tolist()
+    """One row's value as JSON wants it: a one-item list is its item, bytes are text."""
+    while isinstance(value, list) and len(value) == 1:
+        value = value[0]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, list) and len(value) == 1:
-        return _item(value[0])
     return value
 
 
+def _column(value: Any) -> list[Any]:
+    """An array as a list of rows, converted in one call (not one per row)."""
+    rows: list[Any] = (value if isinstance(value, np.ndarray) else np.asarray(value)).tolist()
+    return rows
+
+
+@functools.lru_cache(maxsize=4)
+def _second(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def stamp(epoch: float) -> str:
+    """ISO 8601 UTC as ``datetime.isoformat`` writes it (``2026-12-03T10:22:20.758455Z``,
+    no fraction on a whole second); the date and time of day are formatted once per
+    second, which was the writer's costliest step."""
+    seconds, fraction = divmod(round(epoch * 1_000_000), 1_000_000)
+    return f"{_second(seconds)}.{fraction:06d}Z" if fraction else f"{_second(seconds)}Z"
+
+
 def lines(entry: Entry) -> list[bytes]:
-    """The log lines of one entry: one per row."""
-    outputs = {k: np.asarray(v) for k, v in entry.outputs.items()}
+    """The log lines of one entry: one per row. Each array is turned into Python values
+    once per entry (not once per row and output)."""
+    outputs = {k: _column(v) for k, v in entry.outputs.items()}
+    inputs = None if entry.inputs is None else {k: _column(v) for k, v in entry.inputs.items()}
     rows = max((len(v) for v in outputs.values()), default=0)
-    stamp = datetime.fromtimestamp(entry.time, tz=UTC).isoformat().replace("+00:00", "Z")
+    time_text = stamp(entry.time)
+    latency_ms = round(entry.latency_s * 1000, 3)
     out: list[bytes] = []
     for i in range(rows):
         record: dict[str, Any] = {
@@ -83,13 +109,13 @@ def lines(entry: Entry) -> list[bytes]:
             "model": entry.model,
             "version": entry.version,
             "variant": entry.variant,
-            "time": stamp,
-            "latency_ms": round(entry.latency_s * 1000, 3),
+            "time": time_text,
+            "latency_ms": latency_ms,
             "outputs": {k: _item(v[i]) for k, v in outputs.items()},
         }
-        if entry.inputs is not None:
-            record["inputs"] = {k: _item(np.asarray(v)[i]) for k, v in entry.inputs.items()}
-        out.append(orjson.dumps(record, default=str) + b"\n")
+        if inputs is not None:
+            record["inputs"] = {k: _item(v[i]) for k, v in inputs.items()}
+        out.append(orjson.dumps(record, default=str, option=DUMP_OPTIONS))
     return out
 
 
