@@ -4,25 +4,19 @@ standard output the same in every case."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from terminal import ANSI, Terminal, on_terminal
+
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SEARCH_SPEC = (
     "datasetRef: {name: cancer}\nmodelName: cancer\ntask: classification\ntarget: target\n"
     "estimator: {className: DecisionTreeClassifier}\n"
@@ -60,49 +54,9 @@ def run_kubeloop(args: list[str], termination: Path, environ: dict[str, str]) ->
     return Piped(proc.returncode, proc.stdout, proc.stderr)
 
 
-def on_terminal(args: list[str], termination: Path, timeout: float = 300) -> tuple[int, str, str]:
-    """Run `kubeloop ARGS` with stderr on a pseudo-terminal (160 columns) and stdout on a
-    pipe: (exit code, stdout, what the terminal received)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-    proc = subprocess.Popen(
-        [KUBELOOP, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=env(TERM="xterm-256color", KUBELOOP_TERMINATION_LOG=str(termination)),
-    )
-    os.close(slave)
-    out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))  # type: ignore[union-attr]
-    reader.start()
-    screen = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if select.select([master], [], [], 1.0)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the child closed its terminal
-                    break
-                if not chunk:
-                    break
-                screen += chunk
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-            pytest.fail(f"kubeloop {args[0]} did not finish in {timeout}s:\n{screen.decode()}")
-        code = proc.wait(timeout=30)
-    finally:
-        os.close(master)
-    reader.join(timeout=30)
-    return code, b"".join(out).decode(), screen.decode(errors="replace")
-
-
-def plain(screen: str) -> str:
-    """The terminal's text without escape sequences."""
-    return ANSI.sub("", screen)
+def tty(args: list[str], termination: Path) -> Terminal:
+    """Run `kubeloop ARGS` with stderr on a terminal (stdout on a pipe)."""
+    return on_terminal([KUBELOOP, *args], env(KUBELOOP_TERMINATION_LOG=str(termination)))
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +78,20 @@ def test_snapshot_stdout_is_the_same_in_a_pipe_on_a_terminal_and_with_json(data,
     json_lines = run_kubeloop(
         [*snapshot_args(data, tmp_path / "b"), "--progress", "json"], tmp_path / "t2", env()
     )
-    code, stdout, screen = on_terminal(snapshot_args(data, tmp_path / "c"), tmp_path / "t3")
-    assert (piped.code, json_lines.code, code) == (0, 0, 0), (piped.stderr, screen)
-    results = [json.loads(s) for s in (piped.stdout, json_lines.stdout, stdout)]
+    seen = tty(snapshot_args(data, tmp_path / "c"), tmp_path / "t3")
+    assert (piped.code, json_lines.code, seen.code) == (0, 0, 0), (piped.stderr, seen.screen)
+    results = [json.loads(s) for s in (piped.stdout, json_lines.stdout, seen.stdout)]
     for result in results:  # the same result line, but for where the copy went
         result["snapshot_uri"] = result["profile_uri"] = None
     assert results[0] == results[1] == results[2]
-    assert [len(s.splitlines()) for s in (piped.stdout, json_lines.stdout, stdout)] == [1, 1, 1]
+    assert [len(s.splitlines()) for s in (piped.stdout, json_lines.stdout, seen.stdout)] == [
+        1,
+        1,
+        1,
+    ]
     # a pipe: no progress and no escape sequences at all
     assert piped.stderr == ""
-    assert not ANSI.search(piped.stdout + json_lines.stdout + stdout)
+    assert not ANSI.search(piped.stdout + json_lines.stdout + seen.stdout)
     # json: a start and an end line per stage, the rows counted
     events = [json.loads(line) for line in json_lines.stderr.splitlines()]
     ends = {e["stage"]: e for e in events if e["event"] == "end"}
@@ -143,8 +101,8 @@ def test_snapshot_stdout_is_the_same_in_a_pipe_on_a_terminal_and_with_json(data,
     assert ends["digest"]["total"] == ROWS
     assert all(e["ok"] for e in ends.values())
     # a terminal: the live display, stage by stage, with the rows
-    assert ANSI.search(screen)
-    text = plain(screen)
+    assert ANSI.search(seen.screen)
+    text = seen.text
     for stage in ("reading", "digest", "writing"):
         assert stage in text, text
     assert f"{ROWS}/{ROWS} rows" in text, text
@@ -155,14 +113,14 @@ def test_train_shows_the_search_trials(data, tmp_path):
     spec.write_text(SEARCH_SPEC)
     args = ["train", "--spec", str(spec), "--data", str(data / "cancer.csv")]
     piped = run_kubeloop([*args, "--out", str(tmp_path / "a")], tmp_path / "t1", env())
-    code, stdout, screen = on_terminal([*args, "--out", str(tmp_path / "b")], tmp_path / "t2")
-    assert (piped.code, code) == (0, 0), (piped.stderr, screen)
-    assert len(stdout.splitlines()) == 1
-    assert not ANSI.search(stdout + piped.stdout)
-    assert json.loads(stdout)["metrics"] == json.loads(piped.stdout)["metrics"]
+    seen = tty([*args, "--out", str(tmp_path / "b")], tmp_path / "t2")
+    assert (piped.code, seen.code) == (0, 0), (piped.stderr, seen.screen)
+    assert len(seen.stdout.splitlines()) == 1
+    assert not ANSI.search(seen.stdout + piped.stdout)
+    assert json.loads(seen.stdout)["metrics"] == json.loads(piped.stdout)["metrics"]
     assert "trials" not in piped.stderr
     assert not ANSI.search(piped.stderr)
-    text = plain(screen)
+    text = seen.text
     for shown in ("reading data", f"{ROWS} rows", "search", "3/3 trials", "writing artifacts"):
         assert shown in text, text
 
@@ -192,12 +150,12 @@ def test_predict_counts_rows(data, model, tmp_path):
     args = ["predict", "--model", str(model), "--data", str(data / "cancer.parquet")]
     args += ["--batch-rows", "100"]
     piped = run_kubeloop([*args, "--out", str(tmp_path / "a.csv")], tmp_path / "t1", env())
-    code, stdout, screen = on_terminal([*args, "--out", str(tmp_path / "b.csv")], tmp_path / "t2")
-    assert (piped.code, code) == (0, 0), (piped.stderr, screen)
+    seen = tty([*args, "--out", str(tmp_path / "b.csv")], tmp_path / "t2")
+    assert (piped.code, seen.code) == (0, 0), (piped.stderr, seen.screen)
     assert piped.stderr == ""
-    assert not ANSI.search(piped.stdout + stdout)
-    results = [json.loads(s) for s in (piped.stdout, stdout)]
+    assert not ANSI.search(piped.stdout + seen.stdout)
+    results = [json.loads(s) for s in (piped.stdout, seen.stdout)]
     assert [(r["rows"], r["sha256"]) for r in results] == [(ROWS, results[0]["sha256"])] * 2
-    text = plain(screen)
+    text = seen.text
     for shown in ("scoring", f"{ROWS}/{ROWS} rows", "publishing the output"):
         assert shown in text, text
