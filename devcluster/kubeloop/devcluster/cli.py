@@ -13,6 +13,7 @@ import click
 from kubeloop.devcluster import realnode
 from kubeloop.devcluster.binaries import MissingBinaryError
 from kubeloop.devcluster.cluster import ClusterError, DevCluster
+from kubeloop.progress import open_progress, progress_option
 
 name_option = click.option(
     "--name",
@@ -49,18 +50,24 @@ def cluster() -> None:
 @click.option(
     "--timeout", default=120.0, show_default=True, type=float, help="Seconds to wait for Ready."
 )
-def up(name: str, nodes: int | None, real: bool, timeout: float) -> None:
+@progress_option
+def up(name: str, nodes: int | None, real: bool, timeout: float, progress_mode: str) -> None:
     """Start the cluster (or reuse it if it runs) and print its kubeconfig path."""
     start = time.monotonic()
     if nodes is None:
         nodes = 0 if real else 1
-    try:
-        kubeconfig = DevCluster(name, log=_progress).up(nodes=nodes, timeout=timeout)
-        if real:
-            realnode.up(name, _progress)
-    except (ClusterError, MissingBinaryError) as err:
-        raise click.ClickException(str(err)) from err
-    _progress(f"up in {time.monotonic() - start:.1f}s")
+    # without a live display (not a terminal, --progress none) the log lines go as before
+    with open_progress(progress_mode, plain=_progress) as shown:
+        try:
+            dev = DevCluster(name, log=shown.note, progress=shown)
+            kubeconfig = dev.up(nodes=nodes, timeout=timeout)
+            if real:
+                shown.stage("the real node: containerd, kubelet, kube-proxy, CoreDNS")
+                realnode.up(name, shown.note)
+        except (ClusterError, MissingBinaryError) as err:
+            raise click.ClickException(str(err)) from err
+        shown.done()
+        shown.note(f"up in {time.monotonic() - start:.1f}s")
     click.echo(str(kubeconfig))
 
 

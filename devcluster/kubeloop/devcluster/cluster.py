@@ -43,6 +43,7 @@ from kubeloop.devcluster.controlplane import KUBECONFIG_USERS, PORT_NAMES, Contr
 from kubeloop.devcluster.errors import ClusterError
 from kubeloop.devcluster.process import Process, Supervisor, wait_for
 from kubeloop.devcluster.stages import NODE_ANNOTATION, NODE_ANNOTATION_VALUE, kwok_config
+from kubeloop.progress import Progress
 
 __all__ = [
     "Api",
@@ -294,12 +295,15 @@ class DevCluster:
         *,
         bind_to_parent: bool = False,
         log: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         if not NAME_RE.match(name):
             raise ClusterError(f"invalid cluster name {name!r}: use a DNS label (a-z, 0-9, -)")
         self.name = name
         self.dir = clusters_dir() / name
         self.log = log or (lambda _msg: None)
+        #: hears of the stages of `up` (a live display of ``kubeloop cluster up``)
+        self.progress = progress or Progress()
         self.supervisor = Supervisor(self.dir / "logs", bind_to_parent=bind_to_parent, log=self.log)
 
     # -- paths
@@ -463,11 +467,13 @@ class DevCluster:
 
     def _start(self, nodes: int, deadline: float) -> None:
         t0 = time.monotonic()
+        self.progress.stage("certificates and kubeconfigs")
         state, plane = self._prepare(nodes)
         try:
             self._launch(state, plane, deadline)
             self._ensure_nodes(state, nodes, deadline)
             api = self.api(state)
+            self.progress.stage("the default ServiceAccount")
             self._wait(
                 state,
                 lambda: api.ok("/api/v1/namespaces/default/serviceaccounts/default"),
@@ -485,17 +491,21 @@ class DevCluster:
         """etcd and the API server, then (once it is ready) the rest of the control plane."""
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         t0 = time.monotonic()
+        self.progress.stage("etcd and kube-apiserver")
         self._spawn(state, "etcd", plane.etcd(), env)
         self._spawn(state, "kube-apiserver", plane.apiserver(), env)
         api = self.api(state)
         self._wait(state, lambda: api.ok("/readyz"), "kube-apiserver /readyz", deadline)
         self.log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
+        self.progress.stage("kube-controller-manager, kube-scheduler, kwok")
         self._spawn(state, "kube-controller-manager", plane.controller_manager(), env)
         self._spawn(state, "kube-scheduler", plane.scheduler(), env)
         self._spawn(state, "kwok", plane.kwok(), {**env, "HOME": str(self.dir)})
 
     def _ensure_nodes(self, state: State, count: int, deadline: float) -> None:
         api = self.api(state)
+        self.progress.stage("nodes Ready", total=count, unit="nodes")
+        shown = 0
         wanted = [f"{NODE_PREFIX}{i}" for i in range(count)]
         for name in wanted:
             code, body = api.request("POST", "/api/v1/nodes", node_manifest(name))
@@ -510,7 +520,11 @@ class DevCluster:
             if code != 200:
                 return False
             found = {n["metadata"]["name"]: _node_ready(n) for n in body["items"]}
-            return all(found.get(n) for n in wanted)
+            nonlocal shown
+            now = sum(1 for n in wanted if found.get(n))
+            self.progress.advance(now - shown)
+            shown = now
+            return now == len(wanted)
 
         t0 = time.monotonic()
         self._wait(state, ready, f"{count} kwok nodes Ready and untainted", deadline)

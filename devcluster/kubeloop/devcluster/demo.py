@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -55,6 +56,7 @@ from kubeloop.operator.alerts.rules import RuleOptions, render
 from kubeloop.operator.kube import user_config
 from kubeloop.operator.loopview import ModelLoop
 from kubeloop.operator.status_cli import snapshot, view
+from kubeloop.progress import Progress, open_progress, progress_option
 
 T = TypeVar("T")
 
@@ -121,8 +123,11 @@ class Demo:
         *,
         say: Callable[[str], None] = print,
         canary_pause: str = "20s",
+        progress: Progress | None = None,
     ) -> None:
         self.name, self.namespace, self.say = name, namespace, say
+        #: shows each wait (what for, for how long) while it lasts
+        self.progress = progress or Progress()
         self.root = _root()
         self.version = project_version(self.root)
         self.canary_pause = canary_pause
@@ -175,15 +180,17 @@ class Demo:
         """Poll ``check`` until it returns something truthy, or fail naming ``what``."""
         deadline = time.monotonic() + timeout
         delay = 0.5
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                detail = state() if state else self.describe()
-                raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 3.0)
+        with self.progress:
+            self.progress.stage(f"waiting for {what}")
+            while True:
+                value = check()
+                if value:
+                    return value
+                if time.monotonic() > deadline:
+                    detail = state() if state else self.describe()
+                    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
+                time.sleep(delay)
+                delay = min(delay * 1.5, 3.0)
 
     def describe(self) -> str:
         """Objects, pods and the recent events of the namespace, for a failure message."""
@@ -246,9 +253,15 @@ class Demo:
             "kube-proxy, CoreDNS)",
             "kubectl get nodes -o wide",
         ):
+
+            def log(message: str) -> None:
+                self.say(f"    {message}")
+
             try:
-                DevCluster(self.name, log=lambda m: self.say(f"    {m}")).up(nodes=0)
-                realnode.up(self.name, lambda m: self.say(f"    {m}"))
+                with self.progress:
+                    DevCluster(self.name, log=log, progress=self.progress).up(nodes=0)
+                    self.progress.stage("the real node: containerd, kubelet, kube-proxy, CoreDNS")
+                    realnode.up(self.name, log)
             except (ClusterError, MissingBinaryError) as err:
                 raise DemoError(str(err)) from err
             self.say("    to look yourself, in another shell:")
@@ -849,9 +862,13 @@ def report(summary: Summary, demo: Demo) -> str:
 @click.command("demo")
 @click.option("--name", default="demo", show_default=True, help="Local cluster name.")
 @click.option("--down", "down_only", is_flag=True, help="Tear the demo down and exit.")
-def main(name: str, down_only: bool) -> None:
+@progress_option
+def main(name: str, down_only: bool, progress_mode: str) -> None:
     """Run the whole loop on a local cluster with a real node, narrated."""
-    demo = Demo(name, say=lambda m: click.echo(m))
+    # the narration is on stdout: a live display only when that is the terminal too
+    auto_off = progress_mode == "auto" and not sys.stdout.isatty()
+    shown = open_progress("none" if auto_off else progress_mode, transient=True)
+    demo = Demo(name, say=lambda m: click.echo(m), progress=shown)
     # a plain `kill` tears down like Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if down_only:

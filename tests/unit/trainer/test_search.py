@@ -3,6 +3,8 @@ lower-is-better metrics reported as themselves."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from kubeloop.api.v1alpha1 import TrainingJobSpec
 from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata
+from kubeloop.progress import JsonProgress
 from kubeloop.trainer import train
 
 
@@ -82,3 +85,38 @@ def test_lower_is_better_metrics_rank_the_smallest_first(files, tmp_path):
     assert all(t["score"] > 0 for t in meta.search)  # reported as rmse, not negated
     assert best["score"] == min(t["score"] for t in meta.search)
     assert meta.lineage.params["alpha"] == best["params"]["alpha"]
+
+
+@pytest.mark.parametrize(
+    ("search", "trials"),
+    [
+        ({"strategy": "grid", "space": {"max_depth": [1, 2, 3]}, "cv": 2}, 3),
+        # more trials asked for than the grid holds: scikit-learn tries the grid
+        (
+            {"strategy": "random", "space": {"max_depth": [1, 2], "min_samples_leaf": [1, 5]},
+             "trials": 10, "cv": 3},
+            4,
+        ),
+    ],
+)  # fmt: skip
+def test_progress_counts_each_candidate_once(files, tmp_path, search, trials):
+    spec = TrainingJobSpec.model_validate(
+        {
+            "datasetRef": {"name": "d"},
+            "modelName": "m",
+            "task": "classification",
+            "target": "target",
+            "estimator": {"className": "DecisionTreeClassifier"},
+            "search": search,
+        }
+    )
+    assert train.candidates(spec.search) == trials
+    stream = io.StringIO()
+    run = train.Run(spec=spec, data_uri=str(files["classification"]), out=str(tmp_path), name="m")
+    train.train(run, JsonProgress(stream))
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    ended = {e["stage"]: e for e in events if e["event"] == "end"}
+    assert (ended["search"]["done"], ended["search"]["total"]) == (trials, trials)
+    assert ended["reading data"]["done"] == 240
+    meta = ModelMetadata.model_validate_json((tmp_path / ArtifactLayout.METADATA).read_text())
+    assert len(meta.search or []) == trials

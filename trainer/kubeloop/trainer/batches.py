@@ -64,6 +64,8 @@ class BatchReader:
 
     schema: pa.Schema
     batches: Iterator[pa.RecordBatch]
+    #: how many rows, when the file says before they are read (Parquet does)
+    rows: int | None = None
 
 
 @contextlib.contextmanager
@@ -86,7 +88,8 @@ def read_batches(
                 raise DataError(f"{uri}: cannot be read as parquet: {exc}") from exc
             closing.append(parquet)
             batches = parquet.iter_batches(batch_size=batch_rows)
-            yield BatchReader(parquet.schema_arrow, _parquet_errors(uri, batches))
+            rows = parquet.metadata.num_rows
+            yield BatchReader(parquet.schema_arrow, _parquet_errors(uri, batches), rows)
         else:
             reader = _open_csv(uri, handle, types or {})
             closing.append(reader)

@@ -31,6 +31,7 @@ from kubeloop.contracts.results import (
     JobResult,
     report,
 )
+from kubeloop.progress import Progress, open_progress, progress_option
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,6 +110,7 @@ def _validation_message(exc: ValidationError) -> str:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Default: from the name.")
 @click.option("--out", required=True, help="Directory URI; the snapshot goes to OUT/<digest>/.")
 @click.option("--schema", "schema_file", help="A DataSchema as JSON or YAML the data must match.")
+@progress_option
 @click.pass_context
 def snapshot(
     ctx: click.Context,
@@ -118,6 +120,7 @@ def snapshot(
     fmt: str | None,
     out: str,
     schema_file: str | None,
+    progress_mode: str,
 ) -> None:
     """Validate a data set, compute its content digest and store an immutable copy."""
     from kubeloop.trainer import data
@@ -125,18 +128,23 @@ def snapshot(
     schema = _snapshot_schema(schema_file)
     fmt = _snapshot_format(ctx, source, query, fmt)
     _check_out("snapshot", out)
-    try:
-        frame = _read_source(source, query, fmt)
-        if schema is not None:
-            data.validate(frame, schema)
-    except data.DataError as exc:
-        _fail("snapshot", _data_error_code(exc), _named(source, query, str(exc)))
-    except Exception as exc:
-        _internal("snapshot", exc)
-    try:
-        summary = _store_snapshot(frame, fmt, out)
-    except Exception as exc:
-        _internal("snapshot", exc)
+    with open_progress(progress_mode) as shown:
+        try:
+            shown.stage("reading", unit="rows")
+            frame = _read_source(source, query, fmt)
+            shown.advance(len(frame))
+            if schema is not None:
+                shown.stage("validating", total=len(frame.columns), unit="columns")
+                data.validate(frame, schema)
+                shown.advance(len(frame.columns))
+        except data.DataError as exc:
+            _fail("snapshot", _data_error_code(exc), _named(source, query, str(exc)))
+        except Exception as exc:
+            _internal("snapshot", exc)
+        try:
+            summary = _store_snapshot(frame, fmt, out, shown)
+        except Exception as exc:
+            _internal("snapshot", exc)
     report(summary)
 
 
@@ -211,11 +219,17 @@ def _named(source: str, query: str | None, reason: str) -> str:
     return f"{sql.display(source)}: {reason}"
 
 
-def _store_snapshot(frame: pd.DataFrame, fmt: str, out: str) -> JobResult:
+def _store_snapshot(
+    frame: pd.DataFrame, fmt: str, out: str, shown: Progress | None = None
+) -> JobResult:
     """Write the immutable copy and its profile under OUT/<digest>/ unless already there."""
     from kubeloop.trainer import data, output
 
+    shown = shown or Progress()
+    shown.stage("digest", total=len(frame), unit="rows")
     digest = data.digest(frame)
+    shown.advance(len(frame))
+    shown.stage("writing")
     target = ArtifactLayout.snapshot_dir(out, digest)
     data_file = ArtifactLayout.data_file(fmt)
     if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
@@ -287,6 +301,7 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 )
 @click.option("--champion-version", type=click.IntRange(min=1), help="The champion's version.")
 @click.option("--champion-sha256", help="The champion's model.onnx must have this sha256 (hex).")
+@progress_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -299,6 +314,7 @@ def train(
     champion: str | None,
     champion_version: int | None,
     champion_sha256: str | None,
+    progress_mode: str,
     **flags: Any,
 ) -> None:
     """Train a scikit-learn model, export it to ONNX, check parity and write its artifacts."""
@@ -320,7 +336,9 @@ def train(
             champions.ChampionRef(champion, champion_version, champion_sha256) if champion else None
         ),
     )
-    report(_train(run))
+    with open_progress(progress_mode) as shown:
+        result = _train(run, shown)
+    report(result)
 
 
 @dataclass(frozen=True)
@@ -396,13 +414,13 @@ def _refuse_model_flags(ctx: click.Context) -> None:
         )
 
 
-def _train(run: training.Run) -> JobResult:
+def _train(run: training.Run, shown: Progress) -> JobResult:
     """The run's result when the model passes; else exit with the outcome's code."""
     from kubeloop.trainer import data, model
     from kubeloop.trainer import train as training
 
     try:
-        return training.train(run)
+        return training.train(run, shown)
     except (data.DataError, model.SpecError) as exc:
         _fail("train", EXIT_BAD_INPUT, str(exc))
     except training.ParityError as exc:
@@ -448,6 +466,7 @@ def _train(run: training.Run) -> JobResult:
     show_default=True,
     help="onnxruntime threads (0: one per core).",
 )
+@progress_option
 def predict(
     model_uri: str,
     data_uri: str,
@@ -456,6 +475,7 @@ def predict(
     data_format: str | None,
     batch_rows: int,
     threads: int,
+    progress_mode: str,
 ) -> None:
     """Score a table with a model, appending the prediction columns the server returns.
 
@@ -475,14 +495,17 @@ def predict(
     except (DataError, batch.ModelError) as exc:
         _fail("predict", EXIT_BAD_INPUT, str(exc))
     _check_out("predict", out_uri)
-    try:
-        scored = batch.score(model, data_uri, formats[0], out_uri, formats[1], batch_rows)
-    except DataError as exc:
-        reason = str(exc)
-        named = isinstance(exc, batches.OutputDataError) or reason.startswith(data_uri)
-        _fail("predict", EXIT_BAD_INPUT, reason if named else f"{data_uri}: {reason}")
-    except Exception as exc:
-        _internal("predict", exc)
+    with open_progress(progress_mode) as shown:
+        try:
+            scored = batch.score(
+                model, data_uri, formats[0], out_uri, formats[1], batch_rows, shown
+            )
+        except DataError as exc:
+            reason = str(exc)
+            named = isinstance(exc, batches.OutputDataError) or reason.startswith(data_uri)
+            _fail("predict", EXIT_BAD_INPUT, reason if named else f"{data_uri}: {reason}")
+        except Exception as exc:
+            _internal("predict", exc)
     report(
         JobResult(
             kind="predict",

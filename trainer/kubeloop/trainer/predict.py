@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from kubeloop import inference
 from kubeloop.contracts.artifacts import MISSING_TEXT, ArtifactLayout, ModelMetadata, join
 from kubeloop.inference import InputSpec, RefusedValueError
+from kubeloop.progress import Progress
 from kubeloop.trainer.batches import (
     BatchFormat,
     first_unconvertible,
@@ -236,15 +237,23 @@ def score(
     out_uri: str,
     out_format: BatchFormat,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: Progress | None = None,
 ) -> Scored:
-    """Score ``data_uri`` into ``out_uri`` batch by batch; nothing at ``out_uri`` on failure."""
+    """Score ``data_uri`` into ``out_uri`` batch by batch; nothing at ``out_uri`` on failure.
+
+    ``progress`` counts the rows written (out of the rows a Parquet file says it holds)."""
     started = time.perf_counter()
+    shown = progress or Progress()
     with read_batches(data_uri, data_format, batch_rows, model.read_types()) as reader:
         schema = model.check_columns(reader.schema, out_format)
+        shown.stage("scoring", total=reader.rows, unit="rows")
         with write_batches(out_uri, out_format, schema) as (write, written):
             offset = 0
             for batch in reader.batches:
                 columns = [*batch.columns, *model.predict(batch, offset, out_format)]
                 write(pa.RecordBatch.from_arrays(columns, schema=schema))
                 offset += batch.num_rows
+                shown.advance(batch.num_rows)
+            shown.stage("publishing the output")
+        shown.done()
     return Scored(written.rows, written.sha256, time.perf_counter() - started)

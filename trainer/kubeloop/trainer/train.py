@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -26,7 +27,13 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.base import BaseEstimator
 from sklearn.inspection import permutation_importance
-from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, train_test_split
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import (
+    GridSearchCV,
+    ParameterGrid,
+    RandomizedSearchCV,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline
 
 from kubeloop.api.v1alpha1 import (
@@ -58,6 +65,7 @@ from kubeloop.contracts.artifacts import (
 )
 from kubeloop.contracts.frameworks import Task
 from kubeloop.contracts.results import JobResult
+from kubeloop.progress import Progress
 from kubeloop.trainer import card, champion, model, output
 from kubeloop.trainer.data import (
     DataError,
@@ -181,23 +189,40 @@ class Artifacts:
     card: str
 
 
-def train(run: Run) -> JobResult:
-    """Train, export, check and write the artifacts; raise GateRejectedError below the gate."""
-    spec = run.spec
+def train(run: Run, progress: Progress | None = None) -> JobResult:
+    """Train, export, check and write the artifacts; raise GateRejectedError below the gate.
+
+    ``progress`` hears of each stage, the rows read and the search's trials."""
+    spec, shown = run.spec, progress or Progress()
     check_gate_metrics(spec)
     estimator = model.make_estimator(
         spec.task, spec.estimator.class_name, dict(spec.estimator.params or {}), spec.split.seed
     )
+    shown.stage("reading data", unit="rows")
     data = load_data(run)
+    shown.advance(len(data.frame))
     check_before_fit(spec, estimator, data.y)
+    if run.champion is not None:
+        shown.stage("reading the champion")
     rival = load_champion(run, data)
     split = split_rows(spec, data)
-    fitted = fit(spec, model.build_pipeline(data.features, estimator), split)
+    if spec.search is None:
+        shown.stage(f"fitting {spec.estimator.class_name}")
+    else:
+        shown.stage("search", total=candidates(spec.search), unit="trials")
+    fitted = fit(spec, model.build_pipeline(data.features, estimator), split, shown.advance)
+    shown.stage("ONNX export and parity check")
     exported = to_onnx(fitted.pipeline, data.features, split.x_test, spec.task)
+    shown.stage("evaluating on the held-out rows", total=len(split.x_test), unit="rows")
     evaluation = assess(spec, fitted.pipeline, exported.session, data.features, split)
+    shown.advance(len(split.x_test))
+    if rival is not None:
+        shown.stage("scoring the champion on the same rows")
     evaluation = compare(run, data, split, rival, evaluation)
+    shown.stage("writing artifacts")
     artifacts = make_artifacts(run, data, split, fitted, exported, evaluation)
     write_artifacts(artifacts, run.out)
+    shown.done()
     summary = result_of(run.out, exported.sha256, evaluation)
     if not evaluation.gate.passed:
         raise GateRejectedError(summary)
@@ -334,13 +359,19 @@ def split_rows(spec: TrainingJobSpec, data: Data) -> TrainTest:
 # ---------------------------------------------------------------- pipeline (+ search)
 
 
-def fit(spec: TrainingJobSpec, pipeline: Pipeline, split: TrainTest) -> Fitted:
-    """Fit the pipeline on the training rows, or search for the best one when asked to."""
+def fit(
+    spec: TrainingJobSpec,
+    pipeline: Pipeline,
+    split: TrainTest,
+    on_trial: Callable[[int], None] | None = None,
+) -> Fitted:
+    """Fit the pipeline on the training rows, or search for the best one when asked to
+    (``on_trial(1)`` after each candidate's cross-validation)."""
     try:
         if spec.search is None:
             fitted = Fitted(pipeline=pipeline.fit(split.x_train, split.y_train), trials=None)
         else:
-            fitted = fit_search(spec, spec.search, pipeline, split)
+            fitted = fit_search(spec, spec.search, pipeline, split, on_trial)
     except ValueError as exc:  # constraints the library only checks on the real data
         raise model.SpecError(f"estimator {spec.estimator.class_name}: {exc}") from exc
     model.align(fitted.pipeline)
@@ -348,11 +379,15 @@ def fit(spec: TrainingJobSpec, pipeline: Pipeline, split: TrainTest) -> Fitted:
 
 
 def fit_search(
-    spec: TrainingJobSpec, search: Search, pipeline: Pipeline, split: TrainTest
+    spec: TrainingJobSpec,
+    search: Search,
+    pipeline: Pipeline,
+    split: TrainTest,
+    on_trial: Callable[[int], None] | None = None,
 ) -> Fitted:
     """Cross-validated search on the training rows: the best candidate refitted, every trial."""
     metric = search.metric or ("accuracy" if spec.task == "classification" else "r2")
-    searcher = make_searcher(search, pipeline, metric, spec.split.seed)
+    searcher = make_searcher(search, pipeline, metric, spec.split.seed, on_trial)
     try:
         searcher.fit(split.x_train, split.y_train)
     except ValueError as exc:
@@ -360,19 +395,49 @@ def fit_search(
     return Fitted(pipeline=searcher.best_estimator_, trials=trials_of(searcher.cv_results_, metric))
 
 
+def candidates(search: Search) -> int:
+    """How many parameter sets the search tries: the whole grid, or as many random ones
+    as asked for (scikit-learn tries no more than the grid holds)."""
+    size = len(ParameterGrid(search.space))
+    return size if search.strategy == "grid" else min(search.trials, size)
+
+
+class TrialCounter:
+    """The search's scorer, telling ``on_trial(1)`` when a candidate's last fold is scored
+    (the search scores candidate after candidate, fold after fold, in this process)."""
+
+    def __init__(self, scoring: str, folds: int, on_trial: Callable[[int], None]) -> None:
+        self.scorer = get_scorer(scoring)
+        self.folds, self.on_trial, self.scored = folds, on_trial, 0
+
+    def __call__(self, estimator: Any, x: Any, y: Any, **params: Any) -> float:
+        score = float(self.scorer(estimator, x, y, **params))
+        self.scored += 1
+        if self.scored % self.folds == 0:
+            self.on_trial(1)
+        return score
+
+
 def make_searcher(
-    search: Search, pipeline: Pipeline, metric: str, seed: int
+    search: Search,
+    pipeline: Pipeline,
+    metric: str,
+    seed: int,
+    on_trial: Callable[[int], None] | None = None,
 ) -> GridSearchCV | RandomizedSearchCV:
     """A grid or random search over the estimator's parameters, scored by ``metric``."""
     grid = {f"{model.ESTIMATOR_STEP}__{k}": v for k, v in search.space.items()}
+    scoring: Any = SCORERS[metric]
+    if on_trial is not None:
+        scoring = TrialCounter(scoring, search.cv, on_trial)
     if search.strategy == "grid":
-        return GridSearchCV(pipeline, grid, cv=search.cv, scoring=SCORERS[metric], refit=True)
+        return GridSearchCV(pipeline, grid, cv=search.cv, scoring=scoring, refit=True)
     return RandomizedSearchCV(
         pipeline,
         grid,
         n_iter=search.trials,
         cv=search.cv,
-        scoring=SCORERS[metric],
+        scoring=scoring,
         refit=True,
         random_state=seed,
     )
