@@ -17,6 +17,7 @@ Buckets per column:
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from kubeloop.driftreport import FeatureDrift
 
 #: Smallest proportion used for a bucket on either side of PSI, so an empty bucket
 #: contributes a large but finite term (the usual convention).
@@ -315,3 +318,60 @@ def _values(column: Any) -> list[Any]:
 def max_score(scores: Mapping[str, float]) -> float:
     """The drift score of a model: the largest per-column PSI (0.0 for none)."""
     return max((s for s in scores.values() if not math.isnan(s)), default=0.0)
+
+
+def bucket_labels(ref: Reference) -> list[str]:
+    """A label per bucket, in the window's layout (see the module doc)."""
+    if isinstance(ref, CategoricalReference):
+        return [*ref.categories, "(unseen)"]
+    e = [f"{v:.4g}" for v in ref.edges]
+    bins = [f"[{a}, {b})" for a, b in itertools.pairwise(e)]
+    bins[-1] = bins[-1][:-1] + "]"
+    return [f"< {e[0]}", *bins, f"> {e[-1]}", "(missing)"]
+
+
+def _open_buckets(ref: Reference) -> frozenset[int]:
+    """The buckets outside the reference's own: under/overflow, missing, unseen."""
+    if isinstance(ref, CategoricalReference):
+        return frozenset((len(ref.categories),))
+    n = len(ref.counts)
+    return frozenset((0, n + 1, n + 2))
+
+
+def feature_drift(ref: Reference, counts: npt.ArrayLike, threshold: float) -> FeatureDrift:
+    """One column of the drift report: shares per bucket and PSI, from the same counts
+    the gauges use (0.0 while the window is empty). Open-ended buckets that neither side
+    has a row in are left out: they would only be empty bars."""
+    live = np.asarray(counts, dtype=np.float64)
+    expected = ref.expected()
+    score = psi(expected, live) if live.sum() > 0 else 0.0
+    ref_share, live_share = _shares(expected), _shares(live)
+    labels = bucket_labels(ref)
+    keep = [
+        i
+        for i in range(len(labels))
+        if i not in _open_buckets(ref) or expected[i] > 0 or live[i] > 0
+    ]
+    return FeatureDrift(
+        name=ref.name,
+        kind="numeric" if isinstance(ref, NumericReference) else "categorical",
+        bins=[labels[i] for i in keep],
+        reference=[float(ref_share[i]) for i in keep],
+        live=[float(live_share[i]) for i in keep],
+        score=score,
+        threshold=threshold,
+        drifted=score > threshold,
+    )
+
+
+def _shares(counts: FloatArray) -> FloatArray:
+    total = float(counts.sum())
+    return counts / total if total > 0 else np.zeros_like(counts)
+
+
+def window_report(window: DriftWindow, threshold: float) -> list[FeatureDrift]:
+    """Every column of ``window`` as a report entry (one consistent read of its counts)."""
+    counts = window.counts()
+    return [
+        feature_drift(ref, c, threshold) for ref, c in zip(window.references, counts, strict=True)
+    ]
