@@ -320,6 +320,10 @@ def max_score(scores: Mapping[str, float]) -> float:
     return max((s for s in scores.values() if not math.isnan(s)), default=0.0)
 
 
+#: most buckets a drift-report entry shows (the smallest categories beyond it are summed)
+MAX_REPORT_BUCKETS = 40
+
+
 def bucket_labels(ref: Reference) -> list[str]:
     """A label per bucket, in the window's layout (see the module doc)."""
     if isinstance(ref, CategoricalReference):
@@ -352,15 +356,37 @@ def feature_drift(ref: Reference, counts: npt.ArrayLike, threshold: float) -> Fe
         for i in range(len(labels))
         if i not in _open_buckets(ref) or expected[i] > 0 or live[i] > 0
     ]
+    bins, reference, live_shares = fold_buckets(
+        [labels[i] for i in keep],
+        [float(ref_share[i]) for i in keep],
+        [float(live_share[i]) for i in keep],
+    )
     return FeatureDrift(
         name=ref.name,
         kind="numeric" if isinstance(ref, NumericReference) else "categorical",
-        bins=[labels[i] for i in keep],
-        reference=[float(ref_share[i]) for i in keep],
-        live=[float(live_share[i]) for i in keep],
+        bins=bins,
+        reference=reference,
+        live=live_shares,
         score=score,
         threshold=threshold,
         drifted=score > threshold,
+    )
+
+
+def fold_buckets(
+    labels: list[str], reference: list[float], live: list[float], limit: int = MAX_REPORT_BUCKETS
+) -> tuple[list[str], list[float], list[float]]:
+    """At most ``limit`` buckets: the largest (by the larger of the two shares) in their
+    order, the rest summed into one ``(N others)`` bucket — a column of thousands of
+    categories stays one readable chart. The score is computed before, on every bucket."""
+    if len(labels) <= limit:
+        return labels, reference, live
+    by_size = sorted(range(len(labels)), key=lambda i: -max(reference[i], live[i]))
+    top, rest = sorted(by_size[: limit - 1]), by_size[limit - 1 :]
+    return (
+        [*(labels[i] for i in top), f"({len(rest)} others)"],
+        [*(reference[i] for i in top), sum(reference[i] for i in rest)],
+        [*(live[i] for i in top), sum(live[i] for i in rest)],
     )
 
 

@@ -12,11 +12,13 @@ from pydantic import ValidationError
 
 from kubeloop.driftreport import CSP, DriftReport, FeatureDrift, render_html
 from kubeloop.serving.drift import (
+    MAX_REPORT_BUCKETS,
     CategoricalReference,
     DriftWindow,
     NumericReference,
     bucket_labels,
     feature_drift,
+    fold_buckets,
     psi,
     window_report,
 )
@@ -171,3 +173,22 @@ def test_window_report_matches_the_window_scores():
     assert city.live == pytest.approx([0.5, 0.0, 0.5])
     assert "(missing)" in entries[0].bins
     assert "> 20" in entries[0].bins
+
+
+def test_many_categories_fold_into_one_others_bucket_after_scoring():
+    ref = CategoricalReference("id", categories=[f"c{i}" for i in range(100)], counts=[1.0] * 100)
+    counts = np.zeros(101)
+    counts[:10] = 10  # the live rows all in the first ten categories
+    entry = feature_drift(ref, counts, threshold=0.2)
+    assert len(entry.bins) == MAX_REPORT_BUCKETS
+    assert entry.bins[:10] == [f"c{i}" for i in range(10)]
+    assert entry.bins[-1] == f"({101 - MAX_REPORT_BUCKETS} others)"
+    assert sum(entry.reference) == pytest.approx(1.0)
+    assert sum(entry.live) == pytest.approx(1.0)
+    assert entry.score == pytest.approx(psi(ref.expected(), counts))
+
+
+def test_few_buckets_are_left_as_they_are():
+    assert fold_buckets(["a", "b"], [0.5, 0.5], [1.0, 0.0], limit=2) == (
+        ["a", "b"], [0.5, 0.5], [1.0, 0.0],
+    )  # fmt: skip
