@@ -164,18 +164,18 @@ def _chart(f: FeatureDrift, index: int) -> str:
     for i, (label, ref, live) in enumerate(zip(f.bins, f.reference, f.live, strict=True)):
         x = LEFT + SLOT_WIDTH * i + 4
         tip = escape(f"{label}: reference {_pct(ref)}, live {_pct(live)}")
+        parts.append(f'<g class="bucket"><title>{tip}</title>')
         for cls, share, dx in (("ref", ref, 0.0), ("live", live, bar)):
             h = _bar_height(share, top)
             parts.append(
                 f'<rect class="bar {cls}" x="{x + dx:.1f}" y="{base - h:.1f}" '
-                f'width="{bar:.1f}" height="{h:.1f}"><title>{tip}</title></rect>'
+                f'width="{bar:.1f}" height="{h:.1f}"/>'
             )
         short = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
         cx, ty = x + bar, base + 12
         parts.append(
             f'<text x="{cx:.1f}" y="{ty}" text-anchor="end" '
-            f'transform="rotate(-40 {cx:.1f} {ty})"><title>{escape(label)}</title>'
-            f"{escape(short)}</text>"
+            f'transform="rotate(-40 {cx:.1f} {ty})">{escape(short)}</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
