@@ -89,6 +89,10 @@ chart-tools: ## Install lua5.4 and lua5.1 (Debian packages; the Argo CD health-c
 	command -v lua5.4 >/dev/null && command -v lua5.1 >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 lua5.1)
 
+.PHONY: browser-tools
+browser-tools: ## Install chromium (Debian package; the drift-report tests drive it with Playwright) where missing.
+	hack/install-browser.sh
+
 .PHONY: chart
 chart: setup ## Copy crds/ and the `kubeloop rules` output into the Helm chart (charts/kubeloop/files/).
 	rm -f charts/kubeloop/files/crds/*.yaml
@@ -116,7 +120,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds verify-dashboards toolchain storage-tools monitoring-tools postgresql-tools chart-tools images ## Everything CI runs: lint, types, CRDs, dashboards, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds verify-dashboards toolchain storage-tools monitoring-tools postgresql-tools chart-tools browser-tools images ## Everything CI runs: lint, types, CRDs, dashboards, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator

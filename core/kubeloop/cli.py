@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubeloop.trainer.cli:predict",
         "Score a table with a model, appending the prediction columns the server returns.",
     ),
+    "drift-report": (
+        "kubeloop.operator.driftreport_cli:drift_report",
+        "Write a model's drift report (reference vs live per feature) as one HTML file.",
+    ),
     "rules": (
         "kubeloop.operator.alerts.cli:rules",
         "Print the Prometheus alert rules that trigger retraining (see docs/monitoring.md).",
@@ -59,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: What to install for each command, told when its component is absent (e.g. in an image).
 INSTALLS: dict[str, str] = {
     "cluster": "it needs a Kubeloop checkout with `make setup` (the devcluster extra, in no image)",
+    "drift-report": "install the [operator] extra (it reaches the cluster with its client)",
     "operator": "it runs in the kubeloop-operator image, or install the [operator] extra",
     "predict": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
     "rules": "it runs in the kubeloop-operator image, or install the [operator] extra",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,13 @@ def test_kubeloop_status_shows_the_loop_at_the_end(summary: Summary) -> None:
     assert (deployment.stable, deployment.canary) == (3, None)
     assert loop.drift, loop.drift_note  # read from the demo's Prometheus
     assert "Model versions" in summary.loop_text
+
+
+def test_the_drift_report_is_written_through_the_service_proxy(summary: Summary) -> None:
+    report = summary.drift_report
+    assert report is not None
+    assert len(report.features) == 30  # every breast-cancer feature, each with its bars
+    assert all(f.bins and len(f.bins) == len(f.live) for f in report.features)
+    page = Path(summary.drift_report_path).read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert 'data-feature="mean radius"' in page

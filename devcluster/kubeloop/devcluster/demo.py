@@ -52,7 +52,9 @@ from kubeloop.devcluster.monitoring import (
     serving_job,
 )
 from kubeloop.devcluster.node import NodeConfig
+from kubeloop.driftreport import DriftReport, render_html
 from kubeloop.operator.alerts.rules import RuleOptions, render
+from kubeloop.operator.driftreport_cli import fetch_deployment
 from kubeloop.operator.kube import user_config
 from kubeloop.operator.loopview import ModelLoop
 from kubeloop.operator.status_cli import snapshot, view
@@ -100,6 +102,9 @@ class Summary:
     #: `kubeloop status` of the demo model at the end, and the tables it printed
     loop: ModelLoop | None = None
     loop_text: str = ""
+    #: `kubeloop drift-report --deployment` of the demo model at the end, and where it is
+    drift_report: DriftReport | None = None
+    drift_report_path: str = ""
 
 
 def _root() -> Path:
@@ -234,6 +239,7 @@ class Demo:
             self.drift_to_retrain()
             self.guard()
             self.loop_status()
+            self.write_drift_report()
         finally:
             self.stop_monitoring()
         return self.summary
@@ -246,6 +252,24 @@ class Demo:
         console = Console(width=140, record=True, file=io.StringIO())
         console.print(view(loops, MODEL, self.namespace))
         self.summary.loop, self.summary.loop_text = loops[0], console.export_text()
+
+    def write_drift_report(self) -> None:
+        """The demo model's drift report, fetched as `kubeloop drift-report --deployment`
+        does (the API server's service proxy, the token from the deployment's Secret)."""
+        path = self.workdir / "drift-report.html"
+        with self.stage(
+            "Drift report: the serving window against the reference profile, one HTML page",
+            f".venv/bin/kubeloop drift-report --deployment {MODEL} -n {self.namespace} "
+            "--out drift-report.html",
+        ):
+            api, _ = user_config(str(self.kubeconfig))
+            try:
+                report = fetch_deployment(api, self.namespace, MODEL, timeout=30)
+            except click.ClickException as err:
+                raise DemoError(f"drift report: {err.message}\n{self.describe()}") from err
+            path.write_text(render_html(report))
+            self.summary.drift_report, self.summary.drift_report_path = report, str(path)
+            self.say(f"    {path}")
 
     def cluster(self) -> None:
         with self.stage(
@@ -844,6 +868,7 @@ def report(summary: Summary, demo: Demo) -> str:
     lines.append(f"Serving now: version {summary.final_stable}")
     if summary.loop_text:
         lines += [f"kubeloop status {MODEL} -n {demo.namespace}", summary.loop_text.rstrip()]
+    lines += artifact_lines(summary, demo.root)
     lines.append("Stages")
     for title, took in summary.stages:
         lines.append(f"  {took:7.1f}s  {title.split(':')[0]}")
@@ -857,6 +882,20 @@ def report(summary: Summary, demo: Demo) -> str:
         "Tear it down: make demo-down",
     ]
     return "\n".join(lines)
+
+
+def artifact_lines(summary: Summary, root: Path) -> list[str]:
+    """Where the files to open in a browser or Grafana are: the drift report the run
+    wrote, and the chart's dashboards."""
+    lines = []
+    if summary.drift_report is not None:
+        drifted = sum(f.drifted for f in summary.drift_report.features)
+        lines.append(
+            f"Drift report ({drifted} of {len(summary.drift_report.features)} features "
+            f"drifted): {summary.drift_report_path}"
+        )
+    lines.append(f"Grafana dashboards (JSON): {root / 'charts' / 'kubeloop' / 'dashboards'}/")
+    return lines
 
 
 @click.command("demo")

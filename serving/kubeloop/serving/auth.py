@@ -3,7 +3,8 @@
 Inference, metadata, health, the repository index and ``/metrics`` stay open; the
 routes that change what the server holds (feedback feeds the online metric that
 alerts read; load and unload change the served model) need ``Authorization: Bearer
-<token>`` when a token file is configured. The token is read once at start and
+<token>`` when a token file is configured, and so do the two drift-report routes,
+which show the distributions of the training and the live data. The token is read once at start and
 compared in constant time.
 """
 
@@ -21,6 +22,10 @@ MODEL_CONTROL_SETTING = f"{ENV_PREFIX}MODEL_CONTROL"
 #: longest token file read (a token is tens of bytes; this bounds a wrong file)
 MAX_TOKEN_BYTES = 4096
 _BEARER = b"bearer "
+#: The drift-report routes also take the token in this header: the API server's service
+#: proxy (``kubeloop drift-report --deployment``) drops ``Authorization`` once it has
+#: authenticated the caller, and forwards the rest.
+REPORT_TOKEN_HEADER = b"x-kubeloop-token"
 
 
 class TokenFileError(ValueError):
@@ -68,6 +73,14 @@ class WriteGuard:
         offered = value[len(_BEARER) :].strip()
         if not hmac.compare_digest(offered, self._token):
             raise ForbiddenError("the bearer token is not valid for this server")
+
+    def check_report(self, headers: Mapping[bytes, bytes]) -> None:
+        """As :meth:`check`, with the token also accepted in ``X-Kubeloop-Token``."""
+        offered = headers.get(REPORT_TOKEN_HEADER)
+        if self._token is None or offered is None:
+            self.check(headers)
+        elif not hmac.compare_digest(offered.strip(), self._token):
+            raise ForbiddenError("the token is not valid for this server")
 
     def check_model_control(self, headers: Mapping[bytes, bytes]) -> None:
         """The token first (who asks), then whether loads and unloads are allowed at all."""

@@ -28,6 +28,7 @@ import random
 import time
 from typing import Any
 
+from kubeloop.driftreport import DriftReport
 from kubeloop.serving.batching import Outputs
 from kubeloop.serving.errors import NotFoundError, ServingError, UnavailableError
 from kubeloop.serving.feedback import FeedbackRecorder
@@ -183,6 +184,20 @@ class DataPlane:
         """Unload the model ``name``: the server reports not ready until the next load."""
         self._served(name)
         await self.slot.unload()
+
+    def drift_report(self, name: str) -> DriftReport:
+        """The served model's drift report from this process's windows; 404 when drift
+        is not watched (drift off, no ``profile.json``, or no profiled feature served)."""
+        model = self.model(name)
+        report = None
+        if model.drift is not None:
+            report = model.drift.report(model.name, model.version, self.settings.drift_threshold)
+        if report is None:
+            raise NotFoundError(
+                f"model '{name}' has no drift report: drift monitoring is off (no profile.json "
+                "beside the model, no profiled feature watched, or KUBELOOP_SERVING_DRIFT=false)"
+            )
+        return report
 
     # ----------------------------------------------------------- scrape gauges
 

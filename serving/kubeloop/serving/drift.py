@@ -17,6 +17,7 @@ Buckets per column:
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from kubeloop.driftreport import FeatureDrift
 
 #: Smallest proportion used for a bucket on either side of PSI, so an empty bucket
 #: contributes a large but finite term (the usual convention).
@@ -315,3 +318,86 @@ def _values(column: Any) -> list[Any]:
 def max_score(scores: Mapping[str, float]) -> float:
     """The drift score of a model: the largest per-column PSI (0.0 for none)."""
     return max((s for s in scores.values() if not math.isnan(s)), default=0.0)
+
+
+#: most buckets a drift-report entry shows (the smallest categories beyond it are summed)
+MAX_REPORT_BUCKETS = 40
+
+
+def bucket_labels(ref: Reference) -> list[str]:
+    """A label per bucket, in the window's layout (see the module doc)."""
+    if isinstance(ref, CategoricalReference):
+        return [*ref.categories, "(unseen)"]
+    e = [f"{v:.4g}" for v in ref.edges]
+    bins = [f"[{a}, {b})" for a, b in itertools.pairwise(e)]
+    bins[-1] = bins[-1][:-1] + "]"
+    return [f"< {e[0]}", *bins, f"> {e[-1]}", "(missing)"]
+
+
+def _open_buckets(ref: Reference) -> frozenset[int]:
+    """The buckets outside the reference's own: under/overflow, missing, unseen."""
+    if isinstance(ref, CategoricalReference):
+        return frozenset((len(ref.categories),))
+    n = len(ref.counts)
+    return frozenset((0, n + 1, n + 2))
+
+
+def feature_drift(ref: Reference, counts: npt.ArrayLike, threshold: float) -> FeatureDrift:
+    """One column of the drift report: shares per bucket and PSI, from the same counts
+    the gauges use (0.0 while the window is empty). Open-ended buckets that neither side
+    has a row in are left out: they would only be empty bars."""
+    live = np.asarray(counts, dtype=np.float64)
+    expected = ref.expected()
+    score = psi(expected, live) if live.sum() > 0 else 0.0
+    ref_share, live_share = _shares(expected), _shares(live)
+    labels = bucket_labels(ref)
+    keep = [
+        i
+        for i in range(len(labels))
+        if i not in _open_buckets(ref) or expected[i] > 0 or live[i] > 0
+    ]
+    bins, reference, live_shares = fold_buckets(
+        [labels[i] for i in keep],
+        [float(ref_share[i]) for i in keep],
+        [float(live_share[i]) for i in keep],
+    )
+    return FeatureDrift(
+        name=ref.name,
+        kind="numeric" if isinstance(ref, NumericReference) else "categorical",
+        bins=bins,
+        reference=reference,
+        live=live_shares,
+        score=score,
+        threshold=threshold,
+        drifted=score > threshold,
+    )
+
+
+def fold_buckets(
+    labels: list[str], reference: list[float], live: list[float], limit: int = MAX_REPORT_BUCKETS
+) -> tuple[list[str], list[float], list[float]]:
+    """At most ``limit`` buckets: the largest (by the larger of the two shares) in their
+    order, the rest summed into one ``(N others)`` bucket — a column of thousands of
+    categories stays one readable chart. The score is computed before, on every bucket."""
+    if len(labels) <= limit:
+        return labels, reference, live
+    by_size = sorted(range(len(labels)), key=lambda i: -max(reference[i], live[i]))
+    top, rest = sorted(by_size[: limit - 1]), by_size[limit - 1 :]
+    return (
+        [*(labels[i] for i in top), f"({len(rest)} others)"],
+        [*(reference[i] for i in top), sum(reference[i] for i in rest)],
+        [*(live[i] for i in top), sum(live[i] for i in rest)],
+    )
+
+
+def _shares(counts: FloatArray) -> FloatArray:
+    total = float(counts.sum())
+    return counts / total if total > 0 else np.zeros_like(counts)
+
+
+def window_report(window: DriftWindow, threshold: float) -> list[FeatureDrift]:
+    """Every column of ``window`` as a report entry (one consistent read of its counts)."""
+    counts = window.counts()
+    return [
+        feature_drift(ref, c, threshold) for ref, c in zip(window.references, counts, strict=True)
+    ]

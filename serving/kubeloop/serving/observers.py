@@ -13,6 +13,7 @@ Two small interfaces:
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import time
@@ -21,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from kubeloop.driftreport import DriftReport
 from kubeloop.serving.batching import Feed, Outputs
 from kubeloop.serving.describe import Description
-from kubeloop.serving.drift import DriftWindow, Reference
+from kubeloop.serving.drift import DriftWindow, Reference, window_report
 from kubeloop.serving.metrics import MAX_CLASSES, DriftSnapshot, Metrics
 from kubeloop.serving.predlog import Entry, PredictionLog
 from kubeloop.serving.settings import ServingSettings
@@ -162,6 +164,25 @@ class DriftMonitor:
             rows=features.rows,
             prediction=next(iter(pred_scores.values()), 0.0) if pred_scores else None,
             prediction_rows=pred.rows if pred is not None else 0,
+        )
+
+    def report(self, model: str, version: str, threshold: float) -> DriftReport | None:
+        """The drift report of this process's windows (None while no feature is watched,
+        as :meth:`snapshot`)."""
+        features = self.features
+        if features is None:
+            return None
+        pred = self.prediction
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        return DriftReport(
+            model=model,
+            version=version,
+            threshold=threshold,
+            window=features.size,
+            rows=features.rows,
+            generated=now.replace("+00:00", "Z"),
+            features=window_report(features, threshold),
+            prediction=window_report(pred, threshold)[0] if pred is not None else None,
         )
 
 

@@ -88,3 +88,18 @@ def test_model_control_checks_the_token_first():
         guard.check_model_control({})
     with pytest.raises(ForbiddenError, match="model control disabled"):
         guard.check_model_control(headers(b"Bearer " + TOKEN))
+
+
+def test_the_drift_report_takes_the_token_in_its_own_header_too():
+    guard = WriteGuard(TOKEN, model_control=False)
+    guard.check_report({b"x-kubeloop-token": TOKEN})
+    guard.check_report({b"x-kubeloop-token": b" " + TOKEN + b" "})
+    guard.check_report({b"authorization": b"Bearer " + TOKEN})
+    with pytest.raises(UnauthorizedError):
+        guard.check_report({})
+    for wrong in (b"", b"wrong", TOKEN + b"x"):
+        with pytest.raises(ForbiddenError):
+            guard.check_report({b"x-kubeloop-token": wrong})
+    with pytest.raises(ForbiddenError):  # a wrong header token is not rescued by another
+        guard.check_report({b"x-kubeloop-token": b"wrong", b"authorization": b"Bearer " + TOKEN})
+    WriteGuard(None, model_control=False).check_report({b"x-kubeloop-token": b"anything"})

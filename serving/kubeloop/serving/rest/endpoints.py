@@ -17,9 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
+from kubeloop.driftreport import CSP, render_html
 from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import ServingError, UnavailableError
@@ -30,6 +32,12 @@ from kubeloop.serving.rest.v2 import decode_feedback
 
 #: most unknown request ids a feedback answer lists
 MAX_UNKNOWN_IDS = 100
+#: the drift report page: its own policy (no script, nothing external), never cached
+HTML_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+}
 
 
 def response(reply: Reply) -> Response:
@@ -47,7 +55,8 @@ class Endpoints:
     def __init__(self, plane: DataPlane, inference: RestInference) -> None:
         self.plane = plane
         self.inference = inference
-        #: feedback, load and unload need the bearer token (when one is configured)
+        #: feedback, load, unload and the drift report need the bearer token (when one is
+        #: configured)
         self.guard = WriteGuard.from_settings(plane.settings)
 
     # ------------------------------------------------------------ health, metadata
@@ -125,6 +134,20 @@ class Endpoints:
             }
         )
 
+    # --------------------------------------------------------------- drift report
+
+    # Built off the event loop: a model of many features takes tens of milliseconds.
+
+    async def drift(self, name: str, request: Request) -> Response:
+        self.guard.check_report(dict(request.scope["headers"]))
+        report = await run_in_threadpool(self.plane.drift_report, name)
+        return _json(report.model_dump(mode="json"))
+
+    async def drift_report(self, name: str, request: Request) -> Response:
+        self.guard.check_report(dict(request.scope["headers"]))
+        page = await run_in_threadpool(lambda: render_html(self.plane.drift_report(name)))
+        return Response(page, media_type="text/html; charset=utf-8", headers=HTML_HEADERS)
+
     # ---------------------------------------------------------- model repository
 
     async def repository_index(self) -> Response:
@@ -177,6 +200,10 @@ def routes(e: Endpoints) -> list[BaseRoute]:
         APIRoute("/v2/models/{name}/feedback", e.feedback, methods=post,
                  summary="Ground truth for earlier predictions, by request id",
                  openapi_extra={"requestBody": FEEDBACK_BODY}),
+        APIRoute("/v2/models/{name}/drift", e.drift, methods=get,
+                 summary="Drift per feature: reference and live shares, PSI (JSON)"),
+        APIRoute("/v2/models/{name}/drift-report", e.drift_report, methods=get,
+                 summary="Drift report: a self-contained HTML page"),
         APIRoute("/v2/repository/index", e.repository_index, methods=post,
                  summary="Models in the repository"),
         APIRoute("/v2/repository/models/{name}/load", e.repository_load, methods=post,
