@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kubeloop.operator.driftreport_cli:drift_report",
         "Write a model's drift report (reference vs live per feature) as one HTML file.",
     ),
+    "register": (
+        "kubeloop.trainer.register_cli:register",
+        "Register an ONNX model exported elsewhere (PyTorch, TensorFlow, ...) as a ModelVersion.",
+    ),
     "rules": (
         "kubeloop.operator.alerts.cli:rules",
         "Print the Prometheus alert rules that trigger retraining (see docs/monitoring.md).",
@@ -66,6 +70,7 @@ INSTALLS: dict[str, str] = {
     "drift-report": "install the [operator] extra (it reaches the cluster with its client)",
     "operator": "it runs in the kubeloop-operator image, or install the [operator] extra",
     "predict": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
+    "register": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
     "rules": "it runs in the kubeloop-operator image, or install the [operator] extra",
     "status": "install the [operator] extra (it reads the API server with the operator's client)",
     "serve": "it runs in the kubeloop-serving image, or install the [serving] extra",

@@ -14,7 +14,7 @@ onnxruntime; the operator never imports it (its image has neither).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -110,6 +110,15 @@ def task_outputs(task: Task) -> tuple[str, str | None]:
     return VALUE_OUTPUT, None
 
 
+def outputs_of(meta: ModelMetadata) -> tuple[str, str | None]:
+    """The outputs holding the prediction and the probabilities: the ones a registered
+    model names in ``model.json``, else the task's convention."""
+    label, proba = task_outputs(meta.task)
+    if meta.label_output is not None:
+        label, proba = meta.label_output, meta.proba_output
+    return label, proba
+
+
 def new_session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
     """A CPU session running one call at a time on ``threads`` threads (0: onnxruntime's
     default, one per core)."""
@@ -123,9 +132,14 @@ def new_session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def input_specs(feats: Sequence[Feature], session: ort.InferenceSession) -> list[InputSpec]:
+def input_specs(
+    feats: Sequence[Feature], session: ort.InferenceSession, packed: str | None = None
+) -> list[InputSpec]:
     """The model's inputs, one per feature in model.json's order, typed as the ONNX
-    graph declares them; the two files must describe the same inputs."""
+    graph declares them; the two files must describe the same inputs. With ``packed``
+    (one 2-D input holding every feature), each feature takes that input's type."""
+    if packed is not None:
+        return _packed_specs(feats, session, packed)
     onnx_inputs = {i.name: i for i in session.get_inputs()}
     specs: list[InputSpec] = []
     for feature in feats:
@@ -143,6 +157,30 @@ def input_specs(feats: Sequence[Feature], session: ort.InferenceSession) -> list
             f"{sorted(extra)}"
         )
     return specs
+
+
+def _packed_specs(
+    feats: Sequence[Feature], session: ort.InferenceSession, packed: str
+) -> list[InputSpec]:
+    """Per-feature specs of a model whose one ``[N, F]`` float input holds every feature."""
+    onnx_inputs = session.get_inputs()
+    if [i.name for i in onnx_inputs] != [packed]:
+        names = [i.name for i in onnx_inputs]
+        raise ValueError(f"{ArtifactLayout.MODEL} has inputs {names}, not the one '{packed}'")
+    shape = onnx_inputs[0].shape or []
+    width = shape[1] if len(shape) == 2 else None
+    datatype = ONNX_TO_OIP.get(onnx_inputs[0].type)
+    if len(shape) != 2 or datatype not in ("FP32", "FP64"):
+        raise ValueError(f"input '{packed}' is not a 2-D float tensor")
+    if isinstance(width, int) and width != len(feats):
+        raise ValueError(f"input '{packed}' takes {width} features, not {len(feats)}")
+    return [InputSpec(f.name, datatype, f.nullable) for f in feats]  # type: ignore[arg-type]
+
+
+def pack(feed: Mapping[str, Column], names: Sequence[str], packed: str) -> dict[str, Column]:
+    """A per-feature feed (``[rows, 1]`` columns) as the one ``[rows, F]`` tensor a packed
+    model takes."""
+    return {packed: np.concatenate([feed[n] for n in names], axis=1)}
 
 
 def output_specs(session: ort.InferenceSession) -> list[OutputSpec]:

@@ -15,6 +15,12 @@ A model directory holds:
   ``ModelMetadata.classes`` order); regression → ``variable`` (``[None, 1]``
   FP32).
 
+  A model registered with ``kubeloop register`` may instead take every feature as
+  one 2-D ``[N, F]`` float input (``ModelMetadata.packed_input``, columns in
+  ``inputs`` order: the features clients name) and name its prediction outputs
+  itself (``label_output``/``proba_output``); the server stacks the per-feature
+  columns of a request into that tensor.
+
   A missing number is NaN. A missing text value is the string ``"missing"``:
   the trainer puts it in place of missing text before fitting, so it is a
   category of its own when training saw it, and an unseen one (ignored by the
@@ -187,6 +193,17 @@ class ModelMetadata(_Model):
     sha256: str = Field(description="sha256 of model.onnx, hex")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    packed_input: str | None = Field(
+        None,
+        description="The ONNX input taking every feature as one 2-D [N, F] tensor, columns "
+        "in `inputs` order (a registered model); None: one input per feature",
+    )
+    label_output: str | None = Field(
+        None, description="The output holding the prediction; None: the task's convention"
+    )
+    proba_output: str | None = Field(
+        None, description="The output holding class probabilities; None: the task's convention"
+    )
     columns: list[Column] = Field(default_factory=list)
     nullable: list[str] = Field(default_factory=list, description="inputs that may be missing")
     target: str

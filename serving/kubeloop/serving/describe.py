@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubeloop.contracts import artifacts as contract
-from kubeloop.inference import Feature, features_of, task_outputs
+from kubeloop.inference import Feature, features_of, outputs_of
 from kubeloop.serving.drift import CategoricalReference, NumericReference, Reference
 
 __all__ = ["Description", "describe", "value_buckets"]
@@ -34,6 +34,8 @@ class Description:
     label_output: str
     proba_output: str | None
     value_buckets: tuple[float, ...]
+    #: the one 2-D input holding every feature (a registered model), else None
+    packed_input: str | None = None
 
 
 def _reference(name: str, prof: contract.NumericProfile | contract.CategoricalProfile) -> Reference:
@@ -64,7 +66,7 @@ def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
         if profile.prediction is not None:
             prediction = _reference("prediction", profile.prediction)
         value_buckets = _buckets(profile)
-    label_output, proba_output = task_outputs(meta.task)
+    label_output, proba_output = outputs_of(meta)
     return Description(
         name=meta.name,
         version=meta.sha256[:12],
@@ -77,6 +79,7 @@ def describe(meta_bytes: bytes, profile_bytes: bytes | None) -> Description:
         label_output=label_output,
         proba_output=proba_output,
         value_buckets=value_buckets,
+        packed_input=meta.packed_input,
     )
 
 

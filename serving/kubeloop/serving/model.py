@@ -91,7 +91,7 @@ def fingerprint(location: str) -> str:
 def input_specs(desc: art.Description, session: ort.InferenceSession) -> list[InputSpec]:
     """The model's inputs, typed as the ONNX graph declares them (the core's rule, shared
     with batch prediction)."""
-    return inference.input_specs(desc.features, session)
+    return inference.input_specs(desc.features, session, desc.packed_input)
 
 
 def prediction_outputs(
@@ -132,6 +132,7 @@ class LoadedModel:
         binding = getattr(session, "_sess", None)
         self._run = binding.run if binding is not None else session.run
         self.inputs = input_specs(desc, session)
+        self.packed_input = desc.packed_input
         self.index = {s.name: i for i, s in enumerate(self.inputs)}
         self.feed_names = [s.name for s in self.inputs]
         self._all_fp32 = all(s.datatype == "FP32" for s in self.inputs)
@@ -174,8 +175,11 @@ class LoadedModel:
         return out
 
     def run(self, feed: Feed) -> Outputs:
-        """One onnxruntime call."""
-        values = self._run(self.output_names, feed, self._run_options)
+        """One onnxruntime call (a packed model's columns stacked into its one input)."""
+        model_feed: dict[str, np.ndarray[Any, Any]] = feed
+        if self.packed_input is not None:
+            model_feed = inference.pack(feed, self.feed_names, self.packed_input)
+        values = self._run(self.output_names, model_feed, self._run_options)
         return dict(zip(self.output_names, values, strict=True))
 
     def observe(self, feed: Feed, outputs: Outputs) -> None:
@@ -205,8 +209,9 @@ class LoadedModel:
             object_column([""] * n) if s.datatype == "BYTES" else np.zeros(n, NUMPY[s.datatype])
             for s in self.inputs
         ]
-        values = self.session.run(None, self.feed(Decoded(columns, n)), self._run_options)
-        for out, value in zip(self.outputs, values, strict=True):
+        values = self.run(self.feed(Decoded(columns, n)))
+        for out in self.outputs:
+            value = values[out.name]
             if value.shape[0] != n:
                 raise ValueError(f"warm-up: output '{out.name}' has {value.shape[0]} rows, not {n}")
 

@@ -78,9 +78,11 @@ class BatchModel:
     def __init__(self, meta: ModelMetadata, onnx_bytes: bytes, threads: int) -> None:
         self.meta = meta
         self.session = inference.new_session(onnx_bytes, threads)
-        self.inputs = inference.input_specs(inference.features_of(meta), self.session)
+        self.inputs = inference.input_specs(
+            inference.features_of(meta), self.session, meta.packed_input
+        )
         self.outputs = {o.name: o for o in inference.output_specs(self.session)}
-        self.label, self.proba = inference.task_outputs(meta.task)
+        self.label, self.proba = inference.outputs_of(meta)
         missing = [n for n in (self.label, self.proba) if n and n not in self.outputs]
         if missing:
             raise ModelError(f"{ArtifactLayout.MODEL} has no output {missing[0]!r}")
@@ -149,6 +151,8 @@ class BatchModel:
             )
             for spec in self.inputs
         }
+        if self.meta.packed_input is not None:
+            feed = inference.pack(feed, [s.name for s in self.inputs], self.meta.packed_input)
         values = dict(
             zip(self.output_names, self.session.run(self.output_names, feed), strict=True)
         )
