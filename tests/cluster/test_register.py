@@ -1,0 +1,119 @@
+"""A model exported elsewhere, registered with ``kubeloop register --apply`` against the real
+API server: the operator verifies it like a trained version and a ModelDeployment serves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from operator_harness import KUBELOOP, Cluster, OperatorProcess, operating, wait_for
+
+from kubeloop.contracts.artifacts import ArtifactLayout
+from onnx_models import linear_classifier
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = "sepal,petal,stem,leaf"
+
+
+@pytest.fixture
+def cluster(api_client: Any, namespace: str) -> Cluster:
+    return Cluster(api_client, namespace)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def operator(kubeconfig: str, api_client: Any, namespace: str, store: Path, tmp_path: Path):
+    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
+    with operating(proc, api_client) as running:
+        yield running
+
+
+def register_apply(model: Path, store: Path, kubeconfig: str, namespace: str) -> str:
+    result = subprocess.run(
+        [
+            KUBELOOP, "register", "--onnx", str(model), "--name", "flowers",
+            "--feature-names", FEATURES, "--label-output", "class_id", "--proba-output", "probs",
+            "--store", store.as_uri(), "-n", namespace, "--kubeconfig", kubeconfig, "--apply",
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_registered_model_is_verified_and_served(
+    cluster: Cluster, operator: Any, store: Path, kubeconfig: str, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    first = linear_classifier(tmp_path / "a.onnx", rng.normal(size=(4, 3)), rng.normal(size=3))
+    assert register_apply(first, store, kubeconfig, cluster.namespace) == (
+        "modelversion.kubeloop.io/flowers-v1 created"
+    )
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "flowers-v1").get("status") == "True",
+        "flowers-v1 to be verified and Ready",
+        state=lambda: cluster.get("ModelVersion", "flowers-v1"),
+    )
+    mv = cluster.get("ModelVersion", "flowers-v1")
+    assert mv is not None
+    sha = hashlib.sha256(first.read_bytes()).hexdigest()
+    assert mv["status"]["verifiedSha256"] == sha
+    assert [i["name"] for i in mv["spec"]["inputs"]] == FEATURES.split(",")
+
+    md = yaml.safe_load((ROOT / "examples" / "modeldeployment.yaml").read_text())
+    md["metadata"]["name"] = "flowers"
+    md["spec"].update(modelName="flowers", replicas=1)
+    for field in ("retrain", "canary"):
+        md["spec"].pop(field)
+    cluster.apply(md)
+    cluster.wait_phase("ModelDeployment", "flowers", "Serving", timeout=90)
+    folder = store / "models" / cluster.namespace / "flowers" / sha
+    assert_serves(cluster, folder, sha)
+
+    # a second export is the next version, and the deployment follows it
+    second = linear_classifier(tmp_path / "b.onnx", rng.normal(size=(4, 3)), rng.normal(size=3))
+    assert register_apply(second, store, kubeconfig, cluster.namespace).endswith(
+        "flowers-v2 created"
+    )
+    sha2 = hashlib.sha256(second.read_bytes()).hexdigest()
+    wait_for(
+        lambda: cluster.status("ModelDeployment", "flowers").get("stableVersion") == 2,
+        "the deployment to serve flowers-v2",
+        state=lambda: cluster.status("ModelDeployment", "flowers"),
+    )
+    assert_serves(cluster, store / "models" / cluster.namespace / "flowers" / sha2, sha2)
+
+
+def assert_serves(cluster: Cluster, folder: Path, sha: str) -> None:
+    """The stable pods run ``kubeloop serve`` on the registered folder, pinned to its digest."""
+    assert (folder / ArtifactLayout.METADATA).exists()
+
+    def container() -> dict[str, Any] | None:
+        dep = cluster.get("Deployment", "flowers-stable", "apps/v1")
+        if dep is None:
+            return None
+        found: dict[str, Any] = dep["spec"]["template"]["spec"]["containers"][0]
+        return found
+
+    def pinned() -> bool:
+        c = container()
+        env = {e["name"]: e.get("value") for e in (c or {}).get("env", [])}
+        return env.get("KUBELOOP_SERVING_EXPECTED_SHA256") == sha
+
+    wait_for(pinned, f"the stable pods to serve sha256 {sha[:12]}", state=container)
+    args = (container() or {})["args"]
+    assert args[args.index("--model") + 1] == folder.as_uri()

@@ -1,0 +1,181 @@
+"""A model exported elsewhere, registered with ``kubeloop register`` and served by a real
+``kubeloop serve`` process like a trained one.
+
+The models are built with ``onnx.helper`` the way a PyTorch export looks: one 2-D
+``[N, F]`` float input, outputs with their author's names. Clients send the features one
+by one (V2) or as rows and records (V1); the server stacks them into the tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from serving_helpers import KUBELOOP, serving
+
+from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata, Profile
+from onnx_models import linear_classifier, linear_regression, softmax, two_inputs
+
+FEATURES = ["sepal", "petal", "stem", "leaf"]
+RNG = np.random.default_rng(7)
+WEIGHTS = RNG.normal(size=(4, 3))
+BIAS = RNG.normal(size=3)
+
+
+def register(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(KUBELOOP), "register", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def registered(*args: str) -> dict[str, Any]:
+    """The ModelVersion manifest ``kubeloop register --print`` writes."""
+    result = register(*args)
+    assert result.returncode == 0, result.stderr
+    manifest: dict[str, Any] = yaml.safe_load(result.stdout)
+    return manifest
+
+
+def folder_of(manifest: dict[str, Any]) -> Path:
+    uri = manifest["spec"]["artifact"]["uri"]
+    return Path(uri.removeprefix("file://")).parent
+
+
+@pytest.fixture
+def classifier(tmp_path: Path) -> Path:
+    return linear_classifier(tmp_path / "export" / "clf.onnx", WEIGHTS, BIAS)
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    path = tmp_path / "reference.csv"
+    pd.DataFrame(RNG.normal(size=(300, 4)), columns=FEATURES).to_csv(path, index=False)
+    return path
+
+
+def test_a_pytorch_style_classifier_is_registered_and_served(
+    classifier: Path, reference: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.93}))
+    manifest = registered(
+        "--onnx", str(classifier), "--name", "flowers", "--feature-names", ",".join(FEATURES),
+        "--label-output", "class_id", "--proba-output", "probs", "--reference", str(reference),
+        "--metrics", str(tmp_path / "metrics.json"), "--store", store.as_uri(), "-n", "ml",
+    )  # fmt: skip
+    sha = hashlib.sha256(classifier.read_bytes()).hexdigest()
+    spec = manifest["spec"]
+    assert manifest["metadata"] == {"name": "flowers-v1", "namespace": "ml"}
+    assert spec["artifact"]["sha256"] == sha
+    assert [i["name"] for i in spec["inputs"]] == FEATURES
+    assert spec["metrics"] == {"accuracy": 0.93}
+    folder = folder_of(manifest)
+    assert folder == store / "models" / "ml" / "flowers" / sha
+    assert spec["profileUri"] == (folder / ArtifactLayout.PROFILE).as_uri()
+    meta = ModelMetadata.model_validate_json((folder / ArtifactLayout.METADATA).read_text())
+    assert (meta.packed_input, meta.label_output, meta.proba_output) == (
+        "input",
+        "class_id",
+        "probs",
+    )
+    assert meta.classes == [0, 1, 2]
+    profile = Profile.model_validate_json((folder / ArtifactLayout.PROFILE).read_text())
+    assert sorted(profile.features) == sorted(FEATURES)
+    assert profile.rows == 300
+    assert profile.prediction is not None
+
+    rows = RNG.normal(size=(5, 4)).astype(np.float32)
+    proba = softmax(rows @ WEIGHTS.astype(np.float32) + BIAS.astype(np.float32))
+    with serving(folder, env={"KUBELOOP_SERVING_EXPECTED_SHA256": sha}) as server:
+        client = server.client()
+        described = client.get("/v2/models/flowers").json()
+        assert [i["name"] for i in described["inputs"]] == FEATURES
+        v2 = {
+            "inputs": [
+                {"name": n, "shape": [5, 1], "datatype": "FP32", "data": rows[:, i].tolist()}
+                for i, n in enumerate(FEATURES)
+            ]
+        }
+        answer = client.post("/v2/models/flowers/infer", json=v2)
+        assert answer.status_code == 200, answer.text
+        out = {o["name"]: o for o in answer.json()["outputs"]}
+        assert out["class_id"]["data"] == proba.argmax(axis=1).tolist()
+        np.testing.assert_allclose(np.reshape(out["probs"]["data"], (5, 3)), proba, rtol=1e-5)
+        v1 = client.post("/v1/models/flowers:predict", json={"instances": rows.tolist()}).json()
+        assert v1["predictions"] == proba.argmax(axis=1).tolist()
+        np.testing.assert_allclose(v1["probabilities"], proba, rtol=1e-5)
+        records = [dict(zip(FEATURES, r, strict=True)) for r in rows.tolist()]
+        by_name = client.post("/v1/models/flowers:predict", json={"instances": records}).json()
+        assert by_name["predictions"] == v1["predictions"]
+        short = client.post("/v1/models/flowers:predict", json={"instances": [[1.0, 2.0]]})
+        assert short.status_code == 400
+        # the inline drift monitor watches each named feature against the reference
+        assert server.metric("kubeloop_feature_drift", feature="petal") is not None
+
+
+def test_a_regression_with_one_output_needs_no_output_flags(tmp_path: Path) -> None:
+    model = linear_regression(tmp_path / "reg.onnx", np.array([1.0, -2.0, 0.5]), 3.0)
+    store = tmp_path / "store"
+    manifest = registered(
+        "--onnx", str(model), "--name", "price", "--task", "regression",
+        "--feature-names", "rooms,age,area", "--store", store.as_uri(), "--version", "4",
+    )  # fmt: skip
+    assert manifest["metadata"]["name"] == "price-v4"
+    assert "profileUri" not in manifest["spec"]
+    with serving(folder_of(manifest)) as server:
+        rows = [[2.0, 1.0, 10.0], [0.0, 0.0, 0.0]]
+        answer = server.client().post("/v1/models/price:predict", json={"instances": rows})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(np.reshape(answer.json()["predictions"], -1), [8.0, 3.0])
+    # registering the same model again is idempotent: same folder, same manifest
+    again = registered(
+        "--onnx", str(model), "--name", "price", "--task", "regression",
+        "--feature-names", "rooms,age,area", "--store", store.as_uri(), "--version", "4",
+    )  # fmt: skip
+    assert again == manifest
+
+
+def _bad_cases(tmp: Path, classifier: Path) -> list[tuple[list[str], str]]:
+    (tmp / "notes.onnx").write_text("sepal,petal\n1,2\n")
+    two = two_inputs(tmp / "two.onnx")
+    names = ["--feature-names", ",".join(FEATURES)]
+    return [
+        (["--onnx", str(tmp / "notes.onnx")], "not an ONNX model"),
+        (["--onnx", str(two)], "has inputs 'a' [N, 2], 'b' [N, 3]"),
+        (["--onnx", str(classifier)], "name its 4 features with --feature-names"),
+        (["--onnx", str(classifier), "--feature-names", "a,b,c"], "names 3 features; input"),
+        ([
+            "--onnx", str(classifier), *names, "--label-output", "klass",
+        ], "--label-output 'klass': model.onnx has no such output (its outputs: probs, class_id)"),
+        ([
+            "--onnx", str(classifier), *names, "--label-output", "class_id",
+            "--proba-output", "prob",
+        ], "--proba-output 'prob': model.onnx has no such output"),
+        (["--onnx", str(classifier), *names], "none named 'label': name the prediction with"),
+        ([
+            "--onnx", str(classifier), "--feature-names", "a,b,c,d", "--label-output", "class_id",
+            "--reference", str(tmp / "reference.csv"),
+        ], "--reference " + str(tmp / "reference.csv") + ": no column 'a'"),
+    ]  # fmt: skip
+
+
+def test_bad_input_is_one_line_naming_it_and_writes_nothing(
+    classifier: Path, reference: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    for args, expected in _bad_cases(tmp_path, classifier):
+        result = register(*args, "--name", "flowers", "--store", store.as_uri())
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: "), result.stderr
+        assert expected in lines[0], lines[0]
+        assert result.stdout == ""
+        assert not store.exists(), f"{args} wrote to the store"
