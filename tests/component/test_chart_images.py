@@ -82,7 +82,7 @@ def site_packages(ref: str) -> set[str]:
 # dependency of the image's extra fails here.
 COMMANDS = {
     "operator": [("--help",), ("operator", "--help"), ("rules", "--help"), ("version",)],
-    "trainer": [("--help",), ("snapshot", "--help"), ("train", "--help")],
+    "trainer": [("--help",), ("snapshot", "--help"), ("train", "--help"), ("register", "--help")],
     "serving": [("--help",), ("serve", "--help")],
 }
 
