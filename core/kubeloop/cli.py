@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Run a local Kubernetes control plane (etcd, kube-apiserver, controller-manager,"
         " scheduler) with kwok fake nodes, all as local processes on loopback ports.",
     ),
+    "inspect": (
+        "kubeloop.trainer.register_cli:inspect",
+        "Read an ONNX model's inputs and outputs and report them as a Job result.",
+    ),
     "operator": (
         "kubeloop.operator.app:operator",
         "Run the Kubeloop operator against the current cluster (in-cluster or kubeconfig).",
@@ -68,6 +72,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 INSTALLS: dict[str, str] = {
     "cluster": "it needs a Kubeloop checkout with `make setup` (the devcluster extra, in no image)",
     "drift-report": "install the [operator] extra (it reaches the cluster with its client)",
+    "inspect": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
     "operator": "it runs in the kubeloop-operator image, or install the [operator] extra",
     "predict": "it runs in the kubeloop-trainer image, or install the [trainer] extra",
     "register": "it runs in the kubeloop-trainer image, or install the [trainer] extra",

@@ -1,5 +1,7 @@
 """A model exported elsewhere, registered with ``kubeloop register --apply`` against the real
 API server: the operator verifies it like a trained version and a ModelDeployment serves it.
+A hand-written manifest of a bare model.onnx is inspected by a Job (the test plays the
+kubelet: it runs the Job's ``kubeloop inspect`` here) that fills in the version's status.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from operator_harness import KUBELOOP, Cluster, OperatorProcess, operating, wait_for
+from kubelet import finish_pod
+from operator_harness import (
+    KUBELOOP,
+    Cluster,
+    OperatorProcess,
+    operating,
+    pod_of,
+    run_job_locally,
+    wait_for,
+)
 
 from kubeloop.contracts.artifacts import ArtifactLayout
 from onnx_models import linear_classifier
@@ -117,3 +128,93 @@ def assert_serves(cluster: Cluster, folder: Path, sha: str) -> None:
     wait_for(pinned, f"the stable pods to serve sha256 {sha[:12]}", state=container)
     args = (container() or {})["args"]
     assert args[args.index("--model") + 1] == folder.as_uri()
+
+
+def bare_version(cluster: Cluster, name: str, artifact: Path) -> None:
+    """A hand-written ModelVersion naming only the artifact."""
+    cluster.apply(
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "ModelVersion",
+            "metadata": {"name": name},
+            "spec": {
+                "modelName": name.rsplit("-v", 1)[0],
+                "version": 1,
+                "task": "classification",
+                "artifact": {
+                    "uri": artifact.as_uri(),
+                    "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+                },
+            },
+        }
+    )
+
+
+def run_inspection(cluster: Cluster, name: str, tmp_path: Path) -> tuple[int, str]:
+    """Play the kubelet for the version's inspection Job: run it here, end its pod."""
+    selector = "app.kubernetes.io/name=kubeloop-inspect"
+    job = wait_for(
+        lambda: next(
+            (
+                j
+                for j in cluster.list("Job", "batch/v1", selector)
+                if j["metadata"]["name"].startswith(name)
+            ),
+            None,
+        ),
+        f"the inspection Job of {name}",
+        state=lambda: cluster.get("ModelVersion", name),
+    )
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "inspect"
+    code, message = run_job_locally(job, tmp_path / job["metadata"]["name"])
+    pod = pod_of(cluster, job["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=code, message=message)
+    return code, message
+
+
+def test_a_bare_model_is_inspected_by_a_job_into_status(
+    cluster: Cluster, operator: Any, store: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    onnx_file = store / "bare" / ArtifactLayout.MODEL
+    linear_classifier(onnx_file, rng.normal(size=(4, 3)), rng.normal(size=3))
+    bare_version(cluster, "bare-v1", onnx_file)
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "bare-v1").get("reason") == "Inspecting",
+        "bare-v1 to wait for its inspection",
+        state=lambda: cluster.get("ModelVersion", "bare-v1"),
+    )
+    code, _ = run_inspection(cluster, "bare-v1", tmp_path)
+    assert code == 0
+    wait_for(
+        lambda: cluster.condition("ModelVersion", "bare-v1").get("status") == "True",
+        "bare-v1 to be Ready once inspected",
+        state=lambda: cluster.get("ModelVersion", "bare-v1"),
+    )
+    mv = cluster.get("ModelVersion", "bare-v1")
+    assert mv is not None
+    assert mv["status"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert [o["name"] for o in mv["status"]["outputs"]] == ["probs", "class_id"]
+    assert "inputs" not in mv["spec"]  # the spec stays as written
+
+
+def test_a_file_that_is_not_onnx_fails_its_inspection(
+    cluster: Cluster, operator: Any, store: Path, tmp_path: Path
+) -> None:
+    notes = store / "notes" / ArtifactLayout.MODEL
+    notes.parent.mkdir()
+    notes.write_text("sepal,petal\n1,2\n")
+    bare_version(cluster, "notes-v1", notes)
+    code, message = run_inspection(cluster, "notes-v1", tmp_path)
+    assert code == 2, message
+    wait_for(
+        lambda: (
+            cluster.condition("ModelVersion", "notes-v1", "Verified").get("reason")
+            == "InspectionFailed"
+        ),
+        "notes-v1 to fail its inspection",
+        state=lambda: cluster.get("ModelVersion", "notes-v1"),
+    )
+    ready = cluster.condition("ModelVersion", "notes-v1")
+    assert ready["status"] == "False"
+    assert "not an ONNX model" in ready["message"]

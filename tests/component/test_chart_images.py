@@ -82,7 +82,13 @@ def site_packages(ref: str) -> set[str]:
 # dependency of the image's extra fails here.
 COMMANDS = {
     "operator": [("--help",), ("operator", "--help"), ("rules", "--help"), ("version",)],
-    "trainer": [("--help",), ("snapshot", "--help"), ("train", "--help"), ("register", "--help")],
+    "trainer": [
+        ("--help",),
+        ("snapshot", "--help"),
+        ("train", "--help"),
+        ("register", "--help"),
+        ("inspect", "--help"),
+    ],
     "serving": [("--help",), ("serve", "--help")],
 }
 

@@ -524,6 +524,16 @@ class ModelVersionStatus(StatusBase):
     """Whether the artifact was found and verified."""
 
     verified_sha256: str | None = Field(None, description="Digest the operator computed.")
+    inputs: list[TensorSpec] | None = Field(
+        None,
+        max_length=1024,
+        description="Input tensors read from the ONNX graph, when spec names none.",
+    )
+    outputs: list[TensorSpec] | None = Field(
+        None,
+        max_length=64,
+        description="Output tensors read from the ONNX graph, when spec names none.",
+    )
 
 
 # ------------------------------------------------------------------- ModelDeployment

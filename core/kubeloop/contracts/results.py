@@ -1,6 +1,6 @@
 """The Job-result contract: what a snapshot or trainer Job reports to the operator.
 
-``kubeloop snapshot``, ``kubeloop train`` and ``kubeloop predict`` write one
+``kubeloop snapshot``, ``train``, ``predict`` and ``inspect`` write one
 :class:`JobResult` as JSON to the container's termination-message file (the pod's
 ``terminationMessagePath``, policy ``File``); the operator reads it from the pod's
 status and parses the whole message — never a log line. A Job that dies before writing
@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from kubeloop.api.v1alpha1 import Column, Comparison
+from kubeloop.api.v1alpha1 import Column, Comparison, TensorSpec
 from kubeloop.contracts.artifacts import GateResult
 
 #: Largest termination message Kubernetes keeps.
@@ -41,7 +41,7 @@ class JobResult(BaseModel):
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    kind: Literal["snapshot", "train", "predict"]
+    kind: Literal["snapshot", "train", "predict", "inspect"]
     status: Literal["succeeded", "rejected", "failed"]
     reason: str | None = None
     # snapshot
@@ -60,6 +60,9 @@ class JobResult(BaseModel):
     # predict (also rows, and sha256: the output file's)
     output_uri: str | None = None
     duration_seconds: float | None = None
+    # inspect (also sha256): the ONNX graph's inputs and outputs
+    inputs: list[TensorSpec] | None = None
+    outputs: list[TensorSpec] | None = None
 
     def to_message(self) -> str:
         """Compact JSON, trimmed to fit a termination message."""

@@ -308,6 +308,34 @@ def build_trainer_job(
     return _job(tj, template, settings)
 
 
+def needs_inspection(mv_spec: dict[str, Any]) -> bool:
+    """A hand-made ModelVersion naming neither inputs nor outputs: a Job in the trainer image
+    (the operator has no onnxruntime) reads them from the graph into its status."""
+    return not mv_spec.get("inputs") and not mv_spec.get("outputs")
+
+
+def inspect_job_name(mv: dict[str, Any]) -> str:
+    """One inspection Job per ModelVersion and artifact digest."""
+    sha = mv["spec"]["artifact"]["sha256"]
+    return child_name(mv["metadata"]["name"], f"inspect-{sha[:8]}")
+
+
+def build_inspect_job(mv: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The Job that runs ``kubeloop inspect`` on a ModelVersion's artifact (owned by the
+    version, so it goes with it)."""
+    artifact = mv["spec"]["artifact"]
+    template = JobTemplate(
+        name=inspect_job_name(mv),
+        labels=labels("inspect", **{MODEL_LABEL: mv["spec"]["modelName"]}),
+        args=["inspect", "--model", artifact["uri"], "--sha256", artifact["sha256"]],
+        image=settings.trainer_image,
+        resources=settings.trainer_resources,
+        backoff_limit=1,
+        active_deadline_seconds=600,
+    )
+    return _job(mv, template, settings)
+
+
 @dataclass(frozen=True)
 class Trained:
     """What a finished trainer Job tells about its model: the Job's result, the model's

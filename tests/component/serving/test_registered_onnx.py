@@ -1,5 +1,6 @@
 """A model exported elsewhere, registered with ``kubeloop register`` and served by a real
-``kubeloop serve`` process like a trained one.
+``kubeloop serve`` process like a trained one; and ``kubeloop inspect``, the Job that reads
+a bare model's graph for the operator.
 
 The models are built with ``onnx.helper`` the way a PyTorch export looks: one 2-D
 ``[N, F]`` float input, outputs with their author's names. Clients send the features one
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import yaml
 from serving_helpers import KUBELOOP, serving
 
 from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata, Profile
+from kubeloop.contracts.results import JobResult
 from onnx_models import linear_classifier, linear_regression, softmax, two_inputs
 
 FEATURES = ["sepal", "petal", "stem", "leaf"]
@@ -179,3 +182,30 @@ def test_bad_input_is_one_line_naming_it_and_writes_nothing(
         assert expected in lines[0], lines[0]
         assert result.stdout == ""
         assert not store.exists(), f"{args} wrote to the store"
+
+
+def test_inspect_reports_the_graph_as_a_job_result(classifier: Path, tmp_path: Path) -> None:
+    sha = hashlib.sha256(classifier.read_bytes()).hexdigest()
+    term = tmp_path / "termination-log"
+    env = {**os.environ, "KUBELOOP_TERMINATION_LOG": str(term)}
+
+    def inspect(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(KUBELOOP), "inspect", "--model", str(classifier), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+    done = inspect("--sha256", sha)
+    assert done.returncode == 0, done.stderr
+    result = JobResult.from_message(term.read_text())
+    assert result is not None
+    assert (result.kind, result.status, result.sha256) == ("inspect", "succeeded", sha)
+    assert [(t.name, t.shape) for t in result.inputs or []] == [("input", [-1, 4])]
+    assert [(t.name, t.datatype) for t in result.outputs or []] == [
+        ("probs", "FP32"),
+        ("class_id", "INT64"),
+    ]
+    wrong = inspect("--sha256", "0" * 64)
+    assert wrong.returncode == 2
+    failed = JobResult.from_message(term.read_text())
+    assert failed is not None
+    assert failed.status == "failed"
+    assert f"has sha256 {sha}, not {'0' * 64}" in (failed.reason or "")

@@ -550,3 +550,22 @@ def test_trainer_jobs_and_serving_pods_get_the_artifact_stores_secret(role):
         "s3://kubeloop-store/models/ml/demo-01234567"
         in job["spec"]["template"]["spec"]["containers"][0]["args"]
     )
+
+
+def test_a_bare_version_is_inspected_by_a_job_named_after_its_digest(settings):
+    mv = parent("ModelVersion", "net-v1")
+    mv["spec"] = {
+        "modelName": "net",
+        "artifact": {"uri": "s3://models/net/model.onnx", "sha256": "ab12cd34" + "0" * 56},
+    }
+    assert builders.needs_inspection(mv["spec"])
+    assert not builders.needs_inspection({**mv["spec"], "inputs": [{"name": "x"}]})
+    job = builders.build_inspect_job(mv, settings)
+    assert job["metadata"]["name"] == builders.inspect_job_name(mv) == "net-v1-inspect-ab12cd34"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "ModelVersion"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == settings.trainer_image
+    assert container["args"] == [
+        "inspect", "--model", "s3://models/net/model.onnx", "--sha256", "ab12cd34" + "0" * 56,
+    ]  # fmt: skip
+    assert container["terminationMessagePolicy"] == "File"

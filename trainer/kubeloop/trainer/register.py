@@ -130,6 +130,17 @@ def _tensor(value: onnx.ValueInfoProto) -> GraphTensor:
     return GraphTensor(value.name, _ELEM_TYPES.get(tensor.elem_type), dims, onnx_type)
 
 
+def tensors(found: list[GraphTensor]) -> list[TensorSpec]:
+    """The graph's tensors as OIP specs; RegisterError for one that is not a servable tensor."""
+    for t in found:
+        if t.datatype is None:
+            raise RegisterError(f"'{t.name}' is {t.onnx_type}; only tensors can be served")
+    return [
+        TensorSpec.model_validate({"name": t.name, "datatype": t.datatype, "shape": list(t.shape)})
+        for t in found
+    ]
+
+
 # ------------------------------------------------------------------ the plan
 
 
@@ -142,11 +153,7 @@ def plan(graph: Graph, opts: Options) -> Plan:
     if proba is not None:
         width = next(o.shape for o in graph.outputs if o.name == proba)
         classes = list(range(width[1])) if len(width) == 2 and width[1] > 0 else None
-    outputs = [
-        TensorSpec.model_validate({"name": o.name, "datatype": o.datatype, "shape": list(o.shape)})
-        for o in graph.outputs
-    ]
-    return Plan(features, packed, outputs, label, proba, classes)
+    return Plan(features, packed, tensors(graph.outputs), label, proba, classes)
 
 
 def _features(

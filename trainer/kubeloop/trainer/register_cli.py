@@ -1,4 +1,5 @@
-"""`kubeloop register`: publish an ONNX model exported elsewhere and create its ModelVersion.
+"""`kubeloop register`: publish an ONNX model exported elsewhere and create its ModelVersion;
+`kubeloop inspect`: the Job that reads a bare model's inputs and outputs for the operator.
 
 Exit codes: 0 registered, 2 bad input (the file, a flag, the reference table; one line on
 stderr naming it, nothing written), 1 the store or the API server failed.
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from kubeloop.api.base import GROUP, VERSION
 from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata, join
 from kubeloop.contracts.frameworks import Task
-from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_FAILED
+from kubeloop.contracts.results import EXIT_BAD_INPUT, EXIT_FAILED, RESULT_LIMIT
 from kubeloop.trainer import output
 from kubeloop.trainer import register as reg
 
@@ -210,3 +211,40 @@ def register(
         return
     created = apply(build, namespace, version, kubeconfig)
     click.echo(f"modelversion.{GROUP}/{created['metadata']['name']} created")
+
+
+@click.command()
+@click.option("--model", "model_uri", required=True, help="The model.onnx to read (path or URI).")
+@click.option("--sha256", "expected", help="The digest the file must have (hex).")
+def inspect(model_uri: str, expected: str | None) -> None:
+    """Read an ONNX model's inputs and outputs and report them as a Job result."""
+    from kubeloop.contracts.results import JobResult, report
+
+    def fail(code: int, reason: str) -> NoReturn:
+        click.echo(f"error: {reason}", err=True)
+        report(JobResult(kind="inspect", status="failed", reason=reason))
+        sys.exit(code)
+
+    try:
+        with fsspec.open(model_uri, "rb") as f:
+            onnx_bytes: bytes = f.read()
+    except (OSError, ValueError) as exc:
+        fail(EXIT_FAILED, f"{model_uri}: {exc}")
+    sha = reg.digest(onnx_bytes)
+    if expected is not None and sha != expected:
+        fail(EXIT_BAD_INPUT, f"{model_uri} has sha256 {sha}, not {expected}")
+    try:
+        graph = reg.read_graph(onnx_bytes, model_uri)
+        inputs, outputs = reg.tensors(graph.inputs), reg.tensors(graph.outputs)
+    except reg.RegisterError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+    result = JobResult(
+        kind="inspect", status="succeeded", sha256=sha, inputs=inputs, outputs=outputs
+    )
+    if len(result.to_message().encode()) > RESULT_LIMIT:
+        fail(
+            EXIT_BAD_INPUT,
+            f"{model_uri}: its {len(inputs)} inputs do not fit a Job result; "
+            "list them in the ModelVersion's spec",
+        )
+    report(result)

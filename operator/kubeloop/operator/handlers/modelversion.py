@@ -1,4 +1,6 @@
-"""ModelVersion: verify that the artifact exists and hashes to the recorded sha256."""
+"""ModelVersion: verify that the artifact exists and hashes to the recorded sha256; a bare
+model.onnx (no inputs or outputs in spec, no model.json beside it) is also inspected by a
+Job that reads its graph into status (the spec stays as the user wrote it)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import kopf
 
 from kubeloop.api.base import API_VERSION, GROUP, VERSION
 from kubeloop.api.v1alpha1 import ModelVersionSpec
-from kubeloop.operator.conditions import is_true
+from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.operator import builders, metrics
+from kubeloop.operator.conditions import get_condition, is_true
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -16,7 +20,8 @@ from kubeloop.operator.handlers.common import (
     parse_spec,
     run_reconcile,
 )
-from kubeloop.operator.store import StoreUnavailableError, sha256_of
+from kubeloop.operator.handlers.jobs import job_state, outcome
+from kubeloop.operator.store import StoreUnavailableError, read_json, sha256_of
 
 KIND = "ModelVersion"
 VERIFIED = "Verified"
@@ -53,10 +58,45 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         _unverified(rec, False, "DigestMismatch", message)
         rec.warn(reason="DigestMismatch", message=message)
         return
-    rec.status["verifiedSha256"] = actual
     rec.condition(VERIFIED, True, "DigestMatches", f"sha256 {actual[:12]}…")
+    if _bare(rec) and not _inspected(ctx, rec):
+        return  # Ready once the inspection Job has read the graph
+    rec.status["verifiedSha256"] = actual
     rec.ready(True, "Verified", f"{spec.model_name} version {spec.version}")
     rec.info(reason="Verified", message=f"artifact {uri} verified")
+
+
+def _bare(rec: Reconcile) -> bool:
+    """A version naming no inputs or outputs, beside no ``model.json``: only the graph says
+    what it takes, and the operator (no onnxruntime in its image) has a Job read it."""
+    if not builders.needs_inspection(rec.body["spec"]) or rec.status.get("inputs"):
+        return False
+    uri = rec.body["spec"]["artifact"]["uri"]
+    return read_json(ArtifactLayout.sibling(uri, ArtifactLayout.METADATA)) is None
+
+
+def _inspected(ctx: Context, rec: Reconcile) -> bool:
+    """Run the inspection Job (``kubeloop inspect`` in the trainer image) once per digest and
+    copy the inputs and outputs it reports into status; False until it has."""
+    name = builders.inspect_job_name(rec.body)
+    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
+    if job is None:
+        ctx.kube.create(builders.build_inspect_job(rec.body, ctx.settings))
+        metrics.CHILDREN_CREATED.labels(kind="Job").inc()
+        rec.info(reason="InspectionStarted", message=f"Job {name} reads the model's graph")
+    if job is None or job_state(job) == "Running":
+        rec.ready(False, "Inspecting", f"Job {name} reads the inputs and outputs of the graph")
+        return False
+    done = outcome(ctx.kube, job)
+    found = done.result
+    if done.state == "Succeeded" and found and found.inputs is not None and found.outputs:
+        rec.status["inputs"] = [t.to_wire() for t in found.inputs]
+        rec.status["outputs"] = [t.to_wire() for t in found.outputs]
+        return True
+    if (get_condition(rec.status, VERIFIED) or {}).get("reason") != "InspectionFailed":
+        rec.warn(reason="InspectionFailed", message=done.reason)
+    _unverified(rec, False, "InspectionFailed", done.reason)
+    return False
 
 
 @kopf.on.resume(GROUP, VERSION, "modelversions")
