@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from serving_helpers import KUBELOOP, serving
+from serving_helpers import KUBELOOP, Server, serving, wait_for
 
 from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata, Profile
 from kubeloop.contracts.results import JobResult
@@ -97,30 +97,55 @@ def test_a_pytorch_style_classifier_is_registered_and_served(
     rows = RNG.normal(size=(5, 4)).astype(np.float32)
     proba = softmax(rows @ WEIGHTS.astype(np.float32) + BIAS.astype(np.float32))
     with serving(folder, env={"KUBELOOP_SERVING_EXPECTED_SHA256": sha}) as server:
-        client = server.client()
-        described = client.get("/v2/models/flowers").json()
-        assert [i["name"] for i in described["inputs"]] == FEATURES
-        v2 = {
-            "inputs": [
-                {"name": n, "shape": [5, 1], "datatype": "FP32", "data": rows[:, i].tolist()}
-                for i, n in enumerate(FEATURES)
-            ]
-        }
-        answer = client.post("/v2/models/flowers/infer", json=v2)
-        assert answer.status_code == 200, answer.text
-        out = {o["name"]: o for o in answer.json()["outputs"]}
-        assert out["class_id"]["data"] == proba.argmax(axis=1).tolist()
-        np.testing.assert_allclose(np.reshape(out["probs"]["data"], (5, 3)), proba, rtol=1e-5)
-        v1 = client.post("/v1/models/flowers:predict", json={"instances": rows.tolist()}).json()
-        assert v1["predictions"] == proba.argmax(axis=1).tolist()
-        np.testing.assert_allclose(v1["probabilities"], proba, rtol=1e-5)
-        records = [dict(zip(FEATURES, r, strict=True)) for r in rows.tolist()]
-        by_name = client.post("/v1/models/flowers:predict", json={"instances": records}).json()
-        assert by_name["predictions"] == v1["predictions"]
-        short = client.post("/v1/models/flowers:predict", json={"instances": [[1.0, 2.0]]})
-        assert short.status_code == 400
-        # the inline drift monitor watches each named feature against the reference
-        assert server.metric("kubeloop_feature_drift", feature="petal") is not None
+        ask_every_way(server, rows, proba)
+    # batch prediction stacks the columns the same way
+    table = tmp_path / "rows.csv"
+    pd.DataFrame(rows, columns=FEATURES).to_csv(table, index=False)
+    scored = tmp_path / "scored.csv"
+    argv = [str(KUBELOOP), "predict", "--model", str(folder), "--data", str(table), "--out",
+            str(scored)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(scored)["class_id"].tolist() == proba.argmax(axis=1).tolist()
+
+
+def ask_every_way(server: Server, rows: np.ndarray[Any, Any], proba: np.ndarray[Any, Any]) -> None:
+    """V2 feature by feature and as one tensor, V1 rows and records: the same answers."""
+    client = server.client()
+    described = client.get("/v2/models/flowers").json()
+    assert [i["name"] for i in described["inputs"]] == FEATURES
+    v2 = {
+        "inputs": [
+            {"name": n, "shape": [5, 1], "datatype": "FP32", "data": rows[:, i].tolist()}
+            for i, n in enumerate(FEATURES)
+        ]
+    }
+    answer = client.post("/v2/models/flowers/infer", json=v2)
+    assert answer.status_code == 200, answer.text
+    out = {o["name"]: o for o in answer.json()["outputs"]}
+    assert out["class_id"]["data"] == proba.argmax(axis=1).tolist()
+    np.testing.assert_allclose(np.reshape(out["probs"]["data"], (5, 3)), proba, rtol=1e-5)
+    # one 2-D tensor of every feature (the server's matrix path) gives the same answer
+    matrix = [{"name": "input", "shape": [5, 4], "datatype": "FP32", "data": rows.ravel().tolist()}]
+    whole = client.post("/v2/models/flowers/infer", json={"inputs": matrix})
+    assert whole.status_code == 200, whole.text
+    assert {o["name"]: o for o in whole.json()["outputs"]}["class_id"] == out["class_id"]
+    v1 = client.post("/v1/models/flowers:predict", json={"instances": rows.tolist()}).json()
+    assert v1["predictions"] == proba.argmax(axis=1).tolist()
+    np.testing.assert_allclose(v1["probabilities"], proba, rtol=1e-5)
+    records = [dict(zip(FEATURES, r, strict=True)) for r in rows.tolist()]
+    by_name = client.post("/v1/models/flowers:predict", json={"instances": records}).json()
+    assert by_name["predictions"] == v1["predictions"]
+    short = client.post("/v1/models/flowers:predict", json={"instances": [[1.0, 2.0]]})
+    assert short.status_code == 400
+    # the inline drift monitor watches each named feature against the reference
+    assert server.metric("kubeloop_feature_drift", feature="petal") is not None
+    # predictions are counted per class from the named label output (canary analysis)
+    answered = len(rows) * 4
+    wait_for(
+        "every answered row counted by class",
+        lambda: server.metric("kubeloop_predictions_total") == answered,
+    )
 
 
 def test_a_regression_with_one_output_needs_no_output_flags(tmp_path: Path) -> None:
@@ -148,6 +173,9 @@ def test_a_regression_with_one_output_needs_no_output_flags(tmp_path: Path) -> N
 def _bad_cases(tmp: Path, classifier: Path) -> list[tuple[list[str], str]]:
     (tmp / "notes.onnx").write_text("sepal,petal\n1,2\n")
     two = two_inputs(tmp / "two.onnx")
+    words = pd.DataFrame(RNG.normal(size=(3, 4)), columns=FEATURES)
+    words["petal"] = ["wide", "narrow", "wide"]
+    words.to_csv(tmp / "words.csv", index=False)
     names = ["--feature-names", ",".join(FEATURES)]
     return [
         (["--onnx", str(tmp / "notes.onnx")], "not an ONNX model"),
@@ -166,6 +194,10 @@ def _bad_cases(tmp: Path, classifier: Path) -> list[tuple[list[str], str]]:
             "--onnx", str(classifier), "--feature-names", "a,b,c,d", "--label-output", "class_id",
             "--reference", str(tmp / "reference.csv"),
         ], "--reference " + str(tmp / "reference.csv") + ": no column 'a'"),
+        ([
+            "--onnx", str(classifier), "--feature-names", ",".join(FEATURES),
+            "--label-output", "class_id", "--reference", str(tmp / "words.csv"),
+        ], "--reference: column 'petal' is not FP32"),
     ]  # fmt: skip
 
 

@@ -267,11 +267,10 @@ def check_runs(onnx_bytes: bytes, planned: Plan, frame: pd.DataFrame | None) -> 
     rows = 2 if frame is None else len(frame)
     feed = {}
     for spec in specs:
-        column = (
-            np.zeros(rows, inference.NUMPY[spec.datatype])
-            if frame is None
-            else frame[spec.name].to_numpy()
-        )
+        if frame is None:
+            column = np.zeros(rows, inference.NUMPY[spec.datatype])
+        else:
+            column = _reference_column(frame, spec)
         feed[spec.name] = inference.feed_column(column, spec, rows)
     if planned.packed_input is not None:
         feed = inference.pack(feed, [s.name for s in specs], planned.packed_input)
@@ -281,6 +280,21 @@ def check_runs(onnx_bytes: bytes, planned: Plan, frame: pd.DataFrame | None) -> 
     except Exception as exc:
         raise RegisterError(f"{ArtifactLayout.MODEL}: onnxruntime cannot run it: {exc}") from None
     return dict(zip(names, values, strict=True))
+
+
+def _reference_column(frame: pd.DataFrame, spec: inference.InputSpec) -> inference.Column:
+    """A reference column as the input's datatype; RegisterError for one that is not."""
+    column: inference.Column = frame[spec.name].to_numpy()
+    if spec.datatype == "BYTES":
+        text: inference.Column = column.astype(str).astype(object)
+        return text
+    try:
+        typed: inference.Column = column.astype(inference.NUMPY[spec.datatype])
+        return typed
+    except (TypeError, ValueError):
+        raise RegisterError(
+            f"--reference: column '{spec.name}' is not {spec.datatype}, as the model takes it"
+        ) from None
 
 
 def reference_frame(uri: str, planned: Plan) -> pd.DataFrame:

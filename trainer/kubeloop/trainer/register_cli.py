@@ -188,8 +188,11 @@ def register(
     metrics = _metrics(metrics_file)
     try:
         output.check_target(store)
+    except output.OutputError as exc:
+        _fail(EXIT_BAD_INPUT, f"--store {store}: {exc.__cause__ or exc}")
+    try:
         onnx_bytes, planned, profile = _prepare(onnx_uri, opts, reference)
-    except (reg.RegisterError, output.OutputError) as exc:
+    except reg.RegisterError as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     sha = reg.digest(onnx_bytes)
     meta = reg.metadata_of(name, task, sha, planned, metrics, reference or "")
