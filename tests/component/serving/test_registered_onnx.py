@@ -25,6 +25,7 @@ from serving_helpers import KUBELOOP, Server, serving, wait_for
 from kubeloop.contracts.artifacts import ArtifactLayout, ModelMetadata, Profile
 from kubeloop.contracts.results import JobResult
 from onnx_models import linear_classifier, linear_regression, softmax, two_inputs
+from s3_server import S3Server
 
 FEATURES = ["sepal", "petal", "stem", "leaf"]
 RNG = np.random.default_rng(7)
@@ -241,3 +242,29 @@ def test_inspect_reports_the_graph_as_a_job_result(classifier: Path, tmp_path: P
     assert failed is not None
     assert failed.status == "failed"
     assert f"has sha256 {sha}, not {'0' * 64}" in (failed.reason or "")
+
+
+def test_registered_into_an_s3_store_and_served_from_it(
+    classifier: Path, reference: Path, s3: S3Server
+) -> None:
+    root = s3.make_bucket("kubeloop-registry")
+    env = {**os.environ, **s3.env()}
+    argv = [
+        str(KUBELOOP), "register", "--onnx", str(classifier), "--name", "flowers",
+        "--feature-names", ",".join(FEATURES), "--label-output", "class_id",
+        "--proba-output", "probs", "--reference", str(reference), "--store", root,
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    spec = yaml.safe_load(done.stdout)["spec"]
+    sha = spec["artifact"]["sha256"]
+    folder = spec["artifact"]["uri"].removesuffix(f"/{ArtifactLayout.MODEL}")
+    assert folder == f"{root}/models/default/flowers/{sha}"
+    names = sorted(p.rsplit("/", 1)[1] for p in s3.fs().ls(folder.split("://", 1)[1]))
+    assert names == sorted([ArtifactLayout.MODEL, ArtifactLayout.METADATA, ArtifactLayout.PROFILE])
+    rows = RNG.normal(size=(3, 4)).astype(np.float32)
+    proba = softmax(rows @ WEIGHTS.astype(np.float32) + BIAS.astype(np.float32))
+    with serving(folder, env={**s3.env(), "KUBELOOP_SERVING_EXPECTED_SHA256": sha}) as server:
+        v1 = server.client().post("/v1/models/flowers:predict", json={"instances": rows.tolist()})
+        assert v1.status_code == 200, v1.text
+        assert v1.json()["predictions"] == proba.argmax(axis=1).tolist()
