@@ -57,6 +57,11 @@ def test_inputs_one_per_feature_follow_the_trainer_convention() -> None:
         (PACKED, Options("classification", ["a", "a", "b"], "cls"), "a feature is named twice"),
         (PACKED, Options("classification", ["a", "b", "c"]), "none named 'label'"),
         (PACKED, Options("classification", ["a", "b", "c"], "x"), "--label-output 'x'"),
+        (
+            PACKED,
+            Options("classification", ["a", "b", "c"], "logits"),
+            "output 'logits' [N, 2] cannot be the prediction: it needs one value per row",
+        ),
         (PACKED, Options("regression", ["a", "b", "c"], "cls", "logits"), "no probabilities"),
         (
             Graph([tensor("a", -1, 2), tensor("b", -1, 3)], [tensor("y", -1, 1)]),

@@ -225,6 +225,12 @@ def _prediction_outputs(outputs: list[GraphTensor], opts: Options) -> tuple[str,
         if o.datatype is None:
             raise RegisterError(f"output '{o.name}' is {o.onnx_type}; only tensors can be served")
     label = opts.label_output or _default_label(outputs, opts.task)
+    shape = by_name[label].shape
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise RegisterError(
+            f"output {by_name[label].shown()} cannot be the prediction: it needs one value per "
+            "row ([N] or [N, 1]); name another with --label-output"
+        )
     if opts.task == "regression":
         if opts.proba_output is not None:
             raise RegisterError("--proba-output: a regression model has no probabilities")
