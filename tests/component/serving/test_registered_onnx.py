@@ -215,6 +215,16 @@ def test_bad_input_is_one_line_naming_it_and_writes_nothing(
         assert expected in lines[0], lines[0]
         assert result.stdout == ""
         assert not store.exists(), f"{args} wrote to the store"
+    good = ["--onnx", str(classifier), "--feature-names", ",".join(FEATURES),
+            "--label-output", "class_id", "--store", store.as_uri()]  # fmt: skip
+    named = register(*good, "--name", "Bad_Name")
+    assert named.returncode == 2
+    assert named.stderr.startswith("error: --name Bad_Name: String should match pattern")
+    kubeconfig = str(tmp_path / "no-such-kubeconfig")
+    nowhere = register(*good, "--name", "flowers", "--apply", "--kubeconfig", kubeconfig)
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.startswith("error: no cluster to apply to:"), nowhere.stderr
+    assert not store.exists()
 
 
 def test_inspect_reports_the_graph_as_a_job_result(classifier: Path, tmp_path: Path) -> None:

@@ -86,21 +86,24 @@ def publish(folder: str, onnx_bytes: bytes, meta: ModelMetadata, profile: Any) -
         output.publish(tmp, folder, last=ArtifactLayout.METADATA, replace=False)
 
 
-def apply(
-    build: Any, namespace: str, version: int | None, kubeconfig: str | None
-) -> dict[str, Any]:
-    """Create the ModelVersion through the API server: ``version``, or the next free
-    number of the model (a number another writer takes meanwhile is stepped over)."""
+def connect(kubeconfig: str | None) -> Any:
+    """The API client ``--apply`` creates the ModelVersion with (before anything is written)."""
     try:
         from kubernetes import client, config
-        from kubernetes.client.exceptions import ApiException
     except ModuleNotFoundError:
         _fail(EXIT_FAILED, "--apply needs the kubernetes client: install the [operator] extra")
     try:
         config.load_kube_config(config_file=kubeconfig)
     except (config.ConfigException, FileNotFoundError) as exc:
         _fail(EXIT_FAILED, f"no cluster to apply to: {exc} (set KUBECONFIG or --kubeconfig)")
-    api = client.CustomObjectsApi()
+    return client.CustomObjectsApi()
+
+
+def apply(api: Any, build: Any, namespace: str, version: int | None) -> dict[str, Any]:
+    """Create the ModelVersion through the API server: ``version``, or the next free
+    number of the model (a number another writer takes meanwhile is stepped over)."""
+    from kubernetes.client.exceptions import ApiException
+
     number = version or _next_version(api, namespace, build(1)["spec"]["modelName"])
     for _ in range(MAX_ALLOCATION_TRIES):
         body = build(number)
@@ -207,12 +210,13 @@ def register(
         build(version or 1)  # a name the API server would refuse, before writing
     except ValidationError as exc:
         _fail(EXIT_BAD_INPUT, f"--name {name}: {exc.errors()[0]['msg']}")
+    api = connect(kubeconfig) if do_apply else None
     publish(folder, onnx_bytes, meta, profile)
     click.echo(f"registered {ArtifactLayout.MODEL} sha256 {sha[:12]} at {folder}", err=True)
-    if not do_apply:
+    if api is None:
         click.echo(yaml.safe_dump(build(version or 1), sort_keys=False), nl=False)
         return
-    created = apply(build, namespace, version, kubeconfig)
+    created = apply(api, build, namespace, version)
     click.echo(f"modelversion.{GROUP}/{created['metadata']['name']} created")
 
 
