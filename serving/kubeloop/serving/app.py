@@ -22,6 +22,7 @@ from typing import Any
 
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import PayloadTooLargeError, UnavailableError
+from kubeloop.serving.grpc_v2.server import GrpcServer
 from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.rest.endpoints import create_fastapi
 from kubeloop.serving.rest.inference import V1, V2, RestInference
@@ -50,7 +51,9 @@ class ServingApp:
         self.settings = settings
         self.plane = DataPlane(settings)
         self.inference = RestInference(self.plane)
-        self.fastapi = create_fastapi(self.plane, self.inference)
+        #: the gRPC service on its own port, when one is set (it shares ``in_flight``)
+        self.grpc = None if settings.grpc_port is None else GrpcServer(self.plane, self, settings)
+        self.fastapi = create_fastapi(self.plane, self.inference, [self.grpc] if self.grpc else [])
         self.fast_path = settings.fast_path
         self.max_body = settings.max_body_bytes
         self.max_feedback = settings.max_feedback_bytes
