@@ -151,8 +151,9 @@ BENCH_SECONDS ?= 10
 SKLEARN_PIN = scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')
 
 .PHONY: bench-serving
-bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 and a bare ASGI+onnxruntime ceiling (wrk).
+bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 and a bare ASGI+onnxruntime ceiling (wrk), and its REST vs gRPC (ghz).
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	hack/toolchain.sh ghz
 	test -x $(BENCH_VENV)/bin/mlserver || ($(PYTHON) -m venv $(BENCH_VENV) && \
 	  $(BENCH_VENV)/bin/pip install --quiet "mlserver==1.7.*" "mlserver-sklearn==1.7.*" \
 	  "$(SKLEARN_PIN)")
@@ -161,3 +162,4 @@ bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 an
 	  touch $(KSERVE_VENV)/.kserve-0.21)
 	KUBELOOP_BENCH_VENV=$(BENCH_VENV) KUBELOOP_KSERVE_VENV=$(KSERVE_VENV) \
 	  $(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)
+	$(BIN)/python bench/serving/protocols.py --duration $(BENCH_SECONDS)
