@@ -51,6 +51,14 @@ crds: setup ## Regenerate crds/ from the typed API models.
 verify-crds: setup ## Fail when crds/ differs from what the models generate.
 	$(BIN)/python -m kubeloop.api.crdgen --check crds
 
+.PHONY: grpc-stubs
+grpc-stubs: setup ## Regenerate the gRPC (Open Inference Protocol v2) Python modules from their .proto.
+	$(BIN)/python hack/grpc_stubs.py
+
+.PHONY: verify-grpc-stubs
+verify-grpc-stubs: setup ## Fail when the committed gRPC modules differ from what the .proto generates.
+	$(BIN)/python hack/grpc_stubs.py --check
+
 .PHONY: dashboards
 dashboards: setup ## Regenerate the Grafana dashboards (charts/kubeloop/dashboards/) from their code.
 	$(BIN)/python -m kubeloop.operator.dashboards charts/kubeloop/dashboards
@@ -120,7 +128,7 @@ e2e: setup toolchain monitoring-tools images ## The end-to-end test alone: the w
 	$(BIN)/pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 .PHONY: test
-test: setup lint typecheck verify-crds verify-dashboards toolchain storage-tools monitoring-tools postgresql-tools chart-tools browser-tools images ## Everything CI runs: lint, types, CRDs, dashboards, images and the unit, component, fuzz and cluster tiers.
+test: setup lint typecheck verify-crds verify-grpc-stubs verify-dashboards toolchain storage-tools monitoring-tools postgresql-tools chart-tools browser-tools images ## Everything CI runs: lint, types, CRDs, dashboards, images and the unit, component, fuzz and cluster tiers.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench-operator
@@ -143,8 +151,9 @@ BENCH_SECONDS ?= 10
 SKLEARN_PIN = scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')
 
 .PHONY: bench-serving
-bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 and a bare ASGI+onnxruntime ceiling (wrk).
+bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 and a bare ASGI+onnxruntime ceiling (wrk), and its REST vs gRPC (ghz).
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	hack/toolchain.sh ghz
 	test -x $(BENCH_VENV)/bin/mlserver || ($(PYTHON) -m venv $(BENCH_VENV) && \
 	  $(BENCH_VENV)/bin/pip install --quiet "mlserver==1.7.*" "mlserver-sklearn==1.7.*" \
 	  "$(SKLEARN_PIN)")
@@ -153,3 +162,4 @@ bench-serving: setup ## Benchmark kubeloop serve vs MLServer 1.7, KServe 0.21 an
 	  touch $(KSERVE_VENV)/.kserve-0.21)
 	KUBELOOP_BENCH_VENV=$(BENCH_VENV) KUBELOOP_KSERVE_VENV=$(KSERVE_VENV) \
 	  $(BIN)/python bench/serving/run.py --duration $(BENCH_SECONDS)
+	$(BIN)/python bench/serving/protocols.py --duration $(BENCH_SECONDS)

@@ -14,6 +14,7 @@
 #   helm        helm
 #   versitygw   versitygw (Versity Gateway: the real S3 server the object-storage tests start)
 #   fake-gcs-server fake-gcs-server (the GCS emulator the gs:// tests start)
+#   ghz         ghz (the gRPC load generator of make bench-serving; only when named)
 #
 # Layout ($KUBELOOP_CACHE, default ~/.cache/kubeloop):
 #   bin/<component>-<version>/<binary>  the binaries
@@ -36,6 +37,8 @@ source "${HACK_DIR}/versions.env"
 
 CACHE_DIR="${KUBELOOP_CACHE:-${HOME}/.cache/kubeloop}"
 COMPONENTS=(kubernetes etcd kwok helm versitygw fake-gcs-server)
+# built only when named (not by a plain hack/toolchain.sh)
+ON_REQUEST=(ghz)
 KUBERNETES_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 STAGE_DIRS=()
 trap 'if ((${#STAGE_DIRS[@]})); then rm -rf "${STAGE_DIRS[@]}"; fi' EXIT
@@ -57,7 +60,8 @@ component_version() {
     helm) echo "${HELM_VERSION}" ;;
     versitygw) echo "${VERSITYGW_VERSION}" ;;
     fake-gcs-server) echo "${FAKE_GCS_SERVER_VERSION}" ;;
-    *) die "unknown component '$1' (known: ${COMPONENTS[*]})" ;;
+    ghz) echo "${GHZ_VERSION}" ;;
+    *) die "unknown component '$1' (known: ${COMPONENTS[*]} ${ON_REQUEST[*]})" ;;
   esac
 }
 
@@ -285,6 +289,14 @@ build_fake-gcs-server() {
   local version=$1 out=$2
   (cd "${CACHE_DIR}" && GOBIN="${out}" go install -trimpath -ldflags="-s -w" \
     "github.com/fsouza/fake-gcs-server@${version}")
+}
+
+# ---------------------------------------------------------------------------
+# ghz: a plain `go install` (no replace directives, no version ldflags).
+build_ghz() {
+  local version=$1 out=$2
+  (cd "${CACHE_DIR}" && GOBIN="${out}" go install -trimpath -ldflags="-s -w" \
+    "github.com/bojand/ghz/cmd/ghz@${version}")
 }
 
 # ---------------------------------------------------------------------------

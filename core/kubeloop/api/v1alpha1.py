@@ -745,6 +745,18 @@ class ServingTLS(KubeModel):
     )
 
 
+class ServingGRPC(KubeModel):
+    """The Open Inference Protocol v2 over gRPC, beside REST, on its own port."""
+
+    port: int = Field(
+        8081,
+        ge=1,
+        le=65535,
+        description="Container and Service port of the gRPC service (named grpc); it must "
+        "differ from the REST port (the operator's serving port, 8080 by default).",
+    )
+
+
 _SET_OPERATORS = ("In", "NotIn")
 #: Kubernetes label syntax: a name of at most 63 characters, a key optionally prefixed by a
 #: DNS subdomain and "/", a value a name or empty.
@@ -853,6 +865,12 @@ class ModelDeploymentSpec(KubeModel):
     network_policy: ServingNetworkPolicy | None = Field(
         None,
         description="Restrict ingress to the serving pods with a NetworkPolicy (default: none).",
+    )
+    grpc: ServingGRPC | None = Field(
+        None,
+        description="Also serve the Open Inference Protocol v2 over gRPC (GRPCInferenceService) "
+        "on a port named grpc of the pods and Services (default: REST only). A canary's share "
+        "of gRPC requests is forwarded to the canary's REST port; TLS, when set, covers it too.",
     )
 
 

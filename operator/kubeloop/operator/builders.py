@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeloop.api.base import API_VERSION
-from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec, ServingTLS, TrainingJobSpec
+from kubeloop.api.v1alpha1 import (
+    DatasetSpec,
+    ModelDeploymentSpec,
+    ServingGRPC,
+    ServingTLS,
+    TrainingJobSpec,
+)
 from kubeloop.contracts.artifacts import ArtifactLayout, join
 from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
@@ -542,9 +548,13 @@ def _server_container(
         "args": [
             *("serve", "--model", model, "--name", spec.model_name),
             *("--host", host, "--port", str(port)),
+            *(("--grpc-port", str(spec.grpc.port)) if spec.grpc else ()),
         ],
         "env": env,
-        "ports": [{"name": "http", "containerPort": port}],
+        "ports": [
+            {"name": "http", "containerPort": port},
+            *_grpc_ports(spec.grpc, "containerPort"),
+        ],
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": "http"},
             "periodSeconds": 5,
@@ -557,6 +567,23 @@ def _server_container(
         "resources": spec.resources.to_wire() if spec.resources else settings.serving_resources,
         "volumeMounts": mounts,
     }
+
+
+def _grpc_ports(grpc: ServingGRPC | None, key: str) -> list[dict[str, Any]]:
+    """The port named ``grpc`` (``key``: containerPort, or port for a Service), when the
+    spec turns gRPC on."""
+    if grpc is None:
+        return []
+    port: dict[str, Any] = {"name": "grpc", key: grpc.port}
+    if key == "port":
+        port |= {"targetPort": "grpc", "appProtocol": "grpc"}
+    return [port]
+
+
+def _grpc(md: dict[str, Any]) -> ServingGRPC | None:
+    """The ModelDeployment's ``spec.grpc`` (None: REST only)."""
+    grpc = (md.get("spec") or {}).get("grpc")
+    return None if grpc is None else ServingGRPC.model_validate(grpc)
 
 
 def _scheme(md: dict[str, Any]) -> str:
@@ -666,7 +693,10 @@ def build_service(md: dict[str, Any], role: str, settings: OperatorSettings) -> 
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(md, _service_name(md, role), labels("serving", **selector)),
-        "spec": {"selector": selector, "ports": [{**port, "appProtocol": scheme}]},
+        "spec": {
+            "selector": selector,
+            "ports": [{**port, "appProtocol": scheme}, *_grpc_ports(_grpc(md), "port")],
+        },
     }
 
 
@@ -732,7 +762,8 @@ def build_network_policy(
     name = md["metadata"]["name"]
     own = {"matchLabels": {DEPLOYMENT_LABEL: name}}
     peers = [{"podSelector": own}, *(p.to_wire() for p in spec.network_policy.ingress_from)]
-    rule = {"from": peers, "ports": [{"protocol": "TCP", "port": settings.serving_port}]}
+    ports = [settings.serving_port, *(p["port"] for p in _grpc_ports(spec.grpc, "port"))]
+    rule = {"from": peers, "ports": [{"protocol": "TCP", "port": p} for p in ports]}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

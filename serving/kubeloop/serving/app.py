@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import PayloadTooLargeError, UnavailableError
@@ -27,6 +27,9 @@ from kubeloop.serving.rest.endpoints import create_fastapi
 from kubeloop.serving.rest.inference import V1, V2, RestInference
 from kubeloop.serving.rest.reply import Reply, error_reply
 from kubeloop.serving.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from kubeloop.serving.grpc_v2.server import GrpcServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,7 +53,9 @@ class ServingApp:
         self.settings = settings
         self.plane = DataPlane(settings)
         self.inference = RestInference(self.plane)
-        self.fastapi = create_fastapi(self.plane, self.inference)
+        #: the gRPC service on its own port, when one is set (it shares ``in_flight``)
+        self.grpc = None if settings.grpc_port is None else _grpc_server(self, settings)
+        self.fastapi = create_fastapi(self.plane, self.inference, [self.grpc] if self.grpc else [])
         self.fast_path = settings.fast_path
         self.max_body = settings.max_body_bytes
         self.max_feedback = settings.max_feedback_bytes
@@ -174,6 +179,15 @@ class ServingApp:
             if not message.get("more_body", False):
                 return budget >= 0
         return False
+
+
+def _grpc_server(app: ServingApp, settings: ServingSettings) -> GrpcServer:
+    # imported only when gRPC is on: the generated modules register the protobuf package
+    # `inference` process-wide (as tritonclient.grpc's do), and a server without gRPC
+    # need not load grpcio at all
+    from kubeloop.serving.grpc_v2.server import GrpcServer
+
+    return GrpcServer(app.plane, app, settings)
 
 
 def _exempt(scope: Scope) -> bool:

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from types import FrameType
@@ -74,6 +75,14 @@ class GracefulServer(uvicorn.Server):
         timer.daemon = True
         timer.start()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop the gRPC server (when there is one) alongside the HTTP connections, with
+        the same grace, so the drain bound holds for both."""
+        grpc = getattr(_unwrap(self.config.loaded_app), "grpc", None)
+        if grpc is not None:
+            grpc.begin_stop(connection_timeout(self.shutdown_timeout))
+        await super().shutdown(sockets)
+
 
 def watchdog(budget: float) -> None:
     """End the process (exit status 1) just before ``budget`` seconds from now."""
@@ -114,6 +123,15 @@ def _load_settings() -> ServingSettings:
     return settings
 
 
+def _export(flags: dict[str, Any]) -> None:
+    """Each flag given, as its KUBELOOP_SERVING_* variable (the settings read those)."""
+    for key, value in flags.items():
+        if value is not None:
+            os.environ[ENV_PREFIX + key.upper()] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+
+
 @click.command("serve")
 @click.option(
     "--model", "model", required=True, help="Model directory or URI (file://, s3://, ...)."
@@ -121,6 +139,9 @@ def _load_settings() -> ServingSettings:
 @click.option("--name", default=None, help="Name to serve the model under (default: model.json's).")
 @click.option("--host", default=None, help="Listen address [default: 0.0.0.0].")
 @click.option("--port", type=int, default=None, help="Listen port [default: 8080].")
+@click.option(
+    "--grpc-port", type=int, default=None, help="Also serve OIP v2 over gRPC on this port."
+)
 @click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
 @click.option("--canary-url", default=None, help="Forward a share of requests to this server.")
 @click.option("--canary-weight", type=float, default=None, help="Percent sent to the canary.")
@@ -137,6 +158,7 @@ def serve(
     name: str | None,
     host: str | None,
     port: int | None,
+    grpc_port: int | None,
     workers: int | None,
     canary_url: str | None,
     canary_weight: float | None,
@@ -145,7 +167,8 @@ def serve(
     prediction_log: str | None,
     token_file: str | None,
 ) -> None:
-    """Serve a model over the Open Inference Protocol v2 and KServe V1.
+    """Serve a model over the Open Inference Protocol v2 (REST, and gRPC with --grpc-port)
+    and KServe V1.
 
     Every setting can also be given as a KUBELOOP_SERVING_* environment variable
     (see kubeloop.serving.settings); flags win.
@@ -155,6 +178,7 @@ def serve(
         "name": name,
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "workers": workers,
         "canary_url": canary_url,
         "canary_weight": canary_weight,
@@ -163,11 +187,7 @@ def serve(
         "prediction_log": prediction_log,
         "token_file": token_file,
     }
-    for key, value in flags.items():
-        if value is not None:
-            os.environ[ENV_PREFIX + key.upper()] = (
-                str(value).lower() if isinstance(value, bool) else str(value)
-            )
+    _export(flags)
     settings = _load_settings()
     config = uvicorn.Config(
         "kubeloop.serving.app:create_app",

@@ -58,6 +58,13 @@ class ServingSettings(BaseSettings):
     # --- transport
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free).")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol v2 gRPC service (GRPCInferenceService) "
+        "on the same address, data plane and limits as REST; unset: no gRPC.",
+    )
     workers: int = Field(
         1,
         ge=1,

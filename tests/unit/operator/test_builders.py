@@ -358,6 +358,34 @@ def test_tls_services_and_urls_are_https(settings):
     assert RoutingConfig.model_validate_json(written).url == "https://demo-canary.ml.svc:8080"
 
 
+@pytest.mark.parametrize("role", ["stable", "canary"])
+def test_grpc_adds_a_port_named_grpc_to_pods_services_and_the_network_policy(settings, role):
+    md, spec = tls_deployment(grpc={"port": 9000}, networkPolicy={})
+    dep = builders.build_serving_deployment(md, spec, serving_version(2), role, 1, settings)
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-2:] == ["--grpc-port", "9000"]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080},
+        {"name": "grpc", "containerPort": 9000},
+    ]
+    assert builders.build_service(md, role, settings)["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "appProtocol": "http"},
+        {"name": "grpc", "port": 9000, "targetPort": "grpc", "appProtocol": "grpc"},
+    ]
+    policy = builders.build_network_policy(md, spec, settings)
+    assert policy is not None
+    assert policy["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 8080},
+        {"protocol": "TCP", "port": 9000},
+    ]
+    # the default port, and none without spec.grpc
+    md, spec = tls_deployment(grpc={})
+    assert builders.build_service(md, role, settings)["spec"]["ports"][1]["port"] == 8081
+    md, spec = tls_deployment()
+    dep = builders.build_serving_deployment(md, spec, serving_version(2), role, 1, settings)
+    assert "--grpc-port" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def test_network_policy_admits_the_peers_and_the_deployments_own_pods(settings):
     peers = [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},

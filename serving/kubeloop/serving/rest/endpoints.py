@@ -8,9 +8,9 @@ handler through :func:`~kubeloop.serving.rest.reply.error_reply`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute
 
 from kubeloop.driftreport import CSP, render_html
 from kubeloop.serving.auth import WriteGuard
+from kubeloop.serving.cli import connection_timeout
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import ServingError, UnavailableError
 from kubeloop.serving.rest.inference import V1, V2, Codec, RestInference
@@ -222,15 +223,31 @@ async def _error(_: Request, exc: Exception) -> Response:
     return response(error_reply(exc))
 
 
-def create_fastapi(plane: DataPlane, inference: RestInference) -> FastAPI:
+class Service(Protocol):
+    """Another server in the same event loop (gRPC): started after the data plane, stopped
+    before it."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+def create_fastapi(
+    plane: DataPlane, inference: RestInference, services: Sequence[Service] = ()
+) -> FastAPI:
     """The FastAPI application: every route, thin, over ``plane``."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await plane.start()
         try:
+            for service in services:
+                await service.start()
             yield
         finally:
+            grace = connection_timeout(plane.settings.shutdown_timeout)
+            for service in services:
+                await service.stop(grace)
             await plane.stop()
 
     app = FastAPI(

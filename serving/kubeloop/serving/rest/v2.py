@@ -66,14 +66,40 @@ def decode_v2(
                 f"({len(body)} bytes)"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    req = loads(header)
+    return decode_request(
+        loads(header),
+        binary,
+        specs,
+        index,
+        max_rows=max_rows,
+        output_names=output_names,
+        limits=limits,
+        booleans=may_hold_booleans(header),
+    )
+
+
+def decode_request(
+    req: Any,
+    binary: memoryview,
+    specs: Sequence[InputSpec],
+    index: Mapping[str, int],
+    *,
+    max_rows: int,
+    output_names: Sequence[str],
+    limits: RequestLimits = DEFAULT_LIMITS,
+    booleans: bool = True,
+) -> Decoded:
+    """Decode a parsed OIP v2 infer request: the REST JSON document and its binary part,
+    or a gRPC request mapped to the same shape (:mod:`kubeloop.serving.grpc_v2.codec`),
+    so both protocols follow one set of rules. ``booleans``: the document may hold JSON
+    true/false among numbers (then they are looked for and refused)."""
     if not isinstance(req, dict):
         raise BadRequestError("the request must be a JSON object with 'inputs'")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("'inputs' must be a non-empty list of tensors")
     request_id = _check_metadata(req, inputs, limits)
-    if may_hold_booleans(header):
+    if booleans:
         _refuse_booleans(inputs)
     binary_default = bool(_bool_param(req.get("parameters"), "binary_data_output", "request"))
     requested, flags = _requested_outputs(req.get("outputs"), output_names)
