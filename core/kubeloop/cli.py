@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "kubeloop.serving.cli:serve",
-        "Serve a model over the Open Inference Protocol v2 and KServe V1.",
+        "Serve a model over the Open Inference Protocol v2 (REST, and gRPC with --grpc-port) and"
+        " KServe V1.",
     ),
     "snapshot": (
         "kubeloop.trainer.cli:snapshot",
