@@ -105,6 +105,7 @@ BOTH = {"path": "/data/a.csv", "uri": "file:///data/a.csv"}
 SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
 CREDS = {"name": "s3-creds"}
 METRIC = v1.AnalysisMetric.rules
+PLOG, PLOG_PVC = v1.PredictionLog.rules, v1.PredictionLogPVC.rules
 
 
 def analysis(case: str, metric: dict[str, Any], rule: Rule, field: str) -> tuple[Any, ...]:
@@ -231,6 +232,13 @@ VIOLATIONS = [
         REQUIREMENT[0],
         "networkPolicy.ingressFrom[0].namespaceSelector.matchExpressions[0].values",
     ),
+    violation(MD, "prediction-log-pvc-missing", "predictionLog", {"sink": "pvc"}, PLOG[0],
+              "predictionLog.pvc"),
+    violation(MD, "prediction-log-pvc-with-stdout", "predictionLog",
+              {"sink": "stdout", "pvc": {"claimName": "logs"}}, PLOG[0], "predictionLog.pvc"),
+    violation(MD, "prediction-log-path-escapes", "predictionLog",
+              {"sink": "pvc", "pvc": {"claimName": "logs", "path": "a/../b"}}, PLOG_PVC[0],
+              "predictionLog.pvc.path"),
     analysis("analysis-builtin-and-query", {"builtin": "errorRate", "query": "up", "max": 1},
              METRIC[0], ".builtin"),
     analysis("analysis-neither-builtin-nor-query", {"max": 1}, METRIC[0], ".builtin"),
@@ -308,6 +316,12 @@ SCHEMA_VIOLATIONS = [
     ("analysis-too-many-metrics", {"canary": {"steps": [{"weight": 10}], "analysis": {"metrics": [
         {"name": f"m{i}", "builtin": "errorRate", "max": 1} for i in range(17)]}}},
      "spec.canary.analysis.metrics", "Too many"),
+    ("prediction-log-unknown-sink", {"predictionLog": {"sink": "s3"}},
+     "spec.predictionLog.sink", "Unsupported value"),
+    ("prediction-log-sample-rate", {"predictionLog": {"sampleRate": 1.5}},
+     "spec.predictionLog.sampleRate", "should be less than or equal to 1"),
+    ("prediction-log-claim-missing", {"predictionLog": {"sink": "pvc", "pvc": {}}},
+     "spec.predictionLog.pvc.claimName", "Required value"),
     # an ipBlock is not part of the schema: pruned, which leaves a peer without a selector
     ("ip-block", {"networkPolicy": {"ingressFrom": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}},
      "spec.networkPolicy.ingressFrom[0]", PEER[0].message),

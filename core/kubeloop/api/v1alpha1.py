@@ -847,6 +847,70 @@ class ServingNetworkPolicy(KubeModel):
     )
 
 
+class PredictionLogPVC(KubeModel):
+    """A PersistentVolumeClaim the serving pods write their prediction logs to."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.path) || !self.path.contains('..')",
+            message="predictionLog.pvc.path must not contain '..'",
+            check=lambda p: ".." not in p.path,
+            field_path=".path",
+        ),
+    )
+
+    claim_name: DNSSubdomain = Field(
+        description="The claim, in the deployment's namespace; it must allow every serving pod "
+        "to mount it (ReadWriteMany, or ReadWriteOnce with all pods on one node)."
+    )
+    path: str = Field(
+        "",
+        max_length=253,
+        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
+        description="Folder inside the claim (relative, created if missing; default its root). "
+        "Each pod writes <path>/<pod name>.jsonl, so pods never share a file.",
+    )
+
+
+def _sink_has_its_target(p: PredictionLog) -> bool:
+    return (p.sink == "pvc") == (p.pvc is not None)
+
+
+class PredictionLog(KubeModel):
+    """One JSON line per predicted row, written by each serving pod off the request path."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(has(self.sink) && self.sink == 'pvc') == has(self.pvc)",
+            message="predictionLog.pvc must be set exactly when predictionLog.sink is pvc",
+            check=_sink_has_its_target,
+            field_path=".pvc",
+        ),
+    )
+
+    sink: Literal["stdout", "pvc"] = Field(
+        "stdout",
+        description="stdout: the container's standard output (collected with the pod's logs); "
+        "pvc: one file per pod on the claim in pvc, rotated by size.",
+    )
+    pvc: PredictionLogPVC | None = Field(None, description="The claim (sink pvc only).")
+    sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of predictions logged (0 to 1; default all)."
+    )
+    include_inputs: bool = Field(
+        False, description="Whether logged lines also carry the request's inputs."
+    )
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024**4,
+        description="A pod's file on the claim is rotated past this size (<file>.1, .2 …).",
+    )
+    keep_files: int = Field(
+        3, ge=1, le=100, description="Rotated files kept per pod besides the current one."
+    )
+
+
 class ModelDeploymentSpec(KubeModel):
     """Serve a model and keep it fresh."""
 
@@ -871,6 +935,11 @@ class ModelDeploymentSpec(KubeModel):
         description="Also serve the Open Inference Protocol v2 over gRPC (GRPCInferenceService) "
         "on a port named grpc of the pods and Services (default: REST only). A canary's share "
         "of gRPC requests is forwarded to the canary's REST port; TLS, when set, covers it too.",
+    )
+    prediction_log: PredictionLog | None = Field(
+        None,
+        description="Log every prediction (or a sample) from stable and canary pods "
+        "(default: no log).",
     )
 
 

@@ -18,6 +18,7 @@ from kubeloop.api.base import API_VERSION
 from kubeloop.api.v1alpha1 import (
     DatasetSpec,
     ModelDeploymentSpec,
+    PredictionLog,
     ServingGRPC,
     ServingTLS,
     TrainingJobSpec,
@@ -68,6 +69,10 @@ TOKEN_DIR = f"{SPEC_DIR}/token"
 TOKEN_KEY = "token"
 #: The user (and group) every container runs as; the images create it.
 RUN_AS = 10001
+#: Where serving pods mount spec.predictionLog.pvc's claim (at its path).
+PREDICTION_LOG_DIR = "/var/log/kubeloop/predictions"
+#: The pod-name variable the prediction log file is named by (downward API).
+POD_NAME_ENV = "KUBELOOP_POD_NAME"
 
 
 def owner_reference(parent: dict[str, Any]) -> dict[str, Any]:
@@ -619,6 +624,46 @@ def _serve_tls(
     annotations["prometheus.io/scheme"] = "https"
 
 
+def _prediction_log(
+    plog: PredictionLog,
+    env: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+) -> None:
+    """Point the server's prediction log at standard output or at a file of its own on the
+    claim: ``<path>/<pod name>.jsonl`` (the name from the downward API, so replicas never
+    share a file), rotated by the server at ``maxFileBytes`` keeping ``keepFiles``."""
+    target = "-"
+    if plog.pvc is not None:
+        volumes.append(
+            {"name": "prediction-log", "persistentVolumeClaim": {"claimName": plog.pvc.claim_name}}
+        )
+        mount = {"name": "prediction-log", "mountPath": PREDICTION_LOG_DIR}
+        if plog.pvc.path:
+            mount["subPath"] = plog.pvc.path
+        mounts.append(mount)
+        # defined before the variable that refers to it: Kubernetes expands $(NAME) in order
+        env.append(
+            {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        )
+        target = f"{PREDICTION_LOG_DIR}/$({POD_NAME_ENV}).jsonl"
+        env += [
+            {
+                "name": "KUBELOOP_SERVING_PREDICTION_LOG_MAX_BYTES",
+                "value": str(plog.max_file_bytes),
+            },
+            {"name": "KUBELOOP_SERVING_PREDICTION_LOG_KEEP", "value": str(plog.keep_files)},
+        ]
+    env += [
+        {"name": "KUBELOOP_SERVING_PREDICTION_LOG", "value": target},
+        {"name": "KUBELOOP_SERVING_PREDICTION_LOG_SAMPLE_RATE", "value": str(plog.sample_rate)},
+        {
+            "name": "KUBELOOP_SERVING_PREDICTION_LOG_INPUTS",
+            "value": "1.0" if plog.include_inputs else "0.0",
+        },
+    ]
+
+
 def build_serving_deployment(
     md: dict[str, Any],
     spec: ModelDeploymentSpec,
@@ -654,6 +699,8 @@ def build_serving_deployment(
         env += _buckets_env(mv, stable_mv)
     if role == "stable":
         _mount_routing(names["routing"], env, volumes, mounts)
+    if spec.prediction_log is not None:
+        _prediction_log(spec.prediction_log, env, volumes, mounts)
     container = _server_container(spec, mv["spec"], settings, env, mounts)
     scrape = {
         "prometheus.io/scrape": "true",

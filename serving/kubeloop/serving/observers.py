@@ -193,6 +193,7 @@ class PredictionLogger:
     def __init__(self, settings: ServingSettings, metrics: Metrics, model: str) -> None:
         assert settings.prediction_log is not None
         self._share = settings.prediction_log_inputs
+        self._rate = settings.prediction_log_sample_rate
         self._rng = random.Random()
         self._log = PredictionLog(
             settings.prediction_log,
@@ -200,6 +201,8 @@ class PredictionLogger:
             on_written=lambda n: metrics.log_lines.labels(model).inc(n),
             on_dropped=lambda n, reason: metrics.log_dropped.labels(model, reason).inc(n),
             max_bytes=settings.prediction_log_queue_bytes,
+            rotate_bytes=settings.prediction_log_max_bytes,
+            keep=settings.prediction_log_keep,
         )
 
     def start(self) -> None:
@@ -217,6 +220,9 @@ class PredictionLogger:
         outputs: Outputs,
         started: float,
     ) -> None:
+        rate = self._rate
+        if rate < 1 and (rate <= 0 or self._rng.random() >= rate):
+            return  # not in the sample
         inputs = None
         share = self._share
         if share > 0 and (share >= 1 or self._rng.random() < share):

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import select
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -151,11 +152,14 @@ class _Sink:
 
     FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, rotate_bytes: int = 0, keep: int = 3) -> None:
         self.target = target
         self.stdout = target == "-"
         self.fd: int | None = 1 if self.stdout else None
         self.problem: str | None = None  # the last error, logged once
+        self.rotate_bytes = rotate_bytes  # 0: never rotate
+        self.keep = keep
+        self.size: int | None = None  # bytes in a regular file; None: not rotated
 
     def open(self) -> bool:
         """Open the path unless it is open; False while it is a FIFO with no reader.
@@ -168,18 +172,66 @@ class _Sink:
             if exc.errno == errno.ENXIO:
                 return False
             raise
+        info = os.fstat(self.fd)
+        regular = stat.S_ISREG(info.st_mode) and self.rotate_bytes > 0
+        self.size = info.st_size if regular else None
         self._fine()
         return True
 
+    def rotate_if_full(self, incoming: int) -> None:
+        """Before a write of ``incoming`` bytes: when the file would pass its size, close
+        it and shift ``<file>`` → ``<file>.1`` → … → ``<file>.<keep>`` (the oldest goes),
+        so a pod's log on a volume stays within about ``(keep + 1) * rotate_bytes``."""
+        if self.size is None or self.size == 0 or self.size + incoming <= self.rotate_bytes:
+            return
+        self.close()
+        try:
+            for n in range(self.keep - 1, 0, -1):
+                older = f"{self.target}.{n}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.target}.{n + 1}")
+            os.replace(self.target, f"{self.target}.1")
+            self.open()
+        except OSError as exc:  # the writer reopens on its next round
+            self.failed(exc)
+
     def write(self, data: bytes, give_up: Callable[[], bool]) -> int:
         """Write ``data``; the bytes written — fewer when the sink failed or ``give_up``
-        turned true while a pipe was full."""
+        turned true while a pipe was full. A rotated file takes whole lines up to its
+        size, then the next file the rest: no line is split across files."""
+        if self.size is None:
+            return self._write_all(data, give_up)
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            end = self._piece_end(data, done)
+            self.rotate_if_full(end - done)
+            wrote = self._write_all(view[done:end], give_up)
+            short = wrote < end - done
+            done += wrote
+            if short or self.size is None:
+                break
+        return done
+
+    def _piece_end(self, data: bytes, start: int) -> int:
+        """Where the next piece to write ends: the most whole lines from ``start`` that fit
+        the room left in the file, else those that fit a fresh file (after a rotation),
+        else one line (a line larger than a whole file goes alone)."""
+        for room in (self.rotate_bytes - (self.size or 0), self.rotate_bytes):
+            if room > 0:
+                newline = data.rfind(b"\n", start, start + room)
+                if newline >= 0:
+                    return newline + 1
+        newline = data.find(b"\n", start)
+        return len(data) if newline < 0 else newline + 1
+
+    def _write_all(self, data: bytes | memoryview, give_up: Callable[[], bool]) -> int:
         fd = self.fd
         if fd is None:
             return 0
         view = memoryview(data)
         done = 0
-        while done < len(data):
+        while done < len(view):
             try:
                 done += os.write(fd, view[done:])
             except BlockingIOError:  # a full pipe: wait for room in steps
@@ -193,12 +245,15 @@ class _Sink:
                 break
         else:
             self._fine()
+        if self.size is not None:
+            self.size += done
         return done
 
     def close(self) -> None:
         if self.fd is not None and not self.stdout:
             os.close(self.fd)
             self.fd = None
+            self.size = None
 
     def failed(self, exc: OSError) -> None:
         """Note a failure (logged once, until the sink works again)."""
@@ -228,13 +283,15 @@ class PredictionLog:
         on_written: Callable[[int], None],
         on_dropped: Callable[[int, str], None],
         max_bytes: int = 64 * 1024 * 1024,
+        rotate_bytes: int = 0,
+        keep: int = 3,
     ) -> None:
         self.target = target
         # the writer wakes for WAKE_ITEMS entries or every STEP_S: lines lag at most a step
         self._queue: BoundedQueue[Entry] = BoundedQueue(
             maxsize, max_bytes, wake_at=min(WAKE_ITEMS, maxsize)
         )
-        self._sink = _Sink(target)
+        self._sink = _Sink(target, rotate_bytes, keep)
         self._on_written = on_written
         self._on_dropped = on_dropped
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)

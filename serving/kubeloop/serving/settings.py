@@ -228,6 +228,27 @@ class ServingSettings(BaseSettings):
     prediction_log_inputs: float = Field(
         0.0, ge=0, le=1, description="Share of lines that also carry the inputs (0 to 1)."
     )
+    prediction_log_sample_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of predictions written to the log (0 to 1); the rest are skipped "
+        "uncounted, so a busy deployment can keep a representative sample.",
+    )
+    prediction_log_max_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=0,
+        le=1024**4,
+        description="Size at which a prediction log file is rotated (renamed <file>.1, older "
+        "ones shifted to .2 …); 0: never. Standard output and FIFOs are never rotated.",
+    )
+    prediction_log_keep: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Rotated prediction log files kept besides the current one; the oldest "
+        "beyond it is deleted.",
+    )
 
     # --- feedback
     feedback_capacity: int = Field(

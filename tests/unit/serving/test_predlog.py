@@ -19,6 +19,7 @@ from kubeloop.serving.predlog import (
     UNWRITTEN,
     Entry,
     PredictionLog,
+    _Sink,
     entry_size,
     lines,
 )
@@ -214,3 +215,68 @@ def test_a_path_that_cannot_be_opened_fails_the_start(tmp_path):
     log = Counts().log(str(tmp_path / "no-such-dir" / "p.jsonl"))
     with pytest.raises(FileNotFoundError):
         log.start()
+
+
+def test_a_file_is_rotated_by_size_and_only_keep_old_files_stay(tmp_path):
+    target = tmp_path / "pod-a.jsonl"
+    sink = _Sink(str(target), rotate_bytes=100, keep=2)
+    assert sink.open()
+    line = b"x" * 39 + b"\n"  # 40 bytes: two lines fit in 100, a third rotates
+    for i in range(7):
+        assert sink.write(line.replace(b"x", str(i).encode(), 1), lambda: False) == len(line)
+    sink.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["pod-a.jsonl", "pod-a.jsonl.1", "pod-a.jsonl.2"]  # the oldest went
+    assert target.read_bytes()[:1] == b"6"
+    assert [line[:1] for line in (tmp_path / "pod-a.jsonl.1").read_bytes().splitlines()] == [
+        b"4",
+        b"5",
+    ]
+    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+
+
+def test_a_file_that_already_has_lines_counts_them_towards_rotation(tmp_path):
+    target = tmp_path / "p.jsonl"
+    target.write_bytes(b"old\n" * 20)  # 80 bytes from an earlier run of the pod
+    sink = _Sink(str(target), rotate_bytes=100, keep=3)
+    assert sink.open()
+    sink.write(b"y" * 30 + b"\n", lambda: False)
+    sink.close()
+    assert (tmp_path / "p.jsonl.1").read_bytes() == b"old\n" * 20
+    assert target.read_bytes() == b"y" * 30 + b"\n"
+
+
+def test_rotation_off_and_fifos_never_rotate(tmp_path):
+    target = tmp_path / "p.jsonl"
+    sink = _Sink(str(target), rotate_bytes=0)
+    assert sink.open()
+    for _ in range(5):
+        sink.write(b"z" * 99 + b"\n", lambda: False)
+    sink.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        piped = _Sink(str(fifo), rotate_bytes=10)
+        assert piped.open()
+        assert piped.size is None  # not a regular file: never renamed
+        assert piped.write(b"a" * 20 + b"\n", lambda: False) == 21
+        piped.close()
+    finally:
+        os.close(reader)
+
+
+def test_one_large_write_is_split_at_lines_across_rotated_files(tmp_path):
+    target = tmp_path / "p.jsonl"
+    sink = _Sink(str(target), rotate_bytes=100, keep=5)
+    assert sink.open()
+    data = b"".join(bytes([65 + i]) * 29 + b"\n" for i in range(10))  # ten 30-byte lines
+    assert sink.write(data, lambda: False) == len(data)
+    big = b"z" * 250 + b"\n"  # larger than a whole file: it goes alone
+    assert sink.write(big, lambda: False) == len(big)
+    sink.close()
+    files = [target, *(tmp_path / f"p.jsonl.{n}" for n in range(1, 6))]
+    contents = [f.read_bytes() for f in reversed(files) if f.exists()]
+    assert b"".join(contents) == data + big  # oldest first: every line once, in order
+    assert [len(c) for c in contents] == [90, 90, 90, 30, 251]
