@@ -485,6 +485,40 @@ def test_tls_and_network_policy_reach_the_children_and_the_policy_goes_with_the_
     )
 
 
+def server_env(cluster: Cluster) -> dict[str, str]:
+    pod = cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["template"]["spec"]
+    return {e["name"]: e.get("value", "") for e in pod["containers"][0]["env"]}
+
+
+def test_prediction_log_reaches_the_pods_and_goes_with_the_field(cluster, operator, store):
+    serve_setup(cluster, store, steps=None, predictionLog={"sampleRate": 0.5})
+    env = server_env(cluster)
+    assert env["KUBELOOP_SERVING_PREDICTION_LOG"] == "-"
+    assert env["KUBELOOP_SERVING_PREDICTION_LOG_SAMPLE_RATE"] == "0.5"
+    # a claim: the template changes (its pods stay Pending here, no claim exists: that is fine)
+    plog = {"sink": "pvc", "pvc": {"claimName": "pred-logs", "path": "cancer"}}
+    cluster.patch("ModelDeployment", "cancer", {"spec": {"predictionLog": plog}})
+    wait_for(
+        lambda: (
+            server_env(cluster)
+            .get("KUBELOOP_SERVING_PREDICTION_LOG", "")
+            .endswith("/$(KUBELOOP_POD_NAME).jsonl")
+        ),
+        "the stable pods to log to a file of their own on the claim",
+        state=lambda: server_env(cluster).get("KUBELOOP_SERVING_PREDICTION_LOG"),
+    )
+    pod = cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["template"]["spec"]
+    claim = {"name": "prediction-log", "persistentVolumeClaim": {"claimName": "pred-logs"}}
+    assert claim in pod["volumes"]
+    cluster.patch("ModelDeployment", "cancer", {"spec": {"predictionLog": None}})
+    wait_for(
+        lambda: "KUBELOOP_SERVING_PREDICTION_LOG" not in server_env(cluster),
+        "the prediction log to go with spec.predictionLog",
+    )
+    pod = cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["template"]["spec"]
+    assert claim not in pod["volumes"]
+
+
 def test_feedback_token_secret_is_created_once_and_kept(cluster, operator, store):
     serve_setup(cluster, store, steps=None)
     name = "cancer-feedback-token"
