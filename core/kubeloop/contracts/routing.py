@@ -28,6 +28,18 @@ class RoutingConfig(BaseModel):
     weight: float = Field(0.0, ge=0, le=100, description="Percent of requests forwarded.")
     shadow: bool = Field(False, description="Mirror requests instead of forwarding them.")
     canary_version: int | str | None = Field(None, description="The canary's version (info).")
+    shadow_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Base URL of a shadow server mirrored beside (not instead of) the canary "
+        "forward: its answers are only compared with the stable ones, never returned.",
+    )
+    shadow_weight: float = Field(
+        0.0, ge=0, le=100, description="Percent of stable requests mirrored to shadow_url."
+    )
+    shadow_version: int | str | None = Field(
+        None, description="The shadow's version: the version label of its comparisons."
+    )
 
     @property
     def active(self) -> bool:
@@ -43,4 +55,9 @@ class RoutingConfig(BaseModel):
         }
         if self.shadow:
             doc["shadow"] = True
+        if self.shadow_url is not None:  # absent otherwise: older files read the same
+            weight = self.shadow_weight
+            doc["shadow_url"] = self.shadow_url
+            doc["shadow_weight"] = int(weight) if weight.is_integer() else weight
+            doc["shadow_version"] = self.shadow_version
         return json.dumps(doc, sort_keys=True)

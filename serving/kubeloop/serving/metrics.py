@@ -279,13 +279,16 @@ class Metrics:
         )
         self.shadow_agreement = self._gauge(
             "kubeloop_shadow_agreement",
-            "Share of mirrored requests where the canary's prediction equals the stable one.",
-            ["model"],
+            "Share of mirrored requests where the mirrored version's prediction equals the "
+            "stable one, since this process started (per process: aggregate the counter "
+            "kubeloop_shadow_compared_total across pods instead).",
+            ["model", "version"],
         )
         self.shadow_compared = self._counter(
             "kubeloop_shadow_compared",
-            "Mirrored requests whose predictions were compared.",
-            ["model", "result"],
+            "Mirrored requests whose predictions were compared, by the mirrored version and "
+            "result (agree, disagree, unreadable).",
+            ["model", "version", "result"],
         )
 
     def zero_requests(self, model: str, version: str) -> None:

@@ -66,10 +66,14 @@ class Router:
         self._watcher: asyncio.Task[None] | None = None
         self._trust_watcher: asyncio.Task[None] | None = None
         self._shadow_in_flight = 0
-        self._shadow_agree = 0
-        self._shadow_total = 0
+        self._shadow_agree: dict[str, int] = {}
+        self._shadow_total: dict[str, int] = {}
         #: the canary's version label (the routing config's canary_version)
         self._version = version_label(self.config)
+        #: where mirrored requests go and the version they are compared under: the canary
+        #: (shadow mode) or a shadow server of its own beside the canary forward
+        self._mirror_url: str | None = None
+        self._mirror_version = self._version
 
     def start(self) -> None:
         """Open the client, apply the static config, then the routing file's (watched)."""
@@ -108,6 +112,11 @@ class Router:
         self._version = version_label(config)
         weight = config.weight if config.active else 0.0
         forward, shadow = (0.0, weight) if config.shadow else (weight, 0.0)
+        self._mirror_url, self._mirror_version = config.url, self._version
+        if config.shadow_url is not None and config.shadow_weight > 0:
+            shadow = config.shadow_weight  # its own upstream: the canary forward goes on
+            self._mirror_url = config.shadow_url
+            self._mirror_version = version_label(config, config.shadow_version)
         self._forward_split.set_weight(forward)
         self._shadow_split = Splitter(shadow)
         self.forwarding, self.shadowing = forward > 0, shadow > 0
@@ -176,7 +185,7 @@ class Router:
         if not self._shadow_split.pick():
             return
         if self._shadow_in_flight >= self.settings.shadow_max_in_flight:
-            self._count("shadow", "skipped")
+            self._count("shadow", "skipped", self._mirror_version)
             return
         self._shadow_in_flight += 1
         task = asyncio.get_running_loop().create_task(self._mirror(model, path, body, labels))
@@ -188,7 +197,7 @@ class Router:
     async def _mirror(
         self, model: LoadedModel, path: str, body: bytes, labels: np.ndarray[Any, Any]
     ) -> None:
-        url = self.config.url
+        url, version = self._mirror_url, self._mirror_version  # as they were when sent
         client = self._client
         if url is None or client is None:
             return
@@ -198,36 +207,35 @@ class Router:
                 url.rstrip("/") + path, content=body, headers={"content-type": JSON.decode()}
             )
         except httpx.HTTPError:
-            self._count("shadow", "unreachable")
+            self._count("shadow", "unreachable", version)
             return
         if resp.status_code >= 400:
-            self._count("shadow", status_outcome(resp.status_code))
+            self._count("shadow", status_outcome(resp.status_code), version)
             return
-        self._count("shadow", "ok")
+        self._count("shadow", "ok", version)
         try:
             theirs = prediction_of(orjson.loads(resp.content), model.label_output)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            self._compared("unreadable")
+            self._compared(version, "unreadable")
             return
         agree = agrees(model.task, labels.reshape(-1).tolist(), theirs)
-        self._shadow_total += 1
-        self._shadow_agree += int(agree)
-        self._compared("agree" if agree else "disagree")
-        self._metrics.shadow_agreement.labels(self._slot.name).set(
-            self._shadow_agree / self._shadow_total
-        )
+        total = self._shadow_total[version] = self._shadow_total.get(version, 0) + 1
+        agreed = self._shadow_agree[version] = self._shadow_agree.get(version, 0) + int(agree)
+        self._compared(version, "agree" if agree else "disagree")
+        self._metrics.shadow_agreement.labels(self._slot.name, version).set(agreed / total)
 
     def _count(self, mode: str, outcome: str, version: str | None = None) -> None:
         labels = (self._slot.name, version or self._version, mode, outcome)
         self._metrics.canary.labels(*labels).inc()
 
-    def _compared(self, result: str) -> None:
-        self._metrics.shadow_compared.labels(self._slot.name, result).inc()
+    def _compared(self, version: str, result: str) -> None:
+        self._metrics.shadow_compared.labels(self._slot.name, version, result).inc()
 
 
-def version_label(config: RoutingConfig) -> str:
-    """The canary's version as a label value (``unknown`` when the config names none)."""
-    version = config.canary_version
+def version_label(config: RoutingConfig, version: int | str | None = None) -> str:
+    """The canary's version (or ``version``, when given) as a label value (``unknown``
+    when the config names none)."""
+    version = config.canary_version if version is None else version
     return "unknown" if version is None or version == "" else str(version)
 
 

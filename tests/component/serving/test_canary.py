@@ -169,6 +169,37 @@ def test_shadow_mode_mirrors_and_records_agreement(cancer_model, cancer_rows):
         assert twin.metric("kubeloop_requests_total", model="cancer", code="200") == 30
 
 
+def test_a_shadow_upstream_is_mirrored_while_the_canary_takes_its_forward_share(
+    cancer_model, canary, cancer_rows, tmp_path
+):
+    """The routing file names a canary (forwarded 50%) and a shadow of its own (mirrored
+    100% of what the stable model answers): both run at once; comparisons count under the
+    shadow's version, and the shadow's answers never reach the client."""
+    routing = tmp_path / "routing.json"
+    with serving(cancer_model, "--name", "cancer") as shadow:
+        routing.write_text(
+            json.dumps(
+                {"canary_url": canary.url, "weight": 50, "canary_version": 3,
+                 "shadow_url": shadow.url, "shadow_weight": 100, "shadow_version": 7}
+            )
+        )  # fmt: skip
+        with serving(cancer_model, "--name", "cancer", "--routing-file", str(routing)) as stable:
+            seen = variants(stable, body(cancer_rows.iloc[:3]), 40, threads=1)
+            answered = seen.count("stable")
+            assert seen.count("canary") == 20  # the exact forward share
+            assert answered == 20
+            wait_for(
+                f"{answered} mirrored comparisons under the shadow's version",
+                lambda: (
+                    stable.metric("kubeloop_shadow_compared_total", version="7", result="agree")
+                    == answered
+                ),
+            )
+            assert stable.metric("kubeloop_shadow_agreement", model="cancer", version="7") == 1.0
+            assert shadow.metric("kubeloop_requests_total", model="cancer", code="200") == answered
+            assert forwarded(stable, "3") == {"ok": 20}
+
+
 def outcomes(stable: Server, version: str) -> dict[str, float | None]:
     """The stable pod's forward outcomes counted under canary ``version`` (None: absent)."""
     return {
