@@ -31,7 +31,6 @@ Vector = dict[str, float]
 PSI_EPSILON = 1e-4
 #: The builtins the serving pods do not export yet: accepted, read as no data.
 UNMEASURED = {
-    "shadowAgreement": "shadow agreement per version is not exported by the serving pods yet",
     "onlineMetric": "the online metric per canary version is not exported by the serving pods yet",
 }
 _TEMPLATE = re.compile(r"\{\{\s*(namespace|deployment|canaryVersion|stableVersion)\s*\}\}")
@@ -113,6 +112,16 @@ def _unreachable(target: Target, window: str) -> Query:
     return Query(f"sum(increase(kubeloop_canary_requests_total{{{sel}}}[{window}]))")
 
 
+def _compared(target: Target, results: str, window: str) -> Query:
+    """Mirrored requests the stable pods compared with the canary version's answers, summed
+    over the pods (the counter, not each pod's agreement gauge, so replicas add up)."""
+    sel = (
+        f'namespace="{target.namespace}",model_deployment="{target.deployment}",'
+        f'version="{target.canary_version}",result=~"{results}"'
+    )
+    return Query(f"sum(increase(kubeloop_shadow_compared_total{{{sel}}}[{window}]))")
+
+
 def _p99(target: Target, role: str, window: str) -> Query:
     buckets = f"kubeloop_request_duration_seconds_bucket{{{target.selector(role)}}}"
     return Query(f"histogram_quantile(0.99, sum by (le) (rate({buckets}[{window}])))")
@@ -143,6 +152,9 @@ def plan(metric: AnalysisMetric, target: Target) -> dict[str, Query]:
     elif metric.builtin == "driftScore":
         sel = target.selector("canary")
         queries["value"] = Query(f"max(max_over_time(kubeloop_drift_score{{{sel}}}[{w}]))")
+    elif metric.builtin == "shadowAgreement":
+        queries["agree"] = _compared(target, "agree", w)
+        queries["compared"] = _compared(target, "agree|disagree", w)
     elif metric.builtin == "predictionShift":
         queries["canary"] = _distribution(target, "canary", w)
         queries["stable"] = _distribution(target, "stable", w)
@@ -200,6 +212,11 @@ def _builtin(metric: AnalysisMetric, answers: dict[str, Vector], task: str) -> R
         if canary is None or stable is None or stable <= 0:
             return Reading(None, "no latency histogram of both versions in the window")
         return Reading(canary / stable)
+    if metric.builtin == "shadowAgreement":
+        agree, compared = _scalar(answers, "agree", zero=True), _scalar(answers, "compared")
+        if not compared:
+            return Reading(None, "no mirrored comparisons with the canary version")
+        return Reading((agree or 0.0) / compared)
     if metric.builtin == "predictionShift":
         new, old = answers.get("canary") or {}, answers.get("stable") or {}
         if task == "regression":

@@ -151,7 +151,23 @@ def test_user_query_must_return_one_series():
     assert a.reading(metric, one, {}, 20).value == 0.5  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("builtin", ["shadowAgreement", "onlineMetric"])
+def test_shadow_agreement_sums_the_stable_pods_comparisons_of_the_canary_version():
+    metric = AnalysisMetric.model_validate(
+        {"name": "agree", "builtin": "shadowAgreement", "min": 0.9}
+    )
+    queries = a.plan(metric, TARGET)
+    sel = 'namespace="prod",model_deployment="cancer",version="3"'
+    assert queries["agree"].expr == (
+        f'sum(increase(kubeloop_shadow_compared_total{{{sel},result=~"agree"}}[{metric.window}]))'
+    )
+    assert 'result=~"agree|disagree"' in queries["compared"].expr
+    answers = {"requests": {"": 50.0}, "agree": {"": 45.0}, "compared": {"": 50.0}}
+    assert a.reading(metric, answers, {}, 20).value == pytest.approx(0.9)  # type: ignore[arg-type]
+    none = {"requests": {"": 50.0}, "agree": {}, "compared": {}}
+    assert "no mirrored" in a.reading(metric, none, {}, 20).reason  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("builtin", ["onlineMetric"])
 def test_builtins_not_measured_yet_are_no_data_with_a_reason(builtin: str):
     metric = AnalysisMetric.model_validate({"name": "x", "builtin": builtin, "min": 0.9})
     read = a.reading(metric, {"requests": {"": 50.0}}, {}, 20)
