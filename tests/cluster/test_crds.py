@@ -316,6 +316,10 @@ SCHEMA_VIOLATIONS = [
     ("analysis-too-many-metrics", {"canary": {"steps": [{"weight": 10}], "analysis": {"metrics": [
         {"name": f"m{i}", "builtin": "errorRate", "max": 1} for i in range(17)]}}},
      "spec.canary.analysis.metrics", "Too many"),
+    ("shadow-percent-zero", {"shadow": {"version": 1, "percent": 0}},
+     "spec.shadow.percent", "should be greater than 0"),
+    ("shadow-version-missing", {"shadow": {"percent": 10}}, "spec.shadow.version",
+     "Required value"),
     ("prediction-log-unknown-sink", {"predictionLog": {"sink": "s3"}},
      "spec.predictionLog.sink", "Unsupported value"),
     ("prediction-log-sample-rate", {"predictionLog": {"sampleRate": 1.5}},

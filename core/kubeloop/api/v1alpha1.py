@@ -911,6 +911,20 @@ class PredictionLog(KubeModel):
     )
 
 
+class Shadow(KubeModel):
+    """A version that gets a mirror of live traffic; its answers are compared, never returned."""
+
+    version: int = Field(
+        ge=1, description="The ModelVersion (of spec.modelName) served by <name>-shadow."
+    )
+    percent: float = Field(
+        100,
+        gt=0,
+        le=100,
+        description="Share of the requests the stable pods answer that is mirrored to it.",
+    )
+
+
 class ModelDeploymentSpec(KubeModel):
     """Serve a model and keep it fresh."""
 
@@ -940,6 +954,11 @@ class ModelDeploymentSpec(KubeModel):
         None,
         description="Log every prediction (or a sample) from stable and canary pods "
         "(default: no log).",
+    )
+    shadow: Shadow | None = Field(
+        None,
+        description="Serve another version in <name>-shadow and mirror a share of stable "
+        "traffic to it; agreement is exported per version (kubeloop_shadow_compared_total).",
     )
 
 
@@ -1011,6 +1030,9 @@ class ModelDeploymentStatus(StatusBase):
     )
     stable_version: int | None = Field(None, description="Version the stable pods serve.")
     canary_version: int | None = Field(None, description="Version under canary, if any.")
+    shadow_version: int | None = Field(
+        None, description="Version the shadow pods serve, when spec.shadow names a Ready one."
+    )
     canary_weight: int | None = Field(None, ge=0, le=100, description="Canary traffic share.")
     canary_step: int | None = Field(None, ge=0, description="Index of the current step.")
     step_started_time: datetime | None = Field(None, description="When the current step began.")

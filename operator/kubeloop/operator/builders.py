@@ -455,6 +455,8 @@ def serving_names(md_name: str) -> dict[str, str]:
         "canary": child_name(md_name, "canary"),
         "service": md_name,
         "canary_service": child_name(md_name, "canary"),
+        "shadow": child_name(md_name, "shadow"),
+        "shadow_service": child_name(md_name, "shadow"),
         "routing": child_name(md_name, "routing"),
         "network_policy": md_name,
         "token": child_name(md_name, "feedback-token"),
@@ -728,6 +730,8 @@ def build_serving_deployment(
 
 def _service_name(md: dict[str, Any], role: str) -> str:
     names = serving_names(md["metadata"]["name"])
+    if role == "shadow":
+        return names["shadow_service"]
     return names["service"] if role == "stable" else names["canary_service"]
 
 
@@ -755,14 +759,22 @@ def service_url(md: dict[str, Any], settings: OperatorSettings, role: str = "sta
 
 
 def build_routing_config(
-    md: dict[str, Any], weight: int, canary_version: int | None, settings: OperatorSettings
+    md: dict[str, Any],
+    weight: int,
+    canary_version: int | None,
+    settings: OperatorSettings,
+    shadow: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
-    """The ConfigMap the stable pods watch for the canary's share of requests."""
+    """The ConfigMap the stable pods watch for the canary's share of requests, and the
+    shadow's (``shadow``: its version and percent) mirrored beside it."""
     names = serving_names(md["metadata"]["name"])
     routing = RoutingConfig(
         url=service_url(md, settings, "canary") if canary_version else None,
         weight=weight if canary_version else 0,
         canary_version=canary_version,
+        shadow_url=service_url(md, settings, "shadow") if shadow else None,
+        shadow_weight=shadow[1] if shadow else 0,
+        shadow_version=shadow[0] if shadow else None,
     )
     return {
         "apiVersion": "v1",
@@ -831,6 +843,28 @@ class Absent:
     name: str
 
 
+def _shadow_children(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    shadow_mv: dict[str, Any] | None,
+    settings: OperatorSettings,
+) -> list[dict[str, Any] | Absent]:
+    """The shadow Deployment and Service (its share of the replicas, at least one), or
+    their absence."""
+    names = serving_names(md["metadata"]["name"])
+    if shadow_mv is None or spec.shadow is None:
+        namespace = md["metadata"]["namespace"]
+        return [
+            Absent("apps/v1", "Deployment", namespace, names["shadow"]),
+            Absent("v1", "Service", namespace, names["shadow_service"]),
+        ]
+    replicas = max(1, math.ceil(spec.replicas * spec.shadow.percent / 100))
+    return [
+        build_serving_deployment(md, spec, shadow_mv, "shadow", replicas, settings),
+        build_service(md, "shadow", settings),
+    ]
+
+
 def serving_children(
     md: dict[str, Any],
     spec: ModelDeploymentSpec,
@@ -838,11 +872,13 @@ def serving_children(
     canary_mv: dict[str, Any] | None,
     weight: int,
     settings: OperatorSettings,
+    shadow_mv: dict[str, Any] | None = None,
 ) -> list[dict[str, Any] | Absent]:
     """Everything a ModelDeployment should own now, in the order to apply (or delete) it.
 
     ``weight`` is the canary's share of requests; the canary gets that share of
-    the replicas (at least one) and exists only while ``canary_mv`` is set.
+    the replicas (at least one) and exists only while ``canary_mv`` is set. The shadow
+    (``<name>-shadow``, serving ``shadow_mv``) exists only while spec.shadow names it.
     """
     names = serving_names(md["metadata"]["name"])
     namespace = md["metadata"]["namespace"]
@@ -850,19 +886,24 @@ def serving_children(
     canary_version = int(canary_mv["spec"]["version"]) if canary_mv is not None else None
     hpa = build_hpa(md, spec)
     policy = build_network_policy(md, spec, settings)
+    mirror = None
+    if shadow_mv is not None and spec.shadow is not None:
+        mirror = (int(shadow_mv["spec"]["version"]), spec.shadow.percent)
     children: list[dict[str, Any] | Absent] = [
         build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
         build_service(md, "stable", settings),
-        build_routing_config(md, weight, canary_version, settings),
+        build_routing_config(md, weight, canary_version, settings, mirror),
         hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
         policy
         or Absent("networking.k8s.io/v1", "NetworkPolicy", namespace, names["network_policy"]),
     ]
+    shadow = _shadow_children(md, spec, shadow_mv if mirror else None, settings)
     if canary_mv is None:
         return [
             *children,
             Absent("apps/v1", "Deployment", namespace, names["canary"]),
             Absent("v1", "Service", namespace, names["canary_service"]),
+            *shadow,
         ]
     canary_replicas = max(1, math.ceil(spec.replicas * weight / 100))
     return [
@@ -871,4 +912,5 @@ def serving_children(
             md, spec, canary_mv, "canary", canary_replicas, settings, stable_mv=stable_mv
         ),
         build_service(md, "canary", settings),
+        *shadow,
     ]

@@ -208,6 +208,8 @@ def test_serving_children_without_a_canary_delete_its_objects(settings):
         ("-NetworkPolicy", "demo"),
         ("-Deployment", "demo-canary"),
         ("-Service", "demo-canary"),
+        ("-Deployment", "demo-shadow"),
+        ("-Service", "demo-shadow"),
     ]
     assert children[0]["spec"]["replicas"] == 2
     assert children[0]["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
@@ -228,6 +230,8 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
         ("-NetworkPolicy", "demo"),
         ("Deployment", "demo-canary"),
         ("Service", "demo-canary"),
+        ("-Deployment", "demo-shadow"),
+        ("-Service", "demo-shadow"),
     ]
     stable, canary = children[0], children[5]
     assert "replicas" not in stable["spec"]  # the autoscaler owns it

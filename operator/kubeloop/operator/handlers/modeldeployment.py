@@ -462,14 +462,20 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     weight = canary_weight(spec, state, canary_ready)
     canary = state["canaryVersion"]
     canary_mv = ready[canary] if canary is not None else None
+    shadow_mv = ready.get(spec.shadow.version) if spec.shadow is not None else None
     _apply(
         ctx,
-        builders.serving_children(rec.body, spec, stable_mv, canary_mv, weight, ctx.settings),
+        builders.serving_children(
+            rec.body, spec, stable_mv, canary_mv, weight, ctx.settings, shadow_mv
+        ),
     )
     served = {stable_mv["metadata"]["name"]: "stable"}
     if canary_mv is not None:
         served[canary_mv["metadata"]["name"]] = "canary"
+    if shadow_mv is not None:  # a version also stable or canary keeps that role's label
+        served.setdefault(shadow_mv["metadata"]["name"], "shadow")
     _label_served(ctx, rec, versions, served)
+    rec.status["shadowVersion"] = int(shadow_mv["spec"]["version"]) if shadow_mv else None
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
     stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
     _degraded(rec, state)

@@ -1,0 +1,88 @@
+"""spec.shadow rendered as <name>-shadow children and a shadow upstream in the routing file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.contracts.routing import RoutingConfig
+from kubeloop.operator import builders
+from kubeloop.operator.settings import OperatorSettings
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+SETTINGS = OperatorSettings(volume_claim="kubeloop-data", artifact_root="file:///data/kubeloop")
+
+
+def md_with(shadow: dict[str, Any] | None) -> tuple[dict[str, Any], ModelDeploymentSpec]:
+    md = yaml.safe_load((EXAMPLES / "modeldeployment.yaml").read_text())
+    md["metadata"].update(name="demo", namespace="ml", uid="0123456789abcdef", generation=1)
+    md["spec"]["replicas"] = 4
+    if shadow is not None:
+        md["spec"]["shadow"] = shadow
+    return md, ModelDeploymentSpec.model_validate(md["spec"])
+
+
+def version(n: int) -> dict[str, Any]:
+    uri = f"file:///data/kubeloop/models/ml/x{n}/{ArtifactLayout.MODEL}"
+    return {"spec": {"version": n, "artifact": {"uri": uri, "sha256": f"{n:x}" * 64}}}
+
+
+def by_name(children: list) -> dict[str, Any]:
+    return {
+        (c.kind if isinstance(c, builders.Absent) else c["kind"], getattr(c, "name", None)
+         or c["metadata"]["name"]): c
+        for c in children
+    }  # fmt: skip
+
+
+def routing(children: list) -> RoutingConfig:
+    (cm,) = [c for c in children if isinstance(c, dict) and c["kind"] == "ConfigMap"]
+    return RoutingConfig.model_validate(json.loads(cm["data"]["routing.json"]))
+
+
+def test_shadow_gets_its_deployment_service_and_a_mirrored_share():
+    md, spec = md_with({"version": 3, "percent": 25})
+    children = builders.serving_children(md, spec, version(1), None, 0, SETTINGS, version(3))
+    found = by_name(children)
+    dep, svc = found["Deployment", "demo-shadow"], found["Service", "demo-shadow"]
+    assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "3"
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    assert dep["spec"]["replicas"] == 1  # 25% of 4
+    selector = {"kubeloop.io/model-deployment": "demo", "kubeloop.io/role": "shadow"}
+    assert dep["spec"]["selector"]["matchLabels"] == selector
+    assert svc["spec"]["selector"] == selector
+    pod_volumes = {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert "routing" not in pod_volumes  # a shadow never forwards on
+    config = routing(children)
+    assert config.shadow_url == "http://demo-shadow.ml.svc:8080"
+    assert config.shadow_weight == 25
+    assert config.shadow_version == 3
+    assert not config.active  # no canary: nothing forwarded
+
+
+def test_shadow_and_canary_at_once():
+    md, spec = md_with({"version": 3})
+    children = builders.serving_children(md, spec, version(1), version(2), 10, SETTINGS, version(3))
+    found = by_name(children)
+    assert ("Deployment", "demo-canary") in found
+    assert found["Deployment", "demo-shadow"]["spec"]["replicas"] == 4  # 100% of 4
+    config = routing(children)
+    assert (config.weight, config.canary_version) == (10, 2)
+    assert (config.shadow_weight, config.shadow_version) == (100, 3)
+
+
+def test_without_the_field_or_a_ready_version_the_shadow_goes():
+    for shadow, shadow_mv in [(None, None), ({"version": 9}, None)]:
+        md, spec = md_with(shadow)
+        children = builders.serving_children(md, spec, version(1), None, 0, SETTINGS, shadow_mv)
+        absent = [c for c in children if isinstance(c, builders.Absent)]
+        assert ("Deployment", "demo-shadow") in [(a.kind, a.name) for a in absent]
+        assert ("Service", "demo-shadow") in [(a.kind, a.name) for a in absent]
+        assert routing(children).shadow_url is None
+        cm = next(c for c in children if isinstance(c, dict) and c["kind"] == "ConfigMap")
+        assert "shadow_url" not in cm["data"]["routing.json"]  # the file reads as before
