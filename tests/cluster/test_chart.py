@@ -713,6 +713,7 @@ def granted(admin: Kubectl, account: str, namespace: str) -> set[tuple[str, str]
 NAMESPACED_GRANTS = (
     {("datasets.kubeloop.io", v) for v in ("get", "list", "watch", "patch")}
     | {("modeldeployments.kubeloop.io", v) for v in ("get", "list", "watch", "patch")}
+    | {("batchpredictions.kubeloop.io", v) for v in ("get", "list", "watch", "patch")}
     | {
         (r, v)
         for r in ("trainingjobs.kubeloop.io", "modelversions.kubeloop.io")
@@ -725,11 +726,15 @@ NAMESPACED_GRANTS = (
             "trainingjobs.kubeloop.io",
             "modelversions.kubeloop.io",
             "modeldeployments.kubeloop.io",
+            "batchpredictions.kubeloop.io",
         )
     }
     | {
         ("jobs.batch", "get"),
         ("jobs.batch", "create"),
+        ("cronjobs.batch", "create"),
+        ("cronjobs.batch", "patch"),
+        ("cronjobs.batch", "delete"),
         ("pods", "list"),
         ("deployments.apps", "get"),
         ("deployments.apps", "create"),
@@ -794,6 +799,17 @@ def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces)
             ("delete", "jobs.batch", namespace),
             ("list", "jobs.batch", namespace),
             ("create", "jobs.batch", other),
+            ("get", "cronjobs.batch", namespace),
+            ("list", "cronjobs.batch", namespace),
+            ("watch", "cronjobs.batch", namespace),
+            ("update", "cronjobs.batch", namespace),
+            ("create", "cronjobs.batch", other),
+            ("delete", "cronjobs.batch", other),
+            ("patch", "cronjobs/status", namespace),
+            ("create", "batchpredictions.kubeloop.io", namespace),
+            ("update", "batchpredictions.kubeloop.io", namespace),
+            ("delete", "batchpredictions.kubeloop.io", namespace),
+            ("list", "batchpredictions.kubeloop.io", other),
             ("list", "pods", other),
             ("patch", "deployments.apps", other),
             ("list", "datasets.kubeloop.io", other),
@@ -826,8 +842,12 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
         assert can_i(admin, account, "patch", "deployments.apps", None)
         assert can_i(admin, account, "delete", "networkpolicies.networking.k8s.io", "default")
         assert can_i(admin, account, "create", "secrets", "default")
+        assert can_i(admin, account, "patch", "cronjobs.batch", "default")
+        assert can_i(admin, account, "patch", "batchpredictions.kubeloop.io/status", "default")
         for denied in (
             ("list", "secrets", None),
+            ("list", "cronjobs.batch", None),
+            ("get", "cronjobs.batch", "default"),
             ("get", "secrets", "default"),
             ("update", "secrets", "default"),
             ("list", "namespaces", None),
