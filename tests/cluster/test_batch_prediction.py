@@ -143,6 +143,36 @@ def run_tick(cluster: Cluster, cronjob: dict[str, Any], tick: datetime) -> str:
     return job_name
 
 
+def suspend_then_unschedule(cluster: Cluster, cron_name: str) -> None:
+    """Suspending suspends the CronJob; removing the schedule deletes it (and, suspended,
+    starts no one-off run)."""
+    cluster.patch("BatchPrediction", "nightly", {"spec": {"suspend": True}})
+    wait_for(
+        lambda: cluster.get("CronJob", cron_name, "batch/v1")["spec"]["suspend"],
+        "the CronJob to be suspended",
+    )
+    cluster.wait_phase("BatchPrediction", "nightly", "Suspended")
+
+    # the schedule goes: so does the CronJob; suspended, the one-off run does not start
+    cluster.patch("BatchPrediction", "nightly", {"spec": {"schedule": None}})
+    wait_for(
+        lambda: (
+            cluster.get("CronJob", cron_name, "batch/v1") is None
+            or cluster.get("CronJob", cron_name, "batch/v1")["metadata"].get("deletionTimestamp")
+        ),
+        "the CronJob to be deleted",
+    )
+    wait_for(
+        lambda: "cronJobName" not in cluster.status("BatchPrediction", "nightly"),
+        "status to drop the CronJob",
+    )
+    ready = cluster.condition("BatchPrediction", "nightly")
+    assert (ready["reason"], ready["message"]) == (
+        "Suspended",
+        "spec.suspend is true: no run starts",
+    )
+
+
 def test_a_scheduled_prediction_keeps_a_cronjob_and_reports_its_latest_run(
     cluster, operator, data_csv, tmp_path, store
 ):
@@ -190,25 +220,7 @@ def test_a_scheduled_prediction_keeps_a_cronjob_and_reports_its_latest_run(
     assert cluster.condition("BatchPrediction", "nightly", "Succeeded")["status"] == "True"
     assert cluster.condition("BatchPrediction", "nightly")["status"] == "True"
 
-    cluster.patch("BatchPrediction", "nightly", {"spec": {"suspend": True}})
-    wait_for(
-        lambda: cluster.get("CronJob", cronjob["metadata"]["name"], "batch/v1")["spec"]["suspend"],
-        "the CronJob to be suspended",
-    )
-    cluster.wait_phase("BatchPrediction", "nightly", "Suspended")
-
-    # the schedule goes: so does the CronJob; suspended, the one-off run does not start
-    cluster.patch("BatchPrediction", "nightly", {"spec": {"schedule": None}})
-    wait_for(
-        lambda: (
-            cluster.get("CronJob", cronjob["metadata"]["name"], "batch/v1") is None
-            or cluster.get("CronJob", cronjob["metadata"]["name"], "batch/v1")["metadata"].get(
-                "deletionTimestamp"
-            )
-        ),
-        "the CronJob to be deleted",
-    )
-    assert "cronJobName" not in cluster.status("BatchPrediction", "nightly")
+    suspend_then_unschedule(cluster, cronjob["metadata"]["name"])
 
 
 def test_an_output_inside_the_model_store_is_an_invalid_spec(cluster, operator, store):
