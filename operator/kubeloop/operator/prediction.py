@@ -299,17 +299,22 @@ class RunOutcome:
     message: str
 
 
+def scored_versions(job: dict[str, Any]) -> dict[str, Any]:
+    """The status fields naming what a prediction Job scores, from its annotations."""
+    notes = job["metadata"].get("annotations") or {}
+    number = notes.get(VERSION_ANNOTATION)
+    return {
+        "modelVersion": notes.get(MODEL_VERSION_ANNOTATION),
+        "version": int(number) if number and number.isdigit() else None,
+        "datasetVersion": notes.get(DATASET_VERSION_ANNOTATION),
+    }
+
+
 def run_outcome(job: dict[str, Any], done: Finished) -> RunOutcome:
     """Status of a finished prediction Job from its result (its termination message) and
     the versions its annotations name. A Job that completed without a result, or whose
     result is not a successful prediction, failed."""
-    notes = job["metadata"].get("annotations") or {}
-    fields: dict[str, Any] = {
-        "observedJob": job["metadata"]["name"],
-        "modelVersion": notes.get(MODEL_VERSION_ANNOTATION),
-        "version": int(notes[VERSION_ANNOTATION]) if VERSION_ANNOTATION in notes else None,
-        "datasetVersion": notes.get(DATASET_VERSION_ANNOTATION),
-    }
+    fields: dict[str, Any] = {"observedJob": job["metadata"]["name"], **scored_versions(job)}
     result = done.result
     if done.state == "Succeeded" and _predicted(result):
         assert result is not None

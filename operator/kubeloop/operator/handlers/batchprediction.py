@@ -101,6 +101,10 @@ def _running(ctx: Context, rec: Reconcile, job: dict[str, Any]) -> str | None:
 
 
 def _running_once(ctx: Context, rec: Reconcile, job: dict[str, Any]) -> None:
+    """The one-off run is going: what it scores (from its Job, so also after a restart that
+    lost the status write), and Ready saying so."""
+    scored = prediction.scored_versions(job)
+    rec.status.update({k: v for k, v in scored.items() if v is not None})
     cannot = _running(ctx, rec, job)
     if cannot:
         rec.ready(False, "PredictionBlocked", cannot)
@@ -119,8 +123,7 @@ def _start(ctx: Context, rec: Reconcile, spec: BatchPredictionSpec, name: str) -
         return
     job = ctx.kube.create(prediction.build_prediction_job(rec.body, spec, chosen, ctx.settings))
     metrics.CHILDREN_CREATED.labels(kind="Job").inc()
-    for key in RUN_FIELDS:
-        rec.status.pop(key, None)
+    rec.status.update(dict.fromkeys(RUN_FIELDS))  # None: removed from the stored status
     rec.status.update(startTime=now())
     _chosen(rec, chosen)
     rec.condition(SUCCEEDED, None, "Predicting", f"Job {name} is running")
