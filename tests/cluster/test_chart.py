@@ -53,10 +53,16 @@ KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 RELEASE = "kubeloop"
 SA = "kubeloop-operator"
 CI_NAMESPACES = ("kubeloop-ci-team-a", "kubeloop-ci-team-b")
-KUBELOOP_KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
+KUBELOOP_KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset", "BatchPrediction")
 CRD_NAMES = tuple(
     f"{plural}.kubeloop.io"
-    for plural in ("datasets", "trainingjobs", "modelversions", "modeldeployments")
+    for plural in (
+        "datasets",
+        "trainingjobs",
+        "modelversions",
+        "modeldeployments",
+        "batchpredictions",
+    )
 )
 #: What a permission problem looks like in the operator's log (kopf and the client).
 FORBIDDEN = re.compile(
