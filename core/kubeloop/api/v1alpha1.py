@@ -1257,7 +1257,7 @@ class BatchPrediction(Resource[BatchPredictionSpec, BatchPredictionStatus]):
             PrinterColumn(name="Model", json_path=".status.modelVersion"),
             PrinterColumn(name="Rows", json_path=".status.rows", type="integer"),
             PrinterColumn(name="Schedule", json_path=".spec.schedule"),
-            PrinterColumn(name="Last Schedule", json_path=".status.lastScheduleTime", type="date"),
+            PrinterColumn(name="LastSchedule", json_path=".status.lastScheduleTime", type="date"),
             PrinterColumn(name="Dataset", json_path=".status.datasetVersion", priority=1),
             PrinterColumn(name="Output", json_path=".status.outputUri", priority=1),
             AGE,
