@@ -801,7 +801,6 @@ def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]
         ("update", "cronjobs.batch", namespace),
         ("create", "cronjobs.batch", other),
         ("delete", "cronjobs.batch", other),
-        ("patch", "cronjobs/status", namespace),
         ("create", "batchpredictions.kubeloop.io", namespace),
         ("update", "batchpredictions.kubeloop.io", namespace),
         ("delete", "batchpredictions.kubeloop.io", namespace),
@@ -854,7 +853,7 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
         assert can_i(admin, account, "delete", "networkpolicies.networking.k8s.io", "default")
         assert can_i(admin, account, "create", "secrets", "default")
         assert can_i(admin, account, "patch", "cronjobs.batch", "default")
-        assert can_i(admin, account, "patch", "batchpredictions.kubeloop.io/status", "default")
+        assert can_i(admin, account, "patch", "batchpredictions.kubeloop.io", "default")
         for denied in (
             ("list", "secrets", None),
             ("list", "cronjobs.batch", None),
