@@ -551,6 +551,39 @@ def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
     )
 
 
+def prediction_flow(cluster: Cluster, operator: ChartOperator, store: Path) -> None:
+    """BatchPrediction on a schedule -> a CronJob (server-side apply); the schedule removed
+    -> the CronJob deleted and a one-off Job, finished by the test -> Succeeded."""
+    out = (store / "predictions" / cluster.namespace / "scores.csv").as_uri()
+    spec = {"modelRef": {"name": "cancer-v1"}, "datasetRef": {"name": "cancer"},
+            "output": {"uri": out}, "schedule": "0 3 * * *"}  # fmt: skip
+    cluster.apply({"apiVersion": "kubeloop.io/v1alpha1", "kind": "BatchPrediction",
+                   "metadata": {"name": "scores"}, "spec": spec})  # fmt: skip
+    cronjob = wait_for(
+        lambda: cluster.list("CronJob", "batch/v1", "kubeloop.io/batch-prediction=scores"),
+        "the BatchPrediction's CronJob",
+        state=operator.tail,
+    )[0]
+    assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == (
+        "kubeloop-workload"
+    )
+    cluster.patch("BatchPrediction", "scores", {"spec": {"schedule": None}})
+    wait_for(
+        lambda: not cluster.list("CronJob", "batch/v1"), "the CronJob to go", state=operator.tail
+    )
+    job = cluster.wait_job("kubeloop.io/batch-prediction=scores")
+    result = {"kind": "predict", "status": "succeeded", "rows": 569, "sha256": "ab" * 32,
+              "output_uri": out, "duration_seconds": 0.1}  # fmt: skip
+    pod = job_pod(cluster.core, cluster.namespace, job["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(result))
+    wait_for(
+        lambda: cluster.status("BatchPrediction", "scores").get("phase") == "Succeeded",
+        "BatchPrediction scores to succeed",
+        state=lambda: cluster.get("BatchPrediction", "scores"),
+    )
+    assert cluster.status("BatchPrediction", "scores")["rows"] == 569
+
+
 def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
     """ModelDeployment -> Deployment, Service, routing ConfigMap, HPA, NetworkPolicy,
     feedback-token Secret."""
@@ -683,6 +716,7 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
         try:
             digest = snapshot_flow(cluster, source)
             training_flow(cluster, store, digest)
+            prediction_flow(cluster, operator, store)
             serving_flow(cluster, operator)
             retrain_flow(cluster, operator, token, digest)
             deletion_flow(cluster)
