@@ -157,8 +157,8 @@ def suspend_then_unschedule(cluster: Cluster, cron_name: str) -> None:
     cluster.patch("BatchPrediction", "nightly", {"spec": {"schedule": None}})
     wait_for(
         lambda: (
-            cluster.get("CronJob", cron_name, "batch/v1") is None
-            or cluster.get("CronJob", cron_name, "batch/v1")["metadata"].get("deletionTimestamp")
+            (found := cluster.get("CronJob", cron_name, "batch/v1")) is None
+            or found["metadata"].get("deletionTimestamp")
         ),
         "the CronJob to be deleted",
     )
@@ -240,3 +240,39 @@ def test_an_output_inside_the_model_store_is_an_invalid_spec(cluster, operator, 
     assert ready["status"] == "False"
     assert f"predictions/{cluster.namespace}/" in ready["message"]
     assert not cluster.list("Job", "batch/v1", SELECTOR.format("overwrite"))
+
+
+def test_a_schedule_following_the_newest_version_moves_its_cronjob_to_it(
+    cluster, operator, data_csv, tmp_path, store
+):
+    dataset_ready_fast(cluster, data_csv, tmp_path)
+    publish(cluster, store, 1)
+    out = output_uri(store, cluster.namespace, "latest.parquet")
+    cluster.apply(
+        batch_prediction("latest", "BatchPrediction-nightly", modelRef={"modelName": "cancer"},
+                         output={"uri": out})
+    )  # fmt: skip
+
+    def scored_model() -> str:
+        cronjob = cronjob_of(cluster, "latest")
+        return str(
+            cronjob["spec"]["jobTemplate"]["metadata"]["annotations"][
+                prediction.MODEL_VERSION_ANNOTATION
+            ]
+        )
+
+    wait_for(lambda: scored_model() == "cancer-v1", "the CronJob to score cancer-v1")
+    publish(cluster, store, 2)
+    wait_for(lambda: scored_model() == "cancer-v2", "the CronJob to move to cancer-v2")
+    args = cronjob_of(cluster, "latest")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    mv = cluster.get("ModelVersion", "cancer-v2")
+    assert mv is not None
+    assert args[args.index("--model") + 1] == mv["spec"]["artifact"]["uri"]
+    status = wait_for(
+        lambda: (s := cluster.status("BatchPrediction", "latest")).get("version") == 2 and s,
+        "status to name version 2",
+    )
+    assert status["modelVersion"] == "cancer-v2"
+    assert len(cluster.list("CronJob", "batch/v1", SELECTOR.format("latest"))) == 1
