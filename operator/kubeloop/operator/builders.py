@@ -235,6 +235,15 @@ def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -
     }
 
 
+def build_job(
+    parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings
+) -> dict[str, Any]:
+    """A Job of one ``kubeloop`` container, for the builders of other kinds
+    (:mod:`kubeloop.operator.prediction`): the same store settings, artifacts Secret,
+    security context and failure policy as the snapshot and trainer Jobs."""
+    return _job(parent, job, settings)
+
+
 def snapshot_job_name(dataset: dict[str, Any], round_: int) -> str:
     """The snapshot Job of one refresh round of a Dataset's current generation."""
     return child_name(

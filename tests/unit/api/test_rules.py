@@ -16,12 +16,15 @@ from kubeloop.api.base import KubeModel, Rule
 from kubeloop.api.v1alpha1 import (
     AnalysisMetric,
     Autoscaling,
+    BatchPredictionSpec,
     Canary,
     CompareTo,
     DatasetSpec,
     DataSource,
     LabelSelectorRequirement,
+    ModelRef,
     NetworkPolicyPeer,
+    PredictionOutput,
     Split,
     TrainingJobSpec,
     VersionPolicy,
@@ -53,6 +56,12 @@ TJ = {
     "target": "y",
     "modelName": "m",
     "estimator": {"className": "LogisticRegression"},
+}
+
+BP = {
+    "modelRef": {"modelName": "cancer"},
+    "datasetRef": {"name": "cancer"},
+    "output": {"uri": "s3://b/out/scores.parquet"},
 }
 
 SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
@@ -126,6 +135,28 @@ CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
     (AnalysisMetric, {"name": "e", "max": 1}, False),
     (AnalysisMetric, {"name": "e", "builtin": "errorRate"}, False),
     (AnalysisMetric, {"name": "e", "builtin": "errorRate", "min": 2, "max": 1}, False),
+    (ModelRef, {"name": "cancer-v3"}, True),
+    (ModelRef, {"modelName": "cancer"}, True),
+    (ModelRef, {"modelName": "cancer", "version": {"policy": "Pinned", "pinned": 2}}, True),
+    (ModelRef, {}, False),
+    (ModelRef, {"name": "cancer-v3", "modelName": "cancer"}, False),
+    (ModelRef, {"name": "cancer-v3", "version": {"policy": "Latest"}}, False),
+    (PredictionOutput, {"uri": "s3://b/out/scores.parquet"}, True),
+    (PredictionOutput, {"uri": "/data/out/Scores.CSV"}, True),
+    (PredictionOutput, {"uri": "file:///data/out/scores.pq"}, True),
+    (PredictionOutput, {"uri": "gs://b/scores", "format": "csv"}, True),
+    (PredictionOutput, {"uri": "s3://b/scores.csv.tmp"}, False),
+    (PredictionOutput, {"uri": "s3://b/scores"}, False),
+    (PredictionOutput, {"uri": "scores.csv"}, False),
+    (PredictionOutput, {"uri": "https://example.com/scores.csv"}, False),
+    (BatchPredictionSpec, BP, True),
+    (BatchPredictionSpec, {**BP, "schedule": "0 3 * * *"}, True),
+    (BatchPredictionSpec, {**BP, "schedule": "*/15 0-6 1,15 * MON-FRI"}, True),
+    (BatchPredictionSpec, {**BP, "schedule": "@daily"}, True),
+    (BatchPredictionSpec, {**BP, "schedule": "0 3 * *"}, False),
+    (BatchPredictionSpec, {**BP, "schedule": "every day"}, False),
+    (BatchPredictionSpec, {**BP, "schedule": "@sometimes"}, False),
+    (BatchPredictionSpec, {**BP, "schedule": "0 3 * * * ; rm"}, False),
 ]
 
 
