@@ -235,6 +235,10 @@ class DatasetStatus(StatusBase):
 # ----------------------------------------------------------------------- TrainingJob
 
 
+#: How long a fresh run waits for its snapshot when datasetRef.freshTimeout is unset.
+DEFAULT_FRESH_TIMEOUT = "30m"
+
+
 def _fresh_not_pinned(ref: DatasetRef) -> bool:
     return not (ref.fresh and ref.version is not None)
 
@@ -257,15 +261,16 @@ class DatasetRef(KubeModel):
         pattern=DATA_VERSION,
         description="Pin a data version (sha256:<hex>); default: the Dataset's current one.",
     )
-    fresh: bool = Field(
-        False,
+    fresh: bool | None = Field(
+        None,
         description=(
             "Train on a snapshot taken after this TrainingJob was created: request one on the "
             "Dataset and wait for it (the retrain policy passes this on from its template)."
         ),
     )
-    fresh_timeout: Duration = Field(
-        "30m", description="With fresh: fail when no such snapshot arrives within this long."
+    fresh_timeout: Duration | None = Field(
+        None,
+        description="With fresh: fail when no snapshot arrives within this long (default 30m).",
     )
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubeloop.api.base import duration_seconds
-from kubeloop.api.v1alpha1 import DatasetRef
+from kubeloop.api.v1alpha1 import DEFAULT_FRESH_TIMEOUT, DatasetRef
 from kubeloop.operator.timestamps import parse
 
 #: The annotation on a Dataset asking for a snapshot newer than its value (RFC 3339).
@@ -107,12 +107,12 @@ def dataset_version_for(
     served = _served(ref.name, created, dataset_status)
     if served is not None:
         return served
-    timeout = duration_seconds(ref.fresh_timeout)
-    if now - created > timedelta(seconds=timeout):
+    timeout = ref.fresh_timeout or DEFAULT_FRESH_TIMEOUT
+    if now - created > timedelta(seconds=duration_seconds(timeout)):
         return Fail(
             "SnapshotTimeout",
             f"no snapshot of Dataset {ref.name} newer than this run within "
-            f"{ref.fresh_timeout}; the serving model is unchanged",
+            f"{timeout}; the serving model is unchanged",
         )
     return Wait(
         "WaitingForSnapshot",

@@ -123,3 +123,12 @@ def test_the_outcome_says_whether_the_digest_changed() -> None:
     failed = snapshot_outcome(T0, OLD, None, "source unreachable", "now")
     assert failed["succeeded"] is False
     assert failed["message"] == "source unreachable"
+
+
+def test_the_timeout_defaults_to_thirty_minutes() -> None:
+    assert isinstance(decide(FRESH, ready(), after=1799), Wait)
+    assert isinstance(decide(FRESH, ready(), after=1801), Fail)
+
+
+def test_a_plain_reference_stays_as_written_on_the_wire() -> None:
+    assert DatasetRef(name="d").to_wire() == {"name": "d"}
