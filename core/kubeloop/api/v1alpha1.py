@@ -186,6 +186,23 @@ class DatasetVersion(KubeModel):
     snapshot_uri: str | None = Field(None, description="Immutable copy of this version.")
 
 
+class SnapshotOutcome(KubeModel):
+    """How the latest finished snapshot Job ended, and which request it served."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: datetime = Field(description="When its result was recorded.")
+    request: datetime | None = Field(
+        None, description="The snapshot request (annotation) outstanding when the Job started."
+    )
+    succeeded: bool = Field(description="Whether the snapshot succeeded.")
+    digest: str | None = Field(None, description="The content digest it found.")
+    changed: bool | None = Field(
+        None, description="Whether that digest differs from the version current before it."
+    )
+    message: str | None = Field(None, description="Why it failed.")
+
+
 class DatasetStatus(StatusBase):
     """What the last snapshot found."""
 
@@ -205,19 +222,56 @@ class DatasetStatus(StatusBase):
     history: list[DatasetVersion] = Field(
         default_factory=list, description="Recent versions, newest first."
     )
+    snapshot_request: datetime | None = Field(
+        None, description="The snapshot request the latest snapshot Job serves."
+    )
+    refresh_snapshot_job: str | None = Field(
+        None, description="The snapshot Job of the latest refresh round (not a request's)."
+    )
+    last_snapshot: SnapshotOutcome | None = Field(
+        None, description="How the latest finished snapshot Job ended (changed or not)."
+    )
 
 
 # ----------------------------------------------------------------------- TrainingJob
 
 
+#: How long a fresh run waits for its snapshot when datasetRef.freshTimeout is unset.
+DEFAULT_FRESH_TIMEOUT = "30m"
+
+
+def _fresh_not_pinned(ref: DatasetRef) -> bool:
+    return not (ref.fresh and ref.version is not None)
+
+
 class DatasetRef(KubeModel):
-    """A Dataset, optionally at one exact version."""
+    """A Dataset, optionally at one exact version, or at a snapshot taken for this run."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!(has(self.version) && has(self.fresh) && self.fresh)",
+            message="datasetRef.fresh and datasetRef.version exclude each other",
+            check=_fresh_not_pinned,
+            field_path=".fresh",
+        ),
+    )
 
     name: DNSLabel = Field(description="Name of a Dataset in the same namespace.")
     version: str | None = Field(
         None,
         pattern=DATA_VERSION,
         description="Pin a data version (sha256:<hex>); default: the Dataset's current one.",
+    )
+    fresh: bool | None = Field(
+        None,
+        description=(
+            "Train on a snapshot taken after this TrainingJob was created: request one on the "
+            "Dataset and wait for it (the retrain policy passes this on from its template)."
+        ),
+    )
+    fresh_timeout: Duration | None = Field(
+        None,
+        description="With fresh: fail when no snapshot arrives within this long (default 30m).",
     )
 
 
@@ -457,6 +511,9 @@ class TrainingJobStatus(StatusBase):
     )
     job_name: str | None = Field(None, description="The trainer batch/v1 Job.")
     dataset_version: str | None = Field(None, description="The data version trained on.")
+    snapshot_requested: datetime | None = Field(
+        None, description="With datasetRef.fresh: the snapshot request this run waits on."
+    )
     start_time: datetime | None = Field(None, description="When the trainer started.")
     completion_time: datetime | None = Field(None, description="When it finished.")
     metrics: dict[str, float] | None = Field(None, description="Held-out metrics.")

@@ -244,15 +244,16 @@ def build_job(
     return _job(parent, job, settings)
 
 
-def snapshot_job_name(dataset: dict[str, Any], round_: int) -> str:
-    """The snapshot Job of one refresh round of a Dataset's current generation."""
+def snapshot_job_name(dataset: dict[str, Any], round_: int | str) -> str:
+    """The snapshot Job of one refresh round (or one snapshot request) of a Dataset's current
+    generation."""
     return child_name(
         dataset["metadata"]["name"], f"snap-g{dataset['metadata']['generation']}-{round_}"
     )
 
 
 def build_snapshot_job(
-    dataset: dict[str, Any], spec: DatasetSpec, round_: int, settings: OperatorSettings
+    dataset: dict[str, Any], spec: DatasetSpec, round_: int | str, settings: OperatorSettings
 ) -> dict[str, Any]:
     """The Job that runs ``kubeloop snapshot`` for a Dataset."""
     meta = dataset["metadata"]
