@@ -25,7 +25,7 @@ from kubetest import wait_for
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 GROUP_VERSION = "kubeloop.io/v1alpha1"
 #: The Kubeloop kinds, in the order a test deletes them.
-KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
+KINDS = ("BatchPrediction", "ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
 
 
 def free_port() -> int:

@@ -53,10 +53,16 @@ KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 RELEASE = "kubeloop"
 SA = "kubeloop-operator"
 CI_NAMESPACES = ("kubeloop-ci-team-a", "kubeloop-ci-team-b")
-KUBELOOP_KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset")
+KUBELOOP_KINDS = ("ModelDeployment", "TrainingJob", "ModelVersion", "Dataset", "BatchPrediction")
 CRD_NAMES = tuple(
     f"{plural}.kubeloop.io"
-    for plural in ("datasets", "trainingjobs", "modelversions", "modeldeployments")
+    for plural in (
+        "datasets",
+        "trainingjobs",
+        "modelversions",
+        "modeldeployments",
+        "batchpredictions",
+    )
 )
 #: What a permission problem looks like in the operator's log (kopf and the client).
 FORBIDDEN = re.compile(
@@ -523,6 +529,8 @@ def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
     artifact = store / "cancer-1" / ArtifactLayout.MODEL
     artifact.parent.mkdir()
     artifact.write_bytes(b"an onnx model")
+    # the trainer writes model.json beside the graph (a version without it is inspected)
+    (artifact.parent / ArtifactLayout.METADATA).write_text('{"task": "classification"}')
     summary = {
         "kind": "train",
         "status": "succeeded",
@@ -543,6 +551,39 @@ def training_flow(cluster: Cluster, store: Path, digest: str) -> None:
         "ModelVersion cancer-v1 to be verified",
         state=lambda: cluster.get("ModelVersion", "cancer-v1"),
     )
+
+
+def prediction_flow(cluster: Cluster, operator: ChartOperator, store: Path) -> None:
+    """BatchPrediction on a schedule -> a CronJob (server-side apply); the schedule removed
+    -> the CronJob deleted and a one-off Job, finished by the test -> Succeeded."""
+    out = (store / "predictions" / cluster.namespace / "scores.csv").as_uri()
+    spec = {"modelRef": {"name": "cancer-v1"}, "datasetRef": {"name": "cancer"},
+            "output": {"uri": out}, "schedule": "0 3 * * *"}  # fmt: skip
+    cluster.apply({"apiVersion": "kubeloop.io/v1alpha1", "kind": "BatchPrediction",
+                   "metadata": {"name": "scores"}, "spec": spec})  # fmt: skip
+    cronjob = wait_for(
+        lambda: cluster.list("CronJob", "batch/v1", "kubeloop.io/batch-prediction=scores"),
+        "the BatchPrediction's CronJob",
+        state=operator.tail,
+    )[0]
+    assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == (
+        "kubeloop-workload"
+    )
+    cluster.patch("BatchPrediction", "scores", {"spec": {"schedule": None}})
+    wait_for(
+        lambda: not cluster.list("CronJob", "batch/v1"), "the CronJob to go", state=operator.tail
+    )
+    job = cluster.wait_job("kubeloop.io/batch-prediction=scores")
+    result = {"kind": "predict", "status": "succeeded", "rows": 569, "sha256": "ab" * 32,
+              "output_uri": out, "duration_seconds": 0.1}  # fmt: skip
+    pod = job_pod(cluster.core, cluster.namespace, job["metadata"]["name"])
+    finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(result))
+    wait_for(
+        lambda: cluster.status("BatchPrediction", "scores").get("phase") == "Succeeded",
+        "BatchPrediction scores to succeed",
+        state=lambda: cluster.get("BatchPrediction", "scores"),
+    )
+    assert cluster.status("BatchPrediction", "scores")["rows"] == 569
 
 
 def serving_flow(cluster: Cluster, operator: ChartOperator) -> None:
@@ -677,6 +718,7 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
         try:
             digest = snapshot_flow(cluster, source)
             training_flow(cluster, store, digest)
+            prediction_flow(cluster, operator, store)
             serving_flow(cluster, operator)
             retrain_flow(cluster, operator, token, digest)
             deletion_flow(cluster)
@@ -713,6 +755,7 @@ def granted(admin: Kubectl, account: str, namespace: str) -> set[tuple[str, str]
 NAMESPACED_GRANTS = (
     {("datasets.kubeloop.io", v) for v in ("get", "list", "watch", "patch")}
     | {("modeldeployments.kubeloop.io", v) for v in ("get", "list", "watch", "patch")}
+    | {("batchpredictions.kubeloop.io", v) for v in ("get", "list", "watch", "patch")}
     | {
         (r, v)
         for r in ("trainingjobs.kubeloop.io", "modelversions.kubeloop.io")
@@ -725,11 +768,15 @@ NAMESPACED_GRANTS = (
             "trainingjobs.kubeloop.io",
             "modelversions.kubeloop.io",
             "modeldeployments.kubeloop.io",
+            "batchpredictions.kubeloop.io",
         )
     }
     | {
         ("jobs.batch", "get"),
         ("jobs.batch", "create"),
+        ("cronjobs.batch", "create"),
+        ("cronjobs.batch", "patch"),
+        ("cronjobs.batch", "delete"),
         ("pods", "list"),
         ("deployments.apps", "get"),
         ("deployments.apps", "create"),
@@ -757,6 +804,66 @@ NAMESPACED_GRANTS = (
 )
 
 
+def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]]:
+    """(verb, resource, namespace or None: all) the operator's account may never do."""
+    return [
+        ("get", "secrets", namespace),
+        ("list", "secrets", namespace),
+        ("watch", "secrets", namespace),
+        ("patch", "secrets", namespace),
+        ("update", "secrets", namespace),
+        ("delete", "secrets", namespace),
+        ("create", "secrets", other),
+        ("get", "secrets", "kube-system"),
+        ("list", "secrets", None),
+        ("*", "*", namespace),
+        ("*", "*", None),
+        ("delete", "namespaces", None),
+        ("create", "namespaces", None),
+        ("get", "namespaces", None),
+        ("create", "pods", namespace),
+        ("delete", "pods", namespace),
+        ("create", "pods/exec", namespace),
+        ("get", "pods/log", namespace),
+        ("update", "datasets.kubeloop.io", namespace),
+        ("delete", "datasets.kubeloop.io", namespace),
+        ("delete", "modelversions.kubeloop.io", namespace),
+        ("delete", "jobs.batch", namespace),
+        ("list", "jobs.batch", namespace),
+        ("create", "jobs.batch", other),
+        ("get", "cronjobs.batch", namespace),
+        ("list", "cronjobs.batch", namespace),
+        ("watch", "cronjobs.batch", namespace),
+        ("update", "cronjobs.batch", namespace),
+        ("create", "cronjobs.batch", other),
+        ("delete", "cronjobs.batch", other),
+        ("create", "batchpredictions.kubeloop.io", namespace),
+        ("update", "batchpredictions.kubeloop.io", namespace),
+        ("delete", "batchpredictions.kubeloop.io", namespace),
+        ("list", "batchpredictions.kubeloop.io", other),
+        ("list", "pods", other),
+        ("patch", "deployments.apps", other),
+        ("list", "datasets.kubeloop.io", other),
+        ("get", "configmaps", namespace),
+        ("get", "networkpolicies.networking.k8s.io", namespace),
+        ("list", "networkpolicies.networking.k8s.io", namespace),
+        ("update", "networkpolicies.networking.k8s.io", namespace),
+        ("create", "networkpolicies.networking.k8s.io", other),
+        ("delete", "networkpolicies.networking.k8s.io", None),
+        ("create", "serviceaccounts/token", namespace),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("patch", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+        ("create", "clusterroles.rbac.authorization.k8s.io", None),
+        ("create", "rolebindings.rbac.authorization.k8s.io", namespace),
+        ("escalate", "roles.rbac.authorization.k8s.io", namespace),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", None),
+        ("impersonate", "serviceaccounts", namespace),
+        ("list", "nodes", None),
+        ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
+    ]
+
+
 def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces):
     account = f"system:serviceaccount:{namespace}:{SA}"
     with installed(admin, namespace, sets={"crds": {"enabled": False}}):
@@ -769,52 +876,7 @@ def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces)
             for g in NAMESPACED_GRANTS
             if g[0].startswith(("customresourcedefinitions", "namespaces"))
         }
-        denied = [
-            ("get", "secrets", namespace),
-            ("list", "secrets", namespace),
-            ("watch", "secrets", namespace),
-            ("patch", "secrets", namespace),
-            ("update", "secrets", namespace),
-            ("delete", "secrets", namespace),
-            ("create", "secrets", other),
-            ("get", "secrets", "kube-system"),
-            ("list", "secrets", None),
-            ("*", "*", namespace),
-            ("*", "*", None),
-            ("delete", "namespaces", None),
-            ("create", "namespaces", None),
-            ("get", "namespaces", None),
-            ("create", "pods", namespace),
-            ("delete", "pods", namespace),
-            ("create", "pods/exec", namespace),
-            ("get", "pods/log", namespace),
-            ("update", "datasets.kubeloop.io", namespace),
-            ("delete", "datasets.kubeloop.io", namespace),
-            ("delete", "modelversions.kubeloop.io", namespace),
-            ("delete", "jobs.batch", namespace),
-            ("list", "jobs.batch", namespace),
-            ("create", "jobs.batch", other),
-            ("list", "pods", other),
-            ("patch", "deployments.apps", other),
-            ("list", "datasets.kubeloop.io", other),
-            ("get", "configmaps", namespace),
-            ("get", "networkpolicies.networking.k8s.io", namespace),
-            ("list", "networkpolicies.networking.k8s.io", namespace),
-            ("update", "networkpolicies.networking.k8s.io", namespace),
-            ("create", "networkpolicies.networking.k8s.io", other),
-            ("delete", "networkpolicies.networking.k8s.io", None),
-            ("create", "serviceaccounts/token", namespace),
-            ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
-            ("patch", "customresourcedefinitions.apiextensions.k8s.io", None),
-            ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
-            ("create", "clusterroles.rbac.authorization.k8s.io", None),
-            ("create", "rolebindings.rbac.authorization.k8s.io", namespace),
-            ("escalate", "roles.rbac.authorization.k8s.io", namespace),
-            ("bind", "clusterroles.rbac.authorization.k8s.io", None),
-            ("impersonate", "serviceaccounts", namespace),
-            ("list", "nodes", None),
-            ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
-        ]
+        denied = denied_calls(namespace, other)
         allowed = [d for d in denied if can_i(admin, account, *d)]
         assert allowed == [], f"{account} may {allowed}"
 
@@ -826,8 +888,12 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
         assert can_i(admin, account, "patch", "deployments.apps", None)
         assert can_i(admin, account, "delete", "networkpolicies.networking.k8s.io", "default")
         assert can_i(admin, account, "create", "secrets", "default")
+        assert can_i(admin, account, "patch", "cronjobs.batch", "default")
+        assert can_i(admin, account, "patch", "batchpredictions.kubeloop.io", "default")
         for denied in (
             ("list", "secrets", None),
+            ("list", "cronjobs.batch", None),
+            ("get", "cronjobs.batch", "default"),
             ("get", "secrets", "default"),
             ("update", "secrets", "default"),
             ("list", "namespaces", None),

@@ -70,7 +70,8 @@ def test_example_is_accepted(kind: str, custom: client.CustomObjectsApi, namespa
     body = example(kind)
     created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL[kind], body)
     assert created["metadata"]["generation"] == 1
-    assert created["spec"]["modelName" if kind != "Dataset" else "source"]
+    first = {"Dataset": "source", "BatchPrediction": "modelRef"}.get(kind, "modelName")
+    assert created["spec"][first]
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -106,6 +107,12 @@ SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
 CREDS = {"name": "s3-creds"}
 METRIC = v1.AnalysisMetric.rules
 PLOG, PLOG_PVC = v1.PredictionLog.rules, v1.PredictionLogPVC.rules
+BP = "BatchPrediction"
+MODEL_REF, OUTPUT, BP_SPEC = (
+    v1.ModelRef.rules,
+    v1.PredictionOutput.rules,
+    v1.BatchPredictionSpec.rules,
+)
 
 
 def analysis(case: str, metric: dict[str, Any], rule: Rule, field: str) -> tuple[Any, ...]:
@@ -243,6 +250,18 @@ VIOLATIONS = [
              METRIC[0], ".builtin"),
     analysis("analysis-neither-builtin-nor-query", {"max": 1}, METRIC[0], ".builtin"),
     analysis("analysis-no-bound", {"builtin": "errorRate"}, METRIC[1], ".max"),
+    violation(BP, "model-ref-name-and-model-name", "modelRef", {"name": "m-v1", "modelName": "m"},
+              MODEL_REF[0], "modelRef.name"),
+    violation(BP, "model-ref-neither", "modelRef", {}, MODEL_REF[0], "modelRef.name"),
+    violation(BP, "model-ref-version-with-name", "modelRef",
+              {"name": "m-v1", "version": {"policy": "Latest"}}, MODEL_REF[1], "modelRef.version"),
+    violation(BP, "output-format-unknown", "output", {"uri": "s3://b/scores"}, OUTPUT[0],
+              "output.format"),
+    violation(BP, "output-relative", "output", {"uri": "scores.csv"}, OUTPUT[1], "output.uri"),
+    violation(BP, "output-http", "output", {"uri": "https://example.com/s.csv"}, OUTPUT[1],
+              "output.uri"),
+    violation(BP, "schedule-four-fields", "schedule", "0 3 * *", BP_SPEC[0]),
+    violation(BP, "schedule-words", "schedule", "every night", BP_SPEC[0]),
     analysis("analysis-min-above-max", {"builtin": "errorRate", "min": 2, "max": 1},
              METRIC[2], ".min"),
 ]  # fmt: skip
@@ -480,6 +499,14 @@ STATUS = {
         "canaryWeight": 10,
         "url": "http://breast-cancer.ns.svc:8080",
     },
+    "BatchPrediction": {
+        "phase": "Succeeded",
+        "modelVersion": "breast-cancer-v1",
+        "rows": 569,
+        "lastScheduleTime": NOW,
+        "datasetVersion": "sha256:" + "a" * 64,
+        "outputUri": "file:///data/kubeloop/predictions/ns/scores.parquet",
+    },
 }
 
 
@@ -526,7 +553,9 @@ def test_printer_columns_show_in_kubectl_get(
         assert list(shown) == ["NAME", *(c.name.upper() for c in columns)]
         assert shown["NAME"] == name
         for c in columns:
-            if c.name != "Age":
+            if c.type == "date":  # shown as an age ("5m"): there when the field is
+                assert bool(shown[c.name.upper()]) == bool(column_value(obj, c.json_path))
+            else:
                 assert shown[c.name.upper()] == column_value(obj, c.json_path), c.name
     # The short name works too.
     assert kubectl("get", info.short_names[0], name, "-o", "name").stdout.strip() == (

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from helmchart import CHART, CRD_DIR, NAMESPACE, RELEASE, SCENARIOS, helm, render, value_args
+from kubeloop.api.v1alpha1 import KINDS
 from kubeloop.operator.alerts import rules
 from needs import prometheus_tool
 
@@ -360,7 +361,7 @@ def test_default_env_parses_as_operator_settings(monkeypatch):
 @pytest.mark.parametrize(("keep", "annotated"), [(True, True), (False, False)])
 def test_crds_keep(keep, annotated):
     crds = find(render(sets={"crds": {"keep": keep}}), "CustomResourceDefinition")
-    assert len(crds) == 4
+    assert len(crds) == len(KINDS)
     for crd in crds:
         policy = (crd["metadata"].get("annotations") or {}).get("helm.sh/resource-policy")
         assert (policy == "keep") is annotated

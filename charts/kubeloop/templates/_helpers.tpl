@@ -144,11 +144,11 @@ cluster-wide operator everywhere. Exactly what the handlers and kopf call; a tes
 the operator under these rules and fails on any 403.
 */}}
 {{- define "kubeloop.operatorRules" -}}
-# The four kinds: kopf lists and watches them and patches them (finalizer
+# The five kinds: kopf lists and watches them and patches them (finalizer
 # kubeloop.io/finalizer, its progress annotations; the promote/abort annotations of a
 # ModelDeployment), handlers read them.
 - apiGroups: [kubeloop.io]
-  resources: [datasets, modeldeployments]
+  resources: [datasets, modeldeployments, batchpredictions]
   verbs: [get, list, watch, patch]
 # TrainingJobs are created by the retrain policy, ModelVersions by finished TrainingJobs;
 # a ModelDeployment labels the versions it serves (served-by.kubeloop.io/<name>).
@@ -157,12 +157,18 @@ the operator under these rules and fails on any 403.
   verbs: [get, list, watch, patch, create]
 # Status is written through the status subresource (merge patches).
 - apiGroups: [kubeloop.io]
-  resources: [datasets/status, trainingjobs/status, modelversions/status, modeldeployments/status]
+  resources: [datasets/status, trainingjobs/status, modelversions/status, modeldeployments/status, batchpredictions/status]
   verbs: [patch]
-# Snapshot and trainer Jobs: created once, then read.
+# Snapshot, trainer and prediction Jobs: created once, then read (a scheduled prediction's
+# latest Job by the name its CronJob gives it: never listed).
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create]
+# A scheduled BatchPrediction's CronJob: server-side apply (a PATCH; `create` when the apply
+# creates it), deleted when the schedule leaves the spec.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [create, patch, delete]
 # A finished Job's pods carry the trainer's termination message.
 - apiGroups: [""]
   resources: [pods]

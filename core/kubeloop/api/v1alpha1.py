@@ -1,4 +1,5 @@
-"""The ``kubeloop.io/v1alpha1`` API: Dataset, TrainingJob, ModelVersion, ModelDeployment.
+"""The ``kubeloop.io/v1alpha1`` API: Dataset, TrainingJob, ModelVersion, ModelDeployment,
+BatchPrediction.
 
 Field names are snake_case in Python and camelCase on the wire. Every field's
 description becomes the CRD's description, so ``kubectl explain`` shows it.
@@ -185,6 +186,23 @@ class DatasetVersion(KubeModel):
     snapshot_uri: str | None = Field(None, description="Immutable copy of this version.")
 
 
+class SnapshotOutcome(KubeModel):
+    """How the latest finished snapshot Job ended, and which request it served."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: datetime = Field(description="When its result was recorded.")
+    request: datetime | None = Field(
+        None, description="The snapshot request (annotation) outstanding when the Job started."
+    )
+    succeeded: bool = Field(description="Whether the snapshot succeeded.")
+    digest: str | None = Field(None, description="The content digest it found.")
+    changed: bool | None = Field(
+        None, description="Whether that digest differs from the version current before it."
+    )
+    message: str | None = Field(None, description="Why it failed.")
+
+
 class DatasetStatus(StatusBase):
     """What the last snapshot found."""
 
@@ -204,19 +222,56 @@ class DatasetStatus(StatusBase):
     history: list[DatasetVersion] = Field(
         default_factory=list, description="Recent versions, newest first."
     )
+    snapshot_request: datetime | None = Field(
+        None, description="The snapshot request the latest snapshot Job serves."
+    )
+    refresh_snapshot_job: str | None = Field(
+        None, description="The snapshot Job of the latest refresh round (not a request's)."
+    )
+    last_snapshot: SnapshotOutcome | None = Field(
+        None, description="How the latest finished snapshot Job ended (changed or not)."
+    )
 
 
 # ----------------------------------------------------------------------- TrainingJob
 
 
+#: How long a fresh run waits for its snapshot when datasetRef.freshTimeout is unset.
+DEFAULT_FRESH_TIMEOUT = "30m"
+
+
+def _fresh_not_pinned(ref: DatasetRef) -> bool:
+    return not (ref.fresh and ref.version is not None)
+
+
 class DatasetRef(KubeModel):
-    """A Dataset, optionally at one exact version."""
+    """A Dataset, optionally at one exact version, or at a snapshot taken for this run."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!(has(self.version) && has(self.fresh) && self.fresh)",
+            message="datasetRef.fresh and datasetRef.version exclude each other",
+            check=_fresh_not_pinned,
+            field_path=".fresh",
+        ),
+    )
 
     name: DNSLabel = Field(description="Name of a Dataset in the same namespace.")
     version: str | None = Field(
         None,
         pattern=DATA_VERSION,
         description="Pin a data version (sha256:<hex>); default: the Dataset's current one.",
+    )
+    fresh: bool | None = Field(
+        None,
+        description=(
+            "Train on a snapshot taken after this TrainingJob was created: request one on the "
+            "Dataset and wait for it (the retrain policy passes this on from its template)."
+        ),
+    )
+    fresh_timeout: Duration | None = Field(
+        None,
+        description="With fresh: fail when no snapshot arrives within this long (default 30m).",
     )
 
 
@@ -456,6 +511,9 @@ class TrainingJobStatus(StatusBase):
     )
     job_name: str | None = Field(None, description="The trainer batch/v1 Job.")
     dataset_version: str | None = Field(None, description="The data version trained on.")
+    snapshot_requested: datetime | None = Field(
+        None, description="With datasetRef.fresh: the snapshot request this run waits on."
+    )
     start_time: datetime | None = Field(None, description="When the trainer started.")
     completion_time: datetime | None = Field(None, description="When it finished.")
     metrics: dict[str, float] | None = Field(None, description="Held-out metrics.")
@@ -1070,6 +1128,157 @@ class ModelDeploymentStatus(StatusBase):
     )
 
 
+# ------------------------------------------------------------------- BatchPrediction
+
+#: A cron schedule as a CronJob takes it: five fields, or a macro such as @daily.
+CRON = (
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+    r"|([0-9A-Za-z*?/,-]+[ \t]+){4}[0-9A-Za-z*?/,-]+)$"
+)
+#: Output file suffixes that say the format when ``output.format`` is not given.
+OUTPUT_SUFFIX = r"(?i)[.](csv|parquet|pq)$"
+#: Where a Job can write: a path in the pod (a mounted volume) or an object store.
+WRITABLE_URI = r"^(/|(file|s3|gs|gcs|az|abfs|abfss)://)"
+
+
+def _one_model(r: ModelRef) -> bool:
+    return (r.name is None) != (r.model_name is None)
+
+
+class ModelRef(KubeModel):
+    """The model to score with: one ModelVersion by name, or a model and a version policy
+    (as a ModelDeployment chooses: Pinned, or the newest Ready, non-Rejected version)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.name) != has(self.modelName)",
+            message="exactly one of modelRef.name or modelRef.modelName must be set",
+            check=_one_model,
+            field_path=".name",
+        ),
+        Rule(
+            cel="!has(self.version) || has(self.modelName)",
+            message="modelRef.version goes with modelRef.modelName",
+            check=lambda r: r.version is None or r.model_name is not None,
+            field_path=".version",
+        ),
+    )
+
+    name: DNSSubdomain | None = Field(
+        None, description="A ModelVersion in the same namespace (e.g. cancer-v3)."
+    )
+    model_name: DNSLabel | None = Field(
+        None, description="A model (ModelVersion.spec.modelName); its version by `version`."
+    )
+    version: VersionPolicy | None = Field(
+        None, description="Which version of modelName (default: the newest Ready one)."
+    )
+
+
+def _format_known(o: PredictionOutput) -> bool:
+    return o.format is not None or re.search(OUTPUT_SUFFIX, o.uri) is not None
+
+
+class PredictionOutput(KubeModel):
+    """Where the scored table goes: the input rows with the prediction columns appended."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"has(self.format) || self.uri.matches('{OUTPUT_SUFFIX}')",
+            message="output.format must be set when output.uri does not end in .csv, .parquet "
+            "or .pq",
+            check=_format_known,
+            field_path=".format",
+        ),
+        Rule(
+            cel=f"self.uri.matches('{WRITABLE_URI}')",
+            message="output.uri must be an absolute path or a file://, s3://, gs://, gcs://, "
+            "az://, abfs:// or abfss:// URI",
+            check=lambda o: re.match(WRITABLE_URI, o.uri) is not None,
+            field_path=".uri",
+        ),
+    )
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="File URI (file://, s3://, gs://, az://), written whole or not at all; "
+        "each run replaces it.",
+    )
+    format: Literal["csv", "parquet"] | None = Field(
+        None, description="csv or parquet; default: from the uri's suffix."
+    )
+
+
+class BatchPredictionSpec(KubeModel):
+    """Score one Dataset version with one model version, once or on a schedule."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!has(self.schedule) || self.schedule.matches('{CRON}')",
+            message="schedule must be a cron expression of five fields (e.g. '0 3 * * *') or "
+            "a macro (@hourly, @daily, @weekly, @monthly, @yearly)",
+            check=lambda s: s.schedule is None or re.match(CRON, s.schedule) is not None,
+            field_path=".schedule",
+        ),
+    )
+
+    model_ref: ModelRef = Field(description="The model version to score with.")
+    dataset_ref: DatasetRef = Field(
+        description="The data to score; default version: the Dataset's current one (for a "
+        "schedule, the current one at each run)."
+    )
+    output: PredictionOutput = Field(description="Where the predictions are written.")
+    schedule: str | None = Field(
+        None,
+        max_length=256,
+        description="Cron schedule (a CronJob); without it, one Job runs once.",
+    )
+    suspend: bool = Field(
+        False,
+        description="Start no run (a schedule's CronJob is suspended; a run already started "
+        "finishes).",
+    )
+    resources: ResourceRequirements | None = Field(
+        None, description="Resources of the predict container."
+    )
+    backoff_limit: int = Field(1, ge=0, le=10, description="Retries of each run's Job.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Give up on a run that takes longer than this."
+    )
+    image: str | None = Field(None, description="Trainer image; default: the operator's.")
+
+
+class BatchPredictionStatus(StatusBase):
+    """What the last run scored, with what, and what it wrote."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Scheduled", "Suspended"] | None = (
+        Field(
+            None,
+            description="Pending, Running, Succeeded, Failed (a one-off run), Scheduled (a "
+            "schedule's CronJob is in place) or Suspended.",
+        )
+    )
+    model_version: str | None = Field(None, description="The ModelVersion scored with.")
+    version: int | None = Field(None, ge=1, description="Its version number.")
+    dataset_version: str | None = Field(None, description="The data version scored.")
+    job_name: str | None = Field(None, description="The Job of the latest run.")
+    cron_job_name: str | None = Field(None, description="The CronJob of a schedule.")
+    observed_job: str | None = Field(
+        None, description="The latest finished Job whose result is recorded here."
+    )
+    rows: int | None = Field(None, ge=0, description="Rows scored by that run.")
+    duration_seconds: float | None = Field(None, ge=0, description="How long it scored.")
+    output_uri: str | None = Field(None, description="What it wrote.")
+    output_sha256: str | None = Field(None, description="sha256 of the written file, hex.")
+    start_time: datetime | None = Field(None, description="When the latest run began.")
+    completion_time: datetime | None = Field(None, description="When it finished.")
+    last_schedule_time: datetime | None = Field(
+        None, description="When the CronJob last started a run."
+    )
+    reason: str | None = Field(None, description="Why the latest run failed.")
+
+
 # ------------------------------------------------------------------------- Resources
 
 SpecT = TypeVar("SpecT", bound=KubeModel)
@@ -1211,4 +1420,32 @@ class ModelDeployment(Resource[ModelDeploymentSpec, ModelDeploymentStatus]):
     kind: Literal["ModelDeployment"] = "ModelDeployment"
 
 
-KINDS: tuple[type[Resource[Any, Any]], ...] = (Dataset, TrainingJob, ModelVersion, ModelDeployment)
+class BatchPrediction(Resource[BatchPredictionSpec, BatchPredictionStatus]):
+    """Predictions for a Dataset version, once or on a schedule."""
+
+    info = KindInfo(
+        kind="BatchPrediction",
+        plural="batchpredictions",
+        short_names=["bp"],
+        printer_columns=[
+            READY,
+            PrinterColumn(name="Phase", json_path=".status.phase"),
+            PrinterColumn(name="Model", json_path=".status.modelVersion"),
+            PrinterColumn(name="Rows", json_path=".status.rows", type="integer"),
+            PrinterColumn(name="Schedule", json_path=".spec.schedule"),
+            PrinterColumn(name="LastSchedule", json_path=".status.lastScheduleTime", type="date"),
+            PrinterColumn(name="Dataset", json_path=".status.datasetVersion", priority=1),
+            PrinterColumn(name="Output", json_path=".status.outputUri", priority=1),
+            AGE,
+        ],
+    )
+    kind: Literal["BatchPrediction"] = "BatchPrediction"
+
+
+KINDS: tuple[type[Resource[Any, Any]], ...] = (
+    Dataset,
+    TrainingJob,
+    ModelVersion,
+    ModelDeployment,
+    BatchPrediction,
+)

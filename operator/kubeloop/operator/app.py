@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from kubeloop.operator import metrics
 from kubeloop.operator.alerts import receiver
 from kubeloop.operator.handlers import (  # noqa: F401  (registers the handlers)
+    batchprediction,
     dataset,
     modeldeployment,
     modelversion,

@@ -240,15 +240,25 @@ def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -
     }
 
 
-def snapshot_job_name(dataset: dict[str, Any], round_: int) -> str:
-    """The snapshot Job of one refresh round of a Dataset's current generation."""
+def build_job(
+    parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings
+) -> dict[str, Any]:
+    """A Job of one ``kubeloop`` container, for the builders of other kinds
+    (:mod:`kubeloop.operator.prediction`): the same store settings, artifacts Secret,
+    security context and failure policy as the snapshot and trainer Jobs."""
+    return _job(parent, job, settings)
+
+
+def snapshot_job_name(dataset: dict[str, Any], round_: int | str) -> str:
+    """The snapshot Job of one refresh round (or one snapshot request) of a Dataset's current
+    generation."""
     return child_name(
         dataset["metadata"]["name"], f"snap-g{dataset['metadata']['generation']}-{round_}"
     )
 
 
 def build_snapshot_job(
-    dataset: dict[str, Any], spec: DatasetSpec, round_: int, settings: OperatorSettings
+    dataset: dict[str, Any], spec: DatasetSpec, round_: int | str, settings: OperatorSettings
 ) -> dict[str, Any]:
     """The Job that runs ``kubeloop snapshot`` for a Dataset."""
     meta = dataset["metadata"]

@@ -55,7 +55,7 @@ def zero_series() -> None:
     from kubeloop.api.v1alpha1 import CheckOutcome
     from kubeloop.operator.retrain import Decision, TriggerKind
 
-    kinds = ("Dataset", "TrainingJob", "ModelVersion", "ModelDeployment")
+    kinds = ("Dataset", "TrainingJob", "ModelVersion", "ModelDeployment", "BatchPrediction")
     for kind in kinds:
         RECONCILE_SECONDS.labels(kind=kind)
         for result in ("ok", "retry", "invalid", "error"):

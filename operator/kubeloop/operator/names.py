@@ -5,9 +5,10 @@ from __future__ import annotations
 MAX_NAME = 63
 
 
-def child_name(parent: str, suffix: str) -> str:
-    """``<parent>-<suffix>`` cut to a DNS label, keeping the suffix whole."""
-    room = MAX_NAME - len(suffix) - 1
+def child_name(parent: str, suffix: str, limit: int = MAX_NAME) -> str:
+    """``<parent>-<suffix>`` cut to ``limit`` characters (a DNS label), keeping the suffix
+    whole."""
+    room = limit - len(suffix) - 1
     return f"{parent[:room].rstrip('-')}-{suffix}"
 
 

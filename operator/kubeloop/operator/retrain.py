@@ -196,12 +196,15 @@ def build_training_job(
 ) -> dict[str, Any]:
     """The TrainingJob a retrain creates: the template, on the newest data, linked to its trigger.
 
+    A template with ``datasetRef.fresh`` is left unpinned: the run asks the Dataset for a
+    snapshot newer than itself (see :mod:`kubeloop.operator.freshdata`).
+
     No owner reference: deleting the ModelDeployment must not take the
     TrainingJobs (and through them the ModelVersions) with it.
     """
     assert spec.retrain is not None
     template = with_serving_champion(spec.retrain.template)
-    if data_version is not None:
+    if data_version is not None and not template.dataset_ref.fresh:
         template.dataset_ref.version = data_version
     md_name = md["metadata"]["name"]
     labels = {

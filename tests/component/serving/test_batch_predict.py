@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from serving_helpers import KUBELOOP, Server, serving
 
 from kubeloop.contracts.artifacts import MISSING_TEXT, PROBA_OUTPUT, ArtifactLayout, ModelMetadata
+from kubeloop.contracts.results import TERMINATION_LOG_ENV, JobResult
 from kubeloop.inference import task_outputs
 
 BATCH_ROWS = "64"
@@ -237,3 +239,44 @@ def test_model_and_data_over_http_output_as_file_uri(mixed_model, data_dir, http
     local = predict(mixed_model, data_dir / "mixed.csv", tmp_path / "local.parquet")
     assert local.returncode == 0, local.stderr
     assert pq.read_table(out).equals(pq.read_table(tmp_path / "local.parquet"))
+
+
+def test_the_termination_message_carries_rows_and_the_outputs_digest(
+    diabetes_model, data_dir, tmp_path
+):
+    """What a prediction Job's pod reports to the operator: the Job-result contract, written
+    to the termination-message file as a kubelet reads it."""
+    term = tmp_path / "termination-log"
+    out = tmp_path / "out" / "scored.csv"
+    sha = hashlib.sha256((diabetes_model / ArtifactLayout.MODEL).read_bytes()).hexdigest()
+    result = subprocess.run(
+        [str(KUBELOOP), "predict", "--model", str(diabetes_model / ArtifactLayout.MODEL),
+         "--data", str(data_dir / "diabetes.csv"), "--out", out.as_uri(), "--sha256", sha],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, TERMINATION_LOG_ENV: str(term)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reported = JobResult.model_validate_json(term.read_text())
+    assert reported.kind == "predict"
+    assert reported.status == "succeeded"
+    assert reported.rows == 442
+    assert reported.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert reported.output_uri == out.as_uri()
+    assert reported.duration_seconds is not None
+    assert reported.duration_seconds >= 0
+
+
+def test_a_model_that_is_not_the_registered_one_is_refused(diabetes_model, data_dir, tmp_path):
+    term = tmp_path / "termination-log"
+    result = subprocess.run(
+        [str(KUBELOOP), "predict", "--model", str(diabetes_model), "--data",
+         str(data_dir / "diabetes.csv"), "--out", str(tmp_path / "scored.csv"),
+         "--sha256", "0" * 64],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, TERMINATION_LOG_ENV: str(term)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    reported = JobResult.model_validate_json(term.read_text())
+    assert reported.status == "failed"
+    assert f"the model is registered with {'0' * 64}" in str(reported.reason)
+    assert not (tmp_path / "scored.csv").exists()

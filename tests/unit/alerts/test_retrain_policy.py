@@ -275,3 +275,15 @@ def test_a_schedule_tick_is_a_trigger_with_its_own_key():
 )
 def test_the_receiver_acts_only_in_watched_namespaces(namespace, patterns, expected):
     assert watched(namespace, patterns) is expected
+
+
+def test_a_fresh_template_is_left_unpinned_so_the_run_waits_for_a_new_snapshot():
+    doc = md()
+    doc["spec"]["retrain"]["template"]["datasetRef"]["fresh"] = True
+    spec = ModelDeploymentSpec.model_validate(doc["spec"])
+    trigger = retrain.Trigger.from_tick(NOW)
+    obj = retrain.build_training_job(doc, spec, trigger, "sha256:" + "1" * 64)
+    assert obj["spec"]["datasetRef"] == {
+        "name": spec.retrain.template.dataset_ref.name,
+        "fresh": True,
+    }

@@ -16,14 +16,18 @@ from kubeloop.api.base import KubeModel, Rule
 from kubeloop.api.v1alpha1 import (
     AnalysisMetric,
     Autoscaling,
+    BatchPredictionSpec,
     Canary,
     CompareTo,
+    DatasetRef,
     DatasetSpec,
     DataSource,
     LabelSelectorRequirement,
+    ModelRef,
     NetworkPolicyPeer,
     PredictionLog,
     PredictionLogPVC,
+    PredictionOutput,
     Split,
     TrainingJobSpec,
     VersionPolicy,
@@ -57,6 +61,12 @@ TJ = {
     "estimator": {"className": "LogisticRegression"},
 }
 
+BP = {
+    "modelRef": {"modelName": "cancer"},
+    "datasetRef": {"name": "cancer"},
+    "output": {"uri": "s3://b/out/scores.parquet"},
+}
+
 SQL = {"urlSecretRef": {"name": "db", "key": "url"}, "query": "SELECT 1"}
 
 CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
@@ -71,6 +81,10 @@ CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
     (DataSource, {"uri": "s3://b/x", "secretRef": {"name": "s3-creds"}}, True),
     (DataSource, {"path": "/x", "secretRef": {"name": "s3-creds"}}, False),
     (DataSource, {"sql": SQL, "secretRef": {"name": "s3-creds"}}, False),
+    (DatasetRef, {"name": "d"}, True),
+    (DatasetRef, {"name": "d", "fresh": True}, True),
+    (DatasetRef, {"name": "d", "fresh": False, "version": "sha256:" + "a" * 64}, True),
+    (DatasetRef, {"name": "d", "fresh": True, "version": "sha256:" + "a" * 64}, False),
     (Split, {"testFraction": 0.25, "seed": 1}, True),
     (Split, {"testFraction": 0.0, "seed": 1}, False),
     (Split, {"testFraction": 1.0, "seed": 1}, False),
@@ -137,6 +151,28 @@ CASES: list[tuple[type[KubeModel], dict[str, Any], bool]] = [
     (AnalysisMetric, {"name": "e", "max": 1}, False),
     (AnalysisMetric, {"name": "e", "builtin": "errorRate"}, False),
     (AnalysisMetric, {"name": "e", "builtin": "errorRate", "min": 2, "max": 1}, False),
+    (ModelRef, {"name": "cancer-v3"}, True),
+    (ModelRef, {"modelName": "cancer"}, True),
+    (ModelRef, {"modelName": "cancer", "version": {"policy": "Pinned", "pinned": 2}}, True),
+    (ModelRef, {}, False),
+    (ModelRef, {"name": "cancer-v3", "modelName": "cancer"}, False),
+    (ModelRef, {"name": "cancer-v3", "version": {"policy": "Latest"}}, False),
+    (PredictionOutput, {"uri": "s3://b/out/scores.parquet"}, True),
+    (PredictionOutput, {"uri": "/data/out/Scores.CSV"}, True),
+    (PredictionOutput, {"uri": "file:///data/out/scores.pq"}, True),
+    (PredictionOutput, {"uri": "gs://b/scores", "format": "csv"}, True),
+    (PredictionOutput, {"uri": "s3://b/scores.csv.tmp"}, False),
+    (PredictionOutput, {"uri": "s3://b/scores"}, False),
+    (PredictionOutput, {"uri": "scores.csv"}, False),
+    (PredictionOutput, {"uri": "https://example.com/scores.csv"}, False),
+    (BatchPredictionSpec, BP, True),
+    (BatchPredictionSpec, {**BP, "schedule": "0 3 * * *"}, True),
+    (BatchPredictionSpec, {**BP, "schedule": "*/15 0-6 1,15 * MON-FRI"}, True),
+    (BatchPredictionSpec, {**BP, "schedule": "@daily"}, True),
+    (BatchPredictionSpec, {**BP, "schedule": "0 3 * *"}, False),
+    (BatchPredictionSpec, {**BP, "schedule": "every day"}, False),
+    (BatchPredictionSpec, {**BP, "schedule": "@sometimes"}, False),
+    (BatchPredictionSpec, {**BP, "schedule": "0 3 * * * ; rm"}, False),
 ]
 
 

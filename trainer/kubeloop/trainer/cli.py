@@ -453,6 +453,12 @@ def _train(run: training.Run, shown: Progress) -> JobResult:
     help="Input format. Default: from --data's suffix.",
 )
 @click.option(
+    "--sha256",
+    "model_sha256",
+    help="The model.onnx digest the model is registered with (its ModelVersion's); a model "
+    "whose file differs is refused.",
+)
+@click.option(
     "--batch-rows",
     type=click.IntRange(min=1),
     default=65536,
@@ -473,6 +479,7 @@ def predict(
     out_uri: str,
     out_format: str | None,
     data_format: str | None,
+    model_sha256: str | None,
     batch_rows: int,
     threads: int,
     progress_mode: str,
@@ -491,7 +498,7 @@ def predict(
             batches.batch_format(data_uri, data_format, "--data-format"),
             batches.batch_format(out_uri, out_format, "--format"),
         )
-        model = batch.BatchModel.load(model_uri, threads)
+        model = batch.BatchModel.load(model_uri, threads, model_sha256)
     except (DataError, batch.ModelError) as exc:
         _fail("predict", EXIT_BAD_INPUT, str(exc))
     _check_out("predict", out_uri)

@@ -89,8 +89,9 @@ class BatchModel:
         self.output_names = [n for n in (self.label, self.proba) if n]
 
     @classmethod
-    def load(cls, location: str, threads: int = 0) -> BatchModel:
-        """The model in the directory (or beside the model.onnx) at ``location``."""
+    def load(cls, location: str, threads: int = 0, expected: str | None = None) -> BatchModel:
+        """The model in the directory (or beside the model.onnx) at ``location``; with
+        ``expected``, only if model.onnx has that sha256 (the registered digest)."""
         if location.rstrip("/").endswith(ArtifactLayout.MODEL):
             location = ArtifactLayout.model_dir(location.rstrip("/"))
         try:
@@ -103,6 +104,11 @@ class BatchModel:
             raise ModelError(
                 f"--model {location}: {ArtifactLayout.MODEL} has sha256 {actual}, but "
                 f"{ArtifactLayout.METADATA} says {meta.sha256}"
+            )
+        if expected is not None and actual != expected.lower():
+            raise ModelError(
+                f"--model {location}: {ArtifactLayout.MODEL} has sha256 {actual}, but the "
+                f"model is registered with {expected}"
             )
         try:
             return cls(meta, onnx_bytes, threads)

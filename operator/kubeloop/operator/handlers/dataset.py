@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -11,6 +12,12 @@ from kubeloop.api.base import GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import DatasetSpec
 from kubeloop.contracts.results import JobResult
 from kubeloop.operator import builders, metrics
+from kubeloop.operator.freshdata import (
+    REQUEST_ANNOTATION,
+    pending_request,
+    request_suffix,
+    snapshot_outcome,
+)
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -20,7 +27,7 @@ from kubeloop.operator.handlers.common import (
 )
 from kubeloop.operator.handlers.jobs import Finished, blocked, job_state, outcome
 from kubeloop.operator.settings import OperatorSettings
-from kubeloop.operator.timestamps import now
+from kubeloop.operator.timestamps import now, parse
 
 KIND = "Dataset"
 
@@ -59,12 +66,18 @@ def _record_success(rec: Reconcile, summary: JobResult, settings: OperatorSettin
 
 
 def _harvest(rec: Reconcile, name: str, done: Finished, settings: OperatorSettings) -> None:
-    """Record what the finished snapshot Job ``name`` found, once."""
+    """Record what the finished snapshot Job ``name`` found, once, and in ``lastSnapshot``
+    which request it served and whether the digest changed."""
     rec.status["observedSnapshotJob"] = name
     summary = done.result
+    request = parse(rec.status.get("snapshotRequest"))
+    previous = rec.status.get("version")
     if done.state == "Succeeded" and summary and summary.digest:
+        digest = str(summary.digest)
+        rec.status["lastSnapshot"] = snapshot_outcome(request, previous, digest, "", now())
         _record_success(rec, summary, settings)
         return
+    rec.status["lastSnapshot"] = snapshot_outcome(request, previous, None, done.reason, now())
     rec.warn(reason="SnapshotFailed", message=done.reason)
     # A failed refresh keeps the last good version current.
     rec.ready(bool(rec.status.get("version")), "SnapshotFailed", done.reason)
@@ -97,14 +110,31 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
             return
         if rec.status.get("observedSnapshotJob") != latest:
             _harvest(rec, latest, outcome(ctx.kube, job), ctx.settings)
+    annotations = dict(rec.body.get("metadata", {}).get("annotations") or {})
+    pending = pending_request(annotations, rec.status)
+    if pending is not None:
+        _start(ctx, rec, spec, request_suffix(pending), pending)
+        return
     round_ = refresh_round(spec, time.time())
     wanted = builders.snapshot_job_name(rec.body, round_)
-    if wanted == latest:
+    if wanted in (latest, rec.status.get("refreshSnapshotJob")):
         return  # this round's snapshot is done (its Job may since have been cleaned up)
+    _start(ctx, rec, spec, round_, parse(annotations.get(REQUEST_ANNOTATION)))
+    rec.status["refreshSnapshotJob"] = wanted
+
+
+def _start(
+    ctx: Context, rec: Reconcile, spec: DatasetSpec, round_: int | str, request: datetime | None
+) -> None:
+    """Create the snapshot Job named after ``round_`` (a refresh round or a request); it
+    serves ``request``, the snapshot request outstanding now."""
+    wanted = builders.snapshot_job_name(rec.body, round_)
     ctx.kube.create(builders.build_snapshot_job(rec.body, spec, round_, ctx.settings))
     metrics.CHILDREN_CREATED.labels(kind="Job").inc()
     rec.info(reason="SnapshotStarted", message=f"Job {wanted}")
     rec.status["snapshotJob"] = wanted
+    if request is not None:
+        rec.status["snapshotRequest"] = request.isoformat().replace("+00:00", "Z")
     _waiting(rec, wanted)
 
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import kopf
 
 from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
-from kubeloop.api.v1alpha1 import Canary, CanaryStep, ModelDeploymentSpec
+from kubeloop.api.v1alpha1 import Canary, CanaryStep, ModelDeploymentSpec, VersionPolicy
 from kubeloop.operator import analysis, builders, metrics, prometheus
 from kubeloop.operator.conditions import is_true, set_condition
 from kubeloop.operator.handlers.common import (
@@ -84,8 +84,18 @@ def choose_version(
 ) -> int | None:
     """The version to serve: the pinned one if Ready (even a Rejected one: pinning is the
     manual override), else the newest Ready one that is not Rejected."""
-    if spec.version.policy == "Pinned":
-        return spec.version.pinned if spec.version.pinned in ready else None
+    return pick_version(spec.version, ready, rejected)
+
+
+def pick_version(
+    policy: VersionPolicy,
+    ready: dict[int, dict[str, Any]],
+    rejected: frozenset[int] = frozenset(),
+) -> int | None:
+    """The version a policy chooses among the Ready ones (a ModelDeployment's, or a
+    BatchPrediction's ``modelRef.version``): see :func:`choose_version`."""
+    if policy.policy == "Pinned":
+        return policy.pinned if policy.pinned in ready else None
     return max((v for v in ready if v not in rejected), default=None)
 
 

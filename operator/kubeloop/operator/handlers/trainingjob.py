@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -14,7 +15,13 @@ from kubeloop.contracts.results import JobResult
 from kubeloop.contracts.status import TRAINING_TERMINAL_PHASES
 from kubeloop.operator import builders, champion, metrics
 from kubeloop.operator.champion import Resolution
-from kubeloop.operator.conditions import is_true
+from kubeloop.operator.freshdata import (
+    REQUEST_ANNOTATION,
+    Fail,
+    Wait,
+    dataset_version_for,
+    merged_request,
+)
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -29,7 +36,7 @@ from kubeloop.operator.kube import ConflictError, Kube
 from kubeloop.operator.names import model_version_name
 from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.store import read_json
-from kubeloop.operator.timestamps import now
+from kubeloop.operator.timestamps import now, parse, rfc3339
 
 KIND = "TrainingJob"
 #: Why a Job that completed without publishing anything failed.
@@ -97,22 +104,50 @@ def read_metadata(summary: JobResult) -> dict[str, Any] | None:
     return read_json(uri)
 
 
+def _request_snapshot(ctx: Context, dataset: dict[str, Any], wanted: datetime) -> None:
+    """Ask the Dataset for a snapshot at least as new as ``wanted`` (requests only move on)."""
+    meta = dataset["metadata"]
+    current = (meta.get("annotations") or {}).get(REQUEST_ANNOTATION)
+    value = merged_request(current, wanted)
+    if value is None:
+        return
+    stamp = rfc3339(value)
+    annotations = {REQUEST_ANNOTATION: stamp}
+    ctx.kube.patch_metadata(
+        API_VERSION, "Dataset", meta["namespace"], meta["name"], {"annotations": annotations}
+    )
+
+
 def _resolve_data(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> str | None:
-    """The data version to train on, fixed once chosen; None while waiting."""
-    dataset = ctx.kube.get(API_VERSION, "Dataset", rec.namespace, spec.dataset_ref.name)
+    """The data version to train on, fixed once chosen; None while waiting (or failed)."""
+    ref = spec.dataset_ref
+    dataset = ctx.kube.get(API_VERSION, "Dataset", rec.namespace, ref.name)
     if dataset is None:
         rec.status.setdefault("phase", "Pending")
-        rec.ready(False, "DatasetNotFound", f"Dataset {spec.dataset_ref.name} not found")
+        rec.ready(False, "DatasetNotFound", f"Dataset {ref.name} not found")
         return None
-    version = rec.status.get("datasetVersion") or spec.dataset_ref.version
-    if version is None:
-        if not is_true(dataset.get("status")):
-            rec.status["phase"] = "Pending"
-            rec.ready(False, "DatasetNotReady", f"Dataset {spec.dataset_ref.name} is not Ready")
-            return None
-        version = dataset["status"]["version"]
-    rec.status["datasetVersion"] = version
-    return snapshot_uri(dataset, version, ctx.settings)
+    created = parse(rec.body["metadata"].get("creationTimestamp")) or datetime.now(UTC)
+    decision = dataset_version_for(
+        ref,
+        rec.status.get("datasetVersion"),
+        created,
+        dict(dataset.get("status") or {}),
+        datetime.now(UTC),
+    )
+    if isinstance(decision, Fail):
+        _end(rec, "Failed", decision.reason, decision.message)
+        return None
+    if isinstance(decision, Wait):
+        rec.status["phase"] = "Pending"
+        rec.ready(False, decision.reason, decision.message)
+        if decision.request is not None:
+            rec.status["snapshotRequested"] = rfc3339(decision.request)
+            _request_snapshot(ctx, dataset, decision.request)
+        return None
+    if decision.message and not rec.status.get("datasetVersion"):
+        rec.info(reason="FreshSnapshot", message=decision.message)
+    rec.status["datasetVersion"] = decision.version
+    return snapshot_uri(dataset, decision.version, ctx.settings)
 
 
 def _resolve_champion(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> Resolution | None:
