@@ -1,0 +1,136 @@
+"""`kubeloop snapshot` in one pass over the source: validate, digest, copy and profile
+batch by batch (see :mod:`kubeloop.trainer.stream`), so memory is bounded by the batch.
+
+The copy goes to a staging folder while the data streams (its digest, and so its folder,
+is known only at the end) beside a Parquet file of the numeric columns, from which the
+profile's numeric bins are found in a few more reads. The folder is published only if
+that version was not stored before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kubeloop.api.v1alpha1 import DataSchema
+from kubeloop.contracts import storage
+from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
+from kubeloop.contracts.results import JobResult
+from kubeloop.trainer import data, output, sql, stream
+
+NUMBERS = "numbers.parquet"
+
+
+class _Copy:
+    """Writes batches to a local file in a snapshot format, opened with the first batch."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self.writer: Any = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.fmt == "jsonl":
+            self._write_jsonl(batch)
+            return
+        if self.writer is None:
+            cls = pq.ParquetWriter if self.fmt == "parquet" else pacsv.CSVWriter
+            self.writer = cls(str(self.path), batch.schema)
+        self.writer.write_batch(batch)
+
+    def _write_jsonl(self, batch: pa.RecordBatch) -> None:
+        frame = batch.to_pandas()
+        encoded = [
+            [f"{json.dumps(str(n), ensure_ascii=False)}: {v}" for v in data._json_column(frame[n])]
+            for n in frame.columns
+        ]
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for row in zip(*encoded, strict=True):
+                handle.write("{" + ", ".join(row) + "}\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Numbers(_Copy):
+    """The numeric columns as float64 Parquet: what the profile's bins are read from."""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        names = [f.name for f in batch.schema if stream.is_numeric_type(f.type)]
+        if names:
+            arrays = [pc.cast(batch.column(n), pa.float64()) for n in names]
+            super().write(pa.RecordBatch.from_arrays(arrays, names=names))
+
+
+def _batches(
+    source: str, query: str | None, fmt: str, schema: DataSchema | None, rows: int, scratch: Path
+) -> Iterator[pa.RecordBatch]:
+    """The source's batches: a file read as ``fmt``, or a query's result staged as
+    Parquet by :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back."""
+    declared = stream.declared_types(schema)
+    if query is None:  # the source's own credentials (KUBELOOP_SOURCE_*), if it has them
+        options = storage.source_options(source)
+        return stream.read_batches(source, fmt, options, declared, rows)  # type: ignore[arg-type]
+    staged = scratch / ArtifactLayout.data_file(sql.FORMAT)
+    sql.read_query(source, query, staged)
+    return stream.read_batches(str(staged), sql.FORMAT, None, declared, rows)
+
+
+def take(
+    source: str,
+    query: str | None,
+    fmt: str,
+    out: str,
+    schema: DataSchema | None,
+    batch_rows: int = stream.BATCH_ROWS,
+) -> JobResult:
+    """Snapshot ``source`` into ``out``; a :class:`DataError` for bad data."""
+    data_file = ArtifactLayout.data_file(fmt)
+    with ExitStack() as stack:
+        scratch = stack.enter_context(output.staging())
+        tmp = stack.enter_context(output.staging())
+        copy, numbers = _Copy(tmp / data_file, fmt), _Numbers(scratch / NUMBERS, "parquet")
+        checker, digest = stream.Checker(schema), stream.Digest()
+        profiler = stream.Profiler(bins=data.PROFILE_BINS)
+        arrow_schema = None
+        try:
+            for batch in _batches(source, query, fmt, schema, batch_rows, scratch):
+                checker.check(batch)
+                digest.update(batch)
+                profiler.update(batch)
+                copy.write(batch)
+                numbers.write(batch)
+                arrow_schema = batch.schema
+        finally:
+            copy.close()
+            numbers.close()
+        checker.finish()
+        assert arrow_schema is not None  # read_batches fails on an empty source
+        version = digest.hexdigest()
+        target = ArtifactLayout.snapshot_dir(out, version)
+        if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
+            side = str(numbers.path) if numbers.writer is not None else None
+            features = profiler.finish(arrow_schema.names, side)
+            profile = Profile(rows=checker.rows, features=features)
+            (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
+            output.publish(tmp, target, last=ArtifactLayout.PROFILE, replace=False)
+        elif not output.exists(join(target, data_file)):
+            # The same content arrived before in another format: add this format's copy.
+            output.add(tmp / data_file, join(target, data_file))
+    return JobResult(
+        kind="snapshot",
+        status="succeeded",
+        digest=version,
+        rows=checker.rows,
+        columns=checker.columns(arrow_schema),
+        snapshot_uri=join(target, data_file),
+        profile_uri=join(target, ArtifactLayout.PROFILE),
+    )

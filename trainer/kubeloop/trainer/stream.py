@@ -1,0 +1,588 @@
+"""Tables streamed in record batches: memory is bounded by the batch, not the data set.
+
+:func:`read_batches` reads a source (one file, a glob, a prefix; CSV, Parquet or JSON
+lines) as Arrow record batches of at most ``batch_rows`` rows, each conformed to one
+schema: the declared column types, else the types of the first batch. A later value
+that does not fit fails naming its column and row (counted from 0 over the whole
+source, the header not included). Column types are kept as read, except that values
+which are neither numbers, booleans nor text (dates, timestamps, ...) become text, as
+the Dataset schema knows no other kinds.
+
+The **content digest, format 2** (``sha256-v2:<hex>``) is computed batch by batch, so
+it cannot depend on where batches split. Every column has hashers of its own: a
+numeric column (integers, floats, booleans, and a column with no value at all) hashes
+its values as little-endian float64 with every missing value one canonical NaN; a text
+column hashes each value's UTF-8 length as little-endian int64 (-1 when missing) into
+one hasher and the UTF-8 bytes into another. The digest is sha256 over the columns in
+name order, each contributing its name, ``\\x1e``, its kind (``n`` or ``s``), its
+hashers' digests and ``\\x1d``. As with format 1 (``sha256:``, see
+:mod:`kubeloop.trainer.data`, which earlier versions keep), the same table as CSV,
+Parquet or JSON lines, or with its columns reordered, has the same digest. The format
+is in the prefix, so a digest never changes meaning.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kubeloop.api.v1alpha1 import Column, DataSchema
+from kubeloop.contracts import storage
+from kubeloop.trainer import batches as batch_io
+from kubeloop.trainer.data import Format, _not_found, _reason, source_files
+from kubeloop.trainer.errors import DataError
+
+DIGEST_PREFIX = "sha256-v2:"
+#: Rows per record batch unless a command is told otherwise.
+BATCH_ROWS = 65_536
+#: Values of one numeric column read at a time to bin the profile (2 MiB of float64).
+PROFILE_ROWS = 1 << 18
+#: Bytes of CSV text parsed at a time.
+CSV_BLOCK = 1 << 20
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "number": pa.float64(),
+    "integer": pa.int64(),
+    "boolean": pa.bool_(),
+    "string": pa.string(),
+}
+
+
+def declared_types(schema: DataSchema | None) -> dict[str, pa.DataType]:
+    """The Arrow type each declared column is read as."""
+    return {c.name: _ARROW_TYPES[c.type] for c in schema.columns} if schema else {}
+
+
+def is_numeric_type(arrow_type: pa.DataType) -> bool:
+    """Whether a column of this type hashes and profiles as numbers."""
+    return bool(
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_boolean(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+        or pa.types.is_null(arrow_type)
+    )
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    """Whether values of this type are text (of any Arrow width)."""
+    return bool(
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_string_view(arrow_type)
+    )
+
+
+def missing(array: pa.Array) -> pa.Array:
+    """Which values are missing: nulls, and NaN in a float column (as pandas counts them)."""
+    if pa.types.is_floating(array.type):
+        return pc.fill_null(pc.is_nan(array), True)
+    return pc.is_null(array)
+
+
+def missing_count(array: pa.Array) -> int:
+    """How many values are missing (see :func:`missing`)."""
+    if pa.types.is_floating(array.type):
+        return int(pc.sum(missing(array)).as_py() or 0)
+    return int(array.null_count)
+
+
+def _kept_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The type a column is kept as: numbers, booleans and text as read, others as text."""
+    if is_numeric_type(arrow_type) or pa.types.is_string(arrow_type):
+        return arrow_type
+    if is_text_type(arrow_type):
+        return pa.string()
+    if pa.types.is_dictionary(arrow_type):
+        return _kept_type(arrow_type.value_type)
+    return pa.string()
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Conformer:
+    """Casts every batch to one schema: the declared types, else the first batch's."""
+
+    declared: Mapping[str, pa.DataType]
+    schema: pa.Schema | None = None
+    rows: int = 0
+
+    def conform(self, batch: pa.RecordBatch, where: str) -> pa.RecordBatch:
+        if self.schema is None:
+            self.schema = pa.schema(
+                [
+                    pa.field(f.name, self.declared.get(f.name) or _kept_type(f.type))
+                    for f in batch.schema
+                ]
+            )
+        if batch.schema.names != self.schema.names:
+            raise DataError(
+                f"{where}: columns {batch.schema.names} differ from the first file's "
+                f"{self.schema.names}"
+            )
+        arrays = [self._cast(f.name, batch.column(i), f.type) for i, f in enumerate(self.schema)]
+        self.rows += batch.num_rows
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def _cast(self, name: str, values: pa.Array, target: pa.DataType) -> pa.Array:
+        if values.type == target:
+            return values
+        if values.null_count == len(values):
+            return pa.nulls(len(values), target)
+        if not (is_text_type(target) and is_numeric_type(values.type)):  # numbers are no text
+            try:
+                return pc.cast(values, target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        row = _first_bad(values, target)
+        raise self.contradiction(name, target, self.rows + row, values[row].as_py())
+
+    def contradiction(self, name: str, target: pa.DataType, row: int, value: Any) -> DataError:
+        """The error for a value of ``name`` at ``row`` that is no ``target``."""
+        if name in self.declared:
+            return DataError(
+                f"column {name!r}: expected {_column_kind(target)}, found {value!r} at row {row}"
+            )
+        if pa.types.is_null(target):
+            return DataError(
+                f"column {name!r} has no value in the first rows, but row {row} is {value!r}: "
+                "declare its type in the schema"
+            )
+        return DataError(
+            f"column {name!r} was read as {batch_io.kind_of(target)} from the first rows, "
+            f"but row {row} is {value!r}"
+        )
+
+
+def _first_bad(values: pa.Array, target: pa.DataType) -> int:
+    """The first non-missing value that is no ``target`` (text is no number and vice versa)."""
+    if is_text_type(target) or pa.types.is_null(target):
+        return int(pc.index(pc.is_valid(values), True).as_py())
+    found = batch_io.first_unconvertible(values, target)
+    return 0 if found is None else found
+
+
+def read_batches(
+    uri: str,
+    fmt: Format,
+    options: dict[str, Any] | None = None,
+    declared: Mapping[str, pa.DataType] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """The source's rows as conformed batches of at most ``batch_rows`` rows; a
+    :class:`DataError` for anything that stops the read."""
+    conformer = Conformer(dict(declared or {}))
+    try:
+        fs, files = source_files(uri, fmt, options)
+        for path in files:
+            where = uri if len(files) == 1 else f"{uri} ({path})"
+            raw = _file_batches(fs, path, fmt, conformer, batch_rows)
+            for batch in batch_io.rebatch(raw, batch_rows):
+                conformed = conformer.conform(batch, where)
+                if conformed.num_rows:
+                    yield conformed
+    except DataError:
+        raise
+    except Exception as exc:
+        raise _read_error(uri, fmt, exc) from exc
+    if conformer.rows == 0 or not conformer.schema or not conformer.schema.names:
+        raise DataError(f"{uri}: the data set is empty")
+
+
+def _read_error(uri: str, fmt: str, exc: Exception) -> DataError:
+    """The same reasons :func:`kubeloop.trainer.data.read_table` gives."""
+    if isinstance(exc, FileNotFoundError):
+        local = "://" not in uri or uri.startswith("file://")
+        return DataError(f"{uri}: {'no such file' if local else _not_found(exc)}")
+    if isinstance(exc, pa.ArrowInvalid) and "Empty CSV file" in str(exc):
+        return DataError(f"{uri}: the data set is empty")
+    if isinstance(exc, ValueError | UnicodeDecodeError | pa.ArrowException):
+        return DataError(f"{uri}: cannot be read as {fmt}: {_reason(exc)}")
+    if isinstance(exc, PermissionError):
+        return DataError(f"{uri}: access denied: {_reason(exc)}")
+    if isinstance(exc, OSError | ImportError):
+        return DataError(f"{uri}: cannot be read: {_reason(exc)}")
+    if storage.is_store_error(exc):
+        denied = getattr(exc, "status_code", None) in (401, 403)
+        return DataError(
+            f"{uri}: {'access denied' if denied else 'cannot be read'}: {_reason(exc)}"
+        )
+    raise exc
+
+
+def _file_batches(
+    fs: Any, path: str, fmt: Format, conformer: Conformer, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    with ExitStack() as stack:
+        handle = stack.enter_context(fs.open(path, "rb"))
+        if fmt == "parquet":
+            parquet = stack.enter_context(pq.ParquetFile(handle))
+            yield from parquet.iter_batches(batch_size=batch_rows)
+        elif fmt == "jsonl":
+            chunks = pd.read_json(
+                handle, lines=True, precise_float=True, dtype=False, chunksize=batch_rows
+            )
+            offset = conformer.rows  # rows of the files before this one
+            for chunk in stack.enter_context(chunks):
+                yield _from_pandas(chunk, conformer, offset)
+                offset += len(chunk)
+        else:
+            yield from _csv_batches(fs, path, handle, conformer)
+
+
+def _from_pandas(chunk: pd.DataFrame, conformer: Conformer, offset: int) -> pa.RecordBatch:
+    """A chunk of JSON lines as a batch; a column mixing text and numbers names the first
+    value that differs from the column's type (its type so far, else its first value's)."""
+    try:
+        return pa.RecordBatch.from_pandas(chunk, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    for name in chunk.columns:
+        values = chunk[name].tolist()
+        try:
+            pa.array(values)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        known = conformer.schema.field(name).type if conformer.schema else None
+        first = next(v for v in values if v is not None)
+        target = known if known is not None else pa.array([first]).type
+        for i, value in enumerate(values):
+            if value is not None and not _fits(value, target):
+                raise conformer.contradiction(str(name), target, offset + i, value)
+    raise DataError(f"the JSON lines from row {offset} cannot be read as a table")
+
+
+def _fits(value: Any, target: pa.DataType) -> bool:
+    try:
+        found = pa.array([value])
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    if is_text_type(target) != is_text_type(found.type):
+        return False
+    return _casts(found, target)
+
+
+def _casts(values: pa.Array, target: pa.DataType) -> bool:
+    try:
+        pc.cast(values, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _csv_options(types: Mapping[str, pa.DataType]) -> dict[str, Any]:
+    return {
+        "read_options": pacsv.ReadOptions(block_size=CSV_BLOCK),
+        "convert_options": pacsv.ConvertOptions(column_types=dict(types), strings_can_be_null=True),
+    }
+
+
+def _csv_batches(fs: Any, path: str, handle: Any, conformer: Conformer) -> Iterator[pa.RecordBatch]:
+    """A CSV file's batches, read as the types already fixed (a later file of a source
+    is read as the first); a value that does not convert names its row."""
+    fixed = dict(conformer.declared)
+    if conformer.schema is not None:
+        fixed = {f.name: f.type for f in conformer.schema if not pa.types.is_null(f.type)}
+    reader = None
+    before = conformer.rows  # rows of the files before this one
+    try:
+        reader = pacsv.open_csv(handle, **_csv_options(fixed))
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        found = batch_io._CSV_CONVERSION.search(str(exc))
+        if found is None:
+            raise
+        names = reader.schema.names if reader else _csv_header(fs, path)
+        name = names[int(found.group(1))]
+        target = fixed.get(name) or pa.type_for_alias(found.group(2))
+        row, value = _unconvertible_row(fs, path, name, target, fixed)
+        raise conformer.contradiction(name, target, before + row, value) from None
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _csv_header(fs: Any, path: str) -> list[str]:
+    """The column names on the first line of a CSV file."""
+    with fs.open(path, "rt", encoding="utf-8", newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _unconvertible_row(
+    fs: Any, path: str, name: str, target: pa.DataType, types: Mapping[str, pa.DataType]
+) -> tuple[int, Any]:
+    """The first row of a CSV file whose ``name`` is no ``target`` (read again as text)."""
+    offset = 0
+    with fs.open(path, "rb") as handle:
+        for batch in pacsv.open_csv(handle, **_csv_options({**types, name: pa.string()})):
+            row = batch_io.first_unconvertible(batch.column(name), target)
+            if row is not None:
+                return offset + row, batch.column(name)[row].as_py()
+            offset += batch.num_rows
+    return offset, None
+
+
+# ---------------------------------------------------------------- digest
+
+
+@dataclass
+class _ColumnHash:
+    numeric: bool
+    values: hashlib._Hash = field(default_factory=hashlib.sha256)
+    lengths: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def update(self, array: pa.Array) -> None:
+        if self.numeric:
+            floats = pc.cast(array, pa.float64()) if not pa.types.is_null(array.type) else None
+            values = (
+                np.full(len(array), np.nan)
+                if floats is None
+                else floats.to_numpy(zero_copy_only=False).astype("<f8", copy=True)
+            )
+            values[np.isnan(values)] = np.nan  # one canonical NaN bit pattern
+            self.values.update(values.tobytes())
+            return
+        text = pc.cast(array, pa.large_string())
+        lengths = pc.fill_null(pc.binary_length(text), -1).to_numpy().astype("<i8")
+        self.lengths.update(lengths.tobytes())
+        filled = pc.fill_null(text, "")
+        offsets = np.frombuffer(filled.buffers()[1], dtype="<i8")
+        start, end = offsets[filled.offset], offsets[filled.offset + len(filled)]
+        data = filled.buffers()[2]
+        if data is not None and end > start:
+            self.values.update(memoryview(data)[start:end])
+
+    def digest(self) -> bytes:
+        kind = b"n" if self.numeric else b"s"
+        return kind + self.values.digest() + (b"" if self.numeric else self.lengths.digest())
+
+
+@dataclass
+class Digest:
+    """The content digest, format 2, fed one batch at a time (see the module docstring)."""
+
+    columns: dict[str, _ColumnHash] = field(default_factory=dict)
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        for name, array in zip(batch.schema.names, batch.columns, strict=True):
+            if name not in self.columns:
+                self.columns[name] = _ColumnHash(is_numeric_type(array.type))
+            self.columns[name].update(array)
+
+    def hexdigest(self) -> str:
+        hasher = hashlib.sha256()
+        for name in sorted(self.columns):
+            hasher.update(name.encode() + b"\x1e" + self.columns[name].digest() + b"\x1d")
+        return DIGEST_PREFIX + hasher.hexdigest()
+
+
+def digest_of(batches: Sequence[pa.RecordBatch]) -> str:
+    """The digest of a table given as batches."""
+    digest = Digest()
+    for batch in batches:
+        digest.update(batch)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- schema checks
+
+
+@dataclass
+class Checker:
+    """The declared schema's checks, batch by batch: missing columns first; at the end,
+    missing values in a column that is not nullable (naming the first row), then the null
+    fractions.
+    Types are checked by reading the columns as their declared types."""
+
+    schema: DataSchema | None
+    nulls: dict[str, int] = field(default_factory=dict)
+    first_null: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+    def check(self, batch: pa.RecordBatch) -> None:
+        if self.rows == 0:
+            for column in self.schema.columns if self.schema else []:
+                if column.name not in batch.schema.names:
+                    raise DataError(f"column {column.name!r}: missing from the data")
+        counts = {
+            n: missing_count(a) for n, a in zip(batch.schema.names, batch.columns, strict=True)
+        }
+        for name, count in counts.items():
+            self.nulls[name] = self.nulls.get(name, 0) + count
+        for column in self.schema.columns if self.schema else []:
+            array = batch.column(column.name)
+            if counts[column.name] and not column.nullable and column.name not in self.first_null:
+                row = self.rows + int(pc.index(missing(array), True).as_py())
+                self.first_null[column.name] = row
+        self.rows += batch.num_rows
+
+    def finish(self) -> None:
+        """The checks on whole columns, once every batch has passed."""
+        for name, row in self.first_null.items():
+            raise DataError(
+                f"column {name!r}: {self.nulls[name]} missing values, but it is not nullable "
+                f"(the first at row {row})"
+            )
+        for column in self.schema.columns if self.schema else []:
+            fraction = self.nulls[column.name] / self.rows
+            if column.nullable and fraction > self.schema.max_null_fraction:  # type: ignore[union-attr]
+                raise DataError(
+                    f"column {column.name!r}: {fraction:.1%} missing values, more than the "
+                    f"allowed {self.schema.max_null_fraction:.1%}"  # type: ignore[union-attr]
+                )
+
+    def columns(self, schema: pa.Schema) -> list[Column]:
+        """The columns as found: their kinds, nullable when a value was missing."""
+        return [
+            Column(name=f.name, type=_column_kind(f.type), nullable=self.nulls.get(f.name, 0) > 0)
+            for f in schema
+        ]
+
+
+def _column_kind(arrow_type: pa.DataType) -> str:
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if is_numeric_type(arrow_type):
+        return "number"
+    return "string"
+
+
+# ---------------------------------------------------------------- profile
+
+#: Bits of a sort key settled by each pass of the exact quantile search.
+_DIGIT_BITS = 16
+_PASSES = 64 // _DIGIT_BITS
+
+
+def sort_keys(values: np.ndarray) -> np.ndarray:
+    """uint64 keys that sort as the float64 ``values`` do (-0.0 taken as 0.0)."""
+    bits = (np.asarray(values, dtype="<f8") + 0.0).view("<u8")
+    negative = (bits >> np.uint64(63)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint64(1 << 63))
+
+
+def _from_keys(keys: np.ndarray) -> np.ndarray:
+    negative = ~((keys >> np.uint64(63)).astype(bool))
+    return np.where(negative, ~keys, keys & ~np.uint64(1 << 63)).view("<f8")
+
+
+def order_statistics(chunks: Any, ranks: np.ndarray) -> np.ndarray:
+    """The values of rank ``ranks`` (from 0, in sort order) of the numbers that
+    ``chunks()`` yields (called once per pass), exactly: a radix search over their sort
+    keys, 16 bits a pass, holding a 65,536-bin count per distinct prefix, never the
+    values."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    prefixes = np.zeros(len(ranks), dtype=np.uint64)
+    remaining = ranks.copy()
+    for depth in range(_PASSES):
+        known = np.unique(prefixes)
+        counts = np.zeros(len(known) << _DIGIT_BITS, dtype=np.int64)
+        shift = np.uint64(64 - _DIGIT_BITS * (depth + 1))
+        for chunk in chunks():
+            keys = sort_keys(chunk)
+            high = keys >> shift >> np.uint64(_DIGIT_BITS) if depth else np.zeros_like(keys)
+            slot = np.minimum(np.searchsorted(known, high), len(known) - 1)
+            match = known[slot] == high
+            digit = (keys >> shift) & np.uint64((1 << _DIGIT_BITS) - 1)
+            index = (slot[match].astype(np.int64) << _DIGIT_BITS) + digit[match].astype(np.int64)
+            counts += np.bincount(index, minlength=len(counts))
+        for i, prefix in enumerate(prefixes):
+            row = int(np.searchsorted(known, prefix))
+            cumulative = np.cumsum(counts[row << _DIGIT_BITS : (row + 1) << _DIGIT_BITS])
+            digit_found = int(np.searchsorted(cumulative, remaining[i], side="right"))
+            remaining[i] -= int(cumulative[digit_found - 1]) if digit_found else 0
+            prefixes[i] = (prefix << np.uint64(_DIGIT_BITS)) | np.uint64(digit_found)
+    return _from_keys(prefixes)
+
+
+def exact_quantiles(chunks: Any, count: int, quantiles: np.ndarray) -> np.ndarray:
+    """``np.quantile(values, quantiles)`` (linear method) of ``count`` values streamed by
+    ``chunks()``, found by :func:`order_statistics`."""
+    virtual = (count - 1) * np.asarray(quantiles, dtype=np.float64)
+    below = np.floor(virtual).astype(np.int64)
+    above = np.minimum(below + 1, count - 1)
+    gamma = virtual - below
+    ranks = np.unique(np.concatenate([below, above]))
+    found = dict(zip(ranks.tolist(), order_statistics(chunks, ranks).tolist(), strict=True))
+    a = np.array([found[r] for r in below.tolist()])
+    b = np.array([found[r] for r in above.tolist()])
+    lerp = a + (b - a) * gamma
+    result: np.ndarray = np.where(gamma >= 0.5, b - (b - a) * (1 - gamma), lerp)
+    return result
+
+
+@dataclass
+class Profiler:
+    """Reference profiles, batch by batch: text columns count their values as they pass;
+    numeric ones count what is missing, and :meth:`finish` bins their values from a file
+    of them in two more reads (exact quantile edges, then the counts)."""
+
+    bins: int
+    text: dict[str, dict[str, int]] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        for name, array in zip(batch.schema.names, batch.columns, strict=True):
+            self.missing[name] = self.missing.get(name, 0) + missing_count(array)
+            if is_numeric_type(array.type):
+                continue
+            counts = self.text.setdefault(name, {})
+            for item in pc.value_counts(array.drop_null()).to_pylist():
+                key = str(item["values"])
+                counts[key] = counts.get(key, 0) + int(item["counts"])
+
+    def finish(self, names: Sequence[str], numbers: str | None) -> dict[str, Any]:
+        """The profiles of ``names``, numeric ones read from the Parquet file ``numbers``."""
+        from kubeloop.contracts.artifacts import CategoricalProfile
+
+        profiles: dict[str, Any] = {}
+        for name in names:
+            if name in self.text:
+                ordered = sorted(self.text[name].items(), key=lambda kv: (-kv[1], kv[0]))
+                profiles[name] = CategoricalProfile(
+                    frequencies=dict(ordered), missing=self.missing[name]
+                )
+            elif numbers is not None:
+                profiles[name] = numeric_profile(numbers, name, self.missing[name], self.bins)
+        return profiles
+
+
+def numeric_profile(path: str, name: str, missing: int, bins: int) -> Any:
+    """The :class:`NumericProfile` of column ``name`` of a Parquet file: edges at exact
+    quantiles (as :func:`kubeloop.trainer.data.profile_series` puts them), read in batches."""
+    from kubeloop.contracts.artifacts import NumericProfile
+
+    def chunks() -> Iterator[np.ndarray]:
+        with pq.ParquetFile(path) as parquet:
+            for batch in parquet.iter_batches(batch_size=PROFILE_ROWS, columns=[name]):
+                values = batch.column(0).drop_null().to_numpy(zero_copy_only=False)
+                yield values[~np.isnan(values)]
+
+    count = sum(len(c) for c in chunks())
+    if count == 0:
+        return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
+    edges = np.unique(exact_quantiles(chunks, count, np.linspace(0, 1, bins + 1)))
+    if edges.size == 1:
+        return NumericProfile(edges=[float(edges[0])] * 2, counts=[count], missing=missing)
+    counts = np.zeros(edges.size - 1, dtype=np.int64)
+    for chunk in chunks():
+        counts += np.histogram(chunk, bins=edges)[0]
+    return NumericProfile(
+        edges=[float(e) for e in edges], counts=[int(c) for c in counts], missing=missing
+    )
