@@ -107,7 +107,8 @@ def test_streamed_profile_matches_the_whole_column_profile(tmp_path, rows):
     values[::5] = np.nan
     pq.write_table(pa.table({"v": values}), tmp_path / "v.parquet", row_group_size=97)
     missing = int(np.isnan(values).sum())
-    streamed = stream.numeric_profile(str(tmp_path / "v.parquet"), "v", missing, 10)
+    path = str(tmp_path / "v.parquet")
+    streamed = stream.numeric_profile(path, "v", rows - missing, missing, 10)
     assert streamed == data.profile_series(pd.Series(values), numeric=True)
 
 

@@ -1,9 +1,11 @@
 """`kubeloop snapshot` in one pass over the source: validate, digest, copy and profile
 batch by batch (see :mod:`kubeloop.trainer.stream`), so memory is bounded by the batch.
 
-The copy goes to a staging folder while the data streams (its digest, and so its folder,
-is known only at the end) beside a Parquet file of the numeric columns, from which the
-profile's numeric bins are found in a few more reads. The folder is published only if
+The copy goes to a staging folder (its digest, and so its folder, is known only at the
+end): a one-file source or a query's result is staged first and read from there, the
+files of a glob or prefix are written batch by batch as they are read. Beside it goes a
+Parquet file of the numeric columns, from which the profile's numeric bins are found in
+a few more reads. The folder is published only if
 that version was not stored before.
 """
 
@@ -71,17 +73,29 @@ class _Numbers(_Copy):
 
 
 def _batches(
-    source: str, query: str | None, fmt: str, schema: DataSchema | None, rows: int, scratch: Path
-) -> Iterator[pa.RecordBatch]:
-    """The source's batches: a file read as ``fmt``, or a query's result staged as
-    Parquet by :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back."""
+    source: str, query: str | None, fmt: Any, schema: DataSchema | None, rows: int, copy: Path
+) -> tuple[Iterator[pa.RecordBatch], bool]:
+    """The source's batches, and whether ``copy`` already holds the source's own bytes.
+
+    One file is first copied whole (one sequential read, then parsed from the copy: the
+    stored bytes are the bytes parsed, even if the source changes meanwhile); a glob or
+    prefix is read file by file; a query's result is written to the copy as Parquet by
+    :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back."""
     declared = stream.declared_types(schema)
-    if query is None:  # the source's own credentials (KUBELOOP_SOURCE_*), if it has them
-        options = storage.source_options(source)
-        return stream.read_batches(source, fmt, options, declared, rows)  # type: ignore[arg-type]
-    staged = scratch / ArtifactLayout.data_file(sql.FORMAT)
-    sql.read_query(source, query, staged)
-    return stream.read_batches(str(staged), sql.FORMAT, None, declared, rows)
+    if query is not None:
+        sql.read_query(source, query, copy)
+        return stream.read_batches(str(copy), sql.FORMAT, None, declared, rows), True
+    options = storage.source_options(source)  # the source's own credentials, if it has them
+    try:
+        fs, files = data.source_files(source, fmt, options)
+        if len(files) > 1:
+            return stream.read_batches(source, fmt, options, declared, rows), False
+        fs.get_file(files[0], str(copy))
+    except data.DataError:
+        raise
+    except Exception as exc:
+        raise stream.read_error(source, fmt, exc) from exc
+    return stream.read_batches(str(copy), fmt, None, declared, rows, name=source), True
 
 
 def take(
@@ -97,16 +111,18 @@ def take(
     with ExitStack() as stack:
         scratch = stack.enter_context(output.staging())
         tmp = stack.enter_context(output.staging())
+        batches, copied = _batches(source, query, fmt, schema, batch_rows, tmp / data_file)
         copy, numbers = _Copy(tmp / data_file, fmt), _Numbers(scratch / NUMBERS, "parquet")
         checker, digest = stream.Checker(schema), stream.Digest()
         profiler = stream.Profiler(bins=data.PROFILE_BINS)
         arrow_schema = None
         try:
-            for batch in _batches(source, query, fmt, schema, batch_rows, scratch):
+            for batch in batches:
                 checker.check(batch)
                 digest.update(batch)
                 profiler.update(batch)
-                copy.write(batch)
+                if not copied:
+                    copy.write(batch)
                 numbers.write(batch)
                 arrow_schema = batch.schema
         finally:
@@ -118,7 +134,7 @@ def take(
         target = ArtifactLayout.snapshot_dir(out, version)
         if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
             side = str(numbers.path) if numbers.writer is not None else None
-            features = profiler.finish(arrow_schema.names, side)
+            features = profiler.finish(arrow_schema.names, side, checker.rows)
             profile = Profile(rows=checker.rows, features=features)
             (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
             output.publish(tmp, target, last=ArtifactLayout.PROFILE, replace=False)

@@ -181,14 +181,17 @@ def read_batches(
     options: dict[str, Any] | None = None,
     declared: Mapping[str, pa.DataType] | None = None,
     batch_rows: int = BATCH_ROWS,
+    name: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The source's rows as conformed batches of at most ``batch_rows`` rows; a
-    :class:`DataError` for anything that stops the read."""
+    :class:`DataError` for anything that stops the read, naming the source as ``name``
+    (default: ``uri``)."""
     conformer = Conformer(dict(declared or {}))
+    shown = name or uri
     try:
         fs, files = source_files(uri, fmt, options)
         for path in files:
-            where = uri if len(files) == 1 else f"{uri} ({path})"
+            where = shown if len(files) == 1 else f"{shown} ({path})"
             raw = _file_batches(fs, path, fmt, conformer, batch_rows)
             for batch in batch_io.rebatch(raw, batch_rows):
                 conformed = conformer.conform(batch, where)
@@ -197,12 +200,12 @@ def read_batches(
     except DataError:
         raise
     except Exception as exc:
-        raise _read_error(uri, fmt, exc) from exc
+        raise read_error(shown, fmt, exc) from exc
     if conformer.rows == 0 or not conformer.schema or not conformer.schema.names:
-        raise DataError(f"{uri}: the data set is empty")
+        raise DataError(f"{shown}: the data set is empty")
 
 
-def _read_error(uri: str, fmt: str, exc: Exception) -> DataError:
+def read_error(uri: str, fmt: str, exc: Exception) -> DataError:
     """The same reasons :func:`kubeloop.trainer.data.read_table` gives."""
     if isinstance(exc, FileNotFoundError):
         local = "://" not in uri or uri.startswith("file://")
@@ -543,11 +546,13 @@ class Profiler:
             if is_numeric_type(array.type):
                 continue
             counts = self.text.setdefault(name, {})
-            for item in pc.value_counts(array.drop_null()).to_pylist():
-                key = str(item["values"])
-                counts[key] = counts.get(key, 0) + int(item["counts"])
+            found = pc.value_counts(array.drop_null())
+            values = found.field("values").to_pylist()
+            for key, count in zip(values, found.field("counts").to_pylist(), strict=True):
+                key = str(key)
+                counts[key] = counts.get(key, 0) + count
 
-    def finish(self, names: Sequence[str], numbers: str | None) -> dict[str, Any]:
+    def finish(self, names: Sequence[str], numbers: str | None, rows: int) -> dict[str, Any]:
         """The profiles of ``names``, numeric ones read from the Parquet file ``numbers``."""
         from kubeloop.contracts.artifacts import CategoricalProfile
 
@@ -559,13 +564,17 @@ class Profiler:
                     frequencies=dict(ordered), missing=self.missing[name]
                 )
             elif numbers is not None:
-                profiles[name] = numeric_profile(numbers, name, self.missing[name], self.bins)
+                present = rows - self.missing[name]
+                profiles[name] = numeric_profile(
+                    numbers, name, present, self.missing[name], self.bins
+                )
         return profiles
 
 
-def numeric_profile(path: str, name: str, missing: int, bins: int) -> Any:
+def numeric_profile(path: str, name: str, count: int, missing: int, bins: int) -> Any:
     """The :class:`NumericProfile` of column ``name`` of a Parquet file: edges at exact
-    quantiles (as :func:`kubeloop.trainer.data.profile_series` puts them), read in batches."""
+    quantiles (as :func:`kubeloop.trainer.data.profile_series` puts them), read in batches;
+    ``count`` values are present."""
     from kubeloop.contracts.artifacts import NumericProfile
 
     def chunks() -> Iterator[np.ndarray]:
@@ -574,7 +583,6 @@ def numeric_profile(path: str, name: str, missing: int, bins: int) -> Any:
                 values = batch.column(0).drop_null().to_numpy(zero_copy_only=False)
                 yield values[~np.isnan(values)]
 
-    count = sum(len(c) for c in chunks())
     if count == 0:
         return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
     edges = np.unique(exact_quantiles(chunks, count, np.linspace(0, 1, bins + 1)))
