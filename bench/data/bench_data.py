@@ -12,8 +12,9 @@ loaded from a smaller CSV of ``--sql-megabytes``:
 - **baseline** (``--baseline PATH``, optional): another `kubeloop` executable (e.g. an
   earlier release's) snapshotting the same file, for before/after numbers.
 
-Each is timed as a process, start to exit, and its peak resident set is the kernel's
-(``wait4``: that process alone). Goal: kubeloop ≥ 0.5x the bare read's rows/s and a
+Each is timed as a process, start to exit (wall and CPU seconds; on a shared machine the
+CPU seconds move less), and its peak resident set is the kernel's (``wait4``: that
+process alone). Goal: kubeloop ≥ 0.5x the bare read's rows/s and a
 peak RSS under 1 GiB. Not a test: run with ``make bench-data``.
 
     python bench/data/bench_data.py [--megabytes 500] [--sql-megabytes 100]
@@ -68,9 +69,11 @@ def write_csv(path: Path, megabytes: float) -> int:
 
 @dataclass
 class Run:
-    """One process: wall seconds, peak RSS (MiB), rows it reported."""
+    """One process: wall seconds, CPU seconds (user + system), peak RSS (MiB), rows it
+    reported."""
 
     seconds: float
+    cpu: float
     rss_mib: float
     rows: int
 
@@ -89,7 +92,7 @@ def measure(argv: list[str], env: dict[str, str] | None = None) -> Run:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{stdout}\n{stderr}")
     rows = int(json.loads(stdout.strip().splitlines()[-1])["rows"])
-    return Run(seconds, usage.ru_maxrss / 1024, rows)
+    return Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, rows)
 
 
 def snapshot(kubeloop: str, source: str, out: Path, batch_rows: int, *extra: str) -> list[str]:
@@ -98,7 +101,7 @@ def snapshot(kubeloop: str, source: str, out: Path, batch_rows: int, *extra: str
 
 
 def row(source: str, what: str, run: Run, megabytes: float) -> str:
-    return (f"| {source} | {what} | {run.rows:,} | {run.seconds:.1f} | "
+    return (f"| {source} | {what} | {run.rows:,} | {run.seconds:.1f} | {run.cpu:.1f} | "
             f"{run.rows / run.seconds:,.0f} | {megabytes / run.seconds:.1f} | "
             f"{run.rss_mib:.0f} |")  # fmt: skip
 
@@ -166,8 +169,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"batches of {args.batch_rows:,} rows; {os.cpu_count()} CPUs; one run each")
     print()
-    print("| source | measured | rows | seconds | rows/s | MB/s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| source | measured | rows | seconds | CPU seconds | rows/s | MB/s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-data-") as tmp:
         results = csv_rows(args, Path(tmp))
         if not args.no_postgres:
@@ -176,7 +179,7 @@ def main() -> None:
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # tests/needs.py fails the "test": not installed
-                print(f"| PostgreSQL | not measured: {' '.join(str(exc).split())} | | | | | |")
+                print(f"| PostgreSQL | not measured: {' '.join(str(exc).split())} | | | | | | |")
     print()
     for source, ours, bare in results:
         ratio = bare.seconds / ours.seconds

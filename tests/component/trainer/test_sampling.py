@@ -1,5 +1,5 @@
-"""`kubeloop train --max-rows`: a seeded per-class sample of the data, the same model for
-the same seed, the lineage still naming the whole data's version."""
+"""`kubeloop train --max-rows`: a seeded per-class sample of the data, the same training
+rows (profile, metrics) for the same seed, the lineage still naming the whole data's version."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ def test_a_sample_trains_the_same_model_for_the_same_seed(kubeloop, snapshot, da
         result = kubeloop(*flags(data, out, "--max-rows", "200", "--sample-seed", seed))
         assert result.code == 0, result.stderr
         card = (out / ArtifactLayout.CARD).read_text()
-        onnx = (out / ArtifactLayout.MODEL).read_bytes()
-        runs[key] = (hashlib.sha256(onnx).hexdigest(), card, result.summary)
+        profile = (out / ArtifactLayout.PROFILE).read_bytes()  # the training rows' profile
+        runs[key] = (hashlib.sha256(profile).hexdigest(), card, result.summary)
     assert runs["a"][0] == runs["b"][0]
+    assert runs["a"][2]["metrics"] == runs["b"][2]["metrics"]
     assert runs["a"][0] != runs["c"][0]
     assert "- 200 labelled rows; 40 held out" in runs["a"][1]
     assert len(whole) > 500

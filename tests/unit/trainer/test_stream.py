@@ -112,7 +112,9 @@ def test_streamed_profile_matches_the_whole_column_profile(tmp_path, rows):
     assert streamed == data.profile_series(pd.Series(values), numeric=True)
 
 
-def test_exact_quantiles_equal_numpy_on_ties_signs_and_extremes():
+@pytest.mark.parametrize("collect", [0, 1 << 21], ids=["radix-only", "collect"])
+def test_exact_quantiles_equal_numpy_on_ties_signs_and_extremes(monkeypatch, collect):
+    monkeypatch.setattr(stream, "COLLECT_LIMIT", collect)
     rng = np.random.default_rng(3)
     for values in (
         rng.normal(size=10_001) * 1e6,
@@ -120,10 +122,25 @@ def test_exact_quantiles_equal_numpy_on_ties_signs_and_extremes():
         np.array([np.finfo(float).min, -1e-300, 5e-324, np.finfo(float).max]),
     ):
         q = np.linspace(0, 1, 11)
-        chunks = lambda v=values: (v[i : i + 333] for i in range(0, len(v), 333))  # noqa: E731
+
+        def select(ranks, v=values):
+            chunks = lambda: (v[i : i + 333] for i in range(0, len(v), 333))  # noqa: E731
+            return stream.order_statistics(chunks, ranks)
+
         assert np.array_equal(
-            stream.exact_quantiles(chunks, len(values), q), np.quantile(values, q)
+            stream.exact_quantiles(select, len(values), q), np.quantile(values, q)
         )
+
+
+def test_columns_with_few_values_are_profiled_from_their_counts():
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 40, size=5000).astype(float)
+    values[::9] = np.nan
+    profiler = stream.Profiler(bins=10)
+    for start in range(0, len(values), 700):
+        profiler.update(pa.record_batch({"v": pa.array(values[start : start + 700])}))
+    profile = profiler.finish(["v"], None, len(values))["v"]
+    assert profile == data.profile_series(pd.Series(values), numeric=True)
 
 
 def sample(frame: pd.DataFrame, rows: int, max_rows: int, seed: int) -> pd.DataFrame:

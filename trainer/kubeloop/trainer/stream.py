@@ -485,44 +485,82 @@ def _from_keys(keys: np.ndarray) -> np.ndarray:
     return np.where(negative, ~keys, keys & ~np.uint64(1 << 63)).view("<f8")
 
 
+#: Candidate values gathered at most (all ranks together) to finish a search by sorting.
+COLLECT_LIMIT = 1 << 21
+#: Distinct values of a numeric column counted exactly as the data streams; a column with
+#: no more is profiled from those counts, with no further read.
+DISTINCT_LIMIT = 4096
+
+
+def _matching(keys: np.ndarray, known: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``keys`` start with one of the sorted ``bits``-bit prefixes ``known``, and
+    the index of that prefix for each that does."""
+    if bits == 0:
+        return np.ones(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
+    high = keys >> np.uint64(64 - bits)
+    slot = np.minimum(np.searchsorted(known, high), len(known) - 1)
+    return known[slot] == high, slot
+
+
 def order_statistics(chunks: Any, ranks: np.ndarray) -> np.ndarray:
     """The values of rank ``ranks`` (from 0, in sort order) of the numbers that
-    ``chunks()`` yields (called once per pass), exactly: a radix search over their sort
-    keys, 16 bits a pass, holding a 65,536-bin count per distinct prefix, never the
-    values."""
-    ranks = np.asarray(ranks, dtype=np.int64)
+    ``chunks()`` yields (called once per read), exactly: a radix search over their sort
+    keys, 16 bits a read, holding a 65,536-bin count per distinct prefix; once the values
+    left in the ranks' buckets are few (:data:`COLLECT_LIMIT`), one more read gathers and
+    sorts them."""
     prefixes = np.zeros(len(ranks), dtype=np.uint64)
-    remaining = ranks.copy()
+    remaining = np.asarray(ranks, dtype=np.int64).copy()
     for depth in range(_PASSES):
+        bits = _DIGIT_BITS * depth
         known = np.unique(prefixes)
         counts = np.zeros(len(known) << _DIGIT_BITS, dtype=np.int64)
-        shift = np.uint64(64 - _DIGIT_BITS * (depth + 1))
+        shift = np.uint64(64 - bits - _DIGIT_BITS)
         for chunk in chunks():
             keys = sort_keys(chunk)
-            high = keys >> shift >> np.uint64(_DIGIT_BITS) if depth else np.zeros_like(keys)
-            slot = np.minimum(np.searchsorted(known, high), len(known) - 1)
-            match = known[slot] == high
-            digit = (keys >> shift) & np.uint64((1 << _DIGIT_BITS) - 1)
-            index = (slot[match].astype(np.int64) << _DIGIT_BITS) + digit[match].astype(np.int64)
-            counts += np.bincount(index, minlength=len(counts))
+            match, slot = _matching(keys, known, bits)
+            digit = ((keys[match] >> shift) & np.uint64(0xFFFF)).astype(np.int64)
+            counts += np.bincount((slot[match] << _DIGIT_BITS) + digit, minlength=len(counts))
+        left = {}
         for i, prefix in enumerate(prefixes):
-            row = int(np.searchsorted(known, prefix))
-            cumulative = np.cumsum(counts[row << _DIGIT_BITS : (row + 1) << _DIGIT_BITS])
-            digit_found = int(np.searchsorted(cumulative, remaining[i], side="right"))
-            remaining[i] -= int(cumulative[digit_found - 1]) if digit_found else 0
-            prefixes[i] = (prefix << np.uint64(_DIGIT_BITS)) | np.uint64(digit_found)
+            row = int(np.searchsorted(known, prefix)) << _DIGIT_BITS
+            cumulative = np.cumsum(counts[row : row + (1 << _DIGIT_BITS)])
+            found = int(np.searchsorted(cumulative, remaining[i], side="right"))
+            remaining[i] -= int(cumulative[found - 1]) if found else 0
+            prefixes[i] = (prefix << np.uint64(_DIGIT_BITS)) | np.uint64(found)
+            left[int(prefixes[i])] = int(counts[row + found])
+        if depth + 1 < _PASSES and sum(left.values()) <= COLLECT_LIMIT:
+            return _collect(chunks, prefixes, remaining, bits + _DIGIT_BITS)
     return _from_keys(prefixes)
 
 
-def exact_quantiles(chunks: Any, count: int, quantiles: np.ndarray) -> np.ndarray:
-    """``np.quantile(values, quantiles)`` (linear method) of ``count`` values streamed by
-    ``chunks()``, found by :func:`order_statistics`."""
+def _collect(chunks: Any, prefixes: np.ndarray, remaining: np.ndarray, bits: int) -> np.ndarray:
+    """Finish :func:`order_statistics`: gather the keys under each prefix, sort, pick."""
+    known = np.unique(prefixes)
+    gathered: list[list[np.ndarray]] = [[] for _ in known]
+    for chunk in chunks():
+        keys = sort_keys(chunk)
+        match, slot = _matching(keys, known, bits)
+        keys, slot = keys[match], slot[match]
+        order = np.argsort(slot, kind="stable")
+        bounds = np.searchsorted(slot[order], np.arange(len(known) + 1))
+        for j in range(len(known)):
+            gathered[j].append(keys[order[bounds[j] : bounds[j + 1]]])
+    ordered = [np.sort(np.concatenate(parts)) for parts in gathered]
+    found = [
+        ordered[int(np.searchsorted(known, p))][r] for p, r in zip(prefixes, remaining, strict=True)
+    ]
+    return _from_keys(np.array(found, dtype=np.uint64))
+
+
+def exact_quantiles(select: Any, count: int, quantiles: np.ndarray) -> np.ndarray:
+    """``np.quantile(values, quantiles)`` (linear method) of ``count`` values, from
+    ``select(ranks)``: the values of those ranks in sort order."""
     virtual = (count - 1) * np.asarray(quantiles, dtype=np.float64)
     below = np.floor(virtual).astype(np.int64)
     above = np.minimum(below + 1, count - 1)
     gamma = virtual - below
     ranks = np.unique(np.concatenate([below, above]))
-    found = dict(zip(ranks.tolist(), order_statistics(chunks, ranks).tolist(), strict=True))
+    found = dict(zip(ranks.tolist(), select(ranks).tolist(), strict=True))
     a = np.array([found[r] for r in below.tolist()])
     b = np.array([found[r] for r in above.tolist()])
     lerp = a + (b - a) * gamma
@@ -532,18 +570,21 @@ def exact_quantiles(chunks: Any, count: int, quantiles: np.ndarray) -> np.ndarra
 
 @dataclass
 class Profiler:
-    """Reference profiles, batch by batch: text columns count their values as they pass;
-    numeric ones count what is missing, and :meth:`finish` bins their values from a file
-    of them in two more reads (exact quantile edges, then the counts)."""
+    """Reference profiles, batch by batch: text columns count their values as they pass,
+    and so do numeric ones while they have few distinct values; :meth:`finish` bins the
+    other numeric columns from a file of their values in a few more reads (exact quantile
+    edges, then the counts)."""
 
     bins: int
     text: dict[str, dict[str, int]] = field(default_factory=dict)
+    distinct: dict[str, dict[float, int] | None] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
 
     def update(self, batch: pa.RecordBatch) -> None:
         for name, array in zip(batch.schema.names, batch.columns, strict=True):
             self.missing[name] = self.missing.get(name, 0) + missing_count(array)
             if is_numeric_type(array.type):
+                self._count_numbers(name, array)
                 continue
             counts = self.text.setdefault(name, {})
             found = pc.value_counts(array.drop_null())
@@ -552,23 +593,66 @@ class Profiler:
                 key = str(key)
                 counts[key] = counts.get(key, 0) + count
 
+    def _count_numbers(self, name: str, array: pa.Array) -> None:
+        counts = self.distinct.setdefault(name, {})
+        if counts is None:
+            return
+        values = _present_floats(array)
+        found, times = np.unique(values + 0.0, return_counts=True)
+        for value, count in zip(found.tolist(), times.tolist(), strict=True):
+            counts[value] = counts.get(value, 0) + count
+        if len(counts) > DISTINCT_LIMIT:
+            self.distinct[name] = None
+
     def finish(self, names: Sequence[str], numbers: str | None, rows: int) -> dict[str, Any]:
-        """The profiles of ``names``, numeric ones read from the Parquet file ``numbers``."""
+        """The profiles of ``names``, numeric ones read from the Parquet file ``numbers``
+        unless their distinct values were counted."""
         from kubeloop.contracts.artifacts import CategoricalProfile
 
         profiles: dict[str, Any] = {}
         for name in names:
+            missing = self.missing[name]
             if name in self.text:
                 ordered = sorted(self.text[name].items(), key=lambda kv: (-kv[1], kv[0]))
-                profiles[name] = CategoricalProfile(
-                    frequencies=dict(ordered), missing=self.missing[name]
-                )
+                profiles[name] = CategoricalProfile(frequencies=dict(ordered), missing=missing)
+            elif self.distinct.get(name) is not None:
+                profiles[name] = counted_profile(self.distinct[name] or {}, missing, self.bins)
             elif numbers is not None:
-                present = rows - self.missing[name]
-                profiles[name] = numeric_profile(
-                    numbers, name, present, self.missing[name], self.bins
-                )
+                present = rows - missing
+                profiles[name] = numeric_profile(numbers, name, present, missing, self.bins)
         return profiles
+
+
+def _present_floats(array: pa.Array) -> np.ndarray:
+    if pa.types.is_null(array.type):
+        return np.zeros(0)
+    values = pc.cast(array, pa.float64()).drop_null().to_numpy(zero_copy_only=False)
+    present: np.ndarray = values[~np.isnan(values)]
+    return present
+
+
+def counted_profile(counts: dict[float, int], missing: int, bins: int) -> Any:
+    """The :class:`NumericProfile` of a column given as value counts: the same edges and
+    counts as :func:`numeric_profile` of the values themselves."""
+    from kubeloop.contracts.artifacts import NumericProfile
+
+    values = np.array(sorted(counts), dtype=np.float64)
+    times = np.array([counts[v] for v in values.tolist()], dtype=np.int64)
+    total = int(times.sum())
+    if total == 0:
+        return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
+    cumulative = np.cumsum(times)
+
+    def select(ranks: np.ndarray) -> np.ndarray:
+        return values[np.searchsorted(cumulative, ranks, side="right")]
+
+    edges = np.unique(exact_quantiles(select, total, np.linspace(0, 1, bins + 1)))
+    if edges.size == 1:
+        return NumericProfile(edges=[float(edges[0])] * 2, counts=[total], missing=missing)
+    binned = np.histogram(values, bins=edges, weights=times)[0]
+    return NumericProfile(
+        edges=[float(e) for e in edges], counts=[int(c) for c in binned], missing=missing
+    )
 
 
 def numeric_profile(path: str, name: str, count: int, missing: int, bins: int) -> Any:
@@ -585,7 +669,11 @@ def numeric_profile(path: str, name: str, count: int, missing: int, bins: int) -
 
     if count == 0:
         return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
-    edges = np.unique(exact_quantiles(chunks, count, np.linspace(0, 1, bins + 1)))
+
+    def select(ranks: np.ndarray) -> np.ndarray:
+        return order_statistics(chunks, ranks)
+
+    edges = np.unique(exact_quantiles(select, count, np.linspace(0, 1, bins + 1)))
     if edges.size == 1:
         return NumericProfile(edges=[float(edges[0])] * 2, counts=[count], missing=missing)
     counts = np.zeros(edges.size - 1, dtype=np.int64)
