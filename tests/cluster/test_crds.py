@@ -123,6 +123,7 @@ VIOLATIONS = [
               SOURCE[1]),
     violation(DS, "secret-ref-with-sql", "source", {"sql": SQL, "secretRef": CREDS}, SOURCE[1]),
     violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
+    violation(TJ, "sample-rows", "sampling.maxRows", 0, v1.Sampling.rules[0]),
     violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
     violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),
     violation(TJ, "estimator-boosted-not-for-task", "estimator.className", "XGBRegressor", SPEC[0]),
