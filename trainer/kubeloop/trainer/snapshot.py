@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -27,8 +26,6 @@ from kubeloop.contracts import storage
 from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
 from kubeloop.contracts.results import JobResult
 from kubeloop.trainer import data, output, sql, stream
-
-NUMBERS = "numbers.parquet"
 
 
 class _Copy:
@@ -62,14 +59,31 @@ class _Copy:
             self.writer.close()
 
 
-class _Numbers(_Copy):
-    """The numeric columns as float64 Parquet: what the profile's bins are read from."""
+class _Numbers:
+    """Each numeric column's present values as float64, an uncompressed Arrow IPC stream
+    file per column: what the profile's bins are read from, one column per read."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: dict[str, Any] = {}
+        self.writers: dict[str, Any] = {}
+        self.paths: dict[str, str] = {}
 
     def write(self, batch: pa.RecordBatch) -> None:
-        names = [f.name for f in batch.schema if stream.is_numeric_type(f.type)]
-        if names:
-            arrays = [pc.cast(batch.column(n), pa.float64()) for n in names]
-            super().write(pa.RecordBatch.from_arrays(arrays, names=names))
+        for name, array in zip(batch.schema.names, batch.columns, strict=True):
+            if not stream.is_numeric_type(array.type):
+                continue
+            if name not in self.writers:
+                self.paths[name] = str(self.folder / f"{len(self.paths)}.arrow")
+                self.files[name] = pa.OSFile(self.paths[name], "wb")
+                self.writers[name] = pa.ipc.new_stream(self.files[name], stream.VALUES_SCHEMA)
+            values = pa.array(stream.present_floats(array), type=pa.float64())
+            self.writers[name].write_batch(pa.record_batch([values], schema=stream.VALUES_SCHEMA))
+
+    def close(self) -> None:
+        for name, writer in self.writers.items():
+            writer.close()
+            self.files[name].close()
 
 
 def _batches(
@@ -112,7 +126,7 @@ def take(
         scratch = stack.enter_context(output.staging())
         tmp = stack.enter_context(output.staging())
         batches, copied = _batches(source, query, fmt, schema, batch_rows, tmp / data_file)
-        copy, numbers = _Copy(tmp / data_file, fmt), _Numbers(scratch / NUMBERS, "parquet")
+        copy, numbers = _Copy(tmp / data_file, fmt), _Numbers(scratch)
         checker, digest = stream.Checker(schema), stream.Digest()
         profiler = stream.Profiler(bins=data.PROFILE_BINS)
         arrow_schema = None
@@ -133,8 +147,7 @@ def take(
         version = digest.hexdigest()
         target = ArtifactLayout.snapshot_dir(out, version)
         if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
-            side = str(numbers.path) if numbers.writer is not None else None
-            features = profiler.finish(arrow_schema.names, side, checker.rows)
+            features = profiler.finish(arrow_schema.names, numbers.paths, checker.rows)
             profile = Profile(rows=checker.rows, features=features)
             (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
             output.publish(tmp, target, last=ArtifactLayout.PROFILE, replace=False)

@@ -46,8 +46,6 @@ from kubeloop.trainer.errors import DataError
 DIGEST_PREFIX = "sha256-v2:"
 #: Rows per record batch unless a command is told otherwise.
 BATCH_ROWS = 65_536
-#: Values of one numeric column read at a time to bin the profile (2 MiB of float64).
-PROFILE_ROWS = 1 << 18
 #: Bytes of CSV text parsed at a time.
 CSV_BLOCK = 1 << 20
 
@@ -597,16 +595,17 @@ class Profiler:
         counts = self.distinct.setdefault(name, {})
         if counts is None:
             return
-        values = _present_floats(array)
+        values = present_floats(array)
         found, times = np.unique(values + 0.0, return_counts=True)
         for value, count in zip(found.tolist(), times.tolist(), strict=True):
             counts[value] = counts.get(value, 0) + count
         if len(counts) > DISTINCT_LIMIT:
             self.distinct[name] = None
 
-    def finish(self, names: Sequence[str], numbers: str | None, rows: int) -> dict[str, Any]:
-        """The profiles of ``names``, numeric ones read from the Parquet file ``numbers``
-        unless their distinct values were counted."""
+    def finish(self, names: Sequence[str], numbers: Mapping[str, str], rows: int) -> dict[str, Any]:
+        """The profiles of ``names``; a numeric column's read from its file in ``numbers``
+        (its present values, see :func:`numeric_profile`) unless its distinct values were
+        counted."""
         from kubeloop.contracts.artifacts import CategoricalProfile
 
         profiles: dict[str, Any] = {}
@@ -617,13 +616,18 @@ class Profiler:
                 profiles[name] = CategoricalProfile(frequencies=dict(ordered), missing=missing)
             elif self.distinct.get(name) is not None:
                 profiles[name] = counted_profile(self.distinct[name] or {}, missing, self.bins)
-            elif numbers is not None:
+            elif name in numbers:
                 present = rows - missing
-                profiles[name] = numeric_profile(numbers, name, present, missing, self.bins)
+                profiles[name] = numeric_profile(numbers[name], present, missing, self.bins)
         return profiles
 
 
-def _present_floats(array: pa.Array) -> np.ndarray:
+#: The schema of a file of one column's present values (:func:`numeric_profile`).
+VALUES_SCHEMA = pa.schema([pa.field("v", pa.float64(), nullable=False)])
+
+
+def present_floats(array: pa.Array) -> np.ndarray:
+    """A numeric column's values as float64, without the missing ones (nulls, NaN)."""
     if pa.types.is_null(array.type):
         return np.zeros(0)
     values = pc.cast(array, pa.float64()).drop_null().to_numpy(zero_copy_only=False)
@@ -655,17 +659,16 @@ def counted_profile(counts: dict[float, int], missing: int, bins: int) -> Any:
     )
 
 
-def numeric_profile(path: str, name: str, count: int, missing: int, bins: int) -> Any:
-    """The :class:`NumericProfile` of column ``name`` of a Parquet file: edges at exact
-    quantiles (as :func:`kubeloop.trainer.data.profile_series` puts them), read in batches;
-    ``count`` values are present."""
+def numeric_profile(path: str, count: int, missing: int, bins: int) -> Any:
+    """The :class:`NumericProfile` of a column whose ``count`` present values are in the
+    Arrow IPC stream file ``path`` (:data:`VALUES_SCHEMA`): edges at exact quantiles (as
+    :func:`kubeloop.trainer.data.profile_series` puts them), read a batch at a time."""
     from kubeloop.contracts.artifacts import NumericProfile
 
     def chunks() -> Iterator[np.ndarray]:
-        with pq.ParquetFile(path) as parquet:
-            for batch in parquet.iter_batches(batch_size=PROFILE_ROWS, columns=[name]):
-                values = batch.column(0).drop_null().to_numpy(zero_copy_only=False)
-                yield values[~np.isnan(values)]
+        with pa.OSFile(path, "rb") as handle, pa.ipc.open_stream(handle) as reader:
+            for batch in reader:
+                yield batch.column(0).to_numpy()
 
     if count == 0:
         return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
