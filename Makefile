@@ -145,6 +145,11 @@ BENCH_BATCH_ROWS ?= 1000000
 bench-batch: setup ## Benchmark kubeloop predict against a bare pyarrow + onnxruntime loop: rows/s on a generated file.
 	$(BIN)/python bench/batch/bench_batch.py --rows $(BENCH_BATCH_ROWS)
 
+BENCH_DATA_MB ?= 500
+.PHONY: bench-data
+bench-data: setup ## Benchmark kubeloop snapshot against a bare streaming read: rows/s, MB/s, peak RSS (BENCH_DATA_MB=2000 for 2 GB).
+	$(BIN)/python bench/data/bench_data.py --megabytes $(BENCH_DATA_MB)
+
 BENCH_VENV ?= $(HOME)/.cache/kubeloop/bench-venv
 KSERVE_VENV ?= $(HOME)/.cache/kubeloop/kserve-venv
 BENCH_SECONDS ?= 10

@@ -134,6 +134,7 @@ VIOLATIONS = [
     violation(TJ, "fresh-and-pinned", "datasetRef",
               {"name": "cancer", "version": "sha256:" + "ab" * 32, "fresh": True},
               v1.DatasetRef.rules[0], "datasetRef.fresh"),
+    violation(TJ, "sample-rows", "sampling.maxRows", 0, v1.Sampling.rules[0]),
     violation(TJ, "estimator-not-for-task", "task", "regression", SPEC[0], "estimator.className"),
     violation(TJ, "estimator-unknown", "estimator.className", "SVC", SPEC[0]),
     violation(TJ, "estimator-boosted-not-for-task", "estimator.className", "XGBRegressor", SPEC[0]),

@@ -163,7 +163,7 @@ def train(cluster: Cluster, tmp_path: Path, name: str, **updates: Any) -> dict[s
 
 def test_dataset_to_training_to_version(cluster, operator, data_csv, tmp_path):
     status = snapshot_ready(cluster, data_csv, tmp_path)
-    assert status["version"].startswith("sha256:")
+    assert status["version"].startswith("sha256-v2:")
     assert status["rows"] == 569
     assert status["columns"] == 6
     assert cluster.condition("Dataset", "cancer")["status"] == "True"

@@ -29,7 +29,7 @@ from operator_harness import (
 )
 
 from kubeloop.contracts.storage import SOURCE_PREFIX
-from kubeloop.trainer.data import digest, read_table
+from kubeloop.trainer.stream import digest_of, read_batches
 from s3_server import SECRET_KEY, S3Server
 
 pytestmark = pytest.mark.cluster
@@ -138,7 +138,7 @@ def test_s3_dataset_to_a_verified_model_in_an_s3_store(cluster, operator, s3, so
         lambda: cluster.status("Dataset", NAME).get("version") and cluster.status("Dataset", NAME),
         "the Dataset's first version",
     )
-    assert status["version"] == digest(read_table(str(DATA), "csv"))  # the local file's
+    assert status["version"] == digest_of(list(read_batches(str(DATA), "csv")))  # the local file's
     assert status["snapshotUri"].startswith(f"s3://{STORE_BUCKET}/{cluster.namespace}/datasets/")
 
     cluster.apply(training_job("cancer-s3-1"))

@@ -36,7 +36,7 @@ METRICS: dict[Task, tuple[str, ...]] = {
 ColumnType = Literal["number", "integer", "string", "boolean", "category"]
 Datatype = Literal["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"]
 SHA256_HEX = r"^[a-f0-9]{64}$"
-DATA_VERSION = r"^sha256:[a-f0-9]{64}$"
+DATA_VERSION = r"^sha256(-v2)?:[a-f0-9]{64}$"
 
 
 def _cel_list(values: tuple[str, ...]) -> str:
@@ -180,7 +180,9 @@ class DatasetVersion(KubeModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    version: str = Field(description="Content digest, sha256:<hex>.")
+    version: str = Field(
+        description="Content digest, sha256-v2:<hex> (sha256:<hex> from earlier releases)."
+    )
     rows: int = Field(ge=0, description="Row count.")
     time: datetime = Field(description="When the snapshot was taken.")
     snapshot_uri: str | None = Field(None, description="Immutable copy of this version.")
@@ -260,7 +262,10 @@ class DatasetRef(KubeModel):
     version: str | None = Field(
         None,
         pattern=DATA_VERSION,
-        description="Pin a data version (sha256:<hex>); default: the Dataset's current one.",
+        description=(
+            "Pin a data version (sha256-v2:<hex>, or sha256:<hex>); default: the Dataset's "
+            "current one."
+        ),
     )
     fresh: bool | None = Field(
         None,
@@ -304,6 +309,24 @@ class Split(KubeModel):
 
     test_fraction: float = Field(0.2, description="Share of rows held out for evaluation.")
     seed: int = Field(42, ge=0, description="Random seed for the split and the estimator.")
+
+
+class Sampling(KubeModel):
+    """Train on a sample of a large Dataset: rows reservoir-sampled while the data streams
+    (per class for classification, so class shares are kept), the same rows for the same
+    seed."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.maxRows >= 1",
+            message="maxRows must be at least 1",
+            check=lambda s: s.max_rows >= 1,
+            field_path=".maxRows",
+        ),
+    )
+
+    max_rows: int = Field(description="Most rows to train and evaluate on.")
+    seed: int = Field(0, ge=0, description="Seed of the sample.")
 
 
 class Search(KubeModel):
@@ -488,6 +511,9 @@ class TrainingJobSpec(KubeModel):
     )
     estimator: Estimator = Field(description="What to fit.")
     split: Split = Field(default_factory=Split, description="Held-out split.")
+    sampling: Sampling | None = Field(
+        None, description="Train on a sample of at most maxRows rows; default: every row."
+    )
     search: Search | None = Field(None, description="Optional hyper-parameter search.")
     gate: Gate | None = Field(None, description="Optional quality gate.")
     model_name: DNSLabel = Field(

@@ -30,7 +30,8 @@ A model directory holds:
 - ``profile.json`` — :class:`Profile`, the reference distributions for drift.
 - ``card.md`` — a human-readable model card.
 
-A dataset snapshot directory (``<root>/<digest hex>/``) holds ``data.<format>``
+A dataset snapshot directory (``<root>/<digest hex>/``, ``<root>/v2-<hex>/`` for a
+``sha256-v2:`` digest) holds ``data.<format>``
 and ``profile.json``.
 """
 
@@ -83,8 +84,13 @@ class ArtifactLayout:
 
     @staticmethod
     def snapshot_dir(root: str, digest: str) -> str:
-        """The content-addressed folder of the data version ``digest`` under ``root``."""
-        return join(root, digest.removeprefix("sha256:"))
+        """The content-addressed folder of the data version ``digest`` under ``root``:
+        ``<hex>`` for a first-format digest (``sha256:``, so existing versions keep their
+        folders), ``v<n>-<hex>`` for a later format (``sha256-v<n>:``)."""
+        algorithm, _, hex_digest = digest.partition(":")
+        if not hex_digest or algorithm == "sha256":
+            return join(root, digest.removeprefix("sha256:"))
+        return join(root, f"{algorithm.removeprefix('sha256-')}-{hex_digest}")
 
     @classmethod
     def snapshot_data(cls, root: str, digest: str, fmt: str) -> str:

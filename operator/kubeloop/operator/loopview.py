@@ -108,8 +108,11 @@ def _model_of(obj: dict[str, Any]) -> str | None:
 
 
 def short(digest: str | None) -> str | None:
-    """``sha256:0123456789ab`` from a full content digest."""
-    return digest[:19] if digest else None
+    """``sha256:0123456789ab`` (``sha256-v2:0123456789ab``) from a full content digest."""
+    if not digest:
+        return None
+    algorithm, _, hex_digest = digest.partition(":")
+    return f"{algorithm}:{hex_digest[:12]}" if hex_digest else digest[:19]
 
 
 def ready_of(status: Any) -> str:

@@ -192,7 +192,7 @@ def test_snapshot_of_known_content_in_a_new_format_adds_that_copy(files, tmp_pat
     second = snapshot(tmp_path / "text.parquet", "parquet", snaps)
     assert first.code == second.code == 0, (first.stderr, second.stderr)
     assert first.summary["digest"] == second.summary["digest"]
-    folder = snaps / first.summary["digest"].removeprefix("sha256:")
+    folder = Path(ArtifactLayout.snapshot_dir(str(snaps), first.summary["digest"]))
     copies = [ArtifactLayout.data_file("csv"), ArtifactLayout.data_file("parquet")]
     assert sorted(p.name for p in folder.iterdir()) == [*copies, ArtifactLayout.PROFILE]
     assert Path(second.summary["snapshot_uri"]).is_file()

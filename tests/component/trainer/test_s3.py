@@ -65,7 +65,7 @@ def test_snapshot_and_training_on_an_s3_store(s3, bucket, local_digest, tmp_path
     store = s3.make_bucket("kubeloop-store")
     snap = snapshot(tmp_path, f"{bucket}/parts/", f"{store}/datasets/cancer", s3.env())
     assert snap.code == 0, snap.stderr
-    folder = join(store, "datasets", "cancer", local_digest.removeprefix("sha256:"))
+    folder = ArtifactLayout.snapshot_dir(join(store, "datasets", "cancer"), local_digest)
     assert snap.summary["snapshot_uri"] == join(folder, ArtifactLayout.data_file("csv"))
     fs = s3.fs()
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(folder.removeprefix("s3://"))) == [

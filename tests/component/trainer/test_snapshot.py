@@ -16,11 +16,11 @@ def test_snapshot_writes_copy_profile_and_summary(snapshot, data, tmp_path):
     assert result.code == 0, result.stderr
     summary = result.summary
     assert summary["status"] == "succeeded"
-    assert summary["digest"].startswith("sha256:")
+    assert summary["digest"].startswith("sha256-v2:")
     assert summary["rows"] == 569
     assert [c["name"] for c in summary["columns"]][-1] == "target"
     assert json.loads(result.termination) == summary
-    folder = tmp_path / "snaps" / summary["digest"].removeprefix("sha256:")
+    folder = Path(ArtifactLayout.snapshot_dir(str(tmp_path / "snaps"), summary["digest"]))
     copy = ArtifactLayout.data_file("csv")
     assert sorted(p.name for p in folder.iterdir()) == [copy, ArtifactLayout.PROFILE]
     assert summary["snapshot_uri"].endswith(copy)

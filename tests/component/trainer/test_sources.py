@@ -58,7 +58,7 @@ def test_snapshot_folder_is_written_once(snapshot, data, tmp_path):
     out = tmp_path / "snaps"
     first = snapshot(str(data / "cancer.csv"), "csv", out)
     assert first.code == 0, first.stderr
-    folder = out / first.summary["digest"].removeprefix("sha256:")
+    folder = Path(ArtifactLayout.snapshot_dir(str(out), first.summary["digest"]))
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
     again = snapshot(str(data / "cancer.csv"), "csv", out)
     assert again.code == 0, again.stderr

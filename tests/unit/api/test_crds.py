@@ -102,6 +102,7 @@ EXPECTED_RULES = {
     },
     "trainingjobs": {
         ".spec.split": ["self.testFraction > 0.0 && self.testFraction < 1.0"],
+        ".spec.sampling": ["self.maxRows >= 1"],
     },
     "modelversions": {".spec": ["self == oldSelf"]},
     "modeldeployments": {

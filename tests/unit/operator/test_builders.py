@@ -79,6 +79,19 @@ def test_trainer_job_carries_the_spec_and_never_retries_a_verdict(settings):
     assert job["metadata"]["name"] == builders.trainer_job_name(tj) == "demo-train-01234"
 
 
+def test_trainer_job_passes_the_sampling_to_the_trainer_in_its_spec(settings):
+    """``spec.sampling`` reaches `kubeloop train --spec` with the rest of the spec (one
+    source of truth, no flag that could disagree with it)."""
+    tj = parent("TrainingJob")
+    tj["spec"]["sampling"] = {"maxRows": 50_000, "seed": 9}
+    spec = TrainingJobSpec.model_validate(tj["spec"])
+    job = builders.build_trainer_job(tj, spec, "file:///data/snap/data.csv", settings)
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    given = TrainingJobSpec.model_validate(json.loads(annotations[builders.SPEC_ANNOTATION]))
+    assert given.sampling is not None
+    assert (given.sampling.max_rows, given.sampling.seed) == (50_000, 9)
+
+
 def trained(metadata: dict | None = None, image: str | None = "kubeloop-trainer:1") -> Trained:
     summary = JobResult(
         kind="train",

@@ -77,3 +77,11 @@ def test_json_and_yaml_for_scripts():
     assert data["model"] == "breast-cancer"
     assert data["deployments"][0]["canary"] == 2
     assert "model: breast-cancer" in dump([view], "yaml")
+
+
+def test_short_keeps_the_digest_format():
+    from kubeloop.operator.loopview import short
+
+    assert short("sha256:" + "ab" * 32) == "sha256:" + "ab" * 6
+    assert short("sha256-v2:" + "cd" * 32) == "sha256-v2:" + "cd" * 6
+    assert short(None) is None

@@ -20,8 +20,7 @@ import yaml
 from click.core import ParameterSource
 from pydantic import ValidationError
 
-from kubeloop.api.v1alpha1 import DataSchema, TrainingJobSpec
-from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
+from kubeloop.api.v1alpha1 import DataSchema, Sampling, TrainingJobSpec
 from kubeloop.contracts.frameworks import Task
 from kubeloop.contracts.results import (
     EXIT_BAD_INPUT,
@@ -34,8 +33,6 @@ from kubeloop.contracts.results import (
 from kubeloop.progress import Progress, open_progress, progress_option
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from kubeloop.trainer import train as training
 
 #: The data formats snapshots and training runs read (and snapshots write).
@@ -111,6 +108,15 @@ def _validation_message(exc: ValidationError) -> str:
 @click.option("--out", required=True, help="Directory URI; the snapshot goes to OUT/<digest>/.")
 @click.option("--schema", "schema_file", help="A DataSchema as JSON or YAML the data must match.")
 @progress_option
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    envvar="KUBELOOP_BATCH_ROWS",
+    show_envvar=True,
+    help="Rows read, checked, hashed and copied at a time (memory is bounded by it).",
+)
 @click.pass_context
 def snapshot(
     ctx: click.Context,
@@ -121,28 +127,20 @@ def snapshot(
     out: str,
     schema_file: str | None,
     progress_mode: str,
+    batch_rows: int,
 ) -> None:
     """Validate a data set, compute its content digest and store an immutable copy."""
     from kubeloop.trainer import data
+    from kubeloop.trainer import snapshot as snapshots
 
     schema = _snapshot_schema(schema_file)
     fmt = _snapshot_format(ctx, source, query, fmt)
     _check_out("snapshot", out)
     with open_progress(progress_mode) as shown:
         try:
-            shown.stage("reading", unit="rows")
-            frame = _read_source(source, query, fmt)
-            shown.advance(len(frame))
-            if schema is not None:
-                shown.stage("validating", total=len(frame.columns), unit="columns")
-                data.validate(frame, schema)
-                shown.advance(len(frame.columns))
+            summary = snapshots.take(source, query, fmt, out, schema, batch_rows, shown)
         except data.DataError as exc:
             _fail("snapshot", _data_error_code(exc), _named(source, query, str(exc)))
-        except Exception as exc:
-            _internal("snapshot", exc)
-        try:
-            summary = _store_snapshot(frame, fmt, out, shown)
         except Exception as exc:
             _internal("snapshot", exc)
     report(summary)
@@ -191,18 +189,6 @@ def _snapshot_format(ctx: click.Context, source: str, query: str | None, fmt: st
     return sql.FORMAT
 
 
-def _read_source(source: str, query: str | None, fmt: str) -> pd.DataFrame:
-    """The whole table: a file read as ``fmt``, or a query streamed to Parquet first."""
-    from kubeloop.contracts import storage
-    from kubeloop.trainer import data, output, sql
-
-    if query is None:  # the source's own credentials (KUBELOOP_SOURCE_*), if it has them
-        return data.read_table(source, fmt, storage.source_options(source))  # type: ignore[arg-type]
-    with output.staging() as tmp:
-        sql.read_query(source, query, tmp / ArtifactLayout.data_file(sql.FORMAT))
-        return data.read_table(str(tmp / ArtifactLayout.data_file(sql.FORMAT)), sql.FORMAT)
-
-
 def _data_error_code(exc: Exception) -> int:
     """A database that did not answer may answer a retry; everything else is bad input."""
     from kubeloop.trainer import sql
@@ -217,41 +203,6 @@ def _named(source: str, query: str | None, reason: str) -> str:
     if query is None or reason.startswith(sql.display(source)):
         return reason
     return f"{sql.display(source)}: {reason}"
-
-
-def _store_snapshot(
-    frame: pd.DataFrame, fmt: str, out: str, shown: Progress | None = None
-) -> JobResult:
-    """Write the immutable copy and its profile under OUT/<digest>/ unless already there."""
-    from kubeloop.trainer import data, output
-
-    shown = shown or Progress()
-    shown.stage("digest", total=len(frame), unit="rows")
-    digest = data.digest(frame)
-    shown.advance(len(frame))
-    shown.stage("writing")
-    target = ArtifactLayout.snapshot_dir(out, digest)
-    data_file = ArtifactLayout.data_file(fmt)
-    if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
-        with output.staging() as tmp:
-            data.write_table(frame, str(tmp / data_file), fmt)  # type: ignore[arg-type]
-            profile = Profile(rows=len(frame), features=data.profile_frame(frame))
-            (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
-            output.publish(tmp, target, last=ArtifactLayout.PROFILE, replace=False)
-    elif not output.exists(join(target, data_file)):
-        # The same content arrived before in another format: add this format's copy.
-        with output.staging() as tmp:
-            data.write_table(frame, str(tmp / data_file), fmt)  # type: ignore[arg-type]
-            output.add(tmp / data_file, join(target, data_file))
-    return JobResult(
-        kind="snapshot",
-        status="succeeded",
-        digest=digest,
-        rows=len(frame),
-        columns=data.infer_columns(frame),
-        snapshot_uri=join(target, data_file),
-        profile_uri=join(target, ArtifactLayout.PROFILE),
-    )
 
 
 def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -302,6 +253,15 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option("--champion-version", type=click.IntRange(min=1), help="The champion's version.")
 @click.option("--champion-sha256", help="The champion's model.onnx must have this sha256 (hex).")
 @progress_option
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    help="Train on a sample of at most this many rows (spec.sampling.maxRows), drawn per "
+    "class while the data streams.",
+)
+@click.option(
+    "--sample-seed", type=click.IntRange(min=0), help="Seed of the sample (spec.sampling.seed)."
+)
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -315,10 +275,13 @@ def train(
     champion_version: int | None,
     champion_sha256: str | None,
     progress_mode: str,
+    max_rows: int | None,
+    sample_seed: int | None,
     **flags: Any,
 ) -> None:
     """Train a scikit-learn model, export it to ONNX, check parity and write its artifacts."""
     spec = _training_spec(ctx, spec_file, name, ModelFlags(**flags))
+    spec = _sampled(spec, max_rows, sample_seed)
     if champion is None and (champion_version or champion_sha256):
         _fail("train", EXIT_BAD_INPUT, "--champion-version and --champion-sha256 need --champion")
     # scikit-learn and friends load only once the spec holds up: bad specs fail fast.
@@ -339,6 +302,20 @@ def train(
     with open_progress(progress_mode) as shown:
         result = _train(run, shown)
     report(result)
+
+
+def _sampled(spec: TrainingJobSpec, max_rows: int | None, seed: int | None) -> TrainingJobSpec:
+    """The spec with --max-rows/--sample-seed in its ``sampling`` (flags win over the spec)."""
+    if max_rows is None and seed is None:
+        return spec
+    given = spec.sampling
+    if max_rows is None and given is None:
+        _fail("train", EXIT_BAD_INPUT, "--sample-seed needs --max-rows (or spec.sampling)")
+    sampling = Sampling(
+        max_rows=max_rows if max_rows is not None else given.max_rows,  # type: ignore[union-attr]
+        seed=seed if seed is not None else (given.seed if given else 0),
+    )
+    return spec.model_copy(update={"sampling": sampling})
 
 
 @dataclass(frozen=True)

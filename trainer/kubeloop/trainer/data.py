@@ -1,8 +1,11 @@
-"""Tabular data: reading through fsspec, schema checks, the content digest, profiles.
+"""Tabular data: sources through fsspec, the first content digest format, profiles.
 
-The **content digest** identifies data by what it holds, not how a file lays
-it out: sha256 over the columns in name order, each contributing its name, its
-kind (numeric or text) and its values in row order — numeric values as
+Snapshots and training read data in record batches (:mod:`kubeloop.trainer.stream`,
+which computes the current digest format, ``sha256-v2:``). The **content digest,
+format 1** (``sha256:``), which versions snapshotted by earlier releases carry,
+identifies data by what it holds, not how a file lays it out: sha256 over the
+columns in name order, each contributing its name, its kind (numeric or text)
+and its values in row order — numeric values as
 little-endian float64 with every missing value one canonical NaN, text values
 as UTF-8 separated by a unit separator with missing values as a NUL byte. The
 same table as CSV or Parquet (or with its columns reordered) has the same
@@ -25,8 +28,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from kubeloop.api.v1alpha1 import Column, DataSchema
-from kubeloop.contracts import storage
+from kubeloop.api.v1alpha1 import Column
 from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
 from kubeloop.trainer.errors import DataError as DataError  # raised here, defined apart
 
@@ -79,46 +81,6 @@ def source_files(
     if not files:
         raise DataError(f"{uri}: no {fmt} files match")
     return fs, files
-
-
-def read_table(uri: str, fmt: Format, options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Read a whole table through fsspec (plain paths, file://, http(s)://, s3://, ...);
-    a glob or prefix is read as one table (:func:`source_files`). ``options``: fsspec
-    storage options (a source's own credentials)."""
-    try:
-        fs, files = source_files(uri, fmt, options)
-        frames = [_read_file(fs, path, fmt) for path in files]
-        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    except FileNotFoundError as exc:
-        local = "://" not in uri or uri.startswith("file://")
-        raise DataError(f"{uri}: {'no such file' if local else _not_found(exc)}") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{uri}: the data set is empty") from exc
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{uri}: cannot be read as {fmt}: {exc}") from exc
-    except PermissionError as exc:
-        raise DataError(f"{uri}: access denied: {_reason(exc)}") from exc
-    except (OSError, ImportError) as exc:  # permissions, network, a missing fsspec backend
-        raise DataError(f"{uri}: cannot be read: {_reason(exc)}") from exc
-    except Exception as exc:
-        if not storage.is_store_error(exc):
-            raise
-        denied = getattr(exc, "status_code", None) in (401, 403)
-        raise DataError(
-            f"{uri}: {'access denied' if denied else 'cannot be read'}: {_reason(exc)}"
-        ) from exc
-    if frame.empty or len(frame.columns) == 0:
-        raise DataError(f"{uri}: the data set is empty")
-    return frame
-
-
-def _read_file(fs: Any, path: str, fmt: Format) -> pd.DataFrame:
-    with fs.open(path, "rb") as handle:
-        if fmt == "csv":
-            return pd.read_csv(handle)
-        if fmt == "parquet":
-            return pd.read_parquet(handle)
-        return pd.read_json(handle, lines=True, precise_float=True, dtype=False)
 
 
 def _not_found(exc: OSError) -> str:
@@ -195,46 +157,8 @@ def infer_columns(frame: pd.DataFrame) -> list[Column]:
     return columns
 
 
-def validate(frame: pd.DataFrame, schema: DataSchema) -> None:
-    """Raise :class:`DataError` naming the first column that breaks ``schema``."""
-    for column in schema.columns:
-        if column.name not in frame.columns:
-            raise DataError(f"column {column.name!r}: missing from the data")
-        series = frame[column.name]
-        nulls = float(series.isna().mean())
-        if nulls and not column.nullable:
-            raise DataError(
-                f"column {column.name!r}: {series.isna().sum()} missing values, "
-                "but it is not nullable"
-            )
-        if nulls > schema.max_null_fraction and column.nullable:
-            raise DataError(
-                f"column {column.name!r}: {nulls:.1%} missing values, more than the allowed "
-                f"{schema.max_null_fraction:.1%}"
-            )
-        present = series.dropna()
-        if column.type in ("number", "integer") and not is_numeric(present):
-            bad = next(v for v in present if not _is_number(v))
-            raise DataError(f"column {column.name!r}: expected {column.type}, found {bad!r}")
-        if column.type == "integer" and is_numeric(present):
-            values = present.astype(float)
-            if not np.all(np.equal(np.floor(values), values)):
-                bad = next(v for v in present if float(v) != int(float(v)))
-                raise DataError(f"column {column.name!r}: expected integer, found {bad!r}")
-        if column.type == "boolean" and not set(present.unique()) <= {True, False}:
-            raise DataError(f"column {column.name!r}: expected boolean, found {present.iloc[0]!r}")
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def digest(frame: pd.DataFrame) -> str:
-    """The content digest (see the module docstring), ``sha256:<hex>``."""
+    """The content digest, format 1 (see the module docstring), ``sha256:<hex>``."""
     hasher = hashlib.sha256()
     for name in sorted(frame.columns, key=str):
         series = frame[name]
@@ -273,10 +197,3 @@ def profile_series(
     return NumericProfile(
         edges=[float(e) for e in edges], counts=[int(c) for c in counts], missing=missing
     )
-
-
-def profile_frame(frame: pd.DataFrame) -> dict[str, NumericProfile | CategoricalProfile]:
-    """Profiles of every column of a table."""
-    return {
-        str(name): profile_series(frame[name], is_numeric(frame[name])) for name in frame.columns
-    }

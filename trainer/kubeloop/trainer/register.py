@@ -333,7 +333,10 @@ def profile_of(frame: pd.DataFrame, planned: Plan, outputs: dict[str, Any], task
     numeric = task == "regression"
     return Profile(
         rows=len(frame),
-        features=data.profile_frame(frame),
+        features={
+            str(name): data.profile_series(frame[name], data.is_numeric(frame[name]))
+            for name in frame.columns
+        },
         prediction=data.profile_series(prediction if numeric else prediction.astype(str), numeric),
     )
 

@@ -66,14 +66,12 @@ from kubeloop.contracts.artifacts import (
 from kubeloop.contracts.frameworks import Task
 from kubeloop.contracts.results import JobResult
 from kubeloop.progress import Progress
-from kubeloop.trainer import card, champion, model, output
+from kubeloop.trainer import card, champion, model, output, sampling
 from kubeloop.trainer.data import (
     DataError,
-    digest,
     format_of,
     infer_columns,
     profile_series,
-    read_table,
 )
 
 if TYPE_CHECKING:
@@ -254,10 +252,7 @@ def check_gate_metrics(spec: TrainingJobSpec) -> None:
 def load_data(run: Run) -> Data:
     """Read the data, check the target and the features, keep the labelled rows."""
     spec = run.spec
-    frame = read_table(run.data_uri, format_of(run.data_uri, run.data_format))
-    data_digest = digest(frame)
-    if spec.target not in frame.columns:
-        raise DataError(f"column {spec.target!r}: the target is missing from the data")
+    frame, data_digest = read_data(run)
     names = [str(c) for c in spec.features or frame.columns if c != spec.target]
     check_features(frame, names, spec.task)
     frame = frame.dropna(subset=[spec.target])
@@ -269,6 +264,22 @@ def load_data(run: Run) -> Data:
     x = features.prepare(frame)
     y = target_values(frame[spec.target], spec.target, spec.task)
     return Data(frame=frame, digest=data_digest, features=features, x=x, y=y)
+
+
+def read_data(run: Run) -> tuple[pd.DataFrame, str]:
+    """The columns the run needs (every column when the features are not named or a
+    champion may take others), sampled as ``spec.sampling`` says, and the content digest
+    of the whole data, read in batches (:mod:`kubeloop.trainer.sampling`)."""
+    spec = run.spec
+    columns = None if spec.features is None or run.champion else [*spec.features, spec.target]
+    sample = spec.sampling
+    return sampling.read_training(
+        run.data_uri,
+        format_of(run.data_uri, run.data_format),
+        columns,
+        spec.target,
+        (sample.max_rows, sample.seed, spec.task == "classification") if sample else None,
+    )
 
 
 def check_features(frame: pd.DataFrame, names: list[str], task: Task) -> None:

@@ -1,0 +1,174 @@
+"""`kubeloop snapshot` in one pass over the source: validate, digest, copy and profile
+batch by batch (see :mod:`kubeloop.trainer.stream`), so memory is bounded by the batch.
+
+The copy goes to a staging folder (its digest, and so its folder, is known only at the
+end): a one-file source or a query's result is staged first and read from there, the
+files of a glob or prefix are written batch by batch as they are read. Beside it goes a
+Parquet file of the numeric columns, from which the profile's numeric bins are found in
+a few more reads. The folder is published only if
+that version was not stored before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kubeloop.api.v1alpha1 import DataSchema
+from kubeloop.contracts import storage
+from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
+from kubeloop.contracts.results import JobResult
+from kubeloop.progress import Progress
+from kubeloop.trainer import data, output, sql, stream
+
+
+class _Copy:
+    """Writes batches to a local file in a snapshot format, opened with the first batch."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self.writer: Any = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.fmt == "jsonl":
+            self._write_jsonl(batch)
+            return
+        if self.writer is None:
+            cls = pq.ParquetWriter if self.fmt == "parquet" else pacsv.CSVWriter
+            self.writer = cls(str(self.path), batch.schema)
+        self.writer.write_batch(batch)
+
+    def _write_jsonl(self, batch: pa.RecordBatch) -> None:
+        frame = batch.to_pandas()
+        encoded = [
+            [f"{json.dumps(str(n), ensure_ascii=False)}: {v}" for v in data._json_column(frame[n])]
+            for n in frame.columns
+        ]
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for row in zip(*encoded, strict=True):
+                handle.write("{" + ", ".join(row) + "}\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Numbers:
+    """Each numeric column's present values as float64, an uncompressed Arrow IPC stream
+    file per column: what the profile's bins are read from, one column per read."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: dict[str, Any] = {}
+        self.writers: dict[str, Any] = {}
+        self.paths: dict[str, str] = {}
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        for name, array in zip(batch.schema.names, batch.columns, strict=True):
+            if not stream.is_numeric_type(array.type):
+                continue
+            if name not in self.writers:
+                self.paths[name] = str(self.folder / f"{len(self.paths)}.arrow")
+                self.files[name] = pa.OSFile(self.paths[name], "wb")
+                self.writers[name] = pa.ipc.new_stream(self.files[name], stream.VALUES_SCHEMA)
+            values = pa.array(stream.present_floats(array), type=pa.float64())
+            self.writers[name].write_batch(pa.record_batch([values], schema=stream.VALUES_SCHEMA))
+
+    def close(self) -> None:
+        for name, writer in self.writers.items():
+            writer.close()
+            self.files[name].close()
+
+
+def _batches(
+    source: str, query: str | None, fmt: Any, schema: DataSchema | None, rows: int, copy: Path
+) -> tuple[Iterator[pa.RecordBatch], bool]:
+    """The source's batches, and whether ``copy`` already holds the source's own bytes.
+
+    One file is first copied whole (one sequential read, then parsed from the copy: the
+    stored bytes are the bytes parsed, even if the source changes meanwhile); a glob or
+    prefix is read file by file; a query's result is written to the copy as Parquet by
+    :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back."""
+    declared = stream.declared_types(schema)
+    if query is not None:
+        sql.read_query(source, query, copy)
+        return stream.read_batches(str(copy), sql.FORMAT, None, declared, rows), True
+    options = storage.source_options(source)  # the source's own credentials, if it has them
+    try:
+        fs, files = data.source_files(source, fmt, options)
+        if len(files) > 1:
+            return stream.read_batches(source, fmt, options, declared, rows), False
+        fs.get_file(files[0], str(copy))
+    except data.DataError:
+        raise
+    except Exception as exc:
+        raise stream.read_error(source, fmt, exc) from exc
+    return stream.read_batches(str(copy), fmt, None, declared, rows, name=source), True
+
+
+def take(
+    source: str,
+    query: str | None,
+    fmt: str,
+    out: str,
+    schema: DataSchema | None,
+    batch_rows: int = stream.BATCH_ROWS,
+    shown: Progress | None = None,
+) -> JobResult:
+    """Snapshot ``source`` into ``out``; a :class:`DataError` for bad data. ``shown``
+    reports the stages: reading (rows, batch by batch), profile, writing."""
+    shown = shown or Progress()
+    data_file = ArtifactLayout.data_file(fmt)
+    with ExitStack() as stack:
+        scratch = stack.enter_context(output.staging())
+        tmp = stack.enter_context(output.staging())
+        batches, copied = _batches(source, query, fmt, schema, batch_rows, tmp / data_file)
+        copy, numbers = _Copy(tmp / data_file, fmt), _Numbers(scratch)
+        checker, digest = stream.Checker(schema), stream.Digest()
+        profiler = stream.Profiler(bins=data.PROFILE_BINS)
+        arrow_schema = None
+        shown.stage("reading", unit="rows")
+        try:
+            for batch in batches:
+                checker.check(batch)
+                digest.update(batch)
+                profiler.update(batch)
+                if not copied:
+                    copy.write(batch)
+                numbers.write(batch)
+                arrow_schema = batch.schema
+                shown.advance(batch.num_rows)
+        finally:
+            copy.close()
+            numbers.close()
+        checker.finish()
+        assert arrow_schema is not None  # read_batches fails on an empty source
+        version = digest.hexdigest()
+        target = ArtifactLayout.snapshot_dir(out, version)
+        if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
+            shown.stage("profile", total=len(arrow_schema.names), unit="columns")
+            features = profiler.finish(arrow_schema.names, numbers.paths, checker.rows)
+            profile = Profile(rows=checker.rows, features=features)
+            shown.advance(len(arrow_schema.names))
+            shown.stage("writing")
+            (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))
+            output.publish(tmp, target, last=ArtifactLayout.PROFILE, replace=False)
+        elif not output.exists(join(target, data_file)):
+            # The same content arrived before in another format: add this format's copy.
+            output.add(tmp / data_file, join(target, data_file))
+    return JobResult(
+        kind="snapshot",
+        status="succeeded",
+        digest=version,
+        rows=checker.rows,
+        columns=checker.columns(arrow_schema),
+        snapshot_uri=join(target, data_file),
+        profile_uri=join(target, ArtifactLayout.PROFILE),
+    )
