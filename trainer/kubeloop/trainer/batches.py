@@ -200,15 +200,16 @@ def first_unconvertible(values: pa.Array, target: pa.DataType, chunk: int = 1024
     """The index of the first value pyarrow cannot cast to ``target`` (None: all can)."""
     for start in range(0, len(values), chunk):
         part = values.slice(start, chunk)
-        if _casts(part, target):
+        if casts(part, target):
             continue
         for i in range(len(part)):
-            if not _casts(part.slice(i, 1), target):
+            if not casts(part.slice(i, 1), target):
                 return start + i
     return None
 
 
-def _casts(values: pa.Array, target: pa.DataType) -> bool:
+def casts(values: pa.Array, target: pa.DataType) -> bool:
+    """Whether pyarrow casts every one of ``values`` to ``target``."""
     try:
         pc.cast(values, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -274,15 +274,7 @@ def _fits(value: Any, target: pa.DataType) -> bool:
         return False
     if is_text_type(target) != is_text_type(found.type):
         return False
-    return _casts(found, target)
-
-
-def _casts(values: pa.Array, target: pa.DataType) -> bool:
-    try:
-        pc.cast(values, target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return False
-    return True
+    return batch_io.casts(found, target)
 
 
 def _csv_options(types: Mapping[str, pa.DataType]) -> dict[str, Any]:
