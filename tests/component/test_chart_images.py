@@ -186,7 +186,7 @@ def test_operator_image_imports_the_whole_operator():
 @pytest.mark.parametrize("component", list(IMAGES))
 def test_image_carries_the_core_and_its_own_component_only(component):
     """No other component and no devcluster tooling in the image's kubeloop package."""
-    assert {"api", "cli.py", "contracts", "inference.py"} == CORE
+    assert {"api", "cli.py", "contracts", "driftreport.py", "inference.py", "progress.py"} == CORE
     found = listing(image(component), f"{SITE}/kubeloop") - {"__pycache__"}
     assert found == CORE | {component}, f"the {component} image's kubeloop/ holds {sorted(found)}"
 
