@@ -524,10 +524,14 @@ def test_shadow_serves_its_version_beside_the_stable_and_goes_with_the_field(
 ):
     serve_setup(cluster, store, steps=None, shadow={"version": 1, "percent": 50})
     publish(cluster, store, 2)  # stable moves on to 2; the shadow keeps serving 1
+    # status is written after the children, so it is part of what the wait waits for
     wait_for(
-        lambda: served_by(cluster) == {"cancer-v2": "stable", "cancer-v1": "shadow"},
-        "v2 stable and v1 labelled shadow",
-        state=lambda: served_by(cluster),
+        lambda: (
+            served_by(cluster) == {"cancer-v2": "stable", "cancer-v1": "shadow"}
+            and cluster.status("ModelDeployment", "cancer").get("shadowVersion") == 1
+        ),
+        "v2 stable, v1 labelled shadow and status.shadowVersion 1",
+        state=lambda: (served_by(cluster), cluster.status("ModelDeployment", "cancer")),
     )
     shadow = cluster.get("Deployment", "cancer-shadow", "apps/v1")
     assert shadow["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
@@ -537,19 +541,18 @@ def test_shadow_serves_its_version_beside_the_stable_and_goes_with_the_field(
     ] == ("shadow")
     assert routing(cluster)["shadow_url"] == f"http://cancer-shadow.{cluster.namespace}.svc:8080"
     assert routing(cluster)["shadow_weight"] == 50
-    assert cluster.status("ModelDeployment", "cancer")["shadowVersion"] == 1
     cluster.patch("ModelDeployment", "cancer", {"spec": {"shadow": None}})
     wait_for(
         lambda: (
             cluster.get("Deployment", "cancer-shadow", "apps/v1") is None
             and cluster.get("Service", "cancer-shadow", "v1") is None
             and served_by(cluster) == {"cancer-v2": "stable"}
+            and cluster.status("ModelDeployment", "cancer").get("shadowVersion") is None
         ),
-        "the shadow children and label to go with spec.shadow",
-        state=lambda: served_by(cluster),
+        "the shadow children, label and status.shadowVersion to go with spec.shadow",
+        state=lambda: (served_by(cluster), cluster.status("ModelDeployment", "cancer")),
     )
     assert "shadow_url" not in routing(cluster)
-    assert cluster.status("ModelDeployment", "cancer").get("shadowVersion") is None
 
 
 def test_feedback_token_secret_is_created_once_and_kept(cluster, operator, store):
