@@ -296,8 +296,8 @@ def drift_creates_one_trainingjob(
     assert meta["labels"]["kubeloop.io/alert-fingerprint"] == firing["fingerprint"]
     assert meta["annotations"]["kubeloop.io/alert-name"] == "KubeloopDataDrift"
     assert float(meta["annotations"]["kubeloop.io/alert-value"]) > THRESHOLD
-    # on the Dataset's newest version (the real snapshot's digest)
-    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "version": loop.data_version}
+    # on fresh data: a snapshot taken after the alert, not the data already served
+    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "fresh": True}
     active_at = pd.Timestamp(loop.alerts()[0]["activeAt"]).timestamp()
     # Alertmanager repeats the firing alert every 2s: duplicates, never a twin
     wait_for(
@@ -312,6 +312,36 @@ def drift_creates_one_trainingjob(
         "drift_to_alert_active_s": round(active_at - drift_started, 2),
     }
     return tj, timing
+
+
+def the_snapshot_it_requested_runs(loop: Loop, tj_name: str, workdir: Path) -> None:
+    """The retrain asks the Dataset for a snapshot newer than itself; the test plays the
+    kubelet for that snapshot pod with the real `kubeloop snapshot`. The source has not
+    changed, so the run goes on with the same version, and says so."""
+    cluster = loop.cluster
+    job = wait_for(
+        lambda: next(
+            (
+                j
+                for j in cluster.list("Job", "batch/v1", "kubeloop.io/dataset=cancer-data")
+                if "-req-" in j["metadata"]["name"]
+            ),
+            None,
+        ),
+        "the snapshot Job the retrain requested",
+        state=lambda: cluster.get("Dataset", "cancer-data"),
+    )
+    code, message = run_job_locally(job, workdir)
+    assert code == 0, message
+    finish_pod(
+        cluster.core, pod_of(cluster, job["metadata"]["name"]), exit_code=code, message=message
+    )
+    wait_for(
+        lambda: cluster.status("TrainingJob", tj_name).get("datasetVersion") == loop.data_version,
+        "the retrain to take the requested snapshot's (unchanged) version",
+        state=lambda: cluster.get("TrainingJob", tj_name),
+    )
+    assert cluster.status("Dataset", "cancer-data")["lastSnapshot"]["changed"] is False
 
 
 def the_retrain_rolls_out(loop: Loop, tj_name: str, workdir: Path) -> None:
@@ -357,6 +387,7 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(loop, data_csv, tmp_path):
     calm = pd.read_csv(data_csv)[FEATURES].iloc[:WINDOW]
     calm_traffic_raises_nothing(loop, calm)
     tj, timing = drift_creates_one_trainingjob(loop, calm)
+    the_snapshot_it_requested_runs(loop, tj["metadata"]["name"], tmp_path / "snapshot")
     the_retrain_rolls_out(loop, tj["metadata"]["name"], tmp_path / "trainer")
     a_new_episode_meets_the_cooldown(loop, calm)
     report = {

@@ -271,7 +271,8 @@ class DatasetRef(KubeModel):
         None,
         description=(
             "Train on a snapshot taken after this TrainingJob was created: request one on the "
-            "Dataset and wait for it (the retrain policy passes this on from its template)."
+            "Dataset and wait for it. A retrain template without version or fresh gets "
+            "fresh: true; fresh: false there takes the Dataset's newest version."
         ),
     )
     fresh_timeout: Duration | None = Field(
