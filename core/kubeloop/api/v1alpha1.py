@@ -799,14 +799,48 @@ class DriftMonitoring(KubeModel):
     features: list[str] | None = Field(None, description="Features to watch; default all.")
 
 
+def _accuracy_floor_is_a_share(feedback: FeedbackMonitoring) -> bool:
+    return feedback.metric != "accuracy" or feedback.floor <= 1
+
+
+class FeedbackMonitoring(KubeModel):
+    """The online metric from feedback labels, checked across replicas by one alert rule."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.metric != 'accuracy' || self.floor <= 1.0",
+            message="monitoring.feedback.floor: an accuracy floor lies between 0 and 1",
+            check=_accuracy_floor_is_a_share,
+            field_path=".floor",
+        ),
+    )
+
+    metric: Literal["accuracy", "rmse"] = Field(
+        "accuracy",
+        description="accuracy (classification): alert below floor; rmse (regression): alert "
+        "above floor. It must be the served model's task's metric.",
+    )
+    floor: float = Field(
+        ge=0,
+        description="The accuracy the model must keep, or the RMSE it must stay under, over "
+        "the feedback of all its serving pods together.",
+    )
+    window: int = Field(
+        1000,
+        ge=10,
+        le=10_000_000,
+        description="Feedback rows in each serving pod's rolling window.",
+    )
+
+
 class Monitoring(KubeModel):
     """What the serving pods measure."""
 
     drift: DriftMonitoring | None = Field(None, description="Data drift.")
-    online_metric_floor: float | None = Field(
+    feedback: FeedbackMonitoring | None = Field(
         None,
-        ge=0,
-        description="Alert when the feedback accuracy (or -RMSE) falls below this.",
+        description="Online metric from feedback labels: KubeloopOnlineMetricBelowFloor fires "
+        "past its floor (and a retrain follows, like for drift).",
     )
 
 

@@ -511,8 +511,15 @@ def _serving_selector(md: dict[str, Any], role: str) -> dict[str, str]:
 
 
 def _serving_env(spec: ModelDeploymentSpec, version: str) -> list[dict[str, Any]]:
-    """The server's settings: the version it serves and the deployment's drift monitoring."""
+    """The server's settings: the version it serves and the deployment's monitoring."""
     env: list[dict[str, Any]] = [{"name": "KUBELOOP_SERVING_MODEL_VERSION", "value": version}]
+    feedback = spec.monitoring.feedback if spec.monitoring else None
+    if feedback is not None:
+        env += [
+            {"name": "KUBELOOP_SERVING_FEEDBACK_METRIC", "value": feedback.metric},
+            {"name": "KUBELOOP_SERVING_FEEDBACK_FLOOR", "value": str(feedback.floor)},
+            {"name": "KUBELOOP_SERVING_FEEDBACK_WINDOW", "value": str(feedback.window)},
+        ]
     drift = spec.monitoring.drift if spec.monitoring else None
     if drift is not None:
         env += [

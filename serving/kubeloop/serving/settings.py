@@ -264,6 +264,15 @@ class ServingSettings(BaseSettings):
     feedback_window: int = Field(
         1000, gt=0, le=10_000_000, description="Rows in the rolling online metric."
     )
+    feedback_metric: Literal["accuracy", "rmse"] = Field(
+        "accuracy", description="The online metric feedback_floor applies to."
+    )
+    feedback_floor: float | None = Field(
+        None,
+        ge=0,
+        description="The deployment's floor for the online metric (for rmse, its ceiling), "
+        "exported as kubeloop_online_metric_floor for the alert rule.",
+    )
 
     # --- canary
     canary_url: str | None = Field(

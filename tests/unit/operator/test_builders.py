@@ -183,6 +183,10 @@ def test_serving_deployment_and_routing(settings):
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["KUBELOOP_SERVING_DRIFT_THRESHOLD"] == "0.2"
+    # spec.monitoring.feedback: the pods export the floor the alert rule compares with
+    assert env["KUBELOOP_SERVING_FEEDBACK_METRIC"] == "accuracy"
+    assert env["KUBELOOP_SERVING_FEEDBACK_FLOOR"] == "0.85"
+    assert env["KUBELOOP_SERVING_FEEDBACK_WINDOW"] == "1000"
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     routing = builders.build_routing_config(md, 10, 3, settings)
     assert json.loads(routing["data"]["routing.json"]) == {
