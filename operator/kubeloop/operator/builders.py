@@ -470,6 +470,7 @@ def serving_names(md_name: str) -> dict[str, str]:
         "routing": child_name(md_name, "routing"),
         "network_policy": md_name,
         "token": child_name(md_name, "feedback-token"),
+        "peers": child_name(md_name, "pods"),
     }
 
 
@@ -713,7 +714,7 @@ def build_serving_deployment(
     env.append(
         {"name": "KUBELOOP_SERVING_EXPECTED_SHA256", "value": mv["spec"]["artifact"]["sha256"]}
     )
-    env += secret_env(settings.artifacts_secret)  # the model is read from the store
+    env += [*secret_env(settings.artifacts_secret), *_peers_env(md, settings)]  # store; peers
     if role == "canary" and stable_mv is not None:
         env += _buckets_env(mv, stable_mv)
     if role == "stable":
@@ -766,6 +767,49 @@ def build_service(md: dict[str, Any], role: str, settings: OperatorSettings) -> 
             "ports": [{**port, "appProtocol": scheme}, *_grpc_ports(_grpc(md), "port")],
         },
     }
+
+
+def _peers_selector(md: dict[str, Any]) -> dict[str, str]:
+    """Every serving pod of the deployment, whatever its role."""
+    return {"app.kubernetes.io/name": "kubeloop-serving", DEPLOYMENT_LABEL: md["metadata"]["name"]}
+
+
+def build_peers_service(md: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """A headless Service over all the deployment's serving pods: its name resolves to
+    each pod's address, so a pod given a label for a request another pod answered can
+    offer it to them (kubeloop.serving.peers). Ready pods only."""
+    scheme = _scheme(md)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(
+            md,
+            serving_names(md["metadata"]["name"])["peers"],
+            labels("serving", **_peers_selector(md)),
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "selector": _peers_selector(md),
+            "ports": [{"name": scheme, "port": settings.serving_port, "targetPort": scheme}],
+        },
+    }
+
+
+def _peers_env(md: dict[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Where a pod offers feedback it cannot match: the peers Service, its own address
+    left out. Plain HTTP only: a TLS deployment's certificate names its Services, not
+    the pod addresses a forward dials."""
+    if _scheme(md) != "http":
+        return []
+    name = serving_names(md["metadata"]["name"])["peers"]
+    peers = f"{name}.{md['metadata']['namespace']}.svc:{settings.serving_port}"
+    return [
+        {"name": "KUBELOOP_SERVING_FEEDBACK_PEERS", "value": peers},
+        {
+            "name": "KUBELOOP_SERVING_POD_IP",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        },
+    ]
 
 
 def service_url(md: dict[str, Any], settings: OperatorSettings, role: str = "stable") -> str:
@@ -909,6 +953,7 @@ def serving_children(
     children: list[dict[str, Any] | Absent] = [
         build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
         build_service(md, "stable", settings),
+        build_peers_service(md, settings),
         build_routing_config(md, weight, canary_version, settings, mirror),
         hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
         policy

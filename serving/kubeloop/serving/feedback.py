@@ -232,6 +232,10 @@ class FeedbackResult:
     value: float | None
     rows: int
     duplicates: int = 0
+    #: the ids this pod knows (matched now or counted before)
+    known: tuple[str, ...] = ()
+    #: the (id, truth) pairs it does not: for the deployment's other pods
+    unknown_items: tuple[tuple[str, Any], ...] = ()
 
 
 class FeedbackRecorder:
@@ -313,8 +317,16 @@ class FeedbackRecorder:
         ):
             if count:
                 counter.labels(model.name, model.version, result).inc(count)
+        missing = set(done.unknown)
         return FeedbackResult(
-            done.matched, done.unknown, store.metric, store.value(), store.rows, done.duplicates
+            done.matched,
+            done.unknown,
+            store.metric,
+            store.value(),
+            store.rows,
+            done.duplicates,
+            known=tuple(dict.fromkeys(rid for rid, _ in items if rid not in missing)),
+            unknown_items=tuple(item for item in items if item[0] in missing),
         )
 
     def close(self) -> None:

@@ -194,6 +194,19 @@ def online_test() -> dict:
         *feedback("ml", "i", "i-0", "1x9", "10x9"),
         # j: a regressor (squared errors) without a ceiling never trips the rule
         *feedback("ml", "j", "j-0", "25x9", "100x9", metric="rmse"),
+        # s: the stable pod is above the floor; a shadow pod (another version) below it
+        # does not count: quiet
+        *feedback("ml", "s", "s-0", "95x9", "100x9"),
+        series(
+            "kubeloop_online_metric_score_sum",
+            "ml",
+            "s",
+            "s-1",
+            "10x9",
+            metric="accuracy",
+            role="shadow",
+        ),
+        series("kubeloop_online_metric_rows", "ml", "s", "s-1", "100x9", role="shadow"),
         # r: a regressor with RMSE 0.5 above its ceiling 0.3: fires with the RMSE
         *feedback("ml", "r", "r-0", "25x9", "100x9", metric="rmse"),
         floor("ml", "r", "r-0", "0.3x9", metric="rmse"),

@@ -43,7 +43,7 @@ def test_online_rule_prefers_the_deployments_floor_and_falls_back_to_the_default
     assert f'< {floor}accuracy"}})' in expr
     assert f'< 0.9 unless {floor}accuracy"}})' in expr
     assert f'> {floor}rmse"}})' in expr
-    assert "(kubeloop_online_metric_rows) >= 50" in expr
+    assert '(kubeloop_online_metric_rows{role!="shadow"}) >= 50' in expr
 
 
 def test_interval_only_when_asked_for():

@@ -75,11 +75,15 @@ def drift_expr(options: RuleOptions) -> str:
     )
 
 
+#: the pods whose feedback is the deployment's: a shadow scores its own version
+ROWS = 'kubeloop_online_metric_rows{role!="shadow"}'
+
+
 def _across_replicas(metric: str) -> str:
     """Per deployment: the window score sums of all its pods over all their rows (the
     mean score over the feedback every replica saw; a pod holds only its own)."""
-    score = f'kubeloop_online_metric_score_sum{{metric="{metric}"}}'
-    return f"(sum by ({BY}) ({score}) / sum by ({BY}) (kubeloop_online_metric_rows))"
+    score = f'kubeloop_online_metric_score_sum{{metric="{metric}",role!="shadow"}}'
+    return f"(sum by ({BY}) ({score}) / sum by ({BY}) ({ROWS}))"
 
 
 def _floor(metric: str) -> str:
@@ -102,7 +106,7 @@ def online_expr(options: RuleOptions) -> str:
         f"  or ({accuracy} < {options.online_floor} unless {_floor('accuracy')})\n"
         f"  or (sqrt{mse} > {_floor('rmse')})\n"
         ")\n"
-        f"and (sum by ({BY}) (kubeloop_online_metric_rows) >= {options.online_min_rows})"
+        f"and (sum by ({BY}) ({ROWS}) >= {options.online_min_rows})"
     )
 
 
