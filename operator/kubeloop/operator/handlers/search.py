@@ -111,7 +111,8 @@ def step(
         rec.status["search"] = progress(name, spec, len(trials))
         end(rec, "Failed", "SearchFailed", f"search Job {name}: {outcome(ctx.kube, job).reason}")
         return None
-    verdict = judge(trials, contract.candidate_count(spec.search))  # type: ignore[arg-type]
+    status = progress(name, spec, len(trials))
+    verdict = judge(trials, int(status["trials"]))
     rec.status["search"] = progress(name, spec, len(trials), verdict.winner)
     if verdict.winner is None:
         end(rec, "Failed", "SearchFailed", f"search Job {name} completed, but {verdict.problem}")
