@@ -330,8 +330,22 @@ class Sampling(KubeModel):
     seed: int = Field(0, ge=0, description="Seed of the sample.")
 
 
+#: Most pods one search runs its trials on.
+MAX_SEARCH_PARALLELISM = 100
+
+
 class Search(KubeModel):
     """Hyper-parameter search with cross-validation."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!has(self.parallelism) || (self.parallelism >= 1 && "
+            f"self.parallelism <= {MAX_SEARCH_PARALLELISM})",
+            message=f"parallelism must be between 1 and {MAX_SEARCH_PARALLELISM}",
+            check=lambda s: s.parallelism is None or 1 <= s.parallelism <= MAX_SEARCH_PARALLELISM,
+            field_path=".parallelism",
+        ),
+    )
 
     strategy: Literal["grid", "random"] = Field("grid", description="grid or random.")
     space: dict[str, list[Any]] = Field(
@@ -347,6 +361,12 @@ class Search(KubeModel):
     cv: int = Field(3, ge=2, le=20, description="Cross-validation folds.")
     metric: str | None = Field(
         None, description="Metric to optimise; default accuracy or r2 by task."
+    )
+    parallelism: int | None = Field(
+        None,
+        description="Run the trials on this many pods (an Indexed Job, each pod a share of "
+        "the candidates, trials written to the store), then retrain the winner once; "
+        "default: every trial in the trainer's own process.",
     )
 
 
@@ -530,6 +550,27 @@ class TrainingJobSpec(KubeModel):
     image: str | None = Field(None, description="Trainer image; default: the operator's.")
 
 
+class SearchWinner(KubeModel):
+    """The best candidate of a search across pods."""
+
+    index: int = Field(ge=0, description="Its place in the search's candidate list.")
+    score: float | None = Field(None, description="Its mean cross-validated value of the metric.")
+    params: FreeForm = Field(description="Its values of the searched parameters.")
+
+
+class SearchStatus(KubeModel):
+    """A search across pods: how far it is and, once every trial is in, the winner."""
+
+    job_name: str = Field(description="The search's Indexed Job.")
+    pods: int = Field(ge=1, description="Pods the trials are shared among.")
+    trials: int = Field(ge=0, description="Candidates the search tries.")
+    done: int = Field(0, ge=0, description="Trials whose results are in the store.")
+    metric: str | None = Field(None, description="The metric the trials are ranked by.")
+    winner: SearchWinner | None = Field(
+        None, description="The best trial, once every trial is in: the model trained next."
+    )
+
+
 class TrainingJobStatus(StatusBase):
     """Progress and outcome of the run."""
 
@@ -549,6 +590,9 @@ class TrainingJobStatus(StatusBase):
     reason: str | None = Field(None, description="Why it failed or was rejected.")
     comparison: Comparison | None = Field(
         None, description="The champion/challenger comparison, when the gate asked for one."
+    )
+    search: SearchStatus | None = Field(
+        None, description="A search across pods (spec.search.parallelism): its progress and winner."
     )
 
 

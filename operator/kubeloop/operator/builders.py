@@ -33,6 +33,7 @@ from kubeloop.contracts.results import (
     JobResult,
 )
 from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig
+from kubeloop.contracts.search import shard_pods
 from kubeloop.contracts.storage import SOURCE_PREFIX, secret_env
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
@@ -327,6 +328,55 @@ def build_trainer_job(
         spec_json=json.dumps(spec.to_wire(), sort_keys=True),
     )
     return _job(tj, template, settings)
+
+
+def search_job_name(tj: dict[str, Any]) -> str:
+    """The Indexed Job of a TrainingJob's search across pods (one per TrainingJob object)."""
+    return child_name(tj["metadata"]["name"], f"search-{tj['metadata']['uid'][:5]}")
+
+
+def search_dir_uri(settings: OperatorSettings, namespace: str, tj_name: str, uid: str) -> str:
+    """Where a search across pods writes its trials: beside the model directory, which the
+    trainer replaces whole when it publishes."""
+    return join(settings.artifact_root, "searches", namespace, f"{tj_name}-{uid[:8]}")
+
+
+def build_search_job(
+    tj: dict[str, Any], spec: TrainingJobSpec, data_uri: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The Indexed Job whose pod ``i`` runs shard ``i`` of the search (``kubeloop train
+    --search-shards N``, the index from ``JOB_COMPLETION_INDEX``). Each index is retried
+    on its own (``backoffLimitPerIndex``: a lost pod's shard reruns, overwriting its trial
+    files); one index out of retries fails the Job."""
+    meta = tj["metadata"]
+    if spec.search is None:
+        raise ValueError("a search Job needs spec.search")
+    pods = shard_pods(spec.search)
+    out = search_dir_uri(settings, meta["namespace"], meta["name"], meta["uid"])
+    template = JobTemplate(
+        name=search_job_name(tj),
+        labels=labels("search", **{TRAINING_JOB_LABEL: meta["name"], MODEL_LABEL: spec.model_name}),
+        args=[
+            *("train", "--spec", SPEC_PATH, "--data", data_uri, "--out", out),
+            *("--search-shards", str(pods)),
+        ],
+        image=spec.image or settings.trainer_image,
+        resources=spec.resources.to_wire() if spec.resources else settings.trainer_resources,
+        backoff_limit=spec.backoff_limit,
+        active_deadline_seconds=spec.active_deadline_seconds,
+        spec_json=json.dumps(spec.to_wire(), sort_keys=True),
+    )
+    job = _job(tj, template, settings)
+    job_spec = job["spec"]
+    del job_spec["backoffLimit"]  # the limit is per index
+    job_spec.update(
+        completionMode="Indexed",
+        completions=pods,
+        parallelism=pods,
+        backoffLimitPerIndex=spec.backoff_limit,
+        maxFailedIndexes=0,
+    )
+    return job
 
 
 def needs_inspection(mv_spec: dict[str, Any]) -> bool:
