@@ -154,6 +154,18 @@ class DataSchema(KubeModel):
     )
 
 
+class SnapshotRetention(KubeModel):
+    """How many snapshots of a Dataset the store keeps."""
+
+    keep_snapshots: int = Field(
+        ge=1,
+        le=100,
+        description="Keep the newest N snapshots, the current one and every one a "
+        "ModelVersion's lineage names; older ones are deleted from the store (by a Job) "
+        "and leave status.history.",
+    )
+
+
 class DatasetSpec(KubeModel):
     """A tabular data source and what it must look like."""
 
@@ -165,6 +177,11 @@ class DatasetSpec(KubeModel):
         None, alias="schema", description="Expected columns; the snapshot fails on mismatch."
     )
     target: str | None = Field(None, description="The label column, if the data has one.")
+    retention: SnapshotRetention | None = Field(
+        None,
+        description="Delete old snapshots from the store (default: keep them; status lists "
+        "the newest 10).",
+    )
     refresh_interval: Duration | None = Field(
         None, description="Re-snapshot this often; a changed digest becomes a new version."
     )

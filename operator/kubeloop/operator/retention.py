@@ -1,4 +1,5 @@
-"""Registry retention: ``ModelDeployment.spec.retention.keepVersions``.
+"""Retention: ``ModelDeployment.spec.retention.keepVersions`` for the registry, and
+``Dataset.spec.retention.keepSnapshots`` for snapshots.
 
 The newest N ModelVersions of the deployment's model stay; older ones go, except a
 version this deployment serves (stable, canary, shadow) or pins, or one another
@@ -25,6 +26,8 @@ from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
 
 SERVED_BY_PREFIX = "served-by.kubeloop.io/"
+#: on a cleanup Job: the name of the ModelDeployment or Dataset whose retention made it
+GC_FOR_LABEL = "kubeloop.io/gc-for"
 
 
 @dataclass(frozen=True)
@@ -72,27 +75,52 @@ def prune(
     return Pruning(tuple(sorted(names)), tuple(folders))
 
 
+def prune_snapshots(
+    history: list[dict[str, Any]], keep: int, referenced: set[str], prefix: str
+) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """A Dataset's ``history`` (newest first) cut to the newest ``keep`` entries plus every
+    one a ModelVersion's lineage names (``referenced`` versions), and the snapshot folders
+    of the entries cut (those under ``prefix``, the Dataset's own snapshot folder)."""
+    kept = [h for i, h in enumerate(history) if i < keep or h.get("version") in referenced]
+    cut = [h for h in history if h not in kept]
+    folders = {ArtifactLayout.model_dir(str(h["snapshotUri"])) for h in cut if h.get("snapshotUri")}
+    kept_folders = {
+        ArtifactLayout.model_dir(str(h["snapshotUri"])) for h in kept if h.get("snapshotUri")
+    }
+    return kept, tuple(sorted(f for f in folders - kept_folders if f.startswith(prefix)))
+
+
+def datasets_prefix(settings: OperatorSettings, namespace: str, name: str) -> str:
+    """Where one Dataset's snapshots live (the only place its cleanup Job may delete)."""
+    return join(settings.artifact_root, "datasets", namespace, name) + "/"
+
+
 def models_prefix(settings: OperatorSettings, namespace: str) -> str:
     """The only place a cleanup Job may delete from: the namespace's model folders."""
     return join(settings.artifact_root, "models", namespace) + "/"
 
 
 def cleanup_job(
-    md: dict[str, Any], folders: tuple[str, ...], settings: OperatorSettings
+    owner: dict[str, Any],
+    folders: tuple[str, ...],
+    settings: OperatorSettings,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
-    """The Job deleting ``folders``; named by them, so a retry or a restart makes no twin."""
+    """The Job deleting ``folders`` (under ``prefix``, by default the namespace's model
+    folders); named by them, so a retry or a restart makes no twin."""
     digest = hashlib.sha256("\n".join(folders).encode()).hexdigest()[:10]
-    name = md["metadata"]["name"]
-    prefix = models_prefix(settings, md["metadata"]["namespace"])
+    name = owner["metadata"]["name"]
+    prefix = prefix or models_prefix(settings, owner["metadata"]["namespace"])
     template = builders.JobTemplate(
         name=child_name(name, f"gc-{digest}"),
-        labels=builders.labels("gc", **{builders.DEPLOYMENT_LABEL: name}),
+        # not the owner kind's own label: a cleanup pod is neither a serving nor a snapshot pod
+        labels=builders.labels("gc", **{GC_FOR_LABEL: name}),
         args=["gc-artifacts", "--under", prefix, *folders],
         image=settings.trainer_image,
         resources=settings.trainer_resources,
         backoff_limit=2,
         active_deadline_seconds=600,
     )
-    job = builders.build_job(md, template, settings)
+    job = builders.build_job(owner, template, settings)
     job["spec"]["ttlSecondsAfterFinished"] = 3600  # one per pruning; nothing reads it after
     return job

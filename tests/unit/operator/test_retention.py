@@ -64,3 +64,36 @@ def test_the_cleanup_job_is_named_by_its_folders_and_bounded_to_the_prefix():
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["gc-artifacts", "--under", PREFIX, *folders]
     assert job["spec"]["ttlSecondsAfterFinished"] == 3600
+
+
+DATA = "s3://store/datasets/ml/cancer/"
+
+
+def snap(n: int) -> dict[str, Any]:
+    return {"version": f"sha256-v2:{n:064x}", "rows": 1, "snapshotUri": f"{DATA}v2-{n}/data.csv"}
+
+
+def test_snapshots_past_the_limit_go_unless_a_version_was_trained_on_them():
+    history = [snap(n) for n in (5, 4, 3, 2, 1)]  # newest first
+    kept, folders = retention.prune_snapshots(history, 2, {snap(2)["version"]}, DATA)
+    assert [h["version"] for h in kept] == [snap(n)["version"] for n in (5, 4, 2)]
+    assert folders == (f"{DATA}v2-1", f"{DATA}v2-3")
+
+
+def test_a_snapshot_outside_the_datasets_folder_is_left_in_the_store():
+    outside = {**snap(1), "snapshotUri": "s3://elsewhere/data.csv"}
+    kept, folders = retention.prune_snapshots([snap(2), outside], 1, set(), DATA)
+    assert kept == [snap(2)]
+    assert folders == ()
+
+
+def test_a_dataset_cleanup_job_is_bounded_to_its_own_folder():
+    settings = OperatorSettings(artifact_root="s3://store")
+    ds = {"apiVersion": "kubeloop.io/v1alpha1", "kind": "Dataset",
+          "metadata": {"name": "cancer", "namespace": "ml", "uid": "u-2"}}  # fmt: skip
+    prefix = retention.datasets_prefix(settings, "ml", "cancer")
+    assert prefix == DATA
+    job = retention.cleanup_job(ds, (f"{DATA}v2-1",), settings, prefix)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["gc-artifacts", "--under", DATA, f"{DATA}v2-1"]
+    assert job["metadata"]["labels"][retention.GC_FOR_LABEL] == "cancer"

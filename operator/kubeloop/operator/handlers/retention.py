@@ -1,11 +1,11 @@
-"""Applying a ModelDeployment's retention (decided in :mod:`kubeloop.operator.retention`)."""
+"""Applying retention (decided in :mod:`kubeloop.operator.retention`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kubeloop.api.base import API_VERSION
-from kubeloop.api.v1alpha1 import ModelDeploymentSpec
+from kubeloop.api.v1alpha1 import DatasetSpec, ModelDeploymentSpec
 from kubeloop.operator import retention
 from kubeloop.operator.handlers.common import Context, Reconcile
 
@@ -42,3 +42,28 @@ def enforce(
         f"deleted ModelVersions {', '.join(pruning.versions)} (keepVersions {keep}); "
         f"{len(pruning.folders)} artifact folder(s) to the cleanup Job",
     )
+
+
+def trim_history(ctx: Context, rec: Reconcile, spec: DatasetSpec) -> None:
+    """After a new snapshot: without retention, status keeps the newest ``history_limit``
+    entries (the store keeps every snapshot); with it, the snapshots past
+    ``keepSnapshots`` that no ModelVersion's lineage names leave the store (a cleanup
+    Job) and the history."""
+    history = list(rec.status.get("history") or [])
+    if spec.retention is None:
+        rec.status["history"] = history[: ctx.settings.history_limit]
+        return
+    keep = spec.retention.keep_snapshots
+    if len(history) <= keep:
+        return
+    referenced = {
+        str(lineage.get("datasetVersion"))
+        for mv in ctx.kube.list(API_VERSION, "ModelVersion", rec.namespace)
+        if (lineage := (mv.get("spec") or {}).get("lineage") or {}).get("dataset") == rec.name
+    }
+    prefix = retention.datasets_prefix(ctx.settings, rec.namespace, rec.name)
+    kept, folders = retention.prune_snapshots(history, keep, referenced, prefix)
+    if folders:
+        ctx.kube.create(retention.cleanup_job(rec.body, folders, ctx.settings, prefix))
+        rec.info("RetentionPruned", f"{len(folders)} snapshot(s) to the cleanup Job")
+    rec.status["history"] = kept
