@@ -836,7 +836,7 @@ def test_snapshot_retention_keeps_the_newest_and_what_a_version_was_trained_on(
                    "snapshot_uri": data.as_uri()}  # fmt: skip
         pod = pod_of(cluster, job["metadata"]["name"])
         finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(summary))
-        wait_for(lambda: cluster.status("Dataset", "cancer").get("version") == digest, digest)
+        wait_for(lambda d=digest: cluster.status("Dataset", "cancer").get("version") == d, digest)
     history = wait_for(
         lambda: (
             [h["version"] for h in cluster.status("Dataset", "cancer")["history"]]
