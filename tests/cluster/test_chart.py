@@ -796,6 +796,9 @@ NAMESPACED_GRANTS = (
         ("networkpolicies.networking.k8s.io", "create"),
         ("networkpolicies.networking.k8s.io", "patch"),
         ("networkpolicies.networking.k8s.io", "delete"),
+        ("httproutes.gateway.networking.k8s.io", "create"),
+        ("httproutes.gateway.networking.k8s.io", "patch"),
+        ("httproutes.gateway.networking.k8s.io", "delete"),
         ("events", "create"),
         # cluster-scoped reads of kopf
         ("customresourcedefinitions.apiextensions.k8s.io", "list"),

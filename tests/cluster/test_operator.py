@@ -12,12 +12,15 @@ import base64
 import copy
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubelet import finish_pod
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from operator_harness import (
     Cluster,
     OperatorProcess,
@@ -851,3 +854,99 @@ def test_snapshot_retention_keeps_the_newest_and_what_a_version_was_trained_on(
     code, message = run_job_locally(job, tmp_path / "gc")
     assert code == 0, message
     assert [p.name for p in sorted(folder.iterdir())] == ["v2-1", "v2-3"]
+
+
+ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+def http_route(cluster: Cluster) -> dict[str, Any] | None:
+    api = client.CustomObjectsApi(cluster.core.api_client)
+    try:
+        route: dict[str, Any] = api.get_namespaced_custom_object(
+            ROUTES[0], ROUTES[1], cluster.namespace, ROUTES[2], "cancer"
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return route
+
+
+def install_http_route_crd(cluster: Cluster) -> None:
+    """HTTPRoute's CRD from the pinned Gateway API module (hack/gateway-api-crds.sh)."""
+    folder = subprocess.run(
+        [str(ROOT / "hack" / "gateway-api-crds.sh")],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert folder.returncode == 0, folder.stderr
+    crd = yaml.safe_load(
+        (Path(folder.stdout.strip()) / "gateway.networking.k8s.io_httproutes.yaml").read_text()
+    )
+    api = client.ApiextensionsV1Api(cluster.core.api_client)
+    if not any(
+        c.metadata.name == crd["metadata"]["name"]
+        for c in api.list_custom_resource_definition().items
+    ):
+        api.create_custom_resource_definition(crd)
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in api.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions
+            or []
+        ),
+        "the HTTPRoute CRD to be established",
+    )
+
+
+def test_gateway_router_splits_by_an_http_route(cluster, operator, store):
+    """canary.router gateway: without the Gateway API the deployment says so; with it, an
+    HTTPRoute carries each step's weight (the stable pods forward nothing), and it goes
+    when the router goes back to the pods."""
+    publish(cluster, store, 1)
+    md = example("ModelDeployment", modelName="cancer", replicas=1)
+    md["metadata"]["name"] = "cancer"
+    md["spec"].pop("retrain")
+    md["spec"]["canary"] = {
+        "steps": [{"weight": 30, "pause": "1h"}],
+        "router": "gateway",
+        "gateway": {"parentRefs": [{"name": "public"}]},
+    }
+    cluster.apply(md)
+    api = client.ApiextensionsV1Api(cluster.core.api_client)
+    served = {c.metadata.name for c in api.list_custom_resource_definition().items}
+    if "httproutes.gateway.networking.k8s.io" not in served:  # the first test to install it
+        missing = wait_for(
+            lambda: (
+                (c := cluster.condition("ModelDeployment", "cancer")).get("reason")
+                == "GatewayAPIMissing"
+                and c
+            ),
+            "the deployment to say the Gateway API is missing",
+            state=lambda: cluster.get("ModelDeployment", "cancer"),
+        )
+        assert "install the Gateway API CRDs" in missing["message"]
+    install_http_route_crd(cluster)
+    cluster.wait_phase("ModelDeployment", "cancer", "Serving", timeout=90)
+    backends = lambda: [  # noqa: E731
+        (b["name"], b["weight"])
+        for b in ((http_route(cluster) or {}).get("spec") or {"rules": [{}]})["rules"][0].get(
+            "backendRefs", []
+        )
+    ]
+    wait_for(lambda: backends() == [("cancer", 100)], "the route to the stable Service")
+    publish(cluster, store, 2)
+    wait_for(
+        lambda: backends() == [("cancer", 70), ("cancer-canary", 30)],
+        "the canary's 30% on the route",
+        state=lambda: http_route(cluster),
+    )
+    assert routing(cluster)["weight"] == 0  # the pods forward nothing
+    assert cluster.status("ModelDeployment", "cancer")["httpRoute"] == "cancer"
+    cluster.patch(
+        "ModelDeployment", "cancer", {"spec": {"canary": {"router": "pod", "gateway": None}}}
+    )
+    wait_for(
+        lambda: http_route(cluster) is None and routing(cluster).get("weight") == 30,
+        "the route to go and the stable pods to forward the canary's share",
+        state=lambda: (http_route(cluster), routing(cluster)),
+    )

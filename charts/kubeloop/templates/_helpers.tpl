@@ -198,6 +198,11 @@ the operator under these rules and fails on any 403.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create, patch, delete]
+# The HTTPRoute of a ModelDeployment with canary.router gateway (Gateway API): applied,
+# and deleted when the router goes back to the pods.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [create, patch, delete]
 # Each ModelDeployment's feedback-token Secret: created once (an existing one is never
 # read, changed or listed), deleted with its owner by the garbage collector.
 - apiGroups: [""]

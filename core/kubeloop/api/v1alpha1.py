@@ -818,6 +818,31 @@ class Analysis(KubeModel):
     )
 
 
+class GatewayParentRef(KubeModel):
+    """A Gateway the HTTPRoute attaches to (Gateway API ``parentRefs``)."""
+
+    name: DNSSubdomain = Field(description="The Gateway's name.")
+    namespace: DNSLabel | None = Field(
+        None, description="Its namespace (default: the deployment's)."
+    )
+    section_name: DNSLabel | None = Field(None, description="One listener of it.")
+
+
+class GatewayRouter(KubeModel):
+    """Where the HTTPRoute of ``router: gateway`` attaches, and for which hosts."""
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1, max_length=8, description="The Gateways (or listeners) to attach to."
+    )
+    hostnames: list[DNSSubdomain] | None = Field(
+        None, max_length=16, description="Host names the route answers (default: any)."
+    )
+
+
+def _gateway_when_routed_by_it(canary: Canary) -> bool:
+    return (canary.router == "gateway") == (canary.gateway is not None)
+
+
 class Canary(KubeModel):
     """Progressive rollout of a new version."""
 
@@ -834,6 +859,12 @@ class Canary(KubeModel):
             check=lambda c: [s.weight for s in c.steps] == sorted(s.weight for s in c.steps),
             field_path=".steps",
         ),
+        Rule(
+            cel="(has(self.router) && self.router == 'gateway') == has(self.gateway)",
+            message="canary.gateway must be set exactly when canary.router is gateway",
+            check=_gateway_when_routed_by_it,
+            field_path=".gateway",
+        ),
     )
 
     steps: list[CanaryStep] = Field(
@@ -848,6 +879,15 @@ class Canary(KubeModel):
         None,
         description="Checks read from Prometheus before each step advances; failures roll the "
         "canary back (default: steps advance on their pauses alone).",
+    )
+    router: Literal["pod", "gateway"] = Field(
+        "pod",
+        description="pod: the stable pods forward the canary's share (needs nothing "
+        "installed); gateway: a Gateway API HTTPRoute <name> with weighted backendRefs splits "
+        "it (the Gateway API CRDs and a Gateway must exist).",
+    )
+    gateway: GatewayRouter | None = Field(
+        None, description="The HTTPRoute's Gateways and hosts (router gateway only)."
     )
 
 
@@ -1229,6 +1269,9 @@ class ModelDeploymentStatus(StatusBase):
         None, description="Version the shadow pods serve, when spec.shadow names a Ready one."
     )
     canary_weight: int | None = Field(None, ge=0, le=100, description="Canary traffic share.")
+    http_route: str | None = Field(
+        None, description="The HTTPRoute splitting traffic (canary.router gateway)."
+    )
     canary_step: int | None = Field(None, ge=0, description="Index of the current step.")
     step_started_time: datetime | None = Field(None, description="When the current step began.")
     aborted_version: int | None = Field(

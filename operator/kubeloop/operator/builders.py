@@ -944,6 +944,45 @@ def build_network_policy(
     }
 
 
+HTTP_ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+
+
+def routed_by_gateway(spec: ModelDeploymentSpec) -> bool:
+    return spec.canary is not None and spec.canary.router == "gateway"
+
+
+def build_http_route(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    weight: int,
+    canary: bool,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """``canary.router: gateway``: the Gateway API HTTPRoute ``<name>`` splitting requests
+    between the stable and (while one runs) the canary Service by weight, instead of the
+    stable pods forwarding (Flagger's Gateway API router)."""
+    assert spec.canary is not None
+    assert spec.canary.gateway is not None
+    gateway = spec.canary.gateway
+    port = settings.serving_port
+    backends = [{"name": _service_name(md, "stable"), "port": port, "weight": 100 - weight}]
+    if canary:
+        backends.append({"name": _service_name(md, "canary"), "port": port, "weight": weight})
+    route_spec: dict[str, Any] = {
+        "parentRefs": [ref.to_wire() for ref in gateway.parent_refs],
+        "rules": [{"backendRefs": backends}],
+    }
+    if gateway.hostnames:
+        route_spec["hostnames"] = list(gateway.hostnames)
+    name = md["metadata"]["name"]
+    return {
+        "apiVersion": HTTP_ROUTE[0],
+        "kind": HTTP_ROUTE[1],
+        "metadata": _meta(md, name, labels("serving", **{DEPLOYMENT_LABEL: name})),
+        "spec": route_spec,
+    }
+
+
 @dataclass(frozen=True)
 class Absent:
     """A child that must not exist: deleted when it does."""
@@ -1000,16 +1039,21 @@ def serving_children(
     mirror = None
     if shadow_mv is not None and spec.shadow is not None:
         mirror = (int(shadow_mv["spec"]["version"]), spec.shadow.percent)
+    # with a Gateway router the HTTPRoute splits; the stable pods forward nothing
+    gateway = routed_by_gateway(spec)
+    pod_weight = 0 if gateway else weight
     children: list[dict[str, Any] | Absent] = [
         build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
         build_service(md, "stable", settings),
         build_peers_service(md, settings),
-        build_routing_config(md, weight, canary_version, settings, mirror),
+        build_routing_config(md, pod_weight, canary_version, settings, mirror),
         hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
         policy
         or Absent("networking.k8s.io/v1", "NetworkPolicy", namespace, names["network_policy"]),
     ]
     shadow = _shadow_children(md, spec, shadow_mv if mirror else None, settings)
+    if gateway:  # after the Services it routes to
+        shadow.append(build_http_route(md, spec, weight, canary_mv is not None, settings))
     if canary_mv is None:
         return [
             *children,

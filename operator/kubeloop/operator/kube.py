@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from kubeloop.api.base import API_VERSION
@@ -66,6 +66,14 @@ class Kube:
             if key not in self._resources:
                 self._resources[key] = self._dyn.resources.get(api_version=api_version, kind=kind)
             return self._resources[key]
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the API server knows the kind (its CRD is installed)."""
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as a dict, or None when it does not exist."""
@@ -133,7 +141,10 @@ class Kube:
         return applied
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete, the dependents in the background; False when it was already gone."""
+        """Delete, the dependents in the background; False when it was already gone (or
+        its kind is not served: then none can exist)."""
+        if not self.serves(api_version, kind):
+            return False
         try:
             self._resource(api_version, kind).delete(
                 name=name, namespace=namespace, body={"propagationPolicy": "Background"}

@@ -632,3 +632,40 @@ def test_a_bare_version_is_inspected_by_a_job_named_after_its_digest(settings):
         "inspect", "--model", "s3://models/net/model.onnx", "--sha256", "ab12cd34" + "0" * 56,
     ]  # fmt: skip
     assert container["terminationMessagePolicy"] == "File"
+
+
+def test_a_gateway_router_splits_by_an_http_route_and_the_pods_forward_nothing(settings):
+    md = parent("ModelDeployment")
+    md["spec"]["canary"] = {
+        "steps": [{"weight": 20}],
+        "router": "gateway",
+        "gateway": {"parentRefs": [{"name": "public", "namespace": "infra"}],
+                    "hostnames": ["demo.example.org"]},
+    }  # fmt: skip
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    children = builders.serving_children(
+        md, spec, serving_version(1), serving_version(2), 20, settings
+    )
+    (config,) = [
+        c for c in children if not isinstance(c, builders.Absent) and c["kind"] == "ConfigMap"
+    ]
+    assert json.loads(config["data"]["routing.json"])["weight"] == 0
+    route = children[-1]
+    assert (route["kind"], route["metadata"]["name"]) == ("HTTPRoute", "demo")
+    assert route["spec"] == {
+        "parentRefs": [{"name": "public", "namespace": "infra"}],
+        "hostnames": ["demo.example.org"],
+        "rules": [
+            {
+                "backendRefs": [
+                    {"name": "demo", "port": 8080, "weight": 80},
+                    {"name": "demo-canary", "port": 8080, "weight": 20},
+                ]
+            }
+        ],
+    }
+    # no canary: all of it to the stable Service
+    alone = builders.serving_children(md, spec, serving_version(1), None, 0, settings)
+    assert alone[-1]["spec"]["rules"] == [
+        {"backendRefs": [{"name": "demo", "port": 8080, "weight": 100}]}
+    ]

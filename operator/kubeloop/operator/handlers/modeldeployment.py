@@ -366,6 +366,17 @@ def _apply(ctx: Context, children: list[dict[str, Any] | builders.Absent]) -> No
             ctx.kube.apply(child)
 
 
+def _route_gone(rec: Reconcile, spec: ModelDeploymentSpec) -> list[builders.Absent]:
+    """The HTTPRoute of a deployment routed by a Gateway, once it is not (only then: a
+    cluster without the Gateway API never hears of the kind)."""
+    gateway = builders.routed_by_gateway(spec)
+    had = rec.status.get("httpRoute")
+    rec.status["httpRoute"] = rec.name if gateway else None
+    if gateway or not had:
+        return []
+    return [builders.Absent(*builders.HTTP_ROUTE, rec.namespace, str(had))]
+
+
 def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
     """The serving pods' bearer token: a random one in a Secret created once; an existing
     Secret is kept as it is (a reconcile or a restart never replaces the token)."""
@@ -470,16 +481,18 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         rec.condition("Degraded", True, "VersionMissing", missing)
         rec.status["phase"] = "Degraded"
         return
+    if builders.routed_by_gateway(spec) and not ctx.kube.serves(*builders.HTTP_ROUTE):
+        message = "canary.router is gateway, but the API server serves no HTTPRoute kind: "
+        rec.ready(False, "GatewayAPIMissing", message + "install the Gateway API CRDs")
+        return
     weight = canary_weight(spec, state, canary_ready)
     canary = state["canaryVersion"]
     canary_mv = ready[canary] if canary is not None else None
     shadow_mv = ready.get(spec.shadow.version) if spec.shadow is not None else None
-    _apply(
-        ctx,
-        builders.serving_children(
-            rec.body, spec, stable_mv, canary_mv, weight, ctx.settings, shadow_mv
-        ),
+    children = builders.serving_children(
+        rec.body, spec, stable_mv, canary_mv, weight, ctx.settings, shadow_mv
     )
+    _apply(ctx, [*children, *_route_gone(rec, spec)])
     served = {stable_mv["metadata"]["name"]: "stable"}
     if canary_mv is not None:
         served[canary_mv["metadata"]["name"]] = "canary"
