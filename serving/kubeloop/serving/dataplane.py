@@ -137,11 +137,17 @@ class DataPlane:
     # ---------------------------------------------------------------------- infer
 
     async def infer(
-        self, model: LoadedModel, request: Decoded, request_id: str, started: float
+        self,
+        model: LoadedModel,
+        request: Decoded,
+        request_id: str,
+        started: float,
+        linger: bool = False,
     ) -> Outputs:
         """Run ``model`` on a validated request and tell the prediction observers.
-        ``started`` is the request's ``time.perf_counter()`` at arrival."""
-        outputs = await model.infer(model.feed(request), request.rows)
+        ``started`` is the request's ``time.perf_counter()`` at arrival; ``linger``: it
+        may wait for company in the batcher (gRPC's requests do)."""
+        outputs = await model.infer(model.feed(request), request.rows, linger)
         for observer in self._observers:
             observer.on_prediction(model, request, request_id, outputs, started)
         return outputs

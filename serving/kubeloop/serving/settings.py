@@ -189,6 +189,15 @@ class ServingSettings(BaseSettings):
         description="Longest a request waits for others to join its batch; 0 = only requests "
         "that arrived in the same event-loop turn (no added latency when idle).",
     )
+    grpc_batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a gRPC request waits for others to join its batch, only while "
+        "concurrent gRPC requests are seen (one request is probed every 0.25 s); 0 = never. "
+        "grpc.aio accepts one RPC per event-loop turn, so without it gRPC requests never "
+        "share a model call.",
+    )
 
     # --- drift
     drift: bool = Field(True, description="Compare live inputs with the reference profile.")
