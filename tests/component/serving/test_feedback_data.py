@@ -7,13 +7,14 @@ import json
 import os
 import shutil
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from serving_helpers import KUBELOOP, serving, wait_for
+from serving_helpers import KUBELOOP, free_port, serving, start_server, wait_for
 
 FEATURES = ["age", "income", "city"]
 
@@ -138,3 +139,49 @@ def test_a_feedback_source_without_a_target_or_with_no_label_is_refused(tmp_path
     )  # fmt: skip
     assert proc.returncode == 2
     assert "no labelled prediction" in proc.stderr
+
+
+def test_across_two_pods_each_label_is_logged_once_by_the_pod_that_answered(
+    mixed_model, data_dir, tmp_path
+):
+    folder = tmp_path / "claim"
+    folder.mkdir()
+    frame = pd.read_csv(data_dir / "mixed.csv").dropna().reset_index(drop=True)
+    ports = [free_port(), free_port()]
+    env = {
+        "KUBELOOP_SERVING_FEEDBACK_PEERS": ",".join(f"127.0.0.1:{p}" for p in ports),
+        "KUBELOOP_SERVING_POD_IP": "127.0.0.1",
+        "KUBELOOP_SERVING_PREDICTION_LOG_INPUTS": "1",
+    }
+    with ExitStack() as stack:
+        pods = []
+        for pod, port in zip("ab", ports, strict=True):
+            log = str(folder / f"pod-{pod}.jsonl")
+            server = start_server(mixed_model, "--name", "mixed", "--port", str(port),
+                                  "--prediction-log", log, env=env)  # fmt: skip
+            stack.callback(server.stop)
+            pods.append(server)
+        for n, server in enumerate(pods):
+            with server.client() as http:
+                for i in range(3):
+                    row = frame.iloc[3 * n + i : 3 * n + i + 1][FEATURES]
+                    body = {"instances": row.to_dict(orient="records")}
+                    headers = {"x-request-id": f"{'ab'[n]}-{i}"}
+                    r = http.post("/v1/models/mixed:predict", json=body, headers=headers)
+                    assert r.status_code == 200, r.text
+        items = [{"id": f"{p}-{i}", "truth": "yes"} for p in "ab" for i in range(3)]
+        items.append({"id": "never-served", "truth": "no"})
+        with pods[0].client() as http:  # every label to pod a
+            doc = http.post("/v2/models/mixed/feedback", json={"feedback": items}).json()
+        assert (doc["matched"], doc["unknown"]) == (6, 1), doc
+
+        def labels(pod: str) -> list[str]:
+            path = folder / f"pod-{pod}.jsonl"
+            lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+            return sorted(x["id"] for x in lines if x.get("kind") == "feedback")
+
+        wait_for("7 labels in the logs", lambda: len(labels("a")) + len(labels("b")) == 7)
+    assert labels("a") == ["a-0", "a-1", "a-2", "never-served"]
+    assert labels("b") == ["b-0", "b-1", "b-2"]
+    summary = snapshot(folder, tmp_path / "out")
+    assert summary["rows"] == 6

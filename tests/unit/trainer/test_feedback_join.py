@@ -170,3 +170,18 @@ def test_no_labelled_row_is_an_error_that_says_what_was_read(tmp_path):
         rows_of(tmp_path)
     with pytest.raises(DataError, match="no such folder"):
         rows_of(tmp_path / "missing")
+
+
+def test_a_row_logged_twice_under_one_id_is_kept_once_from_its_earliest_line(tmp_path):
+    # a shadow pod answers a mirror of the request under the same id, a little later
+    write(tmp_path / "stable.jsonl", [prediction("r", NOW - 9, {"x": 1}, version="3"),
+                                      label("r", 1, NOW)])  # fmt: skip
+    write(tmp_path / "shadow.jsonl", [prediction("r", NOW - 8, {"x": 1}, version="4")])
+    rows, counts = rows_of(tmp_path, version_column="v")
+    assert rows == [{"x": 1, "y": 1, "v": "3"}]
+    assert counts.duplicates == 1
+    # read the other way round: the same row
+    write(tmp_path / "a.jsonl", [prediction("r", NOW - 8, {"x": 1}, version="4")])
+    rows, counts = rows_of(tmp_path, version_column="v", max_bytes=10_000)
+    assert rows == [{"x": 1, "y": 1, "v": "3"}]
+    assert counts.duplicates == 2

@@ -10,7 +10,8 @@ bounded by the labels and the rows kept, not by the logs:
 1. the labels: the last one for a request id (by time, then by read order) wins;
 2. the predictions with a label: a request's label is one value, or a list with one
    value per row (matched by position). Rows older than ``max_age_s`` are dropped; of the
-   rest the newest are kept while their log lines add up to at most ``max_bytes``.
+   rest the newest are kept while their log lines add up to at most ``max_bytes``. A row
+   logged twice under one id (a shadow pod's answer to a mirrored request) counts once.
 
 The table is the input features (one column each), the target and, when asked for, the
 model version; its rows are ordered by time and id, so the same logs always make the same
@@ -71,6 +72,7 @@ class Counts:
     mismatched: int = 0  # a label without a value for that row
     too_old: int = 0
     over_size: int = 0
+    duplicates: int = 0  # a line id logged again (its earliest line is kept)
 
     def summary(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
@@ -85,6 +87,7 @@ class _Row:
     seq: int
     size: int = field(compare=False)
     values: dict[str, Any] = field(compare=False)
+    dead: bool = field(default=False, compare=False)  # replaced by an earlier line
 
 
 def is_feedback_source(source: str) -> bool:
@@ -192,20 +195,40 @@ def _row_values(
 
 class _Kept:
     """The newest rows whose log lines add up to at most ``max_bytes`` (a heap of the
-    kept rows, oldest on top)."""
+    kept rows, oldest on top), one per line id: an id logged twice (a shadow pod answers
+    a mirror of the request under its id; a client reuses an id) keeps its earliest line,
+    the answer the client got first."""
 
     def __init__(self, max_bytes: int | None, counts: Counts) -> None:
         self.max_bytes = max_bytes
         self.counts = counts
         self.heap: list[_Row] = []
+        self.by_id: dict[str, _Row] = {}
         self.bytes = 0
 
     def add(self, row: _Row) -> None:
+        known = self.by_id.get(row.id)
+        if known is not None:
+            self.counts.duplicates += 1
+            if known <= row:
+                return
+            known.dead = True  # left in the heap, skipped when popped and at the end
+            self.bytes -= known.size
+        self.by_id[row.id] = row
         heapq.heappush(self.heap, row)
         self.bytes += row.size
         while self.max_bytes is not None and self.heap and self.bytes > self.max_bytes:
-            self.bytes -= heapq.heappop(self.heap).size
+            oldest = heapq.heappop(self.heap)
+            if oldest.dead:
+                continue
+            if self.by_id.get(oldest.id) is oldest:
+                del self.by_id[oldest.id]
+            self.bytes -= oldest.size
             self.counts.over_size += 1
+
+    def rows(self) -> list[_Row]:
+        """The kept rows, oldest first."""
+        return sorted(row for row in self.heap if not row.dead)
 
 
 def labelled_rows(
@@ -243,7 +266,7 @@ def labelled_rows(
             continue
         seq += 1
         kept.add(_Row(when, line_id, seq, size, values))
-    return sorted(kept.heap)
+    return kept.rows()
 
 
 def _column(values: list[Any]) -> pa.Array:
