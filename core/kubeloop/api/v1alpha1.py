@@ -86,7 +86,7 @@ class SqlSource(KubeModel):
 #: How far back a feedback source reads the prediction log unless told otherwise.
 DEFAULT_FEEDBACK_MAX_AGE = "720h"
 #: Bytes of prediction log lines a feedback source keeps unless told otherwise.
-DEFAULT_FEEDBACK_MAX_BYTES = 1024**3
+DEFAULT_FEEDBACK_MAX_BYTES = 256 * 1024**2
 
 
 class DeploymentRef(KubeModel):
@@ -111,7 +111,8 @@ class FeedbackSource(KubeModel):
         ge=1024,
         le=1024**4,
         description="Of the labelled predictions, the newest are kept while their log lines "
-        "add up to at most this many bytes (default 1 GiB).",
+        "add up to at most this many bytes (default 256 MiB). The snapshot Job holds the rows "
+        "kept: give it about twice this much memory, besides ~250 MiB.",
     )
     version_column: str | None = Field(
         None,

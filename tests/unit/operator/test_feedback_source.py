@@ -68,7 +68,7 @@ def test_the_snapshot_job_mounts_the_deployments_claim_read_only_and_joins_it():
                         "--target", "target"]  # fmt: skip
     flags = dict(zip(args[5::2], args[6::2], strict=False))
     assert flags["--max-age"] == "720h"
-    assert flags["--max-bytes"] == str(1024**3)
+    assert flags["--max-bytes"] == str(256 * 1024**2)
     assert flags["--version-column"] == "model_version"
     assert flags["--format"] == "parquet"
     volume = next(v for v in pod["volumes"] if v["name"] == "feedback")
