@@ -185,3 +185,11 @@ def test_a_row_logged_twice_under_one_id_is_kept_once_from_its_earliest_line(tmp
     rows, counts = rows_of(tmp_path, version_column="v", max_bytes=10_000)
     assert rows == [{"x": 1, "y": 1, "v": "3"}]
     assert counts.duplicates == 2
+
+
+def test_labels_older_than_the_age_bound_are_not_kept(tmp_path):
+    old = [prediction("r", NOW - 900, {"x": 1}), label("r", 1, NOW - 800)]
+    write(tmp_path / "p.jsonl", [*old, prediction("s", NOW - 9, {"x": 2}), label("s", 0, NOW)])
+    rows, counts = rows_of(tmp_path, max_age_s=600)
+    assert rows == [{"x": 2, "y": 0}]
+    assert (counts.labels, counts.unlabelled) == (2, 1)

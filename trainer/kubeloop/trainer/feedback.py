@@ -134,8 +134,9 @@ def _epoch(value: Any) -> float | None:
         return None
 
 
-def read_labels(paths: list[Path], counts: Counts) -> dict[str, Any]:
-    """Request id -> truth: the last label for each id (by time, then read order)."""
+def read_labels(paths: list[Path], counts: Counts, oldest: float | None = None) -> dict[str, Any]:
+    """Request id -> truth: the last label for each id (by time, then read order). Labels
+    before ``oldest`` are left out: they can only name predictions older still."""
     latest: dict[str, tuple[float, Any]] = {}
     for record, _ in _records(paths, None):
         if record.get("kind") != FEEDBACK_KIND:
@@ -145,6 +146,8 @@ def read_labels(paths: list[Path], counts: Counts) -> dict[str, Any]:
             counts.corrupt += 1
             continue
         counts.labels += 1
+        if oldest is not None and when < oldest:
+            continue
         known = latest.get(rid)
         if known is None or when >= known[0]:
             latest[rid] = (when, record["truth"])
@@ -294,7 +297,8 @@ def join(folder: str, options: Options, now: float, counts: Counts | None = None
     counts = counts if counts is not None else Counts()
     paths = log_files(folder)
     counts.files = len(paths)
-    labels = read_labels(paths, counts)
+    oldest = None if options.max_age_s is None else now - options.max_age_s
+    labels = read_labels(paths, counts, oldest)
     rows = labelled_rows(paths, labels, options, now, counts)
     counts.rows = len(rows)
     if not rows:
