@@ -158,4 +158,4 @@ def test_a_deployment_without_a_claimed_log_with_inputs_makes_the_dataset_not_re
     cluster.patch("ModelDeployment", deployment, {"spec": {"predictionLog": log}})
     job = wait_for(lambda: snapshot_job(cluster, name), "the snapshot Job once the log is usable")
     assert job["metadata"]["name"].startswith(f"{name}-snap-g1-")
-    assert reason("Snapshotting") is not None
+    wait_for(lambda: reason("Snapshotting"), "Ready=False, reason=Snapshotting")
