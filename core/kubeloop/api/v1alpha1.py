@@ -203,6 +203,18 @@ class DataSchema(KubeModel):
     )
 
 
+class SnapshotRetention(KubeModel):
+    """How many snapshots of a Dataset the store keeps."""
+
+    keep_snapshots: int = Field(
+        ge=1,
+        le=100,
+        description="Keep the newest N snapshots, the current one and every one a "
+        "ModelVersion's lineage names; older ones are deleted from the store (by a Job) "
+        "and leave status.history.",
+    )
+
+
 def _feedback_has_target(s: DatasetSpec) -> bool:
     return s.source.feedback is None or s.target is not None
 
@@ -239,6 +251,11 @@ class DatasetSpec(KubeModel):
         None, alias="schema", description="Expected columns; the snapshot fails on mismatch."
     )
     target: str | None = Field(None, description="The label column, if the data has one.")
+    retention: SnapshotRetention | None = Field(
+        None,
+        description="Delete old snapshots from the store (default: keep them; status lists "
+        "the newest 10).",
+    )
     refresh_interval: Duration | None = Field(
         None, description="Re-snapshot this often; a changed digest becomes a new version."
     )
@@ -1164,6 +1181,18 @@ class Shadow(KubeModel):
     )
 
 
+class Retention(KubeModel):
+    """How many of the model's versions the registry keeps."""
+
+    keep_versions: int = Field(
+        ge=1,
+        le=1000,
+        description="Keep the newest N ModelVersions of spec.modelName; older ones are "
+        "deleted, then their artifact folders (by a Job). Never a version this or another "
+        "deployment serves (stable, canary, shadow) or pins.",
+    )
+
+
 class ModelDeploymentSpec(KubeModel):
     """Serve a model and keep it fresh."""
 
@@ -1198,6 +1227,9 @@ class ModelDeploymentSpec(KubeModel):
         None,
         description="Serve another version in <name>-shadow and mirror a share of stable "
         "traffic to it; agreement is exported per version (kubeloop_shadow_compared_total).",
+    )
+    retention: Retention | None = Field(
+        None, description="Delete old ModelVersions and their artifacts (default: keep all)."
     )
 
 
