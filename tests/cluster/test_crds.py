@@ -121,6 +121,15 @@ def analysis(case: str, metric: dict[str, Any], rule: Rule, field: str) -> tuple
     return violation(MD, case, "canary.analysis", body, rule, f"canary.analysis.metrics[0]{field}")
 
 
+FEEDBACK = {"deploymentRef": {"name": "cancer"}}
+DS_SPEC = v1.DatasetSpec.rules
+
+
+def _feedback_without_target(doc: dict[str, Any]) -> None:
+    doc["spec"]["source"] = {"feedback": FEEDBACK}
+    doc["spec"].pop("target")
+
+
 # (id, kind, mutation, the field the error must name, the rule (its message must show))
 VIOLATIONS = [
     violation(DS, "path-and-uri", "source", BOTH, SOURCE[0]),
@@ -130,6 +139,12 @@ VIOLATIONS = [
     violation(DS, "secret-ref-with-path", "source", {"path": "/data/a.csv", "secretRef": CREDS},
               SOURCE[1]),
     violation(DS, "secret-ref-with-sql", "source", {"sql": SQL, "secretRef": CREDS}, SOURCE[1]),
+    violation(DS, "path-and-feedback", "source", {"path": "/data/a.csv", "feedback": FEEDBACK},
+              SOURCE[0]),
+    ("dataset-feedback-without-target", DS, _feedback_without_target, "spec.target", DS_SPEC[0]),
+    violation(DS, "feedback-version-column-is-target", "source",
+              {"feedback": {**FEEDBACK, "versionColumn": "target"}}, DS_SPEC[1],
+              "source.feedback.versionColumn"),
     violation(TJ, "test-fraction", "split.testFraction", 1.0, SPLIT[0]),
     violation(TJ, "fresh-and-pinned", "datasetRef",
               {"name": "cancer", "version": "sha256:" + "ab" * 32, "fresh": True},

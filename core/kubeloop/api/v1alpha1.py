@@ -83,8 +83,49 @@ class SqlSource(KubeModel):
     )
 
 
+#: How far back a feedback source reads the prediction log unless told otherwise.
+DEFAULT_FEEDBACK_MAX_AGE = "720h"
+#: Bytes of prediction log lines a feedback source keeps unless told otherwise.
+DEFAULT_FEEDBACK_MAX_BYTES = 256 * 1024**2
+
+
+class DeploymentRef(KubeModel):
+    """A ModelDeployment in the same namespace, by name."""
+
+    name: DNSLabel = Field(description="The ModelDeployment's name.")
+
+
+class FeedbackSource(KubeModel):
+    """A ModelDeployment's prediction log joined to the feedback its pods accepted."""
+
+    deployment_ref: DeploymentRef = Field(
+        description="The deployment whose prediction log is read: its spec.predictionLog must "
+        "have sink pvc and includeInputs true. The snapshot Job mounts that claim read-only."
+    )
+    max_age: Duration = Field(
+        DEFAULT_FEEDBACK_MAX_AGE,
+        description="Predictions older than this are left out (default 720h, 30 days).",
+    )
+    max_bytes: int = Field(
+        DEFAULT_FEEDBACK_MAX_BYTES,
+        ge=1024,
+        le=1024**4,
+        description="Of the labelled predictions, the newest are kept while their log lines "
+        "add up to at most this many bytes (default 256 MiB). The snapshot Job holds the rows "
+        "kept: give it about twice this much memory, besides ~250 MiB.",
+    )
+    version_column: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="Also a column of this name holding the model version that answered "
+        "(default: none). Name the TrainingJob's features when it is set: the version is no "
+        "feature.",
+    )
+
+
 def _one_source(s: DataSource) -> bool:
-    return sum(x is not None for x in (s.path, s.uri, s.sql)) == 1
+    return sum(x is not None for x in (s.path, s.uri, s.sql, s.feedback)) == 1
 
 
 def _secret_with_uri(s: DataSource) -> bool:
@@ -92,12 +133,15 @@ def _secret_with_uri(s: DataSource) -> bool:
 
 
 class DataSource(KubeModel):
-    """Where the data lives: exactly one of a path, a URI or a SQL query."""
+    """Where the data lives: exactly one of a path, a URI, a SQL query or a deployment's
+    feedback."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1",
-            message="exactly one of source.path, source.uri or source.sql must be set",
+            cel="(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) "
+            "+ (has(self.feedback) ? 1 : 0) == 1",
+            message="exactly one of source.path, source.uri, source.sql or source.feedback "
+            "must be set",
             check=_one_source,
         ),
         Rule(
@@ -118,6 +162,11 @@ class DataSource(KubeModel):
     )
     sql: SqlSource | None = Field(
         None, description="A PostgreSQL query; its snapshot is stored as Parquet."
+    )
+    feedback: FeedbackSource | None = Field(
+        None,
+        description="A ModelDeployment's logged predictions joined to their feedback labels "
+        "by request id: the input features and the label (as spec.target); stored as Parquet.",
     )
     secret_ref: SecretRef | None = Field(
         None,
@@ -166,8 +215,33 @@ class SnapshotRetention(KubeModel):
     )
 
 
+def _feedback_has_target(s: DatasetSpec) -> bool:
+    return s.source.feedback is None or s.target is not None
+
+
+def _version_column_not_target(s: DatasetSpec) -> bool:
+    fb = s.source.feedback
+    return fb is None or fb.version_column is None or fb.version_column != s.target
+
+
 class DatasetSpec(KubeModel):
     """A tabular data source and what it must look like."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.source.feedback) || has(self.target)",
+            message="source.feedback needs target: the column the feedback labels go to",
+            check=_feedback_has_target,
+            field_path=".target",
+        ),
+        Rule(
+            cel="!has(self.source.feedback) || !has(self.source.feedback.versionColumn) || "
+            "!has(self.target) || self.source.feedback.versionColumn != self.target",
+            message="source.feedback.versionColumn must differ from target",
+            check=_version_column_not_target,
+            field_path=".source.feedback.versionColumn",
+        ),
+    )
 
     source: DataSource = Field(description="Where to read the data from.")
     format: Literal["csv", "parquet", "jsonl"] = Field(
@@ -188,8 +262,10 @@ class DatasetSpec(KubeModel):
 
     @property
     def snapshot_format(self) -> Literal["csv", "parquet", "jsonl"]:
-        """The format of the snapshot's copy: ``format``, except Parquet for a SQL source."""
-        return "parquet" if self.source.sql is not None else self.format
+        """The format of the snapshot's copy: ``format``, except Parquet for a SQL or a
+        feedback source."""
+        table = self.source.sql is not None or self.source.feedback is not None
+        return "parquet" if table else self.format
 
 
 class DatasetVersion(KubeModel):

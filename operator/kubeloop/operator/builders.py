@@ -19,6 +19,7 @@ from kubeloop.api.v1alpha1 import (
     DatasetSpec,
     ModelDeploymentSpec,
     PredictionLog,
+    PredictionLogPVC,
     ServingGRPC,
     ServingTLS,
     TrainingJobSpec,
@@ -74,6 +75,8 @@ RUN_AS = 10001
 PREDICTION_LOG_DIR = "/var/log/kubeloop/predictions"
 #: The pod-name variable the prediction log file is named by (downward API).
 POD_NAME_ENV = "KUBELOOP_POD_NAME"
+#: where a feedback source's snapshot Job mounts the deployment's prediction log (read-only)
+FEEDBACK_LOG_DIR = "/var/lib/kubeloop/feedback"
 
 
 def owner_reference(parent: dict[str, Any]) -> dict[str, Any]:
@@ -200,11 +203,15 @@ class JobTemplate:
     spec_json: str | None = None
     #: Environment variables besides the termination-log path (e.g. from a Secret).
     env: tuple[dict[str, Any], ...] = ()
+    #: More (volume, mount) pairs (a feedback source's prediction-log claim).
+    volumes: tuple[tuple[dict[str, Any], dict[str, Any]], ...] = ()
 
 
 def _job(parent: dict[str, Any], job: JobTemplate, settings: OperatorSettings) -> dict[str, Any]:
     """A Job of one ``kubeloop`` container whose result is its termination message."""
     volumes, mounts = _volumes(settings, job.spec_json is not None)
+    volumes += [volume for volume, _ in job.volumes]
+    mounts += [mount for _, mount in job.volumes]
     pod_meta: dict[str, Any] = {"labels": job.labels}
     if job.spec_json is not None:
         pod_meta["annotations"] = {SPEC_ANNOTATION: job.spec_json}
@@ -259,12 +266,21 @@ def snapshot_job_name(dataset: dict[str, Any], round_: int | str) -> str:
 
 
 def build_snapshot_job(
-    dataset: dict[str, Any], spec: DatasetSpec, round_: int | str, settings: OperatorSettings
+    dataset: dict[str, Any],
+    spec: DatasetSpec,
+    round_: int | str,
+    settings: OperatorSettings,
+    log_claim: PredictionLogPVC | None = None,
 ) -> dict[str, Any]:
-    """The Job that runs ``kubeloop snapshot`` for a Dataset."""
+    """The Job that runs ``kubeloop snapshot`` for a Dataset; a feedback source's Job
+    mounts ``log_claim``, its deployment's prediction log, read-only."""
     meta = dataset["metadata"]
     out = dataset_out_uri(settings, meta["namespace"], meta["name"])
     args, env = _snapshot_source(spec)
+    extra: tuple[tuple[dict[str, Any], dict[str, Any]], ...] = ()
+    if spec.source.feedback is not None:
+        assert log_claim is not None  # the handler resolves the deployment's claim first
+        args, extra = _feedback_source(spec), (_feedback_volume(log_claim),)
     args += ["--format", spec.snapshot_format, "--out", out]
     spec_json = None
     if spec.data_schema is not None:
@@ -280,8 +296,34 @@ def build_snapshot_job(
         active_deadline_seconds=3600,
         spec_json=spec_json,
         env=env,
+        volumes=extra,
     )
     return _job(dataset, template, settings)
+
+
+def _feedback_source(spec: DatasetSpec) -> list[str]:
+    """The snapshot's arguments for a feedback source: the mounted log folder, the
+    target column and the bounds."""
+    fb = spec.source.feedback
+    assert fb is not None
+    assert spec.target is not None  # a CEL rule asks for it
+    args = ["snapshot", "--source", f"feedback:{FEEDBACK_LOG_DIR}", "--target", spec.target]
+    args += ["--max-age", fb.max_age, "--max-bytes", str(fb.max_bytes)]
+    if fb.version_column:
+        args += ["--version-column", fb.version_column]
+    return args
+
+
+def _feedback_volume(claim: PredictionLogPVC) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The deployment's prediction-log claim, read-only, at its folder (``pvc.path``)."""
+    volume = {
+        "name": "feedback",
+        "persistentVolumeClaim": {"claimName": claim.claim_name, "readOnly": True},
+    }
+    mount: dict[str, Any] = {"name": "feedback", "mountPath": FEEDBACK_LOG_DIR, "readOnly": True}
+    if claim.path:
+        mount["subPath"] = claim.path
+    return volume, mount
 
 
 def _snapshot_source(spec: DatasetSpec) -> tuple[list[str], tuple[dict[str, Any], ...]]:

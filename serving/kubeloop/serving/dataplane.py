@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from kubeloop.driftreport import DriftReport
@@ -151,6 +152,12 @@ class DataPlane:
         for observer in self._observers:
             observer.on_prediction(model, request, request_id, outputs, started)
         return outputs
+
+    def log_feedback(self, model: LoadedModel, items: Sequence[tuple[str, Any]]) -> None:
+        """Write accepted feedback items to the prediction log, when there is one (queued:
+        never waits for the sink)."""
+        if self.prediction_log is not None:
+            self.prediction_log.on_feedback(model.name, items)
 
     def new_request_id(self) -> str:
         """An id for a request that brought none: unique per process start."""

@@ -236,6 +236,8 @@ class FeedbackResult:
     known: tuple[str, ...] = ()
     #: the (id, truth) pairs it does not: for the deployment's other pods
     unknown_items: tuple[tuple[str, Any], ...] = ()
+    #: the (id, truth) pairs it knows: what its prediction log records as labels
+    known_items: tuple[tuple[str, Any], ...] = ()
 
 
 class FeedbackRecorder:
@@ -327,6 +329,7 @@ class FeedbackRecorder:
             done.duplicates,
             known=tuple(dict.fromkeys(rid for rid, _ in items if rid not in missing)),
             unknown_items=tuple(item for item in items if item[0] in missing),
+            known_items=tuple(item for item in items if item[0] not in missing),
         )
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from kubeloop.serving.batching import Feed, Outputs
 from kubeloop.serving.describe import Description
 from kubeloop.serving.drift import DriftWindow, Reference, window_report
 from kubeloop.serving.metrics import MAX_CLASSES, DriftSnapshot, Metrics
-from kubeloop.serving.predlog import Entry, PredictionLog
+from kubeloop.serving.predlog import Entry, Labels, PredictionLog
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.tensors import Decoded
 
@@ -239,3 +239,9 @@ class PredictionLogger:
                 "stable",
             )
         )
+
+    def on_feedback(self, model: str, items: Sequence[tuple[str, Any]]) -> None:
+        """Log accepted feedback items (never sampled: a label is rarer than a prediction,
+        and which predictions were logged is not remembered)."""
+        if items:
+            self._log.submit(Labels(tuple(items), model, time.time()))

@@ -1,5 +1,9 @@
 """The prediction log: one JSON line per predicted row, written off the request path.
 
+Accepted feedback goes into the same log, one line per item (``"kind": "feedback"``), so
+the log and its labels can be joined by request id into a training table
+(:mod:`kubeloop.trainer.feedback`).
+
 Requests hand a small tuple to a :class:`~kubeloop.serving.bounded.BoundedQueue`
 (bounded by count and by bytes; past either bound the oldest entries are dropped and
 counted) — a slow disk or a stalled reader never slows a request. A writer thread turns
@@ -61,6 +65,17 @@ class Entry(NamedTuple):
     variant: str
 
 
+class Labels(NamedTuple):
+    """Feedback a pod accepted, for the log: one line per ``(request id, truth)`` item."""
+
+    items: tuple[tuple[str, Any], ...]
+    model: str
+    time: float  # epoch seconds
+
+
+#: the ``kind`` of a feedback line (prediction lines have no ``kind``)
+FEEDBACK_KIND = "feedback"
+
 #: orjson ends each line itself
 DUMP_OPTIONS = orjson.OPT_APPEND_NEWLINE
 
@@ -120,6 +135,26 @@ def lines(entry: Entry) -> list[bytes]:
     return out
 
 
+def feedback_lines(labels: Labels) -> list[bytes]:
+    """The log lines of accepted feedback: ``{"kind": "feedback", "id", "truth", "model",
+    "time"}`` per item; ``truth`` as the client sent it (one value, or one per row)."""
+    time_text = stamp(labels.time)
+    return [
+        orjson.dumps(
+            {"kind": FEEDBACK_KIND, "id": rid, "truth": truth, "model": labels.model,
+             "time": time_text},
+            default=str,
+            option=DUMP_OPTIONS,
+        )
+        for rid, truth in labels.items
+    ]  # fmt: skip
+
+
+def lines_of(item: Entry | Labels) -> list[bytes]:
+    """The log lines of a queued prediction or of queued feedback."""
+    return lines(item) if isinstance(item, Entry) else feedback_lines(item)
+
+
 def _array_size(value: Any) -> int:
     arr = value if isinstance(value, np.ndarray) else np.asarray(value)
     if arr.dtype != object:
@@ -130,9 +165,12 @@ def _array_size(value: Any) -> int:
         return int(arr.nbytes) + 64 * int(arr.size)
 
 
-def entry_size(entry: Entry) -> int:
+def entry_size(entry: Entry | Labels) -> int:
     """An estimate of the memory one queued entry holds: its arrays (the strings in
-    object arrays included), its id and a fixed overhead."""
+    object arrays included), its id and a fixed overhead; feedback: its ids and truths'
+    text (roughly) and the overhead per item."""
+    if isinstance(entry, Labels):
+        return sum(ENTRY_OVERHEAD + len(rid) + len(str(t)) for rid, t in entry.items)
     size = ENTRY_OVERHEAD + len(entry.request_id)
     size += sum(_array_size(v) for v in entry.outputs.values())
     if entry.inputs is not None:
@@ -140,8 +178,10 @@ def entry_size(entry: Entry) -> int:
     return size
 
 
-def rows(entry: Entry) -> int:
+def rows(entry: Entry | Labels) -> int:
     """The lines one entry makes (at least one, for counting)."""
+    if isinstance(entry, Labels):
+        return max(1, len(entry.items))
     return max(1, max((len(v) for v in entry.outputs.values()), default=0))
 
 
@@ -288,7 +328,7 @@ class PredictionLog:
     ) -> None:
         self.target = target
         # the writer wakes for WAKE_ITEMS entries or every STEP_S: lines lag at most a step
-        self._queue: BoundedQueue[Entry] = BoundedQueue(
+        self._queue: BoundedQueue[Entry | Labels] = BoundedQueue(
             maxsize, max_bytes, wake_at=min(WAKE_ITEMS, maxsize)
         )
         self._sink = _Sink(target, rotate_bytes, keep)
@@ -311,9 +351,9 @@ class PredictionLog:
             )
         self._thread.start()
 
-    def submit(self, entry: Entry) -> None:
-        """Queue an entry; never blocks (past the queue's bounds the oldest are dropped
-        and counted)."""
+    def submit(self, entry: Entry | Labels) -> None:
+        """Queue an entry (a prediction, or accepted feedback); never blocks (past the
+        queue's bounds the oldest are dropped and counted)."""
         dropped = self._queue.put(entry, entry_size(entry))
         if dropped:
             self._on_dropped(sum(rows(e) for e in dropped), OVERFLOW)
@@ -364,11 +404,11 @@ class PredictionLog:
         self._stop.wait(STEP_S)
         return False
 
-    def _write(self, batch: list[Entry]) -> None:
+    def _write(self, batch: list[Entry | Labels]) -> None:
         chunk: list[bytes] = []
         for entry in batch:
             try:
-                chunk.extend(lines(entry))
+                chunk.extend(lines_of(entry))
             except (TypeError, ValueError):  # never let one odd value stop the log
                 self._on_dropped(rows(entry), BAD_VALUE)
         if not chunk:

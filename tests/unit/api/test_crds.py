@@ -96,9 +96,15 @@ def test_descriptions_come_from_the_models():
 EXPECTED_RULES = {
     "datasets": {
         ".spec.source": [
-            "(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) == 1",
+            "(has(self.path) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.sql) ? 1 : 0) "
+            "+ (has(self.feedback) ? 1 : 0) == 1",
             "!has(self.secretRef) || has(self.uri)",
-        ]
+        ],
+        ".spec": [
+            "!has(self.source.feedback) || has(self.target)",
+            "!has(self.source.feedback) || !has(self.source.feedback.versionColumn) || "
+            "!has(self.target) || self.source.feedback.versionColumn != self.target",
+        ],
     },
     "trainingjobs": {
         ".spec.split": ["self.testFraction > 0.0 && self.testFraction < 1.0"],

@@ -18,10 +18,13 @@ from kubeloop.serving.predlog import (
     OVERFLOW,
     UNWRITTEN,
     Entry,
+    Labels,
     PredictionLog,
     _Sink,
     entry_size,
     lines,
+    lines_of,
+    rows,
 )
 
 
@@ -51,6 +54,19 @@ def test_one_line_per_row_with_plain_json_values():
     single = json.loads(lines(entry(1, inputs=False))[0])
     assert single["id"] == "r"
     assert "inputs" not in single
+
+
+def test_feedback_is_one_line_per_item_with_the_truth_as_sent():
+    labels = Labels((("r", 1), ("s", ["a", "b"])), "m", 1.5)
+    out = [json.loads(line) for line in lines_of(labels)]
+    assert out == [
+        {"kind": "feedback", "id": "r", "truth": 1, "model": "m",
+         "time": "1970-01-01T00:00:01.500000Z"},
+        {"kind": "feedback", "id": "s", "truth": ["a", "b"], "model": "m",
+         "time": "1970-01-01T00:00:01.500000Z"},
+    ]  # fmt: skip
+    assert rows(labels) == 2
+    assert entry_size(labels) > entry_size(Labels((("r", 1),), "m", 1.5))
 
 
 class Counts:

@@ -108,6 +108,24 @@ def _validation_message(exc: ValidationError) -> str:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Default: from the name.")
 @click.option("--out", required=True, help="Directory URI; the snapshot goes to OUT/<digest>/.")
 @click.option("--schema", "schema_file", help="A DataSchema as JSON or YAML the data must match.")
+@click.option(
+    "--target",
+    help="feedback:<folder> sources: the column the labels go to (the Dataset's target).",
+)
+@click.option(
+    "--max-age",
+    help="feedback:<folder> sources: drop predictions older than this (e.g. 720h).",
+)
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    help="feedback:<folder> sources: keep the newest labelled predictions whose log lines "
+    "add up to at most this many bytes.",
+)
+@click.option(
+    "--version-column",
+    help="feedback:<folder> sources: also a column of the model version that answered.",
+)
 @progress_option
 @click.option(
     "--batch-rows",
@@ -127,19 +145,29 @@ def snapshot(
     fmt: str | None,
     out: str,
     schema_file: str | None,
+    target: str | None,
+    max_age: str | None,
+    max_bytes: int | None,
+    version_column: str | None,
     progress_mode: str,
     batch_rows: int,
 ) -> None:
-    """Validate a data set, compute its content digest and store an immutable copy."""
+    """Validate a data set, compute its content digest and store an immutable copy.
+
+    A ``feedback:<folder>`` source is a folder of serving prediction logs: the predictions
+    with feedback labels become the table (the inputs, and the label as --target)."""
     from kubeloop.trainer import data
     from kubeloop.trainer import snapshot as snapshots
 
     schema = _snapshot_schema(schema_file)
+    labelled = _feedback_options(source, target, max_age, max_bytes, version_column)
     fmt = _snapshot_format(ctx, source, query, fmt)
     _check_out("snapshot", out)
     with open_progress(progress_mode) as shown:
         try:
-            summary = snapshots.take(source, query, fmt, out, schema, batch_rows, shown)
+            summary = snapshots.take(
+                source, query, fmt, out, schema, batch_rows, shown, labelled=labelled
+            )
         except data.DataError as exc:
             _fail("snapshot", _data_error_code(exc), _named(source, query, str(exc)))
         except Exception as exc:
@@ -159,11 +187,44 @@ def _snapshot_schema(schema_file: str | None) -> DataSchema | None:
         _fail("snapshot", EXIT_BAD_INPUT, f"schema {schema_file}: {_validation_message(exc)}")
 
 
+def _feedback_options(
+    source: str,
+    target: str | None,
+    max_age: str | None,
+    max_bytes: int | None,
+    version_column: str | None,
+) -> Any:
+    """The join's options for a feedback source (None for another); exit 2 when the
+    flags do not go with the source."""
+    from kubeloop.api.base import duration_seconds
+    from kubeloop.trainer import feedback
+
+    given = [n for n, v in (("--target", target), ("--max-age", max_age),
+             ("--max-bytes", max_bytes), ("--version-column", version_column)) if v]  # fmt: skip
+    if not feedback.is_feedback_source(source):
+        if given:
+            _fail("snapshot", EXIT_BAD_INPUT, f"{given[0]} needs a feedback:<folder> --source")
+        return None
+    if not target:
+        _fail("snapshot", EXIT_BAD_INPUT, f"--source {source}: a feedback source needs --target")
+    if version_column == target:
+        _fail("snapshot", EXIT_BAD_INPUT, "--version-column must differ from --target")
+    try:
+        age = duration_seconds(max_age) if max_age else None
+    except ValueError as exc:
+        _fail("snapshot", EXIT_BAD_INPUT, f"--max-age: {exc}")
+    return feedback.Options(target, age, max_bytes, version_column)
+
+
 def _snapshot_format(ctx: click.Context, source: str, query: str | None, fmt: str | None) -> str:
     """The format of the copy; exit 2 on a source and flags that do not go together —
     first of all a password on the command line, which would show in the process list."""
-    from kubeloop.trainer import data, sql
+    from kubeloop.trainer import data, feedback, sql
 
+    if feedback.is_feedback_source(source):
+        if query is not None or fmt not in (None, feedback.FORMAT):
+            _fail("snapshot", EXIT_BAD_INPUT, "a feedback source is stored as parquet, no --query")
+        return feedback.FORMAT
     if not sql.is_sql_url(source):
         if query is not None:
             _fail("snapshot", EXIT_BAD_INPUT, "--query needs a postgresql:// --source")

@@ -12,6 +12,8 @@ that version was not stored before.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,7 +28,7 @@ from kubeloop.contracts import storage
 from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
 from kubeloop.contracts.results import JobResult
 from kubeloop.progress import Progress
-from kubeloop.trainer import data, output, sql, stream
+from kubeloop.trainer import data, feedback, output, sql, stream
 
 
 class _Copy:
@@ -88,15 +90,26 @@ class _Numbers:
 
 
 def _batches(
-    source: str, query: str | None, fmt: Any, schema: DataSchema | None, rows: int, copy: Path
+    source: str,
+    query: str | None,
+    fmt: Any,
+    schema: DataSchema | None,
+    rows: int,
+    copy: Path,
+    labelled: feedback.Options | None = None,
 ) -> tuple[Iterator[pa.RecordBatch], bool]:
     """The source's batches, and whether ``copy`` already holds the source's own bytes.
 
     One file is first copied whole (one sequential read, then parsed from the copy: the
     stored bytes are the bytes parsed, even if the source changes meanwhile); a glob or
     prefix is read file by file; a query's result is written to the copy as Parquet by
-    :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back."""
+    :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back; so is the
+    labelled table of a feedback source (:func:`kubeloop.trainer.feedback.write`)."""
     declared = stream.declared_types(schema)
+    if labelled is not None:
+        counts = feedback.write(feedback.folder_of(source), labelled, time.time(), copy)
+        print(f"feedback {source}: {counts.summary()}", file=sys.stderr)
+        return stream.read_batches(str(copy), feedback.FORMAT, None, declared, rows), True
     if query is not None:
         sql.read_query(source, query, copy)
         return stream.read_batches(str(copy), sql.FORMAT, None, declared, rows), True
@@ -113,7 +126,7 @@ def _batches(
     return stream.read_batches(str(copy), fmt, None, declared, rows, name=source), True
 
 
-def take(
+def take(  # ``shown`` reports the stages; ``labelled``: a feedback source's join
     source: str,
     query: str | None,
     fmt: str,
@@ -121,16 +134,17 @@ def take(
     schema: DataSchema | None,
     batch_rows: int = stream.BATCH_ROWS,
     shown: Progress | None = None,
+    labelled: feedback.Options | None = None,
 ) -> JobResult:
-    """Snapshot ``source`` into ``out``; a :class:`DataError` for bad data. ``shown``
-    reports the stages: reading (rows, batch by batch), profile, writing."""
+    """Snapshot ``source`` into ``out``; a :class:`DataError` for bad data."""
     shown = shown or Progress()
     data_file = ArtifactLayout.data_file(fmt)
     with ExitStack() as stack:
         scratch = stack.enter_context(output.staging())
         tmp = stack.enter_context(output.staging())
-        batches, copied = _batches(source, query, fmt, schema, batch_rows, tmp / data_file)
-        copy, numbers = _Copy(tmp / data_file, fmt), _Numbers(scratch)
+        staged = tmp / data_file
+        batches, copied = _batches(source, query, fmt, schema, batch_rows, staged, labelled)
+        copy, numbers = _Copy(staged, fmt), _Numbers(scratch)
         checker, digest = stream.Checker(schema), stream.Digest()
         profiler = stream.Profiler(bins=data.PROFILE_BINS)
         arrow_schema = None

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 
-from kubeloop.api.base import GROUP, VERSION, duration_seconds
-from kubeloop.api.v1alpha1 import DatasetSpec
+from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
+from kubeloop.api.v1alpha1 import DatasetSpec, PredictionLogPVC
 from kubeloop.contracts.results import JobResult
 from kubeloop.operator import builders, metrics
+from kubeloop.operator.feedbacksource import log_claim
 from kubeloop.operator.freshdata import (
     REQUEST_ANNOTATION,
     pending_request,
@@ -111,26 +112,52 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         if rec.status.get("observedSnapshotJob") != latest:
             _harvest(rec, latest, outcome(ctx.kube, job))
             retention.trim_history(ctx, rec, spec)
+    claim = _log_claim(ctx, rec, spec)
+    if claim is False:
+        return  # the feedback source cannot be read (yet): Ready says why
     annotations = dict(rec.body.get("metadata", {}).get("annotations") or {})
     pending = pending_request(annotations, rec.status)
     if pending is not None:
-        _start(ctx, rec, spec, request_suffix(pending), pending)
+        _start(ctx, rec, spec, request_suffix(pending), pending, claim)
         return
     round_ = refresh_round(spec, time.time())
     wanted = builders.snapshot_job_name(rec.body, round_)
     if wanted in (latest, rec.status.get("refreshSnapshotJob")):
         return  # this round's snapshot is done (its Job may since have been cleaned up)
-    _start(ctx, rec, spec, round_, parse(annotations.get(REQUEST_ANNOTATION)))
+    _start(ctx, rec, spec, round_, parse(annotations.get(REQUEST_ANNOTATION)), claim)
     rec.status["refreshSnapshotJob"] = wanted
 
 
+def _log_claim(
+    ctx: Context, rec: Reconcile, spec: DatasetSpec
+) -> PredictionLogPVC | Literal[False] | None:
+    """A feedback source's prediction-log claim (None for another source); False, with
+    ``Ready=False`` naming the deployment's field, when it cannot be read. Checked on
+    every pass: the deployment may be fixed, or changed, at any time."""
+    fb = spec.source.feedback
+    if fb is None:
+        return None
+    name = fb.deployment_ref.name
+    found = log_claim(name, ctx.kube.get(API_VERSION, "ModelDeployment", rec.namespace, name))
+    if isinstance(found, PredictionLogPVC):
+        return found
+    reason, message = found
+    rec.ready(False, reason, message)
+    return False
+
+
 def _start(
-    ctx: Context, rec: Reconcile, spec: DatasetSpec, round_: int | str, request: datetime | None
+    ctx: Context,
+    rec: Reconcile,
+    spec: DatasetSpec,
+    round_: int | str,
+    request: datetime | None,
+    claim: PredictionLogPVC | None = None,
 ) -> None:
     """Create the snapshot Job named after ``round_`` (a refresh round or a request); it
     serves ``request``, the snapshot request outstanding now."""
     wanted = builders.snapshot_job_name(rec.body, round_)
-    ctx.kube.create(builders.build_snapshot_job(rec.body, spec, round_, ctx.settings))
+    ctx.kube.create(builders.build_snapshot_job(rec.body, spec, round_, ctx.settings, claim))
     metrics.CHILDREN_CREATED.labels(kind="Job").inc()
     rec.info(reason="SnapshotStarted", message=f"Job {wanted}")
     rec.status["snapshotJob"] = wanted

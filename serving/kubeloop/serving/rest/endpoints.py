@@ -135,6 +135,9 @@ class Endpoints:
             "rows": result.rows,
         }
         peers = self.plane.peers
+        # the log records each label once: every pod the items it knows, the pod the
+        # client called also those no pod knows (their predictions may be logged still)
+        logged = list(result.known_items)
         if FORWARDED_HEADER.encode() in headers:
             doc["matched_ids"] = list(result.known)  # for the pod that forwarded them
         elif peers is not None and result.unknown_items:
@@ -147,6 +150,11 @@ class Endpoints:
                 peers=forwarded.peers,
                 peers_failed=forwarded.failed,
             )
+            taken = set(forwarded.matched_ids)
+            logged += [item for item in result.unknown_items if item[0] not in taken]
+        else:
+            logged += result.unknown_items
+        self.plane.log_feedback(model, logged)
         return _json(doc)
 
     # --------------------------------------------------------------- drift report
