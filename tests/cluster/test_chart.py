@@ -731,7 +731,11 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
 
 
 def can_i(admin: Kubectl, account: str, verb: str, resource: str, namespace: str | None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={account}"]
+    """``resource`` may name a subresource (``pods/exec``): kubectl reads ``TYPE/NAME``, so it
+    goes as ``--subresource``."""
+    kind, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, kind, f"--as={account}"]
+    args += [f"--subresource={sub}"] if sub else []
     args += [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
     out = admin(*args, check=False)
     answer = out.stdout.strip()
