@@ -137,6 +137,7 @@ def routed(
         cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{MD}-routing"}}
         kubectl.apply({**cm, **routing_configmap(start)})
         env = api_access(kubeconfig, kubectl, tmp_path)
+        env["KUBELOOP_SERVING_ROUTING_WATCH_SECONDS"] = "1"  # resumes are exercised too
         with serving(stable_model, "--name", "cancer", env=env) as stable:
             wait_for(lambda: "following ConfigMap through the API: True" in stable.log,
                      "the server to follow the ConfigMap")  # fmt: skip
@@ -207,3 +208,46 @@ def test_the_token_reads_that_configmap_and_nothing_else(kubeconfig, kubectl, ro
             ).status_code
             == 403
         )
+
+
+def test_a_watch_the_server_ends_resumes_and_still_follows(kubectl, routed):
+    """The API server ends each watch after ``routing_watch_seconds`` (1 s here); the next
+    one resumes from the last resourceVersion and changes still arrive."""
+    stable, canary, _ = routed
+    wait_for(lambda: stable.log.count("routing watch: ended by the server") >= 2,
+             "two watches ended by the API server", timeout=30)  # fmt: skip
+    took = patched_within_deadline(kubectl, stable, RoutingConfig(url=canary.url, weight=33))
+    assert took < DEADLINE
+
+
+def test_without_the_api_the_mounted_file_routes(rows_and_models, tmp_path):
+    """An API server that cannot be reached (or a token it refuses) loses nothing: the
+    routing file is the start-up value and is followed as before."""
+    _, stable_model, canary_model = rows_and_models
+    token = tmp_path / "token"
+    token.write_text("not-a-token")
+    routing = tmp_path / "routing.json"
+    with serving(canary_model, "--name", "cancer") as canary:
+        routing.write_text(RoutingConfig(url=canary.url, weight=20).to_file())
+        env = {
+            "KUBELOOP_SERVING_ROUTING_CONFIGMAP": "demo-routing",
+            "KUBELOOP_SERVING_ROUTING_NAMESPACE": "nowhere",
+            "KUBELOOP_SERVING_KUBE_API_URL": f"https://127.0.0.1:{closed_port()}",
+            "KUBELOOP_SERVING_KUBE_TOKEN_FILE": str(token),
+            "KUBELOOP_SERVING_CONFIG_POLL_INTERVAL": "0.1",
+        }
+        args = ("--name", "cancer", "--routing-file", str(routing))
+        with serving(stable_model, *args, env=env) as stable:
+            assert weight(stable) == 20
+            wait_for(lambda: "routing watch:" in stable.log, "the watch to report its failure")
+            routing.write_text(RoutingConfig(url=canary.url, weight=50).to_file())
+            wait_for(lambda: weight(stable) == 50, "the file's new weight")
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

@@ -35,7 +35,7 @@ log = logging.getLogger("kubeloop.serving.kubewatch")
 
 #: where the kubelet mounts a pod's ServiceAccount credentials
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-#: the server ends a watch after this long (a new one starts at once)
+#: the server ends a watch after this long (a new one starts at once, from where it was)
 WATCH_SECONDS = 240
 
 
@@ -48,6 +48,7 @@ class Target:
     name: str
     token_file: Path
     ca_file: Path | None = None
+    watch_seconds: int = WATCH_SECONDS
 
     def path(self) -> str:
         return f"{self.api_url.rstrip('/')}/api/v1/namespaces/{self.namespace}/configmaps"
@@ -60,7 +61,7 @@ class Target:
                 "watch": "1",
                 "resourceVersion": resource_version,
                 "allowWatchBookmarks": "true",
-                "timeoutSeconds": str(WATCH_SECONDS),
+                "timeoutSeconds": str(self.watch_seconds),
             }
         return params
 
@@ -147,6 +148,7 @@ class ConfigMapWatch:
                         self._live(True)
                     failures = 0
                     version = await self._watch(client, version)
+                    log.info("routing watch: ended by the server; resuming from %s", version)
             except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
                 failures += 1
                 version = None  # relist: a change may have been missed meanwhile
@@ -160,7 +162,7 @@ class ConfigMapWatch:
         return httpx.AsyncClient(
             verify=self._verify,
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(10.0, read=WATCH_SECONDS + 30.0),
+            timeout=httpx.Timeout(10.0, read=self.target.watch_seconds + 30.0),
         )
 
     async def _list(self, client: httpx.AsyncClient) -> str:

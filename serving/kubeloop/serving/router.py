@@ -271,7 +271,8 @@ def api_target(settings: ServingSettings) -> Target | None:
         return None
     ca = settings.kube_ca_file
     ca_path = Path(ca) if ca and Path(ca).exists() else None
-    return Target(url, namespace, name, Path(settings.kube_token_file), ca_path)
+    token = Path(settings.kube_token_file)
+    return Target(url, namespace, name, token, ca_path, settings.routing_watch_seconds)
 
 
 def _own_namespace() -> str | None:

@@ -306,6 +306,13 @@ class ServingSettings(BaseSettings):
         description="The Kubernetes API server; default: https://$KUBERNETES_SERVICE_HOST:"
         "$KUBERNETES_SERVICE_PORT (what the kubelet sets in every pod).",
     )
+    routing_watch_seconds: int = Field(
+        240,
+        ge=1,
+        le=3600,
+        description="How long the API server keeps one watch open (its timeoutSeconds); the "
+        "next one resumes from the last resourceVersion.",
+    )
     kube_token_file: str = Field(
         "/var/run/secrets/kubernetes.io/serviceaccount/token",
         description="Bearer token for the API (re-read at every reconnect: it is rotated).",
