@@ -272,7 +272,8 @@ class DatasetRef(KubeModel):
         None,
         description=(
             "Train on a snapshot taken after this TrainingJob was created: request one on the "
-            "Dataset and wait for it (the retrain policy passes this on from its template)."
+            "Dataset and wait for it. A retrain template without version or fresh gets "
+            "fresh: true; fresh: false there takes the Dataset's newest version."
         ),
     )
     fresh_timeout: Duration | None = Field(
@@ -330,8 +331,22 @@ class Sampling(KubeModel):
     seed: int = Field(0, ge=0, description="Seed of the sample.")
 
 
+#: Most pods one search runs its trials on.
+MAX_SEARCH_PARALLELISM = 100
+
+
 class Search(KubeModel):
     """Hyper-parameter search with cross-validation."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!has(self.parallelism) || (self.parallelism >= 1 && "
+            f"self.parallelism <= {MAX_SEARCH_PARALLELISM})",
+            message=f"parallelism must be between 1 and {MAX_SEARCH_PARALLELISM}",
+            check=lambda s: s.parallelism is None or 1 <= s.parallelism <= MAX_SEARCH_PARALLELISM,
+            field_path=".parallelism",
+        ),
+    )
 
     strategy: Literal["grid", "random"] = Field("grid", description="grid or random.")
     space: dict[str, list[Any]] = Field(
@@ -347,6 +362,12 @@ class Search(KubeModel):
     cv: int = Field(3, ge=2, le=20, description="Cross-validation folds.")
     metric: str | None = Field(
         None, description="Metric to optimise; default accuracy or r2 by task."
+    )
+    parallelism: int | None = Field(
+        None,
+        description="Run the trials on this many pods (an Indexed Job, each pod a share of "
+        "the candidates, trials written to the store), then retrain the winner once; "
+        "default: every trial in the trainer's own process.",
     )
 
 
@@ -530,6 +551,27 @@ class TrainingJobSpec(KubeModel):
     image: str | None = Field(None, description="Trainer image; default: the operator's.")
 
 
+class SearchWinner(KubeModel):
+    """The best candidate of a search across pods."""
+
+    index: int = Field(ge=0, description="Its place in the search's candidate list.")
+    score: float | None = Field(None, description="Its mean cross-validated value of the metric.")
+    params: FreeForm = Field(description="Its values of the searched parameters.")
+
+
+class SearchStatus(KubeModel):
+    """A search across pods: how far it is and, once every trial is in, the winner."""
+
+    job_name: str = Field(description="The search's Indexed Job.")
+    pods: int = Field(ge=1, description="Pods the trials are shared among.")
+    trials: int = Field(ge=0, description="Candidates the search tries.")
+    done: int = Field(0, ge=0, description="Trials whose results are in the store.")
+    metric: str | None = Field(None, description="The metric the trials are ranked by.")
+    winner: SearchWinner | None = Field(
+        None, description="The best trial, once every trial is in: the model trained next."
+    )
+
+
 class TrainingJobStatus(StatusBase):
     """Progress and outcome of the run."""
 
@@ -549,6 +591,9 @@ class TrainingJobStatus(StatusBase):
     reason: str | None = Field(None, description="Why it failed or was rejected.")
     comparison: Comparison | None = Field(
         None, description="The champion/challenger comparison, when the gate asked for one."
+    )
+    search: SearchStatus | None = Field(
+        None, description="A search across pods (spec.search.parallelism): its progress and winner."
     )
 
 
@@ -816,14 +861,48 @@ class DriftMonitoring(KubeModel):
     features: list[str] | None = Field(None, description="Features to watch; default all.")
 
 
+def _accuracy_floor_is_a_share(feedback: FeedbackMonitoring) -> bool:
+    return feedback.metric != "accuracy" or feedback.floor <= 1
+
+
+class FeedbackMonitoring(KubeModel):
+    """The online metric from feedback labels, checked across replicas by one alert rule."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.metric != 'accuracy' || self.floor <= 1.0",
+            message="monitoring.feedback.floor: an accuracy floor lies between 0 and 1",
+            check=_accuracy_floor_is_a_share,
+            field_path=".floor",
+        ),
+    )
+
+    metric: Literal["accuracy", "rmse"] = Field(
+        "accuracy",
+        description="accuracy (classification): alert below floor; rmse (regression): alert "
+        "above floor. It must be the served model's task's metric.",
+    )
+    floor: float = Field(
+        ge=0,
+        description="The accuracy the model must keep, or the RMSE it must stay under, over "
+        "the feedback of all its serving pods together.",
+    )
+    window: int = Field(
+        1000,
+        ge=10,
+        le=10_000_000,
+        description="Feedback rows in each serving pod's rolling window.",
+    )
+
+
 class Monitoring(KubeModel):
     """What the serving pods measure."""
 
     drift: DriftMonitoring | None = Field(None, description="Data drift.")
-    online_metric_floor: float | None = Field(
+    feedback: FeedbackMonitoring | None = Field(
         None,
-        ge=0,
-        description="Alert when the feedback accuracy (or -RMSE) falls below this.",
+        description="Online metric from feedback labels: KubeloopOnlineMetricBelowFloor fires "
+        "past its floor (and a retrain follows, like for drift).",
     )
 
 
