@@ -650,7 +650,14 @@ def served_version_is_protected(cluster: Cluster, operator: ChartOperator) -> No
         "the served-by label on cancer-v1",
         state=operator.tail,
     )
-    assert cluster.status("ModelDeployment", "cancer")["servedModelVersions"] == ["cancer-v1"]
+    # status is written after the children are applied, a moment after the label
+    wait_for(
+        lambda: (
+            cluster.status("ModelDeployment", "cancer").get("servedModelVersions") == ["cancer-v1"]
+        ),
+        "status.servedModelVersions to name cancer-v1",
+        state=operator.tail,
+    )
     versions = cluster.dyn.resources.get(api_version="kubeloop.io/v1alpha1", kind="ModelVersion")
     with pytest.raises(ForbiddenError) as refused:
         versions.delete(name="cancer-v1", namespace=cluster.namespace)
