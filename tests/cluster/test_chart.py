@@ -784,6 +784,7 @@ NAMESPACED_GRANTS = (
         )
     }
     | {
+        ("modelversions.kubeloop.io", "delete"),  # spec.retention
         ("jobs.batch", "get"),
         ("jobs.batch", "create"),
         ("cronjobs.batch", "create"),
@@ -849,7 +850,8 @@ def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]
         ("get", "pods/log", namespace),
         ("update", "datasets.kubeloop.io", namespace),
         ("delete", "datasets.kubeloop.io", namespace),
-        ("delete", "modelversions.kubeloop.io", namespace),
+        ("deletecollection", "modelversions.kubeloop.io", namespace),
+        ("delete", "modelversions.kubeloop.io", other),
         ("delete", "jobs.batch", namespace),
         ("list", "jobs.batch", namespace),
         ("create", "jobs.batch", other),

@@ -364,10 +364,15 @@ def test_ten_parallel_trainings_get_ten_distinct_versions(
 
 
 def publish(
-    cluster: Cluster, store: Path, version: int, owners: list[dict[str, Any]] | None = None
+    cluster: Cluster,
+    store: Path,
+    version: int,
+    owners: list[dict[str, Any]] | None = None,
+    folder: Path | None = None,
 ) -> None:
-    """A Ready ModelVersion of model "cancer", registered by hand like an external model."""
-    artifact = store / "external" / str(version) / ArtifactLayout.MODEL
+    """A Ready ModelVersion of model "cancer", registered by hand like an external model
+    (its files under ``folder``, by default outside the operator's model folders)."""
+    artifact = (folder or store / "external") / str(version) / ArtifactLayout.MODEL
     artifact.parent.mkdir(parents=True)
     artifact.write_bytes(f"model {version}".encode())
     mv = example("ModelVersion", modelName="cancer", version=version)
@@ -798,3 +803,38 @@ def test_dataset_refresh_records_new_versions_and_failures(cluster, operator, da
     assert "column 'mean area'" in ready["message"]
     assert cluster.status("Dataset", "cancer")["version"] == second
     assert "SnapshotFailed" in cluster.events("cancer")
+
+
+def test_retention_keeps_the_newest_and_every_served_version(cluster, operator, store, tmp_path):
+    """keepVersions 2 of 5: v1 (pinned) and v2 (another deployment's) stay, v3 goes; its
+    folder goes by the cleanup Job (run here with its arguments), the kept ones' stay."""
+    models = store / "models" / cluster.namespace
+    for version in range(1, 6):
+        publish(cluster, store, version, folder=models)
+    other = example("ModelDeployment", modelName="cancer", replicas=1)
+    other["metadata"]["name"] = "other"
+    other["spec"].pop("retrain")
+    other["spec"].pop("canary")
+    other["spec"]["version"] = {"policy": "Pinned", "pinned": 2}
+    cluster.apply(other)
+    wait_for(lambda: served_by(cluster, "other") == {"cancer-v2": "stable"}, "other on v2")
+    md = example("ModelDeployment", modelName="cancer", replicas=1)
+    md["metadata"]["name"] = "cancer"
+    md["spec"].pop("retrain")
+    md["spec"].pop("canary")
+    md["spec"]["version"] = {"policy": "Pinned", "pinned": 1}
+    md["spec"]["retention"] = {"keepVersions": 2}
+    cluster.apply(md)
+    wait_for(
+        lambda: cluster.get("ModelVersion", "cancer-v3") is None,
+        "cancer-v3 to be pruned",
+        state=lambda: [v["metadata"]["name"] for v in cluster.list("ModelVersion")],
+    )
+    kept = sorted(v["metadata"]["name"] for v in cluster.list("ModelVersion"))
+    assert kept == ["cancer-v1", "cancer-v2", "cancer-v4", "cancer-v5"]
+    (job,) = cluster.list("Job", "batch/v1", "app.kubernetes.io/name=kubeloop-gc")
+    code, message = run_job_locally(job, tmp_path / "gc")
+    assert code == 0, message
+    assert not (models / "3").exists()
+    assert all((models / str(v) / ArtifactLayout.MODEL).exists() for v in (1, 2, 4, 5))
+    assert "RetentionPruned" in cluster.events("cancer")

@@ -155,6 +155,11 @@ the operator under these rules and fails on any 403.
 - apiGroups: [kubeloop.io]
   resources: [trainingjobs, modelversions]
   verbs: [get, list, watch, patch, create]
+# A ModelDeployment's spec.retention deletes versions past keepVersions (never a served
+# one: the chart's admission policy refuses that to everyone).
+- apiGroups: [kubeloop.io]
+  resources: [modelversions]
+  verbs: [delete]
 # Status is written through the status subresource (merge patches).
 - apiGroups: [kubeloop.io]
   resources: [datasets/status, trainingjobs/status, modelversions/status, modeldeployments/status, batchpredictions/status]

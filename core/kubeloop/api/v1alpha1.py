@@ -1106,6 +1106,18 @@ class Shadow(KubeModel):
     )
 
 
+class Retention(KubeModel):
+    """How many of the model's versions the registry keeps."""
+
+    keep_versions: int = Field(
+        ge=1,
+        le=1000,
+        description="Keep the newest N ModelVersions of spec.modelName; older ones are "
+        "deleted, then their artifact folders (by a Job). Never a version this or another "
+        "deployment serves (stable, canary, shadow) or pins.",
+    )
+
+
 class ModelDeploymentSpec(KubeModel):
     """Serve a model and keep it fresh."""
 
@@ -1140,6 +1152,9 @@ class ModelDeploymentSpec(KubeModel):
         None,
         description="Serve another version in <name>-shadow and mirror a share of stable "
         "traffic to it; agreement is exported per version (kubeloop_shadow_compared_total).",
+    )
+    retention: Retention | None = Field(
+        None, description="Delete old ModelVersions and their artifacts (default: keep all)."
     )
 
 

@@ -20,6 +20,7 @@ from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import Canary, CanaryStep, ModelDeploymentSpec, VersionPolicy
 from kubeloop.operator import analysis, builders, metrics, prometheus
 from kubeloop.operator.conditions import is_true, set_condition
+from kubeloop.operator.handlers import retention
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -485,6 +486,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     if shadow_mv is not None:  # a version also stable or canary keeps that role's label
         served.setdefault(shadow_mv["metadata"]["name"], "shadow")
     _label_served(ctx, rec, versions, served)
+    retention.enforce(ctx, rec, spec, versions, served)
     rec.status["shadowVersion"] = int(shadow_mv["spec"]["version"]) if shadow_mv else None
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
     stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
