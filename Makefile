@@ -139,6 +139,10 @@ bench-operator: setup toolchain ## Benchmark the operator: 500 ModelDeployments 
 bench-rollout: setup toolchain monitoring-tools ## Benchmark the guard: seconds to roll a bad canary back and to promote a good one, against their bounds.
 	$(BIN)/python bench/rollout/bench_rollout.py
 
+.PHONY: bench-canary
+bench-canary: setup toolchain ## Benchmark the canary split: share per step vs target over 2,000 requests, and weight propagation, mounted file vs API watch.
+	$(BIN)/python bench/canary/bench_canary.py
+
 BENCH_BATCH_ROWS ?= 1000000
 
 .PHONY: bench-batch

@@ -650,7 +650,14 @@ def served_version_is_protected(cluster: Cluster, operator: ChartOperator) -> No
         "the served-by label on cancer-v1",
         state=operator.tail,
     )
-    assert cluster.status("ModelDeployment", "cancer")["servedModelVersions"] == ["cancer-v1"]
+    # status is written after the children are applied, a moment after the label
+    wait_for(
+        lambda: (
+            cluster.status("ModelDeployment", "cancer").get("servedModelVersions") == ["cancer-v1"]
+        ),
+        "status.servedModelVersions to name cancer-v1",
+        state=operator.tail,
+    )
     versions = cluster.dyn.resources.get(api_version="kubeloop.io/v1alpha1", kind="ModelVersion")
     with pytest.raises(ForbiddenError) as refused:
         versions.delete(name="cancer-v1", namespace=cluster.namespace)
@@ -732,7 +739,11 @@ def test_operator_runs_every_flow_with_the_charts_service_account_only(
 
 
 def can_i(admin: Kubectl, account: str, verb: str, resource: str, namespace: str | None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={account}"]
+    """``resource`` may name a subresource (``pods/exec``): kubectl reads ``TYPE/NAME``, so it
+    goes as ``--subresource``."""
+    kind, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, kind, f"--as={account}"]
+    args += [f"--subresource={sub}"] if sub else []
     args += [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
     out = admin(*args, check=False)
     answer = out.stdout.strip()
@@ -789,6 +800,16 @@ NAMESPACED_GRANTS = (
         ("services", "delete"),
         ("configmaps", "create"),
         ("configmaps", "patch"),
+        # held so it may grant them, scoped to one ConfigMap, to a deployment's stable pods
+        ("configmaps", "get"),
+        ("configmaps", "list"),
+        ("configmaps", "watch"),
+        ("serviceaccounts", "create"),
+        ("serviceaccounts", "patch"),
+        ("roles.rbac.authorization.k8s.io", "create"),
+        ("roles.rbac.authorization.k8s.io", "patch"),
+        ("rolebindings.rbac.authorization.k8s.io", "create"),
+        ("rolebindings.rbac.authorization.k8s.io", "patch"),
         ("secrets", "create"),
         ("horizontalpodautoscalers.autoscaling", "create"),
         ("horizontalpodautoscalers.autoscaling", "patch"),
@@ -850,7 +871,6 @@ def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]
         ("list", "pods", other),
         ("patch", "deployments.apps", other),
         ("list", "datasets.kubeloop.io", other),
-        ("get", "configmaps", namespace),
         ("get", "networkpolicies.networking.k8s.io", namespace),
         ("list", "networkpolicies.networking.k8s.io", namespace),
         ("update", "networkpolicies.networking.k8s.io", namespace),
@@ -861,12 +881,35 @@ def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]
         ("patch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "clusterroles.rbac.authorization.k8s.io", None),
-        ("create", "rolebindings.rbac.authorization.k8s.io", namespace),
         ("escalate", "roles.rbac.authorization.k8s.io", namespace),
         ("bind", "clusterroles.rbac.authorization.k8s.io", None),
         ("impersonate", "serviceaccounts", namespace),
         ("list", "nodes", None),
         ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", None),
+    ]
+
+
+def routing_denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]]:
+    """What the operator may not do although it grants stable pods a Role reading their
+    routing ConfigMap: read ConfigMaps elsewhere, change what it made, grant more."""
+    return [
+        ("get", "configmaps", other),
+        ("watch", "configmaps", None),
+        ("delete", "configmaps", namespace),
+        ("update", "configmaps", namespace),
+        ("get", "serviceaccounts", namespace),
+        ("delete", "serviceaccounts", namespace),
+        ("create", "serviceaccounts", other),
+        ("get", "roles.rbac.authorization.k8s.io", namespace),
+        ("delete", "roles.rbac.authorization.k8s.io", namespace),
+        ("update", "roles.rbac.authorization.k8s.io", namespace),
+        ("create", "roles.rbac.authorization.k8s.io", other),
+        ("delete", "rolebindings.rbac.authorization.k8s.io", namespace),
+        ("create", "rolebindings.rbac.authorization.k8s.io", other),
+        ("bind", "roles.rbac.authorization.k8s.io", namespace),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", namespace),
+        ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
     ]
 
 
@@ -882,7 +925,7 @@ def test_rbac_is_exactly_what_the_operator_uses(admin, namespace, ci_namespaces)
             for g in NAMESPACED_GRANTS
             if g[0].startswith(("customresourcedefinitions", "namespaces"))
         }
-        denied = denied_calls(namespace, other)
+        denied = denied_calls(namespace, other) + routing_denied_calls(namespace, other)
         allowed = [d for d in denied if can_i(admin, account, *d)]
         assert allowed == [], f"{account} may {allowed}"
 

@@ -367,6 +367,10 @@ SCHEMA_VIOLATIONS = [
     ("analysis-too-many-metrics", {"canary": {"steps": [{"weight": 10}], "analysis": {"metrics": [
         {"name": f"m{i}", "builtin": "errorRate", "max": 1} for i in range(17)]}}},
      "spec.canary.analysis.metrics", "Too many"),
+    ("sticky-header-not-a-header", {"canary": {"steps": [{"weight": 10}],
+        "stickyBy": {"header": "x user"}}}, "spec.canary.stickyBy.header", "should match"),
+    ("sticky-header-missing", {"canary": {"steps": [{"weight": 10}], "stickyBy": {}}},
+     "spec.canary.stickyBy.header", "Required value"),
     ("shadow-percent-zero", {"shadow": {"version": 1, "percent": 0}},
      "spec.shadow.percent", "should be greater than 0"),
     ("shadow-version-missing", {"shadow": {"percent": 10}}, "spec.shadow.version",

@@ -620,6 +620,47 @@ def test_feedback_token_secret_is_created_once_and_kept(cluster, operator, store
     )
 
 
+RBAC = "rbac.authorization.k8s.io/v1"
+
+
+def test_stable_pods_read_their_routing_with_their_own_account_which_goes_with_them(
+    cluster, operator, store
+):
+    serve_setup(cluster, store, steps=[{"weight": 10, "pause": "1h"}])
+    md = cluster.get("ModelDeployment", "cancer")
+    account = cluster.get("ServiceAccount", "cancer-router", "v1")
+    role = cluster.get("Role", "cancer-router", RBAC)
+    binding = cluster.get("RoleBinding", "cancer-router", RBAC)
+    for obj in (account, role, binding):
+        assert obj is not None
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"]) == ("ModelDeployment", md["metadata"]["uid"])
+    assert account["automountServiceAccountToken"] is False
+    (rule,) = role["rules"]
+    assert (rule["resources"], rule["resourceNames"]) == (["configmaps"], ["cancer-routing"])
+    assert rule["verbs"] == ["get", "list", "watch"]
+    assert binding["subjects"][0]["name"] == "cancer-router"
+    pod = cluster.get("Deployment", "cancer-stable", "apps/v1")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "cancer-router"
+    assert pod["automountServiceAccountToken"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KUBELOOP_SERVING_ROUTING_CONFIGMAP"] == "cancer-routing"
+    # spec.canary.stickyBy reaches the routing the pods follow
+    cluster.patch(
+        "ModelDeployment", "cancer", {"spec": {"canary": {"stickyBy": {"header": "x-user"}}}}
+    )
+    wait_for(lambda: routing(cluster).get("sticky_header") == "x-user", "the sticky header")
+    cluster.delete("ModelDeployment", "cancer")
+    wait_for(
+        lambda: all(
+            cluster.get(kind, "cancer-router", api) is None
+            for kind, api in (("ServiceAccount", "v1"), ("Role", RBAC), ("RoleBinding", RBAC))
+        ),
+        "the routing reader's account, Role and RoleBinding to be garbage-collected",
+        timeout=60,
+    )
+
+
 def test_canary_walks_steps_and_promotes(cluster, operator, store):
     serve_setup(
         cluster, store, steps=[{"weight": 20, "pause": "2s"}, {"weight": 60, "pause": "2s"}]

@@ -190,6 +190,21 @@ the operator under these rules and fails on any 403.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, patch]
+# Each ModelDeployment's stable pods follow their routing ConfigMap through the API
+# (docs/canary.md): the operator applies their ServiceAccount, a Role allowing get/list/
+# watch on that one ConfigMap (resourceNames) and its RoleBinding; all three go with
+# their owner by the garbage collector. The API server lets an account grant only what
+# it holds itself, so the operator holds get/list/watch on ConfigMaps here (it reads
+# none of them); it has no escalate or bind, so it can grant nothing more.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]

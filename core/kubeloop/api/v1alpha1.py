@@ -26,6 +26,7 @@ from kubeloop.api.base import (
     StatusBase,
 )
 from kubeloop.contracts.frameworks import ESTIMATORS, Task
+from kubeloop.contracts.routing import STICKY_HEADER_PATTERN
 
 #: Metrics the trainer reports on the held-out split, by task (gate and search keys).
 METRICS: dict[Task, tuple[str, ...]] = {
@@ -919,6 +920,18 @@ def _gateway_when_routed_by_it(canary: Canary) -> bool:
     return (canary.router == "gateway") == (canary.gateway is not None)
 
 
+class StickyBy(KubeModel):
+    """What keeps one caller on one version during a rollout."""
+
+    header: str = Field(
+        pattern=STICKY_HEADER_PATTERN,
+        description="A request header (e.g. x-user-id): a hash of its value places the caller "
+        "on the stable or the canary side, the same on every pod, and a caller moves to the "
+        "canary at most once as the weight rises; requests without it are split by "
+        "round-robin.",
+    )
+
+
 class Canary(KubeModel):
     """Progressive rollout of a new version."""
 
@@ -964,6 +977,11 @@ class Canary(KubeModel):
     )
     gateway: GatewayRouter | None = Field(
         None, description="The HTTPRoute's Gateways and hosts (router gateway only)."
+    )
+    sticky_by: StickyBy | None = Field(
+        None,
+        description="Keep one caller on one version (default: every request is split by "
+        "weighted round-robin, exact to the percent).",
     )
 
 

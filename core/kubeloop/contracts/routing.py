@@ -1,20 +1,24 @@
 """The routing contract: what share of requests the stable pods send to the canary.
 
 The operator writes one :class:`RoutingConfig` as JSON into the routing ConfigMap
-(key :data:`ROUTING_FILE`); the stable serving pods watch the mounted file and
-forward that share. A file with no canary (``canary_url`` null or weight 0)
+(key :data:`ROUTING_FILE`); the stable serving pods follow it through the API (a
+watch on that one ConfigMap), with the mounted file as the start-up value and the
+fallback, and forward that share. A file with no canary (``canary_url`` null or weight 0)
 routes nothing.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Any, Final
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 #: The ConfigMap key, and so the file name, of the routing config.
 ROUTING_FILE: Final = "routing.json"
+#: An HTTP header name (RFC 9110 token characters that header names use in practice).
+STICKY_HEADER_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class RoutingConfig(BaseModel):
@@ -40,6 +44,12 @@ class RoutingConfig(BaseModel):
     shadow_version: int | str | None = Field(
         None, description="The shadow's version: the version label of its comparisons."
     )
+    sticky_header: str | None = Field(
+        None,
+        pattern=STICKY_HEADER_PATTERN,
+        description="A request header whose value keeps one caller on one version (a hash "
+        "of it picks the side); requests without it are split by round-robin.",
+    )
 
     @property
     def active(self) -> bool:
@@ -60,4 +70,19 @@ class RoutingConfig(BaseModel):
             doc["shadow_url"] = self.shadow_url
             doc["shadow_weight"] = int(weight) if weight.is_integer() else weight
             doc["shadow_version"] = self.shadow_version
+        if self.sticky_header is not None:
+            doc["sticky_header"] = self.sticky_header
         return json.dumps(doc, sort_keys=True)
+
+
+def parse_routing(raw: bytes | str) -> RoutingConfig:
+    """A routing file's (or ConfigMap value's) config: JSON or YAML, empty means no
+    canary. Raises ValueError (pydantic's ValidationError is one) on anything else."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        data: Any = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not JSON/YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("expected a mapping with canary_url/weight/shadow")
+    return RoutingConfig.model_validate(data)

@@ -560,6 +560,8 @@ def serving_names(md_name: str) -> dict[str, str]:
         "shadow": child_name(md_name, "shadow"),
         "shadow_service": child_name(md_name, "shadow"),
         "routing": child_name(md_name, "routing"),
+        # the stable pods' own identity: reads the routing ConfigMap, and nothing else
+        "router": child_name(md_name, "router"),
         "network_policy": md_name,
         "token": child_name(md_name, "feedback-token"),
         "peers": child_name(md_name, "pods"),
@@ -636,6 +638,69 @@ def _mount_routing(
     volumes.append({"name": "routing", "configMap": {"name": config_map, "optional": True}})
     mounts.append({"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True})
     env.append({"name": "KUBELOOP_SERVING_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"})
+
+
+def _follow_routing(
+    md: dict[str, Any], env: list[dict[str, Any]], pod: dict[str, Any], settings: OperatorSettings
+) -> None:
+    """Let a stable pod follow its routing ConfigMap through the API (a weight change
+    arrives in about a second, not at the kubelet's next sync of the mounted file): its
+    own ServiceAccount (:func:`build_routing_access`), whose token may only read that one
+    ConfigMap, mounted into this pod alone."""
+    if not settings.follow_routing:
+        return
+    names = serving_names(md["metadata"]["name"])
+    env.append({"name": "KUBELOOP_SERVING_ROUTING_CONFIGMAP", "value": names["routing"]})
+    pod["serviceAccountName"] = names["router"]
+    pod["automountServiceAccountToken"] = True
+
+
+def build_routing_access(md: dict[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The stable pods' ServiceAccount, a Role allowing get/list/watch on the routing
+    ConfigMap alone (``resourceNames``), and the RoleBinding between them; owned by the
+    ModelDeployment, so they go when it does."""
+    name = md["metadata"]["name"]
+    names = serving_names(name)
+    lbls = labels("serving", **{DEPLOYMENT_LABEL: name})
+    meta = _meta(md, names["router"], lbls)
+    if settings.router_account_annotations:
+        meta["annotations"] = dict(settings.router_account_annotations)
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta,
+        # mounted only where the pod asks for it (the stable pods)
+        "automountServiceAccountToken": False,
+    }
+    rule = {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [names["routing"]],
+        "verbs": ["get", "list", "watch"],
+    }
+    rbac = "rbac.authorization.k8s.io"
+    return [
+        account,
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "Role",
+            "metadata": _meta(md, names["router"], lbls),
+            "rules": [rule],
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(md, names["router"], lbls),
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": names["router"]},
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": names["router"],
+                    "namespace": md["metadata"]["namespace"],
+                }
+            ],
+        },
+    ]
 
 
 def _buckets_env(mv: dict[str, Any], stable_mv: dict[str, Any]) -> list[dict[str, Any]]:
@@ -821,12 +886,12 @@ def build_serving_deployment(
     }
     if spec.tls is not None:
         _serve_tls(spec.tls, container, volumes, scrape)
+    pod = _pod_spec(container, volumes, settings)
+    if role == "stable":
+        _follow_routing(md, container["env"], pod, settings)
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
-        "template": {
-            "metadata": {"labels": lbls, "annotations": scrape},
-            "spec": _pod_spec(container, volumes, settings),
-        },
+        "template": {"metadata": {"labels": lbls, "annotations": scrape}, "spec": pod},
     }
     if replicas is not None:
         dep_spec["replicas"] = replicas
@@ -917,9 +982,11 @@ def build_routing_config(
     canary_version: int | None,
     settings: OperatorSettings,
     shadow: tuple[int, float] | None = None,
+    sticky_header: str | None = None,
 ) -> dict[str, Any]:
     """The ConfigMap the stable pods watch for the canary's share of requests, and the
-    shadow's (``shadow``: its version and percent) mirrored beside it."""
+    shadow's (``shadow``: its version and percent) mirrored beside it; ``sticky_header``
+    (spec.canary.stickyBy.header) keeps a caller on one side."""
     names = serving_names(md["metadata"]["name"])
     routing = RoutingConfig(
         url=service_url(md, settings, "canary") if canary_version else None,
@@ -928,6 +995,7 @@ def build_routing_config(
         shadow_url=service_url(md, settings, "shadow") if shadow else None,
         shadow_weight=shadow[1] if shadow else 0,
         shadow_version=shadow[0] if shadow else None,
+        sticky_header=sticky_header,
     )
     return {
         "apiVersion": "v1",
@@ -935,6 +1003,11 @@ def build_routing_config(
         "metadata": _meta(md, names["routing"], labels("serving")),
         "data": {ROUTING_FILE: routing.to_file()},
     }
+
+
+def _sticky(spec: ModelDeploymentSpec) -> str | None:
+    sticky = spec.canary.sticky_by if spec.canary is not None else None
+    return sticky.header if sticky is not None else None
 
 
 def build_hpa(md: dict[str, Any], spec: ModelDeploymentSpec) -> dict[str, Any] | None:
@@ -1085,10 +1158,12 @@ def serving_children(
     gateway = routed_by_gateway(spec)
     pod_weight = 0 if gateway else weight
     children: list[dict[str, Any] | Absent] = [
+        # the stable pods' identity first: their pods need the ServiceAccount to start
+        *(build_routing_access(md, settings) if settings.follow_routing else ()),
         build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
         build_service(md, "stable", settings),
         build_peers_service(md, settings),
-        build_routing_config(md, pod_weight, canary_version, settings, mirror),
+        build_routing_config(md, pod_weight, canary_version, settings, mirror, _sticky(spec)),
         hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
         policy
         or Absent("networking.k8s.io/v1", "NetworkPolicy", namespace, names["network_policy"]),

@@ -40,6 +40,18 @@ class OperatorSettings(BaseSettings):
     service_account: str | None = Field(
         None, description="ServiceAccount of the Jobs and serving pods (default: namespace's)."
     )
+    follow_routing: bool = Field(
+        True,
+        description="Give each ModelDeployment's stable pods a ServiceAccount of their own "
+        "whose token may only get/list/watch their routing ConfigMap, and have them follow it "
+        "through the API (a weight change arrives in about a second). Off: they read the "
+        "mounted file alone, at the kubelet's sync period (1 min by default).",
+    )
+    router_account_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations of those ServiceAccounts, e.g. the cloud workload identity "
+        "the stable pods need to read s3:// or gs:// models (as on service_account).",
+    )
     trainer_resources: dict[str, Any] = Field(
         default_factory=lambda: {"requests": {"cpu": "500m", "memory": "512Mi"}},
         description="Default resources of trainer containers.",

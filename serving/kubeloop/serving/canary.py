@@ -1,10 +1,14 @@
 """Canary forwarding: the stable server sends a share of inference requests to a
 canary server (exact weights without a service mesh), or mirrors them (shadow).
 
-The share is kept exact by error diffusion rather than coin flips: after ``n``
-requests the number forwarded is ``floor(n * weight / 100)`` (±1), spread evenly.
-The weight and upstream can change at run time through a watched config file
-(the ConfigMap the operator writes, :class:`kubeloop.contracts.routing.RoutingConfig`):
+The share is kept exact by error diffusion (smooth weighted round-robin of two) rather
+than coin flips: after ``n`` requests the number forwarded is ``floor(n * weight / 100)``
+(±1), spread evenly, in every worker process, so any number of workers and pods add up
+to the target. A request carrying the sticky header (``sticky_header``) is placed by a
+hash of its value instead, so one caller stays on one version while the weight stands.
+The weight and upstream change at run time through the routing ConfigMap the operator
+writes (:class:`kubeloop.contracts.routing.RoutingConfig`), followed through the API
+(:mod:`kubeloop.serving.kubewatch`) and, as start-up value and fallback, its mounted file:
 ``{"canary_url": "http://canary:8080", "weight": 10, "shadow": false, "canary_version": 3}``.
 """
 
@@ -16,12 +20,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from kubeloop.contracts.routing import RoutingConfig
+from kubeloop.contracts.routing import RoutingConfig, parse_routing
 
 log = logging.getLogger("kubeloop.serving.canary")
 
@@ -38,10 +38,13 @@ class Splitter:
             self.weight = weight
             self._acc = 0.0
 
-    def pick(self) -> bool:
-        """True when this request goes to the canary."""
+    def pick(self, sticky: bytes | None = None) -> bool:
+        """True when this request goes to the canary; ``sticky``: the value of the sticky
+        header, which decides by its hash alone (and leaves the round-robin alone)."""
         if self.weight <= 0:
             return False
+        if sticky is not None:
+            return sticky_bucket(sticky) < self.weight
         self._acc += self.weight / 100.0
         if self._acc >= 1.0 - 1e-12:
             self._acc -= 1.0
@@ -49,14 +52,22 @@ class Splitter:
         return False
 
 
+def sticky_bucket(value: bytes) -> float:
+    """Where a caller falls in [0, 100): the same value always lands in the same place
+    (in every process and pod), so it is on the canary exactly while the weight is
+    above its bucket; raising the weight only moves callers from stable to canary."""
+    digest = hashlib.blake2b(value, digest_size=8).digest()
+    return (int.from_bytes(digest, "big") % 10_000) / 100.0
+
+
 def read_config(path: Path) -> tuple[RoutingConfig, str]:
     """Parse the config file; returns it with a digest of its bytes."""
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    data: Any = yaml.safe_load(raw) if raw.strip() else {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with canary_url/weight/shadow")
-    return RoutingConfig.model_validate(data), digest
+    try:
+        return parse_routing(raw), digest
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 @dataclass
@@ -76,7 +87,7 @@ class ConfigWatcher:
                 log.warning("canary config %s is missing; canary off", self.path)
                 return RoutingConfig()
             return None
-        except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
+        except (OSError, ValueError) as exc:
             # keep the last good config, say why once per bad content
             if self.digest != f"bad:{exc}":
                 self.digest = f"bad:{exc}"

@@ -25,6 +25,7 @@ import orjson
 
 from kubeloop.contracts.routing import RoutingConfig
 from kubeloop.serving.canary import ConfigWatcher, Splitter, watch
+from kubeloop.serving.kubewatch import SA_DIR, ConfigMapWatch, Target, in_cluster_url
 from kubeloop.serving.metrics import Metrics
 from kubeloop.serving.model import LoadedModel
 from kubeloop.serving.rest.reply import JSON, Reply
@@ -64,7 +65,14 @@ class Router:
         self.shadowing = False
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._api_watcher: asyncio.Task[None] | None = None
         self._trust_watcher: asyncio.Task[None] | None = None
+        #: the routing ConfigMap is followed through the API right now: the mounted
+        #: file (which lags by the kubelet's sync period) is then not applied
+        self._api_live = False
+        self._applied = False
+        #: the sticky header as the transports see it (lower-case bytes), or None
+        self.sticky_key: bytes | None = None
         self._shadow_in_flight = 0
         self._shadow_agree: dict[str, int] = {}
         self._shadow_total: dict[str, int] = {}
@@ -87,18 +95,31 @@ class Router:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self.apply(self.config)
+        loop = asyncio.get_running_loop()
         if self.settings.routing_file:
             watcher = ConfigWatcher(Path(self.settings.routing_file))
             first = watcher.poll()
             if first is not None:
                 self.apply(first)
             interval = self.settings.config_poll_interval
-            self._watcher = asyncio.get_running_loop().create_task(
-                watch(watcher, interval, self.apply)
-            )
+            self._watcher = loop.create_task(watch(watcher, interval, self._apply_file))
+        target = api_target(self.settings)
+        if target is not None:
+            follow = ConfigMapWatch(target, self.apply, self._set_live)
+            self._api_watcher = loop.create_task(follow.run())
+
+    def _set_live(self, live: bool) -> None:
+        if live != self._api_live:
+            log.info("routing: following ConfigMap through the API: %s", live)
+        self._api_live = live
+
+    def _apply_file(self, config: RoutingConfig) -> None:
+        """The mounted file's change: applied unless the API watch is the source."""
+        if not self._api_live:
+            self.apply(config)
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._trust_watcher):
+        for task in (self._watcher, self._api_watcher, self._trust_watcher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -107,8 +128,12 @@ class Router:
             await self._client.aclose()
 
     def apply(self, config: RoutingConfig) -> None:
-        """Route by ``config`` from now on."""
+        """Route by ``config`` from now on (the same config again changes nothing)."""
+        if self._applied and config == self.config:
+            return
+        self._applied = True
         self.config = config
+        self.sticky_key = config.sticky_header.lower().encode() if config.sticky_header else None
         self._version = version_label(config)
         weight = config.weight if config.active else 0.0
         forward, shadow = (0.0, weight) if config.shadow else (weight, 0.0)
@@ -140,9 +165,10 @@ class Router:
         for outcome in FORWARD_OUTCOMES:
             self._metrics.canary.labels(self._slot.name, self._version, mode, outcome)
 
-    def to_canary(self) -> bool:
-        """Whether this request is the canary's (the exact forward share)."""
-        return self._forward_split.pick()
+    def to_canary(self, sticky: bytes | None = None) -> bool:
+        """Whether this request is the canary's: the exact forward share, or by the hash
+        of ``sticky`` (the sticky header's value) when the request has one."""
+        return self._forward_split.pick(sticky)
 
     @property
     def canary_version(self) -> str:
@@ -230,6 +256,30 @@ class Router:
 
     def _compared(self, version: str, result: str) -> None:
         self._metrics.shadow_compared.labels(self._slot.name, version, result).inc()
+
+
+def api_target(settings: ServingSettings) -> Target | None:
+    """Where to follow the routing ConfigMap through the API; None when not asked to (or
+    when no API server is known: then the mounted file alone routes)."""
+    name = settings.routing_configmap
+    if name is None:
+        return None
+    url = settings.kube_api_url or in_cluster_url()
+    namespace = settings.routing_namespace or _own_namespace()
+    if url is None or namespace is None:
+        log.warning("routing ConfigMap %s: no API server or namespace known; file only", name)
+        return None
+    ca = settings.kube_ca_file
+    ca_path = Path(ca) if ca and Path(ca).exists() else None
+    token = Path(settings.kube_token_file)
+    return Target(url, namespace, name, token, ca_path, settings.routing_watch_seconds)
+
+
+def _own_namespace() -> str | None:
+    try:
+        return (SA_DIR / "namespace").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def version_label(config: RoutingConfig, version: int | str | None = None) -> str:

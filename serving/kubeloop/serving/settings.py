@@ -318,6 +318,40 @@ class ServingSettings(BaseSettings):
         description="A JSON/YAML file {canary_url, weight, shadow, canary_version} watched for "
         "changes; when set it overrides the canary_* values (the operator mounts a ConfigMap).",
     )
+    routing_configmap: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Name of the routing ConfigMap to follow through the Kubernetes API (a "
+        "watch: changes arrive in about a second); the routing file stays the start-up value "
+        "and the fallback while the API is unreachable. Needs a token allowed to get/list/"
+        "watch that ConfigMap (the operator gives stable pods one).",
+    )
+    routing_namespace: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Namespace of that ConfigMap; default: the pod's (from its token mount).",
+    )
+    kube_api_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="The Kubernetes API server; default: https://$KUBERNETES_SERVICE_HOST:"
+        "$KUBERNETES_SERVICE_PORT (what the kubelet sets in every pod).",
+    )
+    routing_watch_seconds: int = Field(
+        240,
+        ge=1,
+        le=3600,
+        description="How long the API server keeps one watch open (its timeoutSeconds); the "
+        "next one resumes from the last resourceVersion.",
+    )
+    kube_token_file: str = Field(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        description="Bearer token for the API (re-read at every reconnect: it is rotated).",
+    )
+    kube_ca_file: str | None = Field(
+        "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+        description="CA bundle the API server's certificate is checked against.",
+    )
     canary_timeout: float = Field(5.0, gt=0, le=300, description="Seconds per canary request.")
     config_poll_interval: float = Field(
         1.0, gt=0, le=3600, description="Seconds between checks of the canary config file."

@@ -7,6 +7,7 @@ answering the next good request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import socket
@@ -388,3 +389,33 @@ def test_a_share_of_grpc_inference_goes_to_the_canary(
             stable.metric("kubeloop_requests_total", protocol="grpc", variant="canary", code="200")
             == 1
         )
+
+
+def test_a_sticky_grpc_caller_stays_on_one_version(
+    cancer_model, other_cancer_model, cancer_rows, tmp_path
+):
+    """The routing's sticky header is read from the call's metadata: each caller gets one
+    version every time; callers are spread over both."""
+    routing = tmp_path / "routing.json"
+    with serving(other_cancer_model, "--name", "cancer") as canary:
+        config = {"canary_url": canary.url, "weight": 50, "sticky_header": "x-user"}
+        routing.write_text(json.dumps(config))
+        with (
+            serving(
+                cancer_model, "--name", "cancer", "--grpc-port", "0", "--routing-file", str(routing)
+            ) as stable,
+            triton.InferenceServerClient(grpc_address(stable)) as c,
+        ):
+            seen = {}
+            for user in (f"user-{i}" for i in range(12)):
+                versions = {
+                    c.infer(
+                        "cancer", feature_inputs(cancer_rows.iloc[:1]), headers={"x-user": user}
+                    )
+                    .get_response()
+                    .model_version
+                    for _ in range(4)
+                }
+                assert len(versions) == 1, (user, versions)
+                seen[user] = versions.pop()
+            assert len(set(seen.values())) == 2, seen

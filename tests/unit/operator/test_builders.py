@@ -228,6 +228,9 @@ def test_serving_children_without_a_canary_delete_its_objects(settings):
     spec = ModelDeploymentSpec.model_validate(md["spec"])
     children = builders.serving_children(md, spec, serving_version(1), None, 0, settings)
     assert kinds(children) == [
+        ("ServiceAccount", "demo-router"),
+        ("Role", "demo-router"),
+        ("RoleBinding", "demo-router"),
         ("Deployment", "demo-stable"),
         ("Service", "demo"),
         ("Service", "demo-pods"),
@@ -239,8 +242,8 @@ def test_serving_children_without_a_canary_delete_its_objects(settings):
         ("-Deployment", "demo-shadow"),
         ("-Service", "demo-shadow"),
     ]
-    assert children[0]["spec"]["replicas"] == 2
-    assert children[0]["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
+    assert children[3]["spec"]["replicas"] == 2
+    assert children[3]["metadata"]["labels"]["app.kubernetes.io/version"] == "1"
 
 
 def test_serving_children_with_a_canary_and_an_autoscaler(settings):
@@ -251,6 +254,9 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
         md, spec, serving_version(1), serving_version(2), 10, settings
     )
     assert kinds(children) == [
+        ("ServiceAccount", "demo-router"),
+        ("Role", "demo-router"),
+        ("RoleBinding", "demo-router"),
         ("Deployment", "demo-stable"),
         ("Service", "demo"),
         ("Service", "demo-pods"),
@@ -262,11 +268,11 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
         ("-Deployment", "demo-shadow"),
         ("-Service", "demo-shadow"),
     ]
-    stable, canary = children[0], children[6]
+    stable, canary = children[3], children[9]
     assert "replicas" not in stable["spec"]  # the autoscaler owns it
     assert canary["spec"]["replicas"] == 1  # 10% of 2, at least one
     assert canary["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
-    assert json.loads(children[3]["data"]["routing.json"])["canary_version"] == 2
+    assert json.loads(children[6]["data"]["routing.json"])["canary_version"] == 2
 
 
 def test_serving_pod_env_names_only_settings_the_server_reads(settings):
@@ -306,7 +312,7 @@ def test_regression_canary_pods_bucket_predictions_with_the_stable_models_edges(
     stable = regression_version(1, "s3://models/ml/v1")
     canary = regression_version(2, "s3://models/ml/v2")
     children = builders.serving_children(md, spec, stable, canary, 10, settings)
-    stable_dep, canary_dep = children[0], children[6]
+    stable_dep, canary_dep = children[3], children[9]
     assert canary_dep["metadata"]["name"] == "demo-canary"
     key = f"{ENV_PREFIX}PREDICTION_BUCKETS_FROM"
     assert key.lower().removeprefix(ENV_PREFIX.lower()) in ServingSettings.model_fields
@@ -316,7 +322,7 @@ def test_regression_canary_pods_bucket_predictions_with_the_stable_models_edges(
     classes = builders.serving_children(
         md, spec, serving_version(1), serving_version(2), 10, settings
     )
-    assert key not in pod_env(classes[6])
+    assert key not in pod_env(classes[9])
 
 
 def test_routing_file_reads_back_as_the_servers_routing_config(settings):

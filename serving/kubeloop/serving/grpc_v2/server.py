@@ -145,7 +145,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             doc, binary = request_document(request)
             path = f"/v2/models/{name}/infer"
             # only unversioned requests go to the canary, in the configured share
-            if version is None and router.forwarding and router.to_canary():
+            if version is None and router.forwarding and router.to_canary(self._sticky(context)):
                 reply = await router.forward(path, *rest_body(doc, binary))
                 if reply is not None:
                     code = 0  # the canary's answer, counted under its version
@@ -177,6 +177,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             if code:
                 self._requests.count(name, mv, PROTOCOL, code, "stable", started)
+
+    def _sticky(self, context: Context) -> bytes | None:
+        """The sticky header's value in the call's metadata (None: not configured or not
+        sent)."""
+        key = self._router.sticky_key
+        if key is None:
+            return None
+        for name, value in context.invocation_metadata() or ():
+            if name == key.decode() and value:
+                return value.encode() if isinstance(value, str) else bytes(value)
+        return None
 
     def _metadata_id(self, context: Context) -> str | None:
         """The ``x-request-id`` metadata's id (INVALID_ARGUMENT when over the id limit)."""

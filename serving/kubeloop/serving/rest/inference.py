@@ -148,7 +148,7 @@ class RestInference:
         try:
             model = plane.model(name, version)
             # only unversioned requests go to the canary, in the configured share
-            if version is None and router.forwarding and router.to_canary():
+            if version is None and router.forwarding and router.to_canary(self._sticky(headers)):
                 reply = await router.forward(path, body, headers)
                 if reply is not None:
                     code = 0  # the canary's answer, counted under its version
@@ -169,6 +169,11 @@ class RestInference:
         finally:
             if code:
                 self._requests.count(name, mv, codec.protocol, code, "stable", started)
+
+    def _sticky(self, headers: HeaderMap) -> bytes | None:
+        """The sticky header's value (None: not configured or not sent)."""
+        key = self._router.sticky_key
+        return None if key is None else headers.get(key)
 
     def _header_id(self, headers: HeaderMap) -> str | None:
         """The ``x-request-id`` header's id (a 400 when over the id limit)."""
