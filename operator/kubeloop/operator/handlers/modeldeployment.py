@@ -369,10 +369,12 @@ def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
     """The serving pods' bearer token: a random one in a Secret created once; an existing
     Secret is kept as it is (a reconcile or a restart never replaces the token)."""
     secret = builders.build_feedback_token_secret(rec.body, secrets.token_urlsafe(32))
-    if ctx.kube.create_if_absent(secret):
+    key = f"{rec.namespace}/{secret['metadata']['name']}"
+    if key not in ctx.present and ctx.kube.create_if_absent(secret):
         rec.info(
             reason="TokenCreated", message=f"feedback token in Secret {secret['metadata']['name']}"
         )
+    ctx.present.add(key)  # known to exist: not created (a write) again by this process
     rec.status["feedbackTokenSecret"] = secret["metadata"]["name"]
 
 
@@ -459,7 +461,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     target = _target(rec, spec, ready, rejected_versions(ready))
     if target is None:
         return
-    canary_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
+    canary_dep = ctx.kube.read("apps/v1", "Deployment", rec.namespace, names["canary"])
     canary_ready = deployment_ready(canary_dep)
     state = _roll(ctx, rec, spec, target, canary_ready, ready)
     stable_mv = _version(versions, ready, state["stableVersion"])
@@ -487,7 +489,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     _label_served(ctx, rec, versions, served)
     rec.status["shadowVersion"] = int(shadow_mv["spec"]["version"]) if shadow_mv else None
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
-    stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
+    stable_dep = ctx.kube.read("apps/v1", "Deployment", rec.namespace, names["stable"])
     _degraded(rec, state)
     _report(rec, state, target, weight, deployment_ready(stable_dep))
 
@@ -498,6 +500,14 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="metadata.annotations")
 @kopf.timer(
     GROUP, VERSION, "modeldeployments", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1
+)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "modeldeployments",
+    id="canary_tick",
+    interval=IMPORT_SETTINGS.tick_seconds,
+    when=lambda status, **_: status.get("canaryVersion") is not None,
 )
 def reconcile_modeldeployment(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any

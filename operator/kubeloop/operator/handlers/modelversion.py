@@ -112,6 +112,16 @@ def _inspected(ctx: Context, rec: Reconcile) -> bool:
         or CLEAR_REJECTION in annotations
     ),
 )
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "modelversions",
+    id="store_tick",
+    interval=IMPORT_SETTINGS.tick_seconds,
+    when=lambda status, spec, **_: (
+        status.get("verifiedSha256") != spec.get("artifact", {}).get("sha256")
+    ),
+)
 def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)
 
