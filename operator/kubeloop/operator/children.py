@@ -5,7 +5,10 @@ the API server has to serve. :class:`AppliedCache` remembers, per child, the dig
 the manifest last applied and what the apply returned; the watches on the child kinds
 (:mod:`kubeloop.operator.handlers.watch`) keep it true: any change made by someone else
 (a different ``generation``, or for kinds without one a different ``resourceVersion``)
-or a deletion forgets the entry, so the next reconcile applies again. Only the kinds in
+or a deletion forgets the entry, so the next reconcile applies again. It also knows which
+children exist at all: a kopf index on each child kind records every one it sees, and kopf
+runs no handler before every index has seen its initial listing, so a child missing from
+that record does not exist and needs no DELETE (nor a GET). Only the kinds in
 :data:`WATCHED` are cached: a change to any other kind would go unnoticed.
 """
 
@@ -63,7 +66,22 @@ class AppliedCache:
 
     def __init__(self) -> None:
         self._entries: dict[Key, _Entry] = {}
+        self._existing: set[Key] = set()
         self._lock = threading.Lock()
+
+    def exists(self, key: Key) -> None:
+        """A watch saw the child (or the operator made it)."""
+        with self._lock:
+            self._existing.add(key)
+
+    def absent(self, key: Key) -> bool:
+        """True when the child is known not to exist: a watched kind, never seen or since
+        deleted (a deletion the operator made, or one a watch reported)."""
+        if key[:2] not in CACHED_KINDS:
+            return False
+        with self._lock:
+            entry = self._entries.get(key)
+            return (entry is not None and entry.digest is None) or key not in self._existing
 
     def unchanged(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """The live object when applying ``manifest`` would change nothing, else None."""
@@ -82,31 +100,32 @@ class AppliedCache:
                 self._entries[key_of(manifest)] = _Entry(
                     digest(manifest), version_token(live), live
                 )
+                self._existing.add(key_of(manifest))
 
     def live(self, key: Key) -> tuple[bool, dict[str, Any] | None]:
         """(known, the object as last seen): known is False when only the API server can say."""
+        if self.absent(key):
+            return True, None
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
             return False, None
         return True, entry.live
 
-    def known_absent(self, key: Key) -> bool:
-        with self._lock:
-            entry = self._entries.get(key)
-        return entry is not None and entry.digest is None
-
     def deleted(self, key: Key) -> None:
         """Remember that the operator deleted the child (or found it gone)."""
         if key[:2] in CACHED_KINDS:
             with self._lock:
                 self._entries[key] = _Entry(None, None, None)
+                self._existing.discard(key)
 
     def observe(self, event_type: str | None, obj: dict[str, Any]) -> bool:
         """Fold a watch event in; True when it shows a change the operator did not make
         (the entry is then forgotten, so the next reconcile applies or deletes again)."""
         key = key_of(obj)
         with self._lock:
+            if event_type == "DELETED":
+                self._existing.discard(key)
             entry = self._entries.get(key)
             if entry is None:
                 return False

@@ -32,13 +32,20 @@ class ConflictError(Exception):
     """An object of that name exists already (HTTP 409)."""
 
 
+#: Connections kept to the API server: one per worker thread (kopf's pool), so none is
+#: closed and opened again with a new TLS handshake.
+POOL_SIZE = 32
+
+
 def load_config() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = POOL_SIZE
+    return client.ApiClient(configuration)
 
 
 def user_config(
@@ -166,7 +173,7 @@ class Kube:
         """Delete, the dependents in the background; False when it was already gone (or
         the cache knows it is: then nothing is sent)."""
         key = (api_version, kind, namespace, name)
-        if self.cache.known_absent(key):
+        if self.cache.absent(key):
             return False
         self._count("delete")
         try:

@@ -121,6 +121,14 @@ def deployment_ready(dep: dict[str, Any] | None) -> bool:
     )
 
 
+def still_serving(dep: dict[str, Any] | None, state: dict[str, Any]) -> bool:
+    """A canary that was ready at its step (its pause has begun) keeps its share while it
+    scales to the next step's replicas, as long as a pod of it is available: routing does
+    not drop to 0 % and back for the moment the new pods start."""
+    available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
+    return state.get("stepStartedTime") is not None and available > 0
+
+
 def advance(
     spec: ModelDeploymentSpec,
     status: dict[str, Any],
@@ -471,7 +479,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         rec.condition("Degraded", True, "VersionMissing", missing)
         rec.status["phase"] = "Degraded"
         return
-    weight = canary_weight(spec, state, canary_ready)
+    weight = canary_weight(spec, state, canary_ready or still_serving(canary_dep, state))
     canary = state["canaryVersion"]
     canary_mv = ready[canary] if canary is not None else None
     shadow_mv = ready.get(spec.shadow.version) if spec.shadow is not None else None

@@ -171,7 +171,19 @@ def on_source(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: 
                 wake(ctx, dependent, uid, kwargs)
 
 
+async def _child_exists(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, bool]:
+    """Record that a child exists (see :class:`~kubeloop.operator.children.AppliedCache`):
+    an index, because kopf runs no handler before every index has seen its listing."""
+    meta = body["metadata"]
+    key = (str(body["apiVersion"]), str(body["kind"]), str(meta["namespace"]), str(meta["name"]))
+    context(memo).children.exists(key)
+    return {}
+
+
 for _group, _version, _plural, *_names in WATCHED:
+    kopf.index(group=_group, version=_version, plural=_plural, labels=MANAGED, id="child")(
+        _child_exists
+    )
     kopf.on.event(group=_group, version=_version, plural=_plural, labels=MANAGED)(on_child)
 for _plural in ("datasets", "modelversions"):
     kopf.on.event(GROUP, VERSION, _plural, id=f"wake_dependents_of_{_plural}")(on_source)
