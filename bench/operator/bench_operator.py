@@ -7,9 +7,9 @@ created), the API requests the whole cluster served per object (apiserver's
 made (its ``kubeloop_operator_api_requests_total``: every read and write of children and
 status; kopf's watches and bookkeeping patches and Events are not counted), the writes
 per object in one resync window after steady state (``apiserver_request_total`` of the
-writing verbs, all clients), the latency from a stable Deployment becoming ready to its
-ModelDeployment turning ``Serving`` (both seen through watches), and the operator's CPU
-time and peak memory. Not a test: run with ``make bench-operator``.
+writing verbs, all clients), the latency from a stable Deployment turning Available to its
+ModelDeployment's Ready condition turning True (both conditions' timestamps), and the
+operator's CPU time and peak memory. Not a test: run with ``make bench-operator``.
 
     python bench/operator/bench_operator.py [--deployments 500] [--trainingjobs 200]
 """
@@ -25,15 +25,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 
 from kubeloop.contracts.artifacts import ArtifactLayout
@@ -57,11 +57,12 @@ def request_total(kubeconfig: str, verbs: tuple[str, ...] | None = None) -> floa
         text=True,
         check=True,
     ).stdout
-    return sum(
-        float(m.group(2))
-        for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$", text, re.M)
-        if verbs is None or re.search(r'verb="(\w+)"', m.group(1)).group(1) in verbs  # type: ignore[union-attr]
-    )
+    total = 0.0
+    for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$", text, re.M):
+        verb = re.search(r'verb="(\w+)"', m.group(1))
+        if verbs is None or (verb is not None and verb.group(1) in verbs):
+            total += float(m.group(2))
+    return total
 
 
 def operator_requests(port: int) -> float | None:
@@ -245,48 +246,32 @@ def dataset_status() -> dict[str, Any]:
     }
 
 
-class Stages:
-    """When each stable Deployment first became ready and when its ModelDeployment first
-    said ``Serving``, both as the bench's own watches saw them (same delay on both sides)."""
+def condition_time(obj: dict[str, Any], type_: str) -> float | None:
+    """When the object's ``type_`` condition last turned True (epoch seconds), if it is."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            stamp = str(c.get("lastTransitionTime") or c.get("lastUpdateTime"))
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return None
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.ready: dict[str, float] = {}
-        self.serving: dict[str, float] = {}
-        for target in (self._deployments, self._modeldeployments):
-            threading.Thread(target=self._forever, args=(target,), daemon=True).start()
 
-    def _forever(self, target: Any) -> None:
-        while True:
-            try:
-                target()
-            except Exception:  # a watch that ends or breaks is started again
-                time.sleep(0.5)
-
-    def _deployments(self) -> None:
-        apps = client.AppsV1Api(self.api)
-        for event in watch.Watch().stream(
-            apps.list_namespaced_deployment, NS, label_selector="kubeloop.io/role=stable"
-        ):
-            dep = event["object"]
-            md = (dep.metadata.labels or {}).get("kubeloop.io/model-deployment")
-            status = dep.status
-            if md and md not in self.ready and status and (status.available_replicas or 0) >= 1:
-                self.ready[md] = time.monotonic()
-
-    def _modeldeployments(self) -> None:
-        custom = client.CustomObjectsApi(self.api)
-        list_md = custom.list_namespaced_custom_object
-        for event in watch.Watch().stream(
-            list_md, "kubeloop.io", "v1alpha1", NS, "modeldeployments"
-        ):
-            md = event["object"]
-            name = md["metadata"]["name"]
-            if name not in self.serving and (md.get("status") or {}).get("phase") == "Serving":
-                self.serving[name] = time.monotonic()
-
-    def latencies(self) -> list[float]:
-        return sorted(self.serving[n] - t for n, t in self.ready.items() if n in self.serving)
+def stage_latencies(bench: Bench) -> list[float]:
+    """Per ModelDeployment: from its stable Deployment turning Available (the controller's
+    timestamp) to its own Ready condition turning True (the operator's), in seconds; both
+    stamps have a resolution of one second."""
+    apps = client.AppsV1Api(bench.api)
+    deps = apps.list_namespaced_deployment(NS, label_selector="kubeloop.io/role=stable")
+    available = {}
+    for dep in bench.api.sanitize_for_serialization(deps)["items"]:
+        md = dep["metadata"]["labels"].get("kubeloop.io/model-deployment")
+        available[md] = condition_time(dep, "Available")
+    mds = bench.crs["ModelDeployment"].get(namespace=NS).to_dict()["items"]
+    latencies = []
+    for md in mds:
+        ready, since = condition_time(md, "Ready"), available.get(md["metadata"]["name"])
+        if ready is not None and since is not None:
+            latencies.append(ready - since)
+    return sorted(latencies)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -294,20 +279,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def steady_writes(bench: Bench, args: argparse.Namespace) -> float:
-    """Writes (all clients) per object over one resync window, after one window to settle."""
-    time.sleep(args.resync + 2)
+    """Writes (all clients) per object over one resync window, after 10 s to settle."""
+    time.sleep(10)
     before = request_total(bench.kubeconfig, WRITE_VERBS)
     time.sleep(args.resync)
-    return (request_total(bench.kubeconfig, WRITE_VERBS) - before) / (
-        args.deployments + args.trainingjobs
-    )
+    writes = request_total(bench.kubeconfig, WRITE_VERBS) - before
+    return float(writes / (args.deployments + args.trainingjobs))
 
 
 def measure(
     bench: Bench, operator: subprocess.Popen[bytes], args: argparse.Namespace
 ) -> list[tuple[str, str]]:
     """Create the load, wait for its steady state; the table's rows."""
-    stages = Stages(bench.api)
     before_requests = request_total(bench.kubeconfig)
     before_own = operator_requests(bench.metrics_port)
     before_cpu, _ = proc_usage(operator.pid)
@@ -321,7 +304,7 @@ def measure(
     own = operator_requests(bench.metrics_port)
     objects = args.deployments + args.trainingjobs
     writes = steady_writes(bench, args)
-    lat = stages.latencies()
+    lat = stage_latencies(bench)
     own_row = "n/a" if own is None or before_own is None else f"{(own - before_own) / objects:.1f}"
     return [
         (
@@ -335,8 +318,10 @@ def measure(
         ("operator API requests per object (its API client)", own_row),
         (f"writes per object per resync ({args.resync:g} s, all clients)", f"{writes:.2f}"),
         (
-            f"Deployment ready -> ModelDeployment Serving, p50 / p95 (n={len(lat)})",
-            f"{percentile(lat, 50):.2f} s / {percentile(lat, 95):.2f} s" if len(lat) > 1 else "n/a",
+            f"stable Deployment Available -> ModelDeployment Ready, p50 / p95 (n={len(lat)})",
+            f"{percentile(lat, 50):.0f} s / {percentile(lat, 95):.0f} s (+-1 s)"
+            if len(lat) > 1
+            else "n/a",
         ),
         ("operator CPU time per object", f"{(cpu - before_cpu) / objects * 1000:.1f} ms"),
         ("operator peak memory (RSS)", f"{peak / 2**20:.0f} MiB"),

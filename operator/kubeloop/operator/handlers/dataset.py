@@ -142,7 +142,7 @@ def _start(
 @kopf.on.create(GROUP, VERSION, "datasets")
 @kopf.on.update(GROUP, VERSION, "datasets", field="spec")
 @kopf.on.update(GROUP, VERSION, "datasets", field="metadata.annotations")
-@kopf.timer(GROUP, VERSION, "datasets", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1)
+@kopf.timer(GROUP, VERSION, "datasets", interval=IMPORT_SETTINGS.resync_seconds)
 @kopf.timer(
     GROUP,
     VERSION,

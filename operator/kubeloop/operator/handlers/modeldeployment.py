@@ -506,9 +506,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="spec")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="metadata.annotations")
-@kopf.timer(
-    GROUP, VERSION, "modeldeployments", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1
-)
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=IMPORT_SETTINGS.resync_seconds)
 @kopf.timer(
     GROUP,
     VERSION,

@@ -17,6 +17,9 @@ rounds, schedules).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -148,15 +151,17 @@ def _owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def on_child(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def on_child(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A child changed: forget what the cache knew if someone else changed it, and wake
-    its parent when that or what the parent reads of it moved."""
+    its parent when that or what the parent reads of it moved. The checks run in the event
+    loop (most events wake nobody); only the parent's pass goes to a worker thread."""
     ctx, obj = context(memo), plain(body)
     external = ctx.children.observe(event.get("type"), obj)
     moved = _moved(ctx, event, obj, child_summary(obj))
     owner = _owner(obj)
     if owner is not None and owner[0] in PARENTS and (external or moved):
-        wake(ctx, owner[0], owner[1], kwargs)
+        call = functools.partial(wake, ctx, owner[0], owner[1], kwargs)
+        await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
 
 
 def on_source(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
