@@ -185,11 +185,17 @@ class Bench:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait(
-            lambda: ready(self.crs["ModelVersion"].get(namespace=NS, name="bench-v1").to_dict()),
-            "bench-v1 Ready",
-            120,
-        )
+        try:
+            wait(
+                lambda: ready(
+                    self.crs["ModelVersion"].get(namespace=NS, name="bench-v1").to_dict()
+                ),
+                "bench-v1 Ready",
+                120,
+            )
+        except BaseException:
+            stop(operator)  # not left running after its cluster is gone
+            raise
         return operator
 
     def create_load(self, deployments: int, trainingjobs: int) -> None:

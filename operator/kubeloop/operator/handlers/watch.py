@@ -151,6 +151,13 @@ def _owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+async def _in_thread(ctx: Context, kind: str, uid: str, indices: Mapping[str, Any]) -> None:
+    """:func:`wake` in a worker thread (a pass blocks on the API server), with the
+    context kopf's Event posting needs."""
+    call = functools.partial(wake, ctx, kind, uid, indices)
+    await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
+
+
 async def on_child(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """A child changed: forget what the cache knew if someone else changed it, and wake
     its parent when that or what the parent reads of it moved. The checks run in the event
@@ -160,20 +167,22 @@ async def on_child(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwa
     moved = _moved(ctx, event, obj, child_summary(obj))
     owner = _owner(obj)
     if owner is not None and owner[0] in PARENTS and (external or moved):
-        call = functools.partial(wake, ctx, owner[0], owner[1], kwargs)
-        await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
+        await _in_thread(ctx, owner[0], owner[1], kwargs)
 
 
-def on_source(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """A Dataset or ModelVersion changed what its dependents read: wake them."""
+async def on_source(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A Dataset or ModelVersion changed what its dependents read: wake them (side by side:
+    one version may be followed by many deployments)."""
     ctx, obj = context(memo), plain(body)
     if not _moved(ctx, event, obj, source_summary(obj)):
         return
+    wakes = []
     for key in source_keys(obj):
         for dependent in ("TrainingJob", "ModelDeployment", "BatchPrediction"):
             index = kwargs.get(f"{PARENTS[dependent][0]}_by_source")
             for uid in list(index.get(key, ())) if index is not None else ():
-                wake(ctx, dependent, uid, kwargs)
+                wakes.append(_in_thread(ctx, dependent, uid, kwargs))
+    await asyncio.gather(*wakes)
 
 
 async def _child_exists(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, bool]:
