@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Run a local Kubernetes control plane (etcd, kube-apiserver, controller-manager,"
         " scheduler) with kwok fake nodes, all as local processes on loopback ports.",
     ),
+    "gc-artifacts": (
+        "kubeloop.trainer.gc_cli:gc_artifacts",
+        "Delete model artifact folders a registry retention pruned (only under --under).",
+    ),
     "inspect": (
         "kubeloop.trainer.register_cli:inspect",
         "Read an ONNX model's inputs and outputs and report them as a Job result.",

@@ -142,8 +142,9 @@ class Cluster:
         with contextlib.suppress(NotFoundError, ApiException):
             self._res(api_version, kind).delete(name=name, namespace=self.namespace)
 
-    def delete_all(self, kinds: tuple[str, ...], timeout: float = 60) -> None:
-        """Delete every object of ``kinds`` and wait until they are gone (finalizers released)."""
+    def delete_all(self, kinds: tuple[str, ...], timeout: float = 120) -> None:
+        """Delete every object of ``kinds`` and wait until they are gone (finalizers released:
+        by an operator that may have just been restarted, so the deadline is generous)."""
         for kind in kinds:
             for obj in self.list(kind):
                 self.delete(kind, obj["metadata"]["name"])

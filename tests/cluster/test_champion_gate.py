@@ -42,6 +42,8 @@ def deployment(cluster: Cluster, name: str, model: str) -> dict[str, Any]:
     md["metadata"]["name"] = name
     md["spec"].pop("canary")
     md["spec"]["retrain"]["template"] = training_job("template", modelName=model)["spec"]
+    # on the Dataset's current version: these retrains are about the gate, not the data
+    md["spec"]["retrain"]["template"]["datasetRef"]["fresh"] = False
     cluster.apply(md)
     return md
 

@@ -15,6 +15,10 @@ real API server, applies the ModelDeployment's retrain policy.
 - the alert resolves, shifted traffic again (a new episode of the alert)
   inside the cooldown: no second TrainingJob.
 
+And the online metric: two replicas each take part of the feedback labels, neither
+alone holds enough rows, together they are under ``monitoring.feedback.floor``:
+one alert, one TrainingJob.
+
 The time from the first drifted request to the TrainingJob is printed (see
 docs/benchmarks.md).
 """
@@ -142,6 +146,7 @@ def run_server(pod: dict[str, Any], extra: dict[str, str] | None = None) -> Any:
         if e["name"].startswith(
             (
                 "KUBELOOP_SERVING_DRIFT",
+                "KUBELOOP_SERVING_FEEDBACK",
                 "KUBELOOP_SERVING_MODEL_VERSION",
                 "KUBELOOP_SERVING_EXPECTED_SHA256",
             )
@@ -296,8 +301,8 @@ def drift_creates_one_trainingjob(
     assert meta["labels"]["kubeloop.io/alert-fingerprint"] == firing["fingerprint"]
     assert meta["annotations"]["kubeloop.io/alert-name"] == "KubeloopDataDrift"
     assert float(meta["annotations"]["kubeloop.io/alert-value"]) > THRESHOLD
-    # on the Dataset's newest version (the real snapshot's digest)
-    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "version": loop.data_version}
+    # on fresh data: a snapshot taken after the alert, not the data already served
+    assert tj["spec"]["datasetRef"] == {"name": "cancer-data", "fresh": True}
     active_at = pd.Timestamp(loop.alerts()[0]["activeAt"]).timestamp()
     # Alertmanager repeats the firing alert every 2s: duplicates, never a twin
     wait_for(
@@ -312,6 +317,36 @@ def drift_creates_one_trainingjob(
         "drift_to_alert_active_s": round(active_at - drift_started, 2),
     }
     return tj, timing
+
+
+def the_snapshot_it_requested_runs(loop: Loop, tj_name: str, workdir: Path) -> None:
+    """The retrain asks the Dataset for a snapshot newer than itself; the test plays the
+    kubelet for that snapshot pod with the real `kubeloop snapshot`. The source has not
+    changed, so the run goes on with the same version, and says so."""
+    cluster = loop.cluster
+    job = wait_for(
+        lambda: next(
+            (
+                j
+                for j in cluster.list("Job", "batch/v1", "kubeloop.io/dataset=cancer-data")
+                if "-req-" in j["metadata"]["name"]
+            ),
+            None,
+        ),
+        "the snapshot Job the retrain requested",
+        state=lambda: cluster.get("Dataset", "cancer-data"),
+    )
+    code, message = run_job_locally(job, workdir)
+    assert code == 0, message
+    finish_pod(
+        cluster.core, pod_of(cluster, job["metadata"]["name"]), exit_code=code, message=message
+    )
+    wait_for(
+        lambda: cluster.status("TrainingJob", tj_name).get("datasetVersion") == loop.data_version,
+        "the retrain to take the requested snapshot's (unchanged) version",
+        state=lambda: cluster.get("TrainingJob", tj_name),
+    )
+    assert cluster.status("Dataset", "cancer-data")["lastSnapshot"]["changed"] is False
 
 
 def the_retrain_rolls_out(loop: Loop, tj_name: str, workdir: Path) -> None:
@@ -357,6 +392,7 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(loop, data_csv, tmp_path):
     calm = pd.read_csv(data_csv)[FEATURES].iloc[:WINDOW]
     calm_traffic_raises_nothing(loop, calm)
     tj, timing = drift_creates_one_trainingjob(loop, calm)
+    the_snapshot_it_requested_runs(loop, tj["metadata"]["name"], tmp_path / "snapshot")
     the_retrain_rolls_out(loop, tj["metadata"]["name"], tmp_path / "trainer")
     a_new_episode_meets_the_cooldown(loop, calm)
     report = {
@@ -365,3 +401,107 @@ def test_drift_alert_to_one_trainingjob_then_cooldown(loop, data_csv, tmp_path):
     }
     print("drift loop timing:", json.dumps(report))
     (tmp_path / "timing.json").write_text(json.dumps(report))
+
+
+# ---------------------------------------------------------------- feedback across replicas
+
+FLOOR, FEEDBACK_ROWS = 0.9, 60
+
+
+def serving_pods(cluster: Cluster, count: int) -> list[dict[str, Any]]:
+    selector = f"kubeloop.io/model-deployment={MD},kubeloop.io/role=stable"
+
+    def pods() -> list[dict[str, Any]] | None:
+        found = cluster.list("Pod", "v1", selector)
+        return sorted(found, key=lambda p: p["metadata"]["name"]) if len(found) == count else None
+
+    return wait_for(
+        pods,
+        f"{count} stable serving pods",
+        timeout=60,
+        state=lambda: cluster.get("ModelDeployment", MD),
+    )
+
+
+def label_some_wrongly(server: Any, rows: pd.DataFrame, prefix: str) -> None:
+    """Predict ``rows`` one request each, then post feedback: 3 rows in 10 get the label
+    the model did not give (an accuracy of 0.7 on this replica)."""
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        feedback = []
+        for i in range(len(rows)):
+            part = rows.iloc[i : i + 1]
+            body = {
+                "id": f"{prefix}-{i}",
+                "inputs": [
+                    {"name": "x", "shape": list(part.shape), "datatype": "FP32",
+                     "data": part.to_numpy(np.float32).ravel().tolist()}
+                ],
+            }  # fmt: skip
+            response = http.post(f"/v2/models/{MODEL}/infer", json=body)
+            assert response.status_code == 200, response.text
+            label = next(o for o in response.json()["outputs"] if o["name"] == "label")
+            predicted = int(label["data"][0])
+            feedback.append(
+                {"id": f"{prefix}-{i}", "truth": 1 - predicted if i % 10 < 3 else predicted}
+            )
+        answer = http.post(f"/v2/models/{MODEL}/feedback", json={"feedback": feedback})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["matched"] == len(rows)
+
+
+def test_feedback_below_the_floor_across_two_replicas_makes_one_trainingjob(
+    kubeconfig, api_client, namespace, tmp_path, model_dir, data_csv
+):
+    cluster = Cluster(api_client, namespace)
+    with running_operator(kubeconfig, api_client, namespace, tmp_path) as operator:
+        dataset_ready(cluster, data_csv, "cancer-data", FEATURES)
+        publish(cluster, model_dir, tmp_path / "store", 1)
+        md = model_deployment(MD, MODEL, "cancer-data", FEATURES)
+        md["spec"]["replicas"] = 2
+        md["spec"]["monitoring"] = {"feedback": {"floor": FLOOR, "window": 100}}
+        cluster.apply(md)
+        with ExitStack() as stack:
+            servers = []
+            for pod in serving_pods(cluster, 2):
+                servers.append(server := run_server(pod))
+                stack.callback(server.stop)
+            # each pod alone holds fewer rows than the rule asks for; together enough
+            half = FEEDBACK_ROWS * 2 // 3
+            rules = rules_file(
+                tmp_path, "--online-for", FOR, "--online-min-rows", str(FEEDBACK_ROWS)
+            )
+            am = alertmanager(tmp_path, operator.url, operator.token, repeat_interval="2s")
+            stack.callback(am.stop)
+            targets = [
+                discovered_pod(s.url.removeprefix("http://"), pod)
+                for s, pod in zip(servers, serving_pods(cluster, 2), strict=True)
+            ]
+            prom = prometheus(tmp_path, rules, am.port, [serving_job(static_configs=targets)])
+            stack.callback(prom.stop)
+            calm = pd.read_csv(data_csv)[FEATURES]
+            for n, server in enumerate(servers):
+                label_some_wrongly(server, calm.iloc[n * half : (n + 1) * half], f"r{n}")
+            (tj,) = wait_for(
+                lambda: operator_made(cluster),
+                "one TrainingJob for the online-metric alert",
+                timeout=90,
+                interval=0.1,
+                state=lambda: prom.get("/api/v1/alerts")["data"]["alerts"],
+            )
+            meta = tj["metadata"]
+            assert meta["annotations"]["kubeloop.io/alert-name"] == "KubeloopOnlineMetricBelowFloor"
+            assert float(meta["annotations"]["kubeloop.io/alert-value"]) == pytest.approx(0.7)
+            # the pods export the deployment's floor; Alertmanager's repeats make no twin
+            (floor,) = {float(r["value"][1]) for r in query(prom, "kubeloop_online_metric_floor")}
+            assert floor == FLOOR
+            wait_for(
+                lambda: operator.decisions().get(("duplicate", "alert"), 0) >= 1,
+                "a repeat of the alert to reach the receiver",
+                timeout=30,
+                state=operator.decisions,
+            )
+            assert len(operator_made(cluster)) == 1
+
+
+def operator_made(cluster: Cluster) -> list[dict[str, Any]]:
+    return cluster.list("TrainingJob", selector=f"kubeloop.io/model-deployment={MD}")

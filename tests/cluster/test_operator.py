@@ -12,12 +12,15 @@ import base64
 import copy
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubelet import finish_pod
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from operator_harness import (
     Cluster,
     OperatorProcess,
@@ -364,10 +367,15 @@ def test_ten_parallel_trainings_get_ten_distinct_versions(
 
 
 def publish(
-    cluster: Cluster, store: Path, version: int, owners: list[dict[str, Any]] | None = None
+    cluster: Cluster,
+    store: Path,
+    version: int,
+    owners: list[dict[str, Any]] | None = None,
+    folder: Path | None = None,
 ) -> None:
-    """A Ready ModelVersion of model "cancer", registered by hand like an external model."""
-    artifact = store / "external" / str(version) / ArtifactLayout.MODEL
+    """A Ready ModelVersion of model "cancer", registered by hand like an external model
+    (its files under ``folder``, by default outside the operator's model folders)."""
+    artifact = (folder or store / "external") / str(version) / ArtifactLayout.MODEL
     artifact.parent.mkdir(parents=True)
     artifact.write_bytes(f"model {version}".encode())
     mv = example("ModelVersion", modelName="cancer", version=version)
@@ -757,3 +765,188 @@ def test_dataset_refresh_records_new_versions_and_failures(cluster, operator, da
     assert "column 'mean area'" in ready["message"]
     assert cluster.status("Dataset", "cancer")["version"] == second
     assert "SnapshotFailed" in cluster.events("cancer")
+
+
+def test_retention_keeps_the_newest_and_every_served_version(cluster, operator, store, tmp_path):
+    """keepVersions 2 of 5: v1 (pinned) and v2 (another deployment's) stay, v3 goes; its
+    folder goes by the cleanup Job (run here with its arguments), the kept ones' stay."""
+    models = store / "models" / cluster.namespace
+    for version in range(1, 6):
+        publish(cluster, store, version, folder=models)
+    other = example("ModelDeployment", modelName="cancer", replicas=1)
+    other["metadata"]["name"] = "other"
+    other["spec"].pop("retrain")
+    other["spec"].pop("canary")
+    other["spec"]["version"] = {"policy": "Pinned", "pinned": 2}
+    cluster.apply(other)
+    wait_for(lambda: served_by(cluster, "other") == {"cancer-v2": "stable"}, "other on v2")
+    md = example("ModelDeployment", modelName="cancer", replicas=1)
+    md["metadata"]["name"] = "cancer"
+    md["spec"].pop("retrain")
+    md["spec"].pop("canary")
+    md["spec"]["version"] = {"policy": "Pinned", "pinned": 1}
+    md["spec"]["retention"] = {"keepVersions": 2}
+    cluster.apply(md)
+    wait_for(
+        lambda: cluster.get("ModelVersion", "cancer-v3") is None,
+        "cancer-v3 to be pruned",
+        state=lambda: [v["metadata"]["name"] for v in cluster.list("ModelVersion")],
+    )
+    kept = sorted(v["metadata"]["name"] for v in cluster.list("ModelVersion"))
+    assert kept == ["cancer-v1", "cancer-v2", "cancer-v4", "cancer-v5"]
+    (job,) = cluster.list("Job", "batch/v1", "app.kubernetes.io/name=kubeloop-gc")
+    code, message = run_job_locally(job, tmp_path / "gc")
+    assert code == 0, message
+    assert not (models / "3").exists()
+    assert all((models / str(v) / ArtifactLayout.MODEL).exists() for v in (1, 2, 4, 5))
+    assert "RetentionPruned" in cluster.events("cancer")
+
+
+def test_snapshot_retention_keeps_the_newest_and_what_a_version_was_trained_on(
+    cluster, operator, data_csv, store, tmp_path
+):
+    """keepSnapshots 1 after three snapshots: the newest stays, and the first because a
+    ModelVersion's lineage names it; the second leaves the history and, by the cleanup Job
+    (run here with its arguments), the store."""
+    doc = dataset(data_csv)
+    doc["spec"]["refreshInterval"] = "2s"
+    doc["spec"]["retention"] = {"keepSnapshots": 1}
+    cluster.apply(doc)
+    folder = store / "datasets" / cluster.namespace / "cancer"
+    digests = [f"sha256-v2:{n:064x}" for n in (1, 2, 3)]
+    mv = example("ModelVersion", modelName="cancer", version=1)
+    mv["metadata"]["name"] = "cancer-v1"
+    mv["spec"]["lineage"] = {"dataset": "cancer", "datasetVersion": digests[0]}
+    cluster.apply(mv)
+    done: set[str] = set()
+    for n, digest in enumerate(digests, start=1):
+        data = folder / f"v2-{n}" / "data.csv"
+        data.parent.mkdir(parents=True)
+        data.write_text("a\n1\n")
+        job = wait_for(
+            lambda: next(
+                (
+                    j
+                    for j in cluster.list("Job", "batch/v1", "kubeloop.io/dataset=cancer")
+                    if j["metadata"]["name"] not in done
+                ),
+                None,
+            ),
+            f"snapshot Job {n}",
+        )
+        done.add(job["metadata"]["name"])
+        summary = {"kind": "snapshot", "status": "succeeded", "digest": digest, "rows": 1,
+                   "snapshot_uri": data.as_uri()}  # fmt: skip
+        pod = pod_of(cluster, job["metadata"]["name"])
+        finish_pod(cluster.core, pod, exit_code=0, message=json.dumps(summary))
+        wait_for(lambda d=digest: cluster.status("Dataset", "cancer").get("version") == d, digest)
+    history = wait_for(
+        lambda: (
+            [h["version"] for h in cluster.status("Dataset", "cancer")["history"]]
+            == [digests[2], digests[0]]
+            and cluster.status("Dataset", "cancer")["history"]
+        ),
+        "the second snapshot to leave the history",
+        state=lambda: cluster.status("Dataset", "cancer").get("history"),
+    )
+    assert len(history) == 2
+    (job,) = cluster.list("Job", "batch/v1", "kubeloop.io/gc-for=cancer")
+    code, message = run_job_locally(job, tmp_path / "gc")
+    assert code == 0, message
+    assert [p.name for p in sorted(folder.iterdir())] == ["v2-1", "v2-3"]
+
+
+ROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+def http_route(cluster: Cluster) -> dict[str, Any] | None:
+    api = client.CustomObjectsApi(cluster.core.api_client)
+    try:
+        route: dict[str, Any] = api.get_namespaced_custom_object(
+            ROUTES[0], ROUTES[1], cluster.namespace, ROUTES[2], "cancer"
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return route
+
+
+def install_http_route_crd(cluster: Cluster) -> None:
+    """HTTPRoute's CRD from the pinned Gateway API module (hack/gateway-api-crds.sh)."""
+    folder = subprocess.run(
+        [str(ROOT / "hack" / "gateway-api-crds.sh")],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert folder.returncode == 0, folder.stderr
+    crd = yaml.safe_load(
+        (Path(folder.stdout.strip()) / "gateway.networking.k8s.io_httproutes.yaml").read_text()
+    )
+    api = client.ApiextensionsV1Api(cluster.core.api_client)
+    if not any(
+        c.metadata.name == crd["metadata"]["name"]
+        for c in api.list_custom_resource_definition().items
+    ):
+        api.create_custom_resource_definition(crd)
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in api.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions
+            or []
+        ),
+        "the HTTPRoute CRD to be established",
+    )
+
+
+def test_gateway_router_splits_by_an_http_route(cluster, operator, store):
+    """canary.router gateway: without the Gateway API the deployment says so; with it, an
+    HTTPRoute carries each step's weight (the stable pods forward nothing), and it goes
+    when the router goes back to the pods."""
+    publish(cluster, store, 1)
+    md = example("ModelDeployment", modelName="cancer", replicas=1)
+    md["metadata"]["name"] = "cancer"
+    md["spec"].pop("retrain")
+    md["spec"]["canary"] = {
+        "steps": [{"weight": 30, "pause": "1h"}],
+        "router": "gateway",
+        "gateway": {"parentRefs": [{"name": "public"}]},
+    }
+    cluster.apply(md)
+    api = client.ApiextensionsV1Api(cluster.core.api_client)
+    served = {c.metadata.name for c in api.list_custom_resource_definition().items}
+    if "httproutes.gateway.networking.k8s.io" not in served:  # the first test to install it
+        missing = wait_for(
+            lambda: (
+                (c := cluster.condition("ModelDeployment", "cancer")).get("reason")
+                == "GatewayAPIMissing"
+                and c
+            ),
+            "the deployment to say the Gateway API is missing",
+            state=lambda: cluster.get("ModelDeployment", "cancer"),
+        )
+        assert "install the Gateway API CRDs" in missing["message"]
+    install_http_route_crd(cluster)
+    cluster.wait_phase("ModelDeployment", "cancer", "Serving", timeout=90)
+    backends = lambda: [  # noqa: E731
+        (b["name"], b["weight"])
+        for b in ((http_route(cluster) or {}).get("spec") or {"rules": [{}]})["rules"][0].get(
+            "backendRefs", []
+        )
+    ]
+    wait_for(lambda: backends() == [("cancer", 100)], "the route to the stable Service")
+    publish(cluster, store, 2)
+    wait_for(
+        lambda: backends() == [("cancer", 70), ("cancer-canary", 30)],
+        "the canary's 30% on the route",
+        state=lambda: http_route(cluster),
+    )
+    assert routing(cluster)["weight"] == 0  # the pods forward nothing
+    assert cluster.status("ModelDeployment", "cancer")["httpRoute"] == "cancer"
+    cluster.patch(
+        "ModelDeployment", "cancer", {"spec": {"canary": {"router": "pod", "gateway": None}}}
+    )
+    wait_for(
+        lambda: http_route(cluster) is None and routing(cluster).get("weight") == 30,
+        "the route to go and the stable pods to forward the canary's share",
+        state=lambda: (http_route(cluster), routing(cluster)),
+    )

@@ -61,7 +61,8 @@ def results(response) -> list[str]:
 def first_alert_creates_one_trainingjob(
     cluster: Cluster, operator: RetrainOperator, first: dict[str, Any]
 ) -> dict[str, Any]:
-    """A firing alert creates one TrainingJob on the newest data, linked to the alert."""
+    """A firing alert creates one TrainingJob linked to the alert; its template asks for the
+    Dataset's newest version (``fresh: false``), so the run starts without a snapshot."""
     assert results(operator.post(first)) == ["created"]
     (tj,) = retrained(cluster)
     meta = tj["metadata"]
@@ -70,7 +71,7 @@ def first_alert_creates_one_trainingjob(
     assert meta["annotations"]["kubeloop.io/alert-name"] == "KubeloopDataDrift"
     assert meta["annotations"]["kubeloop.io/alert-starts-at"] == "2024-05-01T10:00:00.500000+00:00"
     assert meta["annotations"]["kubeloop.io/alert-value"] == "0.87"
-    assert tj["spec"]["datasetRef"] == {"name": "iris-data", "version": DIGEST}
+    assert tj["spec"]["datasetRef"] == {"name": "iris-data", "fresh": False, "version": DIGEST}
     status = cluster.status("ModelDeployment", "iris")
     assert status["lastRetrain"]["trainingJob"] == meta["name"]
     assert status["lastRetrain"]["fingerprint"] == "5a1e5c0ffee0ba11"
@@ -105,7 +106,9 @@ def a_new_episode_waits(cluster: Cluster, operator: RetrainOperator, tj_name: st
 
 def test_guard_rails_over_the_real_api_server(cluster, operator, data_csv, namespace):
     dataset_ready(cluster, data_csv, "iris-data", FEATURES)
-    cluster.apply(model_deployment("iris", "iris", "iris-data", FEATURES))
+    md = model_deployment("iris", "iris", "iris-data", FEATURES)
+    md["spec"]["retrain"]["template"]["datasetRef"]["fresh"] = False
+    cluster.apply(md)
     first = notification(alert(namespace, "iris"))
     meta = first_alert_creates_one_trainingjob(cluster, operator, first)
     redeliveries_are_duplicates(cluster, operator, first)
@@ -165,7 +168,8 @@ def test_scheduled_retraining_under_the_same_guard_rails(cluster, operator, data
     cluster.apply(model_deployment("iris", "iris", "iris-data", FEATURES, schedule="* * * * * */2"))
     (tj,) = wait_for(lambda: retrained(cluster), "a scheduled TrainingJob", timeout=30)
     assert tj["metadata"]["labels"]["kubeloop.io/retrain-trigger"] == "schedule"
-    assert tj["spec"]["datasetRef"]["version"] == DIGEST
+    # fresh data by default; waiting for its snapshot, it still counts as running
+    assert tj["spec"]["datasetRef"] == {"name": "iris-data", "fresh": True}
     # later ticks are decided (max-concurrent while it runs, then cooldown), none creates
     wait_for(
         lambda: (

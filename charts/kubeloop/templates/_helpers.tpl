@@ -155,6 +155,11 @@ the operator under these rules and fails on any 403.
 - apiGroups: [kubeloop.io]
   resources: [trainingjobs, modelversions]
   verbs: [get, list, watch, patch, create]
+# A ModelDeployment's spec.retention deletes versions past keepVersions (never a served
+# one: the chart's admission policy refuses that to everyone).
+- apiGroups: [kubeloop.io]
+  resources: [modelversions]
+  verbs: [delete]
 # Status is written through the status subresource (merge patches).
 - apiGroups: [kubeloop.io]
   resources: [datasets/status, trainingjobs/status, modelversions/status, modeldeployments/status, batchpredictions/status]
@@ -195,6 +200,11 @@ the operator under these rules and fails on any 403.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch, delete]
+# The HTTPRoute of a ModelDeployment with canary.router gateway (Gateway API): applied,
+# and deleted when the router goes back to the pods.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [create, patch, delete]
 # Each ModelDeployment's feedback-token Secret: created once (an existing one is never
 # read, changed or listed), deleted with its owner by the garbage collector.
 - apiGroups: [""]

@@ -154,6 +154,18 @@ class DataSchema(KubeModel):
     )
 
 
+class SnapshotRetention(KubeModel):
+    """How many snapshots of a Dataset the store keeps."""
+
+    keep_snapshots: int = Field(
+        ge=1,
+        le=100,
+        description="Keep the newest N snapshots, the current one and every one a "
+        "ModelVersion's lineage names; older ones are deleted from the store (by a Job) "
+        "and leave status.history.",
+    )
+
+
 class DatasetSpec(KubeModel):
     """A tabular data source and what it must look like."""
 
@@ -165,6 +177,11 @@ class DatasetSpec(KubeModel):
         None, alias="schema", description="Expected columns; the snapshot fails on mismatch."
     )
     target: str | None = Field(None, description="The label column, if the data has one.")
+    retention: SnapshotRetention | None = Field(
+        None,
+        description="Delete old snapshots from the store (default: keep them; status lists "
+        "the newest 10).",
+    )
     refresh_interval: Duration | None = Field(
         None, description="Re-snapshot this often; a changed digest becomes a new version."
     )
@@ -271,7 +288,8 @@ class DatasetRef(KubeModel):
         None,
         description=(
             "Train on a snapshot taken after this TrainingJob was created: request one on the "
-            "Dataset and wait for it (the retrain policy passes this on from its template)."
+            "Dataset and wait for it. A retrain template without version or fresh gets "
+            "fresh: true; fresh: false there takes the Dataset's newest version."
         ),
     )
     fresh_timeout: Duration | None = Field(
@@ -329,8 +347,22 @@ class Sampling(KubeModel):
     seed: int = Field(0, ge=0, description="Seed of the sample.")
 
 
+#: Most pods one search runs its trials on.
+MAX_SEARCH_PARALLELISM = 100
+
+
 class Search(KubeModel):
     """Hyper-parameter search with cross-validation."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!has(self.parallelism) || (self.parallelism >= 1 && "
+            f"self.parallelism <= {MAX_SEARCH_PARALLELISM})",
+            message=f"parallelism must be between 1 and {MAX_SEARCH_PARALLELISM}",
+            check=lambda s: s.parallelism is None or 1 <= s.parallelism <= MAX_SEARCH_PARALLELISM,
+            field_path=".parallelism",
+        ),
+    )
 
     strategy: Literal["grid", "random"] = Field("grid", description="grid or random.")
     space: dict[str, list[Any]] = Field(
@@ -346,6 +378,12 @@ class Search(KubeModel):
     cv: int = Field(3, ge=2, le=20, description="Cross-validation folds.")
     metric: str | None = Field(
         None, description="Metric to optimise; default accuracy or r2 by task."
+    )
+    parallelism: int | None = Field(
+        None,
+        description="Run the trials on this many pods (an Indexed Job, each pod a share of "
+        "the candidates, trials written to the store), then retrain the winner once; "
+        "default: every trial in the trainer's own process.",
     )
 
 
@@ -529,6 +567,27 @@ class TrainingJobSpec(KubeModel):
     image: str | None = Field(None, description="Trainer image; default: the operator's.")
 
 
+class SearchWinner(KubeModel):
+    """The best candidate of a search across pods."""
+
+    index: int = Field(ge=0, description="Its place in the search's candidate list.")
+    score: float | None = Field(None, description="Its mean cross-validated value of the metric.")
+    params: FreeForm = Field(description="Its values of the searched parameters.")
+
+
+class SearchStatus(KubeModel):
+    """A search across pods: how far it is and, once every trial is in, the winner."""
+
+    job_name: str = Field(description="The search's Indexed Job.")
+    pods: int = Field(ge=1, description="Pods the trials are shared among.")
+    trials: int = Field(ge=0, description="Candidates the search tries.")
+    done: int = Field(0, ge=0, description="Trials whose results are in the store.")
+    metric: str | None = Field(None, description="The metric the trials are ranked by.")
+    winner: SearchWinner | None = Field(
+        None, description="The best trial, once every trial is in: the model trained next."
+    )
+
+
 class TrainingJobStatus(StatusBase):
     """Progress and outcome of the run."""
 
@@ -548,6 +607,9 @@ class TrainingJobStatus(StatusBase):
     reason: str | None = Field(None, description="Why it failed or was rejected.")
     comparison: Comparison | None = Field(
         None, description="The champion/challenger comparison, when the gate asked for one."
+    )
+    search: SearchStatus | None = Field(
+        None, description="A search across pods (spec.search.parallelism): its progress and winner."
     )
 
 
@@ -756,6 +818,31 @@ class Analysis(KubeModel):
     )
 
 
+class GatewayParentRef(KubeModel):
+    """A Gateway the HTTPRoute attaches to (Gateway API ``parentRefs``)."""
+
+    name: DNSSubdomain = Field(description="The Gateway's name.")
+    namespace: DNSLabel | None = Field(
+        None, description="Its namespace (default: the deployment's)."
+    )
+    section_name: DNSLabel | None = Field(None, description="One listener of it.")
+
+
+class GatewayRouter(KubeModel):
+    """Where the HTTPRoute of ``router: gateway`` attaches, and for which hosts."""
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1, max_length=8, description="The Gateways (or listeners) to attach to."
+    )
+    hostnames: list[DNSSubdomain] | None = Field(
+        None, max_length=16, description="Host names the route answers (default: any)."
+    )
+
+
+def _gateway_when_routed_by_it(canary: Canary) -> bool:
+    return (canary.router == "gateway") == (canary.gateway is not None)
+
+
 class Canary(KubeModel):
     """Progressive rollout of a new version."""
 
@@ -772,6 +859,12 @@ class Canary(KubeModel):
             check=lambda c: [s.weight for s in c.steps] == sorted(s.weight for s in c.steps),
             field_path=".steps",
         ),
+        Rule(
+            cel="(has(self.router) && self.router == 'gateway') == has(self.gateway)",
+            message="canary.gateway must be set exactly when canary.router is gateway",
+            check=_gateway_when_routed_by_it,
+            field_path=".gateway",
+        ),
     )
 
     steps: list[CanaryStep] = Field(
@@ -787,6 +880,15 @@ class Canary(KubeModel):
         description="Checks read from Prometheus before each step advances; failures roll the "
         "canary back (default: steps advance on their pauses alone).",
     )
+    router: Literal["pod", "gateway"] = Field(
+        "pod",
+        description="pod: the stable pods forward the canary's share (needs nothing "
+        "installed); gateway: a Gateway API HTTPRoute <name> with weighted backendRefs splits "
+        "it (the Gateway API CRDs and a Gateway must exist).",
+    )
+    gateway: GatewayRouter | None = Field(
+        None, description="The HTTPRoute's Gateways and hosts (router gateway only)."
+    )
 
 
 class DriftMonitoring(KubeModel):
@@ -798,14 +900,48 @@ class DriftMonitoring(KubeModel):
     features: list[str] | None = Field(None, description="Features to watch; default all.")
 
 
+def _accuracy_floor_is_a_share(feedback: FeedbackMonitoring) -> bool:
+    return feedback.metric != "accuracy" or feedback.floor <= 1
+
+
+class FeedbackMonitoring(KubeModel):
+    """The online metric from feedback labels, checked across replicas by one alert rule."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.metric != 'accuracy' || self.floor <= 1.0",
+            message="monitoring.feedback.floor: an accuracy floor lies between 0 and 1",
+            check=_accuracy_floor_is_a_share,
+            field_path=".floor",
+        ),
+    )
+
+    metric: Literal["accuracy", "rmse"] = Field(
+        "accuracy",
+        description="accuracy (classification): alert below floor; rmse (regression): alert "
+        "above floor. It must be the served model's task's metric.",
+    )
+    floor: float = Field(
+        ge=0,
+        description="The accuracy the model must keep, or the RMSE it must stay under, over "
+        "the feedback of all its serving pods together.",
+    )
+    window: int = Field(
+        1000,
+        ge=10,
+        le=10_000_000,
+        description="Feedback rows in each serving pod's rolling window.",
+    )
+
+
 class Monitoring(KubeModel):
     """What the serving pods measure."""
 
     drift: DriftMonitoring | None = Field(None, description="Data drift.")
-    online_metric_floor: float | None = Field(
+    feedback: FeedbackMonitoring | None = Field(
         None,
-        ge=0,
-        description="Alert when the feedback accuracy (or -RMSE) falls below this.",
+        description="Online metric from feedback labels: KubeloopOnlineMetricBelowFloor fires "
+        "past its floor (and a retrain follows, like for drift).",
     )
 
 
@@ -1009,6 +1145,18 @@ class Shadow(KubeModel):
     )
 
 
+class Retention(KubeModel):
+    """How many of the model's versions the registry keeps."""
+
+    keep_versions: int = Field(
+        ge=1,
+        le=1000,
+        description="Keep the newest N ModelVersions of spec.modelName; older ones are "
+        "deleted, then their artifact folders (by a Job). Never a version this or another "
+        "deployment serves (stable, canary, shadow) or pins.",
+    )
+
+
 class ModelDeploymentSpec(KubeModel):
     """Serve a model and keep it fresh."""
 
@@ -1043,6 +1191,9 @@ class ModelDeploymentSpec(KubeModel):
         None,
         description="Serve another version in <name>-shadow and mirror a share of stable "
         "traffic to it; agreement is exported per version (kubeloop_shadow_compared_total).",
+    )
+    retention: Retention | None = Field(
+        None, description="Delete old ModelVersions and their artifacts (default: keep all)."
     )
 
 
@@ -1118,6 +1269,9 @@ class ModelDeploymentStatus(StatusBase):
         None, description="Version the shadow pods serve, when spec.shadow names a Ready one."
     )
     canary_weight: int | None = Field(None, ge=0, le=100, description="Canary traffic share.")
+    http_route: str | None = Field(
+        None, description="The HTTPRoute splitting traffic (canary.router gateway)."
+    )
     canary_step: int | None = Field(None, ge=0, description="Index of the current step.")
     step_started_time: datetime | None = Field(None, description="When the current step began.")
     aborted_version: int | None = Field(

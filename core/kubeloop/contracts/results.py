@@ -41,7 +41,7 @@ class JobResult(BaseModel):
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    kind: Literal["snapshot", "train", "predict", "inspect"]
+    kind: Literal["snapshot", "train", "predict", "inspect", "search"]
     status: Literal["succeeded", "rejected", "failed"]
     reason: str | None = None
     # snapshot
@@ -57,6 +57,8 @@ class JobResult(BaseModel):
     metrics: dict[str, float] | None = None
     gate: GateResult | None = None
     comparison: Comparison | None = None
+    # search (one shard of a search across pods): the trials it wrote
+    trials: int | None = None
     # predict (also rows, and sha256: the output file's)
     output_uri: str | None = None
     duration_seconds: float | None = None

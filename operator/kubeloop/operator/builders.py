@@ -33,6 +33,7 @@ from kubeloop.contracts.results import (
     JobResult,
 )
 from kubeloop.contracts.routing import ROUTING_FILE, RoutingConfig
+from kubeloop.contracts.search import shard_pods
 from kubeloop.contracts.storage import SOURCE_PREFIX, secret_env
 from kubeloop.operator.names import child_name
 from kubeloop.operator.settings import OperatorSettings
@@ -329,6 +330,55 @@ def build_trainer_job(
     return _job(tj, template, settings)
 
 
+def search_job_name(tj: dict[str, Any]) -> str:
+    """The Indexed Job of a TrainingJob's search across pods (one per TrainingJob object)."""
+    return child_name(tj["metadata"]["name"], f"search-{tj['metadata']['uid'][:5]}")
+
+
+def search_dir_uri(settings: OperatorSettings, namespace: str, tj_name: str, uid: str) -> str:
+    """Where a search across pods writes its trials: beside the model directory, which the
+    trainer replaces whole when it publishes."""
+    return join(settings.artifact_root, "searches", namespace, f"{tj_name}-{uid[:8]}")
+
+
+def build_search_job(
+    tj: dict[str, Any], spec: TrainingJobSpec, data_uri: str, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The Indexed Job whose pod ``i`` runs shard ``i`` of the search (``kubeloop train
+    --search-shards N``, the index from ``JOB_COMPLETION_INDEX``). Each index is retried
+    on its own (``backoffLimitPerIndex``: a lost pod's shard reruns, overwriting its trial
+    files); one index out of retries fails the Job."""
+    meta = tj["metadata"]
+    if spec.search is None:
+        raise ValueError("a search Job needs spec.search")
+    pods = shard_pods(spec.search)
+    out = search_dir_uri(settings, meta["namespace"], meta["name"], meta["uid"])
+    template = JobTemplate(
+        name=search_job_name(tj),
+        labels=labels("search", **{TRAINING_JOB_LABEL: meta["name"], MODEL_LABEL: spec.model_name}),
+        args=[
+            *("train", "--spec", SPEC_PATH, "--data", data_uri, "--out", out),
+            *("--search-shards", str(pods)),
+        ],
+        image=spec.image or settings.trainer_image,
+        resources=spec.resources.to_wire() if spec.resources else settings.trainer_resources,
+        backoff_limit=spec.backoff_limit,
+        active_deadline_seconds=spec.active_deadline_seconds,
+        spec_json=json.dumps(spec.to_wire(), sort_keys=True),
+    )
+    job = _job(tj, template, settings)
+    job_spec = job["spec"]
+    del job_spec["backoffLimit"]  # the limit is per index
+    job_spec.update(
+        completionMode="Indexed",
+        completions=pods,
+        parallelism=pods,
+        backoffLimitPerIndex=spec.backoff_limit,
+        maxFailedIndexes=0,
+    )
+    return job
+
+
 def needs_inspection(mv_spec: dict[str, Any]) -> bool:
     """A hand-made ModelVersion naming neither inputs nor outputs: a Job in the trainer image
     (the operator has no onnxruntime) reads them from the graph into its status."""
@@ -470,6 +520,7 @@ def serving_names(md_name: str) -> dict[str, str]:
         "routing": child_name(md_name, "routing"),
         "network_policy": md_name,
         "token": child_name(md_name, "feedback-token"),
+        "peers": child_name(md_name, "pods"),
     }
 
 
@@ -511,8 +562,15 @@ def _serving_selector(md: dict[str, Any], role: str) -> dict[str, str]:
 
 
 def _serving_env(spec: ModelDeploymentSpec, version: str) -> list[dict[str, Any]]:
-    """The server's settings: the version it serves and the deployment's drift monitoring."""
+    """The server's settings: the version it serves and the deployment's monitoring."""
     env: list[dict[str, Any]] = [{"name": "KUBELOOP_SERVING_MODEL_VERSION", "value": version}]
+    feedback = spec.monitoring.feedback if spec.monitoring else None
+    if feedback is not None:
+        env += [
+            {"name": "KUBELOOP_SERVING_FEEDBACK_METRIC", "value": feedback.metric},
+            {"name": "KUBELOOP_SERVING_FEEDBACK_FLOOR", "value": str(feedback.floor)},
+            {"name": "KUBELOOP_SERVING_FEEDBACK_WINDOW", "value": str(feedback.window)},
+        ]
     drift = spec.monitoring.drift if spec.monitoring else None
     if drift is not None:
         env += [
@@ -706,7 +764,7 @@ def build_serving_deployment(
     env.append(
         {"name": "KUBELOOP_SERVING_EXPECTED_SHA256", "value": mv["spec"]["artifact"]["sha256"]}
     )
-    env += secret_env(settings.artifacts_secret)  # the model is read from the store
+    env += [*secret_env(settings.artifacts_secret), *_peers_env(md, settings)]  # store; peers
     if role == "canary" and stable_mv is not None:
         env += _buckets_env(mv, stable_mv)
     if role == "stable":
@@ -759,6 +817,49 @@ def build_service(md: dict[str, Any], role: str, settings: OperatorSettings) -> 
             "ports": [{**port, "appProtocol": scheme}, *_grpc_ports(_grpc(md), "port")],
         },
     }
+
+
+def _peers_selector(md: dict[str, Any]) -> dict[str, str]:
+    """Every serving pod of the deployment, whatever its role."""
+    return {"app.kubernetes.io/name": "kubeloop-serving", DEPLOYMENT_LABEL: md["metadata"]["name"]}
+
+
+def build_peers_service(md: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """A headless Service over all the deployment's serving pods: its name resolves to
+    each pod's address, so a pod given a label for a request another pod answered can
+    offer it to them (kubeloop.serving.peers). Ready pods only."""
+    scheme = _scheme(md)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(
+            md,
+            serving_names(md["metadata"]["name"])["peers"],
+            labels("serving", **_peers_selector(md)),
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "selector": _peers_selector(md),
+            "ports": [{"name": scheme, "port": settings.serving_port, "targetPort": scheme}],
+        },
+    }
+
+
+def _peers_env(md: dict[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Where a pod offers feedback it cannot match: the peers Service, its own address
+    left out. Plain HTTP only: a TLS deployment's certificate names its Services, not
+    the pod addresses a forward dials."""
+    if _scheme(md) != "http":
+        return []
+    name = serving_names(md["metadata"]["name"])["peers"]
+    peers = f"{name}.{md['metadata']['namespace']}.svc:{settings.serving_port}"
+    return [
+        {"name": "KUBELOOP_SERVING_FEEDBACK_PEERS", "value": peers},
+        {
+            "name": "KUBELOOP_SERVING_POD_IP",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        },
+    ]
 
 
 def service_url(md: dict[str, Any], settings: OperatorSettings, role: str = "stable") -> str:
@@ -843,6 +944,45 @@ def build_network_policy(
     }
 
 
+HTTP_ROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+
+
+def routed_by_gateway(spec: ModelDeploymentSpec) -> bool:
+    return spec.canary is not None and spec.canary.router == "gateway"
+
+
+def build_http_route(
+    md: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    weight: int,
+    canary: bool,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """``canary.router: gateway``: the Gateway API HTTPRoute ``<name>`` splitting requests
+    between the stable and (while one runs) the canary Service by weight, instead of the
+    stable pods forwarding (Flagger's Gateway API router)."""
+    assert spec.canary is not None
+    assert spec.canary.gateway is not None
+    gateway = spec.canary.gateway
+    port = settings.serving_port
+    backends = [{"name": _service_name(md, "stable"), "port": port, "weight": 100 - weight}]
+    if canary:
+        backends.append({"name": _service_name(md, "canary"), "port": port, "weight": weight})
+    route_spec: dict[str, Any] = {
+        "parentRefs": [ref.to_wire() for ref in gateway.parent_refs],
+        "rules": [{"backendRefs": backends}],
+    }
+    if gateway.hostnames:
+        route_spec["hostnames"] = list(gateway.hostnames)
+    name = md["metadata"]["name"]
+    return {
+        "apiVersion": HTTP_ROUTE[0],
+        "kind": HTTP_ROUTE[1],
+        "metadata": _meta(md, name, labels("serving", **{DEPLOYMENT_LABEL: name})),
+        "spec": route_spec,
+    }
+
+
 @dataclass(frozen=True)
 class Absent:
     """A child that must not exist: deleted when it does."""
@@ -899,15 +1039,21 @@ def serving_children(
     mirror = None
     if shadow_mv is not None and spec.shadow is not None:
         mirror = (int(shadow_mv["spec"]["version"]), spec.shadow.percent)
+    # with a Gateway router the HTTPRoute splits; the stable pods forward nothing
+    gateway = routed_by_gateway(spec)
+    pod_weight = 0 if gateway else weight
     children: list[dict[str, Any] | Absent] = [
         build_serving_deployment(md, spec, stable_mv, "stable", stable_replicas, settings),
         build_service(md, "stable", settings),
-        build_routing_config(md, weight, canary_version, settings, mirror),
+        build_peers_service(md, settings),
+        build_routing_config(md, pod_weight, canary_version, settings, mirror),
         hpa or Absent("autoscaling/v2", "HorizontalPodAutoscaler", namespace, names["stable"]),
         policy
         or Absent("networking.k8s.io/v1", "NetworkPolicy", namespace, names["network_policy"]),
     ]
     shadow = _shadow_children(md, spec, shadow_mv if mirror else None, settings)
+    if gateway:  # after the Services it routes to
+        shadow.append(build_http_route(md, spec, weight, canary_mv is not None, settings))
     if canary_mv is None:
         return [
             *children,

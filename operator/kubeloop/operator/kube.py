@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from kubeloop.api.base import API_VERSION
@@ -87,6 +87,14 @@ class Kube:
             if key not in self._resources:
                 self._resources[key] = self._dyn.resources.get(api_version=api_version, kind=kind)
             return self._resources[key]
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the API server knows the kind (its CRD is installed)."""
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as a dict, or None when it does not exist."""
@@ -171,7 +179,9 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete, the dependents in the background; False when it was already gone (or
-        the cache knows it is: then nothing is sent)."""
+        its kind is not served, or the cache knows it is gone: then nothing is sent)."""
+        if not self.serves(api_version, kind):
+            return False
         key = (api_version, kind, namespace, name)
         if self.cache.absent(key):
             return False

@@ -194,18 +194,23 @@ def with_serving_champion(template: TrainingJobSpec) -> TrainingJobSpec:
 def build_training_job(
     md: dict[str, Any], spec: ModelDeploymentSpec, trigger: Trigger, data_version: str | None
 ) -> dict[str, Any]:
-    """The TrainingJob a retrain creates: the template, on the newest data, linked to its trigger.
+    """The TrainingJob a retrain creates: the template, on fresh data, linked to its trigger.
 
-    A template with ``datasetRef.fresh`` is left unpinned: the run asks the Dataset for a
-    snapshot newer than itself (see :mod:`kubeloop.operator.freshdata`).
+    A retrain exists because the served data went stale, so by default it trains on a
+    snapshot newer than itself (``datasetRef.fresh: true``, written out so the run says
+    what it does; see :mod:`kubeloop.operator.freshdata`). A template that pins a
+    ``version`` keeps it; one with ``fresh: false`` takes the Dataset's newest version.
 
     No owner reference: deleting the ModelDeployment must not take the
     TrainingJobs (and through them the ModelVersions) with it.
     """
     assert spec.retrain is not None
     template = with_serving_champion(spec.retrain.template)
-    if data_version is not None and not template.dataset_ref.fresh:
-        template.dataset_ref.version = data_version
+    ref = template.dataset_ref
+    if ref.fresh is None and ref.version is None:
+        ref.fresh = True
+    elif data_version is not None and not ref.fresh and ref.version is None:
+        ref.version = data_version
     md_name = md["metadata"]["name"]
     labels = {
         builders.MANAGED_BY_LABEL: builders.MANAGED_BY,

@@ -49,3 +49,29 @@ def read_json(uri: str) -> dict[str, Any] | None:
             raise
         return None
     return value if isinstance(value, dict) else None
+
+
+def list_json(folder: str) -> list[dict[str, Any]]:
+    """Every JSON object directly in ``folder`` (``*.json``, by name); none when the folder
+    is missing or unreadable. A file being replaced as it is read is skipped."""
+    names = _json_names(folder)
+    found = (read_json(name) for name in names)
+    return [value for value in found if value is not None]
+
+
+def count_json(folder: str) -> int:
+    """How many ``*.json`` files ``folder`` holds (one listing, no reads)."""
+    return len(_json_names(folder))
+
+
+def _json_names(folder: str) -> list[str]:
+    try:
+        fs, path = fsspec.core.url_to_fs(folder)
+        names = fs.ls(path, detail=False)
+    except (OSError, ImportError, ValueError):
+        return []
+    except Exception as exc:
+        if not storage.is_store_error(exc):
+            raise
+        return []
+    return sorted(fs.unstrip_protocol(n) for n in names if str(n).endswith(".json"))

@@ -7,6 +7,12 @@ each is run again alone, so one request can never fail another. While a call run
 queue up and form the next batch, so the batch size follows the load: one row
 when idle (no added latency), larger under concurrency. ``max_wait_s`` optionally
 holds a batch open a little longer for more rows to join.
+
+A caller may ask to *linger* (gRPC does: ``grpc.aio`` accepts one RPC per event-loop
+turn, so its requests never meet in one turn). Such a request waits up to ``linger_s``
+for company, but only while lingering pays: a probe (at most one request per
+``LINGER_PROBE_S``) waits, and lingering goes on while each lingering batch holds more
+than one request. One request at a time thus waits only on the rare probe.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ _Item = tuple[Feed, int, "asyncio.Future[Outputs]"]
 SOLO_STREAK = 8
 #: in that mode, one request in this many still goes through the queue (a probe)
 PROBE_EVERY = 8
+#: while not lingering, at most one lingering request (a probe) per this many seconds
+LINGER_PROBE_S = 0.25
 
 
 def merge(feeds: list[Feed]) -> Feed:
@@ -70,6 +78,7 @@ class MicroBatcher:
         max_wait_s: float = 0.0,
         executor: Executor | None = None,
         on_batch: Callable[[Feed, Outputs], None] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
@@ -82,15 +91,25 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None  # the drain; the loop holds tasks weakly
         self._solo_streak = 0
         self._direct = 0
+        self.linger_s = linger_s
+        #: the last lingering batch held several requests: keep lingering
+        self.lingering = False
+        self._linger_next = False  # the batch being gathered waits linger_s
+        self._last_probe = -LINGER_PROBE_S
 
     @property
     def idle(self) -> bool:
         """Nothing queued and no call running."""
         return not self._draining and not self._pending
 
-    async def infer(self, feed: Feed, rows: int) -> Outputs:
+    async def infer(self, feed: Feed, rows: int, linger: bool = False) -> Outputs:
+        """``feed``'s outputs, from a model call it may share with concurrent requests;
+        ``linger``: this request may wait up to ``linger_s`` for company (see above)."""
         loop = asyncio.get_running_loop()
-        if self._solo_streak >= SOLO_STREAK and self.idle and self._executor is None:
+        linger = linger and self.linger_s > 0 and self._linger_now(loop)
+        if linger:
+            self._linger_next = True
+        elif self._solo_streak >= SOLO_STREAK and self.idle and self._executor is None:
             # Low load: the last batches all held one request, so waiting a loop turn for
             # company only adds latency. Run now, but send every PROBE_EVERY-th request
             # through the queue to notice when concurrency returns.
@@ -105,12 +124,22 @@ class MicroBatcher:
         self._pending_rows += rows
         if not self._draining:
             self._draining = True
-            if self._executor is None and self.max_wait_s == 0:
+            if self._executor is None and self.max_wait_s == 0 and not self._linger_next:
                 # everything is synchronous: a plain callback is cheaper than a task
                 loop.call_soon(self._drain_inline, loop)
             else:
                 self._task = loop.create_task(self._drain())
         return await future
+
+    def _linger_now(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a lingering request waits: while lingering pays, or as a probe."""
+        if self.lingering:
+            return True
+        now = loop.time()
+        if now - self._last_probe < LINGER_PROBE_S:
+            return False
+        self._last_probe = now
+        return True
 
     def _drain_inline(self, loop: asyncio.AbstractEventLoop) -> None:
         """One pass over what queued up in this loop iteration, on the loop itself."""
@@ -119,6 +148,7 @@ class MicroBatcher:
                 self._run_batch(self._take(), loop)
         finally:
             self._draining = False
+            self._linger_next = False  # a lingering request queued meanwhile was served
 
     def _take(self) -> list[_Item]:
         taken = 0
@@ -136,9 +166,15 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                if self.max_wait_s > 0 and self._pending_rows < self.max_batch_size:
-                    await asyncio.sleep(self.max_wait_s)
+                lingered, self._linger_next = self._linger_next, False
+                wait = max(self.max_wait_s, self.linger_s if lingered else 0.0)
+                if wait > 0 and self._pending_rows < self.max_batch_size:
+                    await asyncio.sleep(wait)
                 batch = [b for b in self._take() if not b[2].cancelled()]
+                if lingered:
+                    self.lingering = len(batch) > 1
+                if not self._pending:
+                    self._linger_next = False  # those that lingered meanwhile are in ``batch``
                 if not batch:
                     continue
                 if self._executor is None:

@@ -35,6 +35,7 @@ from kubeloop.serving.feedback import FeedbackRecorder
 from kubeloop.serving.metrics import DriftSnapshot, Metrics, OnlineSnapshot
 from kubeloop.serving.model import LoadedModel
 from kubeloop.serving.observers import PredictionLogger, PredictionObserver
+from kubeloop.serving.peers import FeedbackPeers
 from kubeloop.serving.router import Router
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.slot import ModelSlot
@@ -54,6 +55,13 @@ class DataPlane:
         self.feedback = FeedbackRecorder(settings, metrics=self.metrics)
         self.slot = ModelSlot(settings, self.metrics, on_swap=self.feedback.on_model)
         self.router = Router(settings, self.metrics, self.slot)
+        #: the deployment's other pods, for feedback on requests they answered
+        self.peers: FeedbackPeers | None = None
+        if settings.feedback_peers:
+            own = (settings.pod_ip, settings.port) if settings.pod_ip else None
+            self.peers = FeedbackPeers(
+                settings.feedback_peers, own, settings.feedback_forward_timeout
+            )
         self.prediction_log: PredictionLogger | None = None
         observers: list[PredictionObserver] = [self.feedback]
         if settings.prediction_log:
@@ -80,6 +88,8 @@ class DataPlane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._slot_task
         await self.router.stop()
+        if self.peers is not None:
+            await self.peers.close()
         self.feedback.close()
         if self.prediction_log is not None:
             await asyncio.to_thread(self.prediction_log.close, self._flush_timeout())
@@ -127,11 +137,17 @@ class DataPlane:
     # ---------------------------------------------------------------------- infer
 
     async def infer(
-        self, model: LoadedModel, request: Decoded, request_id: str, started: float
+        self,
+        model: LoadedModel,
+        request: Decoded,
+        request_id: str,
+        started: float,
+        linger: bool = False,
     ) -> Outputs:
         """Run ``model`` on a validated request and tell the prediction observers.
-        ``started`` is the request's ``time.perf_counter()`` at arrival."""
-        outputs = await model.infer(model.feed(request), request.rows)
+        ``started`` is the request's ``time.perf_counter()`` at arrival; ``linger``: it
+        may wait for company in the batcher (gRPC's requests do)."""
+        outputs = await model.infer(model.feed(request), request.rows, linger)
         for observer in self._observers:
             observer.on_prediction(model, request, request_id, outputs, started)
         return outputs

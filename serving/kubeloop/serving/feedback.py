@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 from collections import OrderedDict, deque
@@ -19,6 +20,8 @@ from kubeloop.serving.tensors import Decoded
 if TYPE_CHECKING:
     from kubeloop.serving.batching import Outputs
     from kubeloop.serving.model import LoadedModel
+
+LOG = logging.getLogger(__name__)
 
 Task = Literal["classification", "regression"]
 
@@ -204,13 +207,18 @@ class FeedbackStore:
     def rows(self) -> int:
         return len(self._scores)
 
+    def totals(self) -> tuple[float, int]:
+        """The window's score sum (hits, or squared errors) and its rows: what adds up
+        across replicas, where the metrics themselves do not."""
+        with self._lock:  # fsum: exact; O(window) per scrape, not per request
+            return math.fsum(self._scores), len(self._scores)
+
     def value(self) -> float | None:
         """Accuracy or RMSE over the window; None before any feedback."""
-        with self._lock:
-            n = len(self._scores)
-            if n == 0:
-                return None
-            mean = math.fsum(self._scores) / n  # exact; O(window) per scrape, not per request
+        total, n = self.totals()
+        if n == 0:
+            return None
+        mean = total / n
         return mean if self.task == "classification" else math.sqrt(mean)
 
 
@@ -224,6 +232,10 @@ class FeedbackResult:
     value: float | None
     rows: int
     duplicates: int = 0
+    #: the ids this pod knows (matched now or counted before)
+    known: tuple[str, ...] = ()
+    #: the (id, truth) pairs it does not: for the deployment's other pods
+    unknown_items: tuple[tuple[str, Any], ...] = ()
 
 
 class FeedbackRecorder:
@@ -237,6 +249,7 @@ class FeedbackRecorder:
         self._capacity = settings.feedback_capacity
         self._max_bytes = settings.feedback_capacity_bytes
         self._window = settings.feedback_window
+        self._floor_metric, self._floor = settings.feedback_metric, settings.feedback_floor
         self._metrics = metrics
         self._name = "unknown"
         self.store: FeedbackStore | None = None
@@ -250,6 +263,15 @@ class FeedbackRecorder:
         if self.store is None or self.store.task != model.task:
             self.store = FeedbackStore(
                 model.task, self._capacity, self._window, self._max_bytes, self._evicted
+            )
+        if self._floor is not None and self.store.metric != self._floor_metric:
+            LOG.warning(
+                "the feedback floor is for %s, but model %s (%s) is scored by %s: "
+                "no floor is exported",
+                self._floor_metric,
+                model.name,
+                model.task,
+                self.store.metric,
             )
 
     def _evicted(self, limit: str, count: int) -> None:
@@ -295,8 +317,16 @@ class FeedbackRecorder:
         ):
             if count:
                 counter.labels(model.name, model.version, result).inc(count)
+        missing = set(done.unknown)
         return FeedbackResult(
-            done.matched, done.unknown, store.metric, store.value(), store.rows, done.duplicates
+            done.matched,
+            done.unknown,
+            store.metric,
+            store.value(),
+            store.rows,
+            done.duplicates,
+            known=tuple(dict.fromkeys(rid for rid, _ in items if rid not in missing)),
+            unknown_items=tuple(item for item in items if item[0] in missing),
         )
 
     def close(self) -> None:
@@ -308,4 +338,7 @@ class FeedbackRecorder:
         store = self.store
         if model is None or store is None:
             return None
-        return OnlineSnapshot(model.name, model.version, store.metric, store.value(), store.rows)
+        total, rows = store.totals()
+        value = None if rows == 0 else store.value()
+        floor = self._floor if store.metric == self._floor_metric else None
+        return OnlineSnapshot(model.name, model.version, store.metric, value, rows, total, floor)

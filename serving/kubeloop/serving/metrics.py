@@ -50,6 +50,8 @@ class OnlineSnapshot:
     metric: str
     value: float | None
     rows: int
+    score_sum: float = 0.0
+    floor: float | None = None
 
 
 MODEL_VERSION = ("model", "version")
@@ -152,6 +154,23 @@ def _online_families(o: OnlineSnapshot) -> Iterator[Metric]:
         mv,
         o.rows,
     )
+    yield _gauge(
+        "kubeloop_online_metric_score_sum",
+        "Sum over the online-metric window of each row's score: 1 per correct label "
+        "(accuracy) or the squared error (rmse). Summed with the rows across replicas, it "
+        "gives the deployment's metric.",
+        [*MODEL_VERSION, "metric"],
+        [*mv, o.metric],
+        o.score_sum,
+    )
+    if o.floor is not None:
+        yield _gauge(
+            "kubeloop_online_metric_floor",
+            "The deployment's floor for the online metric (for rmse, its ceiling).",
+            [*MODEL_VERSION, "metric"],
+            [*mv, o.metric],
+            o.floor,
+        )
 
 
 class Metrics:

@@ -152,6 +152,7 @@ class LoadedModel:
                 max_wait_s=settings.max_batch_wait_ms / 1000.0,
                 executor=executor,
                 on_batch=self.observe,
+                linger_s=settings.grpc_batch_wait_ms / 1000.0,
             )
         self.warmup_rows = settings.warmup_rows
 
@@ -191,11 +192,12 @@ class LoadedModel:
             except Exception:  # an observation must never break serving
                 log.exception("observing a batch failed")
 
-    async def infer(self, feed: Feed, rows: int) -> Outputs:
-        """Run the model for one request (through the batcher when batching is on)."""
+    async def infer(self, feed: Feed, rows: int, linger: bool = False) -> Outputs:
+        """Run the model for one request (through the batcher when batching is on;
+        ``linger``: it may wait for company, see :class:`MicroBatcher`)."""
         batcher = self.batcher
         if batcher is not None:
-            return await batcher.infer(feed, rows)
+            return await batcher.infer(feed, rows, linger)
         outputs = self.run(feed)
         asyncio.get_running_loop().call_soon(self.observe, feed, outputs)
         return outputs

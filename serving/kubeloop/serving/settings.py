@@ -189,6 +189,15 @@ class ServingSettings(BaseSettings):
         description="Longest a request waits for others to join its batch; 0 = only requests "
         "that arrived in the same event-loop turn (no added latency when idle).",
     )
+    grpc_batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a gRPC request waits for others to join its batch, only while "
+        "concurrent gRPC requests are seen (one request is probed every 0.25 s); 0 = never. "
+        "grpc.aio accepts one RPC per event-loop turn, so without it gRPC requests never "
+        "share a model call.",
+    )
 
     # --- drift
     drift: bool = Field(True, description="Compare live inputs with the reference profile.")
@@ -263,6 +272,28 @@ class ServingSettings(BaseSettings):
     )
     feedback_window: int = Field(
         1000, gt=0, le=10_000_000, description="Rows in the rolling online metric."
+    )
+    feedback_peers: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*$",
+        description="host:port (comma-separated, several) whose names resolve to every pod "
+        "of the deployment (a headless Service): feedback for a request this pod did not "
+        "answer is offered to them, once.",
+    )
+    pod_ip: str | None = Field(
+        None, description="This pod's address: with port, left out of the feedback peers."
+    )
+    feedback_forward_timeout: float = Field(
+        2.0, gt=0, le=60, description="Seconds one pod may take to answer forwarded feedback."
+    )
+    feedback_metric: Literal["accuracy", "rmse"] = Field(
+        "accuracy", description="The online metric feedback_floor applies to."
+    )
+    feedback_floor: float | None = Field(
+        None,
+        ge=0,
+        description="The deployment's floor for the online metric (for rmse, its ceiling), "
+        "exported as kubeloop_online_metric_floor for the alert rule.",
     )
 
     # --- canary

@@ -106,10 +106,11 @@ def online_alert(ns: str, md: str, value: float, floor: str) -> dict:
         md,
         "online-metric",
         value,
-        summary=f"Online accuracy below its floor on ModelDeployment {ns}/{md}",
+        summary=f"Online metric past its floor on ModelDeployment {ns}/{md}",
         description=(
-            f"Accuracy of model {md} on recent feedback is {value:.3f}, below the floor "
-            f"(the pod's kubeloop_online_metric_floor, else {floor}), over at least 50 "
+            f"The online metric of model {md} over the recent feedback of all its pods is "
+            f"{value:.3f}: accuracy below, or RMSE above, the floor of "
+            f"spec.monitoring.feedback (accuracy without one: below {floor}), over at least 50 "
             "rows for 2m."
         ),
     )
@@ -160,35 +161,63 @@ def drift_test() -> dict:
     )
 
 
-def online_test() -> dict:
-    """Five deployments' online metrics and when the online-metric alert fires for them."""
-    input_series = [
-        # f: accuracy 0.6 < default floor 0.8, enough feedback: fires
-        series("kubeloop_online_metric", "ml", "f", "f-0", "0.6x9", metric="accuracy"),
-        series("kubeloop_online_metric_rows", "ml", "f", "f-0", "100x9"),
-        # g: accuracy 0.6 but the pod's own floor is 0.5: quiet
-        series("kubeloop_online_metric", "ml", "g", "g-0", "0.6x9", metric="accuracy"),
-        series("kubeloop_online_metric_floor", "ml", "g", "g-0", "0.5x9", metric="accuracy"),
-        series("kubeloop_online_metric_rows", "ml", "g", "g-0", "100x9"),
-        # h: accuracy 0.85 above the default but under the pod's floor 0.9: fires
-        series("kubeloop_online_metric", "ml", "h", "h-0", "0.85x9", metric="accuracy"),
-        series("kubeloop_online_metric_floor", "ml", "h", "h-0", "0.9x9", metric="accuracy"),
-        series("kubeloop_online_metric_rows", "ml", "h", "h-0", "100x9"),
-        # i: too little feedback: quiet
-        series("kubeloop_online_metric", "ml", "i", "i-0", "0.1x9", metric="accuracy"),
-        series("kubeloop_online_metric_rows", "ml", "i", "i-0", "10x9"),
-        # j: a regression model (rmse) never trips the accuracy rule
-        series("kubeloop_online_metric", "ml", "j", "j-0", "0.1x9", metric="rmse"),
-        series("kubeloop_online_metric_rows", "ml", "j", "j-0", "100x9"),
+def feedback(
+    ns: str, md: str, name: str, score_sum: str, rows: str, metric: str = "accuracy"
+) -> list[dict]:
+    """One pod's online-metric window: its score sum and rows."""
+    return [
+        series("kubeloop_online_metric_score_sum", ns, md, name, score_sum, metric=metric),
+        series("kubeloop_online_metric_rows", ns, md, name, rows),
     ]
-    return rule_test(
-        rules.ONLINE_ALERT,
-        input_series,
-        {
-            "1m": [],
-            "5m": [online_alert("ml", "f", 0.6, "0.8"), online_alert("ml", "h", 0.85, "0.8")],
-        },
-    )
+
+
+def floor(ns: str, md: str, name: str, value: str, metric: str = "accuracy") -> dict:
+    return series("kubeloop_online_metric_floor", ns, md, name, value, metric=metric)
+
+
+def online_test() -> dict:
+    """Deployments' feedback windows and when the online-metric alert fires for them."""
+    input_series = [
+        # f: two replicas, 60 of 100 labels right, no floor: under the default 0.8, fires once
+        *feedback("ml", "f", "f-0", "30x9", "50x9"),
+        *feedback("ml", "f", "f-1", "30x9", "50x9"),
+        # k: each replica alone has too few rows (30 < 50); together 60, accuracy 0.5: fires
+        *feedback("ml", "k", "k-0", "20x9", "30x9"),
+        *feedback("ml", "k", "k-1", "10x9", "30x9"),
+        # g: accuracy 0.6, but the deployment's floor is 0.5: quiet
+        *feedback("ml", "g", "g-0", "60x9", "100x9"),
+        floor("ml", "g", "g-0", "0.5x9"),
+        # h: accuracy 0.85, above the default but under the deployment's floor 0.9: fires
+        *feedback("ml", "h", "h-0", "85x9", "100x9"),
+        floor("ml", "h", "h-0", "0.9x9"),
+        # i: too little feedback: quiet
+        *feedback("ml", "i", "i-0", "1x9", "10x9"),
+        # j: a regressor (squared errors) without a ceiling never trips the rule
+        *feedback("ml", "j", "j-0", "25x9", "100x9", metric="rmse"),
+        # s: the stable pod is above the floor; a shadow pod (another version) below it
+        # does not count: quiet
+        *feedback("ml", "s", "s-0", "95x9", "100x9"),
+        series(
+            "kubeloop_online_metric_score_sum",
+            "ml",
+            "s",
+            "s-1",
+            "10x9",
+            metric="accuracy",
+            role="shadow",
+        ),
+        series("kubeloop_online_metric_rows", "ml", "s", "s-1", "100x9", role="shadow"),
+        # r: a regressor with RMSE 0.5 above its ceiling 0.3: fires with the RMSE
+        *feedback("ml", "r", "r-0", "25x9", "100x9", metric="rmse"),
+        floor("ml", "r", "r-0", "0.3x9", metric="rmse"),
+    ]
+    firing = [
+        online_alert("ml", "f", 0.6, "0.8"),
+        online_alert("ml", "h", 0.85, "0.8"),
+        online_alert("ml", "k", 0.5, "0.8"),
+        online_alert("ml", "r", 0.5, "0.8"),
+    ]
+    return rule_test(rules.ONLINE_ALERT, input_series, {"1m": [], "5m": firing})
 
 
 def unit_tests() -> dict:

@@ -32,6 +32,7 @@ def observed(cancer_model, tmp_path_factory):
         "KUBELOOP_SERVING_DRIFT_THRESHOLD": "0.25",
         "KUBELOOP_SERVING_PREDICTION_LOG_INPUTS": "1",
         "KUBELOOP_SERVING_FEEDBACK_WINDOW": "50",
+        "KUBELOOP_SERVING_FEEDBACK_FLOOR": "0.75",
     }
     with serving(cancer_model, "--name", "cancer", "--prediction-log", str(log), env=env) as s:
         yield s, log
@@ -155,7 +156,14 @@ def test_feedback_updates_the_online_metric_and_counts_unknown_ids(observed, can
         bad = http.post("/v2/models/cancer/feedback", json={"id": 5})
         assert bad.status_code == 400
         assert "'id' must be a non-empty string" in bad.json()["error"]
-    assert server.metric("kubeloop_online_metric", model="cancer", metric="accuracy") > 0.8
+    accuracy = server.metric("kubeloop_online_metric", model="cancer", metric="accuracy")
+    assert accuracy > 0.8
+    # what adds up across replicas: hits over the window's rows, and the deployment's floor
+    rows = server.metric("kubeloop_online_metric_rows", model="cancer")
+    hits = server.metric("kubeloop_online_metric_score_sum", model="cancer", metric="accuracy")
+    assert rows == 20
+    assert hits / rows == pytest.approx(accuracy)
+    assert server.metric("kubeloop_online_metric_floor", model="cancer", metric="accuracy") == 0.75
     assert server.metric("kubeloop_feedback_total", model="cancer", result="unknown") == 1
     assert server.metric("kubeloop_feedback_total", model="cancer", result="matched") == 20
 

@@ -34,14 +34,16 @@ def test_drift_compares_each_pod_with_its_own_threshold_over_a_minimum_window():
     assert drift["for"] == "2m"
 
 
-def test_online_rule_prefers_the_pods_floor_gauge_and_falls_back_to_the_default():
+def test_online_rule_prefers_the_deployments_floor_and_falls_back_to_the_default():
     online = by_name(rules.rule_groups(rules.RuleOptions(online_floor=0.9, online_min_rows=50)))[
         rules.ONLINE_ALERT
     ]
     expr = online["expr"]
-    assert "< kubeloop_online_metric_floor" in expr
-    assert "< 0.9 unless kubeloop_online_metric_floor" in expr
-    assert "kubeloop_online_metric_rows >= 50" in expr
+    floor = 'max by (namespace, model_deployment, model) (kubeloop_online_metric_floor{metric="'
+    assert f'< {floor}accuracy"}})' in expr
+    assert f'< 0.9 unless {floor}accuracy"}})' in expr
+    assert f'> {floor}rmse"}})' in expr
+    assert '(kubeloop_online_metric_rows{role!="shadow"}) >= 50' in expr
 
 
 def test_interval_only_when_asked_for():

@@ -152,7 +152,7 @@ def test_names_are_deterministic_distinct_and_dns_labels():
     assert re.fullmatch(r"x+-retrain-[0-9a-f]{10}", long)
 
 
-def test_the_trainingjob_is_the_template_on_the_newest_data_linked_to_the_alert():
+def test_the_trainingjob_is_the_template_on_fresh_data_linked_to_the_alert():
     doc = md()
     spec = ModelDeploymentSpec.model_validate(doc["spec"])
     trigger = fire()
@@ -170,7 +170,8 @@ def test_the_trainingjob_is_the_template_on_the_newest_data_linked_to_the_alert(
     assert meta["annotations"][retrain.STARTS_AT_ANNOTATION] == "2024-05-01T11:50:00+00:00"
     assert meta["annotations"][retrain.VALUE_ANNOTATION] == "0.42"
     built = TrainingJobSpec.model_validate(obj["spec"])
-    assert built.dataset_ref.version == version
+    # a snapshot newer than the run, not the newest version (test_champion: the other cases)
+    assert (built.dataset_ref.fresh, built.dataset_ref.version) == (True, None)
     # the template, plus the champion check every retrain makes unless the template says
     assert built.gate is not None
     assert built.gate.compare_to is not None
@@ -181,6 +182,7 @@ def test_the_trainingjob_is_the_template_on_the_newest_data_linked_to_the_alert(
     assert built.model_copy(update={"dataset_ref": expected.dataset_ref}) == expected
     # the template itself is left alone
     assert spec.retrain.template.dataset_ref.version is None
+    assert spec.retrain.template.dataset_ref.fresh is None
 
 
 def test_without_a_data_version_the_template_is_kept():

@@ -113,6 +113,7 @@ EXPECTED_RULES = {
         ".spec.canary": [
             "self.steps.all(s, s.weight >= 1 && s.weight <= 100)",
             "self.steps.map(s, s.weight).isSorted()",
+            "(has(self.router) && self.router == 'gateway') == has(self.gateway)",
         ],
         ".spec.autoscaling": ["self.maxReplicas >= self.minReplicas"],
     },

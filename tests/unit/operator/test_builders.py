@@ -181,8 +181,22 @@ def test_serving_deployment_and_routing(settings):
         == "file:///data/kubeloop/models/ml/x"
     )
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["KUBELOOP_SERVING_DRIFT_THRESHOLD"] == "0.2"
+    # feedback for a request another pod answered is offered to the peers, not to itself
+    assert env["KUBELOOP_SERVING_FEEDBACK_PEERS"] == "demo-pods.ml.svc:8080"
+    assert env["KUBELOOP_SERVING_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    peers = builders.build_peers_service(md, settings)
+    assert peers["metadata"]["name"] == "demo-pods"
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["selector"] == {
+        "app.kubernetes.io/name": "kubeloop-serving",
+        "kubeloop.io/model-deployment": "demo",
+    }
+    # spec.monitoring.feedback: the pods export the floor the alert rule compares with
+    assert env["KUBELOOP_SERVING_FEEDBACK_METRIC"] == "accuracy"
+    assert env["KUBELOOP_SERVING_FEEDBACK_FLOOR"] == "0.85"
+    assert env["KUBELOOP_SERVING_FEEDBACK_WINDOW"] == "1000"
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     routing = builders.build_routing_config(md, 10, 3, settings)
     assert json.loads(routing["data"]["routing.json"]) == {
@@ -216,6 +230,7 @@ def test_serving_children_without_a_canary_delete_its_objects(settings):
     assert kinds(children) == [
         ("Deployment", "demo-stable"),
         ("Service", "demo"),
+        ("Service", "demo-pods"),
         ("ConfigMap", "demo-routing"),
         ("-HorizontalPodAutoscaler", "demo-stable"),
         ("-NetworkPolicy", "demo"),
@@ -238,6 +253,7 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
     assert kinds(children) == [
         ("Deployment", "demo-stable"),
         ("Service", "demo"),
+        ("Service", "demo-pods"),
         ("ConfigMap", "demo-routing"),
         ("HorizontalPodAutoscaler", "demo-stable"),
         ("-NetworkPolicy", "demo"),
@@ -246,11 +262,11 @@ def test_serving_children_with_a_canary_and_an_autoscaler(settings):
         ("-Deployment", "demo-shadow"),
         ("-Service", "demo-shadow"),
     ]
-    stable, canary = children[0], children[5]
+    stable, canary = children[0], children[6]
     assert "replicas" not in stable["spec"]  # the autoscaler owns it
     assert canary["spec"]["replicas"] == 1  # 10% of 2, at least one
     assert canary["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
-    assert json.loads(children[2]["data"]["routing.json"])["canary_version"] == 2
+    assert json.loads(children[3]["data"]["routing.json"])["canary_version"] == 2
 
 
 def test_serving_pod_env_names_only_settings_the_server_reads(settings):
@@ -290,7 +306,7 @@ def test_regression_canary_pods_bucket_predictions_with_the_stable_models_edges(
     stable = regression_version(1, "s3://models/ml/v1")
     canary = regression_version(2, "s3://models/ml/v2")
     children = builders.serving_children(md, spec, stable, canary, 10, settings)
-    stable_dep, canary_dep = children[0], children[5]
+    stable_dep, canary_dep = children[0], children[6]
     assert canary_dep["metadata"]["name"] == "demo-canary"
     key = f"{ENV_PREFIX}PREDICTION_BUCKETS_FROM"
     assert key.lower().removeprefix(ENV_PREFIX.lower()) in ServingSettings.model_fields
@@ -300,7 +316,7 @@ def test_regression_canary_pods_bucket_predictions_with_the_stable_models_edges(
     classes = builders.serving_children(
         md, spec, serving_version(1), serving_version(2), 10, settings
     )
-    assert key not in pod_env(classes[5])
+    assert key not in pod_env(classes[6])
 
 
 def test_routing_file_reads_back_as_the_servers_routing_config(settings):
@@ -336,6 +352,8 @@ def test_tls_mounts_the_secret_and_serves_https(settings, role):
     assert env["KUBELOOP_SERVING_TLS_CERT_FILE"] == "/etc/kubeloop/tls/tls.crt"
     assert env["KUBELOOP_SERVING_TLS_KEY_FILE"] == "/etc/kubeloop/tls/tls.key"
     assert env["KUBELOOP_SERVING_TLS_CA_FILE"] == "/etc/kubeloop/tls/ca.crt"
+    # the certificate names the Services, not pod addresses: no feedback forwarding
+    assert "KUBELOOP_SERVING_FEEDBACK_PEERS" not in env
     from kubeloop.serving.settings import ENV_PREFIX, ServingSettings
 
     known = {f"{ENV_PREFIX}{name}".upper() for name in ServingSettings.model_fields}
@@ -490,7 +508,7 @@ def test_serving_pods_mount_the_token_and_verify_the_registered_digest(settings,
     assert volume["secret"]["defaultMode"] == 0o440
     mount = next(m for m in container["volumeMounts"] if m["name"] == "token")
     assert mount["readOnly"] is True
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["KUBELOOP_SERVING_TOKEN_FILE"] == f"{mount['mountPath']}/token"
     assert env["KUBELOOP_SERVING_EXPECTED_SHA256"] == mv["spec"]["artifact"]["sha256"]
     assert "KUBELOOP_SERVING_MODEL_CONTROL" not in env  # load/unload stay off in the cluster
@@ -614,3 +632,40 @@ def test_a_bare_version_is_inspected_by_a_job_named_after_its_digest(settings):
         "inspect", "--model", "s3://models/net/model.onnx", "--sha256", "ab12cd34" + "0" * 56,
     ]  # fmt: skip
     assert container["terminationMessagePolicy"] == "File"
+
+
+def test_a_gateway_router_splits_by_an_http_route_and_the_pods_forward_nothing(settings):
+    md = parent("ModelDeployment")
+    md["spec"]["canary"] = {
+        "steps": [{"weight": 20}],
+        "router": "gateway",
+        "gateway": {"parentRefs": [{"name": "public", "namespace": "infra"}],
+                    "hostnames": ["demo.example.org"]},
+    }  # fmt: skip
+    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    children = builders.serving_children(
+        md, spec, serving_version(1), serving_version(2), 20, settings
+    )
+    (config,) = [
+        c for c in children if not isinstance(c, builders.Absent) and c["kind"] == "ConfigMap"
+    ]
+    assert json.loads(config["data"]["routing.json"])["weight"] == 0
+    route = children[-1]
+    assert (route["kind"], route["metadata"]["name"]) == ("HTTPRoute", "demo")
+    assert route["spec"] == {
+        "parentRefs": [{"name": "public", "namespace": "infra"}],
+        "hostnames": ["demo.example.org"],
+        "rules": [
+            {
+                "backendRefs": [
+                    {"name": "demo", "port": 8080, "weight": 80},
+                    {"name": "demo-canary", "port": 8080, "weight": 20},
+                ]
+            }
+        ],
+    }
+    # no canary: all of it to the stable Service
+    alone = builders.serving_children(md, spec, serving_version(1), None, 0, settings)
+    assert alone[-1]["spec"]["rules"] == [
+        {"backendRefs": [{"name": "demo", "port": 8080, "weight": 100}]}
+    ]

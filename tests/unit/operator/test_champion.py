@@ -158,3 +158,28 @@ def test_a_rejected_run_names_the_comparison_that_failed(comparison, reason):
     if comparison is not None:
         doc["comparison"] = {"metric": "accuracy", "tolerance": 0.01, **comparison}
     assert rejection_reason(JobResult.model_validate(doc)) == reason
+
+
+NEWEST = "sha256:" + "c" * 64
+PINNED = "sha256:" + "d" * 64
+
+
+@pytest.mark.parametrize(
+    ("template_ref", "expected"),
+    [
+        ({"name": "d"}, {"name": "d", "fresh": True}),  # the default: a snapshot newer than it
+        ({"name": "d", "fresh": True}, {"name": "d", "fresh": True}),
+        ({"name": "d", "fresh": False}, {"name": "d", "fresh": False, "version": NEWEST}),
+        ({"name": "d", "version": PINNED}, {"name": "d", "version": PINNED}),
+    ],
+)
+def test_a_retrain_trains_on_fresh_data_unless_its_template_says(template_ref, expected):
+    template = spec(None).to_wire()
+    template["datasetRef"] = template_ref
+    md = ModelDeploymentSpec.model_validate(
+        {"modelName": "cancer", "retrain": {"template": template}}
+    )
+    trigger = retrain.Trigger.from_tick(retrain.parse("2026-01-01T00:00:00Z"))
+    body = {"metadata": {"name": "web", "namespace": "ns"}}
+    created = retrain.build_training_job(body, md, trigger, NEWEST)
+    assert created["spec"]["datasetRef"] == expected

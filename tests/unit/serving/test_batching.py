@@ -142,3 +142,59 @@ def test_after_a_run_of_lone_requests_they_skip_the_queue_until_concurrency_retu
 
     asyncio.run(main())
     assert max(calls) > 1
+
+
+async def staggered(b: MicroBatcher, n: int, linger: bool):
+    """``n`` requests, each starting one event-loop turn after the last (as grpc.aio
+    hands over its RPCs), gathered."""
+
+    async def one(i):
+        for _ in range(i):
+            await asyncio.sleep(0)
+        return await b.infer({"x": np.full((1, 1), i, dtype=np.float32)}, 1, linger)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_requests_a_loop_turn_apart_share_a_call_only_when_they_linger():
+    calls, run = recording_model(3)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=64, linger_s=0.2)
+        plain = await staggered(b, 6, linger=False)
+        lingered = await staggered(b, 6, linger=True)  # the first is the probe
+        assert b.lingering  # its batch had company: the next ones linger too
+        again = await staggered(b, 6, linger=True)
+        return plain, lingered, again
+
+    plain, lingered, again = asyncio.run(main())
+    assert calls == [1] * 6 + [6, 6]
+    for results in (plain, lingered, again):
+        assert [float(r["y"][0, 0]) for r in results] == [3.0 * i for i in range(6)]
+
+
+def test_one_request_at_a_time_waits_only_as_the_probe():
+    calls, run = recording_model()
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=64, linger_s=0.05)
+        await b.infer({"x": np.zeros((1, 1))}, 1, True)  # the probe: alone, so no lingering
+        assert not b.lingering
+        b.linger_s = 30.0  # a request that lingered now would outlast the deadline below
+        for _ in range(5):
+            await asyncio.wait_for(b.infer({"x": np.zeros((1, 1))}, 1, True), timeout=5)
+
+    asyncio.run(main())
+    assert calls == [1] * 6
+
+
+def test_no_linger_time_means_no_waiting():
+    calls, run = recording_model()
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=64)
+        await asyncio.wait_for(staggered(b, 4, linger=True), timeout=5)
+        assert not b.lingering
+
+    asyncio.run(main())
+    assert calls == [1] * 4

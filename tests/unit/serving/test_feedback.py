@@ -18,6 +18,7 @@ def test_accuracy_over_a_rolling_window():
     # last four rows: r2 (0 ok), r3 (1 vs 0), r4 (ok), r5 (1 vs 0)
     assert store.value() == pytest.approx(0.5)
     assert store.rows == 4
+    assert store.totals() == (2.0, 4)
 
 
 def test_labels_compare_across_json_types():
@@ -33,6 +34,8 @@ def test_rmse_and_per_row_truth():
     store.remember("b", [0.0])
     store.record([("a", [2.0, 2.0]), ("b", 3.0)])
     assert store.value() == pytest.approx(math.sqrt((1 + 0 + 9) / 3))
+    # the squared errors and rows, which replicas add up for the deployment's RMSE
+    assert store.totals() == (10.0, 3)
 
 
 def test_bad_feedback_records_nothing():

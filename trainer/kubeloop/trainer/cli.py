@@ -30,6 +30,7 @@ from kubeloop.contracts.results import (
     JobResult,
     report,
 )
+from kubeloop.contracts.search import SHARD_ENV
 from kubeloop.progress import Progress, open_progress, progress_option
 
 if TYPE_CHECKING:
@@ -262,6 +263,25 @@ def _parse_gate(expressions: tuple[str, ...]) -> dict[str, dict[str, float]]:
 @click.option(
     "--sample-seed", type=click.IntRange(min=0), help="Seed of the sample (spec.sampling.seed)."
 )
+@click.option(
+    "--search-shards",
+    type=click.IntRange(min=1),
+    help="Run one shard of spec.search across this many pods: cross-validate its share of "
+    "the candidates and write each trial under OUT/trials/ (no model is trained).",
+)
+@click.option(
+    "--search-shard",
+    type=click.IntRange(min=0),
+    envvar=SHARD_ENV,
+    show_envvar=True,
+    help="Which shard (from 0; an Indexed Job's pods get it from the environment).",
+)
+@click.option(
+    "--trials",
+    "trials_uri",
+    help="The directory of a search run with --search-shards: refit its winner instead of "
+    "searching.",
+)
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -277,11 +297,15 @@ def train(
     progress_mode: str,
     max_rows: int | None,
     sample_seed: int | None,
+    search_shards: int | None,
+    search_shard: int | None,
+    trials_uri: str | None,
     **flags: Any,
 ) -> None:
     """Train a scikit-learn model, export it to ONNX, check parity and write its artifacts."""
     spec = _training_spec(ctx, spec_file, name, ModelFlags(**flags))
     spec = _sampled(spec, max_rows, sample_seed)
+    shard = _check_search_flags(spec, search_shards, search_shard, trials_uri, champion)
     if champion is None and (champion_version or champion_sha256):
         _fail("train", EXIT_BAD_INPUT, "--champion-version and --champion-sha256 need --champion")
     # scikit-learn and friends load only once the spec holds up: bad specs fail fast.
@@ -300,8 +324,32 @@ def train(
         ),
     )
     with open_progress(progress_mode) as shown:
-        result = _train(run, shown)
+        result = _train(run, shown, shard, trials_uri)
     report(result)
+
+
+def _check_search_flags(
+    spec: TrainingJobSpec,
+    shards: int | None,
+    shard: int | None,
+    trials_uri: str | None,
+    champion: str | None,
+) -> tuple[int, int] | None:
+    """(shard, shards) when this run is one shard of a search; exit 2 on flags that do not
+    go together."""
+    if (shards is not None or trials_uri) and spec.search is None:
+        _fail("train", EXIT_BAD_INPUT, "--search-shards and --trials need spec.search")
+    if shards is None:
+        return None
+    if trials_uri or champion:
+        _fail("train", EXIT_BAD_INPUT, "--search-shards trains no model: no --trials/--champion")
+    if shard is None or shard >= shards:
+        _fail(
+            "train",
+            EXIT_BAD_INPUT,
+            f"--search-shard (or {SHARD_ENV}) must be from 0 to {shards - 1}, got {shard}",
+        )
+    return shard, shards
 
 
 def _sampled(spec: TrainingJobSpec, max_rows: int | None, seed: int | None) -> TrainingJobSpec:
@@ -391,12 +439,19 @@ def _refuse_model_flags(ctx: click.Context) -> None:
         )
 
 
-def _train(run: training.Run, shown: Progress) -> JobResult:
-    """The run's result when the model passes; else exit with the outcome's code."""
-    from kubeloop.trainer import data, model
+def _train(
+    run: training.Run, shown: Progress, shard: tuple[int, int] | None, trials_uri: str | None
+) -> JobResult:
+    """The run's result when the model passes (or the shard's, for one shard of a search);
+    else exit with the outcome's code."""
+    from kubeloop.trainer import data, model, shards
     from kubeloop.trainer import train as training
 
     try:
+        if shard is not None:
+            return shards.run_shard(run, shard[0], shard[1], shown)
+        if trials_uri:
+            run.trials = shards.read_trials(trials_uri, run.spec)
         return training.train(run, shown)
     except (data.DataError, model.SpecError) as exc:
         _fail("train", EXIT_BAD_INPUT, str(exc))

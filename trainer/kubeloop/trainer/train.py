@@ -30,7 +30,6 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import (
     GridSearchCV,
-    ParameterGrid,
     RandomizedSearchCV,
     train_test_split,
 )
@@ -65,6 +64,7 @@ from kubeloop.contracts.artifacts import (
 )
 from kubeloop.contracts.frameworks import Task
 from kubeloop.contracts.results import JobResult
+from kubeloop.contracts.search import Trial, candidate_count, ranks, winner
 from kubeloop.progress import Progress
 from kubeloop.trainer import card, champion, model, output, sampling
 from kubeloop.trainer.data import (
@@ -119,6 +119,9 @@ class Run:
     name: str
     data_format: str | None = None
     champion: champion.ChampionRef | None = None
+    #: The trials of a search run across pods (:mod:`kubeloop.trainer.shards`): the winner
+    #: is refitted here, no search runs.
+    trials: list[Trial] | None = None
 
 
 @dataclass(frozen=True)
@@ -204,11 +207,12 @@ def train(run: Run, progress: Progress | None = None) -> JobResult:
         shown.stage("reading the champion")
     rival = load_champion(run, data)
     split = split_rows(spec, data)
-    if spec.search is None:
+    if spec.search is None or run.trials is not None:
         shown.stage(f"fitting {spec.estimator.class_name}")
     else:
         shown.stage("search", total=candidates(spec.search), unit="trials")
-    fitted = fit(spec, model.build_pipeline(data.features, estimator), split, shown.advance)
+    pipeline = model.build_pipeline(data.features, estimator)
+    fitted = fit(spec, pipeline, split, shown.advance, run.trials)
     shown.stage("ONNX export and parity check")
     exported = to_onnx(fitted.pipeline, data.features, split.x_test, spec.task)
     shown.stage("evaluating on the held-out rows", total=len(split.x_test), unit="rows")
@@ -375,12 +379,16 @@ def fit(
     pipeline: Pipeline,
     split: TrainTest,
     on_trial: Callable[[int], None] | None = None,
+    trials: list[Trial] | None = None,
 ) -> Fitted:
     """Fit the pipeline on the training rows, or search for the best one when asked to
-    (``on_trial(1)`` after each candidate's cross-validation)."""
+    (``on_trial(1)`` after each candidate's cross-validation), or refit the winner of
+    ``trials`` when the search ran across pods."""
     try:
         if spec.search is None:
             fitted = Fitted(pipeline=pipeline.fit(split.x_train, split.y_train), trials=None)
+        elif trials is not None:
+            fitted = fit_winner(pipeline, split, trials)
         else:
             fitted = fit_search(spec, spec.search, pipeline, split, on_trial)
     except ValueError as exc:  # constraints the library only checks on the real data
@@ -406,11 +414,26 @@ def fit_search(
     return Fitted(pipeline=searcher.best_estimator_, trials=trials_of(searcher.cv_results_, metric))
 
 
+def fit_winner(pipeline: Pipeline, split: TrainTest, trials: list[Trial]) -> Fitted:
+    """The best of a search run across pods, refitted on the training rows as the
+    in-process search refits its best candidate; every trial, ranked as it ranks them."""
+    best = winner(trials)
+    if best is None:
+        raise model.SpecError(f"search: every one of the {len(trials)} candidates failed to fit")
+    pipeline.set_params(**{f"{model.ESTIMATOR_STEP}__{k}": v for k, v in best.params.items()})
+    ranked = zip(trials, ranks(trials), strict=True)
+    return Fitted(
+        pipeline=pipeline.fit(split.x_train, split.y_train),
+        trials=[
+            {"params": t.params, "score": math.nan if t.value is None else t.value, "rank": r}
+            for t, r in ranked
+        ],
+    )
+
+
 def candidates(search: Search) -> int:
-    """How many parameter sets the search tries: the whole grid, or as many random ones
-    as asked for (scikit-learn tries no more than the grid holds)."""
-    size = len(ParameterGrid(search.space))
-    return size if search.strategy == "grid" else min(search.trials, size)
+    """How many parameter sets the search tries (:func:`candidate_count`)."""
+    return candidate_count(search)
 
 
 class TrialCounter:

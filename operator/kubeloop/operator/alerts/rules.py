@@ -75,22 +75,38 @@ def drift_expr(options: RuleOptions) -> str:
     )
 
 
-def online_expr(options: RuleOptions) -> str:
-    """Lowest feedback accuracy per deployment below its floor.
+#: the pods whose feedback is the deployment's: a shadow scores its own version
+ROWS = 'kubeloop_online_metric_rows{role!="shadow"}'
 
-    The floor is the pod's ``kubeloop_online_metric_floor`` gauge when it exports
-    one (same labels as ``kubeloop_online_metric``), else ``options.online_floor``.
+
+def _across_replicas(metric: str) -> str:
+    """Per deployment: the window score sums of all its pods over all their rows (the
+    mean score over the feedback every replica saw; a pod holds only its own)."""
+    score = f'kubeloop_online_metric_score_sum{{metric="{metric}",role!="shadow"}}'
+    return f"(sum by ({BY}) ({score}) / sum by ({BY}) ({ROWS}))"
+
+
+def _floor(metric: str) -> str:
+    return f'max by ({BY}) (kubeloop_online_metric_floor{{metric="{metric}"}})'
+
+
+def online_expr(options: RuleOptions) -> str:
+    """The deployment's online metric, across its replicas, where it is past its floor.
+
+    The floor is what the pods export from ``spec.monitoring.feedback``
+    (``kubeloop_online_metric_floor``): accuracy below it, or RMSE above it. A
+    classifier without one is held to ``options.online_floor``. Summing the pods'
+    window sums and rows (rather than taking one pod's metric) counts every label,
+    whichever replica it reached, and yields one alert per deployment.
     """
-    metric = 'kubeloop_online_metric{metric="accuracy"}'
-    floor = 'kubeloop_online_metric_floor{metric="accuracy"}'
+    accuracy, mse = _across_replicas("accuracy"), _across_replicas("rmse")
     return (
-        f"min by ({BY}) (\n"
-        "  (\n"
-        f"    ({metric} < {floor})\n"
-        f"    or ({metric} < {options.online_floor} unless {floor})\n"
-        "  )\n"
-        f"  and ignoring(metric) (kubeloop_online_metric_rows >= {options.online_min_rows})\n"
-        ")"
+        "(\n"
+        f"  ({accuracy} < {_floor('accuracy')})\n"
+        f"  or ({accuracy} < {options.online_floor} unless {_floor('accuracy')})\n"
+        f"  or (sqrt{mse} > {_floor('rmse')})\n"
+        ")\n"
+        f"and (sum by ({BY}) ({ROWS}) >= {options.online_min_rows})"
     )
 
 
@@ -175,11 +191,12 @@ def rule_groups(options: RuleOptions | None = None) -> dict[str, Any]:
                 "for": o.online_for,
                 "labels": _labels(o, "online-metric"),
                 "annotations": {
-                    "summary": f"Online accuracy below its floor on ModelDeployment {target}",
+                    "summary": f"Online metric past its floor on ModelDeployment {target}",
                     "description": (
-                        "Accuracy of model {{ $labels.model }} on recent feedback is "
-                        '{{ $value | printf "%.3f" }}, below the floor (the pod\'s '
-                        f"kubeloop_online_metric_floor, else {o.online_floor}), over at least "
+                        "The online metric of model {{ $labels.model }} over the recent "
+                        'feedback of all its pods is {{ $value | printf "%.3f" }}: accuracy '
+                        "below, or RMSE above, the floor of spec.monitoring.feedback (accuracy "
+                        f"without one: below {o.online_floor}), over at least "
                         f"{o.online_min_rows} rows for {o.online_for}."
                     ),
                     VALUE_ANNOTATION: "{{ $value }}",

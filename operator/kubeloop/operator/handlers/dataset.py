@@ -18,6 +18,7 @@ from kubeloop.operator.freshdata import (
     request_suffix,
     snapshot_outcome,
 )
+from kubeloop.operator.handlers import retention
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -26,7 +27,6 @@ from kubeloop.operator.handlers.common import (
     run_reconcile,
 )
 from kubeloop.operator.handlers.jobs import Finished, blocked, job_state, outcome
-from kubeloop.operator.settings import OperatorSettings
 from kubeloop.operator.timestamps import now, parse
 
 KIND = "Dataset"
@@ -43,7 +43,7 @@ def refresh_round(spec: DatasetSpec, now_s: float) -> int:
     return int(now_s // duration_seconds(spec.refresh_interval))
 
 
-def _record_success(rec: Reconcile, summary: JobResult, settings: OperatorSettings) -> None:
+def _record_success(rec: Reconcile, summary: JobResult) -> None:
     digest = str(summary.digest)
     columns = summary.columns or []
     if rec.status.get("version") != digest:
@@ -53,7 +53,7 @@ def _record_success(rec: Reconcile, summary: JobResult, settings: OperatorSettin
         entry = {"version": digest, "rows": summary.rows or 0, "time": now()}
         if summary.snapshot_uri:
             entry["snapshotUri"] = summary.snapshot_uri
-        rec.status["history"] = [entry, *history][: settings.history_limit]
+        rec.status["history"] = [entry, *history]  # trimmed by retention.trim_history
     rec.status.update(
         version=digest,
         rows=summary.rows,
@@ -65,7 +65,7 @@ def _record_success(rec: Reconcile, summary: JobResult, settings: OperatorSettin
     rec.ready(True, "SnapshotSucceeded", f"{summary.rows} rows, {digest}")
 
 
-def _harvest(rec: Reconcile, name: str, done: Finished, settings: OperatorSettings) -> None:
+def _harvest(rec: Reconcile, name: str, done: Finished) -> None:
     """Record what the finished snapshot Job ``name`` found, once, and in ``lastSnapshot``
     which request it served and whether the digest changed."""
     rec.status["observedSnapshotJob"] = name
@@ -75,7 +75,7 @@ def _harvest(rec: Reconcile, name: str, done: Finished, settings: OperatorSettin
     if done.state == "Succeeded" and summary and summary.digest:
         digest = str(summary.digest)
         rec.status["lastSnapshot"] = snapshot_outcome(request, previous, digest, "", now())
-        _record_success(rec, summary, settings)
+        _record_success(rec, summary)
         return
     rec.status["lastSnapshot"] = snapshot_outcome(request, previous, None, done.reason, now())
     rec.warn(reason="SnapshotFailed", message=done.reason)
@@ -109,7 +109,8 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
             _waiting(rec, latest, blocked(ctx.kube, job, builders.TRAINER_CONTAINER))
             return
         if rec.status.get("observedSnapshotJob") != latest:
-            _harvest(rec, latest, outcome(ctx.kube, job), ctx.settings)
+            _harvest(rec, latest, outcome(ctx.kube, job))
+            retention.trim_history(ctx, rec, spec)
     annotations = dict(rec.body.get("metadata", {}).get("annotations") or {})
     pending = pending_request(annotations, rec.status)
     if pending is not None:

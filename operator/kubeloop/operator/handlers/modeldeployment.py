@@ -20,6 +20,7 @@ from kubeloop.api.base import API_VERSION, GROUP, VERSION, duration_seconds
 from kubeloop.api.v1alpha1 import Canary, CanaryStep, ModelDeploymentSpec, VersionPolicy
 from kubeloop.operator import analysis, builders, metrics, prometheus
 from kubeloop.operator.conditions import is_true, set_condition
+from kubeloop.operator.handlers import retention
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -373,6 +374,17 @@ def _apply(ctx: Context, children: list[dict[str, Any] | builders.Absent]) -> No
             ctx.kube.apply(child)
 
 
+def _route_gone(rec: Reconcile, spec: ModelDeploymentSpec) -> list[builders.Absent]:
+    """The HTTPRoute of a deployment routed by a Gateway, once it is not (only then: a
+    cluster without the Gateway API never hears of the kind)."""
+    gateway = builders.routed_by_gateway(spec)
+    had = rec.status.get("httpRoute")
+    rec.status["httpRoute"] = rec.name if gateway else None
+    if gateway or not had:
+        return []
+    return [builders.Absent(*builders.HTTP_ROUTE, rec.namespace, str(had))]
+
+
 def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
     """The serving pods' bearer token: a random one in a Secret created once; an existing
     Secret is kept as it is (a reconcile or a restart never replaces the token)."""
@@ -479,22 +491,25 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         rec.condition("Degraded", True, "VersionMissing", missing)
         rec.status["phase"] = "Degraded"
         return
+    if builders.routed_by_gateway(spec) and not ctx.kube.serves(*builders.HTTP_ROUTE):
+        message = "canary.router is gateway, but the API server serves no HTTPRoute kind: "
+        rec.ready(False, "GatewayAPIMissing", message + "install the Gateway API CRDs")
+        return
     weight = canary_weight(spec, state, canary_ready or still_serving(canary_dep, state))
     canary = state["canaryVersion"]
     canary_mv = ready[canary] if canary is not None else None
     shadow_mv = ready.get(spec.shadow.version) if spec.shadow is not None else None
-    _apply(
-        ctx,
-        builders.serving_children(
-            rec.body, spec, stable_mv, canary_mv, weight, ctx.settings, shadow_mv
-        ),
+    children = builders.serving_children(
+        rec.body, spec, stable_mv, canary_mv, weight, ctx.settings, shadow_mv
     )
+    _apply(ctx, [*children, *_route_gone(rec, spec)])
     served = {stable_mv["metadata"]["name"]: "stable"}
     if canary_mv is not None:
         served[canary_mv["metadata"]["name"]] = "canary"
     if shadow_mv is not None:  # a version also stable or canary keeps that role's label
         served.setdefault(shadow_mv["metadata"]["name"], "shadow")
     _label_served(ctx, rec, versions, served)
+    retention.enforce(ctx, rec, spec, versions, served)
     rec.status["shadowVersion"] = int(shadow_mv["spec"]["version"]) if shadow_mv else None
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
     stable_dep = ctx.kube.read("apps/v1", "Deployment", rec.namespace, names["stable"])

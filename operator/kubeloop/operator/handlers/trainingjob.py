@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from kubeloop.operator.freshdata import (
     dataset_version_for,
     merged_request,
 )
+from kubeloop.operator.handlers import search
 from kubeloop.operator.handlers.common import (
     IMPORT_SETTINGS,
     Context,
@@ -172,15 +173,18 @@ def _resolve_champion(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> Re
     return found
 
 
-def _start(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, job_name: str) -> None:
-    """Create the trainer Job once the champion and the data version are known."""
+def _start(
+    ctx: Context, rec: Reconcile, spec: TrainingJobSpec, job_name: str, extra: Sequence[str] = ()
+) -> None:
+    """Create the trainer Job once the champion and the data version are known (``extra``:
+    more ``kubeloop train`` arguments, e.g. a finished search's ``--trials``)."""
     found = _resolve_champion(ctx, rec, spec)
     if found is None:
         return
     data_uri = _resolve_data(ctx, rec, spec)
     if data_uri is None:
         return
-    args = found.champion.args() if found.champion else []
+    args = [*(found.champion.args() if found.champion else []), *extra]
     ctx.kube.create(builders.build_trainer_job(rec.body, spec, data_uri, ctx.settings, args))
     metrics.CHILDREN_CREATED.labels(kind="Job").inc()
     against = f"; {found.message}" if found.message else ""
@@ -188,7 +192,8 @@ def _start(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, job_name: str) -
         reason="TrainingStarted",
         message=f"Job {job_name} on {rec.status['datasetVersion']}{against}",
     )
-    rec.status.update(jobName=job_name, startTime=now())
+    rec.status["jobName"] = job_name
+    rec.status.setdefault("startTime", now())
     _running(rec, job_name)
 
 
@@ -256,6 +261,23 @@ def _finish(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, done: Finished)
         _publish(ctx, rec, spec, summary, done.image)
 
 
+def _start_or_search(ctx: Context, rec: Reconcile, spec: TrainingJobSpec, job_name: str) -> None:
+    """Start the trainer Job, or first the search across pods when the spec asks for one
+    (:mod:`kubeloop.operator.handlers.search`)."""
+    if not search.parallel(spec):
+        _start(ctx, rec, spec, job_name)
+        return
+
+    def data_uri() -> str | None:
+        if _resolve_champion(ctx, rec, spec) is None:  # before the search: fail fast
+            return None
+        return _resolve_data(ctx, rec, spec)
+
+    extra = search.step(ctx, rec, spec, data_uri, _end)
+    if extra is not None:
+        _start(ctx, rec, spec, job_name, extra)
+
+
 def reconcile(ctx: Context, rec: Reconcile) -> None:
     """Start the trainer Job, follow it, and publish what it trained; nothing after the end."""
     spec = parse_spec(TrainingJobSpec, rec)
@@ -264,7 +286,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     job_name = builders.trainer_job_name(rec.body)
     job = ctx.kube.get("batch/v1", "Job", rec.namespace, job_name)
     if job is None:
-        _start(ctx, rec, spec, job_name)
+        _start_or_search(ctx, rec, spec, job_name)
         return
     rec.status.update(jobName=job_name)
     rec.status.setdefault("startTime", now())

@@ -163,7 +163,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 booleans=False,  # typed contents hold no JSON true/false
             )
             request_id = decoded.request_id or self._metadata_id(context) or plane.new_request_id()
-            outputs = await plane.infer(model, decoded, request_id, started)
+            # grpc.aio accepts one RPC per loop turn: without lingering, none would batch
+            outputs = await plane.infer(model, decoded, request_id, started, linger=True)
             response = infer_response(model, decoded, request_id, outputs)
             if router.shadowing:
                 body = shadow_body(model, decoded)

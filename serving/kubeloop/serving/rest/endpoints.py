@@ -26,6 +26,7 @@ from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.cli import connection_timeout
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import ServingError, UnavailableError
+from kubeloop.serving.peers import FORWARDED_HEADER
 from kubeloop.serving.rest.inference import V1, V2, Codec, RestInference
 from kubeloop.serving.rest.openapi import FEEDBACK_BODY, INFER_BODY, V1_BODY
 from kubeloop.serving.rest.reply import Reply, error_reply, json_reply
@@ -116,24 +117,37 @@ class Endpoints:
         )
 
     async def feedback(self, name: str, request: Request) -> Response:
-        self.guard.check(dict(request.scope["headers"]))
+        headers = dict(request.scope["headers"])
+        self.guard.check(headers)
         model = self.plane.model(name)
         body, limits = await request.body(), self.plane.limits
         # decoded and scored on the feedback thread: a large body never stalls inference
         result = await self.plane.feedback.record_off_loop(
             model, lambda: decode_feedback(body, limits)
         )
-        return _json(
-            {
-                "matched": result.matched,
-                "duplicates": result.duplicates,
-                "unknown": len(result.unknown),
-                "unknown_ids": result.unknown[:MAX_UNKNOWN_IDS],
-                "metric": result.metric,
-                "value": result.value,
-                "rows": result.rows,
-            }
-        )
+        doc: dict[str, Any] = {
+            "matched": result.matched,
+            "duplicates": result.duplicates,
+            "unknown": len(result.unknown),
+            "unknown_ids": result.unknown[:MAX_UNKNOWN_IDS],
+            "metric": result.metric,
+            "value": result.value,
+            "rows": result.rows,
+        }
+        peers = self.plane.peers
+        if FORWARDED_HEADER.encode() in headers:
+            doc["matched_ids"] = list(result.known)  # for the pod that forwarded them
+        elif peers is not None and result.unknown_items:
+            forwarded = await peers.forward(model.name, result.unknown_items, headers)
+            unknown = [rid for rid in result.unknown if rid not in forwarded.matched_ids]
+            doc.update(
+                matched=result.matched + forwarded.matched_rows,
+                unknown=len(unknown),
+                unknown_ids=unknown[:MAX_UNKNOWN_IDS],
+                peers=forwarded.peers,
+                peers_failed=forwarded.failed,
+            )
+        return _json(doc)
 
     # --------------------------------------------------------------- drift report
 
