@@ -3,8 +3,13 @@
 Measures the time until every object reaches its steady state (ModelDeployment
 ``phase=Serving`` with ready kwok pods; TrainingJob ``phase=Running`` with its Job
 created), the API requests the whole cluster served per object (apiserver's
-``apiserver_request_total``, all clients), and the operator's CPU time and peak
-memory. Not a test: run with ``make bench-operator``.
+``apiserver_request_total``, all clients), the requests the operator's own API client
+made (its ``kubeloop_operator_api_requests_total``: every read and write of children and
+status; kopf's watches and bookkeeping patches and Events are not counted), the writes
+per object in one resync window after steady state (``apiserver_request_total`` of the
+writing verbs, all clients), the latency from a stable Deployment turning Available to its
+ModelDeployment's Ready condition turning True (both conditions' timestamps), and the
+operator's CPU time and peak memory. Not a test: run with ``make bench-operator``.
 
     python bench/operator/bench_operator.py [--deployments 500] [--trainingjobs 200]
 """
@@ -15,11 +20,15 @@ import argparse
 import hashlib
 import os
 import re
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +45,38 @@ GV = "kubeloop.io/v1alpha1"
 NS = "bench"
 
 
-def request_total(kubeconfig: str) -> float:
+#: The verbs of ``apiserver_request_total`` that write.
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+
+
+def request_total(kubeconfig: str, verbs: tuple[str, ...] | None = None) -> float:
+    """Requests the API server served (all clients), optionally only of ``verbs``."""
     text = subprocess.run(
         [kubectl(), "--kubeconfig", kubeconfig, "get", "--raw", "/metrics"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^apiserver_request_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    )
+    total = 0.0
+    for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$", text, re.M):
+        verb = re.search(r'verb="(\w+)"', m.group(1))
+        if verbs is None or (verb is not None and verb.group(1) in verbs):
+            total += float(m.group(2))
+    return total
+
+
+def operator_requests(port: int) -> float | None:
+    """The operator's own count of its API requests (None: an operator without it)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r"^kubeloop_operator_api_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    return sum(float(v) for v in found) if found else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def kubectl() -> str:
@@ -73,6 +103,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trainingjobs", type=int, default=200)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument(
+        "--resync", type=float, default=10, help="the operator's resync interval (seconds)"
+    )
     return parser.parse_args()
 
 
@@ -128,17 +161,22 @@ class Bench:
                     "uri": artifact.as_uri(),
                     "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
                 },
+                # named here, so no inspection Job (which kwok would never run) reads them
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+                "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
             },
             labels={"kubeloop.io/model": "bench"},
         )
 
-    def start_operator(self, work: Path) -> subprocess.Popen[bytes]:
+    def start_operator(self, work: Path, resync: float) -> subprocess.Popen[bytes]:
         """The operator on the bench namespace, once bench-v1 is Ready by its hand."""
         log = (work / "operator.log").open("wb")
+        self.metrics_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": self.kubeconfig,
-            "KUBELOOP_METRICS_PORT": "0",
+            "KUBELOOP_METRICS_PORT": str(self.metrics_port),
+            "KUBELOOP_RESYNC_SECONDS": str(resync),
             "KUBELOOP_ARTIFACT_ROOT": (work / "store").as_uri(),
         }
         operator = subprocess.Popen(
@@ -147,11 +185,17 @@ class Bench:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait(
-            lambda: ready(self.crs["ModelVersion"].get(namespace=NS, name="bench-v1").to_dict()),
-            "bench-v1 Ready",
-            120,
-        )
+        try:
+            wait(
+                lambda: ready(
+                    self.crs["ModelVersion"].get(namespace=NS, name="bench-v1").to_dict()
+                ),
+                "bench-v1 Ready",
+                120,
+            )
+        except BaseException:
+            stop(operator)  # not left running after its cluster is gone
+            raise
         return operator
 
     def create_load(self, deployments: int, trainingjobs: int) -> None:
@@ -208,11 +252,53 @@ def dataset_status() -> dict[str, Any]:
     }
 
 
+def condition_time(obj: dict[str, Any], type_: str) -> float | None:
+    """When the object's ``type_`` condition last turned True (epoch seconds), if it is."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            stamp = str(c.get("lastTransitionTime") or c.get("lastUpdateTime"))
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def stage_latencies(bench: Bench) -> list[float]:
+    """Per ModelDeployment: from its stable Deployment turning Available (the controller's
+    timestamp) to its own Ready condition turning True (the operator's), in seconds; both
+    stamps have a resolution of one second."""
+    apps = client.AppsV1Api(bench.api)
+    deps = apps.list_namespaced_deployment(NS, label_selector="kubeloop.io/role=stable")
+    available = {}
+    for dep in bench.api.sanitize_for_serialization(deps)["items"]:
+        md = dep["metadata"]["labels"].get("kubeloop.io/model-deployment")
+        available[md] = condition_time(dep, "Available")
+    mds = bench.crs["ModelDeployment"].get(namespace=NS).to_dict()["items"]
+    latencies = []
+    for md in mds:
+        ready, since = condition_time(md, "Ready"), available.get(md["metadata"]["name"])
+        if ready is not None and since is not None:
+            latencies.append(ready - since)
+    return sorted(latencies)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def steady_writes(bench: Bench, args: argparse.Namespace) -> float:
+    """Writes (all clients) per object over one resync window, after 10 s to settle."""
+    time.sleep(10)
+    before = request_total(bench.kubeconfig, WRITE_VERBS)
+    time.sleep(args.resync)
+    writes = request_total(bench.kubeconfig, WRITE_VERBS) - before
+    return float(writes / (args.deployments + args.trainingjobs))
+
+
 def measure(
     bench: Bench, operator: subprocess.Popen[bytes], args: argparse.Namespace
 ) -> list[tuple[str, str]]:
     """Create the load, wait for its steady state; the table's rows."""
     before_requests = request_total(bench.kubeconfig)
+    before_own = operator_requests(bench.metrics_port)
     before_cpu, _ = proc_usage(operator.pid)
     started = time.monotonic()
     bench.create_load(args.deployments, args.trainingjobs)
@@ -221,7 +307,11 @@ def measure(
     elapsed = time.monotonic() - started
     cpu, peak = proc_usage(operator.pid)
     requests = request_total(bench.kubeconfig) - before_requests
+    own = operator_requests(bench.metrics_port)
     objects = args.deployments + args.trainingjobs
+    writes = steady_writes(bench, args)
+    lat = stage_latencies(bench)
+    own_row = "n/a" if own is None or before_own is None else f"{(own - before_own) / objects:.1f}"
     return [
         (
             "objects created (ModelDeployments + TrainingJobs)",
@@ -231,6 +321,14 @@ def measure(
         ("time until all reached steady state", f"{elapsed:.1f} s"),
         ("steady-state objects per second", f"{objects / elapsed:.1f}"),
         ("API requests served per object (all clients)", f"{requests / objects:.1f}"),
+        ("operator API requests per object (its API client)", own_row),
+        (f"writes per object per resync ({args.resync:g} s, all clients)", f"{writes:.2f}"),
+        (
+            f"stable Deployment Available -> ModelDeployment Ready, p50 / p95 (n={len(lat)})",
+            f"{percentile(lat, 50):.0f} s / {percentile(lat, 95):.0f} s (+-1 s)"
+            if len(lat) > 1
+            else "n/a",
+        ),
         ("operator CPU time per object", f"{(cpu - before_cpu) / objects * 1000:.1f} ms"),
         ("operator peak memory (RSS)", f"{peak / 2**20:.0f} MiB"),
     ]
@@ -263,7 +361,7 @@ def main() -> int:
         bench = Bench(kubeconfig)
         bench.install_crds()
         bench.prerequisites(work)
-        operator = bench.start_operator(work)
+        operator = bench.start_operator(work, args.resync)
         print_table(measure(bench, operator, args))
         return 0
     finally:
@@ -293,7 +391,7 @@ def wait_established(dyn: DynamicClient) -> None:
 
     def established() -> bool:
         crds = [c for c in res.get().to_dict()["items"] if c["spec"]["group"] == "kubeloop.io"]
-        return len(crds) == 4 and all(
+        return len(crds) == len(list((ROOT / "crds").glob("*.yaml"))) and all(
             any(
                 x["type"] == "Established" and x["status"] == "True"
                 for x in (c.get("status") or {}).get("conditions") or []

@@ -783,6 +783,23 @@ NAMESPACED_GRANTS = (
             "batchpredictions.kubeloop.io",
         )
     }
+    # every child kind is listed and watched (a change wakes its parent)
+    | {
+        (r, v)
+        for r in (
+            "jobs.batch",
+            "cronjobs.batch",
+            "deployments.apps",
+            "services",
+            "configmaps",
+            "horizontalpodautoscalers.autoscaling",
+            "networkpolicies.networking.k8s.io",
+            "serviceaccounts",
+            "roles.rbac.authorization.k8s.io",
+            "rolebindings.rbac.authorization.k8s.io",
+        )
+        for v in ("list", "watch")
+    }
     | {
         ("modelversions.kubeloop.io", "delete"),  # spec.retention
         ("jobs.batch", "get"),
@@ -856,11 +873,10 @@ def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]
         ("deletecollection", "modelversions.kubeloop.io", namespace),
         ("delete", "modelversions.kubeloop.io", other),
         ("delete", "jobs.batch", namespace),
-        ("list", "jobs.batch", namespace),
         ("create", "jobs.batch", other),
+        ("list", "jobs.batch", other),
+        ("watch", "configmaps", other),
         ("get", "cronjobs.batch", namespace),
-        ("list", "cronjobs.batch", namespace),
-        ("watch", "cronjobs.batch", namespace),
         ("update", "cronjobs.batch", namespace),
         ("create", "cronjobs.batch", other),
         ("delete", "cronjobs.batch", other),
@@ -872,7 +888,6 @@ def denied_calls(namespace: str, other: str) -> list[tuple[str, str, str | None]
         ("patch", "deployments.apps", other),
         ("list", "datasets.kubeloop.io", other),
         ("get", "networkpolicies.networking.k8s.io", namespace),
-        ("list", "networkpolicies.networking.k8s.io", namespace),
         ("update", "networkpolicies.networking.k8s.io", namespace),
         ("create", "networkpolicies.networking.k8s.io", other),
         ("delete", "networkpolicies.networking.k8s.io", None),
@@ -939,9 +954,10 @@ def test_cluster_wide_mode_under_its_cluster_role(admin, namespace, api_client, 
         assert can_i(admin, account, "create", "secrets", "default")
         assert can_i(admin, account, "patch", "cronjobs.batch", "default")
         assert can_i(admin, account, "patch", "batchpredictions.kubeloop.io", "default")
+        assert can_i(admin, account, "watch", "deployments.apps", None)
         for denied in (
             ("list", "secrets", None),
-            ("list", "cronjobs.batch", None),
+            ("delete", "jobs.batch", "default"),
             ("get", "cronjobs.batch", "default"),
             ("get", "secrets", "default"),
             ("update", "secrets", "default"),

@@ -165,15 +165,17 @@ the operator under these rules and fails on any 403.
   resources: [datasets/status, trainingjobs/status, modelversions/status, modeldeployments/status, batchpredictions/status]
   verbs: [patch]
 # Snapshot, trainer and prediction Jobs: created once, then read (a scheduled prediction's
-# latest Job by the name its CronJob gives it: never listed).
+# latest Job by the name its CronJob gives it: never listed to find one). Every child kind
+# is also listed and watched (label app.kubernetes.io/managed-by=kubeloop): a change wakes
+# its parent, and an unchanged child is not applied again.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 # A scheduled BatchPrediction's CronJob: server-side apply (a PATCH; `create` when the apply
 # creates it), deleted when the schedule leaves the spec.
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # A finished Job's pods carry the trainer's termination message.
 - apiGroups: [""]
   resources: [pods]
@@ -183,10 +185,10 @@ the operator under these rules and fails on any 403.
 # canary's Deployment and Service and an unused HPA are deleted.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, patch]
@@ -201,18 +203,18 @@ the operator under these rules and fails on any 403.
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # The NetworkPolicy of a ModelDeployment with spec.networkPolicy: applied, and deleted
 # when the field goes.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # The HTTPRoute of a ModelDeployment with canary.router gateway (Gateway API): applied,
 # and deleted when the router goes back to the pods.
 - apiGroups: [gateway.networking.k8s.io]

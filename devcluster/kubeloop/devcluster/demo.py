@@ -42,6 +42,7 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
+from kubeloop.api.base import duration_seconds
 from kubeloop.devcluster import realnode
 from kubeloop.devcluster.binaries import Binaries, MissingBinaryError, repo_root
 from kubeloop.devcluster.cluster import ClusterError, DevCluster, cache_dir, free_ports
@@ -88,6 +89,8 @@ class Summary:
     """What the run saw, stage by stage (the e2e test asserts on it)."""
 
     stages: list[tuple[str, float]] = field(default_factory=list)
+    #: seconds of configured canary pauses the stages spent (rollouts walked to the end)
+    paused: float = 0.0
     versions: dict[int, dict[str, Any]] = field(default_factory=dict)
     predictions: list[Any] = field(default_factory=list)
     #: version -> canary weight -> responses by model_version while at that weight
@@ -567,6 +570,7 @@ class Demo:
             f"{self.k} get modeldeployment {MODEL} -w",
         ):
             self.watch_rollout(number)
+            self.summary.paused += 2 * duration_seconds(self.canary_pause)
 
     def watch_rollout(self, number: int, timeout: float = 600) -> None:
         """Send traffic while the rollout runs; count the served versions per canary weight."""
@@ -623,6 +627,7 @@ class Demo:
             f"{self.k} get modeldeployment {MODEL}",
         ):
             self.watch_rollout(number)
+            self.summary.paused += 2 * duration_seconds(self.canary_pause)
 
     def drift(self, prom: str) -> None:
         """Send drifted rows until the drift alert fires; record its score."""
@@ -846,6 +851,18 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def stage_lines(summary: Summary) -> list[str]:
+    """The stage table: each stage's time, the total, and the total less the configured
+    canary pauses (the time the loop itself took)."""
+    lines = ["Stages"]
+    for title, took in summary.stages:
+        lines.append(f"  {took:7.1f}s  {title.split(':')[0]}")
+    total = sum(t for _, t in summary.stages)
+    lines.append(f"  {total:7.1f}s  total")
+    lines.append(f"  outside pauses: {max(0.0, total - summary.paused):.0f} s")
+    return lines
+
+
 def report(summary: Summary, demo: Demo) -> str:
     """The closing table: versions, rollouts, drift, retraining, stage times."""
     lines = ["", "Versions of model breast-cancer", f"  {'v':<3} {'trained by':<34} f1     roc_auc"]
@@ -869,10 +886,7 @@ def report(summary: Summary, demo: Demo) -> str:
     if summary.loop_text:
         lines += [f"kubeloop status {MODEL} -n {demo.namespace}", summary.loop_text.rstrip()]
     lines += artifact_lines(summary, demo.root)
-    lines.append("Stages")
-    for title, took in summary.stages:
-        lines.append(f"  {took:7.1f}s  {title.split(':')[0]}")
-    lines.append(f"  {sum(t for _, t in summary.stages):7.1f}s  total")
+    lines += stage_lines(summary)
     lines += [
         "",
         "Look around:",

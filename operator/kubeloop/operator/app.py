@@ -25,6 +25,7 @@ from kubeloop.operator.handlers import (  # noqa: F401  (registers the handlers)
     modelversion,
     schedule,
     trainingjob,
+    watch,
 )
 from kubeloop.operator.handlers.common import Context, context
 from kubeloop.operator.kube import Kube
@@ -41,7 +42,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = "kubeloop.io/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 8
+    # reconciles wait on the API server most of the time, and event-driven ones (a child
+    # changed) share the pool with kopf's handlers: enough threads to keep both moving
+    settings.execution.max_workers = 32
     operator_settings = OperatorSettings()
     memo["ctx"] = Context(settings=operator_settings, kube=Kube())
     metrics.zero_series()

@@ -2,7 +2,11 @@
 
 Writes are idempotent: :meth:`Kube.apply` is server-side apply with one field
 manager (re-applying the same object is a no-op), :meth:`Kube.create` treats
-"already exists" as success and returns what is there.
+"already exists" as success and returns what is there. A no-op apply and a DELETE
+answered 404 still cost the API server a write, so :meth:`Kube.apply` and
+:meth:`Kube.delete` skip children the :class:`AppliedCache` knows to be as wanted.
+Every request is counted in ``kubeloop_operator_api_requests_total`` and sent with the
+``kubeloop-operator`` user agent.
 """
 
 from __future__ import annotations
@@ -17,12 +21,20 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from kubeloop.api.base import API_VERSION
+from kubeloop.operator import metrics
+from kubeloop.operator.children import AppliedCache
 
 FIELD_MANAGER = "kubeloop-operator"
+USER_AGENT = "kubeloop-operator"
 
 
 class ConflictError(Exception):
     """An object of that name exists already (HTTP 409)."""
+
+
+#: Connections kept to the API server: one per worker thread (kopf's pool), so none is
+#: closed and opened again with a new TLS handshake.
+POOL_SIZE = 32
 
 
 def load_config() -> client.ApiClient:
@@ -31,7 +43,9 @@ def load_config() -> client.ApiClient:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = POOL_SIZE
+    return client.ApiClient(configuration)
 
 
 def user_config(
@@ -56,9 +70,16 @@ class Kube:
     """A thread-safe facade: kopf runs sync handlers in a thread pool."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self._dyn = DynamicClient(api_client or load_config())
+        api_client = api_client or load_config()
+        api_client.user_agent = USER_AGENT
+        self._dyn = DynamicClient(api_client)
         self._resources: dict[tuple[str, str], Resource] = {}
         self._lock = threading.Lock()
+        self.cache = AppliedCache()
+
+    @staticmethod
+    def _count(verb: str) -> None:
+        metrics.API_REQUESTS.labels(verb=verb).inc()
 
     def _resource(self, api_version: str, kind: str) -> Resource:
         key = (api_version, kind)
@@ -77,6 +98,7 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as a dict, or None when it does not exist."""
+        self._count("get")
         try:
             obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
         except NotFoundError:
@@ -84,11 +106,18 @@ class Kube:
         result: dict[str, Any] = obj.to_dict()
         return result
 
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """As :meth:`get`, but a child the operator applied (or deleted) and has watched
+        since is answered from the cache, without a request."""
+        known, live = self.cache.live((api_version, kind, namespace, name))
+        return live if known else self.get(api_version, kind, namespace, name)
+
     def list(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """Objects of a kind in a namespace, optionally by label selector."""
         label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items()) or None
+        self._count("list")
         items = self._resource(api_version, kind).get(
             namespace=namespace, label_selector=label_selector
         )
@@ -98,6 +127,7 @@ class Kube:
         """Create ``obj``; when it exists, return the existing one (or raise ConflictError)."""
         meta = obj["metadata"]
         resource = self._resource(obj["apiVersion"], obj["kind"])
+        self._count("create")
         try:
             created: dict[str, Any] = resource.create(
                 body=obj, namespace=meta["namespace"]
@@ -117,6 +147,7 @@ class Kube:
         """Create ``obj`` unless one of its name exists, which is left as it is and not
         read (so a Secret needs only the ``create`` verb). True when it was created."""
         meta = obj["metadata"]
+        self._count("create")
         try:
             self._resource(obj["apiVersion"], obj["kind"]).create(
                 body=obj, namespace=meta["namespace"]
@@ -128,9 +159,14 @@ class Kube:
         return True
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply ``obj`` as the operator's field manager."""
+        """Server-side apply ``obj`` as the operator's field manager; nothing is sent when
+        the cache knows the live object is what ``obj`` would make it (then it is returned)."""
+        live = self.cache.unchanged(obj)
+        if live is not None:
+            return live
         meta = obj["metadata"]
         resource = self._resource(obj["apiVersion"], obj["kind"])
+        self._count("apply")
         applied: dict[str, Any] = resource.server_side_apply(
             body=obj,
             name=meta["name"],
@@ -138,36 +174,48 @@ class Kube:
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
         ).to_dict()
+        self.cache.applied(obj, applied)
         return applied
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete, the dependents in the background; False when it was already gone (or
-        its kind is not served: then none can exist)."""
+        its kind is not served, or the cache knows it is gone: then nothing is sent)."""
         if not self.serves(api_version, kind):
             return False
+        key = (api_version, kind, namespace, name)
+        if self.cache.absent(key):
+            return False
+        self._count("delete")
         try:
             self._resource(api_version, kind).delete(
                 name=name, namespace=namespace, body={"propagationPolicy": "Background"}
             )
         except NotFoundError:
+            self.cache.deleted(key)
             return False
+        self.cache.deleted(key)
         return True
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource of a Kubeloop object."""
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource of a Kubeloop object; the patched object."""
         resource = self._resource(API_VERSION, kind).subresources["status"]
-        resource.patch(
+        self._count("patch")
+        patched: dict[str, Any] = resource.patch(
             body={"status": status},
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
-        )
+        ).to_dict()
+        return patched
 
     def patch_metadata(
         self, api_version: str, kind: str, namespace: str, name: str, metadata: dict[str, Any]
     ) -> bool:
         """Merge-patch metadata (labels, annotations; None removes a key); False when the
         object is gone."""
+        self._count("patch")
         try:
             self._resource(api_version, kind).patch(
                 body={"metadata": metadata},

@@ -42,6 +42,13 @@ ANALYSIS_CHECKS = Counter(
     ["result"],
 )
 
+API_REQUESTS = Counter(
+    "kubeloop_operator_api_requests_total",
+    "Requests the operator's API client sent (get, list, create, apply, delete, patch); "
+    "kopf's watches and its own bookkeeping are not counted.",
+    ["verb"],
+)
+
 
 def zero_series() -> None:
     """Create every known label set at 0 when the operator starts.
@@ -69,5 +76,7 @@ def zero_series() -> None:
         ALERTS_RECEIVED.labels(status=status)
     for outcome in ("promoted", "rolled_back"):
         ROLLOUTS.labels(result=outcome)
+    for verb in ("get", "list", "create", "apply", "delete", "patch"):
+        API_REQUESTS.labels(verb=verb)
     for check in get_args(CheckOutcome):
         ANALYSIS_CHECKS.labels(result=check)

@@ -62,7 +62,16 @@ class OperatorSettings(BaseSettings):
     )
     serving_port: int = Field(8080, gt=0, lt=65536, description="Port of the inference server.")
     resync_seconds: float = Field(
-        10.0, gt=0, description="How often each object's observed state is refreshed."
+        120.0,
+        gt=0,
+        description="How often every object is reconciled whatever happened (a safety net: "
+        "changes of children and of the objects it waits on wake an object at once).",
+    )
+    tick_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often an object waiting on time (a canary step, a refresh round) "
+        "or on what no watch reports (an artifact in the store, a snapshot pod) is looked at.",
     )
     history_limit: int = Field(10, ge=1, le=100, description="Dataset versions kept in status.")
     metrics_port: int = Field(

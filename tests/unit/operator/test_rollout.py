@@ -12,6 +12,7 @@ from kubeloop.operator.handlers.modeldeployment import (
     canary_weight,
     choose_version,
     deployment_ready,
+    still_serving,
 )
 from kubeloop.operator.timestamps import rfc3339
 
@@ -157,3 +158,12 @@ def test_a_deployment_whose_new_spec_is_not_observed_is_not_ready():
     stale["metadata"] = {"generation": 3}
     assert not deployment_ready(stale)
     assert not deployment_ready(None)
+
+
+def test_a_canary_that_was_ready_keeps_its_share_while_it_scales() -> None:
+    scaling = {"status": {"availableReplicas": 1, "replicas": 2}}
+    assert still_serving(scaling, {"stepStartedTime": "2026-01-01T00:00:00Z"})
+    # never ready yet (its first pause has not begun), or no pod available: no share
+    assert not still_serving(scaling, {"stepStartedTime": None})
+    assert not still_serving({"status": {}}, {"stepStartedTime": "2026-01-01T00:00:00Z"})
+    assert not still_serving(None, {"stepStartedTime": "2026-01-01T00:00:00Z"})

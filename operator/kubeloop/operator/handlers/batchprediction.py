@@ -237,7 +237,6 @@ def _follow(status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
     VERSION,
     "batchpredictions",
     interval=IMPORT_SETTINGS.resync_seconds,
-    initial_delay=1,
     when=_follow,
 )
 def reconcile_batchprediction(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from kubeloop.api.base import API_VERSION, KubeModel
 from kubeloop.contracts.status import READY
 from kubeloop.operator import metrics
+from kubeloop.operator.children import AppliedCache
 from kubeloop.operator.conditions import set_condition
 from kubeloop.operator.kube import Kube
 from kubeloop.operator.settings import OperatorSettings
@@ -24,6 +26,7 @@ from kubeloop.operator.settings import OperatorSettings
 #: The settings the kopf decorators need when a handler module is imported (timer
 #: intervals), before the startup handler has built the :class:`Context`.
 IMPORT_SETTINGS = OperatorSettings()
+log = logging.getLogger("kubeloop.reconcile")
 
 
 @dataclass
@@ -36,6 +39,18 @@ class Context:
         default_factory=lambda: defaultdict(threading.Lock)
     )
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    #: What a parent last read of each watched child or source (by uid).
+    seen: dict[str, Any] = field(default_factory=dict)
+    #: Per parent uid: the resourceVersion and status of the operator's last status write.
+    _written: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    #: Parents with an event-driven pass waiting for their lock.
+    _pending: set[str] = field(default_factory=set)
+    #: Objects this process created or found (never watched, so never created twice).
+    present: set[str] = field(default_factory=set)
+
+    @property
+    def children(self) -> AppliedCache:
+        return self.kube.cache
 
     @contextmanager
     def locked(self, uid: str) -> Iterator[None]:
@@ -44,6 +59,37 @@ class Context:
             lock = self._locks[uid]
         with lock:
             yield
+
+    def claim(self, uid: str) -> bool:
+        """Mark an event-driven pass of ``uid`` as waiting; False when one already waits
+        (it has not read the object yet, so it will see this change too)."""
+        with self._guard:
+            if uid in self._pending:
+                return False
+            self._pending.add(uid)
+            return True
+
+    def release(self, uid: str) -> None:
+        with self._guard:
+            self._pending.discard(uid)
+
+    def current(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with the status this operator wrote last, when ``body`` predates that
+        write: the watch that brings our own write back may lag behind the next pass.
+
+        resourceVersions are compared as the integers etcd-backed API servers give (a
+        non-integer one is taken as it is).
+        """
+        meta = body["metadata"]
+        written = self._written.get(str(meta["uid"]))
+        rv = str(meta.get("resourceVersion") or "")
+        if written is None or not rv.isdigit() or int(rv) >= written[0]:
+            return body
+        return {**body, "status": written[1]}
+
+    def wrote(self, uid: str, resource_version: str, status: dict[str, Any]) -> None:
+        if resource_version.isdigit():
+            self._written[uid] = (int(resource_version), status)
 
 
 def context(memo: Any) -> Context:
@@ -62,13 +108,12 @@ def plain(body: Mapping[str, Any]) -> dict[str, Any]:
 class Reconcile:
     """The status being computed for one object in one pass.
 
-    Handlers set fields and conditions on it; :meth:`write` puts only the keys
-    that differ from what is stored into kopf's status patch, so an unchanged
-    object is never written.
+    Handlers set fields and conditions on it; :meth:`save` patches only the keys
+    that differ from what is stored, so an unchanged object is never written.
     """
 
-    def __init__(self, body: kopf.Body) -> None:
-        self._kopf_body = body
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self._kopf_body = body if isinstance(body, kopf.Body) else kopf.Body(dict(body))  # type: ignore[arg-type]
         self.body = plain(body)
         self.stored: dict[str, Any] = dict(self.body.get("status") or {})
         self.status: dict[str, Any] = dict(self.stored)
@@ -109,9 +154,15 @@ class Reconcile:
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in self.status.items() if self.stored.get(k) != v}
 
-    def write(self, patch: kopf.Patch) -> None:
-        for key, value in self.changes().items():
-            patch.status[key] = value
+    def save(self, ctx: Context, kind: str) -> None:
+        """Merge-patch the changed keys into the stored status, only when there are any."""
+        changes = self.changes()
+        if not changes:
+            return
+        patched = ctx.kube.patch_status(kind, self.namespace, self.name, changes)
+        status = {k: v for k, v in self.status.items() if v is not None}
+        meta = self.body["metadata"]
+        ctx.wrote(meta["uid"], str(patched["metadata"].get("resourceVersion") or ""), status)
 
 
 M = TypeVar("M", bound=KubeModel)
@@ -133,25 +184,53 @@ class InvalidSpecError(Exception):
     """The spec passed the API server's schema but cannot be acted on."""
 
 
+Step = Callable[[Context, Reconcile], None]
+
+
 def run_reconcile(
     kind: str,
     body: kopf.Body,
     patch: kopf.Patch,
     memo: Any,
-    step: Callable[[Context, Reconcile], None],
+    step: Step,
 ) -> None:
     """Run one reconcile pass with the error taxonomy applied and status written once.
 
     ``step(ctx, rec)`` does the work and may raise :class:`InvalidSpecError`
-    (reported, not retried) or :class:`kopf.TemporaryError` (retried later).
+    (reported, not retried) or :class:`kopf.TemporaryError` (retried later). Status is
+    written by the pass itself, under the object's lock (not through kopf's ``patch``,
+    which kopf would send after the lock is released), so an event-driven pass
+    (:func:`reconcile_now`) never starts from a status older than the last write.
     """
     ctx = context(memo)
-    rec = Reconcile(body)
+    with ctx.locked(body["metadata"]["uid"]):
+        _pass(ctx, kind, plain(body), step)
+
+
+def reconcile_now(kind: str, body: dict[str, Any], ctx: Context, step: Step) -> None:
+    """A pass driven by an event (a child changed): as :func:`run_reconcile`, but errors
+    are logged, not raised (the safety resync retries), and a pass already waiting for
+    the object's lock absorbs this wake-up."""
+    uid = str(body["metadata"]["uid"])
+    if not ctx.claim(uid):
+        return
+    try:
+        with ctx.locked(uid):
+            ctx.release(uid)
+            _pass(ctx, kind, body, step)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        log.info("%s %s: %s", kind, body["metadata"].get("name"), exc)
+    except Exception:
+        log.exception("%s %s: event-driven reconcile failed", kind, body["metadata"].get("name"))
+
+
+def _pass(ctx: Context, kind: str, body: dict[str, Any], step: Step) -> None:
+    """One pass on the freshest body known, status saved whatever happened."""
+    rec = Reconcile(ctx.current(body))
     started = time.perf_counter()
     result = "ok"
     try:
-        with ctx.locked(rec.body["metadata"]["uid"]):
-            step(ctx, rec)
+        step(ctx, rec)
     except InvalidSpecError as exc:
         result = "invalid"
         raise kopf.PermanentError(str(exc)) from exc
@@ -162,7 +241,7 @@ def run_reconcile(
         result = "error"
         raise
     finally:
-        rec.write(patch)
+        rec.save(ctx, kind)
         metrics.RECONCILES.labels(kind=kind, result=result).inc()
         metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
 

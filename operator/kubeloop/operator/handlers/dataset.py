@@ -169,6 +169,18 @@ def _start(
 @kopf.on.resume(GROUP, VERSION, "datasets")
 @kopf.on.create(GROUP, VERSION, "datasets")
 @kopf.on.update(GROUP, VERSION, "datasets", field="spec")
-@kopf.timer(GROUP, VERSION, "datasets", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1)
+@kopf.on.update(GROUP, VERSION, "datasets", field="metadata.annotations")
+@kopf.timer(GROUP, VERSION, "datasets", interval=IMPORT_SETTINGS.resync_seconds)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "datasets",
+    id="refresh_tick",
+    interval=IMPORT_SETTINGS.tick_seconds,
+    when=lambda spec, status, **_: (
+        bool(spec.get("refreshInterval"))
+        or status.get("snapshotJob") != status.get("observedSnapshotJob")
+    ),
+)
 def reconcile_dataset(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     run_reconcile(KIND, body, patch, memo, reconcile)

@@ -122,6 +122,14 @@ def deployment_ready(dep: dict[str, Any] | None) -> bool:
     )
 
 
+def still_serving(dep: dict[str, Any] | None, state: dict[str, Any]) -> bool:
+    """A canary that was ready at its step (its pause has begun) keeps its share while it
+    scales to the next step's replicas, as long as a pod of it is available: routing does
+    not drop to 0 % and back for the moment the new pods start."""
+    available = int(((dep or {}).get("status") or {}).get("availableReplicas") or 0)
+    return state.get("stepStartedTime") is not None and available > 0
+
+
 def advance(
     spec: ModelDeploymentSpec,
     status: dict[str, Any],
@@ -381,10 +389,12 @@ def _ensure_token_secret(ctx: Context, rec: Reconcile) -> None:
     """The serving pods' bearer token: a random one in a Secret created once; an existing
     Secret is kept as it is (a reconcile or a restart never replaces the token)."""
     secret = builders.build_feedback_token_secret(rec.body, secrets.token_urlsafe(32))
-    if ctx.kube.create_if_absent(secret):
+    key = f"{rec.namespace}/{secret['metadata']['name']}"
+    if key not in ctx.present and ctx.kube.create_if_absent(secret):
         rec.info(
             reason="TokenCreated", message=f"feedback token in Secret {secret['metadata']['name']}"
         )
+    ctx.present.add(key)  # known to exist: not created (a write) again by this process
     rec.status["feedbackTokenSecret"] = secret["metadata"]["name"]
 
 
@@ -471,7 +481,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     target = _target(rec, spec, ready, rejected_versions(ready))
     if target is None:
         return
-    canary_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["canary"])
+    canary_dep = ctx.kube.read("apps/v1", "Deployment", rec.namespace, names["canary"])
     canary_ready = deployment_ready(canary_dep)
     state = _roll(ctx, rec, spec, target, canary_ready, ready)
     stable_mv = _version(versions, ready, state["stableVersion"])
@@ -485,7 +495,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
         message = "canary.router is gateway, but the API server serves no HTTPRoute kind: "
         rec.ready(False, "GatewayAPIMissing", message + "install the Gateway API CRDs")
         return
-    weight = canary_weight(spec, state, canary_ready)
+    weight = canary_weight(spec, state, canary_ready or still_serving(canary_dep, state))
     canary = state["canaryVersion"]
     canary_mv = ready[canary] if canary is not None else None
     shadow_mv = ready.get(spec.shadow.version) if spec.shadow is not None else None
@@ -502,7 +512,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     retention.enforce(ctx, rec, spec, versions, served)
     rec.status["shadowVersion"] = int(shadow_mv["spec"]["version"]) if shadow_mv else None
     rec.status.update(canaryWeight=weight, url=builders.service_url(rec.body, ctx.settings))
-    stable_dep = ctx.kube.get("apps/v1", "Deployment", rec.namespace, names["stable"])
+    stable_dep = ctx.kube.read("apps/v1", "Deployment", rec.namespace, names["stable"])
     _degraded(rec, state)
     _report(rec, state, target, weight, deployment_ready(stable_dep))
 
@@ -511,8 +521,14 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
 @kopf.on.create(GROUP, VERSION, "modeldeployments")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="spec")
 @kopf.on.update(GROUP, VERSION, "modeldeployments", field="metadata.annotations")
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=IMPORT_SETTINGS.resync_seconds)
 @kopf.timer(
-    GROUP, VERSION, "modeldeployments", interval=IMPORT_SETTINGS.resync_seconds, initial_delay=1
+    GROUP,
+    VERSION,
+    "modeldeployments",
+    id="canary_tick",
+    interval=IMPORT_SETTINGS.tick_seconds,
+    when=lambda status, **_: status.get("canaryVersion") is not None,
 )
 def reconcile_modeldeployment(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any

@@ -101,15 +101,25 @@ def _inspected(ctx: Context, rec: Reconcile) -> bool:
 
 @kopf.on.resume(GROUP, VERSION, "modelversions")
 @kopf.on.create(GROUP, VERSION, "modelversions")
+@kopf.on.update(GROUP, VERSION, "modelversions", field="metadata.annotations")
 @kopf.timer(
     GROUP,
     VERSION,
     "modelversions",
     interval=IMPORT_SETTINGS.resync_seconds,
-    initial_delay=1,
     when=lambda status, spec, annotations, **_: (
         status.get("verifiedSha256") != spec.get("artifact", {}).get("sha256")
         or CLEAR_REJECTION in annotations
+    ),
+)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "modelversions",
+    id="store_tick",
+    interval=IMPORT_SETTINGS.tick_seconds,
+    when=lambda status, spec, **_: (
+        status.get("verifiedSha256") != spec.get("artifact", {}).get("sha256")
     ),
 )
 def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:

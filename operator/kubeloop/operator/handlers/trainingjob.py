@@ -304,7 +304,6 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     VERSION,
     "trainingjobs",
     interval=IMPORT_SETTINGS.resync_seconds,
-    initial_delay=1,
     when=lambda status, **_: status.get("phase") not in TRAINING_TERMINAL_PHASES,
 )
 def reconcile_trainingjob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
