@@ -391,10 +391,11 @@ def test_rbac_never_grants_wildcards_secret_reads_or_escalation(scenario):
         assert "admissionregistration.k8s.io" not in rule["apiGroups"], rule
         if "rbac.authorization.k8s.io" in rule["apiGroups"]:
             # each stable pod's Role and RoleBinding (its routing ConfigMap, read only):
-            # made and kept in shape, never read back, deleted by the garbage collector
+            # made and kept in shape, watched (a change wakes the deployment), never read
+            # one by one, deleted by the garbage collector
             assert rule["apiGroups"] == ["rbac.authorization.k8s.io"], rule
             assert rule["resources"] == ["roles", "rolebindings"], rule
-            assert rule["verbs"] == ["create", "patch"], rule
+            assert rule["verbs"] == ["list", "watch", "create", "patch"], rule
         if "customresourcedefinitions" in rule["resources"]:
             assert rule["verbs"] == ["list", "watch"]
         if "namespaces" in rule["resources"]:
