@@ -48,6 +48,7 @@ if str(HERE) not in sys.path:
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from kubetest import Kubectl, wait_for  # noqa: E402
+from operator_harness import Cluster  # noqa: E402
 
 from needs import missing  # noqa: E402
 
@@ -139,3 +140,17 @@ def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterato
 @pytest.fixture
 def kubectl(kubectl_bin: str, kubeconfig: str, namespace: str) -> Kubectl:
     return Kubectl(kubectl_bin, kubeconfig, namespace)
+
+
+@pytest.fixture
+def cluster(api_client: client.ApiClient, namespace: str) -> Cluster:
+    """The test's namespace, through the helpers the operator tests share."""
+    return Cluster(api_client, namespace)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """An empty artifact store (a local folder) for the test."""
+    root = tmp_path / "store"
+    root.mkdir()
+    return root

@@ -20,7 +20,6 @@ from kubelet import finish_pod
 from kubetest import Kubectl, wait_for
 from operator_harness import Cluster, pod_of
 from test_operator import (  # the fixtures and helpers of the operator's own tests
-    cluster,
     data_csv,
     dataset_ready_fast,
     example,
@@ -28,7 +27,6 @@ from test_operator import (  # the fixtures and helpers of the operator's own te
     play_kubelet,
     publish,
     snapshot_ready,
-    store,
     train,
 )
 
@@ -37,7 +35,7 @@ from kubeloop.operator import prediction
 from kubeloop.operator.timestamps import rfc3339
 
 pytestmark = pytest.mark.cluster
-__all__ = ["cluster", "data_csv", "operator", "store"]  # fixtures, used by name
+__all__ = ["data_csv", "operator"]  # fixtures, used by name
 
 SELECTOR = "kubeloop.io/batch-prediction={}"
 

@@ -14,14 +14,12 @@ import pytest
 from kubetest import wait_for
 from operator_harness import Cluster
 from test_operator import (  # the fixtures and helpers of the operator's own tests
-    cluster,
     data_csv,
     dataset_ready_fast,
     example,
     operator,
     play_kubelet,
     snapshot_ready,
-    store,
     train,
     training_job,
 )
@@ -33,7 +31,7 @@ from kubeloop.operator.builders import DEPLOYMENT_LABEL
 from kubeloop.operator.timestamps import parse
 
 pytestmark = pytest.mark.cluster
-__all__ = ["cluster", "data_csv", "operator", "store"]  # fixtures, used by name
+__all__ = ["data_csv", "operator"]  # fixtures, used by name
 
 
 def deployment(cluster: Cluster, name: str, model: str) -> dict[str, Any]:

@@ -31,11 +31,6 @@ EXAMPLE = ROOT / "examples" / "dataset-feedback.yaml"
 
 
 @pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
-@pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
     store = tmp_path / "store"
     store.mkdir()

@@ -40,11 +40,6 @@ def data_csv(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
 def snapshot_jobs(cluster: Cluster) -> list[str]:
     jobs = cluster.list("Job", "batch/v1", f"kubeloop.io/dataset={DATASET}")
     return sorted(j["metadata"]["name"] for j in jobs)

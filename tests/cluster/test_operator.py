@@ -48,18 +48,6 @@ def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, store: Path, tmp_path: Path):
     proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
     with operating(proc, api_client) as running:

@@ -18,13 +18,11 @@ from kubelet import finish_pod, wait_running
 from kubetest import wait_for
 from operator_harness import Cluster, run_job_locally
 from test_operator import (  # the fixtures and helpers of the operator's own tests
-    cluster,
     data_csv,
     dataset_ready_fast,
     operator,
     play_kubelet,
     snapshot_ready,
-    store,
     train,
     training_job,
 )
@@ -34,7 +32,7 @@ from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
-__all__ = ["cluster", "data_csv", "operator", "store"]  # fixtures, used by name
+__all__ = ["data_csv", "operator"]  # fixtures, used by name
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 SEARCH: dict[str, Any] = {

@@ -76,18 +76,6 @@ def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    root.mkdir()
-    return root
-
-
 def counted(resync: float, kubeconfig: str, namespace: str, store: Path, log: Path) -> Any:
     return CountedOperator(resync, kubeconfig, namespace, store.as_uri(), log)
 

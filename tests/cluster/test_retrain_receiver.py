@@ -39,11 +39,6 @@ def data_csv(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
-@pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
     with running_operator(kubeconfig, api_client, namespace, tmp_path) as proc:
         yield proc

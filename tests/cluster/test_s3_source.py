@@ -58,11 +58,6 @@ def source(s3: S3Server) -> str:
 
 
 @pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
-@pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, s3: S3Server, tmp_path: Path):
     root = f"s3://{STORE_BUCKET}/{namespace}"
     proc = OperatorProcess(kubeconfig, namespace, root, tmp_path / "operator.log")

@@ -58,11 +58,6 @@ def tumours(postgres: PostgresServer) -> int:
 
 
 @pytest.fixture
-def cluster(api_client: Any, namespace: str) -> Cluster:
-    return Cluster(api_client, namespace)
-
-
-@pytest.fixture
 def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
     store = tmp_path / "store"
     store.mkdir()
