@@ -1190,6 +1190,10 @@ def _sink_has_its_target(p: PredictionLog) -> bool:
     return (p.sink == "pvc") == (p.pvc is not None)
 
 
+def _object_store_has_its_uri(p: PredictionLog) -> bool:
+    return (p.sink == "objectStore") == (p.uri is not None)
+
+
 class PredictionLog(KubeModel):
     """One JSON line per predicted row, written by each serving pod off the request path."""
 
@@ -1200,14 +1204,28 @@ class PredictionLog(KubeModel):
             check=_sink_has_its_target,
             field_path=".pvc",
         ),
+        Rule(
+            cel="(has(self.sink) && self.sink == 'objectStore') == has(self.uri)",
+            message="predictionLog.uri must be set exactly when predictionLog.sink is objectStore",
+            check=_object_store_has_its_uri,
+            field_path=".uri",
+        ),
     )
 
-    sink: Literal["stdout", "pvc"] = Field(
+    sink: Literal["stdout", "pvc", "objectStore"] = Field(
         "stdout",
         description="stdout: the container's standard output (collected with the pod's logs); "
-        "pvc: one file per pod on the claim in pvc, rotated by size.",
+        "pvc: one file per pod on the claim in pvc, rotated by size; objectStore: each pod's "
+        "rotated files put under uri (<uri>/<pod>/<time ns>.jsonl), with the artifact "
+        "store's credentials.",
     )
     pvc: PredictionLogPVC | None = Field(None, description="The claim (sink pvc only).")
+    uri: str | None = Field(
+        None,
+        pattern=r"^(s3|gs|gcs|az|abfs|file)://.+",
+        max_length=1024,
+        description="Object-store prefix, e.g. s3://bucket/prediction-logs (sink objectStore).",
+    )
     sample_rate: float = Field(
         1.0, ge=0, le=1, description="Share of predictions logged (0 to 1; default all)."
     )
@@ -1218,7 +1236,8 @@ class PredictionLog(KubeModel):
         100 * 1024 * 1024,
         ge=1024 * 1024,
         le=1024**4,
-        description="A pod's file on the claim is rotated past this size (<file>.1, .2 …).",
+        description="A pod's file is rotated past this size (<file>.1, .2 … on a claim; "
+        "shipped to the object store).",
     )
     keep_files: int = Field(
         3, ge=1, le=100, description="Rotated files kept per pod besides the current one."

@@ -809,14 +809,18 @@ def _prediction_log(
 ) -> None:
     """Point the server's prediction log at standard output or at a file of its own on the
     claim: ``<path>/<pod name>.jsonl`` (the name from the downward API, so replicas never
-    share a file), rotated by the server at ``maxFileBytes`` keeping ``keepFiles``."""
+    share a file), rotated by the server at ``maxFileBytes`` keeping ``keepFiles``. For an
+    object store the file is on an emptyDir and each rotated one is shipped to ``uri``."""
     target = "-"
-    if plog.pvc is not None:
-        volumes.append(
-            {"name": "prediction-log", "persistentVolumeClaim": {"claimName": plog.pvc.claim_name}}
-        )
+    if plog.pvc is not None or plog.uri is not None:
+        if plog.pvc is not None:
+            claim = {"claimName": plog.pvc.claim_name}
+            volumes.append({"name": "prediction-log", "persistentVolumeClaim": claim})
+        else:  # room for the files waiting to be shipped
+            limit = f"{(plog.keep_files + 1) * plog.max_file_bytes}"
+            volumes.append({"name": "prediction-log", "emptyDir": {"sizeLimit": limit}})
         mount = {"name": "prediction-log", "mountPath": PREDICTION_LOG_DIR}
-        if plog.pvc.path:
+        if plog.pvc is not None and plog.pvc.path:
             mount["subPath"] = plog.pvc.path
         mounts.append(mount)
         # defined before the variable that refers to it: Kubernetes expands $(NAME) in order
@@ -831,6 +835,11 @@ def _prediction_log(
             },
             {"name": "KUBELOOP_SERVING_PREDICTION_LOG_KEEP", "value": str(plog.keep_files)},
         ]
+        if plog.uri is not None:
+            env += [
+                {"name": "KUBELOOP_SERVING_PREDICTION_LOG_UPLOAD", "value": plog.uri},
+                {"name": "KUBELOOP_SERVING_POD_NAME", "value": f"$({POD_NAME_ENV})"},
+            ]
     env += [
         {"name": "KUBELOOP_SERVING_PREDICTION_LOG", "value": target},
         {"name": "KUBELOOP_SERVING_PREDICTION_LOG_SAMPLE_RATE", "value": str(plog.sample_rate)},

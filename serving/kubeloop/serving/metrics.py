@@ -249,7 +249,8 @@ class Metrics:
             "kubeloop_prediction_log_dropped",
             "Prediction log lines dropped, by reason: overflow (the queue was past its count "
             "or byte bound: the oldest went), unwritten (the sink failed, had no reader, or "
-            "shutdown came first), bad_value (a value with no JSON form).",
+            "shutdown came first), bad_value (a value with no JSON form), not_shipped (a "
+            "rotated file dropped while the object store was behind).",
             ["model", "reason"],
         )
         self.feedback = self._counter(

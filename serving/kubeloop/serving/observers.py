@@ -26,8 +26,9 @@ from kubeloop.driftreport import DriftReport
 from kubeloop.serving.batching import Feed, Outputs
 from kubeloop.serving.describe import Description
 from kubeloop.serving.drift import DriftWindow, Reference, window_report
+from kubeloop.serving.logship import Shipper
 from kubeloop.serving.metrics import MAX_CLASSES, DriftSnapshot, Metrics
-from kubeloop.serving.predlog import Entry, Labels, PredictionLog
+from kubeloop.serving.predlog import NOT_SHIPPED, Entry, Labels, PredictionLog
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.tensors import Decoded
 
@@ -195,6 +196,15 @@ class PredictionLogger:
         self._share = settings.prediction_log_inputs
         self._rate = settings.prediction_log_sample_rate
         self._rng = random.Random()
+        shipper = None
+        if settings.prediction_log_upload:
+            shipper = Shipper(
+                settings.prediction_log,
+                settings.prediction_log_upload,
+                settings.pod_name,
+                settings.prediction_log_keep,
+                on_dropped=lambda n: metrics.log_dropped.labels(model, NOT_SHIPPED).inc(n),
+            )
         self._log = PredictionLog(
             settings.prediction_log,
             settings.prediction_log_queue,
@@ -203,6 +213,7 @@ class PredictionLogger:
             max_bytes=settings.prediction_log_queue_bytes,
             rotate_bytes=settings.prediction_log_max_bytes,
             keep=settings.prediction_log_keep,
+            shipper=shipper,
         )
 
     def start(self) -> None:

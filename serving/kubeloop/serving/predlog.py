@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import orjson
 
 from kubeloop.serving.bounded import BoundedQueue
+
+if TYPE_CHECKING:
+    from kubeloop.serving.logship import Shipper
 
 log = logging.getLogger("kubeloop.serving.predlog")
 
@@ -38,6 +41,7 @@ log = logging.getLogger("kubeloop.serving.predlog")
 OVERFLOW = "overflow"  # the queue was over its count or byte bound: the oldest went
 UNWRITTEN = "unwritten"  # the sink failed, could not be opened, or shutdown came first
 BAD_VALUE = "bad_value"  # a value that has no JSON form
+NOT_SHIPPED = "not_shipped"  # a rotated file the object store was too far behind to take
 
 #: estimated bytes of one queued entry besides its arrays and id
 ENTRY_OVERHEAD = 512
@@ -192,8 +196,16 @@ class _Sink:
 
     FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
 
-    def __init__(self, target: str, rotate_bytes: int = 0, keep: int = 3) -> None:
+    def __init__(
+        self,
+        target: str,
+        rotate_bytes: int = 0,
+        keep: int = 3,
+        on_rotated: Callable[[str], None] | None = None,
+    ) -> None:
         self.target = target
+        #: instead of the numbered shift: hand the full file on (to be shipped)
+        self.on_rotated = on_rotated
         self.stdout = target == "-"
         self.fd: int | None = 1 if self.stdout else None
         self.problem: str | None = None  # the last error, logged once
@@ -226,11 +238,14 @@ class _Sink:
             return
         self.close()
         try:
-            for n in range(self.keep - 1, 0, -1):
-                older = f"{self.target}.{n}"
-                if os.path.exists(older):
-                    os.replace(older, f"{self.target}.{n + 1}")
-            os.replace(self.target, f"{self.target}.1")
+            if self.on_rotated is not None:
+                self.on_rotated(self.target)
+            else:
+                for n in range(self.keep - 1, 0, -1):
+                    older = f"{self.target}.{n}"
+                    if os.path.exists(older):
+                        os.replace(older, f"{self.target}.{n + 1}")
+                os.replace(self.target, f"{self.target}.1")
             self.open()
         except OSError as exc:  # the writer reopens on its next round
             self.failed(exc)
@@ -325,13 +340,15 @@ class PredictionLog:
         max_bytes: int = 64 * 1024 * 1024,
         rotate_bytes: int = 0,
         keep: int = 3,
+        shipper: Shipper | None = None,
     ) -> None:
         self.target = target
+        self._shipper = shipper
         # the writer wakes for WAKE_ITEMS entries or every STEP_S: lines lag at most a step
         self._queue: BoundedQueue[Entry | Labels] = BoundedQueue(
             maxsize, max_bytes, wake_at=min(WAKE_ITEMS, maxsize)
         )
-        self._sink = _Sink(target, rotate_bytes, keep)
+        self._sink = _Sink(target, rotate_bytes, keep, shipper.rotated if shipper else None)
         self._on_written = on_written
         self._on_dropped = on_dropped
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -350,6 +367,8 @@ class PredictionLog:
                 self.target,
             )
         self._thread.start()
+        if self._shipper is not None:
+            self._shipper.start()
 
     def submit(self, entry: Entry | Labels) -> None:
         """Queue an entry (a prediction, or accepted feedback); never blocks (past the
@@ -369,6 +388,8 @@ class PredictionLog:
             log.warning("prediction log %s: the writer is stuck; leaving it", self.target)
         else:
             self._sink.close()
+            if self._shipper is not None:  # the last file, within what is left of the time
+                self._shipper.close(max(0.0, self._deadline - time.monotonic()))
         left = sum(rows(e) for e in self._queue.clear())
         if left:
             self._on_dropped(left, UNWRITTEN)

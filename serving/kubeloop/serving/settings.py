@@ -251,6 +251,16 @@ class ServingSettings(BaseSettings):
         description="Size at which a prediction log file is rotated (renamed <file>.1, older "
         "ones shifted to .2 …); 0: never. Standard output and FIFOs are never rotated.",
     )
+    prediction_log_upload: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]+://.+",
+        description="An object-store prefix (s3://bucket/logs, gs://…, az://…, file://…): each "
+        "rotated file of the (local) prediction log is put at <prefix>/<pod_name>/<time "
+        "ns>.jsonl and removed locally; on shutdown the current file too.",
+    )
+    pod_name: str = Field(
+        "local", description="This pod's name: the folder its shipped prediction logs go to."
+    )
     prediction_log_keep: int = Field(
         3,
         ge=1,

@@ -115,3 +115,20 @@ def test_every_rendered_setting_is_known_to_the_server():
     known = {f"{ENV_PREFIX}{name}".upper() for name in ServingSettings.model_fields}
     written = {k for k in env(dep) if k.startswith(ENV_PREFIX)}
     assert written <= known, sorted(written - known)
+
+
+@pytest.mark.parametrize("role", ["stable", "canary"])
+def test_object_store_sink_ships_from_an_empty_dir_under_the_pods_name(role):
+    plog = {"sink": "objectStore", "uri": "s3://logs/demo", "maxFileBytes": 2 * 1024**2}
+    dep = deployment(role, {**plog, "keepFiles": 3})
+    (volume,) = [
+        v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "prediction-log"
+    ]
+    assert volume == {"name": "prediction-log", "emptyDir": {"sizeLimit": str(4 * 2 * 1024**2)}}
+    (mount,) = [m for m in container(dep)["volumeMounts"] if m["name"] == "prediction-log"]
+    assert mount == {"name": "prediction-log", "mountPath": builders.PREDICTION_LOG_DIR}
+    read = server_settings(dep, "demo-stable-7d9f-x2k")
+    assert read.prediction_log == f"{builders.PREDICTION_LOG_DIR}/demo-stable-7d9f-x2k.jsonl"
+    assert read.prediction_log_upload == "s3://logs/demo"
+    assert read.pod_name == "demo-stable-7d9f-x2k"
+    assert read.prediction_log_max_bytes == 2 * 1024**2
