@@ -18,6 +18,7 @@ import contextlib
 import glob
 import logging
 import os
+import posixpath
 import threading
 import time
 from collections.abc import Callable
@@ -84,11 +85,13 @@ class Shipper:
         for path in self.pending():
             if time.monotonic() >= deadline:
                 break
+            if not os.path.exists(path):
+                continue  # shipped meanwhile by the other caller (shutdown), or dropped
             try:
                 fs, remote = fsspec.core.url_to_fs(remote_name(self.prefix, self.pod, path))
+                if "file" in fs.protocol:  # a local folder (tests, a mounted share)
+                    fs.makedirs(posixpath.dirname(remote), exist_ok=True)
                 fs.put_file(path, remote)
-            except FileNotFoundError:
-                continue  # shipped meanwhile by the other caller (shutdown)
             except Exception as exc:  # any driver error: retried on the next round
                 self._failed(exc)
                 break
