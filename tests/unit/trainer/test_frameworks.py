@@ -327,3 +327,16 @@ def test_a_multiclass_objective_passes_the_check_and_trains(files, tmp_path, nam
     meta = ModelMetadata.model_validate_json((tmp_path / ArtifactLayout.METADATA).read_text())
     assert meta.parity is not None
     assert meta.parity.passed
+
+
+def test_the_export_lists_its_opsets_in_one_order():
+    """The converter's opset order varies between processes; the export sorts it, so one
+    fit gives one sha256 (a search across pods refits the serial winner byte for byte)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    y = (frame["a"] > 0).astype(int)
+    features = model.Features.of(frame, ["a", "b"])
+    est = model.make_estimator("classification", "RandomForestClassifier", {"n_estimators": 3}, 0)
+    pipeline = model.build_pipeline(features, est).fit(features.prepare(frame), y)
+    domains = [o.domain for o in model.export(pipeline, features, "classification").opset_import]
+    assert domains == sorted(domains) == ["", "ai.onnx.ml"]

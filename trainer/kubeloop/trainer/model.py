@@ -172,7 +172,19 @@ def export(pipeline: Pipeline, features: Features, task: Task) -> ModelProto:
     for value, name in zip(model.graph.input, features.all, strict=True):
         _rename(model, value, name)
     name_outputs(model, adapter.outputs[task], task)
+    _sort_opsets(model)
     return model
+
+
+def _sort_opsets(model: ModelProto) -> None:
+    """The converter lists its opsets in an order that varies between processes (it goes
+    through a set); sorted by domain, the same fit always gives the same bytes (and sha256)."""
+    from onnx.helper import make_opsetid
+
+    ordered = [make_opsetid(o.domain, o.version) for o in model.opset_import]
+    ordered.sort(key=lambda o: o.domain)
+    del model.opset_import[:]
+    model.opset_import.extend(ordered)
 
 
 def name_outputs(model: ModelProto, names: dict[str, str], task: Task) -> None:
