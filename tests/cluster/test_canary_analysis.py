@@ -258,3 +258,27 @@ def test_canary_pods_never_ready_roll_back_at_the_progress_deadline(rollout, mod
     progressing = run.cluster.condition("ModelDeployment", MD, "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("False", "RolledBack")
     assert run.cluster.condition("ModelDeployment", MD, "Degraded")["status"] == "True"
+
+
+def test_a_canary_that_loses_its_pods_mid_step_rolls_back_at_the_progress_deadline(
+    rollout, model_dir
+):
+    """A canary that was ready (its step began, it holds without Prometheus) and then gets
+    a template no node can hold is not left at its weight forever: it is rolled back once
+    its pods have been not ready for progressDeadline."""
+    run = rollout
+    spec = guarded()["spec"]
+    spec["canary"]["progressDeadline"] = "3s"
+    run.cluster.patch("ModelDeployment", MD, {"spec": spec})
+    publish(run.cluster, model_dir, run.workdir / "store", 2)
+    wait_for(
+        lambda: run.status().get("canaryVersion") == 2 and run.status().get("stepStartedTime"),
+        "the canary's step to begin",
+        state=run.status,
+    )
+    spec["resources"] = {"requests": {"cpu": "100000"}}
+    run.cluster.patch("ModelDeployment", MD, {"spec": spec})
+    record = rolled_back(run)["rolledBack"]
+    assert (record["version"], record["reason"]) == (2, "ProgressDeadlineExceeded")
+    assert run.cluster.get("Deployment", f"{MD}-canary", "apps/v1") is None
+    assert run.status()["stableVersion"] == 1

@@ -961,8 +961,8 @@ class Canary(KubeModel):
     )
     progress_deadline: Duration = Field(
         "10m",
-        description="How long the canary pods may take to become ready; past it the canary "
-        "is rolled back.",
+        description="How long the canary pods may stay not ready (at the start, or after "
+        "losing readiness mid-step); past it the canary is rolled back.",
     )
     analysis: Analysis | None = Field(
         None,
@@ -1393,7 +1393,12 @@ class ModelDeploymentStatus(StatusBase):
     canary: CanaryStatus | None = Field(None, description="The canary analysis' state.")
     canary_started_time: datetime | None = Field(
         None,
-        description="When the current canary began (its pods' progress deadline runs from it).",
+        description="When the current canary began.",
+    )
+    canary_not_ready_since: datetime | None = Field(
+        None,
+        description="Since when the canary's pods are not ready (null while they are); "
+        "progressDeadline runs from it.",
     )
     rolled_back: RollbackRecord | None = Field(
         None,

@@ -286,11 +286,34 @@ def test_canary_pods_never_ready_roll_back_at_the_progress_deadline():
     assert "progressDeadline 5m" in events[0][1]
 
 
+def test_a_canary_that_was_ready_and_lost_its_pods_rolls_back_at_the_deadline():
+    """A canary whose step has begun and whose pods then stop being ready (a template
+    change no node can hold) starts the deadline clock then, and is rolled back past it."""
+    lost = canary_state()  # ready since its step began 2 minutes ago
+    state, _, rejection = advance(SPEC, lost, 3, {}, canary_ready=False, now=NOW)
+    assert rejection is None
+    assert state["canaryNotReadySince"] == rfc3339(NOW)
+    waiting = {**lost, "canaryNotReadySince": ago(299)}
+    assert advance(SPEC, waiting, 3, {}, canary_ready=False, now=NOW).rejection is None
+    late = {**lost, "canaryNotReadySince": ago(301)}
+    state, _, rejection = advance(SPEC, late, 3, {}, canary_ready=False, now=NOW)
+    assert rejection is not None
+    assert rejection.reason == "ProgressDeadlineExceeded"
+    assert (state["canaryVersion"], state["canaryNotReadySince"]) == (None, None)
+
+
+def test_a_ready_canary_stops_the_deadline_clock():
+    recovered = {**canary_state(), "canaryNotReadySince": ago(301)}
+    state, _, rejection = advance(SPEC, recovered, 3, {}, canary_ready=True, now=NOW)
+    assert rejection is None
+    assert state["canaryNotReadySince"] is None
+
+
 def test_a_new_canary_starts_with_fresh_analysis_and_its_clock():
     old = canary_state(failedChecks=2)
     state, _, _ = advance(SPEC, old, 4, {}, canary_ready=False, now=NOW)
     assert (state["canaryVersion"], state["canary"]) == (4, None)
-    assert state["canaryStartedTime"] == rfc3339(NOW)
+    assert state["canaryStartedTime"] == state["canaryNotReadySince"] == rfc3339(NOW)
 
 
 def test_promotion_clears_the_last_rollback():

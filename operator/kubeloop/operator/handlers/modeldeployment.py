@@ -47,6 +47,7 @@ ROLLOUT_KEYS = (
     "abortedVersion",
     "canary",
     "canaryStartedTime",
+    "canaryNotReadySince",
     "rolledBack",
 )
 _NO_CANARY: dict[str, Any] = {
@@ -55,6 +56,7 @@ _NO_CANARY: dict[str, Any] = {
     "stepStartedTime": None,
     "canary": None,
     "canaryStartedTime": None,
+    "canaryNotReadySince": None,
 }
 
 #: An Event to post: (reason, message).
@@ -167,6 +169,7 @@ def advance(
             "canaryVersion": target,
             "canaryStep": 0,
             "canaryStartedTime": rfc3339(now),
+            "canaryNotReadySince": rfc3339(now),
         }
         return Rollout(started, [("CanaryStarted", f"version {target} at {steps[0].weight}%")])
     if annotations.get(ABORT) == "true":
@@ -174,8 +177,7 @@ def advance(
         return Rollout(
             aborted, [("CanaryAborted", f"version {target}: all traffic back to {stable}")]
         )
-    if state["canaryStartedTime"] is None:  # a canary begun before this field existed
-        state = {**state, "canaryStartedTime": rfc3339(now)}
+    state = _readiness_clock(state, canary_ready, now)
     failure = _failure(spec.canary, state, canary_ready, now)
     if failure is not None:
         return _rollback(state, target, *failure)
@@ -190,15 +192,26 @@ def _failure(
     exhausted = analysis.exhausted(canary.analysis, state)
     if exhausted is not None:
         return "AnalysisFailed", exhausted
-    started = parse(state["canaryStartedTime"])
+    since = parse(state["canaryNotReadySince"])
     deadline = duration_seconds(canary.progress_deadline)
-    never_ready = state["stepStartedTime"] is None and not canary_ready
-    if never_ready and started is not None and (now - started).total_seconds() > deadline:
+    if not canary_ready and since is not None and (now - since).total_seconds() > deadline:
         return (
             "ProgressDeadlineExceeded",
             f"canary pods not ready within progressDeadline {canary.progress_deadline}",
         )
     return None
+
+
+def _readiness_clock(state: dict[str, Any], canary_ready: bool, now: datetime) -> dict[str, Any]:
+    """Start the progress-deadline clock when the canary is seen not ready, stop it when
+    it is ready: a canary that was ready and then loses its pods (a template change, a
+    node gone) is rolled back at the deadline too, instead of holding its step forever."""
+    if canary_ready:
+        return {**state, "canaryNotReadySince": None}
+    if state.get("canaryNotReadySince") is None:
+        started = state.get("canaryStartedTime") if state["stepStartedTime"] is None else None
+        return {**state, "canaryNotReadySince": started or rfc3339(now)}
+    return state
 
 
 def _rollback(state: dict[str, Any], target: int, reason: str, message: str) -> Rollout:
