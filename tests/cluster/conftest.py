@@ -17,6 +17,7 @@ Fixtures:
 - ``kubectl`` (per test) -> ``kubetest.Kubectl``: ``kubectl(*args, input=None,
   check=True)`` with the kubeconfig and the test's namespace;
   ``kubectl.json(...)``, ``kubectl.apply(*docs)``
+- ``kopf_crds`` (session): kopf's peering CRDs from the chart's ``crds/``
 
 Helper modules, importable from test files here: ``kubetest`` (``wait_for``,
 ``Kubectl``, ``stop_group``) and ``kubelet`` (``job_pod``, ``finish_pod``, ``finish_job``);
@@ -39,6 +40,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CRD_DIR = ROOT / "crds"
+KOPF_CRDS = ROOT / "charts" / "kubeloop" / "crds" / "kopf-peering.yaml"
 NODES = 2
 
 # --import-mode=importlib puts no test dir on sys.path; the helpers live here.
@@ -154,3 +156,18 @@ def store(tmp_path: Path) -> Path:
     root = tmp_path / "store"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def kopf_crds(kubectl_bin: str, kubeconfig: str) -> None:
+    """kopf's peering CRDs, installed the way Helm installs a chart's crds/ (create if missing)."""
+    admin = Kubectl(kubectl_bin, kubeconfig)
+    admin("apply", "--server-side", "-f", str(KOPF_CRDS))
+    admin(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/kopfpeerings.kopf.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+        timeout=90,
+    )

@@ -47,6 +47,8 @@ class OperatorProcess:
             "KUBELOOP_RESYNC_SECONDS": "1",
             "KUBELOOP_METRICS_PORT": "0",
         }
+        #: More ``kubeloop operator`` arguments (e.g. ``--peering --priority N``).
+        self.args: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -60,6 +62,7 @@ class OperatorProcess:
                 self.namespace,
                 "--liveness",
                 f"http://127.0.0.1:{port}/healthz",
+                *self.args,
             ],
             env=self.env,
             stdout=handle,

@@ -212,20 +212,6 @@ def monitoring_crds(admin: Kubectl) -> Iterator[None]:
         admin("delete", "crd", name, "--wait=false", check=False)
 
 
-@pytest.fixture(scope="session")
-def kopf_crds(admin: Kubectl) -> None:
-    """kopf's peering CRDs, installed the way Helm installs a chart's crds/ (create if missing)."""
-    admin("apply", "--server-side", "-f", str(CHART / "crds" / "kopf-peering.yaml"))
-    admin(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/kopfpeerings.kopf.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-        timeout=90,
-    )
-
-
 def install(
     admin: Kubectl,
     namespace: str,

@@ -46,6 +46,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # changed) share the pool with kopf's handlers: enough threads to keep both moving
     settings.execution.max_workers = 32
     operator_settings = OperatorSettings()
+    # a killed leader's record lingers this long: kopf's 60 s default is the handover time
+    settings.peering.lifetime = operator_settings.peering_lifetime_seconds
     memo["ctx"] = Context(settings=operator_settings, kube=Kube())
     metrics.zero_series()
     if operator_settings.metrics_port:

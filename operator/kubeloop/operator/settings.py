@@ -73,6 +73,14 @@ class OperatorSettings(BaseSettings):
         description="How often an object waiting on time (a canary step, a refresh round) "
         "or on what no watch reports (an artifact in the store, a snapshot pod) is looked at.",
     )
+    peering_lifetime_seconds: int = Field(
+        10,
+        ge=2,
+        le=600,
+        description="With --peering: how long a replica's keep-alive counts. A standby takes "
+        "over this long after the leader's last keep-alive when the leader dies without "
+        "saying goodbye (a replica renews every 1-5 s at the default).",
+    )
     history_limit: int = Field(10, ge=1, le=100, description="Dataset versions kept in status.")
     metrics_port: int = Field(
         8090, ge=0, lt=65536, description="Port of the operator's /metrics (0 disables)."
