@@ -824,6 +824,10 @@ NAMESPACED_GRANTS = (
         ("httproutes.gateway.networking.k8s.io", "patch"),
         ("httproutes.gateway.networking.k8s.io", "delete"),
         ("events", "create"),
+        # kopf peering (two replicas by default): each renews its record in the KopfPeering
+        ("kopfpeerings.kopf.dev", "list"),
+        ("kopfpeerings.kopf.dev", "watch"),
+        ("kopfpeerings.kopf.dev", "patch"),
         # cluster-scoped reads of kopf
         ("customresourcedefinitions.apiextensions.k8s.io", "list"),
         ("customresourcedefinitions.apiextensions.k8s.io", "watch"),

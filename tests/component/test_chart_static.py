@@ -234,8 +234,15 @@ def test_operator_deployment_defaults():
     docs = render()
     dep = one(docs, "Deployment", "kubeloop-operator")
     assert dep["metadata"]["namespace"] == NAMESPACE
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # two replicas with kopf peering: one reconciles, one stands by; a drain keeps one
+    assert dep["spec"]["replicas"] == 2
+    assert "strategy" not in dep["spec"]
+    pdb = one(docs, "PodDisruptionBudget", "kubeloop-operator")
+    assert pdb["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]},
+    }
+    assert env_of(docs)["KUBELOOP_PEERING_LIFETIME_SECONDS"] == "10"
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "kubeloop-operator"
     container = pod["containers"][0]
@@ -244,7 +251,8 @@ def test_operator_deployment_defaults():
         "operator",
         f"--namespace={NAMESPACE}",
         "--liveness=http://0.0.0.0:8081/healthz",
-        "--standalone",
+        "--peering",
+        "--priority=auto",
     ]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
@@ -448,9 +456,12 @@ def test_rbac_cluster_wide_mode():
 
 
 def test_single_replica_is_standalone_and_has_no_peering():
-    docs = render(include_crds=True)
+    docs = render(include_crds=True, sets={"replicaCount": 1})
     assert "--standalone" in operator_container(docs)["args"]
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert not find(docs, "KopfPeering")
+    assert not find(docs, "PodDisruptionBudget")
+    assert "KUBELOOP_PEERING_LIFETIME_SECONDS" not in env_of(docs)
     assert "POD_ID" not in env_of(docs)
     assert all(r["apiGroups"] != ["kopf.dev"] for r in _all_rules(docs))
 
