@@ -17,6 +17,9 @@ Fixtures:
 - ``kubectl`` (per test) -> ``kubetest.Kubectl``: ``kubectl(*args, input=None,
   check=True)`` with the kubeconfig and the test's namespace;
   ``kubectl.json(...)``, ``kubectl.apply(*docs)``
+- ``store`` (per test) -> ``Path``: an empty local artifact store
+- ``operator`` (per test) -> ``OperatorProcess``: the operator on the test's namespace and
+  ``store``; every Kubeloop object deleted after the test
 - ``kopf_crds`` (session): kopf's peering CRDs from the chart's ``crds/``
 
 Helper modules, importable from test files here: ``kubetest`` (``wait_for``,
@@ -50,7 +53,7 @@ if str(HERE) not in sys.path:
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from kubetest import Kubectl, wait_for  # noqa: E402
-from operator_harness import Cluster  # noqa: E402
+from operator_harness import Cluster, OperatorProcess, operating  # noqa: E402
 
 from needs import missing  # noqa: E402
 
@@ -156,6 +159,17 @@ def store(tmp_path: Path) -> Path:
     root = tmp_path / "store"
     root.mkdir()
     return root
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: str, api_client: client.ApiClient, namespace: str, store: Path, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """``kubeloop operator`` as a process watching the test's namespace, artifacts in
+    ``store``; afterwards every Kubeloop object is deleted (finalizers released) and it stops."""
+    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
+    with operating(proc, api_client) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

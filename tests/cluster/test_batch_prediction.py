@@ -23,7 +23,6 @@ from test_operator import (  # the fixtures and helpers of the operator's own te
     data_csv,
     dataset_ready_fast,
     example,
-    operator,
     play_kubelet,
     publish,
     snapshot_ready,
@@ -35,7 +34,7 @@ from kubeloop.operator import prediction
 from kubeloop.operator.timestamps import rfc3339
 
 pytestmark = pytest.mark.cluster
-__all__ = ["data_csv", "operator"]  # fixtures, used by name
+__all__ = ["data_csv"]  # a fixture, used by name
 
 SELECTOR = "kubeloop.io/batch-prediction={}"
 

@@ -17,7 +17,6 @@ from test_operator import (  # the fixtures and helpers of the operator's own te
     data_csv,
     dataset_ready_fast,
     example,
-    operator,
     play_kubelet,
     snapshot_ready,
     train,
@@ -31,7 +30,7 @@ from kubeloop.operator.builders import DEPLOYMENT_LABEL
 from kubeloop.operator.timestamps import parse
 
 pytestmark = pytest.mark.cluster
-__all__ = ["data_csv", "operator"]  # fixtures, used by name
+__all__ = ["data_csv"]  # a fixture, used by name
 
 
 def deployment(cluster: Cluster, name: str, model: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from kubelet import finish_pod, job_pod
-from operator_harness import Cluster, OperatorProcess, operating, pod_of, run_job_locally, wait_for
+from operator_harness import Cluster, pod_of, run_job_locally, wait_for
 
 from kubeloop.operator import builders
 from kubeloop.operator.feedbacksource import UNUSABLE
@@ -28,15 +28,6 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "dataset-feedback.yaml"
-
-
-@pytest.fixture
-def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
-    store = tmp_path / "store"
-    store.mkdir()
-    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
-    with operating(proc, api_client) as running:
-        yield running
 
 
 def schedule(cluster: Cluster, job_name: str) -> None:

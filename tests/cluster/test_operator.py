@@ -23,8 +23,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import (
     Cluster,
-    OperatorProcess,
-    operating,
     pod_of,
     run_job_locally,
     wait_for,
@@ -45,13 +43,6 @@ def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "breast-cancer.csv"
     frame[[*FEATURES, "target"]].to_csv(path, index=False)
     return path
-
-
-@pytest.fixture
-def operator(kubeconfig: str, api_client: Any, namespace: str, store: Path, tmp_path: Path):
-    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
-    with operating(proc, api_client) as running:
-        yield running
 
 
 def example(kind: str, **spec_updates: Any) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from operator_harness import Cluster, run_job_locally
 from test_operator import (  # the fixtures and helpers of the operator's own tests
     data_csv,
     dataset_ready_fast,
-    operator,
     play_kubelet,
     snapshot_ready,
     train,
@@ -32,7 +31,7 @@ from kubeloop.operator import builders
 from kubeloop.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
-__all__ = ["data_csv", "operator"]  # fixtures, used by name
+__all__ = ["data_csv"]  # a fixture, used by name
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 SEARCH: dict[str, Any] = {

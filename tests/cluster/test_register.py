@@ -18,8 +18,6 @@ from kubelet import finish_pod
 from operator_harness import (
     KUBELOOP,
     Cluster,
-    OperatorProcess,
-    operating,
     pod_of,
     run_job_locally,
     wait_for,
@@ -32,13 +30,6 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = "sepal,petal,stem,leaf"
-
-
-@pytest.fixture
-def operator(kubeconfig: str, api_client: Any, namespace: str, store: Path, tmp_path: Path):
-    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
-    with operating(proc, api_client) as running:
-        yield running
 
 
 def register_apply(model: Path, store: Path, kubeconfig: str, namespace: str) -> str:

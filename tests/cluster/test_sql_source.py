@@ -19,9 +19,7 @@ import yaml
 from kubelet import finish_pod, wait_running
 from operator_harness import (
     Cluster,
-    OperatorProcess,
     container_env,
-    operating,
     pod_of,
     run_job_locally,
     wait_for,
@@ -55,15 +53,6 @@ def tumours(postgres: PostgresServer) -> int:
         for i, row in enumerate(frame[[*columns, "target"]].itertuples(index=False)):
             copy.write_row([*row, i % 10 != 0])
     return sum(1 for i in range(len(frame)) if i % 10 != 0)
-
-
-@pytest.fixture
-def operator(kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path):
-    store = tmp_path / "store"
-    store.mkdir()
-    proc = OperatorProcess(kubeconfig, namespace, store.as_uri(), tmp_path / "operator.log")
-    with operating(proc, api_client) as running:
-        yield running
 
 
 def apply_example(cluster: Cluster, url: str, name: str = NAME) -> dict[str, Any]:
