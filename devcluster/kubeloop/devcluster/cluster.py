@@ -92,6 +92,13 @@ class State:
         raw["processes"] = [Process(**p) for p in raw.get("processes", [])]
         return cls(**raw)
 
+    def replace(self, process: Process) -> None:
+        """Put ``process`` in the place of the recorded one of its name (start order kept)."""
+        names = [p.name for p in self.processes]
+        if process.name not in names:
+            raise ClusterError(f"no {process.name} process is recorded")
+        self.processes[names.index(process.name)] = process
+
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=1))
@@ -389,6 +396,37 @@ class DevCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
             return True
 
+    def restart(
+        self, component: str, timeout: float = 60.0, *, hard: bool = False, down_for: float = 0.0
+    ) -> None:
+        """Stop one control-plane process and start it again with the same command line,
+        leaving the others running: what a client must survive, e.g. an API server restart.
+
+        ``hard`` kills it (SIGKILL, a crash) instead of asking it to stop (SIGTERM);
+        ``down_for`` keeps it stopped that many seconds (an outage, not just a restart).
+        Returns once kube-apiserver answers ``/readyz`` again; raises
+        :class:`ClusterError` with the logs' tails when it does not within ``timeout``
+        of the start.
+        """
+        if component not in COMPONENTS:
+            raise ClusterError(f"unknown component {component!r}: one of {', '.join(COMPONENTS)}")
+        with self._locked():
+            state = self.state()
+            old = next((p for p in state.processes if p.name == component), None) if state else None
+            if state is None or old is None:
+                raise ClusterError(f"cluster {self.name!r} has no {component} process recorded")
+            self.supervisor.stop([old], timeout, hard=hard)
+            time.sleep(down_for)
+            deadline = time.monotonic() + timeout
+            state.replace(
+                self.supervisor.spawn(component, old.argv, cwd=self.dir, env=self._env(component))
+            )
+            state.save(self.state_path)
+            api = self.api(state)
+            what = f"kube-apiserver /readyz after restarting {component}"
+            self._wait(state, lambda: api.ok("/readyz"), what, deadline)
+            self.log(f"cluster {self.name!r}: {component} restarted")
+
     def remove_if_abandoned(self) -> bool:
         """Remove the state dir if none of its recorded processes runs. True if removed."""
         with self._locked():  # an `up` in progress holds the lock until it is done
@@ -444,8 +482,15 @@ class DevCluster:
         except OSError:  # certificates gone: not a cluster this code can use
             return False
 
-    def _spawn(self, state: State, name: str, argv: list[str], env: dict[str, str]) -> None:
-        state.processes.append(self.supervisor.spawn(name, argv, cwd=self.dir, env=env))
+    def _env(self, component: str) -> dict[str, str]:
+        """A component's environment: ours without KUBECONFIG (each is told its own);
+        kwok keeps its files in the cluster's directory."""
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        return {**env, "HOME": str(self.dir)} if component == "kwok" else env
+
+    def _spawn(self, state: State, name: str, argv: list[str]) -> None:
+        process = self.supervisor.spawn(name, argv, cwd=self.dir, env=self._env(name))
+        state.processes.append(process)
         state.save(self.state_path)
 
     def _prepare(self, nodes: int) -> tuple[State, ControlPlane]:
@@ -489,18 +534,17 @@ class DevCluster:
 
     def _launch(self, state: State, plane: ControlPlane, deadline: float) -> None:
         """etcd and the API server, then (once it is ready) the rest of the control plane."""
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         t0 = time.monotonic()
         self.progress.stage("etcd and kube-apiserver")
-        self._spawn(state, "etcd", plane.etcd(), env)
-        self._spawn(state, "kube-apiserver", plane.apiserver(), env)
+        self._spawn(state, "etcd", plane.etcd())
+        self._spawn(state, "kube-apiserver", plane.apiserver())
         api = self.api(state)
         self._wait(state, lambda: api.ok("/readyz"), "kube-apiserver /readyz", deadline)
         self.log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
         self.progress.stage("kube-controller-manager, kube-scheduler, kwok")
-        self._spawn(state, "kube-controller-manager", plane.controller_manager(), env)
-        self._spawn(state, "kube-scheduler", plane.scheduler(), env)
-        self._spawn(state, "kwok", plane.kwok(), {**env, "HOME": str(self.dir)})
+        self._spawn(state, "kube-controller-manager", plane.controller_manager())
+        self._spawn(state, "kube-scheduler", plane.scheduler())
+        self._spawn(state, "kwok", plane.kwok())
 
     def _ensure_nodes(self, state: State, count: int, deadline: float) -> None:
         api = self.api(state)

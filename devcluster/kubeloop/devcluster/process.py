@@ -120,13 +120,17 @@ class Supervisor:
         self._children[proc.pid] = proc
         return Process(name, proc.pid, stat[2] if stat else -1, argv, str(log_path))
 
-    def stop(self, processes: Iterable[Process], timeout: float = 30.0) -> None:
-        """SIGTERM each process's group (in the order given), SIGKILL what outlives ``timeout``."""
+    def stop(
+        self, processes: Iterable[Process], timeout: float = 30.0, *, hard: bool = False
+    ) -> None:
+        """SIGTERM each process's group (in the order given), SIGKILL what outlives ``timeout``.
+        ``hard`` sends SIGKILL at once: a crash, nothing gets to shut down cleanly."""
         groups = {p.pid: p for p in processes if p.group()}
-        self._signal(groups, signal.SIGTERM)
-        groups = self._await_exit(groups, timeout)
-        for pgid, p in groups.items():
-            self.log(f"{p.name} (pid {pgid}) ignored SIGTERM for {timeout}s: SIGKILL")
+        if not hard:
+            self._signal(groups, signal.SIGTERM)
+            groups = self._await_exit(groups, timeout)
+            for pgid, p in groups.items():
+                self.log(f"{p.name} (pid {pgid}) ignored SIGTERM for {timeout}s: SIGKILL")
         self._signal(groups, signal.SIGKILL)
         self._await_exit(groups, 10)
         self._reap()
