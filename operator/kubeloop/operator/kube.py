@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -30,6 +31,19 @@ USER_AGENT = "kubeloop-operator"
 
 class ConflictError(Exception):
     """An object of that name exists already (HTTP 409)."""
+
+
+#: Answers of an API server that is restarting (429 "storage is (re)initializing"), failing
+#: or overloaded; 0 is the client's own "no HTTP answer" (a TLS handshake cut short).
+UNAVAILABLE_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the API server could not be reached or is not serving yet
+    (so trying again in a moment will do), rather than anything about the request."""
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError):
+        return True  # refused, reset, timed out: after urllib3's own retries
+    return isinstance(exc, ApiException) and exc.status in UNAVAILABLE_STATUSES
 
 
 #: Connections kept to the API server: one per worker thread (kopf's pool), so none is

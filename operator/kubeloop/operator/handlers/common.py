@@ -20,13 +20,15 @@ from kubeloop.contracts.status import READY
 from kubeloop.operator import metrics
 from kubeloop.operator.children import AppliedCache
 from kubeloop.operator.conditions import set_condition
-from kubeloop.operator.kube import Kube
+from kubeloop.operator.kube import Kube, unavailable
 from kubeloop.operator.settings import OperatorSettings
 
 #: The settings the kopf decorators need when a handler module is imported (timer
 #: intervals), before the startup handler has built the :class:`Context`.
 IMPORT_SETTINGS = OperatorSettings()
 log = logging.getLogger("kubeloop.reconcile")
+#: How soon (at most) a pass that found the API server unavailable is tried again.
+API_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -203,8 +205,23 @@ def run_reconcile(
     (:func:`reconcile_now`) never starts from a status older than the last write.
     """
     ctx = context(memo)
-    with ctx.locked(body["metadata"]["uid"]):
+    with retry_soon_when_unavailable(ctx.settings), ctx.locked(body["metadata"]["uid"]):
         _pass(ctx, kind, plain(body), step)
+
+
+@contextmanager
+def retry_soon_when_unavailable(settings: OperatorSettings) -> Iterator[None]:
+    """An API server that cannot be reached or is not serving yet (restarting, say) raises
+    a :class:`kopf.TemporaryError` retried within seconds. kopf would wait 60 s after any
+    other error: every timer that fired while the API server was down would then leave
+    its object alone for a minute after the API server was back."""
+    try:
+        yield
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        delay = min(settings.resync_seconds, API_RETRY_SECONDS)
+        raise kopf.TemporaryError(f"the API server is unavailable: {exc}", delay=delay) from exc
 
 
 def reconcile_now(kind: str, body: dict[str, Any], ctx: Context, step: Step) -> None:
@@ -215,7 +232,7 @@ def reconcile_now(kind: str, body: dict[str, Any], ctx: Context, step: Step) -> 
     if not ctx.claim(uid):
         return
     try:
-        with ctx.locked(uid):
+        with retry_soon_when_unavailable(ctx.settings), ctx.locked(uid):
             ctx.release(uid)
             _pass(ctx, kind, body, step)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:

@@ -17,7 +17,11 @@ from croniter import croniter
 
 from kubeloop.api.base import GROUP, VERSION
 from kubeloop.operator import retrain
-from kubeloop.operator.handlers.common import IMPORT_SETTINGS, context
+from kubeloop.operator.handlers.common import (
+    IMPORT_SETTINGS,
+    context,
+    retry_soon_when_unavailable,
+)
 from kubeloop.operator.timestamps import parse
 
 log = logging.getLogger("kubeloop.schedule")
@@ -64,4 +68,6 @@ def retrain_on_schedule(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     trigger = retrain.Trigger.from_tick(tick)
     if trigger.key in ((body.get("status") or {}).get("retrainKeys") or []):
         return
-    retrain.act(context(memo), trigger, meta["namespace"], meta["name"], now)
+    ctx = context(memo)
+    with retry_soon_when_unavailable(ctx.settings):
+        retrain.act(ctx, trigger, meta["namespace"], meta["name"], now)
