@@ -42,7 +42,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CRD_DIR = ROOT / "crds"
 KOPF_CRDS = ROOT / "charts" / "kubeloop" / "crds" / "kopf-peering.yaml"
 NODES = 2
 
@@ -52,7 +51,7 @@ if str(HERE) not in sys.path:
 
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
-from kubetest import Kubectl, wait_for  # noqa: E402
+from kubetest import Kubectl, install_crds, wait_for  # noqa: E402
 from operator_harness import Cluster, OperatorProcess, operating  # noqa: E402
 
 from needs import missing  # noqa: E402
@@ -70,13 +69,6 @@ def _kubectl_binary() -> str:
         return str(Binaries.resolve(("kubectl",))["kubectl"])
     except MissingBinaryError as err:
         return shutil.which("kubectl") or missing("kubectl", str(err))
-
-
-def install_crds(kubectl: Kubectl) -> None:
-    """Server-side apply ``crds/`` and wait until every CRD is Established."""
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
-    names = [f"crd/{p.name.removesuffix('.yaml')}" for p in sorted(CRD_DIR.glob("*.yaml"))]
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, timeout=90)
 
 
 @pytest.fixture(scope="session")

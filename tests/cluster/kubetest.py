@@ -1,4 +1,5 @@
-"""Small helpers for cluster tests: polling with a deadline, kubectl, stopping processes."""
+"""Small helpers for cluster tests: polling with a deadline, kubectl, the CRDs, stopping
+processes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
 
 def wait_for(
@@ -102,6 +104,13 @@ class Kubectl:
         return self(
             "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs, sort_keys=False)
         )
+
+
+def install_crds(kubectl: Kubectl) -> None:
+    """Server-side apply ``crds/`` and wait until every CRD is Established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+    names = [f"crd/{p.name.removesuffix('.yaml')}" for p in sorted(CRD_DIR.glob("*.yaml"))]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, timeout=90)
 
 
 def server_and_tls(kubeconfig: str | Path) -> tuple[str, ssl.SSLContext]:

@@ -1,0 +1,192 @@
+"""The operator rides out a kube-apiserver crash: same process, work still reconciled.
+
+The module starts a cluster of its own (the outage would disturb every other test on
+the session's cluster), runs the operator, kills the API server (SIGKILL), keeps it down
+for longer than a resync period and starts it again (``DevCluster.restart``). Then,
+against the same operator process: a TrainingJob made after the restart gets its Job,
+pods finishing after it get their TrainingJobs Succeeded with one ModelVersion each,
+nothing is started twice, and the Dataset's refresh rounds, which only the operator's
+timers drive, go on (its timers failed while the API server was down: they must not
+wait kopf's default minute before the next try).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubelet import finish_pod
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubetest import Kubectl, install_crds, wait_for
+from operator_harness import Cluster, OperatorProcess, operating, pod_of
+from test_operator import (  # the fixtures and helpers of the operator's own tests
+    data_csv,
+    dataset,
+    trained_summary,
+    training_job,
+)
+
+from kubeloop.devcluster import DevCluster
+
+pytestmark = pytest.mark.cluster
+__all__ = ["data_csv"]  # a fixture, used by name
+DOWN_SECONDS = 3.0  # the outage: longer than the operator's resync and tick (1 s here)
+
+
+def _say(message: str) -> None:
+    print(f"[restart] {message}", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def own_cluster(kubectl_bin: str) -> Iterator[DevCluster]:
+    """A one-node cluster for this module alone, with the CRDs; removed afterwards."""
+    dev = DevCluster(
+        f"pytest-restart-{os.getpid()}-{secrets.token_hex(2)}", bind_to_parent=True, log=_say
+    )
+    try:
+        install_crds(Kubectl(kubectl_bin, dev.up(nodes=1, timeout=180)))
+        yield dev
+    finally:
+        dev.down()
+
+
+@pytest.fixture(scope="module")
+def own_api(own_cluster: DevCluster) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(own_cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def own_namespace(own_api: client.ApiClient) -> str:
+    """A namespace whose ``default`` ServiceAccount exists (the Job controller needs it)."""
+    core = client.CoreV1Api(own_api)
+    name = f"restart-{secrets.token_hex(3)}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(default_sa, f"ServiceAccount {name}/default")
+    return name
+
+
+def jobs_of(cluster: Cluster, selector: str) -> list[str]:
+    return [j["metadata"]["name"] for j in cluster.list("Job", "batch/v1", selector)]
+
+
+class Snapshots:
+    """The Dataset's refresh rounds: each snapshot Job, finished here with a digest."""
+
+    SELECTOR = "kubeloop.io/dataset=cancer"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.done: list[str] = []
+
+    def next_job(self, timeout: float = 30) -> str:
+        """The next snapshot Job the operator starts (a refresh round)."""
+        return wait_for(
+            lambda: next(
+                (j for j in jobs_of(self.cluster, self.SELECTOR) if j not in self.done), None
+            ),
+            "the next snapshot Job (a refresh round)",
+            timeout=timeout,
+            state=lambda: self.cluster.get("Dataset", "cancer"),
+        )
+
+    def finish(self, job: str, digest: str) -> None:
+        summary = {"kind": "snapshot", "status": "succeeded", "digest": digest, "rows": 569}
+        finish_pod(self.cluster.core, pod_of(self.cluster, job), message=json.dumps(summary))
+        self.done.append(job)
+        wait_for(
+            lambda: self.cluster.status("Dataset", "cancer").get("version") == digest,
+            f"Dataset version {digest[:16]}",
+            state=lambda: self.cluster.get("Dataset", "cancer"),
+        )
+
+
+def test_operator_recovers_from_an_apiserver_outage(
+    own_cluster: DevCluster,
+    own_api: client.ApiClient,
+    own_namespace: str,
+    data_csv: Path,
+    tmp_path: Path,
+) -> None:
+    t0 = time.monotonic()
+    store = tmp_path / "store"
+    store.mkdir()
+    cluster = Cluster(own_api, own_namespace)
+    proc = OperatorProcess(
+        str(own_cluster.kubeconfig), own_namespace, store.as_uri(), tmp_path / "operator.log"
+    )
+    snapshots = Snapshots(cluster)
+    with operating(proc, own_api) as operator:
+        assert operator.proc is not None
+        pid = operator.proc.pid
+        refreshing = dataset(data_csv)
+        refreshing["spec"]["refreshInterval"] = "3s"
+        cluster.apply(refreshing)
+        snapshots.finish(snapshots.next_job(), "sha256:" + "1" * 64)
+        cluster.apply(training_job("before"))
+        before = cluster.wait_job("kubeloop.io/training-job=before")
+
+        own_cluster.restart("kube-apiserver", hard=True, down_for=DOWN_SECONDS)
+        back = time.monotonic()
+        assert operator.proc.poll() is None, "the operator exited with the API server"
+
+        cluster.apply(training_job("after"))
+        after = cluster.wait_job("kubeloop.io/training-job=after")
+        acted = time.monotonic() - back
+        # refresh rounds go on: whatever round was pending, and the one after it, which
+        # only the timers start (kopf's default backoff would hold them for 60 s)
+        snapshots.finish(snapshots.next_job(), "sha256:" + "2" * 64)
+        snapshots.next_job(timeout=20)
+        refreshed = time.monotonic() - back
+
+        summary = trained_summary(store)
+        for job in (before, after):
+            finish_pod(cluster.core, pod_of(cluster, job["metadata"]["name"]), message=summary)
+        done = {n: cluster.wait_phase("TrainingJob", n, "Succeeded") for n in ("before", "after")}
+        settled = {n: cluster.status("TrainingJob", n) for n in done}
+        # a few resync periods (1 s each) for a confused operator to start something twice
+        checks = iter(range(3))
+        wait_for(lambda: next(checks, None) is None, "three resync periods", interval=1)
+        assert {n: cluster.status("TrainingJob", n) for n in done} == settled
+        assert_truthful(cluster, done, before, after)
+        assert operator.proc.poll() is None, "the operator exited"
+        assert operator.proc.pid == pid
+    _say(
+        f"API server down {DOWN_SECONDS}s; after it was back the operator made a new "
+        f"TrainingJob's Job in {acted:.1f}s and the Dataset's next refresh round was under "
+        f"way at {refreshed:.1f}s; test {time.monotonic() - t0:.1f}s"
+    )
+
+
+def assert_truthful(
+    cluster: Cluster, done: dict[str, dict[str, Any]], *jobs: dict[str, Any]
+) -> None:
+    """One Job per TrainingJob, one ModelVersion per success, each status naming its own;
+    the Dataset still Ready, at the version recorded after the outage."""
+    for name, job in zip(("before", "after"), jobs, strict=True):
+        assert jobs_of(cluster, f"kubeloop.io/training-job={name}") == [job["metadata"]["name"]]
+        assert done[name]["jobName"] == job["metadata"]["name"]
+    versions = sorted(m["metadata"]["name"] for m in cluster.list("ModelVersion"))
+    assert sorted(s["modelVersion"] for s in done.values()) == versions
+    assert versions == ["cancer-v1", "cancer-v2"]
+    assert cluster.condition("Dataset", "cancer").get("status") == "True"
+    assert cluster.status("Dataset", "cancer")["version"] == "sha256:" + "2" * 64
