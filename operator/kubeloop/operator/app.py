@@ -42,6 +42,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = "kubeloop.io/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # kopf retries a failed request (a watch, too) after 1, 1, 2, 3, 5, 8, 13, 21 s: after
+    # an API server outage of 20 s its watches came back 11 s after the API server did.
+    # About the same window before giving up, but never more than 3 s between tries.
+    settings.networking.error_backoffs = (1, 1, 2, 2, *[3] * 16)
     # reconciles wait on the API server most of the time, and event-driven ones (a child
     # changed) share the pool with kopf's handlers: enough threads to keep both moving
     settings.execution.max_workers = 32
