@@ -1,4 +1,5 @@
-"""A queue bounded by count and by bytes that never blocks its producers.
+"""Bounds that never block a request: a queue bounded by count and by bytes, and a byte
+budget per second.
 
 Producers are requests on the event loop: :meth:`BoundedQueue.put` takes a short lock,
 never waits for room, and makes room by dropping the OLDEST items (the newest say most
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -92,3 +94,32 @@ class BoundedQueue(Generic[T]):
             self._items.clear()
             self._bytes = 0
         return out
+
+
+class ByteBudget:
+    """A token bucket of bytes per second: :meth:`take` spends ``size`` bytes when the
+    bucket holds them, else says how many seconds until it would. It never waits, so a
+    request over budget is refused at once (429 with Retry-After) instead of queueing
+    work the process cannot afford. ``burst`` (at least one largest body) is what an idle
+    bucket holds; a full one takes any size, a larger one leaving a debt. ``rate`` 0 means
+    no budget."""
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate, self.burst, self._clock = rate, max(burst, rate), clock
+        self._tokens, self._at = self.burst, clock()
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> float:
+        """Spend ``size`` bytes: 0.0 when taken, else the seconds to wait before asking again."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if size <= self._tokens or self._tokens >= self.burst:  # a full bucket takes any
+                self._tokens -= size  # (one over the burst leaves a debt to refill first)
+                return 0.0
+            return (min(size, self.burst) - self._tokens) / self.rate

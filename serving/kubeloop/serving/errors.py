@@ -8,6 +8,8 @@ escaping the data plane is a server fault (500).
 
 from __future__ import annotations
 
+import math
+
 
 class ServingError(Exception):
     """Base of every error the server answers on purpose."""
@@ -52,6 +54,16 @@ class PayloadTooLargeError(ServingError):
     """Request body over the configured limit (413)."""
 
     status_code = 413
+
+
+class TooManyRequestsError(ServingError):
+    """Over a rate budget: retry after the seconds given (the Retry-After header)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.headers = ((b"retry-after", str(max(1, math.ceil(retry_after))).encode()),)
 
 
 class UnavailableError(ServingError):

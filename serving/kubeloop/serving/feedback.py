@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from kubeloop.serving.errors import BadRequestError
+from kubeloop.serving.bounded import ByteBudget
+from kubeloop.serving.errors import BadRequestError, TooManyRequestsError
+from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.metrics import Metrics, OnlineSnapshot
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.tensors import Decoded
@@ -256,6 +258,7 @@ class FeedbackRecorder:
         self._name = "unknown"
         self.store: FeedbackStore | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback")
+        self._budget = ByteBudget(settings.feedback_bytes_per_second, settings.max_feedback_bytes)
         self._pending = 0
         metrics.feedback_pending.set_function(lambda: self._pending)
 
@@ -290,6 +293,19 @@ class FeedbackRecorder:
         store = self.store
         if store is not None:
             store.remember(request_id, outputs[model.label_output].reshape(-1).tolist())
+
+    def admit(self, size: int) -> None:
+        """Spend ``size`` bytes of the feedback budget, or refuse the body (429): decoding
+        and scoring a large body holds the interpreter for tens of milliseconds, so an
+        unbounded stream of them would take it from inference."""
+        wait = self._budget.take(size)
+        if wait:
+            self._metrics.feedback_refused.inc()
+            raise TooManyRequestsError(
+                f"feedback is over {self._budget.rate} bytes per second "
+                f"({ENV_PREFIX}FEEDBACK_BYTES_PER_SECOND); retry in {wait:.1f} s",
+                wait,
+            )
 
     async def record_off_loop(
         self, model: LoadedModel, decode: Callable[[], Sequence[tuple[str, Any]]]

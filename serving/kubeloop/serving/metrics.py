@@ -265,6 +265,11 @@ class Metrics:
             "(count: feedback_capacity, bytes: feedback_capacity_bytes).",
             ["model", "limit"],
         )
+        self.feedback_refused = self._counter(
+            "kubeloop_feedback_refused",
+            "Feedback bodies refused with 429: over feedback_bytes_per_second.",
+            [],
+        )
         self.feedback_pending = self._gauge(
             "kubeloop_feedback_pending",
             "Feedback bodies waiting for or being parsed and scored off the event loop.",

@@ -83,6 +83,15 @@ class ServingSettings(BaseSettings):
         description="Largest feedback body (413 above); feedback is parsed off the event loop, "
         "one body at a time.",
     )
+    feedback_bytes_per_second: int = Field(
+        1024 * 1024,
+        ge=0,
+        le=1024**3,
+        description="Feedback bytes this process takes per second (a token bucket holding "
+        "one largest body, max_feedback_bytes, or a second's worth); a body over it gets 429 "
+        "with Retry-After, so a flood of feedback cannot take the interpreter from inference. "
+        "0: no budget.",
+    )
     max_in_flight: int = Field(
         512,
         ge=1,

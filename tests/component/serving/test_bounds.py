@@ -1,6 +1,6 @@
 """Bounded memory and a shutdown that always finishes, against live servers: feedback's
-own body limit, feedback parsed off the event loop and counted once per request, the
-in-flight limit, and SIGTERM with a prediction log nobody reads."""
+own body limit and byte budget, feedback parsed off the event loop and counted once per
+request, the in-flight limit, and SIGTERM with a prediction log nobody reads."""
 
 from __future__ import annotations
 
@@ -75,6 +75,38 @@ def test_a_feedback_body_over_its_own_limit_is_a_413_and_keeps_the_connection(ca
     assert b"connection: close" in head.lower()
 
 
+# ---------------------------------------------------------------- feedback budget
+
+
+def test_feedback_over_its_byte_budget_is_a_429_and_inference_goes_on(cancer_model, cancer_rows):
+    """A full bucket takes one largest body; the next, before the budget has refilled,
+    gets 429 with Retry-After, unparsed, on the same connection, and is counted."""
+    env = {"KUBELOOP_SERVING_FEEDBACK_BYTES_PER_SECOND": "100000"}
+    body = big_feedback(29_000)
+    assert 1024 * 1024 // 2 < len(body) <= 1024 * 1024
+    with (
+        serving(cancer_model, "--name", "cancer", env=env) as server,
+        one_connection(server) as http,
+    ):
+        first = http.post(FEEDBACK, content=body)
+        assert first.status_code == 200, first.text
+        port = client_port(first)
+        refused = http.post(FEEDBACK, content=body)
+        assert refused.status_code == 429, refused.text
+        assert "KUBELOOP_SERVING_FEEDBACK_BYTES_PER_SECOND" in refused.json()["error"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 11
+        assert client_port(refused) == port
+        r = http.post(INFER, json=infer_body(cancer_rows.iloc[:1]))
+        assert r.status_code == 200, r.text
+        # what the first body left of the bucket (about 128 KiB) still takes a small one
+        small = http.post(FEEDBACK, json=[{"id": "nobody", "truth": 1}])
+        assert small.status_code == 200, small.text
+        assert client_port(r) == port
+        assert server.metric("kubeloop_feedback_refused_total") >= 1
+        unknown = server.metric("kubeloop_feedback_total", model="cancer", result="unknown")
+        assert unknown == 29_001  # the refused body was not scored
+
+
 # --------------------------------------------------------------- feedback dedupe
 
 
@@ -105,7 +137,10 @@ def big_feedback(items: int) -> bytes:
 
 
 def test_inference_answers_while_a_feedback_body_is_processed(cancer_model, cancer_rows):
-    env = {"KUBELOOP_SERVING_MAX_FEEDBACK_BYTES": str(256 * 1024 * 1024)}
+    env = {
+        "KUBELOOP_SERVING_MAX_FEEDBACK_BYTES": str(256 * 1024 * 1024),
+        "KUBELOOP_SERVING_FEEDBACK_BYTES_PER_SECOND": "0",  # bodies this big, one after another
+    }
     with serving(cancer_model, "--name", "cancer", env=env) as server:
         conclusive = False
         items = 200_000

@@ -1,10 +1,11 @@
-"""The queue bounded by count and bytes: a put never waits, the oldest make room."""
+"""The queue bounded by count and bytes: a put never waits, the oldest make room. The byte
+budget: spends what it holds, never waits, says how long until it would hold enough."""
 
 from __future__ import annotations
 
 import threading
 
-from kubeloop.serving.bounded import BoundedQueue
+from kubeloop.serving.bounded import BoundedQueue, ByteBudget
 
 
 def test_past_the_count_the_oldest_are_dropped():
@@ -76,3 +77,39 @@ def test_half_the_byte_bound_wakes_the_consumer_too():
     q.put("big", 60)
     taker.join(30)
     assert got == [["big"]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_budget_holds_its_burst_then_refills_at_its_rate():
+    clock = Clock()
+    budget = ByteBudget(rate=1000, burst=4000, clock=clock)
+    assert budget.take(3000) == 0.0
+    assert budget.take(1500) == 0.5  # 1000 held: 500 more, at 1000 a second
+    clock.now += 0.5
+    assert budget.take(1500) == 0.0
+    clock.now += 60  # an idle bucket holds its burst, not a minute's worth
+    assert budget.take(4000) == 0.0
+    assert budget.take(1) > 0
+
+
+def test_a_body_larger_than_the_burst_waits_for_a_full_bucket_and_leaves_a_debt():
+    clock = Clock()
+    budget = ByteBudget(rate=100, burst=50, clock=clock)  # the burst is at least the rate
+    assert budget.burst == 100
+    assert budget.take(100) == 0.0
+    assert budget.take(500) == 1.0  # never more than a full bucket to wait for
+    clock.now += 1.0
+    assert budget.take(500) == 0.0
+    assert budget.take(1) == 4.01  # the 400 over the burst are paid back first
+
+
+def test_rate_zero_is_no_budget():
+    budget = ByteBudget(rate=0, burst=10)
+    assert all(budget.take(10**9) == 0.0 for _ in range(3))

@@ -121,6 +121,7 @@ class Endpoints:
         self.guard.check(headers)
         model = self.plane.model(name)
         body, limits = await request.body(), self.plane.limits
+        self.plane.feedback.admit(len(body))
         # decoded and scored on the feedback thread: a large body never stalls inference
         result = await self.plane.feedback.record_off_loop(
             model, lambda: decode_feedback(body, limits)
