@@ -4,7 +4,8 @@ The front (:class:`ServingApp`) refuses a request at once when ``max_in_flight``
 being served (503 with Retry-After; health, readiness and metrics are exempt), reads
 every request body once, with its route's size limit (``max_feedback_bytes`` for
 feedback, ``max_body_bytes`` for the rest; 413; the rest of an oversized body is read
-and dropped, up to twice the limit, so that the connection stays usable), and — when
+and dropped, up to twice the limit, so that the connection stays usable), refuses a
+feedback body over the byte budget before reading it (429), and — when
 ``fast_path`` is on — answers the two inference routes itself, calling the same
 :class:`~kubeloop.serving.rest.inference.RestInference` the FastAPI routes call.
 That skips the framework's per-request routing and dependency machinery (measured
@@ -20,8 +21,14 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.dataplane import DataPlane
-from kubeloop.serving.errors import PayloadTooLargeError, UnavailableError
+from kubeloop.serving.errors import (
+    PayloadTooLargeError,
+    ServingError,
+    TooManyRequestsError,
+    UnavailableError,
+)
 from kubeloop.serving.limits import ENV_PREFIX
 from kubeloop.serving.rest.endpoints import create_fastapi
 from kubeloop.serving.rest.inference import V1, V2, RestInference
@@ -43,6 +50,9 @@ READY_SUFFIX = "/ready"
 #: paths never refused for load (``GET .../ready`` neither)
 EXEMPT_PATHS = frozenset(("/v2/health/live", "/v2/health/ready", "/metrics"))
 RETRY_AFTER = (b"retry-after", b"1")
+#: A refused feedback body up to this size is read and dropped (the connection stays
+#: usable); a larger one is not read, and the answer closes the connection.
+DRAIN_REFUSED = 64 * 1024
 
 
 class ServingApp:
@@ -60,6 +70,7 @@ class ServingApp:
         self.max_body = settings.max_body_bytes
         self.max_feedback = settings.max_feedback_bytes
         self.max_in_flight = settings.max_in_flight
+        self.guard = WriteGuard.from_settings(settings)
         self.in_flight = 0
         self.plane.metrics.in_flight.set_function(lambda: self.in_flight)
 
@@ -81,6 +92,13 @@ class ServingApp:
             await self.fastapi(scope, receive, send)
             return
         limit, variable = self._body_limit(scope)
+        refused = self._over_feedback_budget(scope, limit)
+        if refused is not None:
+            kept = _declared_length(scope) <= DRAIN_REFUSED and await self._drain(
+                scope, receive, DRAIN_REFUSED
+            )
+            await _send(send, error_reply(refused), close=not kept)
+            return
         try:
             body = await self._read_body(scope, receive, limit, variable)
         except _OversizedError as exc:
@@ -89,6 +107,8 @@ class ServingApp:
             return
         except _DisconnectedError:
             return
+        if _is_feedback(scope) and not _declared_length(scope):
+            self.plane.feedback.spend(len(body))  # admitted before its length was known
         call = self._fast(scope, body) if self.fast_path else None
         if call is None:
             await self.fastapi(scope, _replay(body), send)
@@ -112,10 +132,27 @@ class ServingApp:
         reply = error_reply(error)
         await _send(send, reply._replace(headers=[*reply.headers, RETRY_AFTER]), close=not kept)
 
+    def _over_feedback_budget(self, scope: Scope, limit: int) -> TooManyRequestsError | None:
+        """The 429 for a feedback body over the byte budget, decided before it is read:
+        reading a refused megabyte costs the event loop what accepting it would. Requests
+        the token check refuses are left to the route (401/403) and spend nothing, and so
+        do bodies declared over their limit (413); one of unknown length is let in while
+        the budget is not in debt, and charged once read."""
+        declared = _declared_length(scope)
+        if not _is_feedback(scope) or declared > limit:
+            return None
+        try:
+            self.guard.check(dict(scope["headers"]))
+            self.plane.feedback.admit(declared)
+        except TooManyRequestsError as exc:
+            return exc
+        except ServingError:
+            return None
+        return None
+
     def _body_limit(self, scope: Scope) -> tuple[int, str]:
         """The largest body the request's route takes, and that setting's name."""
-        path: str = scope["path"]
-        if path.startswith(V2_PREFIX) and path.endswith(FEEDBACK_SUFFIX):
+        if _is_feedback(scope):
             return self.max_feedback, "MAX_FEEDBACK_BYTES"
         return self.max_body, "MAX_BODY_BYTES"
 
@@ -195,6 +232,11 @@ def _exempt(scope: Scope) -> bool:
     counted in flight), so probes and scrapes see the server as it is."""
     path: str = scope["path"]
     return path in EXEMPT_PATHS or (scope["method"] == "GET" and path.endswith(READY_SUFFIX))
+
+
+def _is_feedback(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return path.startswith(V2_PREFIX) and path.endswith(FEEDBACK_SUFFIX)
 
 
 def _declared_length(scope: Scope) -> int:

@@ -116,10 +116,20 @@ class ByteBudget:
         if self.rate <= 0:
             return 0.0
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
+            self._refill()
             if size <= self._tokens or self._tokens >= self.burst:  # a full bucket takes any
                 self._tokens -= size  # (one over the burst leaves a debt to refill first)
                 return 0.0
             return (min(size, self.burst) - self._tokens) / self.rate
+
+    def spend(self, size: int) -> None:
+        """Spend ``size`` bytes already taken in (a body whose length was not declared,
+        admitted with ``take(0)``): the bucket may go into debt."""
+        with self._lock:
+            self._refill()
+            self._tokens -= size
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now

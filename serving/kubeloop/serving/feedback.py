@@ -307,6 +307,10 @@ class FeedbackRecorder:
                 wait,
             )
 
+    def spend(self, size: int) -> None:
+        """Charge a body admitted before its length was known (no Content-Length)."""
+        self._budget.spend(size)
+
     async def record_off_loop(
         self, model: LoadedModel, decode: Callable[[], Sequence[tuple[str, Any]]]
     ) -> FeedbackResult:

@@ -113,3 +113,13 @@ def test_a_body_larger_than_the_burst_waits_for_a_full_bucket_and_leaves_a_debt(
 def test_rate_zero_is_no_budget():
     budget = ByteBudget(rate=0, burst=10)
     assert all(budget.take(10**9) == 0.0 for _ in range(3))
+
+
+def test_a_body_of_unknown_length_is_let_in_while_not_in_debt_and_charged_once_read():
+    clock = Clock()
+    budget = ByteBudget(rate=100, burst=100, clock=clock)
+    assert budget.take(0) == 0.0
+    budget.spend(300)  # read: 200 over what the bucket held
+    assert budget.take(0) == 2.0
+    clock.now += 2.0
+    assert budget.take(0) == 0.0

@@ -120,8 +120,7 @@ class Endpoints:
         headers = dict(request.scope["headers"])
         self.guard.check(headers)
         model = self.plane.model(name)
-        body, limits = await request.body(), self.plane.limits
-        self.plane.feedback.admit(len(body))
+        body, limits = await request.body(), self.plane.limits  # the front spent the budget
         # decoded and scored on the feedback thread: a large body never stalls inference
         result = await self.plane.feedback.record_off_loop(
             model, lambda: decode_feedback(body, limits)
