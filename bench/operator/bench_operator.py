@@ -106,6 +106,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--resync", type=float, default=10, help="the operator's resync interval (seconds)"
     )
+    parser.add_argument(
+        "--unrelated",
+        type=int,
+        default=0,
+        help="ConfigMaps and as many Deployments (0 replicas) not made by the operator, "
+        "created in the namespace before it starts",
+    )
     return parser.parse_args()
 
 
@@ -197,6 +204,32 @@ class Bench:
             stop(operator)  # not left running after its cluster is gone
             raise
         return operator
+
+    def create_unrelated(self, count: int) -> None:
+        """``count`` ConfigMaps and ``count`` Deployments of 0 replicas that are not the
+        operator's (no managed-by label): what else lives in a busy namespace."""
+        core, apps = client.CoreV1Api(self.api), client.AppsV1Api(self.api)
+        labels = {"app": "unrelated"}
+        pod = {"containers": [{"name": "c", "image": "unrelated:1"}]}
+
+        def make(i: int) -> None:
+            core.create_namespaced_config_map(
+                NS, {"metadata": {"name": f"other-{i}", "labels": labels}, "data": {"k": "v" * 64}}
+            )
+            apps.create_namespaced_deployment(
+                NS,
+                {
+                    "metadata": {"name": f"other-{i}", "labels": labels},
+                    "spec": {
+                        "replicas": 0,
+                        "selector": {"matchLabels": {"app": f"other-{i}"}},
+                        "template": {"metadata": {"labels": {"app": f"other-{i}"}}, "spec": pod},
+                    },
+                },
+            )
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(make, range(count)))
 
     def create_load(self, deployments: int, trainingjobs: int) -> None:
         """``deployments`` ModelDeployments and ``trainingjobs`` TrainingJobs, 8 at a time."""
@@ -331,6 +364,10 @@ def measure(
         ),
         ("operator CPU time per object", f"{(cpu - before_cpu) / objects * 1000:.1f} ms"),
         ("operator peak memory (RSS)", f"{peak / 2**20:.0f} MiB"),
+        (
+            "unrelated ConfigMaps + Deployments in the namespace",
+            f"{args.unrelated} + {args.unrelated}",
+        ),
     ]
 
 
@@ -361,6 +398,7 @@ def main() -> int:
         bench = Bench(kubeconfig)
         bench.install_crds()
         bench.prerequisites(work)
+        bench.create_unrelated(args.unrelated)
         operator = bench.start_operator(work, args.resync)
         print_table(measure(bench, operator, args))
         return 0

@@ -51,7 +51,7 @@ if str(HERE) not in sys.path:
 
 from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
-from kubetest import Kubectl, install_crds, wait_for  # noqa: E402
+from kubetest import Kubectl, install_crds, new_namespace  # noqa: E402
 from operator_harness import Cluster, OperatorProcess, operating  # noqa: E402
 
 from needs import missing  # noqa: E402
@@ -113,19 +113,7 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, core: client.CoreV1Api) -> Iterator[str]:
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{stem or 't'}-{secrets.token_hex(3)}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    def default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
-    wait_for(default_sa, f"ServiceAccount {name}/default (kube-controller-manager)")
+    name = new_namespace(core, f"{stem or 't'}-{secrets.token_hex(3)}")
     yield name
     try:
         core.delete_namespace(name)

@@ -128,3 +128,24 @@ def server_and_tls(kubeconfig: str | Path) -> tuple[str, ssl.SSLContext]:
     elif "certificate-authority" in cluster:
         tls.load_verify_locations(cluster["certificate-authority"])
     return cluster["server"], tls
+
+
+def new_namespace(core: Any, name: str) -> str:
+    """Create namespace ``name`` and wait for its ``default`` ServiceAccount, which the
+    Job controller needs (kube-controller-manager makes it)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_sa() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(default_sa, f"ServiceAccount {name}/default (kube-controller-manager)")
+    return name

@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 from kubelet import finish_pod
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubetest import Kubectl, install_crds, wait_for
+from kubetest import Kubectl, install_crds, new_namespace, wait_for
 from operator_harness import Cluster, operating, pod_of
 from test_operator import (  # the fixtures and helpers of the operator's own tests
     data_csv,
@@ -67,21 +66,7 @@ def own_api(own_cluster: DevCluster) -> Iterator[client.ApiClient]:
 @pytest.fixture
 def own_namespace(own_api: client.ApiClient) -> str:
     """A namespace whose ``default`` ServiceAccount exists (the Job controller needs it)."""
-    core = client.CoreV1Api(own_api)
-    name = f"restart-{secrets.token_hex(3)}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    def default_sa() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
-    wait_for(default_sa, f"ServiceAccount {name}/default")
-    return name
+    return new_namespace(client.CoreV1Api(own_api), f"restart-{secrets.token_hex(3)}")
 
 
 def jobs_of(cluster: Cluster, selector: str) -> list[str]:
