@@ -4,7 +4,10 @@ and relay its answer, or mirror them (shadow) and compare its predictions with o
 A forwarded request the canary fails (5xx, connection error, timeout) is answered by
 the stable model instead: the client is not hurt, and the failure is counted under the
 canary's version, where the canary analysis reads it. A canary 4xx is relayed (the
-request was at fault, not the canary).
+request was at fault, not the canary), except 404: only requests for the model the
+stable serves are forwarded, so a canary that does not know it is failing, or the
+request reached something else (a Service address not programmed yet, a name the
+cluster DNS did not know yet and an upstream resolver answered).
 
 What share goes where is :mod:`kubeloop.serving.canary`'s (config, exact split, the
 watched routing file); this module moves the bytes and counts the outcomes.
@@ -291,10 +294,11 @@ def version_label(config: RoutingConfig, version: int | str | None = None) -> st
 
 def status_outcome(status: int) -> str:
     """The outcome label of a canary answer with HTTP ``status``: ``ok`` below 400,
-    ``client_error`` for a 4xx (the request's fault), ``server_error`` otherwise."""
+    ``client_error`` for a 4xx (the request's fault), ``server_error`` otherwise, and
+    for a 404 (the stable knows the model the request names: see the module's doc)."""
     if status < 400:
         return "ok"
-    return "client_error" if status < 500 else "server_error"
+    return "client_error" if status < 500 and status != 404 else "server_error"
 
 
 def prediction_of(doc: Any, output: str) -> list[Any]:

@@ -145,6 +145,28 @@ def test_a_canary_4xx_is_relayed_and_counted_as_a_client_error(cancer_model, can
         assert forwarded(stable, "3") == {"client_error": 1}
 
 
+def test_a_canary_404_is_answered_by_the_stable_and_counted_as_a_server_error(
+    cancer_model, cancer_rows
+):
+    """The stable forwards only requests for the model it serves, so a 404 from the
+    canary's address (another model there, or something else answering) is the canary's
+    failure: the stable answers."""
+    with (
+        serving(cancer_model, "--name", "other") as elsewhere,
+        serving(
+            cancer_model, "--name", "cancer", "--canary-url", elsewhere.url, "--canary-weight",
+            "100", env={"KUBELOOP_SERVING_CANARY_VERSION": "3"},
+        ) as stable,
+    ):  # fmt: skip
+        seen = variants(stable, body(cancer_rows.iloc[:1]), 10, threads=1)
+        assert set(seen) == {"stable"}
+        assert forwarded(stable, "3") == {"server_error": 10}
+        assert (
+            stable.metric("kubeloop_requests_total", model="cancer", variant="stable", code="200")
+            == 10
+        )
+
+
 def test_shadow_mode_mirrors_and_records_agreement(cancer_model, cancer_rows):
     with (
         serving(cancer_model, "--name", "cancer") as twin,
