@@ -46,6 +46,8 @@ KUBELET_CHAIN_CLEANUP = (
     ("-t", "mangle", "-X", "KUBE-IPTABLES-HINT"),
 )
 #: the CNI firewall plugin's chains (CNI-FORWARD holds per-pod rules; CNI-ADMIN is for users)
+#: the chain of CNI's firewall plugin for an administrator's rules, run before its ACCEPTs
+ADMIN_CHAIN = "CNI-ADMIN"
 FIREWALL_CLEANUP = (
     ("-t", "filter", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
      "-j", "CNI-FORWARD"),
@@ -149,7 +151,12 @@ class Host:
             bridged.write_text("1\n")
         else:
             self.log("warning: no br_netfilter: pod -> Service -> same-node pod may fail")
-        for chain in ("FORWARD", "OUTPUT"):
+        # CNI's firewall plugin puts its jump to CNI-FORWARD (which ACCEPTs every pod's
+        # traffic) first in FORWARD when the first pod starts, above a guard inserted now;
+        # CNI-ADMIN, which CNI-FORWARD jumps to before those ACCEPTs, keeps it first for
+        # pods (else a pod's request to a Service created a moment ago leaves the machine)
+        succeeds(["iptables", "-N", ADMIN_CHAIN])
+        for chain in ("FORWARD", "OUTPUT", ADMIN_CHAIN):
             if not succeeds(["iptables", "-C", chain, *guard_rule()]):
                 run(["iptables", "-I", chain, "1", *guard_rule()])
 
