@@ -466,6 +466,16 @@ class Demo:
                 "ModelDeployment to serve version 1",
                 timeout=300,
             )
+            # kube-proxy programs the Service a moment after its pods are ready
+            self.wait(self.service_answers, f"Service {MODEL} to answer", timeout=60)
+
+    def service_answers(self) -> bool:
+        """Whether the Service's address answers readiness from the host (kube-proxy has
+        programmed it: before that the node's guard refuses the address)."""
+        with contextlib.suppress(httpx.HTTPError):
+            url = f"{self.service_url()}/v2/health/ready"
+            return httpx.get(url, timeout=2, trust_env=False).status_code == 200
+        return False
 
     def trained(self, name: str) -> int:
         """Wait for TrainingJob ``name`` and its ModelVersion; record and return the version."""
