@@ -21,7 +21,6 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import (
     PayloadTooLargeError,
@@ -70,7 +69,6 @@ class ServingApp:
         self.max_body = settings.max_body_bytes
         self.max_feedback = settings.max_feedback_bytes
         self.max_in_flight = settings.max_in_flight
-        self.guard = WriteGuard.from_settings(settings)
         self.in_flight = 0
         self.plane.metrics.in_flight.set_function(lambda: self.in_flight)
 
@@ -142,7 +140,7 @@ class ServingApp:
         if not _is_feedback(scope) or declared > limit:
             return None
         try:
-            self.guard.check(dict(scope["headers"]))
+            self.plane.guard.check(dict(scope["headers"]))
             self.plane.feedback.admit(declared)
         except TooManyRequestsError as exc:
             return exc

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubeloop.driftreport import DriftReport
+from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.batching import Outputs
 from kubeloop.serving.errors import NotFoundError, ServingError, UnavailableError
 from kubeloop.serving.feedback import FeedbackRecorder
@@ -52,6 +53,8 @@ class DataPlane:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.limits = settings.request_limits()
+        #: the token rule of the write routes (the front's feedback budget checks it too)
+        self.guard = WriteGuard.from_settings(settings)
         self.metrics = Metrics(drift=self._drift_snapshot, online=self._online_snapshot)
         self.feedback = FeedbackRecorder(settings, metrics=self.metrics)
         self.slot = ModelSlot(settings, self.metrics, on_swap=self.feedback.on_model)

@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
 from kubeloop.driftreport import CSP, render_html
-from kubeloop.serving.auth import WriteGuard
 from kubeloop.serving.cli import connection_timeout
 from kubeloop.serving.dataplane import DataPlane
 from kubeloop.serving.errors import ServingError, UnavailableError
@@ -59,7 +58,7 @@ class Endpoints:
         self.inference = inference
         #: feedback, load, unload and the drift report need the bearer token (when one is
         #: configured)
-        self.guard = WriteGuard.from_settings(plane.settings)
+        self.guard = plane.guard
 
     # ------------------------------------------------------------ health, metadata
 
