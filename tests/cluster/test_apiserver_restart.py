@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from kubelet import finish_pod
 from kubernetes import client, config
 from kubetest import Kubectl, install_crds, new_namespace, wait_for
@@ -33,6 +35,7 @@ from test_operator import (  # the fixtures and helpers of the operator's own te
 from test_reactive import CountedOperator
 
 from kubeloop.devcluster import DevCluster
+from kubeloop.operator.kube import Kube, unavailable
 
 pytestmark = pytest.mark.cluster
 __all__ = ["data_csv"]  # a fixture, used by name
@@ -150,3 +153,33 @@ def assert_truthful(
     assert sorted(s["modelVersion"] for s in done.values()) == versions
     assert versions == ["cancer-v1", "cancer-v2"]
     assert cluster.condition("Dataset", "cancer").get("status") == "True"
+
+
+def test_a_stalled_apiserver_times_a_request_out(
+    own_cluster: DevCluster, own_api: client.ApiClient, own_namespace: str
+) -> None:
+    """An API server that holds the connection open and never answers (frozen with
+    SIGSTOP: accepted by the kernel, read by no one) fails the operator's request within
+    its timeout, as an "unavailable" error a pass retries soon; without a timeout it would
+    hold one of kopf's worker threads until the connection died."""
+    kube = Kube(own_api, request_timeout=(2.0, 2.0))
+    assert kube.get("v1", "ServiceAccount", own_namespace, "default") is not None  # discovered
+    state = own_cluster.state()
+    assert state is not None
+    apiserver = next(p for p in state.processes if p.name == "kube-apiserver")
+    os.kill(apiserver.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(urllib3.exceptions.HTTPError) as caught:
+            kube.get("v1", "ServiceAccount", own_namespace, "default")
+        waited = time.monotonic() - start
+    finally:
+        os.kill(apiserver.pid, signal.SIGCONT)
+    assert unavailable(caught.value), repr(caught.value)
+    assert waited < 30, f"the request took {waited:.1f}s with a 2 s timeout"
+    wait_for(
+        lambda: kube.get("v1", "ServiceAccount", own_namespace, "default") is not None,
+        "the API server answering again after SIGCONT",
+        timeout=60,
+    )
+    _say(f"frozen API server: the request failed after {waited:.1f}s (timeout 2 s)")

@@ -5,8 +5,8 @@ manager (re-applying the same object is a no-op), :meth:`Kube.create` treats
 "already exists" as success and returns what is there. A no-op apply and a DELETE
 answered 404 still cost the API server a write, so :meth:`Kube.apply` and
 :meth:`Kube.delete` skip children the :class:`AppliedCache` knows to be as wanted.
-Every request is counted in ``kubeloop_operator_api_requests_total`` and sent with the
-``kubeloop-operator`` user agent.
+Every request is counted in ``kubeloop_operator_api_requests_total`` (by verb and kind),
+sent with the ``kubeloop-operator`` user agent, and bounded by :data:`REQUEST_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status in UNAVAILABLE_STATUSES
 
 
+#: Seconds to connect, and to wait for an answer, per request: a half-open connection to a
+#: stalled API server fails the handler (retried soon, see :func:`unavailable`) instead of
+#: holding one of kopf's worker threads for good.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
 #: Connections kept to the API server: one per worker thread (kopf's pool), so none is
 #: closed and opened again with a new TLS handshake.
 POOL_SIZE = 32
@@ -83,8 +88,13 @@ def user_config(
 class Kube:
     """A thread-safe facade: kopf runs sync handlers in a thread pool."""
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient | None = None,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ) -> None:
         api_client = api_client or load_config()
+        self._timeout = request_timeout
         api_client.user_agent = USER_AGENT
         self._dyn = DynamicClient(api_client)
         self._resources: dict[tuple[str, str], Resource] = {}
@@ -92,8 +102,8 @@ class Kube:
         self.cache = AppliedCache()
 
     @staticmethod
-    def _count(verb: str) -> None:
-        metrics.API_REQUESTS.labels(verb=verb).inc()
+    def _count(verb: str, kind: str) -> None:
+        metrics.API_REQUESTS.labels(verb=verb, kind=kind).inc()
 
     def _resource(self, api_version: str, kind: str) -> Resource:
         key = (api_version, kind)
@@ -112,9 +122,11 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as a dict, or None when it does not exist."""
-        self._count("get")
+        self._count("get", kind)
         try:
-            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+            obj = self._resource(api_version, kind).get(
+                name=name, namespace=namespace, _request_timeout=self._timeout
+            )
         except NotFoundError:
             return None
         result: dict[str, Any] = obj.to_dict()
@@ -131,9 +143,9 @@ class Kube:
     ) -> list[dict[str, Any]]:
         """Objects of a kind in a namespace, optionally by label selector."""
         label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items()) or None
-        self._count("list")
+        self._count("list", kind)
         items = self._resource(api_version, kind).get(
-            namespace=namespace, label_selector=label_selector
+            namespace=namespace, label_selector=label_selector, _request_timeout=self._timeout
         )
         return [item.to_dict() for item in items.items]
 
@@ -141,10 +153,10 @@ class Kube:
         """Create ``obj``; when it exists, return the existing one (or raise ConflictError)."""
         meta = obj["metadata"]
         resource = self._resource(obj["apiVersion"], obj["kind"])
-        self._count("create")
+        self._count("create", obj["kind"])
         try:
             created: dict[str, Any] = resource.create(
-                body=obj, namespace=meta["namespace"]
+                body=obj, namespace=meta["namespace"], _request_timeout=self._timeout
             ).to_dict()
             return created
         except ApiException as exc:
@@ -161,10 +173,10 @@ class Kube:
         """Create ``obj`` unless one of its name exists, which is left as it is and not
         read (so a Secret needs only the ``create`` verb). True when it was created."""
         meta = obj["metadata"]
-        self._count("create")
+        self._count("create", obj["kind"])
         try:
             self._resource(obj["apiVersion"], obj["kind"]).create(
-                body=obj, namespace=meta["namespace"]
+                body=obj, namespace=meta["namespace"], _request_timeout=self._timeout
             )
         except ApiException as exc:
             if exc.status != 409:
@@ -180,13 +192,14 @@ class Kube:
             return live
         meta = obj["metadata"]
         resource = self._resource(obj["apiVersion"], obj["kind"])
-        self._count("apply")
+        self._count("apply", obj["kind"])
         applied: dict[str, Any] = resource.server_side_apply(
             body=obj,
             name=meta["name"],
             namespace=meta["namespace"],
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
+            _request_timeout=self._timeout,
         ).to_dict()
         self.cache.applied(obj, applied)
         return applied
@@ -199,10 +212,13 @@ class Kube:
         key = (api_version, kind, namespace, name)
         if self.cache.absent(key):
             return False
-        self._count("delete")
+        self._count("delete", kind)
         try:
             self._resource(api_version, kind).delete(
-                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
+                name=name,
+                namespace=namespace,
+                body={"propagationPolicy": "Background"},
+                _request_timeout=self._timeout,
             )
         except NotFoundError:
             self.cache.deleted(key)
@@ -215,12 +231,13 @@ class Kube:
     ) -> dict[str, Any]:
         """Merge-patch the status subresource of a Kubeloop object; the patched object."""
         resource = self._resource(API_VERSION, kind).subresources["status"]
-        self._count("patch")
+        self._count("patch", kind)
         patched: dict[str, Any] = resource.patch(
             body={"status": status},
             name=name,
             namespace=namespace,
             content_type="application/merge-patch+json",
+            _request_timeout=self._timeout,
         ).to_dict()
         return patched
 
@@ -229,13 +246,14 @@ class Kube:
     ) -> bool:
         """Merge-patch metadata (labels, annotations; None removes a key); False when the
         object is gone."""
-        self._count("patch")
+        self._count("patch", kind)
         try:
             self._resource(api_version, kind).patch(
                 body={"metadata": metadata},
                 name=name,
                 namespace=namespace,
                 content_type="application/merge-patch+json",
+                _request_timeout=self._timeout,
             )
         except NotFoundError:
             return False

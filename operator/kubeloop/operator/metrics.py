@@ -46,7 +46,7 @@ API_REQUESTS = Counter(
     "kubeloop_operator_api_requests_total",
     "Requests the operator's API client sent (get, list, create, apply, delete, patch); "
     "kopf's watches and its own bookkeeping are not counted.",
-    ["verb"],
+    ["verb", "kind"],
 )
 
 
@@ -76,7 +76,5 @@ def zero_series() -> None:
         ALERTS_RECEIVED.labels(status=status)
     for outcome in ("promoted", "rolled_back"):
         ROLLOUTS.labels(result=outcome)
-    for verb in ("get", "list", "create", "apply", "delete", "patch"):
-        API_REQUESTS.labels(verb=verb)
     for check in get_args(CheckOutcome):
         ANALYSIS_CHECKS.labels(result=check)
