@@ -65,12 +65,25 @@ def request_total(kubeconfig: str, verbs: tuple[str, ...] | None = None) -> floa
     return total
 
 
-def operator_requests(port: int) -> float | None:
-    """The operator's own count of its API requests (None: an operator without it)."""
+def operator_requests(port: int) -> dict[str, float] | None:
+    """The operator's own count of its API requests, by label set (``verb="…",kind="…"``;
+    None: an operator without the counter)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    found = re.findall(r"^kubeloop_operator_api_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    return sum(float(v) for v in found) if found else None
+    pattern = r"^kubeloop_operator_api_requests_total\{([^}]*)\} ([0-9.e+]+)$"
+    found = {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.M)}
+    return found or None
+
+
+def requests_by_label(
+    before: dict[str, float] | None, after: dict[str, float] | None, objects: int
+) -> list[tuple[str, str]]:
+    """Rows of the operator's requests per object by verb and kind, most first."""
+    if after is None:
+        return []
+    spent = {k: v - (before or {}).get(k, 0.0) for k, v in after.items()}
+    ranked = sorted(((v, k) for k, v in spent.items() if v > 0), reverse=True)
+    return [(f"  {k}", f"{v / objects:.2f}") for v, k in ranked]
 
 
 def free_port() -> int:
@@ -344,7 +357,11 @@ def measure(
     objects = args.deployments + args.trainingjobs
     writes = steady_writes(bench, args)
     lat = stage_latencies(bench)
-    own_row = "n/a" if own is None or before_own is None else f"{(own - before_own) / objects:.1f}"
+    own_row = (
+        "n/a"
+        if own is None or before_own is None
+        else f"{(sum(own.values()) - sum(before_own.values())) / objects:.1f}"
+    )
     return [
         (
             "objects created (ModelDeployments + TrainingJobs)",
@@ -368,6 +385,8 @@ def measure(
             "unrelated ConfigMaps + Deployments in the namespace",
             f"{args.unrelated} + {args.unrelated}",
         ),
+        ("operator API requests per object, by verb and kind:", ""),
+        *requests_by_label(before_own, own, objects),
     ]
 
 

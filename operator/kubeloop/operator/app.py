@@ -54,7 +54,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # a killed leader's record lingers this long: kopf's 60 s default is the handover time
     settings.peering.lifetime = operator_settings.peering_lifetime_seconds
     watch_own_children_only(settings)
-    memo["ctx"] = Context(settings=operator_settings, kube=Kube())
+    ctx = Context(settings=operator_settings, kube=Kube())
+    ctx.versions.active = ctx.datasets.active = True  # fed by their watches (handlers.watch)
+    memo["ctx"] = ctx
     metrics.zero_series()
     if operator_settings.metrics_port:
         start_http_server(operator_settings.metrics_port)

@@ -147,3 +147,39 @@ class AppliedCache:
                 return True
             entry.live = obj
             return False
+
+
+class Watched:
+    """The objects of one kind as the operator's watch last saw them, by namespace and
+    name (thread-safe): read by passes instead of a request per pass.
+
+    Fed by a kopf index function (kopf runs no handler before every index has seen its
+    initial listing, and updates indexes before it runs a change's handlers, so a pass
+    woken by an object's change finds that change here) and by the kind's deletion
+    events. ``active`` is False until the operator's startup turns it on: a
+    :class:`~kubeloop.operator.handlers.common.Context` made elsewhere (a unit test, a
+    command) has no watch behind it and asks the API server instead.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self._by_namespace: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        with self._lock:
+            self._by_namespace.setdefault(str(meta["namespace"]), {})[str(meta["name"])] = obj
+
+    def gone(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        with self._lock:
+            self._by_namespace.get(str(meta["namespace"]), {}).pop(str(meta["name"]), None)
+
+    def in_namespace(self, namespace: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._by_namespace.get(namespace, {}).values())
+
+    def named(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._by_namespace.get(namespace, {}).get(name)

@@ -30,7 +30,7 @@ USER_AGENT = "kubeloop-operator"
 
 
 class ConflictError(Exception):
-    """An object of that name exists already (HTTP 409)."""
+    """An object of that name exists already, or changed since it was read (HTTP 409)."""
 
 
 #: Answers of an API server that is restarting (429 "storage is (re)initializing"), failing
@@ -158,6 +158,7 @@ class Kube:
             created: dict[str, Any] = resource.create(
                 body=obj, namespace=meta["namespace"], _request_timeout=self._timeout
             ).to_dict()
+            self.cache.applied(obj, created)  # a child Job: its watch keeps it for read()
             return created
         except ApiException as exc:
             if exc.status != 409:
@@ -227,18 +228,36 @@ class Kube:
         return True
 
     def patch_status(
-        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """Merge-patch the status subresource of a Kubeloop object; the patched object."""
+        """Merge-patch the status subresource of a Kubeloop object; the patched object.
+
+        With ``resource_version``, only if the object is still at that version: a decision
+        made from the object as read is recorded only when no one wrote it since (else
+        :class:`ConflictError`, and the caller reads and decides again).
+        """
         resource = self._resource(API_VERSION, kind).subresources["status"]
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         self._count("patch", kind)
-        patched: dict[str, Any] = resource.patch(
-            body={"status": status},
-            name=name,
-            namespace=namespace,
-            content_type="application/merge-patch+json",
-            _request_timeout=self._timeout,
-        ).to_dict()
+        try:
+            patched: dict[str, Any] = resource.patch(
+                body=body,
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+                _request_timeout=self._timeout,
+            ).to_dict()
+        except ApiException as exc:
+            if exc.status != 409 or resource_version is None:
+                raise
+            raise ConflictError(name) from exc
         return patched
 
     def patch_metadata(

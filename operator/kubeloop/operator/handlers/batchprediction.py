@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from kubeloop.api.base import API_VERSION, GROUP, VERSION
+from kubeloop.api.base import GROUP, VERSION
 from kubeloop.api.v1alpha1 import BatchPredictionSpec
 from kubeloop.operator import metrics, prediction
 from kubeloop.operator.builders import TRAINER_CONTAINER
@@ -50,8 +50,8 @@ RUN_FIELDS = (
 
 def _resolve(ctx: Context, rec: Reconcile, spec: BatchPredictionSpec) -> Target | None:
     """The versions a run scores now; None (and Ready saying why) while one is missing."""
-    versions = ctx.kube.list(API_VERSION, "ModelVersion", rec.namespace)
-    dataset = ctx.kube.get(API_VERSION, "Dataset", rec.namespace, spec.dataset_ref.name)
+    versions = ctx.model_versions(rec.namespace)
+    dataset = ctx.dataset(rec.namespace, spec.dataset_ref.name)
     try:
         mv, number = prediction.resolve_model(spec.model_ref, versions)
         data = prediction.resolve_data(
@@ -140,7 +140,7 @@ def _once(ctx: Context, rec: Reconcile, spec: BatchPredictionSpec) -> None:
     if rec.status.get("jobName") == name and rec.status.get("phase") in TERMINAL_PHASES:
         return
     _drop_cronjob(ctx, rec)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
+    job = ctx.kube.read("batch/v1", "Job", rec.namespace, name)
     if job is None:
         _start(ctx, rec, spec, name)
         return
@@ -179,7 +179,7 @@ def _latest_run(ctx: Context, rec: Reconcile, cronjob: dict[str, Any]) -> str | 
         return None
     rec.status["lastScheduleTime"] = stamp
     name = prediction.scheduled_job_name(cronjob["metadata"]["name"], scheduled)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
+    job = ctx.kube.read("batch/v1", "Job", rec.namespace, name)
     if job is None:  # skipped, or already cleaned up by the history limit
         return None
     rec.status["jobName"] = name

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from kubeloop.api.base import API_VERSION, KubeModel
 from kubeloop.contracts.status import READY
 from kubeloop.operator import metrics
-from kubeloop.operator.children import AppliedCache
+from kubeloop.operator.children import AppliedCache, Watched
 from kubeloop.operator.conditions import set_condition
 from kubeloop.operator.kube import Kube, unavailable
 from kubeloop.operator.settings import OperatorSettings
@@ -49,6 +49,9 @@ class Context:
     _pending: set[str] = field(default_factory=set)
     #: Objects this process created or found (never watched, so never created twice).
     present: set[str] = field(default_factory=set)
+    #: The ModelVersions and Datasets as watched (see :meth:`model_versions`, :meth:`dataset`).
+    versions: Watched = field(default_factory=Watched)
+    datasets: Watched = field(default_factory=Watched)
 
     @property
     def children(self) -> AppliedCache:
@@ -88,6 +91,23 @@ class Context:
         if written is None or not rv.isdigit() or int(rv) >= written[0]:
             return body
         return {**body, "status": written[1]}
+
+    def model_versions(self, namespace: str) -> list[dict[str, Any]]:
+        """Every ModelVersion in ``namespace``: as the operator's watch holds them (no
+        request), else listed. A pass that chooses what to serve or train against may read
+        the watch: a version's change wakes its dependents after the watch has it. A pass
+        that deletes what no version names lists instead (a version created a moment ago
+        must not be missed)."""
+        if self.versions.active:
+            return self.versions.in_namespace(namespace)
+        return self.kube.list(API_VERSION, "ModelVersion", namespace)
+
+    def dataset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Dataset as the operator's watch holds it, else read (as :meth:`model_versions`:
+        a Dataset's change wakes the passes waiting on it after the watch has it)."""
+        if self.datasets.active:
+            return self.datasets.named(namespace, name)
+        return self.kube.get(API_VERSION, "Dataset", namespace, name)
 
     def wrote(self, uid: str, resource_version: str, status: dict[str, Any]) -> None:
         if resource_version.isdigit():
@@ -263,13 +283,12 @@ def _pass(ctx: Context, kind: str, body: dict[str, Any], step: Step) -> None:
         metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
 
 
-def versions_of(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:
-    """Every ModelVersion of ``model`` in the namespace, however it was created.
+def of_model(versions: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """The ModelVersions of ``model``, however they were created: selected by
+    ``spec.modelName`` (hand-made versions carry no labels)."""
+    return [mv for mv in versions if mv.get("spec", {}).get("modelName") == model]
 
-    Selected by ``spec.modelName`` (hand-made versions carry no labels).
-    """
-    return [
-        mv
-        for mv in kube.list(API_VERSION, "ModelVersion", namespace)
-        if mv.get("spec", {}).get("modelName") == model
-    ]
+
+def versions_of(kube: Kube, namespace: str, model: str) -> list[dict[str, Any]]:
+    """Every ModelVersion of ``model`` in the namespace, listed from the API server."""
+    return of_model(kube.list(API_VERSION, "ModelVersion", namespace), model)

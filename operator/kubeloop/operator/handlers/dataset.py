@@ -104,7 +104,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     """
     spec = parse_spec(DatasetSpec, rec)
     latest: str | None = rec.status.get("snapshotJob")
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, latest) if latest else None
+    job = ctx.kube.read("batch/v1", "Job", rec.namespace, latest) if latest else None
     if latest and job is not None:
         if job_state(job) == "Running":
             _waiting(rec, latest, blocked(ctx.kube, job, builders.TRAINER_CONTAINER))

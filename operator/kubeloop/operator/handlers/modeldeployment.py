@@ -26,6 +26,7 @@ from kubeloop.operator.handlers.common import (
     Context,
     Reconcile,
     context,
+    of_model,
     parse_spec,
     plain,
     run_reconcile,
@@ -489,7 +490,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     spec = parse_spec(ModelDeploymentSpec, rec)
     _ensure_token_secret(ctx, rec)
     names = builders.serving_names(rec.name)
-    versions = versions_of(ctx.kube, rec.namespace, spec.model_name)
+    versions = of_model(ctx.model_versions(rec.namespace), spec.model_name)
     ready = {int(mv["spec"]["version"]): mv for mv in versions if is_true(mv.get("status"))}
     target = _target(rec, spec, ready, rejected_versions(ready))
     if target is None:

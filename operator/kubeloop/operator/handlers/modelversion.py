@@ -79,7 +79,7 @@ def _inspected(ctx: Context, rec: Reconcile) -> bool:
     """Run the inspection Job (``kubeloop inspect`` in the trainer image) once per digest and
     copy the inputs and outputs it reports into status; False until it has."""
     name = builders.inspect_job_name(rec.body)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
+    job = ctx.kube.read("batch/v1", "Job", rec.namespace, name)
     if job is None:
         ctx.kube.create(builders.build_inspect_job(rec.body, ctx.settings))
         metrics.CHILDREN_CREATED.labels(kind="Job").inc()

@@ -96,7 +96,7 @@ def step(
     """Drive the search Job one pass; the trainer's extra arguments once every trial is
     in, else None (starting, running, or ended here)."""
     name = builders.search_job_name(rec.body)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, name)
+    job = ctx.kube.read("batch/v1", "Job", rec.namespace, name)
     if job is None:
         _start(ctx, rec, spec, name, data_uri)
         return None

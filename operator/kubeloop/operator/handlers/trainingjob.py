@@ -122,7 +122,7 @@ def _request_snapshot(ctx: Context, dataset: dict[str, Any], wanted: datetime) -
 def _resolve_data(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> str | None:
     """The data version to train on, fixed once chosen; None while waiting (or failed)."""
     ref = spec.dataset_ref
-    dataset = ctx.kube.get(API_VERSION, "Dataset", rec.namespace, ref.name)
+    dataset = ctx.dataset(rec.namespace, ref.name)
     if dataset is None:
         rec.status.setdefault("phase", "Pending")
         rec.ready(False, "DatasetNotFound", f"Dataset {ref.name} not found")
@@ -161,7 +161,7 @@ def _resolve_champion(ctx: Context, rec: Reconcile, spec: TrainingJobSpec) -> Re
     md = None
     if compare.policy == "Serving" and md_name is not None:
         md = ctx.kube.get(API_VERSION, "ModelDeployment", rec.namespace, md_name)
-    versions = ctx.kube.list(API_VERSION, "ModelVersion", rec.namespace)
+    versions = ctx.model_versions(rec.namespace)
     found = champion.resolve(rec.body, spec, md, versions)
     if found.outcome == "invalid":
         rec.ready(False, "InvalidSpec", found.message)
@@ -284,7 +284,7 @@ def reconcile(ctx: Context, rec: Reconcile) -> None:
     if rec.status.get("phase") in TRAINING_TERMINAL_PHASES:
         return
     job_name = builders.trainer_job_name(rec.body)
-    job = ctx.kube.get("batch/v1", "Job", rec.namespace, job_name)
+    job = ctx.kube.read("batch/v1", "Job", rec.namespace, job_name)
     if job is None:
         _start_or_search(ctx, rec, spec, job_name)
         return

@@ -174,6 +174,8 @@ async def on_source(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kw
     """A Dataset or ModelVersion changed what its dependents read: wake them (side by side:
     one version may be followed by many deployments)."""
     ctx, obj = context(memo), plain(body)
+    if event.get("type") == "DELETED":
+        (ctx.versions if obj.get("kind") == "ModelVersion" else ctx.datasets).gone(obj)
     if not _moved(ctx, event, obj, source_summary(obj)):
         return
     wakes = []
@@ -201,3 +203,14 @@ for _group, _version, _plural, *_names in WATCHED:
     kopf.on.event(group=_group, version=_version, plural=_plural, labels=MANAGED)(on_child)
 for _plural in ("datasets", "modelversions"):
     kopf.on.event(GROUP, VERSION, _plural, id=f"wake_dependents_of_{_plural}")(on_source)
+
+
+@kopf.index(GROUP, VERSION, "modelversions", id="versions_seen")
+@kopf.index(GROUP, VERSION, "datasets", id="datasets_seen")
+async def _source_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, bool]:
+    """Keep :attr:`Context.versions` and :attr:`Context.datasets` (passes read them there):
+    an index, so each has its initial listing before any handler runs; deletions come to
+    :func:`on_source`."""
+    ctx, obj = context(memo), plain(body)
+    (ctx.versions if obj.get("kind") == "ModelVersion" else ctx.datasets).seen(obj)
+    return {}

@@ -1,0 +1,31 @@
+"""The watch-fed record of ModelVersions and Datasets that passes read instead of listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeloop.operator.children import Watched
+
+
+def obj(namespace: str, name: str, version: int = 1) -> dict[str, Any]:
+    return {
+        "kind": "ModelVersion",
+        "metadata": {"namespace": namespace, "name": name, "uid": f"{namespace}/{name}"},
+        "spec": {"version": version},
+    }
+
+
+def test_holds_the_latest_of_each_object_by_namespace_until_it_is_deleted() -> None:
+    watched = Watched()
+    assert not watched.active  # a Context made outside the operator asks the API server
+    watched.seen(obj("a", "m-v1"))
+    watched.seen(obj("a", "m-v2", version=2))
+    watched.seen(obj("b", "m-v1"))
+    watched.seen(obj("a", "m-v1", version=7))  # a change replaces what was seen
+    assert sorted(o["spec"]["version"] for o in watched.in_namespace("a")) == [2, 7]
+    assert watched.named("b", "m-v1") == obj("b", "m-v1")
+    watched.gone(obj("a", "m-v1"))
+    assert [o["metadata"]["name"] for o in watched.in_namespace("a")] == ["m-v2"]
+    assert watched.named("a", "m-v1") is None
+    assert watched.in_namespace("nowhere") == []
+    watched.gone(obj("nowhere", "x"))  # an unknown deletion is nothing to forget
