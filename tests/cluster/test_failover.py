@@ -5,7 +5,8 @@ The leader (the higher priority) reconciles; the standby pauses. The leader is k
 the middle of a training; the standby takes over within the peering lifetime
 (``KUBELOOP_PEERING_LIFETIME_SECONDS``, 10 s) and goes on where the leader was, with no
 second Job, ModelVersion or TrainingJob. Both replicas run the alert receiver: the same
-alert delivered to both makes one TrainingJob.
+alert delivered to both makes one TrainingJob, and two alerts decided at once by the two
+replicas respect the deployment's maxConcurrent.
 """
 
 from __future__ import annotations
@@ -167,3 +168,40 @@ def test_the_same_alert_to_both_replicas_makes_one_training_job(pair, cluster, t
         again = replica.post(payload).json()["results"][0]["result"]
         assert again == "duplicate"
     assert len(cluster.list("TrainingJob")) == 1
+
+
+def test_two_alerts_at_once_to_two_replicas_respect_max_concurrent(pair, cluster, tmp_path):
+    """Different alerts for one deployment (maxConcurrent 1, no cooldown), one to each
+    replica at the same moment: each replica decides alone, so without a claim both would
+    see no TrainingJob running and create one. Several deployments at once, to meet the race."""
+    leader, standby = pair
+    csv = tmp_path / "data.csv"
+    csv.write_text("f1,f2,target\n1,2,0\n3,4,1\n")
+    dataset_ready(cluster, csv, "iris-data", FEATURES)
+    names = [f"iris-{i}" for i in range(4)]
+    for name in names:
+        cluster.apply(model_deployment(name, name, "iris-data", FEATURES, cooldown="0s"))
+    posts = [
+        (
+            replica,
+            notification(
+                alert(cluster.namespace, name, fingerprint=f"{name}{replica}".replace("-", ""))
+            ),
+        )
+        for name in names
+        for replica in ("leader", "standby")
+    ]
+    by_role = {"leader": leader, "standby": standby}
+    with ThreadPoolExecutor(len(posts)) as pool:
+        answers = list(pool.map(lambda post: by_role[post[0]].post(post[1]), posts))
+    assert [a.status_code for a in answers] == [200] * len(posts), [a.text for a in answers]
+    for name in names:
+        decisions = sorted(
+            result["result"]
+            for a in answers
+            for result in a.json()["results"]
+            if result["deployment"].endswith(f"/{name}")
+        )
+        assert decisions == ["created", "max-concurrent"], (name, decisions)
+        made = [tj for tj in cluster.list("TrainingJob") if tj["spec"]["modelName"] == name]
+        assert len(made) == 1, [tj["metadata"]["name"] for tj in made]

@@ -3,9 +3,17 @@
 :func:`decide` is pure: from the trigger, the ModelDeployment as stored, the
 TrainingJobs in its namespace and the time, it says what to do. :func:`act`
 does it: under the ModelDeployment's reconcile lock it re-reads the object,
-decides, creates the TrainingJob, records the trigger in ``status`` (so a
-re-delivery after a restart is still a duplicate), posts an Event and counts
-the decision.
+decides, records the trigger in ``status`` (so a re-delivery after a restart is
+still a duplicate), creates the TrainingJob, posts an Event and counts the decision.
+
+Two operator replicas each run a receiver, so two alerts for one deployment may be
+decided at the same moment in two processes. The status write is therefore made only
+if the ModelDeployment is still at the version the decision was read from (else both
+read and decide again), and it comes *before* the create: the record of a retrain
+about to be made (``lastRetrain``) is the claim the other replica's ``maxConcurrent``
+and cooldown checks see, for :data:`CLAIM_SECONDS`, even while its TrainingJob is not
+listed yet. A process that dies between the claim and the create leaves a claim that
+the same trigger, delivered again within that time, completes.
 
 Guard rails, in the order they are checked:
 
@@ -44,6 +52,11 @@ from kubeloop.operator.names import child_name
 from kubeloop.operator.timestamps import parse, rfc3339
 
 log = logging.getLogger("kubeloop.retrain")
+#: How long a recorded retrain whose TrainingJob is not listed counts as being created
+#: (the claim; see the module docstring). After it, such a TrainingJob was deleted.
+CLAIM_SECONDS = 60.0
+#: Decisions retried when another writer changed the ModelDeployment in between.
+DECIDE_TRIES = 5
 
 Decision = Literal[
     "created", "cooldown", "duplicate", "max-concurrent", "disabled", "unknown-deployment"
@@ -119,17 +132,33 @@ def training_job_name(md_name: str, trigger: Trigger) -> str:
     return child_name(md_name, f"retrain-{digest}")
 
 
-def unfinished(spec: ModelDeploymentSpec, trainingjobs: Sequence[dict[str, Any]]) -> list[str]:
-    """Names of TrainingJobs of the retrain template's model that have not finished."""
+def claimed(
+    status: dict[str, Any], trainingjobs: Sequence[dict[str, Any]], now: datetime
+) -> str | None:
+    """The TrainingJob a retrain recorded less than :data:`CLAIM_SECONDS` ago that is not
+    listed yet: being created (by this or another replica), or lost to a crash."""
+    record = status.get("lastRetrain") or {}
+    name, when = record.get("trainingJob"), parse(record.get("time"))
+    if not name or when is None or now - when >= timedelta(seconds=CLAIM_SECONDS):
+        return None
+    return None if any(tj["metadata"]["name"] == name for tj in trainingjobs) else str(name)
+
+
+def unfinished(
+    spec: ModelDeploymentSpec, trainingjobs: Sequence[dict[str, Any]], pending: str | None = None
+) -> list[str]:
+    """Names of TrainingJobs of the retrain template's model that have not finished, and
+    the ``pending`` one a claim says is being created."""
     assert spec.retrain is not None
     model = spec.retrain.template.model_name
-    return sorted(
+    listed = {
         tj["metadata"]["name"]
         for tj in trainingjobs
         if (tj.get("spec") or {}).get("modelName") == model
         and (tj.get("status") or {}).get("phase") not in TRAINING_TERMINAL_PHASES
         and not tj["metadata"].get("deletionTimestamp")
-    )
+    }
+    return sorted(listed | ({pending} if pending else set()))
 
 
 def decide(
@@ -149,11 +178,14 @@ def decide(
         return Verdict("disabled", f"{trigger.describe()}: retraining is not enabled")
     status = md.get("status") or {}
     name = training_job_name(md["metadata"]["name"], trigger)
+    pending = claimed(status, trainingjobs, now)
+    if pending == name:  # this trigger's own claim, not carried out yet
+        return Verdict("created", f"{trigger.describe()}: created TrainingJob {name}")
     if trigger.key in (status.get("retrainKeys") or []) or any(
         tj["metadata"]["name"] == name for tj in trainingjobs
     ):
         return Verdict("duplicate", f"{trigger.describe()}: already handled (TrainingJob {name})")
-    running = unfinished(spec, trainingjobs)
+    running = unfinished(spec, trainingjobs, pending)
     if len(running) >= spec.retrain.max_concurrent:
         return Verdict(
             "max-concurrent",
@@ -358,23 +390,40 @@ def act(
         log.warning("%s/%s: %s", namespace, name, verdict.message)
         metrics.RETRAIN_DECISIONS.labels(decision=verdict.decision, trigger=trigger.kind).inc()
         return verdict
-    with ctx.locked(md["metadata"]["uid"]):
-        md = _get_md(kube, namespace, name)  # fresh, now that no one else is deciding
-        if md is None:
-            return act(ctx, trigger, namespace, name, now)
-        current = now or datetime.now(UTC)
-        trainingjobs = kube.list(API_VERSION, "TrainingJob", namespace)
-        verdict = decide(trigger, md, trainingjobs, current)
-        created: str | None = None
-        if verdict.decision == "created":
-            tj_name = training_job_name(name, trigger)
-            if _create(kube, md, trigger):
-                created = tj_name
-            else:
-                message = f"{trigger.describe()}: TrainingJob {tj_name} exists already"
-                verdict = Verdict("duplicate", message)
-        if needs_record(md, trigger, verdict, created):
-            patch = status_patch(md, trigger, created, current, ctx.settings.retrain_keys_limit)
-            kube.patch_status(MD_KIND, namespace, name, patch)
+    with ctx.locked(md["metadata"]["uid"]):  # this process; other replicas: see below
+        for attempt in range(DECIDE_TRIES):
+            md = _get_md(kube, namespace, name)  # fresh, now that no one here is deciding
+            if md is None:
+                return act(ctx, trigger, namespace, name, now)
+            current = now or datetime.now(UTC)
+            trainingjobs = kube.list(API_VERSION, "TrainingJob", namespace)
+            try:
+                verdict = decide(trigger, md, trainingjobs, current)
+                verdict = _carry_out(ctx, md, trigger, verdict, current)
+                break
+            except ConflictError:  # written since it was read: by another replica's decision?
+                if attempt == DECIDE_TRIES - 1:
+                    raise
     _report(kube, md, trigger, verdict, current)
+    return verdict
+
+
+def _carry_out(
+    ctx: Context, md: dict[str, Any], trigger: Trigger, verdict: Verdict, now: datetime
+) -> Verdict:
+    """Record the verdict on the ModelDeployment as it was read (ConflictError when it has
+    changed since), then create the TrainingJob of a ``created`` one; what happened."""
+    meta = md["metadata"]
+    tj_name = training_job_name(meta["name"], trigger) if verdict.decision == "created" else None
+    if needs_record(md, trigger, verdict, tj_name):
+        patch = status_patch(md, trigger, tj_name, now, ctx.settings.retrain_keys_limit)
+        ctx.kube.patch_status(
+            MD_KIND,
+            meta["namespace"],
+            meta["name"],
+            patch,
+            resource_version=meta["resourceVersion"],
+        )
+    if tj_name is not None and not _create(ctx.kube, md, trigger):
+        return Verdict("duplicate", f"{trigger.describe()}: TrainingJob {tj_name} exists already")
     return verdict

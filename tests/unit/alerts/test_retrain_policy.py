@@ -129,10 +129,47 @@ def test_max_concurrent_allows_up_to_the_limit():
 )
 def test_cooldown_since_the_last_retrain(seconds, decision):
     doc = md(lastRetrain={"time": ago(seconds), "trainingJob": "x", "trigger": "alert"})
-    verdict = retrain.decide(fire(), doc, [], NOW)
+    verdict = retrain.decide(fire(), doc, [tj("x", "Succeeded")], NOW)
     assert verdict.decision == decision
     if decision == "cooldown":
         assert "until" in verdict.message
+
+
+def claim(trigger: retrain.Trigger | None, seconds: float, name: str = "other-tj") -> dict:
+    """A ModelDeployment whose status records a retrain ``seconds`` ago (no cooldown)."""
+    doc = md(
+        lastRetrain={
+            "time": ago(seconds),
+            "trainingJob": retrain.training_job_name("breast-cancer", trigger) if trigger else name,
+            "trigger": "alert",
+        },
+        retrainKeys=[trigger.key] if trigger else ["alert:other"],
+    )
+    doc["spec"]["retrain"]["cooldown"] = "0s"
+    return doc
+
+
+def test_a_claimed_retrain_not_listed_yet_counts_against_max_concurrent():
+    """Another replica recorded a retrain and is creating it: a second alert decided now
+    must not start a second TrainingJob (maxConcurrent 1), though none is listed yet."""
+    verdict = retrain.decide(fire("second"), claim(None, 1), [], NOW)
+    assert verdict.decision == "max-concurrent"
+    assert "other-tj" in verdict.message
+    expired = retrain.CLAIM_SECONDS  # by then it was created, or deleted since
+    assert retrain.decide(fire("second"), claim(None, expired), [], NOW).decision == "created"
+    done = [tj("other-tj", "Succeeded")]
+    assert retrain.decide(fire("second"), claim(None, 1), done, NOW).decision == "created"
+
+
+def test_a_claim_of_the_same_trigger_is_completed_once():
+    """A replica that recorded a retrain and died before creating it: the same alert,
+    delivered again, creates it; once it exists (or the claim expired) it is a duplicate."""
+    first = fire()
+    assert retrain.decide(first, claim(first, 5), [], NOW).decision == "created"
+    listed = [tj(retrain.training_job_name("breast-cancer", first), "Pending")]
+    assert retrain.decide(first, claim(first, 5), listed, NOW).decision == "duplicate"
+    late = claim(first, retrain.CLAIM_SECONDS + 1)
+    assert retrain.decide(first, late, [], NOW).decision == "duplicate"
 
 
 def test_decide_does_not_touch_its_inputs():
