@@ -167,9 +167,14 @@ class Watched:
         self._lock = threading.Lock()
 
     def seen(self, obj: dict[str, Any]) -> None:
+        """Hold ``obj``, unless what is held is newer (a write's answer, recorded by the
+        writer, can be ahead of its kind's watch)."""
         meta = obj["metadata"]
         with self._lock:
-            self._by_namespace.setdefault(str(meta["namespace"]), {})[str(meta["name"])] = obj
+            held = self._by_namespace.setdefault(str(meta["namespace"]), {})
+            known = held.get(str(meta["name"]))
+            if known is None or not _older(obj, known):
+                held[str(meta["name"])] = obj
 
     def gone(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -183,3 +188,11 @@ class Watched:
     def named(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             return self._by_namespace.get(namespace, {}).get(name)
+
+
+def _older(obj: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether ``obj`` is an older state of the same object than ``than``: by uid and
+    resourceVersion, compared as the integers etcd-backed API servers give."""
+    a, b = obj["metadata"], than["metadata"]
+    rv, held = str(a.get("resourceVersion") or ""), str(b.get("resourceVersion") or "")
+    return a.get("uid") == b.get("uid") and rv.isdigit() and held.isdigit() and int(rv) < int(held)

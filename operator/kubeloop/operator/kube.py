@@ -262,18 +262,22 @@ class Kube:
 
     def patch_metadata(
         self, api_version: str, kind: str, namespace: str, name: str, metadata: dict[str, Any]
-    ) -> bool:
-        """Merge-patch metadata (labels, annotations; None removes a key); False when the
-        object is gone."""
+    ) -> dict[str, Any] | None:
+        """Merge-patch metadata (labels, annotations; None removes a key); the patched
+        object, or None when it is gone."""
         self._count("patch", kind)
         try:
-            self._resource(api_version, kind).patch(
-                body={"metadata": metadata},
-                name=name,
-                namespace=namespace,
-                content_type="application/merge-patch+json",
-                _request_timeout=self._timeout,
+            patched: dict[str, Any] = (
+                self._resource(api_version, kind)
+                .patch(
+                    body={"metadata": metadata},
+                    name=name,
+                    namespace=namespace,
+                    content_type="application/merge-patch+json",
+                    _request_timeout=self._timeout,
+                )
+                .to_dict()
             )
         except NotFoundError:
-            return False
-        return True
+            return None
+        return patched

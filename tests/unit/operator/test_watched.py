@@ -29,3 +29,24 @@ def test_holds_the_latest_of_each_object_by_namespace_until_it_is_deleted() -> N
     assert watched.named("a", "m-v1") is None
     assert watched.in_namespace("nowhere") == []
     watched.gone(obj("nowhere", "x"))  # an unknown deletion is nothing to forget
+
+
+def test_an_older_state_of_the_same_object_never_replaces_a_newer_one() -> None:
+    """A writer records the answer to its patch (resourceVersion 11); the watch may still
+    deliver an event from before it (10): the label the patch made must not vanish."""
+    watched = Watched()
+    patched = {**obj("a", "m-v1"), "metadata": {**obj("a", "m-v1")["metadata"]}}
+    patched["metadata"].update(resourceVersion="11", labels={"served-by": "stable"})
+    late = obj("a", "m-v1")
+    late["metadata"]["resourceVersion"] = "10"
+    watched.seen(patched)
+    watched.seen(late)
+    assert watched.named("a", "m-v1") == patched
+    newer = obj("a", "m-v1", version=3)
+    newer["metadata"]["resourceVersion"] = "12"
+    watched.seen(newer)
+    assert watched.named("a", "m-v1") == newer
+    recreated = obj("a", "m-v1")  # deleted and made again: another uid, any version
+    recreated["metadata"].update(uid="new", resourceVersion="5")
+    watched.seen(recreated)
+    assert watched.named("a", "m-v1") == recreated

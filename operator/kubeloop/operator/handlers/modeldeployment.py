@@ -435,9 +435,11 @@ def relabel(
     labels = {mv["metadata"]["name"]: mv["metadata"].get("labels") or {} for mv in versions}
     key = builders.served_by_label(md_name)
     for name, role in builders.served_label_patches(md_name, previous, served, labels).items():
-        ctx.kube.patch_metadata(
+        patched = ctx.kube.patch_metadata(
             API_VERSION, "ModelVersion", namespace, name, {"labels": {key: role}}
         )
+        if patched is not None:  # the next pass sees the label, though the watch lags
+            ctx.versions.seen(patched)
 
 
 def _progress(state: dict[str, Any], weight: int) -> tuple[str, str]:
