@@ -22,6 +22,7 @@ from kubelet import finish_pod
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import (
+    KINDS,
     Cluster,
     pod_of,
     run_job_locally,
@@ -29,7 +30,13 @@ from operator_harness import (
 )
 from sklearn.datasets import load_breast_cancer
 
+from kubeloop.api.v1alpha1 import ModelDeploymentSpec
 from kubeloop.contracts.artifacts import ArtifactLayout
+from kubeloop.operator import retention
+from kubeloop.operator.handlers import retention as handlers_retention
+from kubeloop.operator.handlers.common import Context, Reconcile
+from kubeloop.operator.kube import Kube
+from kubeloop.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
 
@@ -820,6 +827,39 @@ def test_retention_keeps_the_newest_and_every_served_version(cluster, operator, 
     assert not (models / "3").exists()
     assert all((models / str(v) / ArtifactLayout.MODEL).exists() for v in (1, 2, 4, 5))
     assert "RetentionPruned" in cluster.events("cancer")
+
+
+def test_retention_on_an_outdated_spec_deletes_nothing(cluster, api_client, store):
+    """A pass woken by a child runs on the body kopf's index holds, which can be a moment
+    behind a spec change: a pass on ``keepVersions: 1`` when the deployment already says 4
+    must not delete the three versions the new spec keeps. Run in-process against the real
+    API server, without an operator (the pass is the unit here)."""
+    for version in range(1, 5):
+        mv = example("ModelVersion", modelName="cancer", version=version)
+        mv["metadata"]["name"] = f"cancer-v{version}"
+        cluster.apply(mv)
+    md = example("ModelDeployment", modelName="cancer", replicas=1)
+    md["metadata"]["name"] = "cancer"
+    md["spec"].pop("retrain")
+    md["spec"].pop("canary")
+    md["spec"]["retention"] = {"keepVersions": 1}
+    cluster.apply(md)
+    outdated = cluster.get("ModelDeployment", "cancer")
+    cluster.patch("ModelDeployment", "cancer", {"spec": {"retention": {"keepVersions": 4}}})
+    try:
+        ctx = Context(
+            settings=OperatorSettings(artifact_root=store.as_uri()), kube=Kube(api_client)
+        )
+        rec = Reconcile(outdated)
+        spec = ModelDeploymentSpec.model_validate(outdated["spec"])
+        versions = cluster.list("ModelVersion")
+        assert retention.prune(versions, 1, set(), "cancer", "").versions  # it would delete
+        handlers_retention.enforce(ctx, rec, spec, versions, {"cancer-v4": "stable"})
+        names = sorted(v["metadata"]["name"] for v in cluster.list("ModelVersion"))
+        assert names == [f"cancer-v{v}" for v in range(1, 5)]
+        assert cluster.list("Job", "batch/v1") == []  # nor a cleanup Job
+    finally:
+        cluster.delete_all(KINDS)
 
 
 def test_snapshot_retention_keeps_the_newest_and_what_a_version_was_trained_on(

@@ -31,7 +31,7 @@ def enforce(
     prefix = retention.models_prefix(ctx.settings, rec.namespace)
     keep = spec.retention.keep_versions
     pruning = retention.prune(versions, keep, protected, rec.name, prefix)
-    if not pruning.versions:
+    if not pruning.versions or not spec_is_current(ctx, rec, "ModelDeployment"):
         return
     if pruning.folders:
         ctx.kube.create(retention.cleanup_job(rec.body, pruning.folders, ctx.settings))
@@ -42,6 +42,18 @@ def enforce(
         f"deleted ModelVersions {', '.join(pruning.versions)} (keepVersions {keep}); "
         f"{len(pruning.folders)} artifact folder(s) to the cleanup Job",
     )
+
+
+def spec_is_current(ctx: Context, rec: Reconcile, kind: str) -> bool:
+    """Whether the pass's spec is still the object's (one read, made only before deleting).
+
+    A pass woken by a child's change runs on the parent's body as kopf's index holds it,
+    which can be a moment behind a spec change on its way; the next pass corrects anything
+    else, but not a deletion a raised ``keepVersions`` or ``keepSnapshots`` would have
+    spared. An outdated spec deletes nothing: the change's own pass follows.
+    """
+    live = ctx.kube.get(API_VERSION, kind, rec.namespace, rec.name)
+    return live is not None and int(live["metadata"].get("generation") or 0) == rec.generation
 
 
 def trim_history(ctx: Context, rec: Reconcile, spec: DatasetSpec) -> None:
@@ -63,6 +75,8 @@ def trim_history(ctx: Context, rec: Reconcile, spec: DatasetSpec) -> None:
     }
     prefix = retention.datasets_prefix(ctx.settings, rec.namespace, rec.name)
     kept, folders = retention.prune_snapshots(history, keep, referenced, prefix)
+    if folders and not spec_is_current(ctx, rec, "Dataset"):
+        return
     if folders:
         ctx.kube.create(retention.cleanup_job(rec.body, folders, ctx.settings, prefix))
         rec.info("RetentionPruned", f"{len(folders)} snapshot(s) to the cleanup Job")
