@@ -32,10 +32,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -46,6 +45,9 @@ from kubeloop.contracts import storage
 from kubeloop.trainer import batches as batch_io
 from kubeloop.trainer.data import Format, _not_found, _reason, source_files
 from kubeloop.trainer.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DIGEST_PREFIX = "sha256-v2:"
 #: Rows per record batch unless a command is told otherwise.
@@ -282,6 +284,8 @@ def _file_batches(
             parquet = stack.enter_context(pq.ParquetFile(handle))
             yield from parquet.iter_batches(batch_size=batch_rows)
         elif fmt == "jsonl":
+            import pandas as pd  # only JSON lines are read through pandas
+
             chunks = pd.read_json(
                 handle, lines=True, precise_float=True, dtype=False, chunksize=batch_rows
             )
@@ -548,7 +552,7 @@ def _matching(keys: np.ndarray, known: np.ndarray, bits: int) -> tuple[np.ndarra
     if bits <= _DIGIT_BITS:  # a lookup table of every prefix: a gather, not a search
         table = np.full(1 << bits, -1, dtype=np.int64)
         table[known.astype(np.int64)] = np.arange(len(known))
-        found = table[high.astype(np.int64)]
+        found = table[high.view(np.int64)]
         return found >= 0, found
     slot = np.minimum(np.searchsorted(known, high), len(known) - 1)
     return known[slot] == high, slot
