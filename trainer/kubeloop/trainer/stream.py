@@ -646,16 +646,16 @@ def _collect(
 ) -> tuple[np.ndarray, Buckets]:
     """Finish :func:`search`: gather the keys under each prefix, sort, pick."""
     known = np.unique(prefixes)
-    gathered: list[list[np.ndarray]] = [[] for _ in known]
+    parts = []
     for chunk in chunks():
         keys = sort_keys(chunk)
-        match, slot = _matching(keys, known, bits)
-        keys, slot = keys[match], slot[match]
-        order = np.argsort(slot, kind="stable")
-        bounds = np.searchsorted(slot[order], np.arange(len(known) + 1))
-        for j in range(len(known)):
-            gathered[j].append(keys[order[bounds[j] : bounds[j + 1]]])
-    ordered = [np.sort(np.concatenate(parts)) for parts in gathered]
+        parts.append(keys[_matching(keys, known, bits)[0]])
+    gathered = np.concatenate(parts)
+    del parts
+    gathered.sort()  # the buckets in prefix order, each one contiguous
+    high = gathered >> np.uint64(64 - bits)
+    starts, ends = np.searchsorted(high, known, "left"), np.searchsorted(high, known, "right")
+    ordered = [gathered[a:b] for a, b in zip(starts, ends, strict=True)]
     found = [
         ordered[int(np.searchsorted(known, p))][r] for p, r in zip(prefixes, remaining, strict=True)
     ]
