@@ -633,11 +633,19 @@ def _digit_counts(chunks: Any, known: np.ndarray, bits: int) -> np.ndarray:
     """One read of the search: per known prefix, how many keys have each next digit."""
     counts = np.zeros(len(known) << _DIGIT_BITS, dtype=np.int64)
     shift = np.uint64(64 - bits - _DIGIT_BITS)
+    pending: list[np.ndarray] = []
+    held = 0
     for chunk in chunks():
         keys = sort_keys(chunk)
         match, slot = _matching(keys, known, bits)
-        digit = ((keys[match] >> shift) & np.uint64(0xFFFF)).astype(np.int64)
-        counts += np.bincount((slot[match] << _DIGIT_BITS) + digit, minlength=len(counts))
+        digit = ((keys[match] >> shift) & np.uint64(0xFFFF)).view(np.int64)
+        pending.append((slot[match] << _DIGIT_BITS) + digit)
+        held += len(pending[-1])
+        if held >= len(counts):  # counted once there are as many as bins, not every chunk
+            counts += np.bincount(np.concatenate(pending), minlength=len(counts))
+            pending, held = [], 0
+    if pending:
+        counts += np.bincount(np.concatenate(pending), minlength=len(counts))
     return counts
 
 
