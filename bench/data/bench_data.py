@@ -10,7 +10,7 @@ loaded from a smaller CSV of ``--sql-megabytes``:
 - **bare read** — ``bench/data/bare.py`` as a process: a streaming ``pyarrow.csv`` read
   + sha256 of the batches, or ``COPY (same ordered query) TO STDOUT`` + sha256;
 - **baseline** (``--baseline PATH``, optional): another `kubeloop` executable (e.g. an
-  earlier release's) snapshotting the same file, for before/after numbers.
+  earlier release's) snapshotting the same file (and table), for before/after numbers.
 
 Each is timed as a process, start to exit (wall and CPU seconds; on a shared machine the
 CPU seconds move less), and its peak resident set is the kernel's (``wait4``: that
@@ -152,10 +152,16 @@ def sql_rows(args: argparse.Namespace, work: Path) -> list[tuple[str, Run, Run]]
         ordered = "SELECT * FROM bench ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9"  # kubeloop's order
         bare = measure([sys.executable, str(HERE / "bare.py"), "copy",
                         server.url(password=True), ordered])  # fmt: skip
+        old = None
+        if args.baseline:
+            old = measure(snapshot(args.baseline, server.url(), work / "old-sql-snaps",
+                                   args.batch_rows, "--query", query), env)  # fmt: skip
     finally:
         server.stop()
     print(row(f"PostgreSQL {megabytes:,.0f} MB", "kubeloop snapshot", ours, megabytes))
     print(row(f"PostgreSQL {megabytes:,.0f} MB", "bare COPY TO STDOUT + sha256", bare, megabytes))
+    if old is not None:
+        print(row(f"PostgreSQL {megabytes:,.0f} MB", f"baseline {args.baseline}", old, megabytes))
     return [("PostgreSQL", ours, bare)]
 
 

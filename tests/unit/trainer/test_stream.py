@@ -3,6 +3,8 @@ reservoir sampling."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -100,19 +102,79 @@ def test_declared_types_name_the_row():
         conformer.conform(pa.record_batch({"a": [1.0, 2.5]}), "t")
 
 
+@pytest.mark.parametrize("collect", [0, 1 << 21], ids=["radix-only", "collect"])
+@pytest.mark.parametrize("counted", [False, True], ids=["read", "top-counted"])
 @pytest.mark.parametrize("rows", [1, 2, 10, 1001])
-def test_streamed_profile_matches_the_whole_column_profile(tmp_path, rows):
+def test_streamed_profile_matches_the_whole_column_profile(
+    tmp_path, monkeypatch, rows, counted, collect
+):
+    monkeypatch.setattr(stream, "COLLECT_LIMIT", collect)
     rng = np.random.default_rng(rows)
     values = np.round(rng.lognormal(size=rows), 2)
     values[::5] = np.nan
+    values[1::7] = -0.0
     path = str(tmp_path / "v.arrow")
+    top = np.zeros(1 << 16, dtype=np.int64)
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, stream.VALUES_SCHEMA) as writer:
         for start in range(0, rows, 97):
             present = stream.present_floats(pa.array(values[start : start + 97]))
+            top += stream.top_counts(present)
             writer.write_batch(pa.record_batch([present], schema=stream.VALUES_SCHEMA))
     missing = int(np.isnan(values).sum())
-    streamed = stream.numeric_profile(path, rows - missing, missing, 10)
+    streamed = stream.numeric_profile(path, rows - missing, missing, 10, top if counted else None)
     assert streamed == data.profile_series(pd.Series(values), numeric=True)
+
+
+def test_histogram_equals_numpy_on_edges_ties_and_signs():
+    rng = np.random.default_rng(11)
+    values = np.concatenate([rng.normal(size=5000).round(1), [-0.0, 0.0, 3.0, -3.0]])
+    for edges in (
+        np.unique(np.quantile(values, np.linspace(0, 1, 11))),
+        np.array([-1.0, -0.0, 0.5, 0.5000001, 2.0]),
+        np.array([-np.inf, 0.0, np.inf]),
+    ):
+        assert np.array_equal(stream.histogram(values, edges), np.histogram(values, edges)[0])
+
+
+def test_text_counts_merged_across_batches_equal_pandas(monkeypatch):
+    monkeypatch.setattr(stream, "BATCH_ROWS", 50)  # merge the counts every few batches
+    rng = np.random.default_rng(2)
+    words = pd.Series(rng.choice([f"w{i}" for i in range(300)], size=4000), dtype=object)
+    words[::11] = None
+    profiler = stream.Profiler(bins=10)
+    for start in range(0, len(words), 123):
+        chunk = pa.array(words[start : start + 123].tolist(), type=pa.string())
+        profiler.update(pa.record_batch({"w": chunk}))
+    found = profiler.finish(["w"], {}, len(words))["w"]
+    assert found == data.profile_series(words, numeric=False)
+
+
+def test_read_ahead_keeps_the_order_raises_the_read_error_and_stops_early():
+    def batches(fail_at: int | None):
+        for i in range(6):
+            if i == fail_at:
+                raise DataError(f"bad batch {i}")
+            yield pa.record_batch({"i": [i]})
+
+    assert [b.column(0)[0].as_py() for b in stream.read_ahead(batches(None))] == list(range(6))
+    reader = stream.read_ahead(batches(4))
+    assert [next(reader).column(0)[0].as_py() for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(DataError, match="bad batch 4"):
+        next(reader)
+    closed = []
+
+    def endless():
+        try:
+            while True:
+                yield pa.record_batch({"i": [0]})
+        finally:
+            closed.append(True)
+
+    reader = stream.read_ahead(endless(), depth=1)
+    next(reader)
+    reader.close()  # the consumer stops: the thread ends and closes the source
+    assert closed == [True]
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("collect", [0, 1 << 21], ids=["radix-only", "collect"])

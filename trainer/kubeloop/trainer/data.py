@@ -22,15 +22,17 @@ import hashlib
 import json
 import math
 import posixpath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
-import pandas as pd
 
 from kubeloop.api.v1alpha1 import Column
 from kubeloop.contracts.artifacts import CategoricalProfile, NumericProfile
 from kubeloop.trainer.errors import DataError as DataError  # raised here, defined apart
+
+if TYPE_CHECKING:  # pandas loads where a frame is used (a snapshot streams Arrow batches)
+    import pandas as pd
 
 Format = Literal["csv", "parquet", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl")
@@ -137,11 +139,15 @@ def _json_scalar(value: Any) -> Any:
 
 
 def is_numeric(series: pd.Series[Any]) -> bool:
+    import pandas as pd
+
     return bool(pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
 
 
 def infer_columns(frame: pd.DataFrame) -> list[Column]:
     """The columns as found: type from the dtype, nullable when a value is missing."""
+    import pandas as pd
+
     columns = []
     for name in frame.columns:
         series = frame[name]
@@ -159,6 +165,8 @@ def infer_columns(frame: pd.DataFrame) -> list[Column]:
 
 def digest(frame: pd.DataFrame) -> str:
     """The content digest, format 1 (see the module docstring), ``sha256:<hex>``."""
+    import pandas as pd
+
     hasher = hashlib.sha256()
     for name in sorted(frame.columns, key=str):
         series = frame[name]

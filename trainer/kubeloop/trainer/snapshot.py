@@ -28,7 +28,7 @@ from kubeloop.contracts import storage
 from kubeloop.contracts.artifacts import ArtifactLayout, Profile, join
 from kubeloop.contracts.results import JobResult
 from kubeloop.progress import Progress
-from kubeloop.trainer import data, feedback, output, sql, stream
+from kubeloop.trainer import data, feedback, output, stream
 
 
 class _Copy:
@@ -71,6 +71,7 @@ class _Numbers:
         self.files: dict[str, Any] = {}
         self.writers: dict[str, Any] = {}
         self.paths: dict[str, str] = {}
+        self.tops: dict[str, Any] = {}  # stream.top_counts of each column's values so far
 
     def write(self, batch: pa.RecordBatch) -> None:
         for name, array in zip(batch.schema.names, batch.columns, strict=True):
@@ -80,7 +81,10 @@ class _Numbers:
                 self.paths[name] = str(self.folder / f"{len(self.paths)}.arrow")
                 self.files[name] = pa.OSFile(self.paths[name], "wb")
                 self.writers[name] = pa.ipc.new_stream(self.files[name], stream.VALUES_SCHEMA)
-            values = pa.array(stream.present_floats(array), type=pa.float64())
+            present = stream.present_floats(array)
+            top = stream.top_counts(present)
+            self.tops[name] = top if name not in self.tops else self.tops[name] + top
+            values = pa.array(present, type=pa.float64())
             self.writers[name].write_batch(pa.record_batch([values], schema=stream.VALUES_SCHEMA))
 
     def close(self) -> None:
@@ -111,6 +115,8 @@ def _batches(
         print(f"feedback {source}: {counts.summary()}", file=sys.stderr)
         return stream.read_batches(str(copy), feedback.FORMAT, None, declared, rows), True
     if query is not None:
+        from kubeloop.trainer import sql  # its drivers only when a query is read
+
         sql.read_query(source, query, copy)
         return stream.read_batches(str(copy), sql.FORMAT, None, declared, rows), True
     options = storage.source_options(source)  # the source's own credentials, if it has them
@@ -140,8 +146,7 @@ def take(  # ``shown`` reports the stages; ``labelled``: a feedback source's joi
     shown = shown or Progress()
     data_file = ArtifactLayout.data_file(fmt)
     with ExitStack() as stack:
-        scratch = stack.enter_context(output.staging())
-        tmp = stack.enter_context(output.staging())
+        scratch, tmp = stack.enter_context(output.staging()), stack.enter_context(output.staging())
         staged = tmp / data_file
         batches, copied = _batches(source, query, fmt, schema, batch_rows, staged, labelled)
         copy, numbers = _Copy(staged, fmt), _Numbers(scratch)
@@ -150,10 +155,10 @@ def take(  # ``shown`` reports the stages; ``labelled``: a feedback source's joi
         arrow_schema = None
         shown.stage("reading", unit="rows")
         try:
-            for batch in batches:
-                checker.check(batch)
+            for batch in stream.read_ahead(batches):
+                missing = checker.check(batch)
                 digest.update(batch)
-                profiler.update(batch)
+                profiler.update(batch, missing)
                 if not copied:
                     copy.write(batch)
                 numbers.write(batch)
@@ -168,8 +173,9 @@ def take(  # ``shown`` reports the stages; ``labelled``: a feedback source's joi
         target = ArtifactLayout.snapshot_dir(out, version)
         if not output.exists(join(target, ArtifactLayout.PROFILE)):  # immutable: written once
             shown.stage("profile", total=len(arrow_schema.names), unit="columns")
-            features = profiler.finish(arrow_schema.names, numbers.paths, checker.rows)
-            profile = Profile(rows=checker.rows, features=features)
+            names, rows = arrow_schema.names, checker.rows
+            features = profiler.finish(names, numbers.paths, rows, numbers.tops)
+            profile = Profile(rows=rows, features=features)
             shown.advance(len(arrow_schema.names))
             shown.stage("writing")
             (tmp / ArtifactLayout.PROFILE).write_text(profile.model_dump_json(indent=1))

@@ -20,16 +20,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, create_engine, exc
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
 
 from kubeloop.trainer.data import DataError
+
+if TYPE_CHECKING:  # the drivers load when a database is read, not with every snapshot
+    import psycopg
+    from sqlalchemy import Connection, exc
+    from sqlalchemy.engine import URL
 
 #: The format a SQL snapshot is stored in.
 FORMAT: Final = "parquet"
@@ -60,6 +61,9 @@ def is_sql_url(source: str) -> bool:
 
 
 def _parse(source: str) -> URL:
+    from sqlalchemy import exc
+    from sqlalchemy.engine import make_url
+
     try:
         return make_url(source)
     except (exc.ArgumentError, ValueError):
@@ -82,6 +86,8 @@ def has_password(source: str) -> bool:
 
 def display(source: str) -> str:
     """The URL without its password: how messages name the source."""
+    from sqlalchemy.engine import URL
+
     url = _parse(source)
     bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database)
     query = {k: v for k, v in url.query.items() if k != "password"}
@@ -138,6 +144,9 @@ def _query_error(name: str, error: psycopg.Error, password: str | None) -> DataE
 @contextmanager
 def _connection(url: URL, name: str) -> Iterator[Connection]:
     """A read-only connection through psycopg 3, errors turned into reasons."""
+    from sqlalchemy import create_engine, exc
+    from sqlalchemy.pool import NullPool
+
     engine = create_engine(
         url.set(drivername="postgresql+psycopg"),
         poolclass=NullPool,
@@ -233,6 +242,8 @@ def read_query(source: str, query: str, out: Path) -> int:
     """Run ``query`` on the database at ``source`` in canonical row order and write the
     result to the Parquet file ``out``; the number of rows. A :class:`DataError` names the
     source (without its password) and the cause."""
+    import psycopg
+
     url = _parse(source)
     name = display(source)
     with _connection(url, name) as conn:

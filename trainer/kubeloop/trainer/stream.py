@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -42,6 +45,9 @@ from kubeloop.contracts import storage
 from kubeloop.trainer import batches as batch_io
 from kubeloop.trainer.data import Format, _not_found, _reason, source_files
 from kubeloop.trainer.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DIGEST_PREFIX = "sha256-v2:"
 #: Rows per record batch unless a command is told otherwise.
@@ -85,7 +91,7 @@ def is_text_type(arrow_type: pa.DataType) -> bool:
 def missing(array: pa.Array) -> pa.Array:
     """Which values are missing: nulls, and NaN in a float column (as pandas counts them)."""
     if pa.types.is_floating(array.type):
-        return pc.fill_null(pc.is_nan(array), True)
+        return pc.is_null(array, nan_is_null=True)
     return pc.is_null(array)
 
 
@@ -203,6 +209,51 @@ def read_batches(
         raise DataError(f"{shown}: the data set is empty")
 
 
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+_END = object()
+
+
+def read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """``batches``, read by a thread of their own up to ``depth`` batches ahead: the next
+    batch is parsed (Arrow's reader releases the GIL) while the caller works on this one,
+    so a second core can do either. What the read raises is raised here, in order; when
+    the caller stops early, the thread stops after the batch it is reading."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                slots.put(batch)
+            slots.put(_END)
+        except BaseException as exc:  # handed to the reader, which raises it
+            slots.put(_Failed(exc))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := slots.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put, so the thread sees ``stop``
+            with suppress(queue.Empty):
+                slots.get(timeout=0.05)
+        thread.join()
+
+
 def read_error(uri: str, fmt: str, exc: Exception) -> DataError:
     """The same reasons :func:`kubeloop.trainer.data.read_table` gives."""
     if isinstance(exc, FileNotFoundError):
@@ -233,6 +284,8 @@ def _file_batches(
             parquet = stack.enter_context(pq.ParquetFile(handle))
             yield from parquet.iter_batches(batch_size=batch_rows)
         elif fmt == "jsonl":
+            import pandas as pd  # only JSON lines are read through pandas
+
             chunks = pd.read_json(
                 handle, lines=True, precise_float=True, dtype=False, chunksize=batch_rows
             )
@@ -341,13 +394,16 @@ class _ColumnHash:
     def update(self, array: pa.Array) -> None:
         if self.numeric:
             floats = pc.cast(array, pa.float64()) if not pa.types.is_null(array.type) else None
-            values = (
+            values: np.ndarray = (
                 np.full(len(array), np.nan)
                 if floats is None
-                else floats.to_numpy(zero_copy_only=False).astype("<f8", copy=True)
+                else floats.to_numpy(zero_copy_only=False).astype("<f8", copy=False)
             )
-            values[np.isnan(values)] = np.nan  # one canonical NaN bit pattern
-            self.values.update(values.tobytes())
+            nan = np.isnan(values)
+            if nan.any():  # one canonical NaN bit pattern (on a copy: Arrow's is read-only)
+                values = values.copy()
+                values[nan] = np.nan
+            self.values.update(values.data)
             return
         text = pc.cast(array, pa.large_string())
         lengths = pc.fill_null(pc.binary_length(text), -1).to_numpy().astype("<i8")
@@ -406,7 +462,8 @@ class Checker:
     first_null: dict[str, int] = field(default_factory=dict)
     rows: int = 0
 
-    def check(self, batch: pa.RecordBatch) -> None:
+    def check(self, batch: pa.RecordBatch) -> dict[str, int]:
+        """Check one batch; its columns' missing values (see :func:`missing_count`)."""
         if self.rows == 0:
             for column in self.schema.columns if self.schema else []:
                 if column.name not in batch.schema.names:
@@ -422,6 +479,7 @@ class Checker:
                 row = self.rows + int(pc.index(missing(array), True).as_py())
                 self.first_null[column.name] = row
         self.rows += batch.num_rows
+        return counts
 
     def finish(self) -> None:
         """The checks on whole columns, once every batch has passed."""
@@ -465,9 +523,12 @@ _PASSES = 64 // _DIGIT_BITS
 
 def sort_keys(values: np.ndarray) -> np.ndarray:
     """uint64 keys that sort as the float64 ``values`` do (-0.0 taken as 0.0)."""
-    bits = (np.asarray(values, dtype="<f8") + 0.0).view("<u8")
-    negative = (bits >> np.uint64(63)).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint64(1 << 63))
+    floats = np.asarray(values, dtype="<f8") + 0.0  # a new array, turned into the keys
+    flip = (floats.view("<i8") >> np.int64(63)).view("<u8")  # all ones where negative
+    flip |= np.uint64(1 << 63)
+    keys: np.ndarray = floats.view("<u8")
+    keys ^= flip  # negative: every bit flipped; else the sign bit set
+    return keys
 
 
 def _from_keys(keys: np.ndarray) -> np.ndarray:
@@ -488,28 +549,72 @@ def _matching(keys: np.ndarray, known: np.ndarray, bits: int) -> tuple[np.ndarra
     if bits == 0:
         return np.ones(len(keys), dtype=bool), np.zeros(len(keys), dtype=np.int64)
     high = keys >> np.uint64(64 - bits)
+    if bits <= _DIGIT_BITS:  # a lookup table of every prefix: a gather, not a search
+        table = np.full(1 << bits, -1, dtype=np.int64)
+        table[known.astype(np.int64)] = np.arange(len(known))
+        found = table[high.view(np.int64)]
+        return found >= 0, found
     slot = np.minimum(np.searchsorted(known, high), len(known) - 1)
     return known[slot] == high, slot
 
 
+def top_counts(values: np.ndarray) -> np.ndarray:
+    """How many ``values`` have each 16-bit prefix of their sort keys: the first read of
+    :func:`order_statistics`, which can be counted while the data streams."""
+    top = (sort_keys(values) >> np.uint64(64 - _DIGIT_BITS)).view(np.int64)
+    counts: np.ndarray = np.bincount(top, minlength=1 << _DIGIT_BITS)
+    return counts
+
+
+@dataclass
+class Buckets:
+    """What the last read of a search gathered: the sorted sort keys of each prefix of
+    ``bits`` bits, and how many keys sort below that prefix."""
+
+    bits: int
+    keys: dict[int, np.ndarray]
+    below: dict[int, int]
+
+    def histogram(self, edges: np.ndarray) -> np.ndarray | None:
+        """``np.histogram(values, bins=edges)[0]``, found in the buckets: None when an
+        edge falls in none of them (or is not finite)."""
+        if not np.isfinite(edges).all():
+            return None
+        cumulative = []
+        for j, key in enumerate(sort_keys(edges)):
+            prefix = int(key >> np.uint64(64 - self.bits))
+            if prefix not in self.keys:
+                return None
+            last = j == edges.size - 1  # the last bin holds its right edge
+            found = int(self.keys[prefix].searchsorted(key, side="right" if last else "left"))
+            cumulative.append(self.below[prefix] + found)
+        counts: np.ndarray = np.diff(np.array(cumulative, dtype=np.int64))
+        return counts
+
+
 def order_statistics(chunks: Any, ranks: np.ndarray) -> np.ndarray:
     """The values of rank ``ranks`` (from 0, in sort order) of the numbers that
-    ``chunks()`` yields (called once per read), exactly: a radix search over their sort
-    keys, 16 bits a read, holding a 65,536-bin count per distinct prefix; once the values
-    left in the ranks' buckets are few (:data:`COLLECT_LIMIT`), one more read gathers and
-    sorts them."""
+    ``chunks()`` yields (called once per read), exactly (see :func:`search`)."""
+    return search(chunks, ranks)[0]
+
+
+def search(
+    chunks: Any, ranks: np.ndarray, top: np.ndarray | None = None
+) -> tuple[np.ndarray, Buckets | None]:
+    """:func:`order_statistics`, and the buckets its last read gathered (None if none):
+    a radix search over the sort keys, 16 bits a read, holding a 65,536-bin count per
+    distinct prefix (the first read's given as ``top``, see :func:`top_counts`); once the
+    values left in the ranks' buckets are few (:data:`COLLECT_LIMIT`), one more read
+    gathers and sorts them."""
     prefixes = np.zeros(len(ranks), dtype=np.uint64)
     remaining = np.asarray(ranks, dtype=np.int64).copy()
     for depth in range(_PASSES):
         bits = _DIGIT_BITS * depth
         known = np.unique(prefixes)
-        counts = np.zeros(len(known) << _DIGIT_BITS, dtype=np.int64)
-        shift = np.uint64(64 - bits - _DIGIT_BITS)
-        for chunk in chunks():
-            keys = sort_keys(chunk)
-            match, slot = _matching(keys, known, bits)
-            digit = ((keys[match] >> shift) & np.uint64(0xFFFF)).astype(np.int64)
-            counts += np.bincount((slot[match] << _DIGIT_BITS) + digit, minlength=len(counts))
+        if depth == 0 and top is not None:
+            counts = np.asarray(top, dtype=np.int64)
+        else:
+            counts = _digit_counts(chunks, known, bits)
         left = {}
         for i, prefix in enumerate(prefixes):
             row = int(np.searchsorted(known, prefix)) << _DIGIT_BITS
@@ -519,27 +624,55 @@ def order_statistics(chunks: Any, ranks: np.ndarray) -> np.ndarray:
             prefixes[i] = (prefix << np.uint64(_DIGIT_BITS)) | np.uint64(found)
             left[int(prefixes[i])] = int(counts[row + found])
         if depth + 1 < _PASSES and sum(left.values()) <= COLLECT_LIMIT:
-            return _collect(chunks, prefixes, remaining, bits + _DIGIT_BITS)
-    return _from_keys(prefixes)
+            below = np.asarray(ranks, dtype=np.int64) - remaining
+            return _collect(chunks, prefixes, remaining, below, bits + _DIGIT_BITS)
+    return _from_keys(prefixes), None
 
 
-def _collect(chunks: Any, prefixes: np.ndarray, remaining: np.ndarray, bits: int) -> np.ndarray:
-    """Finish :func:`order_statistics`: gather the keys under each prefix, sort, pick."""
-    known = np.unique(prefixes)
-    gathered: list[list[np.ndarray]] = [[] for _ in known]
+def _digit_counts(chunks: Any, known: np.ndarray, bits: int) -> np.ndarray:
+    """One read of the search: per known prefix, how many keys have each next digit."""
+    counts = np.zeros(len(known) << _DIGIT_BITS, dtype=np.int64)
+    shift = np.uint64(64 - bits - _DIGIT_BITS)
+    pending: list[np.ndarray] = []
+    held = 0
     for chunk in chunks():
         keys = sort_keys(chunk)
         match, slot = _matching(keys, known, bits)
-        keys, slot = keys[match], slot[match]
-        order = np.argsort(slot, kind="stable")
-        bounds = np.searchsorted(slot[order], np.arange(len(known) + 1))
-        for j in range(len(known)):
-            gathered[j].append(keys[order[bounds[j] : bounds[j + 1]]])
-    ordered = [np.sort(np.concatenate(parts)) for parts in gathered]
+        digit = ((keys[match] >> shift) & np.uint64(0xFFFF)).view(np.int64)
+        pending.append((slot[match] << _DIGIT_BITS) + digit)
+        held += len(pending[-1])
+        if held >= len(counts):  # counted once there are as many as bins, not every chunk
+            counts += np.bincount(np.concatenate(pending), minlength=len(counts))
+            pending, held = [], 0
+    if pending:
+        counts += np.bincount(np.concatenate(pending), minlength=len(counts))
+    return counts
+
+
+def _collect(
+    chunks: Any, prefixes: np.ndarray, remaining: np.ndarray, below: np.ndarray, bits: int
+) -> tuple[np.ndarray, Buckets]:
+    """Finish :func:`search`: gather the keys under each prefix, sort, pick."""
+    known = np.unique(prefixes)
+    parts = []
+    for chunk in chunks():
+        keys = sort_keys(chunk)
+        parts.append(keys[_matching(keys, known, bits)[0]])
+    gathered = np.concatenate(parts)
+    del parts
+    gathered.sort()  # the buckets in prefix order, each one contiguous
+    high = gathered >> np.uint64(64 - bits)
+    starts, ends = np.searchsorted(high, known, "left"), np.searchsorted(high, known, "right")
+    ordered = [gathered[a:b] for a, b in zip(starts, ends, strict=True)]
     found = [
         ordered[int(np.searchsorted(known, p))][r] for p, r in zip(prefixes, remaining, strict=True)
     ]
-    return _from_keys(np.array(found, dtype=np.uint64))
+    buckets = Buckets(
+        bits,
+        {int(p): ordered[j] for j, p in enumerate(known)},
+        {int(p): int(b) for p, b in zip(prefixes, below, strict=True)},
+    )
+    return _from_keys(np.array(found, dtype=np.uint64)), buckets
 
 
 def exact_quantiles(select: Any, count: int, quantiles: np.ndarray) -> np.ndarray:
@@ -559,6 +692,40 @@ def exact_quantiles(select: Any, count: int, quantiles: np.ndarray) -> np.ndarra
 
 
 @dataclass
+class _TextCounts:
+    """One text column's value counts: each batch's counted by Arrow, and the counts so far
+    merged (grouped and summed by Arrow) once they outgrow the merged ones, so memory
+    follows the distinct values and no value passes through Python until the end."""
+
+    merged: pa.Table | None = None
+    pending: list[pa.Table] = field(default_factory=list)
+    pending_rows: int = 0
+
+    def add(self, array: pa.Array) -> None:
+        found = pc.value_counts(array.drop_null())
+        self.pending.append(pa.Table.from_struct_array(found))
+        self.pending_rows += len(found)
+        if self.pending_rows > max(BATCH_ROWS, 0 if self.merged is None else len(self.merged)):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = ([] if self.merged is None else [self.merged]) + self.pending
+        if parts:
+            summed = pa.concat_tables(parts).group_by("values").aggregate([("counts", "sum")])
+            self.merged = summed.select(["values", "counts_sum"]).rename_columns(
+                ["values", "counts"]
+            )
+        self.pending, self.pending_rows = [], 0
+
+    def counts(self) -> dict[str, int]:
+        self._merge()
+        if self.merged is None:
+            return {}
+        values, times = self.merged.column("values"), self.merged.column("counts")
+        return {str(k): int(n) for k, n in zip(values.to_pylist(), times.to_pylist(), strict=True)}
+
+
+@dataclass
 class Profiler:
     """Reference profiles, batch by batch: text columns count their values as they pass,
     and so do numeric ones while they have few distinct values; :meth:`finish` bins the
@@ -566,52 +733,68 @@ class Profiler:
     edges, then the counts)."""
 
     bins: int
-    text: dict[str, dict[str, int]] = field(default_factory=dict)
+    text: dict[str, _TextCounts] = field(default_factory=dict)
     distinct: dict[str, dict[float, int] | None] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
 
-    def update(self, batch: pa.RecordBatch) -> None:
+    def update(self, batch: pa.RecordBatch, missing: Mapping[str, int] | None = None) -> None:
+        """Count one batch; ``missing``: its columns' missing values, if counted already."""
         for name, array in zip(batch.schema.names, batch.columns, strict=True):
-            self.missing[name] = self.missing.get(name, 0) + missing_count(array)
+            found = missing[name] if missing is not None else missing_count(array)
+            self.missing[name] = self.missing.get(name, 0) + found
             if is_numeric_type(array.type):
                 self._count_numbers(name, array)
-                continue
-            counts = self.text.setdefault(name, {})
-            found = pc.value_counts(array.drop_null())
-            values = found.field("values").to_pylist()
-            for key, count in zip(values, found.field("counts").to_pylist(), strict=True):
-                key = str(key)
-                counts[key] = counts.get(key, 0) + count
+            else:
+                self.text.setdefault(name, _TextCounts()).add(array)
 
     def _count_numbers(self, name: str, array: pa.Array) -> None:
         counts = self.distinct.setdefault(name, {})
-        if counts is None:
+        if counts is None or pa.types.is_null(array.type):
             return
-        values = present_floats(array)
-        found, times = np.unique(values + 0.0, return_counts=True)
-        for value, count in zip(found.tolist(), times.tolist(), strict=True):
+        found = pc.value_counts(pc.cast(array, pa.float64()).drop_null())  # hashed, not sorted
+        keys = found.field("values").to_numpy(zero_copy_only=False) + 0.0  # -0.0 is 0.0
+        present = ~np.isnan(keys)
+        if int(present.sum()) - 1 > DISTINCT_LIMIT:  # -0.0 and 0.0 may be two of them
+            self.distinct[name] = None
+            return
+        times = found.field("counts").to_numpy(zero_copy_only=False)[present]
+        for value, count in zip(keys[present].tolist(), times.tolist(), strict=True):
             counts[value] = counts.get(value, 0) + count
         if len(counts) > DISTINCT_LIMIT:
             self.distinct[name] = None
 
-    def finish(self, names: Sequence[str], numbers: Mapping[str, str], rows: int) -> dict[str, Any]:
+    def finish(
+        self,
+        names: Sequence[str],
+        numbers: Mapping[str, str],
+        rows: int,
+        tops: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
         """The profiles of ``names``; a numeric column's read from its file in ``numbers``
-        (its present values, see :func:`numeric_profile`) unless its distinct values were
-        counted."""
+        (its present values, see :func:`numeric_profile`, with their :func:`top_counts`
+        in ``tops`` if counted) unless its distinct values were counted."""
         from kubeloop.contracts.artifacts import CategoricalProfile
 
         profiles: dict[str, Any] = {}
-        for name in names:
-            missing = self.missing[name]
-            if name in self.text:
-                ordered = sorted(self.text[name].items(), key=lambda kv: (-kv[1], kv[0]))
-                profiles[name] = CategoricalProfile(frequencies=dict(ordered), missing=missing)
-            elif self.distinct.get(name) is not None:
-                profiles[name] = counted_profile(self.distinct[name] or {}, missing, self.bins)
-            elif name in numbers:
-                present = rows - missing
-                profiles[name] = numeric_profile(numbers[name], present, missing, self.bins)
-        return profiles
+        read: dict[str, Future[Any]] = {}
+        # A thread per core reads the numbers' files (numpy works without the GIL); each
+        # holds at most one column's search.
+        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+            for name in names:
+                missing = self.missing[name]
+                if name in self.text:
+                    counted = self.text[name].counts().items()
+                    ordered = sorted(counted, key=lambda kv: (-kv[1], kv[0]))
+                    profiles[name] = CategoricalProfile(frequencies=dict(ordered), missing=missing)
+                elif self.distinct.get(name) is not None:
+                    profiles[name] = counted_profile(self.distinct[name] or {}, missing, self.bins)
+                elif name in numbers:
+                    top = (tops or {}).get(name)
+                    read[name] = pool.submit(
+                        numeric_profile, numbers[name], rows - missing, missing, self.bins, top
+                    )
+        profiles.update((name, future.result()) for name, future in read.items())
+        return {name: profiles[name] for name in names if name in profiles}  # in column order
 
 
 #: The schema of a file of one column's present values (:func:`numeric_profile`).
@@ -622,9 +805,9 @@ def present_floats(array: pa.Array) -> np.ndarray:
     """A numeric column's values as float64, without the missing ones (nulls, NaN)."""
     if pa.types.is_null(array.type):
         return np.zeros(0)
-    values = pc.cast(array, pa.float64()).drop_null().to_numpy(zero_copy_only=False)
-    present: np.ndarray = values[~np.isnan(values)]
-    return present
+    values: np.ndarray = pc.cast(array, pa.float64()).drop_null().to_numpy(zero_copy_only=False)
+    nan = np.isnan(values)
+    return values[~nan] if nan.any() else values
 
 
 def counted_profile(counts: dict[float, int], missing: int, bins: int) -> Any:
@@ -651,10 +834,28 @@ def counted_profile(counts: dict[float, int], missing: int, bins: int) -> Any:
     )
 
 
-def numeric_profile(path: str, count: int, missing: int, bins: int) -> Any:
+def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``np.histogram(values, bins=edges)[0]`` for sorted ``edges`` and no NaN, by one
+    search per value in the edges (numpy sorts the values first)."""
+    if not np.isfinite(edges).all():
+        return np.histogram(values, bins=edges)[0]  # as numpy treats infinities and NaN
+    bins = edges.size - 1
+    index = np.searchsorted(edges, values, side="right") - 1
+    index[values == edges[-1]] = bins - 1  # the last bin holds its right edge
+    inside = (index >= 0) & (index < bins)
+    counts: np.ndarray = np.bincount(index[inside], minlength=bins)
+    return counts
+
+
+def numeric_profile(
+    path: str, count: int, missing: int, bins: int, top: np.ndarray | None = None
+) -> Any:
     """The :class:`NumericProfile` of a column whose ``count`` present values are in the
     Arrow IPC stream file ``path`` (:data:`VALUES_SCHEMA`): edges at exact quantiles (as
-    :func:`kubeloop.trainer.data.profile_series` puts them), read a batch at a time."""
+    :func:`kubeloop.trainer.data.profile_series` puts them), read a batch at a time. With
+    ``top`` (:func:`top_counts` of the values), the search's first read is skipped, and
+    the bins are counted in the keys its last read gathered when the edges lie there: then
+    the file is read once."""
     from kubeloop.contracts.artifacts import NumericProfile
 
     def chunks() -> Iterator[np.ndarray]:
@@ -664,16 +865,20 @@ def numeric_profile(path: str, count: int, missing: int, bins: int) -> Any:
 
     if count == 0:
         return NumericProfile(edges=[0.0, 0.0], counts=[0], missing=missing)
+    gathered: list[Buckets | None] = [None]
 
     def select(ranks: np.ndarray) -> np.ndarray:
-        return order_statistics(chunks, ranks)
+        found, gathered[0] = search(chunks, ranks, top)
+        return found
 
     edges = np.unique(exact_quantiles(select, count, np.linspace(0, 1, bins + 1)))
     if edges.size == 1:
         return NumericProfile(edges=[float(edges[0])] * 2, counts=[count], missing=missing)
-    counts = np.zeros(edges.size - 1, dtype=np.int64)
-    for chunk in chunks():
-        counts += np.histogram(chunk, bins=edges)[0]
+    counts = gathered[0].histogram(edges) if gathered[0] is not None else None
+    if counts is None:
+        counts = np.zeros(edges.size - 1, dtype=np.int64)
+        for chunk in chunks():
+            counts += histogram(chunk, edges)
     return NumericProfile(
         edges=[float(e) for e in edges], counts=[int(c) for c in counts], missing=missing
     )
