@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubeloop.serving.observers")
 
+#: predictions of one loop turn from which they are queued as one batch: a batch's lines
+#: cost a fixed ~5 us more to start (its shared columns and parts) and ~4 us less per line,
+#: so one or two requests (one connection, say) are queued and written each on its own
+BATCH_MIN = 3
+
 
 class BatchObserver(Protocol):
     def on_batch(self, feed: Feed, outputs: Outputs) -> None:
@@ -229,11 +234,11 @@ class PredictionLogger:
     def flush(self) -> None:
         """Queue the predictions gathered in this loop turn (as one batch)."""
         pending, self._pending = self._pending, []
-        if len(pending) == 1:
-            self._log.submit(pending[0])
-        elif pending:
-            now = time.time()
-            self._log.submit_batch(Batch(tuple(e._replace(time=now) for e in pending), now))
+        if len(pending) >= BATCH_MIN:
+            self._log.submit_batch(Batch(tuple(pending), time.time()))
+            return
+        for entry in pending:
+            self._log.submit(entry)
 
     def close(self, timeout: float) -> None:
         """Write what is queued within ``timeout`` seconds, then stop (blocking)."""
