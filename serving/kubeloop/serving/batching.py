@@ -27,9 +27,27 @@ import numpy as np
 
 class Feed(dict[str, np.ndarray[Any, Any]]):
     """Model inputs by name; ``matrix`` keeps the request's 2-D float tensor (rows x
-    inputs, model order) when it came as one, for cheap observation."""
+    inputs, model order) when it came as one, for cheap observation.
+
+    A feed made from a matrix may hold only the matrix and ``expand_with``, which cuts
+    it into the named inputs: the batcher then concatenates one matrix per model call
+    and :meth:`expanded` cuts the columns once per call, not once per request (with
+    30 inputs, cutting and concatenating them per request cost ~15 % of a request)."""
 
     matrix: np.ndarray[Any, Any] | None = None
+    expand_with: Callable[[np.ndarray[Any, Any]], dict[str, np.ndarray[Any, Any]]] | None = None
+
+    @property
+    def lazy(self) -> bool:
+        """Only the matrix is held so far."""
+        return self.expand_with is not None and self.matrix is not None and not self
+
+    def expanded(self) -> Feed:
+        """This feed with its named inputs (cut from the matrix now, when lazy)."""
+        expand, matrix = self.expand_with, self.matrix
+        if expand is not None and matrix is not None and not self:
+            self.update(expand(matrix))
+        return self
 
 
 Outputs = dict[str, np.ndarray[Any, Any]]
@@ -47,10 +65,32 @@ def merge(feeds: list[Feed]) -> Feed:
     """Concatenate feeds row-wise (every feed has the same names)."""
     if len(feeds) == 1:
         return feeds[0]
+    lazy = _merge_lazy(feeds)
+    if lazy is not None:
+        return lazy
+    feeds = [f.expanded() if isinstance(f, Feed) else f for f in feeds]
     merged = Feed({name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
     matrices = [getattr(f, "matrix", None) for f in feeds]
     if all(m is not None for m in matrices):
         merged.matrix = np.concatenate(matrices)  # type: ignore[arg-type]
+    return merged
+
+
+def _merge_lazy(feeds: list[Feed]) -> Feed | None:
+    """Lazy feeds of one model and one matrix type as one lazy feed (None otherwise)."""
+    first = feeds[0]
+    if not isinstance(first, Feed) or not first.lazy:
+        return None
+    assert first.matrix is not None
+    dtype = first.matrix.dtype
+    for f in feeds:
+        if not (isinstance(f, Feed) and f.lazy and f.expand_with == first.expand_with):
+            return None
+        if f.matrix is None or f.matrix.dtype != dtype:
+            return None  # each cast alone, as a request of its own would be
+    merged = Feed()
+    merged.matrix = np.concatenate([f.matrix for f in feeds])
+    merged.expand_with = first.expand_with
     return merged
 
 

@@ -24,35 +24,41 @@ T = TypeVar("T")
 
 class BoundedQueue(Generic[T]):
     """At most ``max_items`` items and ``max_bytes`` bytes (each item's size is the
-    producer's estimate); a put past either bound drops the oldest items."""
+    producer's estimate); a put past either bound drops the oldest items. An item may
+    stand for several (``count``: a group of entries queued at once), and counts as
+    that many."""
 
     def __init__(self, max_items: int, max_bytes: int, wake_at: int = 1) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.wake_at = wake_at
-        self._items: deque[tuple[T, int]] = deque()
+        self._items: deque[tuple[T, int, int]] = deque()
         self._bytes = 0
+        self._count = 0
         self._cond = threading.Condition(threading.Lock())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     @property
     def bytes(self) -> int:
         """The queued items' estimated size."""
         return self._bytes
 
-    def put(self, item: T, size: int) -> list[T]:
-        """Queue ``item`` of ``size`` bytes; returns the items dropped to make room,
-        oldest first (``item`` itself when it alone is over ``max_bytes``)."""
+    def put(self, item: T, size: int, count: int = 1) -> list[T]:
+        """Queue ``item`` of ``size`` bytes, standing for ``count`` items; returns the
+        items dropped to make room, oldest first (``item`` itself when it alone is over
+        a bound)."""
         dropped: list[T] = []
         with self._cond:
             items = self._items
-            items.append((item, size))
+            items.append((item, size, count))
             self._bytes += size
-            while items and (len(items) > self.max_items or self._bytes > self.max_bytes):
-                old, old_size = items.popleft()
+            self._count += count
+            while items and (self._count > self.max_items or self._bytes > self.max_bytes):
+                old, old_size, old_count = items.popleft()
                 self._bytes -= old_size
+                self._count -= old_count
                 dropped.append(old)
             if self._batch_ready():
                 self._cond.notify()
@@ -61,7 +67,7 @@ class BoundedQueue(Generic[T]):
     def _batch_ready(self) -> bool:
         """Enough waits to wake the consumer: ``wake_at`` items, or half the byte bound
         (so that large items are written before the bound drops them)."""
-        return len(self._items) >= self.wake_at or 2 * self._bytes >= self.max_bytes
+        return self._count >= self.wake_at or 2 * self._bytes >= self.max_bytes
 
     def take(self, max_items: int, max_bytes: int, timeout: float) -> list[T]:
         """Up to ``max_items`` items, oldest first, and no more than ``max_bytes`` bytes
@@ -76,23 +82,26 @@ class BoundedQueue(Generic[T]):
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            taken = 0
-            while items and len(out) < max_items:
-                item, size = items[0]
-                if out and taken + size > max_bytes:
+            taken = counted = 0
+            while items and counted < max_items:
+                item, size, count = items[0]
+                if out and (taken + size > max_bytes or counted + count > max_items):
                     break
                 items.popleft()
                 self._bytes -= size
+                self._count -= count
                 taken += size
+                counted += count
                 out.append(item)
         return out
 
     def clear(self) -> list[T]:
         """Remove and return everything queued."""
         with self._cond:
-            out = [item for item, _ in self._items]
+            out = [item for item, _, _ in self._items]
             self._items.clear()
             self._bytes = 0
+            self._count = 0
         return out
 
 

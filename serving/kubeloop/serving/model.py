@@ -163,21 +163,28 @@ class LoadedModel:
         rows = decoded.rows
         matrix = decoded.matrix
         if matrix is not None and self._all_fp32:
-            # one conversion and transpose for all columns, then views
-            mt = np.ascontiguousarray(matrix.T, dtype=np.float32)
-            feed = Feed(
-                zip(self.feed_names, mt.reshape(len(self.feed_names), rows, 1), strict=True)
-            )
+            # the columns are cut when the model runs: once per micro-batch
+            feed = Feed()
             feed.matrix = matrix
+            feed.expand_with = self._columns_of
             return feed
         out = Feed()
         for spec, col in zip(self.inputs, decoded.columns, strict=True):
             out[spec.name] = inference.feed_column(col, spec, rows)
         return out
 
+    def _columns_of(self, matrix: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """The ``(rows, 1)`` FP32 inputs of a ``rows x inputs`` matrix: one conversion and
+        transpose for all columns, then views."""
+        mt = np.ascontiguousarray(matrix.T, dtype=np.float32)
+        n = len(self.feed_names)
+        return dict(zip(self.feed_names, mt.reshape(n, matrix.shape[0], 1), strict=True))
+
     def run(self, feed: Feed) -> Outputs:
         """One onnxruntime call (a packed model's columns stacked into its one input)."""
-        model_feed: dict[str, np.ndarray[Any, Any]] = feed
+        model_feed: dict[str, np.ndarray[Any, Any]] = (
+            feed.expanded() if isinstance(feed, Feed) else feed
+        )
         if self.packed_input is not None:
             model_feed = inference.pack(feed, self.feed_names, self.packed_input)
         values = self._run(self.output_names, model_feed, self._run_options)

@@ -13,6 +13,7 @@ Two small interfaces:
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import random
@@ -28,7 +29,7 @@ from kubeloop.serving.describe import Description
 from kubeloop.serving.drift import DriftWindow, Reference, window_report
 from kubeloop.serving.logship import Shipper
 from kubeloop.serving.metrics import MAX_CLASSES, DriftSnapshot, Metrics
-from kubeloop.serving.predlog import NOT_SHIPPED, Entry, Labels, PredictionLog
+from kubeloop.serving.predlog import NOT_SHIPPED, Batch, Entry, Labels, PredictionLog
 from kubeloop.serving.settings import ServingSettings
 from kubeloop.serving.tensors import Decoded
 
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
     from kubeloop.serving.model import LoadedModel
 
 log = logging.getLogger("kubeloop.serving.observers")
+
+#: predictions of one loop turn from which they are queued as one batch: a batch's lines
+#: cost a fixed ~5 us more to start (its shared columns and parts) and ~4 us less per line,
+#: so one or two requests (one connection, say) are queued and written each on its own
+BATCH_MIN = 3
 
 
 class BatchObserver(Protocol):
@@ -189,7 +195,11 @@ class DriftMonitor:
 
 class PredictionLogger:
     """Hands each prediction to the prediction log (with the inputs for a sampled share).
-    Its line counters are labelled with ``model``, the name served at start."""
+    Its line counters are labelled with ``model``, the name served at start.
+
+    On the event loop, the predictions of one loop turn (the requests of a micro-batch
+    answer in the same turn) are gathered and queued as one :class:`Batch` at the end of
+    the turn: one queue put and one wake-up check per turn instead of one per request."""
 
     def __init__(self, settings: ServingSettings, metrics: Metrics, model: str) -> None:
         assert settings.prediction_log is not None
@@ -216,11 +226,23 @@ class PredictionLogger:
             shipper=shipper,
         )
 
+        self._pending: list[Entry] = []
+
     def start(self) -> None:
         self._log.start()
 
+    def flush(self) -> None:
+        """Queue the predictions gathered in this loop turn (as one batch)."""
+        pending, self._pending = self._pending, []
+        if len(pending) >= BATCH_MIN:
+            self._log.submit_batch(Batch(tuple(pending), time.time()))
+            return
+        for entry in pending:
+            self._log.submit(entry)
+
     def close(self, timeout: float) -> None:
         """Write what is queued within ``timeout`` seconds, then stop (blocking)."""
+        self.flush()
         self._log.close(timeout)
 
     def on_prediction(
@@ -238,18 +260,27 @@ class PredictionLogger:
         share = self._share
         if share > 0 and (share >= 1 or self._rng.random() < share):
             inputs = {s.name: c for s, c in zip(model.inputs, request.columns, strict=True)}
-        self._log.submit(
-            Entry(
-                request_id,
-                model.name,
-                model.version,
-                time.time(),
-                time.perf_counter() - started,
-                dict(outputs),
-                inputs,
-                "stable",
-            )
+        entry = Entry(
+            request_id,
+            model.name,
+            model.version,
+            time.time(),
+            time.perf_counter() - started,
+            dict(outputs),
+            inputs,
+            "stable",
         )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the event loop: nothing to gather with
+            loop = None
+        if loop is None or inputs is not None or request.rows != 1:
+            self.flush()  # the lines stay in answer order
+            self._log.submit(entry)
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(entry)
 
     def on_feedback(self, model: str, items: Sequence[tuple[str, Any]]) -> None:
         """Log accepted feedback items (never sampled: a label is rarer than a prediction,

@@ -77,6 +77,18 @@ class Labels(NamedTuple):
     time: float  # epoch seconds
 
 
+class Batch(NamedTuple):
+    """The one-row predictions (without inputs) answered in one event-loop turn (a
+    micro-batch's requests), queued as one item: one queue put and one size estimate for
+    them all, and their lines built from one array conversion per output instead of one
+    per request."""
+
+    entries: tuple[Entry, ...]
+    time: float  # epoch seconds, when the turn's answers were written
+
+
+Queued = Entry | Labels | Batch
+
 #: the ``kind`` of a feedback line (prediction lines have no ``kind``)
 FEEDBACK_KIND = "feedback"
 
@@ -139,6 +151,64 @@ def lines(entry: Entry) -> list[bytes]:
     return out
 
 
+def _rows_of(value: Any) -> list[Any]:
+    """An output as one JSON-ready value per row, converted in one call: what
+    :func:`_item` makes of each row (leading one-item dimensions unwrapped, bytes as
+    text)."""
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    shape = arr.shape[1:]
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    values: list[Any] = arr.reshape((arr.shape[0], *shape)).tolist()
+    return [_item(v) for v in values] if arr.dtype == object else values
+
+
+def _shared_columns(entries: tuple[Entry, ...], names: list[str]) -> list[list[Any]] | None:
+    """Each output of one-row entries of one model, version and variant without inputs,
+    as one JSON-ready value per entry; None for entries of another shape."""
+    first = entries[0]
+    if (
+        any(e.inputs is not None for e in entries)
+        or len({(e.model, e.version, e.variant, len(e.outputs)) for e in entries}) != 1
+    ):
+        return None
+    try:
+        columns = [_rows_of(np.concatenate([e.outputs[k] for e in entries])) for k in names]
+    except (KeyError, ValueError):
+        return None
+    if any(len(c) != len(entries) for c in columns) or len(names) != len(first.outputs):
+        return None  # an entry of several rows (or none)
+    return columns
+
+
+def batch_lines(batch: Batch) -> list[bytes]:
+    """The log lines of a batch: as :func:`lines` makes them for each entry (stamped
+    with the batch's time). Entries of one row each (the common case) are written from
+    one conversion per output for the whole batch, and each line is put together from
+    its JSON parts (the parts every line shares serialised once)."""
+    entries = batch.entries
+    first = entries[0]
+    names = list(first.outputs)
+    columns = _shared_columns(entries, names)
+    if columns is None:
+        return [line for e in entries for line in lines(e._replace(time=batch.time))]
+    shared = (
+        b',"row":0,"model":' + orjson.dumps(first.model)
+        + b',"version":' + orjson.dumps(first.version)
+        + b',"variant":' + orjson.dumps(first.variant)
+        + b',"time":' + orjson.dumps(stamp(batch.time)) + b',"latency_ms":'
+    )  # fmt: skip
+    dumps = orjson.dumps
+    out: list[bytes] = []
+    for e, values in zip(entries, zip(*columns, strict=True), strict=True):
+        rid = dumps(e.request_id, default=str)
+        latency = dumps(round(e.latency_s * 1000, 3))
+        outputs = dumps(dict(zip(names, values, strict=True)), default=str)
+        out.append(b"".join((b'{"id":', rid, b',"request_id":', rid, shared, latency,
+                             b',"outputs":', outputs, b"}\n")))  # fmt: skip
+    return out
+
+
 def feedback_lines(labels: Labels) -> list[bytes]:
     """The log lines of accepted feedback: ``{"kind": "feedback", "id", "truth", "model",
     "time"}`` per item; ``truth`` as the client sent it (one value, or one per row)."""
@@ -154,9 +224,13 @@ def feedback_lines(labels: Labels) -> list[bytes]:
     ]  # fmt: skip
 
 
-def lines_of(item: Entry | Labels) -> list[bytes]:
-    """The log lines of a queued prediction or of queued feedback."""
-    return lines(item) if isinstance(item, Entry) else feedback_lines(item)
+def lines_of(item: Queued) -> list[bytes]:
+    """The log lines of a queued prediction, batch of predictions, or feedback."""
+    if isinstance(item, Entry):
+        return lines(item)
+    if isinstance(item, Batch):
+        return batch_lines(item)
+    return feedback_lines(item)
 
 
 def _array_size(value: Any) -> int:
@@ -169,10 +243,12 @@ def _array_size(value: Any) -> int:
         return int(arr.nbytes) + 64 * int(arr.size)
 
 
-def entry_size(entry: Entry | Labels) -> int:
+def entry_size(entry: Queued) -> int:
     """An estimate of the memory one queued entry holds: its arrays (the strings in
     object arrays included), its id and a fixed overhead; feedback: its ids and truths'
-    text (roughly) and the overhead per item."""
+    text (roughly) and the overhead per item; a batch: its entries'."""
+    if isinstance(entry, Batch):
+        return _batch_size(entry.entries)
     if isinstance(entry, Labels):
         return sum(ENTRY_OVERHEAD + len(rid) + len(str(t)) for rid, t in entry.items)
     size = ENTRY_OVERHEAD + len(entry.request_id)
@@ -182,8 +258,20 @@ def entry_size(entry: Entry | Labels) -> int:
     return size
 
 
-def rows(entry: Entry | Labels) -> int:
+def _batch_size(entries: tuple[Entry, ...]) -> int:
+    """:func:`entry_size` summed over a batch's entries; arrays of fixed-size values
+    are estimated from the first entry's (the entries are one row each, of one model)."""
+    first = entries[0]
+    if any(getattr(v, "dtype", None) in (None, object) for v in first.outputs.values()):
+        return sum(map(entry_size, entries))
+    per_entry = ENTRY_OVERHEAD + sum(int(v.nbytes) for v in first.outputs.values())
+    return per_entry * len(entries) + sum(len(e.request_id) for e in entries)
+
+
+def rows(entry: Queued) -> int:
     """The lines one entry makes (at least one, for counting)."""
+    if isinstance(entry, Batch):
+        return sum(map(rows, entry.entries))
     if isinstance(entry, Labels):
         return max(1, len(entry.items))
     return max(1, max((len(v) for v in entry.outputs.values()), default=0))
@@ -345,7 +433,7 @@ class PredictionLog:
         self.target = target
         self._shipper = shipper
         # the writer wakes for WAKE_ITEMS entries or every STEP_S: lines lag at most a step
-        self._queue: BoundedQueue[Entry | Labels] = BoundedQueue(
+        self._queue: BoundedQueue[Queued] = BoundedQueue(
             maxsize, max_bytes, wake_at=min(WAKE_ITEMS, maxsize)
         )
         self._sink = _Sink(target, rotate_bytes, keep, shipper.rotated if shipper else None)
@@ -374,6 +462,13 @@ class PredictionLog:
         """Queue an entry (a prediction, or accepted feedback); never blocks (past the
         queue's bounds the oldest are dropped and counted)."""
         dropped = self._queue.put(entry, entry_size(entry))
+        if dropped:
+            self._on_dropped(sum(rows(e) for e in dropped), OVERFLOW)
+
+    def submit_batch(self, batch: Batch) -> None:
+        """Queue a batch of predictions as one item that counts as its entries (past the
+        queue's bounds the oldest items, whole batches, are dropped and counted)."""
+        dropped = self._queue.put(batch, entry_size(batch), len(batch.entries))
         if dropped:
             self._on_dropped(sum(rows(e) for e in dropped), OVERFLOW)
 
@@ -425,7 +520,7 @@ class PredictionLog:
         self._stop.wait(STEP_S)
         return False
 
-    def _write(self, batch: list[Entry | Labels]) -> None:
+    def _write(self, batch: list[Queued]) -> None:
         chunk: list[bytes] = []
         for entry in batch:
             try:

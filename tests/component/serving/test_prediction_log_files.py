@@ -4,8 +4,10 @@ operator configures it for spec.predictionLog."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from serving_helpers import serving, wait_for
 
 
@@ -121,3 +123,33 @@ def test_an_unreachable_store_keeps_at_most_keep_files_waiting(cancer_model, can
         )
         waiting = [p for p in tmp_path.iterdir() if p.name != log.name]
         assert len(waiting) <= 2
+
+
+def test_concurrent_predictions_are_each_logged_once_with_their_own_outputs(
+    cancer_model, cancer_rows, tmp_path
+):
+    """Requests answered together (one micro-batch, one event-loop turn) are queued as one
+    batch; each still gets its own line, with its id, its outputs and the line fields."""
+    log = tmp_path / "p.jsonl"
+    n = 192
+
+    def ask(http, i):
+        body = infer_body(cancer_rows.iloc[i % len(cancer_rows) : i % len(cancer_rows) + 1])
+        r = http.post("/v2/models/cancer/infer", json={**body, "id": f"req-{i}"})
+        assert r.status_code == 200
+        return f"req-{i}", {o["name"]: o["data"] for o in r.json()["outputs"]}
+
+    with serving(cancer_model, "--name", "cancer", "--prediction-log", str(log)) as s:
+        with s.client() as http, ThreadPoolExecutor(16) as pool:
+            answers = dict(pool.map(lambda i: ask(http, i), range(n)))
+        wait_for(f"{n} log lines written", lambda: lines_written(s) >= n)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == sorted(answers)
+    for line in lines:
+        assert line["request_id"] == line["id"]
+        assert (line["row"], line["model"], line["variant"]) == (0, "cancer", "stable")
+        assert line["time"].endswith("Z")
+        assert line["latency_ms"] >= 0
+        outputs = answers[line["id"]]
+        assert [line["outputs"]["label"]] == outputs["label"]
+        assert line["outputs"]["probabilities"] == pytest.approx(outputs["probabilities"])

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from kubeloop.serving.batching import MicroBatcher, merge, split
+from kubeloop.serving.batching import Feed, MicroBatcher, merge, split
 
 
 def recording_model(factor: int = 1):
@@ -32,6 +32,36 @@ def test_merge_and_split_round_trip():
     parts = split({"y": merged["x"] * 2}, [1, 3, 2])
     for feed, part in zip(feeds, parts, strict=True):
         assert np.array_equal(part["y"], feed["x"] * 2)
+
+
+def columns_of(matrix):
+    return {f"c{j}": np.ascontiguousarray(matrix[:, j : j + 1], dtype=np.float32)
+            for j in range(matrix.shape[1])}  # fmt: skip
+
+
+def lazy(matrix):
+    feed = Feed()
+    feed.matrix, feed.expand_with = matrix, columns_of
+    return feed
+
+
+def test_feeds_of_matrices_merge_as_one_matrix_cut_once():
+    matrices = [np.arange(3.0).reshape(1, 3), np.arange(6.0).reshape(2, 3) + 10]
+    merged = merge([lazy(m) for m in matrices])
+    assert merged.lazy  # no columns cut yet
+    assert np.array_equal(merged.matrix, np.concatenate(matrices))
+    eager = merge([Feed(columns_of(m)) for m in matrices])
+    assert merged.expanded().keys() == eager.keys()
+    for name in eager:
+        assert np.array_equal(merged[name], eager[name])
+        assert merged[name].dtype == np.float32
+
+
+def test_feeds_of_mixed_matrix_types_are_cut_each_on_its_own():
+    ints, floats = np.array([[1, 2, 3]]), np.array([[0.5, 1.5, 2.5]])
+    merged = merge([lazy(ints), lazy(floats)])
+    assert not merged.lazy
+    assert merged["c0"].tolist() == [[1.0], [0.5]]
 
 
 @pytest.mark.parametrize("threaded", [False, True])

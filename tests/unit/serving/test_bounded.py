@@ -17,6 +17,19 @@ def test_past_the_count_the_oldest_are_dropped():
     assert (len(q), q.bytes) == (0, 0)
 
 
+def test_an_item_standing_for_several_counts_as_that_many():
+    q: BoundedQueue[str] = BoundedQueue(max_items=3, max_bytes=1000)
+    assert q.put("one", 1) == []
+    assert q.put("three", 3, count=3) == ["one"]  # 4 would be 5 items: the oldest goes
+    assert len(q) == 3
+    assert q.take(10, 1000, timeout=0) == ["three"]
+    q.put("a", 1)
+    q.put("pair", 2, count=2)
+    assert q.take(2, 1000, timeout=0) == ["a"]  # the pair would pass the count taken
+    assert q.take(1, 1000, timeout=0) == ["pair"]  # but at least one item is taken
+    assert (len(q), q.bytes) == (0, 0)
+
+
 def test_past_the_bytes_as_many_of_the_oldest_as_needed_are_dropped():
     q: BoundedQueue[str] = BoundedQueue(max_items=100, max_bytes=10)
     for name in "abcde":

@@ -17,10 +17,12 @@ from kubeloop.contracts.artifacts import LABEL_OUTPUT, PROBA_OUTPUT
 from kubeloop.serving.predlog import (
     OVERFLOW,
     UNWRITTEN,
+    Batch,
     Entry,
     Labels,
     PredictionLog,
     _Sink,
+    batch_lines,
     entry_size,
     lines,
     lines_of,
@@ -69,6 +71,33 @@ def test_feedback_is_one_line_per_item_with_the_truth_as_sent():
     assert entry_size(labels) > entry_size(Labels((("r", 1),), "m", 1.5))
 
 
+def one_row_entries(n: int, **outputs: np.ndarray) -> tuple[Entry, ...]:
+    outs = outputs or {LABEL_OUTPUT: np.array([1]), PROBA_OUTPUT: np.array([[0.25, 0.75]])}
+    return tuple(
+        entry(1, inputs=False)._replace(request_id=f'r"{i}é', latency_s=0.001 * i, outputs=outs)
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {},
+        {LABEL_OUTPUT: np.array([["a"]], dtype=object), "raw": np.array([b"x\xff"], dtype=object),
+         "deep": np.array([[[1.5, 2.5]]], dtype=np.float32), "pair": np.array([[1, 2]])},
+    ],
+)  # fmt: skip
+def test_a_batch_writes_the_lines_its_entries_write_at_its_time(outputs):
+    entries = one_row_entries(5, **outputs)
+    expected = [line for e in entries for line in lines(e._replace(time=2.5))]
+    assert batch_lines(Batch(entries, 2.5)) == expected
+    mixed = (*entries[:2], entry(rows=2))  # one of several rows: each entry on its own
+    assert batch_lines(Batch(mixed, 2.5)) == [
+        line for e in mixed for line in lines(e._replace(time=2.5))
+    ]
+    assert rows(Batch(mixed, 2.5)) == 4
+
+
 class Counts:
     """What the log reports: lines written, and lines dropped by reason."""
 
@@ -113,12 +142,27 @@ def test_the_queue_is_bounded_in_bytes(tmp_path):
     assert [line["request_id"] for line in kept] == ["r7", "r7", "r8", "r8", "r9", "r9"]
 
 
+def test_a_batch_counts_as_its_entries_in_the_queue_bound(tmp_path):
+    counts = Counts()
+    log = counts.log(str(tmp_path / "p.jsonl"), maxsize=4)
+    log.submit_batch(Batch(one_row_entries(3), 1.0))
+    log.submit_batch(Batch(one_row_entries(2), 2.0))  # 5 entries: the first batch goes
+    assert counts.dropped == [(3, OVERFLOW)]
+    log.start()
+    log.close()
+    assert sum(counts.written) == 2
+    kept = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [k["time"] for k in kept] == ["1970-01-01T00:00:02Z"] * 2
+
+
 def test_entry_size_counts_arrays_and_text():
     small = entry_size(entry(rows=1, inputs=False))
     assert entry_size(entry(rows=100, inputs=False)) >= small + 99 * (8 + 8)
     texts = entry(rows=1)._replace(inputs={"city": np.array(["x" * 5000], dtype=object)})
     assert entry_size(texts) >= small + 5000
     assert entry_size(entry(rows=1, inputs=False)._replace(request_id="i" * 300)) == small + 299
+    batch = one_row_entries(4)
+    assert entry_size(Batch(batch, 0.0)) == sum(entry_size(e) for e in batch)
 
 
 def run_bounded(what: str, call: Callable[[], object], seconds: float = 30) -> None:

@@ -228,7 +228,7 @@ def _decode_matrix(
             f"features (got shape {shape}), or send one input per feature: "
             f"{', '.join(s.name for s in specs)}"
         )
-    bad = [s.name for s in specs if s.datatype not in NUMERIC]
+    bad, kinds = _spec_kinds(specs)
     if bad:
         raise BadRequestError(
             f"input '{name}': a 2-D tensor needs all-numeric features; send "
@@ -254,12 +254,32 @@ def _decode_matrix(
             raise BadRequestError(f"input '{name}' has no 'data'")
         flat = _from_json(tensor["data"], datatype, n * f, name)
     matrix = flat.reshape(n, f)
-    narrow = datatype in _NARROW and any(s.datatype != datatype for s in specs)
-    if narrow or not within_fp32(matrix) or any(s.datatype not in ("FP32", "FP64") for s in specs):
+    narrow = datatype in _NARROW and kinds != {datatype}
+    if narrow or not within_fp32(matrix) or not kinds <= _FLOATS:
         # one vectorised check first; each column's own only when that fails
         for j, spec in enumerate(specs):
             _check_values(matrix[:, j], datatype, spec, f"{name}[:, {j}] ({spec.name})")
     return matrix
+
+
+_FLOATS = frozenset(("FP32", "FP64"))
+#: per input list (by identity, the list kept so that its id stays its own): the names of
+#: its non-numeric inputs and its datatypes — three passes over every input per request
+#: otherwise
+_SPEC_KINDS: dict[int, tuple[Sequence[InputSpec], tuple[str, ...], frozenset[str]]] = {}
+
+
+def _spec_kinds(specs: Sequence[InputSpec]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The non-numeric inputs' names and the datatypes of ``specs`` (cached per list)."""
+    cached = _SPEC_KINDS.get(id(specs))
+    if cached is not None and cached[0] is specs:
+        return cached[1], cached[2]
+    bad = tuple(s.name for s in specs if s.datatype not in NUMERIC)
+    kinds = frozenset(s.datatype for s in specs)
+    if len(_SPEC_KINDS) >= 64:
+        _SPEC_KINDS.clear()
+    _SPEC_KINDS[id(specs)] = (specs, bad, kinds)
+    return bad, kinds
 
 
 #: request datatypes narrower than inputs they may be sent for, as specs to check against
