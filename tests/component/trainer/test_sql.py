@@ -319,3 +319,26 @@ def test_copy_and_cursor_paths_give_the_same_digest_and_profile(postgres, snapsh
     assert digest_of(results[0]) == digest_of(results[1])
     profiles = [Path(r.summary["snapshot_uri"]).parent / ArtifactLayout.PROFILE for r in results]
     assert profiles[0].read_bytes() == profiles[1].read_bytes()
+
+
+def test_text_of_a_latin1_database_reads_the_same_on_both_paths(postgres, tmp_path):
+    """The connection asks for UTF-8 (SQLAlchemy sets the client encoding), so the COPY
+    bytes of a LATIN1 database are UTF-8 text for Arrow, as psycopg decodes them."""
+    postgres.execute(
+        "DROP DATABASE IF EXISTS latin",
+        "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    )
+    postgres.execute(
+        "CREATE TABLE names (n int, name text)",
+        "INSERT INTO names VALUES (1, E'caf\\351'), (2, NULL), (3, '')",  # é in LATIN1
+        database="latin",
+    )
+    url = postgres.url(password=True, database="latin")
+    for use_copy in (True, False):
+        out = tmp_path / f"names-{use_copy}.parquet"
+        assert sql.read_query(url, "SELECT * FROM names", out, use_copy=use_copy) == 3
+        assert pq.read_table(out).to_pylist() == [
+            {"n": 1, "name": "café"},
+            {"n": 2, "name": None},
+            {"n": 3, "name": ""},
+        ]
