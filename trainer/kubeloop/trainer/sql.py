@@ -297,17 +297,15 @@ class _CopyFile:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        parts, have = [self.rest], len(self.rest)
-        while size < 0 or have < size:
-            row = self.copy.read()
+        data, read = bytearray(self.rest), self.copy.read
+        while size < 0 or len(data) < size:
+            row = read()
             if not row:
                 break
-            parts.append(bytes(row))
-            have += len(row)
-        data = b"".join(parts)
+            data += row
         cut = len(data) if size < 0 else size
-        self.rest = data[cut:]
-        return data[:cut]
+        self.rest = bytes(data[cut:])
+        return bytes(data[:cut])
 
     def close(self) -> None:
         self.closed = True
