@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 
 from kubeloop.contracts.artifacts import ArtifactLayout
 from kubeloop.contracts.results import SOURCE_URL_ENV
+from kubeloop.trainer import sql
 from kubeloop.trainer.sql import CHUNK_ROWS
 from postgres import PASSWORD, PostgresServer
 
@@ -266,3 +268,77 @@ def test_flags_that_do_not_fit_a_sql_source(kubeloop, postgres, tmp_path):
         result = kubeloop("snapshot", *args, "--out", str(tmp_path / "never"))
         assert result.code == 2, result.stderr
         assert message in result.stderr
+
+
+EDGES = [  # (column, type, edge values as SQL literals; generated rows fill the rest)
+    ("i", "int8", [  # int8 beyond ±2**53 fails the digest on both paths (a cast)
+        "NULL", "-9007199254740992", "9007199254740992", "0"]),
+    ("s", "int2", ["NULL", "-32768", "32767", "0"]),
+    ("o", "oid", ["NULL", "4294967295", "0", "1"]),
+    ("f4", "float4", ["'NaN'", "'Infinity'", "'-Infinity'", "0.1"]),
+    ("f8", "float8", ["'NaN'", "'-0'", "1e-310", "NULL"]),
+    ("num", "numeric", ["'NaN'", "'-Infinity'", "123456789.123456789123456789", "1e400"]),
+    ("b", "bool", ["NULL", "true", "false", "true"]),
+    ("t", "text", ["NULL", "''", "'a,\"b\"'", "E'line\\nbreak\\r\\n,'"]),
+    ("v", "varchar(12)", ["''", "NULL", "E'\\\\N'", "'ünïcode'"]),
+    ("c", "char(3)", ["'a'", "NULL", "' '", "'\"'"]),
+]  # fmt: skip
+
+
+def test_copy_and_cursor_paths_give_the_same_digest_and_profile(postgres, snapshot, tmp_path):
+    """Edge values of every type the COPY path takes (NULL and '' apart, quotes, commas and
+    line breaks in text, NaN and infinities, extreme integers), over several COPY blocks:
+    the same Parquet values, digest and profile as the cursor path's."""
+    columns = ", ".join(f"{name} {kind}" for name, kind, _ in EDGES)
+    rows = [f"({', '.join(values[i] for _, _, values in EDGES)})" for i in range(4)]
+    generated = (
+        "n, n % 7 - 3, n, n / 3.0, n * 1.5, n::numeric / 7, n % 2 = 0, "
+        "'row ' || n || CASE WHEN n % 5 = 0 THEN E',\\n\"x\"' ELSE '' END, "
+        "CASE WHEN n % 3 = 0 THEN '' END, (n % 100)::text"
+    )
+    postgres.execute(
+        "DROP TABLE IF EXISTS edges",
+        f"CREATE TABLE edges ({columns})",
+        f"INSERT INTO edges VALUES {', '.join(rows)}",
+        f"INSERT INTO edges SELECT {generated} FROM generate_series(1, 60000) n",
+    )
+    with psycopg.connect(postgres.url(password=True)) as conn, conn.cursor() as cursor:
+        cursor.execute(b"SELECT * FROM edges LIMIT 0")
+        assert sql.copy_types([d.type_code for d in cursor.description or []]) is not None
+    files = {}
+    for path in ("copy", "cursor"):
+        files[path] = tmp_path / f"{path}.parquet"
+        read = sql.read_query(postgres.url(password=True), "SELECT * FROM edges", files[path],
+                              use_copy=path == "copy")  # fmt: skip
+        assert read == 60004
+    copied, fetched = (pq.read_table(f) for f in files.values())
+    assert copied.schema == fetched.schema
+    assert pq.ParquetFile(files["copy"]).metadata.num_row_groups < 6  # blocks, not 10k chunks
+    pd.testing.assert_frame_equal(copied.to_pandas(), fetched.to_pandas())
+    results = [snapshot(f, "parquet", tmp_path / f"snaps-{p}") for p, f in files.items()]
+    assert digest_of(results[0]) == digest_of(results[1])
+    profiles = [Path(r.summary["snapshot_uri"]).parent / ArtifactLayout.PROFILE for r in results]
+    assert profiles[0].read_bytes() == profiles[1].read_bytes()
+
+
+def test_text_of_a_latin1_database_reads_the_same_on_both_paths(postgres, tmp_path):
+    """The connection asks for UTF-8 (SQLAlchemy sets the client encoding), so the COPY
+    bytes of a LATIN1 database are UTF-8 text for Arrow, as psycopg decodes them."""
+    postgres.execute(
+        "DROP DATABASE IF EXISTS latin",
+        "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    )
+    postgres.execute(
+        "CREATE TABLE names (n int, name text)",
+        "INSERT INTO names VALUES (1, E'caf\\351'), (2, NULL), (3, '')",  # é in LATIN1
+        database="latin",
+    )
+    url = postgres.url(password=True, database="latin")
+    for use_copy in (True, False):
+        out = tmp_path / f"names-{use_copy}.parquet"
+        assert sql.read_query(url, "SELECT * FROM names", out, use_copy=use_copy) == 3
+        assert pq.read_table(out).to_pylist() == [
+            {"n": 1, "name": "café"},
+            {"n": 2, "name": None},
+            {"n": 3, "name": ""},
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
 from kubeloop.trainer import sql
@@ -49,3 +50,19 @@ def test_files_are_not_sql_and_a_broken_url_is_not_echoed():
     with pytest.raises(DataError) as info:
         sql.display("postgresql://u:pw@h:notaport/db")
     assert "pw" not in str(info.value)
+
+
+def test_copy_reads_only_types_whose_csv_text_parses_exactly():
+    # bool, int8/int2/int4/oid, float4/float8/numeric, "char"/name/text/bpchar/varchar
+    codes = [16, 20, 21, 23, 26, 700, 701, 1700, 18, 19, 25, 1042, 1043]
+    assert (
+        sql.copy_types(codes)
+        == [pa.bool_()] + [pa.int64()] * 4 + [pa.float64()] * 3 + [pa.string()] * 5
+    )
+    # a date, a timestamp or bytea is formatted by Python: the cursor path reads the query
+    for other in (1082, 1184, 17, 114):
+        assert sql.copy_types([20, other]) is None
+    assert sql.copy_statement("SELECT a, b FROM t;", 2) == (
+        "COPY (SELECT * FROM (SELECT a, b FROM t\n) s ORDER BY 1, 2) "
+        "TO STDOUT WITH (FORMAT csv, HEADER false)"
+    )

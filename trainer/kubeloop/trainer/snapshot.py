@@ -107,7 +107,7 @@ def _batches(
     One file is first copied whole (one sequential read, then parsed from the copy: the
     stored bytes are the bytes parsed, even if the source changes meanwhile); a glob or
     prefix is read file by file; a query's result is written to the copy as Parquet by
-    :func:`kubeloop.trainer.sql.read_query` (chunk by chunk) and read back; so is the
+    :func:`kubeloop.trainer.sql.read_query` (block by block) and read back; so is the
     labelled table of a feedback source (:func:`kubeloop.trainer.feedback.write`)."""
     declared = stream.declared_types(schema)
     if labelled is not None:

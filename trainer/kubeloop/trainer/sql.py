@@ -1,12 +1,18 @@
-"""PostgreSQL sources: one query, read in chunks through a server-side cursor into Parquet.
+"""PostgreSQL sources: one query, streamed by ``COPY ... TO STDOUT`` (CSV) into Parquet.
 
 The content digest hashes values in row order, and SQL promises no order, so
 the query runs as ``SELECT * FROM (<query>) s ORDER BY 1, 2, ..., n`` (every
 column, by position): the same rows then always come back in the same order
 and give the same data version, however the table stores them. It runs in a
-read-only transaction. Rows arrive ``CHUNK_ROWS`` at a time from a named
-(server-side) cursor and are appended to a Parquet file, so reading holds one
-chunk in memory, not the result.
+read-only transaction. Its rows stream out as ``COPY (...) TO STDOUT`` in CSV,
+which Arrow's CSV reader parses block by block (``COPY_BLOCK`` bytes) with the
+column types fixed from the result's description, and are appended to a Parquet
+file: reading holds one block in memory, not the result, and no row becomes
+Python objects. Only types whose CSV text Arrow parses to exactly what psycopg
+would give take that path; a result with any other column (dates, timestamps,
+json, ...) is read as before, ``CHUNK_ROWS`` rows at a time from a named
+(server-side) cursor, and so is a result Arrow refuses to parse, from scratch.
+Both give the same Parquet values, hence the same digest and profile.
 
 Column types follow the result's PostgreSQL types: booleans, integers, floats
 (``numeric`` as float64) keep their kind; every other type (text, dates,
@@ -19,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from kubeloop.trainer.data import DataError
@@ -38,6 +46,8 @@ FORMAT: Final = "parquet"
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 #: Rows fetched from the server-side cursor at a time.
 CHUNK_ROWS = 10_000
+#: Bytes of COPY output Arrow parses at a time.
+COPY_BLOCK = 1 << 20
 #: Seconds to wait for the server to answer a connection.
 CONNECT_TIMEOUT_S = 15
 #: Longest cause kept in a reason (the termination message has 4 KiB in all).
@@ -238,21 +248,121 @@ def _stream(conn: Connection, query: str, schema: pa.Schema, codes: list[int], o
     return rows
 
 
-def read_query(source: str, query: str, out: Path) -> int:
+def copy_types(type_codes: Sequence[int]) -> list[pa.DataType] | None:
+    """The Arrow types the COPY path parses the result's columns into, or None when a
+    column's CSV text would not parse to the value the cursor path stores (``numeric`` is
+    parsed as float64 straight from its text, as ``float(Decimal)`` rounds it; booleans
+    are ``t``/``f``; text is as psycopg decodes it). Anything else (dates, timestamps,
+    ``bytea``, json, ...) is formatted by Python on the cursor path, so it stays there."""
+    mappable = _BOOL | _INTEGER | _FLOAT | _TEXT
+    if not all(code in mappable for code in type_codes):
+        return None
+    return [_converter(code)[0] for code in type_codes]
+
+
+def copy_statement(query: str, columns: int) -> str:
+    """The canonical query as CSV on the wire: NULL unquoted and empty, ``''`` as ``""``."""
+    return f"COPY ({canonical_query(query, columns)}) TO STDOUT WITH (FORMAT csv, HEADER false)"
+
+
+def csv_options(
+    schema: pa.Schema,
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """How Arrow reads PostgreSQL's CSV: the columns named and typed (nothing inferred),
+    quoted newlines allowed, an unquoted empty field NULL but a quoted one an empty text."""
+    return (
+        pacsv.ReadOptions(column_names=schema.names, block_size=COPY_BLOCK),
+        pacsv.ParseOptions(newlines_in_values=True),
+        pacsv.ConvertOptions(
+            column_types=schema,
+            null_values=[""],
+            true_values=["t"],
+            false_values=["f"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+@dataclass
+class _CopyFile:
+    """The COPY stream as a file Arrow reads: each read gathers rows (one CopyData message
+    each) until it has the bytes asked for, so at most one block is held."""
+
+    copy: psycopg.Copy
+    rest: bytes = b""
+    closed: bool = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data, read = bytearray(self.rest), self.copy.read
+        while size < 0 or len(data) < size:
+            row = read()
+            if not row:
+                break
+            data += row
+        cut = len(data) if size < 0 else size
+        self.rest = bytes(data[cut:])
+        return bytes(data[:cut])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _UnparsableError(Exception):
+    """Arrow refused a value of the COPY output: the cursor path reads the query instead."""
+
+
+def _copy_stream(conn: Connection, query: str, schema: pa.Schema, out: Path) -> int:
+    """Write the ordered result to ``out`` block by block from COPY; the number of rows."""
+    rows = 0
+    statement = copy_statement(query, len(schema)).encode()
+    read, parse, convert = csv_options(schema)
+    with (
+        _driver(conn).cursor() as cursor,
+        cursor.copy(statement) as copy,
+        pq.ParquetWriter(str(out), schema) as writer,
+    ):
+        try:
+            reader = pacsv.open_csv(_CopyFile(copy), read, parse, convert)
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        except pa.ArrowInvalid as error:
+            raise _UnparsableError(str(error)) from error
+    return rows
+
+
+def _read(conn: Connection, query: str, name: str, out: Path, use_copy: bool) -> int:
+    """The rows of ``query`` written to ``out``: by COPY when every column maps exactly
+    and ``use_copy``, else through the server-side cursor."""
+    names, codes = _type_codes(conn, query)
+    schema = _schema(names, codes, name)
+    if use_copy and copy_types(codes) is not None:
+        return _copy_stream(conn, query, schema, out)
+    return _stream(conn, query, schema, codes, out)
+
+
+def read_query(source: str, query: str, out: Path, use_copy: bool = True) -> int:
     """Run ``query`` on the database at ``source`` in canonical row order and write the
     result to the Parquet file ``out``; the number of rows. A :class:`DataError` names the
-    source (without its password) and the cause."""
+    source (without its password) and the cause. ``use_copy=False`` forces the cursor path
+    (the tests compare the two)."""
     import psycopg
 
     url = _parse(source)
     name = display(source)
-    with _connection(url, name) as conn:
-        try:
-            names, codes = _type_codes(conn, query)
-            schema = _schema(names, codes, name)
-            rows = _stream(conn, query, schema, codes, out)
-        except psycopg.Error as error:
-            raise _query_error(name, error, _password(url)) from None
+    rows = None
+    while rows is None:
+        with _connection(url, name) as conn:
+            try:
+                rows = _read(conn, query, name, out, use_copy)
+            except psycopg.Error as error:
+                raise _query_error(name, error, _password(url)) from None
+            except _UnparsableError:
+                use_copy = False  # the cursor path, on a fresh connection
     if rows == 0:
         raise DataError(f"{name}: the query returned no rows (the data set is empty)")
     return rows
