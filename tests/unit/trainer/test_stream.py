@@ -66,6 +66,22 @@ def test_digest_changes_with_one_cell_and_with_missing_versus_empty_text():
     assert stream.digest_of(split) != stream.digest_of(joined)
 
 
+def test_integers_beyond_2_53_are_digested_and_profiled_as_their_float64(tmp_path):
+    """64-bit ids past float64's exact range: the digest and profile take each as the
+    nearest float64 (the documented form) instead of refusing the column."""
+    big = [2**60 + 1, -(2**62), 2**53 + 1, 7]
+    batch = pa.record_batch({"id": pa.array(big, pa.int64())})
+    rounded = pa.record_batch({"id": pa.array([float(v) for v in big], pa.float64())})
+    assert stream.digest_of([batch]) == stream.digest_of([rounded])
+    profiler = stream.Profiler(bins=10)
+    profiler.update(batch)
+    (profile,) = profiler.finish(["id"], {}, len(big)).values()
+    assert profile == data.profile_series(pd.Series([float(v) for v in big]), numeric=True)
+    csv = tmp_path / "ids.csv"
+    csv.write_text("id\n" + "\n".join(str(v) for v in big) + "\n")
+    assert digest_of(csv, "csv", 2) == stream.digest_of([rounded])
+
+
 def test_a_later_batch_that_contradicts_the_first_names_row_and_column(tmp_path):
     lines = [f'{{"a": {i}, "b": "t{i}"}}' for i in range(10)] + ['{"a": "many", "b": "t"}']
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")

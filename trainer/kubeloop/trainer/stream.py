@@ -385,6 +385,13 @@ def _unconvertible_row(
 # ---------------------------------------------------------------- digest
 
 
+def as_floats(array: pa.Array) -> pa.Array:
+    """A numeric column as float64, the form the digest hashes and the profile bins: an
+    integer beyond 2**53 becomes the nearest float64 (a checked cast would refuse it and
+    fail the snapshot on a valid 64-bit id)."""
+    return pc.cast(array, pa.float64(), safe=False)
+
+
 @dataclass
 class _ColumnHash:
     numeric: bool
@@ -393,7 +400,7 @@ class _ColumnHash:
 
     def update(self, array: pa.Array) -> None:
         if self.numeric:
-            floats = pc.cast(array, pa.float64()) if not pa.types.is_null(array.type) else None
+            floats = None if pa.types.is_null(array.type) else as_floats(array)
             values: np.ndarray = (
                 np.full(len(array), np.nan)
                 if floats is None
@@ -751,7 +758,7 @@ class Profiler:
         counts = self.distinct.setdefault(name, {})
         if counts is None or pa.types.is_null(array.type):
             return
-        found = pc.value_counts(pc.cast(array, pa.float64()).drop_null())  # hashed, not sorted
+        found = pc.value_counts(as_floats(array).drop_null())  # hashed, not sorted
         keys = found.field("values").to_numpy(zero_copy_only=False) + 0.0  # -0.0 is 0.0
         present = ~np.isnan(keys)
         if int(present.sum()) - 1 > DISTINCT_LIMIT:  # -0.0 and 0.0 may be two of them
@@ -805,7 +812,7 @@ def present_floats(array: pa.Array) -> np.ndarray:
     """A numeric column's values as float64, without the missing ones (nulls, NaN)."""
     if pa.types.is_null(array.type):
         return np.zeros(0)
-    values: np.ndarray = pc.cast(array, pa.float64()).drop_null().to_numpy(zero_copy_only=False)
+    values: np.ndarray = as_floats(array).drop_null().to_numpy(zero_copy_only=False)
     nan = np.isnan(values)
     return values[~nan] if nan.any() else values
 
