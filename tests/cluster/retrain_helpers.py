@@ -80,12 +80,14 @@ class RetrainOperator(OperatorProcess):
 
 @contextmanager
 def running_operator(
-    kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path
+    kubeconfig: str, api_client: Any, namespace: str, tmp_path: Path, **env: str
 ) -> Iterator[RetrainOperator]:
-    """The retrain operator for one test, its store and log under ``tmp_path``."""
+    """The retrain operator for one test, its store and log under ``tmp_path``; ``env``
+    overrides its settings (e.g. ``KUBELOOP_RESYNC_SECONDS``)."""
     store = tmp_path / "store"
     store.mkdir()
     proc = RetrainOperator(kubeconfig, namespace, store, tmp_path / "operator.log")
+    proc.env.update(env)
     with operating(proc, api_client) as running:
         yield running
 

@@ -105,7 +105,10 @@ def fresh_retrain(cluster: Cluster, operator: Any, namespace: str) -> str:
 def test_a_retrain_trains_on_a_snapshot_taken_for_it(
     kubeconfig, api_client, namespace, tmp_path, cluster, data_csv, digest, changed
 ):
-    with running_operator(kubeconfig, api_client, namespace, tmp_path) as operator:
+    # The safety resync at its default: every step must come from an event, within the
+    # waits' seconds (an unchanged snapshot once woke no one, and the run waited 120 s).
+    resync = {"KUBELOOP_RESYNC_SECONDS": "120"}
+    with running_operator(kubeconfig, api_client, namespace, tmp_path, **resync) as operator:
         dataset_ready(cluster, data_csv, DATASET, FEATURES)
         (initial,) = snapshot_jobs(cluster)
         tj = fresh_retrain(cluster, operator, namespace)

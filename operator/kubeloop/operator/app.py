@@ -28,7 +28,7 @@ from kubeloop.operator.handlers import (  # noqa: F401  (registers the handlers)
     trainingjob,
     watch,
 )
-from kubeloop.operator.handlers.common import Context, context
+from kubeloop.operator.handlers.common import KOPF_PREFIX, Context, context
 from kubeloop.operator.kube import Kube
 from kubeloop.operator.settings import OperatorSettings
 
@@ -36,9 +36,12 @@ from kubeloop.operator.settings import OperatorSettings
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Keep kopf's own bookkeeping under our prefix and build the shared context once."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubeloop.io")
+    # A prefix of kopf's own: kopf leaves every annotation under its storage prefix out of
+    # what it compares, so under ``kubeloop.io`` the requests users and the operator write
+    # there (promote, abort, snapshot-requested) woke no handler until the next resync.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubeloop.io", key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = "kubeloop.io/finalizer"
     settings.posting.level = logging.WARNING

@@ -29,6 +29,11 @@ IMPORT_SETTINGS = OperatorSettings()
 log = logging.getLogger("kubeloop.reconcile")
 #: How soon (at most) a pass that found the API server unavailable is tried again.
 API_RETRY_SECONDS = 5.0
+#: Where kopf keeps its bookkeeping annotations (see ``app.configure``).
+KOPF_PREFIX = "kopf.kubeloop.io"
+#: kopf's marker and diff base from when its prefix was ``kubeloop.io``: while the marker
+#: is on an object, kopf still ignores every ``kubeloop.io/`` annotation of it.
+OLD_BOOKKEEPING = ("kubeloop.io/kopf-managed", "kubeloop.io/last-handled-configuration")
 
 
 @dataclass
@@ -226,7 +231,19 @@ def run_reconcile(
     """
     ctx = context(memo)
     with retry_soon_when_unavailable(ctx.settings), ctx.locked(body["metadata"]["uid"]):
+        drop_old_bookkeeping(ctx, kind, body)
         _pass(ctx, kind, plain(body), step)
+
+
+def drop_old_bookkeeping(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
+    """Take kopf's annotations of the old prefix off an object made by an earlier operator
+    (one patch, once), so its ``kubeloop.io/`` requests wake its handlers again."""
+    meta = body["metadata"]
+    stale = {key: None for key in OLD_BOOKKEEPING if key in (meta.get("annotations") or {})}
+    if stale:
+        ctx.kube.patch_metadata(
+            API_VERSION, kind, meta["namespace"], meta["name"], {"annotations": stale}
+        )
 
 
 @contextmanager
